@@ -1,0 +1,227 @@
+//! The one typed configuration. Read from a TOML file (every field optional), then the
+//! command line and `XINGE_*` variables override the addresses and the data directory.
+//! Every default works on a laptop: loopback addresses and a `./data` directory.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub chat: ChatConfig,
+    pub gateway: GatewayConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Node id (0-1023) of this process; it is part of every message and connection id,
+    /// so two processes of one deployment must never share it.
+    pub node_id: u16,
+    /// HTTP API, route service and WebSocket gateway (`/ws`).
+    pub http_addr: SocketAddr,
+    /// TCP gateway.
+    pub tcp_addr: SocketAddr,
+    /// Where the embedded store keeps its files.
+    pub data_dir: PathBuf,
+    /// Region and zone this process reports to the route service.
+    pub region: String,
+    pub zone: String,
+    /// Host name clients should use to reach the gateways; defaults to the listen address.
+    pub public_host: Option<String>,
+    /// Largest HTTP request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tcp_addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            data_dir: PathBuf::from("data"),
+            region: "local".into(),
+            zone: "local-a".into(),
+            public_host: None,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Secret that signs tokens (at least 32 bytes). When absent, a random one is created
+    /// once and kept in `<data_dir>/token.key`, so tokens survive restarts.
+    pub token_secret: Option<String>,
+    /// How long a login token is valid.
+    pub token_ttl_secs: u64,
+    /// Argon2id memory cost in KiB (OWASP's minimum is 19,456).
+    pub argon2_memory_kib: u32,
+    /// Argon2id passes.
+    pub argon2_iterations: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token_secret: None,
+            token_ttl_secs: 7 * 24 * 3600,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Allow 1:1 messages between users who are not friends.
+    pub allow_strangers: bool,
+    /// How long after sending a sender may recall a message.
+    pub recall_window_secs: u64,
+    /// Largest message content, in bytes of its JSON form.
+    pub max_content_bytes: usize,
+    /// Messages up to this size ride inline in the signal; larger ones are pulled.
+    pub inline_max_bytes: usize,
+    /// Most entries one sync or history call returns.
+    pub max_page: usize,
+    /// Most conversations listed for one user.
+    pub max_conversations: usize,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            allow_strangers: false,
+            recall_window_secs: 120,
+            max_content_bytes: 16 * 1024,
+            inline_max_bytes: 2 * 1024,
+            max_page: 500,
+            max_conversations: 1_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// A connection that sends nothing (not even a heartbeat) for this long is closed.
+    pub heartbeat_timeout_secs: u32,
+    /// Time a new connection has to authenticate.
+    pub auth_timeout_secs: u32,
+    /// Frames waiting to be written to one connection; past this the client is too slow and
+    /// is disconnected (it catches up by pull after reconnecting).
+    pub send_queue: usize,
+    /// Largest frame accepted from a client, in bytes.
+    pub max_frame_bytes: usize,
+    /// Most connections this gateway holds at once; more are refused with `unavailable`.
+    pub max_connections: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout_secs: 90,
+            auth_timeout_secs: 10,
+            send_queue: 256,
+            max_frame_bytes: 64 * 1024,
+            max_connections: 19_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Most commits gathered into one durable write (group commit).
+    pub max_batch: usize,
+    /// Commits waiting for the writer; senders wait when it is full.
+    pub queue: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 256,
+            queue: 4_096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; a missing `path` gives the defaults.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.server.node_id > crate::idgen::MAX_NODE {
+            return bad("server.node_id must be at most 1023");
+        }
+        if let Some(s) = &self.auth.token_secret
+            && s.len() < 32
+        {
+            return bad("auth.token_secret must be at least 32 bytes");
+        }
+        if self.gateway.send_queue == 0 || self.store.max_batch == 0 || self.store.queue == 0 {
+            return bad("queue sizes must be positive");
+        }
+        if self.gateway.heartbeat_timeout_secs == 0 || self.gateway.heartbeat_timeout_secs > 3600 {
+            return bad("gateway.heartbeat_timeout_secs must be 1-3600");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_toml_keeps_defaults() {
+        let c: Config = toml::from_str("[chat]\nallow_strangers = true\n").unwrap();
+        assert!(c.chat.allow_strangers);
+        assert_eq!(c.chat.recall_window_secs, 120);
+        assert_eq!(c.server.http_addr.port(), 8080);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        assert!(toml::from_str::<Config>("[chat]\nallow_strangerz = true\n").is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! Stable error codes. A client matches on the string, never on the message; the string of
+//! an existing code never changes. Every layer maps its own errors onto these.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request body, query or frame could not be parsed.
+    BadRequest,
+    /// A field is present but its value is not acceptable (too long, wrong format, …).
+    InvalidArgument,
+    /// A frame or body is larger than the configured maximum.
+    TooLarge,
+    /// The long-connection command number is not known to anyone.
+    UnknownCommand,
+    /// No token, or a token that is malformed or whose signature does not verify.
+    Unauthenticated,
+    /// The token was valid once but has expired.
+    TokenExpired,
+    /// The token's device logged out (or logged in again, replacing it).
+    TokenRevoked,
+    /// Wrong username or password.
+    BadCredentials,
+    /// The caller may not do this (not a member of the conversation, not the sender, …).
+    Forbidden,
+    /// The peer has blocked the caller, or the caller blocked the peer.
+    Blocked,
+    /// 1:1 messages need friendship (unless the server allows strangers).
+    NotFriends,
+    /// The thing named does not exist (or the caller may not know that it does).
+    NotFound,
+    /// The thing being created already exists (username taken, already friends, …).
+    Conflict,
+    /// The recall window of the message has passed.
+    RecallWindowPassed,
+    /// Too many requests; retry after the advertised delay.
+    RateLimited,
+    /// The server is shutting down or over its connection limit.
+    Unavailable,
+    /// The client did not keep up (send queue full) or missed heartbeats.
+    SlowConsumer,
+    HeartbeatTimeout,
+    /// Something went wrong inside; the log has the cause, the client gets only this.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnknownCommand => "unknown_command",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenRevoked => "token_revoked",
+            ErrorCode::BadCredentials => "bad_credentials",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Blocked => "blocked",
+            ErrorCode::NotFriends => "not_friends",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::RecallWindowPassed => "recall_window_passed",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::HeartbeatTimeout => "heartbeat_timeout",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status this code travels with on the HTTP API.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::InvalidArgument | ErrorCode::UnknownCommand => 400,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::Unauthenticated
+            | ErrorCode::TokenExpired
+            | ErrorCode::TokenRevoked
+            | ErrorCode::BadCredentials => 401,
+            ErrorCode::Forbidden | ErrorCode::Blocked | ErrorCode::NotFriends => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::RecallWindowPassed => 422,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::SlowConsumer | ErrorCode::HeartbeatTimeout => 408,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error as a client sees it: a stable code and a human-readable message that never
+/// carries internals.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, utoipa::ToSchema,
+)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_form_is_the_stable_string() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::RecallWindowPassed,
+            ErrorCode::Internal,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+}

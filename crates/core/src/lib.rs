@@ -1,0 +1,26 @@
+//! Shared vocabulary of every xinge layer: identifiers, the snowflake id generator,
+//! the stable error codes clients match on, and the typed configuration.
+//!
+//! ```text
+//! ids.rs     UserId, DeviceId, ConvId, MsgId, ConnId, GatewayId
+//! idgen.rs   time-ordered 64-bit ids (snowflake: time, node, counter)
+//! error.rs   ErrorCode: the stable strings on the wire and their HTTP statuses
+//! config.rs  Config: one typed struct, TOML file then XINGE_* variables
+//! ```
+//! Nothing here does I/O beyond reading a config file; every other crate may depend on it.
+
+pub mod config;
+pub mod error;
+pub mod idgen;
+pub mod ids;
+
+pub use error::ErrorCode;
+pub use ids::{ConnId, ConvId, DeviceId, GatewayId, MsgId, UserId};
+
+/// Milliseconds since the Unix epoch, the timestamp unit used on the wire and in storage.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,363 @@
+//! JSON bodies of the HTTP API and of the business commands on the long connection.
+//! One type per request and response; the HTTP route and the command carry the same body.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use xinge_core::{ConvId, DeviceId, MsgId, UserId};
+
+// === accounts ===
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// 3-32 characters of `[a-z0-9_.-]`, unique.
+    pub username: String,
+    /// 8-256 bytes.
+    pub password: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+    pub device: DeviceId,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct LoginResponse {
+    pub token: String,
+    pub user_id: UserId,
+    pub device: DeviceId,
+    pub expires_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Profile {
+    pub user_id: UserId,
+    pub username: String,
+    pub display_name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileUpdate {
+    pub display_name: String,
+}
+
+// === friends ===
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FriendRequestBody {
+    pub to: UserId,
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FriendRequestView {
+    pub from: UserId,
+    pub to: UserId,
+    pub note: String,
+    pub created_at_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct FriendRequests {
+    pub incoming: Vec<FriendRequestView>,
+    pub outgoing: Vec<FriendRequestView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Friend {
+    pub user_id: UserId,
+    pub since_ms: u64,
+}
+
+// === messages ===
+
+/// The body of a message as its sender wrote it, or a recall of an earlier one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MessageBody {
+    /// Ordinary content: any JSON object the clients agree on, e.g. `{"text":"hi"}`.
+    Content { content: Value },
+    /// A tombstone: the message at `target` (conv_seq) was recalled by its sender.
+    Recall { target: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Message {
+    pub msg_id: MsgId,
+    pub conv: ConvId,
+    pub conv_seq: u64,
+    pub sender: UserId,
+    pub sender_device: Option<DeviceId>,
+    pub client_msg_id: String,
+    pub sent_at_ms: u64,
+    #[serde(flatten)]
+    pub body: MessageBody,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// The recipient of a 1:1 message; or give `conv`.
+    #[serde(default)]
+    pub to: Option<UserId>,
+    #[serde(default)]
+    pub conv: Option<ConvId>,
+    /// Chosen by the client, unique per sender (1-64 bytes); a retry with the same value
+    /// returns the original result and creates nothing.
+    pub client_msg_id: String,
+    /// A JSON object, at most `chat.max_content_bytes` when serialised.
+    pub content: Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SendResponse {
+    pub msg_id: MsgId,
+    pub conv: ConvId,
+    pub conv_seq: u64,
+    /// The sender's inbox seq of this message.
+    pub inbox_seq: u64,
+    pub sent_at_ms: u64,
+    /// True when this answers a retry of an already committed send.
+    pub duplicate: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecallRequest {
+    pub conv: ConvId,
+    pub conv_seq: u64,
+    /// Idempotency key of the recall itself.
+    pub client_msg_id: String,
+}
+
+// === inbox and sync ===
+
+/// Something that happened to a user, at a position of their inbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Message {
+        message: Message,
+    },
+    FriendRequest {
+        from: UserId,
+        to: UserId,
+        note: String,
+    },
+    FriendAccepted {
+        from: UserId,
+        to: UserId,
+    },
+    FriendDeclined {
+        from: UserId,
+        to: UserId,
+    },
+    FriendRemoved {
+        by: UserId,
+        peer: UserId,
+    },
+    Blocked {
+        by: UserId,
+        peer: UserId,
+    },
+    Unblocked {
+        by: UserId,
+        peer: UserId,
+    },
+    /// `reader` has read `conv` up to `seq` (sent to the reader's other devices and the peer).
+    Read {
+        conv: ConvId,
+        reader: UserId,
+        seq: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InboxEntry {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub event: Event,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    /// Return entries with seq greater than this (the client's cursor).
+    #[serde(default)]
+    pub after: u64,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SyncResponse {
+    pub entries: Vec<InboxEntry>,
+    /// The newest seq of the inbox.
+    pub head: u64,
+    pub has_more: bool,
+}
+
+// === conversations ===
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Conversation {
+    pub conv: ConvId,
+    /// For 1:1 conversations, the other member.
+    pub peer: Option<UserId>,
+    pub last_seq: u64,
+    pub read_seq: u64,
+    pub unread: u64,
+    pub last_message: Option<Message>,
+    pub last_activity_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConversationList {
+    pub conversations: Vec<Conversation>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRequest {
+    pub conv: ConvId,
+    /// Page backwards: messages with conv_seq < before (newest first is `before` absent
+    /// and `after` absent).
+    #[serde(default)]
+    pub before: Option<u64>,
+    /// Page forwards: messages with conv_seq > after.
+    #[serde(default)]
+    pub after: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct HistoryResponse {
+    /// Always in ascending conv_seq order.
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadRequest {
+    pub conv: ConvId,
+    pub seq: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReadResponse {
+    pub conv: ConvId,
+    pub read_seq: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadStateRequest {
+    pub conv: ConvId,
+    pub seq: u64,
+}
+
+/// Who has read the message at `seq`: members whose read cursor is at or past it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReadState {
+    pub conv: ConvId,
+    pub seq: u64,
+    pub read_count: u64,
+    pub unread_count: u64,
+    pub read_by: Vec<UserId>,
+    pub unread_by: Vec<UserId>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TypingRequest {
+    pub conv: ConvId,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceRequest {
+    pub users: Vec<UserId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Presence {
+    pub user: UserId,
+    pub online: bool,
+    /// When the user was last seen connected (now, if online); 0 if never.
+    pub last_seen_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PresenceList {
+    pub presence: Vec<Presence>,
+}
+
+// === the long connection ===
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthRequest {
+    pub token: String,
+    #[serde(default)]
+    pub protocol: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuthOk {
+    pub conn_id: u64,
+    pub user_id: UserId,
+    pub device: DeviceId,
+    /// Seconds of silence after which the server closes the connection.
+    pub heartbeat_timeout_secs: u32,
+}
+
+/// Server → client, unsolicited (command `SIGNAL`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Signal {
+    /// The inbox has reached `seq`; `entry` is that entry when it is small enough to ride
+    /// along. A client whose cursor is `seq - 1` applies it; any other pulls `after=cursor`.
+    Inbox {
+        seq: u64,
+        entry: Option<InboxEntry>,
+    },
+    Typing {
+        conv: ConvId,
+        user: UserId,
+    },
+    Presence {
+        user: UserId,
+        online: bool,
+        last_seen_ms: u64,
+    },
+}
+
+// === route ===
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GatewayEndpoint {
+    /// `ws` or `tcp`.
+    pub transport: String,
+    /// `ws://host:port/ws` or `host:port`.
+    pub address: String,
+    pub region: String,
+    pub zone: String,
+    pub connections: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RouteResponse {
+    /// Best first.
+    pub gateways: Vec<GatewayEndpoint>,
+}

@@ -1,0 +1,389 @@
+//! The embedded backend, on fjall (an LSM-tree; see docs/ARCHITECTURE.md for why).
+//!
+//! Every write goes through one writer thread. It takes whatever commits are waiting (up
+//! to `store.max_batch`), applies them to one fjall write batch and makes that batch
+//! durable with a single `fdatasync` — group commit — before it answers any of them.
+//! Because one thread hands out every sequence number, no locks are needed and a sequence
+//! can never be seen before it is durable. Reads go straight to fjall from the caller.
+
+mod keys;
+mod writer;
+
+use crate::{
+    Commit, Committed, Membership, NewUser, Relation, Result, Store, StoreError, UserRecord,
+};
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use keys::*;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use xinge_core::{ConvId, DeviceId, UserId};
+use xinge_proto::api::{Event, Friend, FriendRequestView, FriendRequests, InboxEntry, Message};
+
+pub(crate) struct Spaces {
+    pub db: Database,
+    pub meta: Keyspace,
+    pub users: Keyspace,
+    pub usernames: Keyspace,
+    pub devices: Keyspace,
+    pub friends: Keyspace,
+    pub requests_in: Keyspace,
+    pub requests_out: Keyspace,
+    pub blocks: Keyspace,
+    pub inbox: Keyspace,
+    pub msgs: Keyspace,
+    pub dedup: Keyspace,
+    pub members: Keyspace,
+}
+
+/// How an inbox entry is kept: messages by reference (the message lives once, in its
+/// conversation), everything else inline.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredEntry {
+    pub at_ms: u64,
+    pub ev: StoredEvent,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) enum StoredEvent {
+    Message { conv: ConvId, conv_seq: u64 },
+    Other(Event),
+}
+
+pub(crate) fn backend<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(backend)
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our own types always serialise; an error here is a bug, not input.
+    serde_json::to_vec(v).expect("store types serialise")
+}
+
+#[derive(Clone)]
+pub struct FjallStore {
+    spaces: Arc<Spaces>,
+    writes: mpsc::Sender<writer::Request>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FjallOptions {
+    /// Node id for message ids minted by this store.
+    pub node_id: u16,
+    pub max_batch: usize,
+    pub queue: usize,
+}
+
+impl Default for FjallOptions {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            max_batch: 256,
+            queue: 4096,
+        }
+    }
+}
+
+impl FjallStore {
+    /// Opens (or creates) the store in `dir` and starts its writer thread. The thread ends
+    /// when the last handle is dropped.
+    pub fn open(dir: &Path, opts: FjallOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(backend)?;
+        let db = Database::builder(dir).open().map_err(backend)?;
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(backend)
+        };
+        let spaces = Arc::new(Spaces {
+            meta: ks("meta")?,
+            users: ks("users")?,
+            usernames: ks("usernames")?,
+            devices: ks("devices")?,
+            friends: ks("friends")?,
+            requests_in: ks("requests_in")?,
+            requests_out: ks("requests_out")?,
+            blocks: ks("blocks")?,
+            inbox: ks("inbox")?,
+            msgs: ks("msgs")?,
+            dedup: ks("dedup")?,
+            members: ks("members")?,
+            db,
+        });
+        let (tx, rx) = mpsc::channel(opts.queue.max(1));
+        let w = writer::Writer::new(spaces.clone(), opts.node_id, opts.max_batch.max(1));
+        std::thread::Builder::new()
+            .name("xinge-store-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(backend)?;
+        Ok(Self { spaces, writes: tx })
+    }
+
+    async fn write(&self, op: writer::Op) -> Result<writer::Out> {
+        let (reply, rx) = oneshot::channel();
+        self.writes
+            .send(writer::Request { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn get<T: for<'de> Deserialize<'de>>(ks: &Keyspace, key: &[u8]) -> Result<Option<T>> {
+        match ks.get(key).map_err(backend)? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn hydrate(spaces: &Spaces, seq: u64, stored: StoredEntry) -> Result<InboxEntry> {
+        let event = match stored.ev {
+            StoredEvent::Other(ev) => ev,
+            StoredEvent::Message { conv, conv_seq } => {
+                let message: Message = Self::get(&spaces.msgs, &msg_key(conv, conv_seq))?
+                    .ok_or_else(|| backend(format!("inbox refers to missing {conv}#{conv_seq}")))?;
+                Event::Message { message }
+            }
+        };
+        Ok(InboxEntry {
+            seq,
+            at_ms: stored.at_ms,
+            event,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for FjallStore {
+    async fn create_user(&self, new: NewUser) -> Result<UserRecord> {
+        match self.write(writer::Op::CreateUser(new)).await? {
+            writer::Out::User(u) => Ok(u),
+            _ => Err(backend("unexpected writer answer")),
+        }
+    }
+
+    async fn user(&self, id: UserId) -> Result<Option<UserRecord>> {
+        Self::get(&self.spaces.users, &u64_key(id.0))
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
+        match self
+            .spaces
+            .usernames
+            .get(username.as_bytes())
+            .map_err(backend)?
+        {
+            Some(id) => self.user(UserId(read_u64(&id)?)).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn set_display_name(&self, id: UserId, display_name: &str) -> Result<()> {
+        self.write(writer::Op::SetName(id, display_name.to_owned()))
+            .await
+            .map(drop)
+    }
+
+    async fn put_device(&self, user: UserId, device: &DeviceId, token_id: u64) -> Result<()> {
+        self.write(writer::Op::PutDevice(user, device.clone(), token_id))
+            .await
+            .map(drop)
+    }
+
+    async fn device_token(&self, user: UserId, device: &DeviceId) -> Result<Option<u64>> {
+        match self
+            .spaces
+            .devices
+            .get(device_key(user, device))
+            .map_err(backend)?
+        {
+            Some(v) => Ok(Some(read_u64(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn remove_device(&self, user: UserId, device: &DeviceId) -> Result<()> {
+        self.write(writer::Op::RemoveDevice(user, device.clone()))
+            .await
+            .map(drop)
+    }
+
+    async fn relation(&self, me: UserId, other: UserId) -> Result<Relation> {
+        let s = &self.spaces;
+        let friends_since_ms = match s.friends.get(pair_key(me, other)).map_err(backend)? {
+            Some(v) => Some(read_u64(&v)?),
+            None => None,
+        };
+        Ok(Relation {
+            friends_since_ms,
+            i_blocked: s
+                .blocks
+                .contains_key(pair_key(me, other))
+                .map_err(backend)?,
+            blocked_me: s
+                .blocks
+                .contains_key(pair_key(other, me))
+                .map_err(backend)?,
+            request_out: Self::get(&s.requests_out, &pair_key(me, other))?,
+            request_in: Self::get(&s.requests_in, &pair_key(me, other))?,
+        })
+    }
+
+    async fn friends(&self, user: UserId, limit: usize) -> Result<Vec<Friend>> {
+        let mut out = Vec::new();
+        for kv in self.spaces.friends.prefix(u64_key(user.0)).take(limit) {
+            let (k, v) = kv.into_inner().map_err(backend)?;
+            out.push(Friend {
+                user_id: UserId(read_u64(&k[8..])?),
+                since_ms: read_u64(&v)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn friend_requests(&self, user: UserId, limit: usize) -> Result<FriendRequests> {
+        let list = |ks: &Keyspace| -> Result<Vec<FriendRequestView>> {
+            let mut out = Vec::new();
+            for kv in ks.prefix(u64_key(user.0)).take(limit) {
+                let (_, v) = kv.into_inner().map_err(backend)?;
+                out.push(decode(&v)?);
+            }
+            Ok(out)
+        };
+        Ok(FriendRequests {
+            incoming: list(&self.spaces.requests_in)?,
+            outgoing: list(&self.spaces.requests_out)?,
+        })
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<Committed> {
+        match self.write(writer::Op::Commit(Box::new(commit))).await? {
+            writer::Out::Committed(c) => Ok(c),
+            _ => Err(backend("unexpected writer answer")),
+        }
+    }
+
+    async fn inbox(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<InboxEntry>, u64)> {
+        let s = &self.spaces;
+        let head = last_seq(&s.inbox, &u64_key(user.0))?;
+        let mut out = Vec::new();
+        if after < head {
+            let range = inbox_key(user, after.saturating_add(1))..=inbox_key(user, u64::MAX);
+            for kv in s.inbox.range(range).take(limit) {
+                let (k, v) = kv.into_inner().map_err(backend)?;
+                out.push(Self::hydrate(s, read_u64(&k[8..])?, decode(&v)?)?);
+            }
+        }
+        Ok((out, head))
+    }
+
+    async fn messages(
+        &self,
+        conv: ConvId,
+        from: u64,
+        to: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<Message>> {
+        if from > to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let iter = self
+            .spaces
+            .msgs
+            .range(msg_key(conv, from)..=msg_key(conv, to));
+        let mut out = Vec::new();
+        let mut push = |kv: fjall::Guard| -> Result<()> {
+            let (_, v) = kv.into_inner().map_err(backend)?;
+            out.push(decode::<Message>(&v)?);
+            Ok(())
+        };
+        if newest_first {
+            for kv in iter.rev().take(limit) {
+                push(kv)?;
+            }
+            out.reverse();
+        } else {
+            for kv in iter.take(limit) {
+                push(kv)?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn conv_head(&self, conv: ConvId) -> Result<u64> {
+        last_seq(&self.spaces.msgs, &conv.to_key())
+    }
+
+    async fn memberships(&self, user: UserId, limit: usize) -> Result<Vec<Membership>> {
+        let mut out = Vec::new();
+        for kv in self.spaces.members.prefix(u64_key(user.0)).take(limit) {
+            let (k, v) = kv.into_inner().map_err(backend)?;
+            let conv = ConvId::from_key(&k[8..]).ok_or_else(|| backend("bad member key"))?;
+            out.push(Membership {
+                conv,
+                read_seq: read_u64(&v)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn read_cursor(&self, user: UserId, conv: ConvId) -> Result<u64> {
+        match self
+            .spaces
+            .members
+            .get(member_key(user, conv))
+            .map_err(backend)?
+        {
+            Some(v) => read_u64(&v),
+            None => Ok(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> FjallStore {
+        FjallStore::open(dir, FjallOptions::default()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_suite_passes_on_fjall() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::conformance::run(&open(dir.path())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sequences_continue_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = {
+            let s = open(dir.path());
+            crate::conformance::seed_chat(&s, 5).await
+        };
+        // The first store's writer thread ends when its handles are gone; fjall's lock is
+        // released with the database, so give the thread a moment to drop it.
+        let s = loop {
+            match FjallStore::open(dir.path(), FjallOptions::default()) {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        let conv = ConvId::direct(a, b);
+        assert_eq!(s.conv_head(conv).await.unwrap(), 5);
+        let (_, head) = s.inbox(a, 0, 100).await.unwrap();
+        assert_eq!(head, 5);
+        let c = crate::conformance::send(&s, a, b, "after-reopen").await;
+        assert_eq!(c.message.unwrap().conv_seq, 6);
+        assert_eq!(c.sender_seq, 6);
+    }
+}

@@ -1,0 +1,341 @@
+//! The single writer: group commit and sequence assignment.
+
+use super::keys::*;
+use super::{Spaces, StoredEntry, StoredEvent, backend, decode, encode};
+use crate::{Commit, Committed, DedupRecord, NewUser, Result, StoreError, UserRecord};
+use fjall::{Keyspace, OwnedWriteBatch, PersistMode};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use xinge_core::idgen::IdGen;
+use xinge_core::{DeviceId, MsgId, UserId};
+use xinge_proto::api::{Event, InboxEntry, Message};
+
+pub(crate) enum Op {
+    CreateUser(NewUser),
+    SetName(UserId, String),
+    PutDevice(UserId, DeviceId, u64),
+    RemoveDevice(UserId, DeviceId),
+    Commit(Box<Commit>),
+}
+
+pub(crate) enum Out {
+    User(UserRecord),
+    Unit,
+    Committed(Committed),
+}
+
+pub(crate) struct Request {
+    pub op: Op,
+    pub reply: oneshot::Sender<Result<Out>>,
+}
+
+pub(crate) struct Writer {
+    spaces: Arc<Spaces>,
+    ids: IdGen,
+    max_batch: usize,
+}
+
+/// Which keyspace an overlay entry belongs to (keyspaces are not hashable).
+type Space = fn(&Spaces) -> &Keyspace;
+
+/// One group-commit batch in the making: the fjall batch plus an overlay of what it has
+/// written so far, so later commits of the same batch read their predecessors' writes.
+struct Tx<'a> {
+    spaces: &'a Spaces,
+    batch: OwnedWriteBatch,
+    overlay: HashMap<(usize, Vec<u8>), Option<Vec<u8>>>,
+    heads: HashMap<(usize, Vec<u8>), u64>,
+}
+
+impl Writer {
+    pub fn new(spaces: Arc<Spaces>, node_id: u16, max_batch: usize) -> Self {
+        Self {
+            spaces,
+            ids: IdGen::new(node_id),
+            max_batch,
+        }
+    }
+
+    pub fn run(self, mut rx: mpsc::Receiver<Request>) {
+        let mut reqs = Vec::with_capacity(self.max_batch);
+        while let Some(first) = rx.blocking_recv() {
+            reqs.push(first);
+            while reqs.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(r) => reqs.push(r),
+                    Err(_) => break,
+                }
+            }
+            let mut tx = Tx {
+                spaces: &self.spaces,
+                batch: self
+                    .spaces
+                    .db
+                    .batch()
+                    .durability(Some(PersistMode::SyncData)),
+                overlay: HashMap::new(),
+                heads: HashMap::new(),
+            };
+            let outs: Vec<Result<Out>> = reqs
+                .iter_mut()
+                .map(|r| self.apply(&mut tx, &mut r.op))
+                .collect();
+            let committed = tx.batch.commit();
+            for (req, out) in reqs.drain(..).zip(outs) {
+                let out = match &committed {
+                    Ok(()) => out,
+                    Err(e) => {
+                        tracing::error!(error = %e, "store batch commit failed");
+                        Err(StoreError::Backend(e.to_string()))
+                    }
+                };
+                let _ = req.reply.send(out);
+            }
+        }
+    }
+
+    fn apply(&self, tx: &mut Tx<'_>, op: &mut Op) -> Result<Out> {
+        match op {
+            Op::CreateUser(new) => tx.create_user(new).map(Out::User),
+            Op::SetName(id, name) => {
+                let key = u64_key(id.0);
+                let mut user: UserRecord = match tx.get(|s| &s.users, &key)? {
+                    Some(v) => decode(&v)?,
+                    None => return Err(StoreError::NotFound),
+                };
+                user.display_name = std::mem::take(name);
+                tx.put(|s| &s.users, key.to_vec(), encode(&user));
+                Ok(Out::Unit)
+            }
+            Op::PutDevice(user, device, token) => {
+                tx.put(
+                    |s| &s.devices,
+                    device_key(*user, device),
+                    u64_key(*token).to_vec(),
+                );
+                Ok(Out::Unit)
+            }
+            Op::RemoveDevice(user, device) => {
+                tx.delete(|s| &s.devices, device_key(*user, device));
+                Ok(Out::Unit)
+            }
+            Op::Commit(c) => tx.commit(&self.ids, c).map(Out::Committed),
+        }
+    }
+}
+
+// === impl Tx ===
+
+impl Tx<'_> {
+    fn slot(&self, space: Space) -> usize {
+        space(self.spaces) as *const Keyspace as usize
+    }
+
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.overlay.get(&(self.slot(space), key.to_vec())) {
+            return Ok(v.clone());
+        }
+        Ok(space(self.spaces)
+            .get(key)
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        self.batch
+            .insert(space(self.spaces), key.clone(), value.clone());
+        self.overlay.insert((self.slot(space), key), Some(value));
+    }
+
+    fn delete(&mut self, space: Space, key: Vec<u8>) {
+        self.batch.remove(space(self.spaces), key.clone());
+        self.overlay.insert((self.slot(space), key), None);
+    }
+
+    /// The next sequence under `prefix` (keys `prefix ++ seq`), counting this batch's
+    /// earlier appends.
+    fn next_seq(&mut self, space: Space, prefix: &[u8]) -> Result<u64> {
+        let slot = (self.slot(space), prefix.to_vec());
+        let cur = match self.heads.get(&slot) {
+            Some(v) => *v,
+            None => last_seq(space(self.spaces), prefix)?,
+        };
+        self.heads.insert(slot, cur + 1);
+        Ok(cur + 1)
+    }
+
+    fn create_user(&mut self, new: &NewUser) -> Result<UserRecord> {
+        if self
+            .get(|s| &s.usernames, new.username.as_bytes())?
+            .is_some()
+        {
+            return Err(StoreError::Conflict);
+        }
+        let id = match self.get(|s| &s.meta, b"next_user")? {
+            Some(v) => read_u64(&v)?,
+            None => 1,
+        };
+        let user = UserRecord {
+            id: UserId(id),
+            username: new.username.clone(),
+            display_name: new.display_name.clone(),
+            password_hash: new.password_hash.clone(),
+            created_at_ms: new.created_at_ms,
+        };
+        self.put(|s| &s.meta, b"next_user".to_vec(), u64_key(id + 1).to_vec());
+        self.put(
+            |s| &s.usernames,
+            new.username.as_bytes().to_vec(),
+            u64_key(id).to_vec(),
+        );
+        self.put(|s| &s.users, u64_key(id).to_vec(), encode(&user));
+        Ok(user)
+    }
+
+    fn append_inbox(&mut self, user: UserId, at_ms: u64, ev: StoredEvent) -> Result<u64> {
+        let seq = self.next_seq(|s| &s.inbox, &u64_key(user.0))?;
+        self.put(
+            |s| &s.inbox,
+            inbox_key(user, seq),
+            encode(&StoredEntry { at_ms, ev }),
+        );
+        Ok(seq)
+    }
+
+    fn commit(&mut self, ids: &IdGen, c: &mut Commit) -> Result<Committed> {
+        if let Some((sender, cmid)) = &c.dedup
+            && let Some(v) = self.get(|s| &s.dedup, &dedup_key(*sender, cmid))?
+        {
+            let rec: DedupRecord = decode(&v)?;
+            let message = match self.get(|s| &s.msgs, &msg_key(rec.conv, rec.conv_seq))? {
+                Some(m) => Some(decode::<Message>(&m)?),
+                None => None,
+            };
+            return Ok(Committed {
+                duplicate: true,
+                message,
+                sender_seq: rec.sender_seq,
+                entries: Vec::new(),
+            });
+        }
+
+        let now = xinge_core::now_ms();
+        let mut out = Committed::default();
+        if let Some(new) = c.message.take() {
+            let conv_seq = self.next_seq(|s| &s.msgs, &new.conv.to_key())?;
+            let msg = Message {
+                msg_id: MsgId(ids.next()),
+                conv: new.conv,
+                conv_seq,
+                sender: new.sender,
+                sender_device: new.sender_device,
+                client_msg_id: new.client_msg_id,
+                sent_at_ms: new.sent_at_ms,
+                body: new.body,
+            };
+            self.put(|s| &s.msgs, msg_key(msg.conv, conv_seq), encode(&msg));
+            for &user in &c.message_to {
+                let ev = StoredEvent::Message {
+                    conv: msg.conv,
+                    conv_seq,
+                };
+                let seq = self.append_inbox(user, now, ev)?;
+                if user == msg.sender {
+                    out.sender_seq = seq;
+                }
+                let event = Event::Message {
+                    message: msg.clone(),
+                };
+                out.entries.push((
+                    user,
+                    InboxEntry {
+                        seq,
+                        at_ms: now,
+                        event,
+                    },
+                ));
+            }
+            out.message = Some(msg);
+        }
+        for (user, event) in c.events.drain(..) {
+            let seq = self.append_inbox(user, now, StoredEvent::Other(event.clone()))?;
+            out.entries.push((
+                user,
+                InboxEntry {
+                    seq,
+                    at_ms: now,
+                    event,
+                },
+            ));
+        }
+        for op in c.ops.drain(..) {
+            self.op(op)?;
+        }
+        if let (Some((sender, cmid)), Some(msg)) = (&c.dedup, &out.message) {
+            let rec = DedupRecord {
+                conv: msg.conv,
+                conv_seq: msg.conv_seq,
+                msg_id: msg.msg_id,
+                sender_seq: out.sender_seq,
+            };
+            self.put(|s| &s.dedup, dedup_key(*sender, cmid), encode(&rec));
+        }
+        Ok(out)
+    }
+
+    fn op(&mut self, op: crate::Op) -> Result<()> {
+        use crate::Op;
+        match op {
+            Op::SetFriends { a, b, since_ms } => {
+                self.put(|s| &s.friends, pair_key(a, b), u64_key(since_ms).to_vec());
+                self.put(|s| &s.friends, pair_key(b, a), u64_key(since_ms).to_vec());
+                self.clear_requests(a, b);
+            }
+            Op::RemoveFriends { a, b } => {
+                self.delete(|s| &s.friends, pair_key(a, b));
+                self.delete(|s| &s.friends, pair_key(b, a));
+            }
+            Op::PutRequest(view) => {
+                let v = encode(&view);
+                self.put(|s| &s.requests_in, pair_key(view.to, view.from), v.clone());
+                self.put(|s| &s.requests_out, pair_key(view.from, view.to), v);
+            }
+            Op::DeleteRequest { from, to } => {
+                self.delete(|s| &s.requests_in, pair_key(to, from));
+                self.delete(|s| &s.requests_out, pair_key(from, to));
+            }
+            Op::SetBlock { by, peer, blocked } => {
+                if blocked {
+                    self.put(|s| &s.blocks, pair_key(by, peer), Vec::new());
+                } else {
+                    self.delete(|s| &s.blocks, pair_key(by, peer));
+                }
+            }
+            Op::Join { user, conv } => {
+                let key = member_key(user, conv);
+                if self.get(|s| &s.members, &key)?.is_none() {
+                    self.put(|s| &s.members, key, u64_key(0).to_vec());
+                }
+            }
+            Op::AdvanceRead { user, conv, seq } => {
+                let key = member_key(user, conv);
+                let cur = match self.get(|s| &s.members, &key)? {
+                    Some(v) => read_u64(&v)?,
+                    None => 0,
+                };
+                if seq > cur || cur == 0 {
+                    self.put(|s| &s.members, key, u64_key(seq.max(cur)).to_vec());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn clear_requests(&mut self, a: UserId, b: UserId) {
+        for (from, to) in [(a, b), (b, a)] {
+            self.delete(|s| &s.requests_in, pair_key(to, from));
+            self.delete(|s| &s.requests_out, pair_key(from, to));
+        }
+    }
+}

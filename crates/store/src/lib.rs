@@ -1,0 +1,84 @@
+//! Storage behind one small trait, and the conformance suite every backend must pass.
+//!
+//! ```text
+//! lib.rs          the Store trait: accounts, relations, the atomic Commit, timeline reads
+//! types.rs        records and the Commit/Op vocabulary the IM layer writes with
+//! fjall/          the embedded backend: one writer thread with group commit over fjall
+//! conformance.rs  the suite; `conformance::run(&store)` is called once per backend
+//! ```
+//! The IM layer decides *what* to write; a backend makes each [`Commit`] atomic and durable
+//! and hands out the sequence numbers, so sequences never repeat or skip, even across a
+//! crash: a commit that did not reach the disk assigned nothing that anyone saw.
+
+pub mod conformance;
+pub mod fjall;
+mod types;
+
+pub use types::*;
+
+use async_trait::async_trait;
+use xinge_core::{ConvId, DeviceId, UserId};
+use xinge_proto::api::{Friend, FriendRequests, InboxEntry, Message};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique thing already exists (a username).
+    #[error("already exists")]
+    Conflict,
+    #[error("not found")]
+    NotFound,
+    /// The backend failed; the message is for logs, never for clients.
+    #[error("storage backend: {0}")]
+    Backend(String),
+    #[error("store is shutting down")]
+    Closed,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The storage contract. Reads may run concurrently with each other and with commits;
+/// commits are atomic and durable when they return `Ok`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // === accounts ===
+    /// Creates a user with the next user id; `Conflict` if the username is taken.
+    async fn create_user(&self, new: NewUser) -> Result<UserRecord>;
+    async fn user(&self, id: UserId) -> Result<Option<UserRecord>>;
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>>;
+    async fn set_display_name(&self, id: UserId, display_name: &str) -> Result<()>;
+    /// Records the token id currently valid for a device (replacing an older one).
+    async fn put_device(&self, user: UserId, device: &DeviceId, token_id: u64) -> Result<()>;
+    async fn device_token(&self, user: UserId, device: &DeviceId) -> Result<Option<u64>>;
+    async fn remove_device(&self, user: UserId, device: &DeviceId) -> Result<()>;
+
+    // === relations ===
+    /// `me`'s relation with `other`.
+    async fn relation(&self, me: UserId, other: UserId) -> Result<Relation>;
+    async fn friends(&self, user: UserId, limit: usize) -> Result<Vec<Friend>>;
+    async fn friend_requests(&self, user: UserId, limit: usize) -> Result<FriendRequests>;
+
+    // === the write path ===
+    /// Applies a commit atomically (see [`Commit`]).
+    async fn commit(&self, commit: Commit) -> Result<Committed>;
+
+    // === timelines ===
+    /// Inbox entries with seq > `after`, ascending, at most `limit`; and the inbox head.
+    async fn inbox(&self, user: UserId, after: u64, limit: usize)
+    -> Result<(Vec<InboxEntry>, u64)>;
+    /// Messages of a conversation with `from <= conv_seq <= to`, ascending, at most `limit`
+    /// (from the newest end when `newest_first`, still returned ascending).
+    async fn messages(
+        &self,
+        conv: ConvId,
+        from: u64,
+        to: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<Message>>;
+    /// The newest conv_seq of a conversation (0 when empty).
+    async fn conv_head(&self, conv: ConvId) -> Result<u64>;
+    /// The conversations a user takes part in, with their read cursor (unordered).
+    async fn memberships(&self, user: UserId, limit: usize) -> Result<Vec<Membership>>;
+    /// A member's read cursor in a conversation (0 if none).
+    async fn read_cursor(&self, user: UserId, conv: ConvId) -> Result<u64>;
+}
