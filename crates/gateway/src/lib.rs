@@ -1,1 +1,218 @@
+//! The long-connection gateway: TCP and WebSocket connections, authentication, heartbeats
+//! and frames — and nothing about chats.
+//!
+//! ```text
+//! lib.rs      Gateway: the connection table, the interface to the layers above
+//! conn.rs     one connection's life: auth, read loop, bounded write queue
+//! tcp.rs      length-prefixed frames over TCP, and the accept loop
+//! ws.rs       WebSocket (binary frames, or JSON text frames) via axum
+//! wheel.rs    the heartbeat timing wheel: one task for all connections
+//! ```
+//! The interface to the rest of the system fits on one screen: [`Authenticator`] checks a
+//! token, [`Upstream`] receives business commands by number, and the push layer's
+//! `bind`/`unbind`/deliveries route signals down to the right connection.
 
+mod conn;
+pub mod tcp;
+mod wheel;
+pub mod ws;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use xinge_core::config::GatewayConfig;
+use xinge_core::error::ApiError;
+use xinge_core::idgen::IdGen;
+use xinge_core::{ConnId, DeviceId, ErrorCode, GatewayId, UserId};
+use xinge_proto::Frame;
+use xinge_push::Push;
+
+/// Who is on the other end of an authenticated connection.
+#[derive(Clone, Debug)]
+pub struct SessionCtx {
+    pub user: UserId,
+    pub device: DeviceId,
+    pub conn: ConnId,
+}
+
+/// Checks a login token.
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    async fn authenticate(&self, token: &str) -> Result<(UserId, DeviceId), ApiError>;
+}
+
+/// Receives the business commands (number >= 100) that the gateway does not understand.
+#[async_trait]
+pub trait Upstream: Send + Sync + 'static {
+    async fn handle(&self, session: &SessionCtx, cmd: u16, body: Bytes) -> Result<Bytes, ApiError>;
+}
+
+const SHARDS: usize = 64;
+
+/// What the gateway keeps per live connection (besides its two halves' task state).
+pub(crate) struct ConnHandle {
+    pub user: UserId,
+    pub out: mpsc::Sender<Frame>,
+    /// Seconds since gateway start of the last frame received.
+    pub last_seen: AtomicU32,
+    pub close: Notify,
+    pub close_reason: Mutex<Option<ApiError>>,
+}
+
+impl ConnHandle {
+    pub fn kick(&self, err: ApiError) {
+        let mut reason = self.close_reason.lock().unwrap_or_else(|p| p.into_inner());
+        if reason.is_none() {
+            *reason = Some(err);
+        }
+        self.close.notify_one();
+    }
+}
+
+pub struct Gateway {
+    pub id: GatewayId,
+    pub(crate) cfg: GatewayConfig,
+    pub(crate) auth: Arc<dyn Authenticator>,
+    pub(crate) upstream: Arc<dyn Upstream>,
+    pub(crate) push: Arc<Push>,
+    conns: Vec<Mutex<HashMap<ConnId, Arc<ConnHandle>>>>,
+    ids: IdGen,
+    started: Instant,
+    pub(crate) wheel: wheel::Wheel,
+    pub(crate) slots: Arc<Semaphore>,
+    count: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(
+        id: GatewayId,
+        cfg: GatewayConfig,
+        auth: Arc<dyn Authenticator>,
+        upstream: Arc<dyn Upstream>,
+        push: Arc<Push>,
+    ) -> Arc<Self> {
+        let wheel = wheel::Wheel::new(cfg.heartbeat_timeout_secs);
+        Arc::new(Self {
+            id,
+            slots: Arc::new(Semaphore::new(cfg.max_connections)),
+            cfg,
+            auth,
+            upstream,
+            push,
+            conns: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            ids: IdGen::new(id.0),
+            started: Instant::now(),
+            wheel,
+            count: AtomicU64::new(0),
+        })
+    }
+
+    /// Starts the background work: deliveries from push, and the heartbeat wheel. Both end
+    /// when `shutdown` fires.
+    pub fn start(self: &Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut deliveries = self.push.attach_gateway(self.id);
+        let gw = self.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    d = deliveries.recv() => match d {
+                        Some(d) => gw.deliver(d),
+                        None => break,
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+        let gw = self.clone();
+        let mut stop = shutdown;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => gw.wheel.tick(gw.now_secs(), |id, deadline_of| gw.expire(id, deadline_of)),
+                    _ = stop.changed() => break,
+                }
+            }
+            gw.close_all(ApiError::new(ErrorCode::Unavailable, "server shutting down"));
+        });
+    }
+
+    /// Live authenticated connections.
+    pub fn connections(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn now_secs(&self) -> u32 {
+        self.started.elapsed().as_secs() as u32
+    }
+
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        ConnId(self.ids.next())
+    }
+
+    fn shard(&self, id: ConnId) -> std::sync::MutexGuard<'_, HashMap<ConnId, Arc<ConnHandle>>> {
+        // Low bits of a snowflake are a counter: spread well.
+        self.conns[(id.0 as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn register(&self, id: ConnId, h: Arc<ConnHandle>, device: DeviceId) {
+        let user = h.user;
+        self.shard(id).insert(id, h);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.wheel.insert(id, self.now_secs());
+        self.push.bind(user, xinge_push::Session { conn: id, gateway: self.id, device });
+    }
+
+    pub(crate) fn unregister(&self, id: ConnId, user: UserId) {
+        if self.shard(id).remove(&id).is_some() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            self.push.unbind(user, id);
+        }
+    }
+
+    fn get(&self, id: ConnId) -> Option<Arc<ConnHandle>> {
+        self.shard(id).get(&id).cloned()
+    }
+
+    fn deliver(&self, d: xinge_push::Delivery) {
+        for id in d.conns {
+            let Some(h) = self.get(id) else { continue };
+            if h.out.try_send(d.frame.clone()).is_err() {
+                h.kick(ApiError::new(
+                    ErrorCode::SlowConsumer,
+                    "send queue full: reconnect and pull to catch up",
+                ));
+            }
+        }
+    }
+
+    /// Called by the wheel for a connection whose slot came up: `Some(deadline)` if it is
+    /// still alive and must be looked at again then.
+    fn expire(&self, id: ConnId, now: u32) -> Option<u32> {
+        let h = self.get(id)?;
+        let deadline = h.last_seen.load(Ordering::Relaxed) + self.cfg.heartbeat_timeout_secs;
+        if deadline <= now {
+            h.kick(ApiError::new(ErrorCode::HeartbeatTimeout, "no heartbeat in time"));
+            None
+        } else {
+            Some(deadline)
+        }
+    }
+
+    fn close_all(&self, err: ApiError) {
+        for shard in &self.conns {
+            let all: Vec<_> = shard.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+            for h in all {
+                h.kick(err.clone());
+            }
+        }
+    }
+}

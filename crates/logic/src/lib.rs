@@ -1,1 +1,121 @@
+//! The IM layer: accounts, friends, 1:1 chat, inboxes, conversations and read state.
+//! Stateless over the store: everything it knows is in the [`Store`]; after each commit it
+//! hands the new inbox entries to the push layer as signals.
+//!
+//! ```text
+//! token.rs    signed, expiring tokens naming user and device
+//! account.rs  register, login, logout, profile, authenticate
+//! friend.rs   requests, accept/decline, remove, block
+//! chat.rs     send, sync, conversations, history, read, receipts, recall, typing, presence
+//! ```
+//! Every operation takes the caller's identity first and returns `ApiError` with a stable
+//! code; internal failures are logged here and reach the client only as `internal`.
 
+mod account;
+mod chat;
+mod friend;
+pub mod token;
+
+use std::sync::Arc;
+use xinge_core::config::Config;
+use xinge_core::error::ApiError;
+use xinge_core::{ConnId, ErrorCode, UserId};
+use xinge_proto::api::{InboxEntry, Signal};
+use xinge_proto::{cmd, Frame};
+use xinge_push::Push;
+use xinge_store::{Commit, Committed, Store, StoreError};
+
+pub type Result<T> = std::result::Result<T, ApiError>;
+
+/// Who is calling: the user and device from their token, and the connection when the call
+/// came up a long connection (that connection needs no signal for its own action).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user: UserId,
+    pub device: xinge_core::DeviceId,
+    pub conn: Option<ConnId>,
+}
+
+pub struct Logic {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) push: Arc<Push>,
+    pub(crate) cfg: Config,
+    pub(crate) tokens: token::TokenSigner,
+}
+
+pub(crate) fn bad(code: ErrorCode, msg: impl Into<String>) -> ApiError {
+    ApiError::new(code, msg)
+}
+
+/// Maps a store failure: the cause goes to the log, the client sees only `internal`.
+pub(crate) fn store_err(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict => bad(ErrorCode::Conflict, "already exists"),
+        StoreError::NotFound => bad(ErrorCode::NotFound, "not found"),
+        StoreError::Closed => bad(ErrorCode::Unavailable, "server shutting down"),
+        StoreError::Backend(cause) => {
+            tracing::error!(%cause, "store failure");
+            bad(ErrorCode::Internal, "internal error")
+        }
+    }
+}
+
+impl Logic {
+    pub fn new(store: Arc<dyn Store>, push: Arc<Push>, cfg: Config, token_secret: Vec<u8>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            push,
+            cfg,
+            tokens: token::TokenSigner::new(token_secret),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Commits and then signals every new inbox entry to its owner's online devices
+    /// (except the calling connection, which gets the answer instead).
+    pub(crate) async fn commit(&self, caller: Option<&Caller>, c: Commit) -> Result<Committed> {
+        let done = self.store.commit(c).await.map_err(store_err)?;
+        let except = caller.and_then(|c| c.conn);
+        for (user, entry) in &done.entries {
+            self.signal_inbox(*user, entry, except);
+        }
+        Ok(done)
+    }
+
+    fn signal_inbox(&self, user: UserId, entry: &InboxEntry, except: Option<ConnId>) {
+        // Ride inline when small; otherwise the signal carries only the new seq.
+        let inline = serde_json::to_vec(entry).ok().filter(|b| b.len() <= self.cfg.chat.inline_max_bytes);
+        let signal = Signal::Inbox {
+            seq: entry.seq,
+            entry: inline.is_some().then(|| entry.clone()),
+        };
+        self.signal(user, except, &signal);
+    }
+
+    pub(crate) fn signal(&self, user: UserId, except: Option<ConnId>, signal: &Signal) {
+        let body = serde_json::to_vec(signal).unwrap_or_default();
+        self.push.signal(user, except, &Frame::request(cmd::SIGNAL, 0, body));
+    }
+
+    /// Tells friends when a user comes online or goes offline. Runs until the push layer's
+    /// presence stream ends.
+    pub async fn run_presence(self: Arc<Self>) {
+        let Some(mut changes) = self.push.presence_changes() else { return };
+        while let Some(ch) = changes.recv().await {
+            let friends = match self.store.friends(ch.user, 5_000).await {
+                Ok(f) => f,
+                Err(e) => {
+                    store_err(e);
+                    continue;
+                }
+            };
+            let signal = Signal::Presence { user: ch.user, online: ch.online, last_seen_ms: ch.at_ms };
+            for f in friends {
+                self.signal(f.user_id, None, &signal);
+            }
+        }
+    }
+}

@@ -1,1 +1,232 @@
+//! The push layer: which connections a user has, and getting a signal to exactly those.
+//!
+//! ```text
+//! Push::bind / unbind      a gateway reports a session (user, device, conn@gateway)
+//! Push::signal             a frame for every online device of a user (except one)
+//! Push::attach_gateway     the in-process bus: one bounded queue per gateway
+//! Push::presence_changes   online/offline transitions, for the IM layer to tell friends
+//! ```
+//! A signal goes only to the gateways that hold one of the user's connections, never to all
+//! of them. Signals may be lost (a full gateway queue, a gateway that just died): the
+//! push-then-pull contract makes that harmless, since the next pull repairs it.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+use xinge_core::{ConnId, DeviceId, GatewayId, UserId};
+use xinge_proto::Frame;
+
+const SHARDS: usize = 64;
+
+/// A frame for some connections of one gateway.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub conns: Vec<ConnId>,
+    pub frame: Frame,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub conn: ConnId,
+    pub gateway: GatewayId,
+    pub device: DeviceId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceChange {
+    pub user: UserId,
+    pub online: bool,
+    pub at_ms: u64,
+}
+
+#[derive(Default)]
+struct Entry {
+    sessions: Vec<Session>,
+    last_seen_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct PushConfig {
+    /// Deliveries waiting for one gateway; when full, further signals for it are dropped
+    /// (and counted) — clients repair by pulling.
+    pub gateway_queue: usize,
+    /// Users whose presence is remembered; offline entries beyond this are forgotten
+    /// (their last-seen time becomes unknown).
+    pub max_users: usize,
+    /// Sessions one user may have at once; the oldest is unbound past this.
+    pub max_sessions_per_user: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            gateway_queue: 65_536,
+            max_users: 2_000_000,
+            max_sessions_per_user: 16,
+        }
+    }
+}
+
+pub struct Push {
+    cfg: PushConfig,
+    shards: Vec<Mutex<HashMap<UserId, Entry>>>,
+    gateways: Mutex<HashMap<GatewayId, mpsc::Sender<Delivery>>>,
+    presence_tx: mpsc::Sender<PresenceChange>,
+    presence_rx: Mutex<Option<mpsc::Receiver<PresenceChange>>>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Push {
+    pub fn new(cfg: PushConfig) -> Self {
+        let (presence_tx, presence_rx) = mpsc::channel(4096);
+        Self {
+            cfg,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            gateways: Mutex::new(HashMap::new()),
+            presence_tx,
+            presence_rx: Mutex::new(Some(presence_rx)),
+            dropped: Default::default(),
+        }
+    }
+
+    fn shard(&self, user: UserId) -> std::sync::MutexGuard<'_, HashMap<UserId, Entry>> {
+        let i = (user.0 as usize) % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a gateway and returns the queue its deliveries arrive on.
+    pub fn attach_gateway(&self, id: GatewayId) -> mpsc::Receiver<Delivery> {
+        let (tx, rx) = mpsc::channel(self.cfg.gateway_queue.max(1));
+        self.gateways
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        rx
+    }
+
+    /// The stream of online/offline transitions; can be taken once.
+    pub fn presence_changes(&self) -> Option<mpsc::Receiver<PresenceChange>> {
+        self.presence_rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub fn bind(&self, user: UserId, session: Session) {
+        let now = xinge_core::now_ms();
+        let came_online = {
+            let mut shard = self.shard(user);
+            if shard.len() >= self.cfg.max_users / SHARDS {
+                shard.retain(|_, e| !e.sessions.is_empty());
+            }
+            let e = shard.entry(user).or_default();
+            let was_offline = e.sessions.is_empty();
+            if e.sessions.len() >= self.cfg.max_sessions_per_user {
+                e.sessions.remove(0);
+            }
+            e.sessions.push(session);
+            e.last_seen_ms = now;
+            was_offline
+        };
+        if came_online {
+            let _ = self.presence_tx.try_send(PresenceChange { user, online: true, at_ms: now });
+        }
+    }
+
+    pub fn unbind(&self, user: UserId, conn: ConnId) {
+        let now = xinge_core::now_ms();
+        let went_offline = {
+            let mut shard = self.shard(user);
+            let Some(e) = shard.get_mut(&user) else { return };
+            let before = e.sessions.len();
+            e.sessions.retain(|s| s.conn != conn);
+            e.last_seen_ms = now;
+            before > 0 && e.sessions.is_empty()
+        };
+        if went_offline {
+            let _ = self.presence_tx.try_send(PresenceChange { user, online: false, at_ms: now });
+        }
+    }
+
+    pub fn sessions(&self, user: UserId) -> Vec<Session> {
+        self.shard(user).get(&user).map(|e| e.sessions.clone()).unwrap_or_default()
+    }
+
+    /// `(online, last_seen_ms)`; last seen is now for an online user, 0 if unknown.
+    pub fn presence(&self, user: UserId) -> (bool, u64) {
+        match self.shard(user).get(&user) {
+            Some(e) if !e.sessions.is_empty() => (true, xinge_core::now_ms()),
+            Some(e) => (false, e.last_seen_ms),
+            None => (false, 0),
+        }
+    }
+
+    /// Sends `frame` to every online connection of `user` except `except`. Returns how many
+    /// connections it was handed to.
+    pub fn signal(&self, user: UserId, except: Option<ConnId>, frame: &Frame) -> usize {
+        let sessions = self.sessions(user);
+        let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
+        for s in sessions.iter().filter(|s| Some(s.conn) != except) {
+            by_gateway.entry(s.gateway).or_default().push(s.conn);
+        }
+        let mut sent = 0;
+        let gateways = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
+        for (gw, conns) in by_gateway {
+            let n = conns.len();
+            let ok = gateways.get(&gw).is_some_and(|tx| {
+                tx.try_send(Delivery { conns, frame: frame.clone() }).is_ok()
+            });
+            if ok {
+                sent += n;
+            } else {
+                self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(gateway = %gw, %user, "signal dropped: gateway queue full or gone");
+            }
+        }
+        sent
+    }
+
+    /// Deliveries dropped because a gateway queue was full or the gateway unknown.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(conn: u64, gw: u16) -> Session {
+        Session { conn: ConnId(conn), gateway: GatewayId(gw), device: DeviceId::parse("d").unwrap() }
+    }
+
+    #[tokio::test]
+    async fn signals_reach_only_the_gateways_holding_the_user() {
+        let push = Push::new(PushConfig::default());
+        let mut g1 = push.attach_gateway(GatewayId(1));
+        let mut g2 = push.attach_gateway(GatewayId(2));
+        let mut presence = push.presence_changes().unwrap();
+        push.bind(UserId(7), session(10, 1));
+        push.bind(UserId(7), session(11, 1));
+        assert_eq!(presence.recv().await.unwrap().online, true);
+        let f = Frame::request(4, 0, &b"{}"[..]);
+        assert_eq!(push.signal(UserId(7), Some(ConnId(11)), &f), 1);
+        let d = g1.recv().await.unwrap();
+        assert_eq!(d.conns, vec![ConnId(10)]);
+        assert!(g2.try_recv().is_err(), "gateway 2 holds nobody and gets nothing");
+        assert_eq!(push.signal(UserId(8), None, &f), 0);
+        push.unbind(UserId(7), ConnId(10));
+        assert!(push.presence(UserId(7)).0);
+        push.unbind(UserId(7), ConnId(11));
+        let (online, seen) = push.presence(UserId(7));
+        assert!(!online && seen > 0);
+        assert_eq!(presence.recv().await.unwrap().online, false);
+    }
+
+    #[test]
+    fn sessions_per_user_are_bounded() {
+        let push = Push::new(PushConfig { max_sessions_per_user: 2, ..Default::default() });
+        for c in 0..5 {
+            push.bind(UserId(1), session(c, 1));
+        }
+        let conns: Vec<_> = push.sessions(UserId(1)).iter().map(|s| s.conn.0).collect();
+        assert_eq!(conns, vec![3, 4]);
+    }
+}

@@ -88,7 +88,8 @@ pub enum Op {
 /// One atomic write. In order, a backend:
 /// 1. if `dedup` names a (sender, client_msg_id) already committed, applies nothing and
 ///    returns the earlier outcome with `duplicate = true`;
-/// 2. appends `message` to its conversation (next conv_seq, new msg_id);
+/// 2. appends `message` to its conversation (next conv_seq, new msg_id) and moves the
+///    sender's read cursor to it (sending implies having read up to there);
 /// 3. appends to the inbox of every user in `message_to` an entry for that message, then
 ///    every `(user, event)` of `events`, each at the user's next inbox seq;
 /// 4. applies `ops`; 5. records the dedup key.

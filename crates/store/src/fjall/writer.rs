@@ -235,6 +235,8 @@ impl Tx<'_> {
                 body: new.body,
             };
             self.put(|s| &s.msgs, msg_key(msg.conv, conv_seq), encode(&msg));
+            // Sending implies having read everything up to one's own message.
+            self.op(crate::Op::AdvanceRead { user: msg.sender, conv: msg.conv, seq: conv_seq })?;
             for &user in &c.message_to {
                 let ev = StoredEvent::Message {
                     conv: msg.conv,

@@ -1,0 +1,199 @@
+//! One connection's life, independent of the transport: admission, authentication, the
+//! read loop that answers gateway commands and forwards business ones, and the bounded
+//! write queue drained by a writer task.
+
+use crate::{ConnHandle, Gateway, SessionCtx};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use xinge_core::error::ApiError;
+use xinge_core::ErrorCode;
+use xinge_proto::api::{AuthOk, AuthRequest};
+use xinge_proto::{cmd, Frame, FrameError};
+
+/// A frame could not be read.
+pub(crate) enum ReadError {
+    /// The peer went away (EOF or I/O error); nothing to tell it.
+    Gone,
+    /// The peer sent something that is not a frame; tell it why, then close.
+    Bad(FrameError),
+}
+
+pub(crate) trait FrameRead: Send {
+    /// The next frame; `Err(Gone)` at end of stream.
+    fn read_frame(&mut self) -> impl std::future::Future<Output = Result<Frame, ReadError>> + Send;
+}
+
+pub(crate) trait FrameWrite: Send + 'static {
+    fn write_frame(&mut self, f: Frame) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    fn finish(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// A write that takes longer than this means the peer stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn close_frame(err: &ApiError) -> Frame {
+    Frame::request(cmd::CLOSE, 0, serde_json::to_vec(err).unwrap_or_default())
+}
+
+pub(crate) fn bad_frame(e: &FrameError) -> ApiError {
+    match e {
+        FrameError::TooLarge(_) => ApiError::new(ErrorCode::TooLarge, e.to_string()),
+        _ => ApiError::new(ErrorCode::BadRequest, e.to_string()),
+    }
+}
+
+/// Writes a close frame and ends the stream, for connections refused before they have a
+/// writer task.
+async fn refuse<W: FrameWrite>(mut w: W, reply_to: Option<&Frame>, err: ApiError) {
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        if let Some(req) = reply_to {
+            let _ = w.write_frame(Frame::error(req.cmd, req.req_id, &err)).await;
+        }
+        let _ = w.write_frame(close_frame(&err)).await;
+        w.finish().await;
+    })
+    .await;
+}
+
+/// Serves one connection to the end. `token` is a token given at the upgrade (WebSocket
+/// query or header); without it the first frame must be `AUTH`.
+pub(crate) async fn serve<R: FrameRead, W: FrameWrite>(
+    gw: Arc<Gateway>,
+    mut r: R,
+    w: W,
+    token: Option<String>,
+) {
+    let Ok(_permit) = gw.slots.clone().try_acquire_owned() else {
+        refuse(w, None, ApiError::new(ErrorCode::Unavailable, "gateway is full")).await;
+        return;
+    };
+    let auth_timeout = Duration::from_secs(u64::from(gw.cfg.auth_timeout_secs));
+    let (auth_frame, token) = match token {
+        Some(t) => (None, t),
+        None => match tokio::time::timeout(auth_timeout, r.read_frame()).await {
+            Err(_) => {
+                let e = ApiError::new(ErrorCode::Unauthenticated, "no auth frame in time");
+                return refuse(w, None, e).await;
+            }
+            Ok(Err(ReadError::Gone)) => return,
+            Ok(Err(ReadError::Bad(e))) => return refuse(w, None, bad_frame(&e)).await,
+            Ok(Ok(f)) if f.cmd != cmd::AUTH => {
+                let e = ApiError::new(ErrorCode::Unauthenticated, "the first frame must be AUTH");
+                return refuse(w, Some(&f), e).await;
+            }
+            Ok(Ok(f)) => match serde_json::from_slice::<AuthRequest>(&f.body) {
+                Ok(req) => (Some(f), req.token),
+                Err(e) => {
+                    let e = ApiError::new(ErrorCode::BadRequest, format!("auth body: {e}"));
+                    return refuse(w, Some(&f), e).await;
+                }
+            },
+        },
+    };
+    let (user, device) = match gw.auth.authenticate(&token).await {
+        Ok(v) => v,
+        Err(e) => return refuse(w, auth_frame.as_ref(), e).await,
+    };
+
+    let conn = gw.next_conn_id();
+    let (out_tx, out_rx) = mpsc::channel(gw.cfg.send_queue);
+    let handle = Arc::new(ConnHandle {
+        user,
+        out: out_tx.clone(),
+        last_seen: gw.now_secs().into(),
+        close: Notify::new(),
+        close_reason: Mutex::new(None),
+    });
+    let writer = tokio::spawn(write_loop(w, out_rx));
+    let ok = AuthOk {
+        conn_id: conn.0,
+        user_id: user,
+        device: device.clone(),
+        heartbeat_timeout_secs: gw.cfg.heartbeat_timeout_secs,
+    };
+    let ok = serde_json::to_vec(&ok).unwrap_or_default();
+    let greeting = match &auth_frame {
+        Some(f) => f.reply(ok),
+        // Authenticated at the upgrade: announce the session as an unsolicited AUTH reply.
+        None => Frame { cmd: cmd::AUTH, flags: cmd::FLAG_RESPONSE, req_id: 0, body: ok.into() },
+    };
+    let _ = out_tx.send(greeting).await;
+    gw.register(conn, handle.clone(), device.clone());
+    tracing::debug!(%conn, %user, %device, "connection authenticated");
+
+    let ctx = SessionCtx { user, device, conn };
+    let reason = read_loop(&gw, &mut r, &handle, &ctx, &out_tx).await;
+    gw.unregister(conn, user);
+    let reason = handle
+        .close_reason
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .or(reason);
+    if let Some(err) = reason {
+        tracing::debug!(%conn, code = %err.code, "closing connection");
+        let _ = out_tx.try_send(close_frame(&err));
+    }
+    drop(out_tx);
+    drop(handle);
+    let _ = writer.await;
+}
+
+async fn read_loop<R: FrameRead>(
+    gw: &Gateway,
+    r: &mut R,
+    handle: &ConnHandle,
+    ctx: &SessionCtx,
+    out: &mpsc::Sender<Frame>,
+) -> Option<ApiError> {
+    loop {
+        let frame = tokio::select! {
+            f = r.read_frame() => f,
+            _ = handle.close.notified() => return None,
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(ReadError::Gone) => return None,
+            Err(ReadError::Bad(e)) => return Some(bad_frame(&e)),
+        };
+        handle.last_seen.store(gw.now_secs(), Ordering::Relaxed);
+        if frame.is_response() {
+            continue; // clients have nothing to answer; tolerate and ignore
+        }
+        let reply = match frame.cmd {
+            cmd::PING => frame.reply(bytes::Bytes::new()),
+            cmd::AUTH => Frame::error(
+                frame.cmd,
+                frame.req_id,
+                &ApiError::new(ErrorCode::Conflict, "already authenticated"),
+            ),
+            c if c >= cmd::FIRST_BUSINESS => {
+                match gw.upstream.handle(ctx, c, frame.body.clone()).await {
+                    Ok(body) => frame.reply(body),
+                    Err(e) => Frame::error(frame.cmd, frame.req_id, &e),
+                }
+            }
+            _ => Frame::error(
+                frame.cmd,
+                frame.req_id,
+                &ApiError::new(ErrorCode::UnknownCommand, format!("unknown command {}", frame.cmd)),
+            ),
+        };
+        if out.send(reply).await.is_err() {
+            return None;
+        }
+    }
+}
+
+async fn write_loop<W: FrameWrite>(mut w: W, mut rx: mpsc::Receiver<Frame>) {
+    while let Some(f) = rx.recv().await {
+        match tokio::time::timeout(WRITE_TIMEOUT, w.write_frame(f)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, w.finish()).await;
+}
+

@@ -1,0 +1,79 @@
+//! The WebSocket transport, mounted by the HTTP server at `/ws`. A binary message is one
+//! binary frame; a text message is one JSON text frame, and a connection that speaks text
+//! is answered in text. The token may come as `?token=` or `Authorization: Bearer`.
+
+use crate::conn::{self, FrameRead, FrameWrite, ReadError};
+use crate::Gateway;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use xinge_proto::Frame;
+
+struct Reader {
+    inner: SplitStream<WebSocket>,
+    max: usize,
+    text: Arc<AtomicBool>,
+}
+
+impl FrameRead for Reader {
+    async fn read_frame(&mut self) -> Result<Frame, ReadError> {
+        loop {
+            match self.inner.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(ReadError::Gone),
+                Some(Ok(Message::Binary(b))) => {
+                    return Frame::decode(b, self.max).map_err(ReadError::Bad);
+                }
+                Some(Ok(Message::Text(t))) => {
+                    self.text.store(true, Ordering::Relaxed);
+                    return Frame::decode_text(t.as_str(), self.max).map_err(ReadError::Bad);
+                }
+                // Pings are answered by the WebSocket layer; both count as nothing here.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            }
+        }
+    }
+}
+
+struct Writer {
+    inner: SplitSink<WebSocket, Message>,
+    text: Arc<AtomicBool>,
+}
+
+impl FrameWrite for Writer {
+    async fn write_frame(&mut self, f: Frame) -> std::io::Result<()> {
+        let msg = if self.text.load(Ordering::Relaxed) {
+            Message::Text(f.encode_text().into())
+        } else {
+            Message::Binary(f.encode())
+        };
+        self.inner.send(msg).await.map_err(std::io::Error::other)
+    }
+    async fn finish(&mut self) {
+        let _ = self
+            .inner
+            .send(Message::Close(Some(CloseFrame { code: 1000, reason: "bye".into() })))
+            .await;
+        let _ = self.inner.close().await;
+    }
+}
+
+/// Upgrades the request. `text` asks for text mode from the start (`?mode=text`), so the
+/// greeting of a connection authenticated at the upgrade is already JSON.
+pub fn upgrade(gw: Arc<Gateway>, ws: WebSocketUpgrade, token: Option<String>, text: bool) -> Response {
+    let max = gw.cfg.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        // A small read buffer: the default grows to 128 KiB per connection.
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| async move {
+            let (sink, stream) = socket.split();
+            let text = Arc::new(AtomicBool::new(text));
+            let reader = Reader { inner: stream, max, text: text.clone() };
+            conn::serve(gw, reader, Writer { inner: sink, text }, token).await;
+        })
+}
+

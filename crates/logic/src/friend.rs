@@ -1,0 +1,122 @@
+//! Friends: requests with a note, accept, decline, remove, block. Every change is an inbox
+//! event for both sides (the blocked side excepted), so it is signalled and stays pullable.
+
+use crate::{bad, store_err, Caller, Logic, Result};
+use xinge_core::{ErrorCode, UserId};
+use xinge_proto::api::{Event, Friend, FriendRequestView, FriendRequests};
+use xinge_store::{Commit, Op};
+
+const MAX_NOTE: usize = 256;
+const MAX_LIST: usize = 5_000;
+
+impl Logic {
+    async fn existing_peer(&self, me: UserId, peer: UserId) -> Result<()> {
+        if me == peer {
+            return Err(bad(ErrorCode::InvalidArgument, "that is yourself"));
+        }
+        match self.store.user(peer).await.map_err(store_err)? {
+            Some(_) => Ok(()),
+            None => Err(bad(ErrorCode::NotFound, "no such user")),
+        }
+    }
+
+    pub async fn request_friend(&self, caller: &Caller, to: UserId, note: String) -> Result<()> {
+        let me = caller.user;
+        if note.chars().count() > MAX_NOTE {
+            return Err(bad(ErrorCode::InvalidArgument, "note is longer than 256 characters"));
+        }
+        self.existing_peer(me, to).await?;
+        let rel = self.store.relation(me, to).await.map_err(store_err)?;
+        if rel.i_blocked || rel.blocked_me {
+            return Err(bad(ErrorCode::Blocked, "one of you has blocked the other"));
+        }
+        if rel.friends_since_ms.is_some() {
+            return Err(bad(ErrorCode::Conflict, "already friends"));
+        }
+        if rel.request_in.is_some() {
+            // They asked first: asking back is accepting.
+            return self.accept_friend(caller, to).await;
+        }
+        let view = FriendRequestView { from: me, to, note: note.clone(), created_at_ms: xinge_core::now_ms() };
+        let ev = Event::FriendRequest { from: me, to, note };
+        let c = Commit { events: vec![(to, ev.clone()), (me, ev)], ops: vec![Op::PutRequest(view)], ..Commit::default() };
+        self.commit(Some(caller), c).await.map(drop)
+    }
+
+    pub async fn accept_friend(&self, caller: &Caller, from: UserId) -> Result<()> {
+        let me = caller.user;
+        let rel = self.store.relation(me, from).await.map_err(store_err)?;
+        if rel.request_in.is_none() {
+            return Err(bad(ErrorCode::NotFound, "no pending request from that user"));
+        }
+        if rel.i_blocked || rel.blocked_me {
+            return Err(bad(ErrorCode::Blocked, "one of you has blocked the other"));
+        }
+        let ev = Event::FriendAccepted { from, to: me };
+        let c = Commit {
+            events: vec![(from, ev.clone()), (me, ev)],
+            ops: vec![Op::SetFriends { a: me, b: from, since_ms: xinge_core::now_ms() }],
+            ..Commit::default()
+        };
+        self.commit(Some(caller), c).await.map(drop)
+    }
+
+    pub async fn decline_friend(&self, caller: &Caller, from: UserId) -> Result<()> {
+        let me = caller.user;
+        let rel = self.store.relation(me, from).await.map_err(store_err)?;
+        if rel.request_in.is_none() {
+            return Err(bad(ErrorCode::NotFound, "no pending request from that user"));
+        }
+        let ev = Event::FriendDeclined { from, to: me };
+        let c = Commit {
+            events: vec![(from, ev.clone()), (me, ev)],
+            ops: vec![Op::DeleteRequest { from, to: me }],
+            ..Commit::default()
+        };
+        self.commit(Some(caller), c).await.map(drop)
+    }
+
+    pub async fn remove_friend(&self, caller: &Caller, peer: UserId) -> Result<()> {
+        let me = caller.user;
+        let rel = self.store.relation(me, peer).await.map_err(store_err)?;
+        if rel.friends_since_ms.is_none() {
+            return Err(bad(ErrorCode::NotFound, "not friends"));
+        }
+        let ev = Event::FriendRemoved { by: me, peer };
+        let c = Commit {
+            events: vec![(peer, ev.clone()), (me, ev)],
+            ops: vec![Op::RemoveFriends { a: me, b: peer }],
+            ..Commit::default()
+        };
+        self.commit(Some(caller), c).await.map(drop)
+    }
+
+    /// Blocking ends a friendship and any pending requests. The blocked user is not told;
+    /// their messages are refused from now on.
+    pub async fn set_block(&self, caller: &Caller, peer: UserId, blocked: bool) -> Result<()> {
+        let me = caller.user;
+        self.existing_peer(me, peer).await?;
+        let mut ops = vec![Op::SetBlock { by: me, peer, blocked }];
+        let mut events = vec![];
+        if blocked {
+            let rel = self.store.relation(me, peer).await.map_err(store_err)?;
+            if rel.friends_since_ms.is_some() {
+                ops.push(Op::RemoveFriends { a: me, b: peer });
+            }
+            ops.push(Op::DeleteRequest { from: me, to: peer });
+            ops.push(Op::DeleteRequest { from: peer, to: me });
+            events.push((me, Event::Blocked { by: me, peer }));
+        } else {
+            events.push((me, Event::Unblocked { by: me, peer }));
+        }
+        self.commit(Some(caller), Commit { events, ops, ..Commit::default() }).await.map(drop)
+    }
+
+    pub async fn friends(&self, caller: &Caller) -> Result<Vec<Friend>> {
+        self.store.friends(caller.user, MAX_LIST).await.map_err(store_err)
+    }
+
+    pub async fn friend_requests(&self, caller: &Caller) -> Result<FriendRequests> {
+        self.store.friend_requests(caller.user, MAX_LIST).await.map_err(store_err)
+    }
+}
