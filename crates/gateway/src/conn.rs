@@ -6,11 +6,11 @@ use crate::{ConnHandle, Gateway, SessionCtx};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
-use xinge_core::error::ApiError;
+use tokio::sync::{Notify, mpsc};
 use xinge_core::ErrorCode;
+use xinge_core::error::ApiError;
 use xinge_proto::api::{AuthOk, AuthRequest};
-use xinge_proto::{cmd, Frame, FrameError};
+use xinge_proto::{Frame, FrameError, cmd};
 
 /// A frame could not be read.
 pub(crate) enum ReadError {
@@ -26,7 +26,10 @@ pub(crate) trait FrameRead: Send {
 }
 
 pub(crate) trait FrameWrite: Send + 'static {
-    fn write_frame(&mut self, f: Frame) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    fn write_frame(
+        &mut self,
+        f: Frame,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
     fn finish(&mut self) -> impl std::future::Future<Output = ()> + Send;
 }
 
@@ -66,7 +69,12 @@ pub(crate) async fn serve<R: FrameRead, W: FrameWrite>(
     token: Option<String>,
 ) {
     let Ok(_permit) = gw.slots.clone().try_acquire_owned() else {
-        refuse(w, None, ApiError::new(ErrorCode::Unavailable, "gateway is full")).await;
+        refuse(
+            w,
+            None,
+            ApiError::new(ErrorCode::Unavailable, "gateway is full"),
+        )
+        .await;
         return;
     };
     let auth_timeout = Duration::from_secs(u64::from(gw.cfg.auth_timeout_secs));
@@ -117,7 +125,12 @@ pub(crate) async fn serve<R: FrameRead, W: FrameWrite>(
     let greeting = match &auth_frame {
         Some(f) => f.reply(ok),
         // Authenticated at the upgrade: announce the session as an unsolicited AUTH reply.
-        None => Frame { cmd: cmd::AUTH, flags: cmd::FLAG_RESPONSE, req_id: 0, body: ok.into() },
+        None => Frame {
+            cmd: cmd::AUTH,
+            flags: cmd::FLAG_RESPONSE,
+            req_id: 0,
+            body: ok.into(),
+        },
     };
     let _ = out_tx.send(greeting).await;
     gw.register(conn, handle.clone(), device.clone());
@@ -178,7 +191,10 @@ async fn read_loop<R: FrameRead>(
             _ => Frame::error(
                 frame.cmd,
                 frame.req_id,
-                &ApiError::new(ErrorCode::UnknownCommand, format!("unknown command {}", frame.cmd)),
+                &ApiError::new(
+                    ErrorCode::UnknownCommand,
+                    format!("unknown command {}", frame.cmd),
+                ),
             ),
         };
         if out.send(reply).await.is_err() {
@@ -196,4 +212,3 @@ async fn write_loop<W: FrameWrite>(mut w: W, mut rx: mpsc::Receiver<Frame>) {
     }
     let _ = tokio::time::timeout(WRITE_TIMEOUT, w.finish()).await;
 }
-

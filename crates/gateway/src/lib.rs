@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use xinge_core::config::GatewayConfig;
 use xinge_core::error::ApiError;
 use xinge_core::idgen::IdGen;
@@ -139,7 +139,10 @@ impl Gateway {
                     _ = stop.changed() => break,
                 }
             }
-            gw.close_all(ApiError::new(ErrorCode::Unavailable, "server shutting down"));
+            gw.close_all(ApiError::new(
+                ErrorCode::Unavailable,
+                "server shutting down",
+            ));
         });
     }
 
@@ -168,7 +171,14 @@ impl Gateway {
         self.shard(id).insert(id, h);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.wheel.insert(id, self.now_secs());
-        self.push.bind(user, xinge_push::Session { conn: id, gateway: self.id, device });
+        self.push.bind(
+            user,
+            xinge_push::Session {
+                conn: id,
+                gateway: self.id,
+                device,
+            },
+        );
     }
 
     pub(crate) fn unregister(&self, id: ConnId, user: UserId) {
@@ -200,7 +210,10 @@ impl Gateway {
         let h = self.get(id)?;
         let deadline = h.last_seen.load(Ordering::Relaxed) + self.cfg.heartbeat_timeout_secs;
         if deadline <= now {
-            h.kick(ApiError::new(ErrorCode::HeartbeatTimeout, "no heartbeat in time"));
+            h.kick(ApiError::new(
+                ErrorCode::HeartbeatTimeout,
+                "no heartbeat in time",
+            ));
             None
         } else {
             Some(deadline)
@@ -209,7 +222,12 @@ impl Gateway {
 
     fn close_all(&self, err: ApiError) {
         for shard in &self.conns {
-            let all: Vec<_> = shard.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+            let all: Vec<_> = shard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
             for h in all {
                 h.kick(err.clone());
             }

@@ -1,13 +1,13 @@
 //! The TCP transport: frames behind a 4-byte big-endian length prefix.
 
-use crate::conn::{self, FrameRead, FrameWrite, ReadError};
 use crate::Gateway;
+use crate::conn::{self, FrameRead, FrameWrite, ReadError};
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpListener;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use xinge_proto::Frame;
 
 struct Reader {
@@ -21,7 +21,10 @@ impl FrameRead for Reader {
         let len = Frame::check_prefix(len, self.max).map_err(ReadError::Bad)?;
         // The buffer lives only while a frame is being read: an idle connection holds none.
         let mut buf = BytesMut::zeroed(len);
-        self.inner.read_exact(&mut buf).await.map_err(|_| ReadError::Gone)?;
+        self.inner
+            .read_exact(&mut buf)
+            .await
+            .map_err(|_| ReadError::Gone)?;
         Frame::decode(buf.freeze(), self.max).map_err(ReadError::Bad)
     }
 }
@@ -38,7 +41,11 @@ impl FrameWrite for Writer {
 }
 
 /// Accepts TCP connections until `shutdown` fires.
-pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -48,7 +55,10 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, mut shutdown: tokio:
             Ok((stream, _peer)) => {
                 let _ = stream.set_nodelay(true);
                 let (r, w) = stream.into_split();
-                let reader = Reader { inner: r, max: gw.cfg.max_frame_bytes };
+                let reader = Reader {
+                    inner: r,
+                    max: gw.cfg.max_frame_bytes,
+                };
                 tokio::spawn(conn::serve(gw.clone(), reader, Writer(w), None));
             }
             Err(e) => {

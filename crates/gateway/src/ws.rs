@@ -2,14 +2,14 @@
 //! binary frame; a text message is one JSON text frame, and a connection that speaks text
 //! is answered in text. The token may come as `?token=` or `Authorization: Bearer`.
 
-use crate::conn::{self, FrameRead, FrameWrite, ReadError};
 use crate::Gateway;
+use crate::conn::{self, FrameRead, FrameWrite, ReadError};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use xinge_proto::Frame;
 
 struct Reader {
@@ -54,7 +54,10 @@ impl FrameWrite for Writer {
     async fn finish(&mut self) {
         let _ = self
             .inner
-            .send(Message::Close(Some(CloseFrame { code: 1000, reason: "bye".into() })))
+            .send(Message::Close(Some(CloseFrame {
+                code: 1000,
+                reason: "bye".into(),
+            })))
             .await;
         let _ = self.inner.close().await;
     }
@@ -62,7 +65,12 @@ impl FrameWrite for Writer {
 
 /// Upgrades the request. `text` asks for text mode from the start (`?mode=text`), so the
 /// greeting of a connection authenticated at the upgrade is already JSON.
-pub fn upgrade(gw: Arc<Gateway>, ws: WebSocketUpgrade, token: Option<String>, text: bool) -> Response {
+pub fn upgrade(
+    gw: Arc<Gateway>,
+    ws: WebSocketUpgrade,
+    token: Option<String>,
+    text: bool,
+) -> Response {
     let max = gw.cfg.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
@@ -72,8 +80,11 @@ pub fn upgrade(gw: Arc<Gateway>, ws: WebSocketUpgrade, token: Option<String>, te
         .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
             let text = Arc::new(AtomicBool::new(text));
-            let reader = Reader { inner: stream, max, text: text.clone() };
+            let reader = Reader {
+                inner: stream,
+                max,
+                text: text.clone(),
+            };
             conn::serve(gw, reader, Writer { inner: sink, text }, token).await;
         })
 }
-

@@ -1,7 +1,7 @@
 //! Accounts and devices.
 
 use crate::token::Claims;
-use crate::{bad, store_err, Caller, Logic, Result};
+use crate::{Caller, Logic, Result, bad, store_err};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use xinge_core::error::ApiError;
@@ -11,7 +11,9 @@ use xinge_store::NewUser;
 
 fn valid_username(s: &str) -> bool {
     (3..=32).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
 }
 
 fn valid_display_name(s: &str) -> bool {
@@ -28,16 +30,31 @@ impl Logic {
 
     pub async fn register(&self, req: RegisterRequest) -> Result<Profile> {
         if !valid_username(&req.username) {
-            return Err(bad(ErrorCode::InvalidArgument, "username must be 3-32 characters of [a-z0-9_.-]"));
+            return Err(bad(
+                ErrorCode::InvalidArgument,
+                "username must be 3-32 characters of [a-z0-9_.-]",
+            ));
         }
         if !(8..=256).contains(&req.password.len()) {
-            return Err(bad(ErrorCode::InvalidArgument, "password must be 8-256 bytes"));
+            return Err(bad(
+                ErrorCode::InvalidArgument,
+                "password must be 8-256 bytes",
+            ));
         }
         let display_name = req.display_name.unwrap_or_else(|| req.username.clone());
         if !valid_display_name(&display_name) {
-            return Err(bad(ErrorCode::InvalidArgument, "display name must be 1-64 printable characters"));
+            return Err(bad(
+                ErrorCode::InvalidArgument,
+                "display name must be 1-64 printable characters",
+            ));
         }
-        if self.store.user_by_name(&req.username).await.map_err(store_err)?.is_some() {
+        if self
+            .store
+            .user_by_name(&req.username)
+            .await
+            .map_err(store_err)?
+            .is_some()
+        {
             return Err(bad(ErrorCode::Conflict, "username is taken"));
         }
         let argon = self.argon2()?;
@@ -45,7 +62,9 @@ impl Logic {
         // Hashing is deliberately slow: keep it off the async workers.
         let hash = tokio::task::spawn_blocking(move || {
             let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).expect("16-byte salt");
-            argon.hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
+            argon
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
         })
         .await
         .map_err(|_| bad(ErrorCode::Internal, "internal error"))?
@@ -63,7 +82,11 @@ impl Logic {
                 xinge_store::StoreError::Conflict => bad(ErrorCode::Conflict, "username is taken"),
                 e => store_err(e),
             })?;
-        Ok(Profile { user_id: user.id, username: user.username, display_name: user.display_name })
+        Ok(Profile {
+            user_id: user.id,
+            username: user.username,
+            display_name: user.display_name,
+        })
     }
 
     pub async fn login(&self, req: LoginRequest) -> Result<LoginResponse> {
@@ -71,11 +94,17 @@ impl Logic {
         if req.password.len() > 256 {
             return Err(wrong());
         }
-        let user = self.store.user_by_name(&req.username).await.map_err(store_err)?.ok_or_else(wrong)?;
+        let user = self
+            .store
+            .user_by_name(&req.username)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(wrong)?;
         let argon = self.argon2()?;
         let (hash, password) = (user.password_hash.clone(), req.password);
         let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
+            PasswordHash::new(&hash)
+                .is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
         })
         .await
         .unwrap_or(false);
@@ -84,22 +113,46 @@ impl Logic {
         }
         let tid = rand::random::<u64>();
         let exp = xinge_core::now_ms() + self.cfg.auth.token_ttl_secs * 1000;
-        self.store.put_device(user.id, &req.device, tid).await.map_err(store_err)?;
-        let token = self.tokens.sign(&Claims { uid: user.id, dev: req.device.clone(), tid, exp });
-        Ok(LoginResponse { token, user_id: user.id, device: req.device, expires_at_ms: exp })
+        self.store
+            .put_device(user.id, &req.device, tid)
+            .await
+            .map_err(store_err)?;
+        let token = self.tokens.sign(&Claims {
+            uid: user.id,
+            dev: req.device.clone(),
+            tid,
+            exp,
+        });
+        Ok(LoginResponse {
+            token,
+            user_id: user.id,
+            device: req.device,
+            expires_at_ms: exp,
+        })
     }
 
     /// Verifies a token: signature, expiry, and that its device has not logged out since.
     pub async fn authenticate(&self, token: &str) -> Result<(UserId, DeviceId)> {
         let claims = self.tokens.verify(token, xinge_core::now_ms())?;
-        match self.store.device_token(claims.uid, &claims.dev).await.map_err(store_err)? {
+        match self
+            .store
+            .device_token(claims.uid, &claims.dev)
+            .await
+            .map_err(store_err)?
+        {
             Some(tid) if tid == claims.tid => Ok((claims.uid, claims.dev)),
-            _ => Err(ApiError::new(ErrorCode::TokenRevoked, "token revoked: log in again")),
+            _ => Err(ApiError::new(
+                ErrorCode::TokenRevoked,
+                "token revoked: log in again",
+            )),
         }
     }
 
     pub async fn logout(&self, caller: &Caller) -> Result<()> {
-        self.store.remove_device(caller.user, &caller.device).await.map_err(store_err)
+        self.store
+            .remove_device(caller.user, &caller.device)
+            .await
+            .map_err(store_err)
     }
 
     pub async fn profile(&self, user: UserId) -> Result<Profile> {
@@ -109,7 +162,11 @@ impl Logic {
             .await
             .map_err(store_err)?
             .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
-        Ok(Profile { user_id: u.id, username: u.username, display_name: u.display_name })
+        Ok(Profile {
+            user_id: u.id,
+            username: u.username,
+            display_name: u.display_name,
+        })
     }
 
     pub async fn find_user(&self, username: &str) -> Result<Profile> {
@@ -119,14 +176,24 @@ impl Logic {
             .await
             .map_err(store_err)?
             .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
-        Ok(Profile { user_id: u.id, username: u.username, display_name: u.display_name })
+        Ok(Profile {
+            user_id: u.id,
+            username: u.username,
+            display_name: u.display_name,
+        })
     }
 
     pub async fn set_display_name(&self, caller: &Caller, name: &str) -> Result<Profile> {
         if !valid_display_name(name) {
-            return Err(bad(ErrorCode::InvalidArgument, "display name must be 1-64 printable characters"));
+            return Err(bad(
+                ErrorCode::InvalidArgument,
+                "display name must be 1-64 printable characters",
+            ));
         }
-        self.store.set_display_name(caller.user, name).await.map_err(store_err)?;
+        self.store
+            .set_display_name(caller.user, name)
+            .await
+            .map_err(store_err)?;
         self.profile(caller.user).await
     }
 }

@@ -1,6 +1,6 @@
 //! 1:1 chat on the push-then-pull contract (DESIGN.md §2).
 
-use crate::{bad, store_err, Caller, Logic, Result};
+use crate::{Caller, Logic, Result, bad, store_err};
 use xinge_core::{ConvId, ErrorCode, UserId};
 use xinge_proto::api::*;
 use xinge_store::{Commit, NewMessage, Op};
@@ -35,7 +35,10 @@ impl Logic {
 
     fn check_client_msg_id(id: &str) -> Result<()> {
         if id.is_empty() || id.len() > MAX_CLIENT_MSG_ID || id.chars().any(char::is_control) {
-            return Err(bad(ErrorCode::InvalidArgument, "client_msg_id must be 1-64 bytes, no control characters"));
+            return Err(bad(
+                ErrorCode::InvalidArgument,
+                "client_msg_id must be 1-64 bytes, no control characters",
+            ));
         }
         Ok(())
     }
@@ -50,19 +53,32 @@ impl Logic {
                 ConvId::direct(caller.user, to)
             }
             (None, Some(conv)) => conv,
-            _ => return Err(bad(ErrorCode::InvalidArgument, "give exactly one of `to` and `conv`")),
+            _ => {
+                return Err(bad(
+                    ErrorCode::InvalidArgument,
+                    "give exactly one of `to` and `conv`",
+                ));
+            }
         };
         let peer = self.peer_in(caller, conv)?;
         if !req.content.is_object() {
-            return Err(bad(ErrorCode::InvalidArgument, "content must be a JSON object"));
+            return Err(bad(
+                ErrorCode::InvalidArgument,
+                "content must be a JSON object",
+            ));
         }
-        let size = serde_json::to_vec(&req.content).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(&req.content)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if size > self.cfg.chat.max_content_bytes {
             return Err(bad(ErrorCode::TooLarge, "content is over the size limit"));
         }
         self.may_message(caller.user, peer).await?;
-        let body = MessageBody::Content { content: req.content };
-        self.append(caller, conv, peer, req.client_msg_id, body).await
+        let body = MessageBody::Content {
+            content: req.content,
+        };
+        self.append(caller, conv, peer, req.client_msg_id, body)
+            .await
     }
 
     async fn append(
@@ -89,7 +105,9 @@ impl Logic {
             ops: vec![Op::Join { user: me, conv }, Op::Join { user: peer, conv }],
         };
         let done = self.commit(Some(caller), c).await?;
-        let m = done.message.ok_or_else(|| bad(ErrorCode::Internal, "internal error"))?;
+        let m = done
+            .message
+            .ok_or_else(|| bad(ErrorCode::Internal, "internal error"))?;
         Ok(SendResponse {
             msg_id: m.msg_id,
             conv: m.conv,
@@ -112,24 +130,53 @@ impl Logic {
             .pop()
             .ok_or_else(|| bad(ErrorCode::NotFound, "no such message"))?;
         if target.sender != caller.user {
-            return Err(bad(ErrorCode::Forbidden, "only the sender may recall a message"));
+            return Err(bad(
+                ErrorCode::Forbidden,
+                "only the sender may recall a message",
+            ));
         }
         if !matches!(target.body, MessageBody::Content { .. }) {
-            return Err(bad(ErrorCode::InvalidArgument, "that is not a message one can recall"));
+            return Err(bad(
+                ErrorCode::InvalidArgument,
+                "that is not a message one can recall",
+            ));
         }
         let key = format!("recall:{}:{}", req.conv, req.conv_seq);
         let window = self.cfg.chat.recall_window_secs * 1000;
         if xinge_core::now_ms().saturating_sub(target.sent_at_ms) > window {
-            return Err(bad(ErrorCode::RecallWindowPassed, "too late to recall this message"));
+            return Err(bad(
+                ErrorCode::RecallWindowPassed,
+                "too late to recall this message",
+            ));
         }
-        self.append(caller, req.conv, peer, key, MessageBody::Recall { target: req.conv_seq }).await
+        self.append(
+            caller,
+            req.conv,
+            peer,
+            key,
+            MessageBody::Recall {
+                target: req.conv_seq,
+            },
+        )
+        .await
     }
 
     pub async fn sync(&self, caller: &Caller, req: SyncRequest) -> Result<SyncResponse> {
-        let limit = req.limit.unwrap_or(self.cfg.chat.max_page).clamp(1, self.cfg.chat.max_page);
-        let (entries, head) = self.store.inbox(caller.user, req.after, limit).await.map_err(store_err)?;
+        let limit = req
+            .limit
+            .unwrap_or(self.cfg.chat.max_page)
+            .clamp(1, self.cfg.chat.max_page);
+        let (entries, head) = self
+            .store
+            .inbox(caller.user, req.after, limit)
+            .await
+            .map_err(store_err)?;
         let last = entries.last().map_or(req.after, |e| e.seq);
-        Ok(SyncResponse { has_more: last < head, entries, head })
+        Ok(SyncResponse {
+            has_more: last < head,
+            entries,
+            head,
+        })
     }
 
     pub async fn conversations(&self, caller: &Caller) -> Result<ConversationList> {
@@ -141,7 +188,12 @@ impl Logic {
         let mut out = Vec::with_capacity(members.len());
         for m in members {
             let head = self.store.conv_head(m.conv).await.map_err(store_err)?;
-            let last_message = self.store.messages(m.conv, head, head, 1, false).await.map_err(store_err)?.pop();
+            let last_message = self
+                .store
+                .messages(m.conv, head, head, 1, false)
+                .await
+                .map_err(store_err)?
+                .pop();
             out.push(Conversation {
                 conv: m.conv,
                 peer: m.conv.peer_of(caller.user),
@@ -152,7 +204,11 @@ impl Logic {
                 last_message,
             });
         }
-        out.sort_by(|a, b| b.last_activity_ms.cmp(&a.last_activity_ms).then(b.conv.cmp(&a.conv)));
+        out.sort_by(|a, b| {
+            b.last_activity_ms
+                .cmp(&a.last_activity_ms)
+                .then(b.conv.cmp(&a.conv))
+        });
         Ok(ConversationList { conversations: out })
     }
 
@@ -160,14 +216,27 @@ impl Logic {
         self.peer_in(caller, req.conv)?;
         let limit = req.limit.unwrap_or(50).clamp(1, self.cfg.chat.max_page);
         let (messages, forward) = match (req.before, req.after) {
-            (Some(_), Some(_)) => return Err(bad(ErrorCode::InvalidArgument, "give at most one of `before` and `after`")),
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    ErrorCode::InvalidArgument,
+                    "give at most one of `before` and `after`",
+                ));
+            }
             (None, Some(after)) => {
                 let from = after.saturating_add(1);
-                (self.store.messages(req.conv, from, u64::MAX, limit + 1, false).await, true)
+                (
+                    self.store
+                        .messages(req.conv, from, u64::MAX, limit + 1, false)
+                        .await,
+                    true,
+                )
             }
             (before, None) => {
                 let to = before.map_or(u64::MAX, |b| b.saturating_sub(1));
-                (self.store.messages(req.conv, 1, to, limit + 1, true).await, false)
+                (
+                    self.store.messages(req.conv, 1, to, limit + 1, true).await,
+                    false,
+                )
             }
         };
         let mut messages = messages.map_err(store_err)?;
@@ -188,18 +257,36 @@ impl Logic {
         let peer = self.peer_in(caller, req.conv)?;
         let head = self.store.conv_head(req.conv).await.map_err(store_err)?;
         let seq = req.seq.min(head);
-        let cur = self.store.read_cursor(me, req.conv).await.map_err(store_err)?;
+        let cur = self
+            .store
+            .read_cursor(me, req.conv)
+            .await
+            .map_err(store_err)?;
         if seq <= cur {
-            return Ok(ReadResponse { conv: req.conv, read_seq: cur });
+            return Ok(ReadResponse {
+                conv: req.conv,
+                read_seq: cur,
+            });
         }
-        let ev = Event::Read { conv: req.conv, reader: me, seq };
+        let ev = Event::Read {
+            conv: req.conv,
+            reader: me,
+            seq,
+        };
         let c = Commit {
             events: vec![(me, ev.clone()), (peer, ev)],
-            ops: vec![Op::AdvanceRead { user: me, conv: req.conv, seq }],
+            ops: vec![Op::AdvanceRead {
+                user: me,
+                conv: req.conv,
+                seq,
+            }],
             ..Commit::default()
         };
         self.commit(Some(caller), c).await?;
-        Ok(ReadResponse { conv: req.conv, read_seq: seq })
+        Ok(ReadResponse {
+            conv: req.conv,
+            read_seq: seq,
+        })
     }
 
     /// Who has read the message at `seq`: members (other than its sender) whose read
@@ -218,8 +305,16 @@ impl Logic {
             if member == msg.sender {
                 continue;
             }
-            let cursor = self.store.read_cursor(member, req.conv).await.map_err(store_err)?;
-            if cursor >= req.seq { read_by.push(member) } else { unread_by.push(member) }
+            let cursor = self
+                .store
+                .read_cursor(member, req.conv)
+                .await
+                .map_err(store_err)?;
+            if cursor >= req.seq {
+                read_by.push(member)
+            } else {
+                unread_by.push(member)
+            }
         }
         Ok(ReadState {
             conv: req.conv,
@@ -235,22 +330,42 @@ impl Logic {
     pub async fn typing(&self, caller: &Caller, req: TypingRequest) -> Result<()> {
         let peer = self.peer_in(caller, req.conv)?;
         self.may_message(caller.user, peer).await?;
-        self.signal(peer, None, &Signal::Typing { conv: req.conv, user: caller.user });
+        self.signal(
+            peer,
+            None,
+            &Signal::Typing {
+                conv: req.conv,
+                user: caller.user,
+            },
+        );
         Ok(())
     }
 
     /// Presence of the given users, for those who are the caller's friends (or the caller).
     pub async fn presence(&self, caller: &Caller, req: PresenceRequest) -> Result<PresenceList> {
         if req.users.len() > 500 {
-            return Err(bad(ErrorCode::InvalidArgument, "at most 500 users at a time"));
+            return Err(bad(
+                ErrorCode::InvalidArgument,
+                "at most 500 users at a time",
+            ));
         }
         let mut presence = Vec::new();
         for u in req.users {
             let visible = u == caller.user
-                || self.store.relation(caller.user, u).await.map_err(store_err)?.friends_since_ms.is_some();
+                || self
+                    .store
+                    .relation(caller.user, u)
+                    .await
+                    .map_err(store_err)?
+                    .friends_since_ms
+                    .is_some();
             if visible {
                 let (online, last_seen_ms) = self.push.presence(u);
-                presence.push(Presence { user: u, online, last_seen_ms });
+                presence.push(Presence {
+                    user: u,
+                    online,
+                    last_seen_ms,
+                });
             }
         }
         Ok(PresenceList { presence })

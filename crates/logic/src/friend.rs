@@ -1,7 +1,7 @@
 //! Friends: requests with a note, accept, decline, remove, block. Every change is an inbox
 //! event for both sides (the blocked side excepted), so it is signalled and stays pullable.
 
-use crate::{bad, store_err, Caller, Logic, Result};
+use crate::{Caller, Logic, Result, bad, store_err};
 use xinge_core::{ErrorCode, UserId};
 use xinge_proto::api::{Event, Friend, FriendRequestView, FriendRequests};
 use xinge_store::{Commit, Op};
@@ -23,7 +23,10 @@ impl Logic {
     pub async fn request_friend(&self, caller: &Caller, to: UserId, note: String) -> Result<()> {
         let me = caller.user;
         if note.chars().count() > MAX_NOTE {
-            return Err(bad(ErrorCode::InvalidArgument, "note is longer than 256 characters"));
+            return Err(bad(
+                ErrorCode::InvalidArgument,
+                "note is longer than 256 characters",
+            ));
         }
         self.existing_peer(me, to).await?;
         let rel = self.store.relation(me, to).await.map_err(store_err)?;
@@ -37,9 +40,18 @@ impl Logic {
             // They asked first: asking back is accepting.
             return self.accept_friend(caller, to).await;
         }
-        let view = FriendRequestView { from: me, to, note: note.clone(), created_at_ms: xinge_core::now_ms() };
+        let view = FriendRequestView {
+            from: me,
+            to,
+            note: note.clone(),
+            created_at_ms: xinge_core::now_ms(),
+        };
         let ev = Event::FriendRequest { from: me, to, note };
-        let c = Commit { events: vec![(to, ev.clone()), (me, ev)], ops: vec![Op::PutRequest(view)], ..Commit::default() };
+        let c = Commit {
+            events: vec![(to, ev.clone()), (me, ev)],
+            ops: vec![Op::PutRequest(view)],
+            ..Commit::default()
+        };
         self.commit(Some(caller), c).await.map(drop)
     }
 
@@ -47,7 +59,10 @@ impl Logic {
         let me = caller.user;
         let rel = self.store.relation(me, from).await.map_err(store_err)?;
         if rel.request_in.is_none() {
-            return Err(bad(ErrorCode::NotFound, "no pending request from that user"));
+            return Err(bad(
+                ErrorCode::NotFound,
+                "no pending request from that user",
+            ));
         }
         if rel.i_blocked || rel.blocked_me {
             return Err(bad(ErrorCode::Blocked, "one of you has blocked the other"));
@@ -55,7 +70,11 @@ impl Logic {
         let ev = Event::FriendAccepted { from, to: me };
         let c = Commit {
             events: vec![(from, ev.clone()), (me, ev)],
-            ops: vec![Op::SetFriends { a: me, b: from, since_ms: xinge_core::now_ms() }],
+            ops: vec![Op::SetFriends {
+                a: me,
+                b: from,
+                since_ms: xinge_core::now_ms(),
+            }],
             ..Commit::default()
         };
         self.commit(Some(caller), c).await.map(drop)
@@ -65,7 +84,10 @@ impl Logic {
         let me = caller.user;
         let rel = self.store.relation(me, from).await.map_err(store_err)?;
         if rel.request_in.is_none() {
-            return Err(bad(ErrorCode::NotFound, "no pending request from that user"));
+            return Err(bad(
+                ErrorCode::NotFound,
+                "no pending request from that user",
+            ));
         }
         let ev = Event::FriendDeclined { from, to: me };
         let c = Commit {
@@ -96,7 +118,11 @@ impl Logic {
     pub async fn set_block(&self, caller: &Caller, peer: UserId, blocked: bool) -> Result<()> {
         let me = caller.user;
         self.existing_peer(me, peer).await?;
-        let mut ops = vec![Op::SetBlock { by: me, peer, blocked }];
+        let mut ops = vec![Op::SetBlock {
+            by: me,
+            peer,
+            blocked,
+        }];
         let mut events = vec![];
         if blocked {
             let rel = self.store.relation(me, peer).await.map_err(store_err)?;
@@ -109,14 +135,29 @@ impl Logic {
         } else {
             events.push((me, Event::Unblocked { by: me, peer }));
         }
-        self.commit(Some(caller), Commit { events, ops, ..Commit::default() }).await.map(drop)
+        self.commit(
+            Some(caller),
+            Commit {
+                events,
+                ops,
+                ..Commit::default()
+            },
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn friends(&self, caller: &Caller) -> Result<Vec<Friend>> {
-        self.store.friends(caller.user, MAX_LIST).await.map_err(store_err)
+        self.store
+            .friends(caller.user, MAX_LIST)
+            .await
+            .map_err(store_err)
     }
 
     pub async fn friend_requests(&self, caller: &Caller) -> Result<FriendRequests> {
-        self.store.friend_requests(caller.user, MAX_LIST).await.map_err(store_err)
+        self.store
+            .friend_requests(caller.user, MAX_LIST)
+            .await
+            .map_err(store_err)
     }
 }

@@ -21,7 +21,7 @@ use xinge_core::config::Config;
 use xinge_core::error::ApiError;
 use xinge_core::{ConnId, ErrorCode, UserId};
 use xinge_proto::api::{InboxEntry, Signal};
-use xinge_proto::{cmd, Frame};
+use xinge_proto::{Frame, cmd};
 use xinge_push::Push;
 use xinge_store::{Commit, Committed, Store, StoreError};
 
@@ -61,7 +61,12 @@ pub(crate) fn store_err(e: StoreError) -> ApiError {
 }
 
 impl Logic {
-    pub fn new(store: Arc<dyn Store>, push: Arc<Push>, cfg: Config, token_secret: Vec<u8>) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        push: Arc<Push>,
+        cfg: Config,
+        token_secret: Vec<u8>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             push,
@@ -87,7 +92,9 @@ impl Logic {
 
     fn signal_inbox(&self, user: UserId, entry: &InboxEntry, except: Option<ConnId>) {
         // Ride inline when small; otherwise the signal carries only the new seq.
-        let inline = serde_json::to_vec(entry).ok().filter(|b| b.len() <= self.cfg.chat.inline_max_bytes);
+        let inline = serde_json::to_vec(entry)
+            .ok()
+            .filter(|b| b.len() <= self.cfg.chat.inline_max_bytes);
         let signal = Signal::Inbox {
             seq: entry.seq,
             entry: inline.is_some().then(|| entry.clone()),
@@ -97,13 +104,16 @@ impl Logic {
 
     pub(crate) fn signal(&self, user: UserId, except: Option<ConnId>, signal: &Signal) {
         let body = serde_json::to_vec(signal).unwrap_or_default();
-        self.push.signal(user, except, &Frame::request(cmd::SIGNAL, 0, body));
+        self.push
+            .signal(user, except, &Frame::request(cmd::SIGNAL, 0, body));
     }
 
     /// Tells friends when a user comes online or goes offline. Runs until the push layer's
     /// presence stream ends.
     pub async fn run_presence(self: Arc<Self>) {
-        let Some(mut changes) = self.push.presence_changes() else { return };
+        let Some(mut changes) = self.push.presence_changes() else {
+            return;
+        };
         while let Some(ch) = changes.recv().await {
             let friends = match self.store.friends(ch.user, 5_000).await {
                 Ok(f) => f,
@@ -112,7 +122,11 @@ impl Logic {
                     continue;
                 }
             };
-            let signal = Signal::Presence { user: ch.user, online: ch.online, last_seen_ms: ch.at_ms };
+            let signal = Signal::Presence {
+                user: ch.user,
+                online: ch.online,
+                last_seen_ms: ch.at_ms,
+            };
             for f in friends {
                 self.signal(f.user_id, None, &signal);
             }

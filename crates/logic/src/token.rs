@@ -2,13 +2,13 @@
 //! user, a device and a token id; the store remembers the current token id of each device,
 //! so logging out (or in again) revokes the older token at once.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use xinge_core::{DeviceId, ErrorCode, UserId};
 use xinge_core::error::ApiError;
+use xinge_core::{DeviceId, ErrorCode, UserId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -60,7 +60,10 @@ impl TokenSigner {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(invalid)?;
         if claims.exp <= now_ms {
-            return Err(ApiError::new(ErrorCode::TokenExpired, "token expired: log in again"));
+            return Err(ApiError::new(
+                ErrorCode::TokenExpired,
+                "token expired: log in again",
+            ));
         }
         Ok(claims)
     }
@@ -71,7 +74,12 @@ mod tests {
     use super::*;
 
     fn claims(exp: u64) -> Claims {
-        Claims { uid: UserId(3), dev: DeviceId::parse("phone").unwrap(), tid: 99, exp }
+        Claims {
+            uid: UserId(3),
+            dev: DeviceId::parse("phone").unwrap(),
+            tid: 99,
+            exp,
+        }
     }
 
     #[test]
@@ -79,17 +87,29 @@ mod tests {
         let s = TokenSigner::new(b"k".repeat(32));
         let t = s.sign(&claims(2_000));
         assert_eq!(s.verify(&t, 1_000).unwrap(), claims(2_000));
-        assert_eq!(s.verify(&t, 2_000).unwrap_err().code, ErrorCode::TokenExpired);
+        assert_eq!(
+            s.verify(&t, 2_000).unwrap_err().code,
+            ErrorCode::TokenExpired
+        );
         let other = TokenSigner::new(b"x".repeat(32));
-        assert_eq!(other.verify(&t, 1_000).unwrap_err().code, ErrorCode::Unauthenticated);
+        assert_eq!(
+            other.verify(&t, 1_000).unwrap_err().code,
+            ErrorCode::Unauthenticated
+        );
         // Swap in a payload naming another user, keep the signature.
         let (_, sig) = t.split_once('.').unwrap();
         let mut c = claims(2_000);
         c.uid = UserId(4);
         let forged = format!("{}.{sig}", B64.encode(serde_json::to_vec(&c).unwrap()));
-        assert_eq!(s.verify(&forged, 1_000).unwrap_err().code, ErrorCode::Unauthenticated);
+        assert_eq!(
+            s.verify(&forged, 1_000).unwrap_err().code,
+            ErrorCode::Unauthenticated
+        );
         for junk in ["", ".", "a.b", "no-dot", &"x".repeat(5000)] {
-            assert_eq!(s.verify(junk, 1_000).unwrap_err().code, ErrorCode::Unauthenticated);
+            assert_eq!(
+                s.verify(junk, 1_000).unwrap_err().code,
+                ErrorCode::Unauthenticated
+            );
         }
     }
 }

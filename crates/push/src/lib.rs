@@ -106,7 +106,10 @@ impl Push {
 
     /// The stream of online/offline transitions; can be taken once.
     pub fn presence_changes(&self) -> Option<mpsc::Receiver<PresenceChange>> {
-        self.presence_rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.presence_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub fn bind(&self, user: UserId, session: Session) {
@@ -126,7 +129,11 @@ impl Push {
             was_offline
         };
         if came_online {
-            let _ = self.presence_tx.try_send(PresenceChange { user, online: true, at_ms: now });
+            let _ = self.presence_tx.try_send(PresenceChange {
+                user,
+                online: true,
+                at_ms: now,
+            });
         }
     }
 
@@ -134,19 +141,28 @@ impl Push {
         let now = xinge_core::now_ms();
         let went_offline = {
             let mut shard = self.shard(user);
-            let Some(e) = shard.get_mut(&user) else { return };
+            let Some(e) = shard.get_mut(&user) else {
+                return;
+            };
             let before = e.sessions.len();
             e.sessions.retain(|s| s.conn != conn);
             e.last_seen_ms = now;
             before > 0 && e.sessions.is_empty()
         };
         if went_offline {
-            let _ = self.presence_tx.try_send(PresenceChange { user, online: false, at_ms: now });
+            let _ = self.presence_tx.try_send(PresenceChange {
+                user,
+                online: false,
+                at_ms: now,
+            });
         }
     }
 
     pub fn sessions(&self, user: UserId) -> Vec<Session> {
-        self.shard(user).get(&user).map(|e| e.sessions.clone()).unwrap_or_default()
+        self.shard(user)
+            .get(&user)
+            .map(|e| e.sessions.clone())
+            .unwrap_or_default()
     }
 
     /// `(online, last_seen_ms)`; last seen is now for an online user, 0 if unknown.
@@ -171,12 +187,17 @@ impl Push {
         for (gw, conns) in by_gateway {
             let n = conns.len();
             let ok = gateways.get(&gw).is_some_and(|tx| {
-                tx.try_send(Delivery { conns, frame: frame.clone() }).is_ok()
+                tx.try_send(Delivery {
+                    conns,
+                    frame: frame.clone(),
+                })
+                .is_ok()
             });
             if ok {
                 sent += n;
             } else {
-                self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(gateway = %gw, %user, "signal dropped: gateway queue full or gone");
             }
         }
@@ -194,7 +215,11 @@ mod tests {
     use super::*;
 
     fn session(conn: u64, gw: u16) -> Session {
-        Session { conn: ConnId(conn), gateway: GatewayId(gw), device: DeviceId::parse("d").unwrap() }
+        Session {
+            conn: ConnId(conn),
+            gateway: GatewayId(gw),
+            device: DeviceId::parse("d").unwrap(),
+        }
     }
 
     #[tokio::test]
@@ -210,7 +235,10 @@ mod tests {
         assert_eq!(push.signal(UserId(7), Some(ConnId(11)), &f), 1);
         let d = g1.recv().await.unwrap();
         assert_eq!(d.conns, vec![ConnId(10)]);
-        assert!(g2.try_recv().is_err(), "gateway 2 holds nobody and gets nothing");
+        assert!(
+            g2.try_recv().is_err(),
+            "gateway 2 holds nobody and gets nothing"
+        );
         assert_eq!(push.signal(UserId(8), None, &f), 0);
         push.unbind(UserId(7), ConnId(10));
         assert!(push.presence(UserId(7)).0);
@@ -222,7 +250,10 @@ mod tests {
 
     #[test]
     fn sessions_per_user_are_bounded() {
-        let push = Push::new(PushConfig { max_sessions_per_user: 2, ..Default::default() });
+        let push = Push::new(PushConfig {
+            max_sessions_per_user: 2,
+            ..Default::default()
+        });
         for c in 0..5 {
             push.bind(UserId(1), session(c, 1));
         }

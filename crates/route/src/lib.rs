@@ -29,7 +29,11 @@ pub struct Route {
 
 impl Route {
     pub fn new(stale_after_ms: u64) -> Self {
-        Self { reports: Mutex::new(HashMap::new()), stale_after_ms, max_gateways: 4_096 }
+        Self {
+            reports: Mutex::new(HashMap::new()),
+            stale_after_ms,
+            max_gateways: 4_096,
+        }
     }
 
     pub fn report(&self, r: GatewayReport) {
@@ -100,7 +104,11 @@ mod tests {
         route.report(rep(2, "a", 100, 10_000));
         route.report(rep(3, "b", 0, 10_000));
         route.report(rep(4, "a", 0, 5_000)); // stale at 10,500
-        let order: Vec<_> = route.rank("eu", "a", 10_500).into_iter().map(|e| e.address).collect();
+        let order: Vec<_> = route
+            .rank("eu", "a", 10_500)
+            .into_iter()
+            .map(|e| e.address)
+            .collect();
         assert_eq!(order, vec!["10.0.0.2:1", "10.0.0.1:1", "10.0.0.3:1"]);
     }
 }

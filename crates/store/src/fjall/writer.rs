@@ -236,7 +236,11 @@ impl Tx<'_> {
             };
             self.put(|s| &s.msgs, msg_key(msg.conv, conv_seq), encode(&msg));
             // Sending implies having read everything up to one's own message.
-            self.op(crate::Op::AdvanceRead { user: msg.sender, conv: msg.conv, seq: conv_seq })?;
+            self.op(crate::Op::AdvanceRead {
+                user: msg.sender,
+                conv: msg.conv,
+                seq: conv_seq,
+            })?;
             for &user in &c.message_to {
                 let ev = StoredEvent::Message {
                     conv: msg.conv,

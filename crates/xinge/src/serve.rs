@@ -1,0 +1,161 @@
+//! `xinge serve`: every role in one process — HTTP API and route service, WebSocket
+//! gateway on the HTTP port (`/ws`), TCP gateway, in-process push and bus, embedded store.
+
+use base64::Engine;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use xinge_api::{AppState, Dispatch};
+use xinge_core::GatewayId;
+use xinge_core::config::Config;
+use xinge_gateway::Gateway;
+use xinge_logic::Logic;
+use xinge_push::{Push, PushConfig};
+use xinge_route::{GatewayReport, Route};
+use xinge_store::fjall::{FjallOptions, FjallStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("store: {0}")]
+    Store(#[from] xinge_store::StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The addresses a running server listens on.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub http: SocketAddr,
+    pub tcp: SocketAddr,
+}
+
+/// Reads the token secret from the config, or from `<data_dir>/token.key`, creating it once.
+fn token_secret(cfg: &Config) -> std::io::Result<Vec<u8>> {
+    if let Some(s) = &cfg.auth.token_secret {
+        return Ok(s.as_bytes().to_vec());
+    }
+    let path = cfg.server.data_dir.join("token.key");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            write_private(
+                &path,
+                &base64::engine::general_purpose::STANDARD.encode(key),
+            )?;
+            Ok(key.to_vec())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// Runs until `shutdown` becomes true. `ready` is called once everything listens.
+pub async fn run(
+    cfg: Config,
+    http: TcpListener,
+    tcp: TcpListener,
+    shutdown: watch::Receiver<bool>,
+    ready: impl FnOnce(Bound),
+) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&cfg.server.data_dir)?;
+    let store = FjallStore::open(
+        &cfg.server.data_dir.join("store"),
+        FjallOptions {
+            node_id: cfg.server.node_id,
+            max_batch: cfg.store.max_batch,
+            queue: cfg.store.queue,
+        },
+    )?;
+    let secret = token_secret(&cfg)?;
+    let push = Arc::new(Push::new(PushConfig::default()));
+    let logic = Logic::new(Arc::new(store), push.clone(), cfg.clone(), secret);
+    let dispatch = Arc::new(Dispatch(logic.clone()));
+    let gw_id = GatewayId(cfg.server.node_id);
+    let gateway = Gateway::new(gw_id, cfg.gateway.clone(), dispatch.clone(), dispatch, push);
+    gateway.start(shutdown.clone());
+    tokio::spawn(logic.clone().run_presence());
+
+    let bound = Bound {
+        http: http.local_addr()?,
+        tcp: tcp.local_addr()?,
+    };
+    let route = Arc::new(Route::new(15_000));
+    spawn_self_report(
+        &cfg,
+        bound,
+        gateway.clone(),
+        route.clone(),
+        shutdown.clone(),
+    );
+
+    tokio::spawn(xinge_gateway::tcp::serve(
+        gateway.clone(),
+        tcp,
+        shutdown.clone(),
+    ));
+    let app = xinge_api::app(AppState {
+        logic,
+        gateway,
+        route,
+    });
+    let mut stop = shutdown.clone();
+    let server = axum::serve(http, app).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    tracing::info!(http = %bound.http, tcp = %bound.tcp, "xinge ready");
+    ready(bound);
+    server.await?;
+    Ok(())
+}
+
+/// In one process the route service offers this process's own gateway; it reports like a
+/// remote gateway would, so ranking and staleness work the same way.
+fn spawn_self_report(
+    cfg: &Config,
+    bound: Bound,
+    gw: Arc<Gateway>,
+    route: Arc<Route>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let host = |a: SocketAddr| match &cfg.server.public_host {
+        Some(h) => format!("{h}:{}", a.port()),
+        None => a.to_string(),
+    };
+    let (ws_url, tcp_addr) = (format!("ws://{}/ws", host(bound.http)), host(bound.tcp));
+    let (region, zone) = (cfg.server.region.clone(), cfg.server.zone.clone());
+    tokio::spawn(async move {
+        loop {
+            route.report(GatewayReport {
+                id: gw.id,
+                region: region.clone(),
+                zone: zone.clone(),
+                ws_url: Some(ws_url.clone()),
+                tcp_addr: Some(tcp_addr.clone()),
+                connections: gw.connections(),
+                at_ms: xinge_core::now_ms(),
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
+}
