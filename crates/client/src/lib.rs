@@ -1,1 +1,51 @@
+//! The Rust client SDK: what an app needs to talk to xinge, used by the tests and the
+//! benchmark.
+//!
+//! ```text
+//! http.rs    Http: every HTTP API call, typed
+//! conn.rs    Connection: one long connection (TCP or WebSocket), request/response by id,
+//!            signals as a stream
+//! device.rs  Device: a logged-in device that stays connected — route, connect, resume
+//!            sync from its cursor, reconnect with back-off and jitter, idempotent sends —
+//!            and delivers its inbox exactly once, in order
+//! ```
 
+mod conn;
+mod device;
+mod http;
+
+pub use conn::{Connection, Transport};
+pub use device::{Device, DeviceOptions};
+pub use http::Http;
+pub use xinge_proto::api;
+
+use xinge_core::error::ApiError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{0}")]
+    Api(ApiError),
+    /// The connection or request failed before an answer came.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The server's answer made no sense.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<xinge_core::ErrorCode> {
+        match self {
+            ClientError::Api(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A fresh client_msg_id: random, 128 bits, hex.
+pub fn new_client_msg_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}

@@ -1,0 +1,254 @@
+//! One long connection. A reader task matches responses to requests by id and forwards
+//! signals; a writer task drains the outgoing queue. When either ends, every pending
+//! request fails with a transport error and `signals` ends.
+
+use crate::{ClientError, Result};
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use xinge_core::error::ApiError;
+use xinge_proto::api::{AuthOk, AuthRequest, Signal};
+use xinge_proto::{Frame, cmd};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Ws,
+}
+
+type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
+
+pub struct Connection {
+    out: mpsc::Sender<Frame>,
+    pending: Pending,
+    next_id: AtomicU32,
+    pub auth: AuthOk,
+    /// Why the server closed the connection, once it has.
+    pub close_reason: Arc<Mutex<Option<ApiError>>>,
+    timeout: Duration,
+}
+
+const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+impl Connection {
+    /// Connects and authenticates. `address` is `host:port` for TCP or a `ws://…` URL.
+    /// Signals arrive on the returned receiver until the connection ends.
+    pub async fn connect(
+        transport: Transport,
+        address: &str,
+        token: &str,
+    ) -> Result<(Self, mpsc::Receiver<Signal>)> {
+        let (out_tx, out_rx) = mpsc::channel::<Frame>(1024);
+        let (in_tx, in_rx) = mpsc::channel::<Frame>(1024);
+        let terr = |e: String| ClientError::Transport(e);
+        match transport {
+            Transport::Tcp => {
+                let s = tokio::net::TcpStream::connect(address)
+                    .await
+                    .map_err(|e| terr(e.to_string()))?;
+                let _ = s.set_nodelay(true);
+                let (r, w) = s.into_split();
+                tokio::spawn(tcp_write(w, out_rx));
+                tokio::spawn(tcp_read(r, in_tx));
+            }
+            Transport::Ws => {
+                let (ws, _) = tokio_tungstenite::connect_async(address)
+                    .await
+                    .map_err(|e| terr(e.to_string()))?;
+                let (sink, stream) = ws.split();
+                tokio::spawn(ws_write(sink, out_rx));
+                tokio::spawn(ws_read(stream, in_tx));
+            }
+        }
+        let pending: Pending = Default::default();
+        let close_reason = Arc::new(Mutex::new(None));
+        let (sig_tx, sig_rx) = mpsc::channel(4096);
+        let (auth_tx, auth_rx) = oneshot::channel();
+        tokio::spawn(route_incoming(
+            in_rx,
+            pending.clone(),
+            sig_tx,
+            close_reason.clone(),
+            auth_tx,
+        ));
+        let body = serde_json::to_vec(&AuthRequest {
+            token: token.into(),
+            protocol: Some(xinge_proto::PROTOCOL_VERSION),
+        })
+        .unwrap_or_default();
+        out_tx
+            .send(Frame::request(cmd::AUTH, 1, body))
+            .await
+            .map_err(|_| terr("connection closed".into()))?;
+        let reply = tokio::time::timeout(Duration::from_secs(10), auth_rx)
+            .await
+            .map_err(|_| terr("auth timed out".into()))?
+            .map_err(|_| match close_reason.lock().unwrap().clone() {
+                Some(e) => ClientError::Api(e),
+                None => terr("connection closed during auth".into()),
+            })?;
+        let auth: AuthOk = decode_reply(&reply)?;
+        Ok((
+            Self {
+                out: out_tx,
+                pending,
+                next_id: AtomicU32::new(2),
+                auth,
+                close_reason,
+                timeout: Duration::from_secs(15),
+            },
+            sig_rx,
+        ))
+    }
+
+    /// Sends a raw frame and waits for its answer.
+    pub async fn request_raw(&self, command: u16, body: Bytes) -> Result<Frame> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(id, tx);
+        let sent = self.out.send(Frame::request(command, id, body)).await;
+        if sent.is_err() {
+            self.pending.lock().unwrap().remove(&id);
+            return Err(self.gone());
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(f)) => Ok(f),
+            Ok(Err(_)) => Err(self.gone()),
+            Err(_) => {
+                self.pending.lock().unwrap().remove(&id);
+                Err(ClientError::Transport("request timed out".into()))
+            }
+        }
+    }
+
+    pub async fn request<B: Serialize, R: DeserializeOwned>(
+        &self,
+        command: u16,
+        body: &B,
+    ) -> Result<R> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let reply = self.request_raw(command, body.into()).await?;
+        decode_reply(&reply)
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        self.request_raw(cmd::PING, Bytes::new()).await.map(drop)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.out.is_closed()
+    }
+
+    fn gone(&self) -> ClientError {
+        match self.close_reason.lock().unwrap().clone() {
+            Some(e) => ClientError::Api(e),
+            None => ClientError::Transport("connection closed".into()),
+        }
+    }
+}
+
+fn decode_reply<R: DeserializeOwned>(f: &Frame) -> Result<R> {
+    if f.is_error() {
+        let e: ApiError =
+            serde_json::from_slice(&f.body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        return Err(ClientError::Api(e));
+    }
+    serde_json::from_slice(&f.body).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+async fn route_incoming(
+    mut rx: mpsc::Receiver<Frame>,
+    pending: Pending,
+    signals: mpsc::Sender<Signal>,
+    close_reason: Arc<Mutex<Option<ApiError>>>,
+    auth: oneshot::Sender<Frame>,
+) {
+    let mut auth = Some(auth);
+    while let Some(f) = rx.recv().await {
+        if f.cmd == cmd::AUTH && f.is_response() {
+            if let Some(a) = auth.take() {
+                let _ = a.send(f);
+            }
+        } else if f.is_response() {
+            if let Some(tx) = pending.lock().unwrap().remove(&f.req_id) {
+                let _ = tx.send(f);
+            }
+        } else if f.cmd == cmd::SIGNAL {
+            if let Ok(s) = serde_json::from_slice::<Signal>(&f.body)
+                && signals.send(s).await.is_err()
+            {
+                // Nobody listens for signals; requests still work.
+            }
+        } else if f.cmd == cmd::CLOSE {
+            *close_reason.lock().unwrap() = serde_json::from_slice(&f.body).ok();
+        }
+    }
+    // Fail everything still waiting.
+    pending.lock().unwrap().clear();
+}
+
+async fn tcp_write(mut w: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
+    while let Some(f) = rx.recv().await {
+        if w.write_all(&f.encode_prefixed()).await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn tcp_read(mut r: tokio::net::tcp::OwnedReadHalf, tx: mpsc::Sender<Frame>) {
+    loop {
+        let Ok(len) = r.read_u32().await else { return };
+        let Ok(len) = Frame::check_prefix(len, MAX_FRAME) else {
+            return;
+        };
+        let mut buf = BytesMut::zeroed(len);
+        if r.read_exact(&mut buf).await.is_err() {
+            return;
+        }
+        let Ok(f) = Frame::decode(buf.freeze(), MAX_FRAME) else {
+            return;
+        };
+        if tx.send(f).await.is_err() {
+            return;
+        }
+    }
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_write(
+    mut sink: futures_util::stream::SplitSink<WsStream, Message>,
+    mut rx: mpsc::Receiver<Frame>,
+) {
+    while let Some(f) = rx.recv().await {
+        if sink.send(Message::Binary(f.encode())).await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+async fn ws_read(mut stream: futures_util::stream::SplitStream<WsStream>, tx: mpsc::Sender<Frame>) {
+    while let Some(Ok(msg)) = stream.next().await {
+        let f = match msg {
+            Message::Binary(b) => Frame::decode(b, MAX_FRAME),
+            Message::Text(t) => Frame::decode_text(t.as_str(), MAX_FRAME),
+            Message::Close(_) => return,
+            _ => continue,
+        };
+        let Ok(f) = f else { return };
+        if tx.send(f).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! A logged-in device that stays connected and delivers its inbox exactly once, in order.
+//!
+//! The device keeps a cursor (the last inbox seq it delivered). On every (re)connection it
+//! pulls everything after the cursor; then it applies each signal that carries exactly the
+//! next entry and pulls whenever a signal shows a gap. A periodic pull doubles as the
+//! heartbeat and repairs any lost signal. Entries are handed to the app strictly in seq
+//! order, each once, whatever the network does.
+
+use crate::conn::{Connection, Transport};
+use crate::{ClientError, Http, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use xinge_core::ErrorCode;
+use xinge_proto::api::{InboxEntry, SendRequest, SendResponse, Signal, SyncRequest, SyncResponse};
+use xinge_proto::cmd;
+
+#[derive(Clone, Debug)]
+pub struct DeviceOptions {
+    pub transport: Transport,
+    /// Resume after this inbox seq (0: from the beginning).
+    pub cursor: u64,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How often to pull even without a signal (also the heartbeat, capped by the
+    /// server's heartbeat timeout / 3).
+    pub repair_interval: Duration,
+    /// How long `send` keeps retrying through reconnections.
+    pub send_deadline: Duration,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        Self {
+            transport: Transport::Tcp,
+            cursor: 0,
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            repair_interval: Duration::from_secs(20),
+            send_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Shared {
+    conn: Mutex<Option<Arc<Connection>>>,
+    connected: watch::Sender<bool>,
+    cursor: AtomicU64,
+    connects: AtomicU64,
+    /// Set when the server refused the token for good.
+    fatal: Mutex<Option<ClientError>>,
+}
+
+pub struct Device {
+    http: Http,
+    shared: Arc<Shared>,
+    events: tokio::sync::Mutex<mpsc::Receiver<InboxEntry>>,
+    others: tokio::sync::Mutex<mpsc::Receiver<Signal>>,
+    stop: watch::Sender<bool>,
+    opts: DeviceOptions,
+}
+
+impl Device {
+    /// Starts connecting in the background. `http` must carry the device's token.
+    pub fn start(http: Http, opts: DeviceOptions) -> Self {
+        let (connected, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            conn: Mutex::new(None),
+            connected,
+            cursor: AtomicU64::new(opts.cursor),
+            connects: AtomicU64::new(0),
+            fatal: Mutex::new(None),
+        });
+        let (ev_tx, ev_rx) = mpsc::channel(65_536);
+        let (other_tx, other_rx) = mpsc::channel(1024);
+        let (stop, stop_rx) = watch::channel(false);
+        let runner = Runner {
+            http: http.clone(),
+            shared: shared.clone(),
+            events: ev_tx,
+            others: other_tx,
+            opts: opts.clone(),
+            last_addr: None,
+        };
+        tokio::spawn(runner.run(stop_rx));
+        Self {
+            http,
+            shared,
+            events: tokio::sync::Mutex::new(ev_rx),
+            others: tokio::sync::Mutex::new(other_rx),
+            stop,
+            opts,
+        }
+    }
+
+    pub fn http(&self) -> &Http {
+        &self.http
+    }
+
+    /// The last inbox seq delivered to the app.
+    pub fn cursor(&self) -> u64 {
+        self.shared.cursor.load(Ordering::Acquire)
+    }
+
+    /// How many times the device has connected (1 after the first connection).
+    pub fn connects(&self) -> u64 {
+        self.shared.connects.load(Ordering::Relaxed)
+    }
+
+    /// The next inbox entry, or `None` if none came within `wait`.
+    pub async fn next_event(&self, wait: Duration) -> Option<InboxEntry> {
+        tokio::time::timeout(wait, self.events.lock().await.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The next typing or presence signal, or `None` if none came within `wait`.
+    pub async fn next_signal(&self, wait: Duration) -> Option<Signal> {
+        tokio::time::timeout(wait, self.others.lock().await.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Waits until connected (or `wait` passes); false if not connected.
+    pub async fn wait_connected(&self, wait: Duration) -> bool {
+        let mut rx = self.shared.connected.subscribe();
+        tokio::time::timeout(wait, rx.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// A request over the current connection, without retries.
+    pub async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        command: u16,
+        body: &B,
+    ) -> Result<R> {
+        let conn = self.shared.conn.lock().unwrap().clone();
+        match conn {
+            Some(c) => c.request(command, body).await,
+            None => Err(ClientError::Transport("not connected".into())),
+        }
+    }
+
+    /// Sends over the long connection, retrying through disconnections with the same
+    /// client_msg_id until the server answers (so a retry never duplicates).
+    pub async fn send(&self, req: &SendRequest) -> Result<SendResponse> {
+        let deadline = tokio::time::Instant::now() + self.opts.send_deadline;
+        loop {
+            if let Some(e) = self.shared.fatal.lock().unwrap().clone() {
+                return Err(e);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Transport("send deadline passed".into()));
+            }
+            self.wait_connected(left).await;
+            match self.call(cmd::SEND, req).await {
+                Ok(r) => return Ok(r),
+                Err(ClientError::Api(e))
+                    if e.code != ErrorCode::Unavailable && e.code != ErrorCode::SlowConsumer =>
+                {
+                    return Err(ClientError::Api(e));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Drops the current connection (as a network failure would); the device reconnects.
+    pub fn drop_connection(&self) {
+        self.shared.conn.lock().unwrap().take();
+        let _ = self.shared.connected.send(false);
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Runner {
+    http: Http,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<InboxEntry>,
+    others: mpsc::Sender<Signal>,
+    opts: DeviceOptions,
+    last_addr: Option<String>,
+}
+
+enum Ended {
+    Retry,
+    Stop,
+}
+
+impl Runner {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut attempt: u32 = 0;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let connects_before = self.shared.connects.load(Ordering::Relaxed);
+            let ended = tokio::select! {
+                e = self.session() => e,
+                _ = stop.changed() => Ended::Stop,
+            };
+            self.shared.conn.lock().unwrap().take();
+            let _ = self.shared.connected.send(false);
+            if matches!(ended, Ended::Stop) {
+                return;
+            }
+            // A session that got connected resets the back-off; failures in a row grow it.
+            let was_connected = self.shared.connects.load(Ordering::Relaxed) > connects_before;
+            attempt = if was_connected {
+                0
+            } else {
+                attempt.saturating_add(1)
+            };
+            let delay = self.backoff(attempt);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Exponential back-off with jitter: a uniform pick in [d/2, d], d doubling per failure.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self
+            .opts
+            .min_backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.opts.max_backoff);
+        let half = base / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+
+    async fn pick_address(&mut self) -> Option<String> {
+        let want = match self.opts.transport {
+            Transport::Tcp => "tcp",
+            Transport::Ws => "ws",
+        };
+        let list = self.http.route().await.ok()?.gateways;
+        let addrs: Vec<String> = list
+            .into_iter()
+            .filter(|g| g.transport == want)
+            .map(|g| g.address)
+            .collect();
+        // Prefer the gateway we were on: our session state is warm there.
+        match &self.last_addr {
+            Some(a) if addrs.contains(a) => Some(a.clone()),
+            _ => addrs.into_iter().next(),
+        }
+    }
+
+    async fn session(&mut self) -> Ended {
+        let Some(addr) = self.pick_address().await else {
+            return Ended::Retry;
+        };
+        let token = self.http.token().unwrap_or_default().to_owned();
+        let (conn, mut signals) = match Connection::connect(self.opts.transport, &addr, &token)
+            .await
+        {
+            Ok(v) => v,
+            Err(ClientError::Api(e))
+                if matches!(
+                    e.code,
+                    ErrorCode::Unauthenticated | ErrorCode::TokenExpired | ErrorCode::TokenRevoked
+                ) =>
+            {
+                *self.shared.fatal.lock().unwrap() = Some(ClientError::Api(e));
+                return Ended::Stop;
+            }
+            Err(_) => return Ended::Retry,
+        };
+        self.last_addr = Some(addr);
+        let conn = Arc::new(conn);
+        let hb = Duration::from_secs(u64::from(conn.auth.heartbeat_timeout_secs.max(3)) / 3);
+        let mut tick = tokio::time::interval(self.opts.repair_interval.min(hb));
+        tick.tick().await;
+        if self.pull(&conn).await.is_err() {
+            return Ended::Retry;
+        }
+        *self.shared.conn.lock().unwrap() = Some(conn.clone());
+        self.shared.connects.fetch_add(1, Ordering::Relaxed);
+        let _ = self.shared.connected.send(true);
+        // A pull between connecting and publishing may have missed a signal: pull again.
+        if self.pull(&conn).await.is_err() {
+            return Ended::Retry;
+        }
+        let mut dropped = self.shared.connected.subscribe();
+        loop {
+            tokio::select! {
+                s = signals.recv() => match s {
+                    None => return Ended::Retry,
+                    Some(Signal::Inbox { seq, entry }) => {
+                        let cursor = self.shared.cursor.load(Ordering::Acquire);
+                        if seq <= cursor {
+                            continue;
+                        }
+                        match entry {
+                            Some(e) if e.seq == cursor + 1 => {
+                                if self.deliver(e).await.is_err() {
+                                    return Ended::Stop;
+                                }
+                            }
+                            _ => {
+                                if self.pull(&conn).await.is_err() {
+                                    return Ended::Retry;
+                                }
+                            }
+                        }
+                    }
+                    Some(other) => {
+                        let _ = self.others.try_send(other);
+                    }
+                },
+                _ = tick.tick() => {
+                    if self.pull(&conn).await.is_err() {
+                        return Ended::Retry;
+                    }
+                }
+                _ = async { dropped.wait_for(|c| !*c).await.is_ok() } => return Ended::Retry,
+            }
+        }
+    }
+
+    async fn deliver(&self, e: InboxEntry) -> std::result::Result<(), ()> {
+        let seq = e.seq;
+        self.events.send(e).await.map_err(drop)?;
+        self.shared.cursor.store(seq, Ordering::Release);
+        Ok(())
+    }
+
+    /// Pulls everything after the cursor.
+    async fn pull(&self, conn: &Connection) -> Result<()> {
+        loop {
+            let after = self.shared.cursor.load(Ordering::Acquire);
+            let resp: SyncResponse = conn
+                .request(
+                    cmd::SYNC,
+                    &SyncRequest {
+                        after,
+                        limit: Some(500),
+                    },
+                )
+                .await?;
+            for e in resp.entries {
+                let cursor = self.shared.cursor.load(Ordering::Acquire);
+                if e.seq == cursor + 1 {
+                    self.deliver(e)
+                        .await
+                        .map_err(|_| ClientError::Transport("device stopped".into()))?;
+                } else if e.seq > cursor + 1 {
+                    return Err(ClientError::Protocol(format!(
+                        "gap in inbox: {cursor} then {}",
+                        e.seq
+                    )));
+                }
+            }
+            if !resp.has_more {
+                return Ok(());
+            }
+        }
+    }
+}

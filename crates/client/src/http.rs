@@ -1,0 +1,251 @@
+//! Typed calls to the HTTP API.
+
+use crate::{ClientError, Result};
+use reqwest::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use xinge_core::error::ApiError;
+use xinge_core::{ConvId, DeviceId, UserId};
+use xinge_proto::api::*;
+
+#[derive(Clone)]
+pub struct Http {
+    base: String,
+    client: reqwest::Client,
+    token: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Done {
+    #[allow(dead_code)]
+    ok: bool,
+}
+
+impl Http {
+    /// `base` is like `http://127.0.0.1:8080`.
+    pub fn new(base: impl Into<String>) -> Self {
+        Self {
+            base: base.into().trim_end_matches('/').to_owned(),
+            client: reqwest::Client::new(),
+            token: None,
+        }
+    }
+
+    pub fn with_token(&self, token: impl Into<String>) -> Self {
+        Self {
+            token: Some(token.into()),
+            ..self.clone()
+        }
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<R> {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let ok = resp.status().is_success();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if ok {
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+        } else {
+            Err(match serde_json::from_slice::<ApiError>(&bytes) {
+                Ok(e) => ClientError::Api(e),
+                Err(_) => ClientError::Protocol(String::from_utf8_lossy(&bytes).into_owned()),
+            })
+        }
+    }
+
+    async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R> {
+        self.call::<(), R>(Method::GET, path, None).await
+    }
+
+    async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> Result<Profile> {
+        let req = RegisterRequest {
+            username: username.into(),
+            password: password.into(),
+            display_name: None,
+        };
+        self.post("/v1/accounts", &req).await
+    }
+
+    /// Logs in and returns a client carrying the new token.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        device: &str,
+    ) -> Result<(Http, LoginResponse)> {
+        let device =
+            DeviceId::parse(device).ok_or_else(|| ClientError::Protocol("bad device id".into()))?;
+        let req = LoginRequest {
+            username: username.into(),
+            password: password.into(),
+            device,
+        };
+        let resp: LoginResponse = self.post("/v1/sessions", &req).await?;
+        Ok((self.with_token(resp.token.clone()), resp))
+    }
+
+    pub async fn logout(&self) -> Result<()> {
+        self.call::<(), Done>(Method::DELETE, "/v1/sessions", None)
+            .await
+            .map(drop)
+    }
+
+    pub async fn me(&self) -> Result<Profile> {
+        self.get("/v1/me").await
+    }
+
+    pub async fn set_display_name(&self, name: &str) -> Result<Profile> {
+        self.call(
+            Method::PUT,
+            "/v1/me",
+            Some(&ProfileUpdate {
+                display_name: name.into(),
+            }),
+        )
+        .await
+    }
+
+    pub async fn find_user(&self, username: &str) -> Result<Profile> {
+        self.get(&format!("/v1/users?username={username}")).await
+    }
+
+    pub async fn request_friend(&self, to: UserId, note: &str) -> Result<()> {
+        self.post::<_, Done>(
+            "/v1/friends/requests",
+            &FriendRequestBody {
+                to,
+                note: note.into(),
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn friend_requests(&self) -> Result<FriendRequests> {
+        self.get("/v1/friends/requests").await
+    }
+
+    pub async fn accept_friend(&self, from: UserId) -> Result<()> {
+        self.post::<_, Done>(&format!("/v1/friends/requests/{from}/accept"), &())
+            .await
+            .map(drop)
+    }
+
+    pub async fn decline_friend(&self, from: UserId) -> Result<()> {
+        self.post::<_, Done>(&format!("/v1/friends/requests/{from}/decline"), &())
+            .await
+            .map(drop)
+    }
+
+    pub async fn friends(&self) -> Result<Vec<Friend>> {
+        self.get("/v1/friends").await
+    }
+
+    pub async fn remove_friend(&self, peer: UserId) -> Result<()> {
+        self.call::<(), Done>(Method::DELETE, &format!("/v1/friends/{peer}"), None)
+            .await
+            .map(drop)
+    }
+
+    pub async fn block(&self, peer: UserId, blocked: bool) -> Result<()> {
+        let m = if blocked { Method::PUT } else { Method::DELETE };
+        self.call::<(), Done>(m, &format!("/v1/blocks/{peer}"), None)
+            .await
+            .map(drop)
+    }
+
+    pub async fn send(&self, req: &SendRequest) -> Result<SendResponse> {
+        self.post("/v1/messages", req).await
+    }
+
+    pub async fn recall(&self, req: &RecallRequest) -> Result<SendResponse> {
+        self.post("/v1/messages/recall", req).await
+    }
+
+    pub async fn sync(&self, after: u64, limit: Option<usize>) -> Result<SyncResponse> {
+        let limit = limit.map(|l| format!("&limit={l}")).unwrap_or_default();
+        self.get(&format!("/v1/sync?after={after}{limit}")).await
+    }
+
+    pub async fn conversations(&self) -> Result<ConversationList> {
+        self.get("/v1/conversations").await
+    }
+
+    pub async fn history(
+        &self,
+        conv: ConvId,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryResponse> {
+        let mut q = format!("?limit={limit}");
+        if let Some(b) = before {
+            q += &format!("&before={b}");
+        }
+        if let Some(a) = after {
+            q += &format!("&after={a}");
+        }
+        self.get(&format!("/v1/conversations/{conv}/messages{q}"))
+            .await
+    }
+
+    pub async fn mark_read(&self, conv: ConvId, seq: u64) -> Result<ReadResponse> {
+        self.post(
+            &format!("/v1/conversations/{conv}/read"),
+            &serde_json::json!({ "seq": seq }),
+        )
+        .await
+    }
+
+    pub async fn read_state(&self, conv: ConvId, seq: u64) -> Result<ReadState> {
+        self.get(&format!(
+            "/v1/conversations/{conv}/messages/{seq}/read-state"
+        ))
+        .await
+    }
+
+    pub async fn typing(&self, conv: ConvId) -> Result<()> {
+        self.post::<_, Done>(&format!("/v1/conversations/{conv}/typing"), &())
+            .await
+            .map(drop)
+    }
+
+    pub async fn presence(&self, users: &[UserId]) -> Result<PresenceList> {
+        let list: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        self.get(&format!("/v1/presence?users={}", list.join(",")))
+            .await
+    }
+
+    pub async fn route(&self) -> Result<RouteResponse> {
+        self.get("/v1/route").await
+    }
+}

@@ -1,0 +1,382 @@
+//! End-to-end 1:1 chat through a real server and real sockets.
+
+mod common;
+
+use common::*;
+use std::collections::HashSet;
+use std::time::Duration;
+use xinge_client::api::{Event, InboxEntry, MessageBody, SendRequest};
+use xinge_client::{Device, Transport, new_client_msg_id};
+use xinge_core::{ConvId, UserId};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn text(req_to: UserId, cmid: &str, text: &str) -> SendRequest {
+    SendRequest {
+        to: Some(req_to),
+        conv: None,
+        client_msg_id: cmid.into(),
+        content: serde_json::json!({ "text": text }),
+    }
+}
+
+/// Collects entries until `want` messages of `conv` arrived; checks seq continuity.
+/// The device must not have handed out any entry yet.
+async fn collect_messages(dev: &Device, conv: ConvId, want: usize) -> Vec<InboxEntry> {
+    let mut msgs = Vec::new();
+    let mut last_seq = 0;
+    while msgs.len() < want {
+        let e = dev
+            .next_event(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("timed out with {} of {want}", msgs.len()));
+        assert_eq!(
+            e.seq,
+            last_seq + 1,
+            "inbox entries arrive in seq order, without gaps"
+        );
+        last_seq = e.seq;
+        if let Event::Message { message } = &e.event
+            && message.conv == conv
+        {
+            msgs.push(e);
+        }
+    }
+    msgs
+}
+
+fn assert_exactly_once_in_order(entries: &[InboxEntry], n: u64) {
+    let mut ids = HashSet::new();
+    for (i, e) in entries.iter().enumerate() {
+        let Event::Message { message } = &e.event else {
+            unreachable!()
+        };
+        assert_eq!(message.conv_seq, i as u64 + 1, "conv_seq order");
+        assert!(ids.insert(message.msg_id), "duplicate {:?}", message.msg_id);
+    }
+    assert_eq!(ids.len() as u64, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_with_two_devices_exchange_1000_messages_over_tcp_and_websocket() {
+    let server = start(|_| {}).await;
+    let (alice, a) = server.login("alice", "laptop").await;
+    let (alice_phone, _) = server.login("alice", "phone").await;
+    let (bob, b) = server.login("bob", "laptop").await;
+    let (bob_phone, _) = server.login("bob", "phone").await;
+    befriend(&alice, a, &bob, b).await;
+
+    let a1 = server.device(&alice, Transport::Tcp);
+    let a2 = server.device(&alice_phone, Transport::Ws);
+    let b1 = server.device(&bob, Transport::Ws);
+    let b2 = server.device(&bob_phone, Transport::Tcp);
+    for d in [&a1, &a2, &b1, &b2] {
+        assert!(d.wait_connected(WAIT).await);
+    }
+    let conv = ConvId::direct(a, b);
+
+    // 500 each way, interleaved, from one device of each user.
+    let (sa, sb) = tokio::join!(
+        async {
+            let mut acks = Vec::new();
+            for i in 0..500 {
+                acks.push(
+                    a1.send(&text(b, &format!("a-{i}"), &format!("from alice {i}")))
+                        .await
+                        .unwrap(),
+                );
+            }
+            acks
+        },
+        async {
+            let mut acks = Vec::new();
+            for i in 0..500 {
+                acks.push(
+                    b2.send(&text(a, &format!("b-{i}"), &format!("from bob {i}")))
+                        .await
+                        .unwrap(),
+                );
+            }
+            acks
+        }
+    );
+    // A sender's own messages are acknowledged in increasing conv_seq.
+    for acks in [&sa, &sb] {
+        assert!(acks.windows(2).all(|w| w[0].conv_seq < w[1].conv_seq));
+    }
+    // Retried sends return the original and create nothing.
+    for i in [0, 250, 499] {
+        let again = a1.send(&text(b, &format!("a-{i}"), "retry")).await.unwrap();
+        assert!(again.duplicate);
+        assert_eq!(
+            (again.msg_id, again.conv_seq),
+            (sa[i].msg_id, sa[i].conv_seq)
+        );
+        let over_http = alice
+            .send(&text(b, &format!("a-{i}"), "retry"))
+            .await
+            .unwrap();
+        assert_eq!(over_http.msg_id, sa[i].msg_id);
+    }
+
+    for dev in [&a1, &a2, &b1, &b2] {
+        let got = collect_messages(dev, conv, 1000).await;
+        assert_exactly_once_in_order(&got, 1000);
+    }
+    assert!(
+        a1.next_event(Duration::from_millis(300)).await.is_none(),
+        "nothing extra after the retries"
+    );
+
+    // A device that was never online catches up by the same pull.
+    let (bob_tablet, _) = server.login("bob", "tablet").await;
+    let late = server.device(&bob_tablet, Transport::Tcp);
+    let got = collect_messages(&late, conv, 1000).await;
+    assert_exactly_once_in_order(&got, 1000);
+
+    // History pages backwards and forwards by conv_seq.
+    let newest = bob.history(conv, None, None, 10).await.unwrap();
+    assert_eq!(newest.messages.first().unwrap().conv_seq, 991);
+    assert!(newest.has_more);
+    let older = bob.history(conv, Some(991), None, 10).await.unwrap();
+    assert_eq!(older.messages.last().unwrap().conv_seq, 990);
+    let first = bob.history(conv, None, Some(0), 3).await.unwrap();
+    assert_eq!(
+        first
+            .messages
+            .iter()
+            .map(|m| m.conv_seq)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+
+    // Unread counts follow the read cursor; read receipts follow it too.
+    bob.mark_read(conv, 1000).await.unwrap();
+    for i in 0..3 {
+        alice
+            .send(&text(b, &format!("late-{i}"), "unread?"))
+            .await
+            .unwrap();
+    }
+    let convs = bob.conversations().await.unwrap().conversations;
+    let c = convs.iter().find(|c| c.conv == conv).unwrap();
+    assert_eq!((c.last_seq, c.read_seq, c.unread), (1003, 1000, 3));
+    assert_eq!(c.peer, Some(a));
+    let alice_view = alice.conversations().await.unwrap().conversations;
+    assert_eq!(alice_view[0].unread, 0, "own messages are not unread");
+    let rs = alice.read_state(conv, 1003).await.unwrap();
+    assert_eq!((rs.read_count, rs.unread_by.clone()), (0, vec![b]));
+    bob.mark_read(conv, 1002).await.unwrap();
+    assert_eq!(alice.read_state(conv, 1002).await.unwrap().read_by, vec![b]);
+    assert_eq!(
+        alice.read_state(conv, 1003).await.unwrap().unread_by,
+        vec![b]
+    );
+    let c = bob
+        .conversations()
+        .await
+        .unwrap()
+        .conversations
+        .into_iter()
+        .find(|c| c.conv == conv)
+        .unwrap();
+    assert_eq!(c.unread, 1);
+    // The reader's peer hears of the read through its inbox.
+    let mut saw_read = false;
+    while let Some(e) = a2.next_event(Duration::from_secs(5)).await {
+        if let Event::Read {
+            reader, seq: 1002, ..
+        } = e.event
+        {
+            assert_eq!(reader, b);
+            saw_read = true;
+            break;
+        }
+    }
+    assert!(saw_read, "alice's other device got bob's read receipt");
+    server.stop().await;
+}
+
+fn code<T>(r: Result<T, xinge_client::ClientError>) -> Option<&'static str> {
+    r.err().and_then(|e| e.code()).map(|c| c.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friends_gate_messages_and_every_friend_event_is_signalled_and_pullable() {
+    let server = start(|_| {}).await;
+    let (alice, a) = server.login("alice", "laptop").await;
+    let (bob, b) = server.login("bob", "laptop").await;
+    let bob_dev = server.device(&bob, Transport::Ws);
+    assert!(bob_dev.wait_connected(WAIT).await);
+
+    assert_eq!(
+        code(alice.send(&text(b, "x1", "hi")).await),
+        Some("not_friends")
+    );
+
+    alice.request_friend(b, "let's talk").await.unwrap();
+    let e = bob_dev.next_event(WAIT).await.unwrap();
+    assert_eq!(
+        e.event,
+        Event::FriendRequest {
+            from: a,
+            to: b,
+            note: "let's talk".into()
+        }
+    );
+    assert_eq!(bob.friend_requests().await.unwrap().incoming.len(), 1);
+    assert_eq!(alice.friend_requests().await.unwrap().outgoing.len(), 1);
+    bob.decline_friend(a).await.unwrap();
+    assert!(matches!(
+        bob_dev.next_event(WAIT).await.unwrap().event,
+        Event::FriendDeclined { .. }
+    ));
+    assert!(bob.friend_requests().await.unwrap().incoming.is_empty());
+
+    alice.request_friend(b, "again").await.unwrap();
+    bob.accept_friend(a).await.unwrap();
+    assert!(matches!(
+        bob_dev.next_event(WAIT).await.unwrap().event,
+        Event::FriendRequest { .. }
+    ));
+    assert!(matches!(
+        bob_dev.next_event(WAIT).await.unwrap().event,
+        Event::FriendAccepted { .. }
+    ));
+    assert_eq!(alice.friends().await.unwrap()[0].user_id, b);
+    alice.send(&text(b, "x2", "now we can")).await.unwrap();
+    assert!(matches!(
+        bob_dev.next_event(WAIT).await.unwrap().event,
+        Event::Message { .. }
+    ));
+
+    assert_eq!(code(alice.request_friend(b, "dup").await), Some("conflict"));
+    alice.remove_friend(b).await.unwrap();
+    assert!(matches!(
+        bob_dev.next_event(WAIT).await.unwrap().event,
+        Event::FriendRemoved { .. }
+    ));
+    assert_eq!(
+        code(alice.send(&text(b, "x3", "gone")).await),
+        Some("not_friends")
+    );
+
+    // Blocking refuses messages and requests both ways.
+    bob.block(a, true).await.unwrap();
+    assert_eq!(
+        code(alice.request_friend(b, "please").await),
+        Some("blocked")
+    );
+    bob.block(a, false).await.unwrap();
+    befriend(&alice, a, &bob, b).await;
+    bob.block(a, true).await.unwrap();
+    assert_eq!(
+        code(alice.send(&text(b, "x4", "hello?")).await),
+        Some("blocked")
+    );
+    assert!(
+        alice.friends().await.unwrap().is_empty(),
+        "blocking ends the friendship"
+    );
+
+    // The same events are there for a pull from scratch.
+    let all = bob.sync(0, None).await.unwrap();
+    assert_eq!(all.entries.len() as u64, all.head);
+    assert!(
+        all.entries
+            .iter()
+            .any(|e| matches!(e.event, Event::Blocked { .. }))
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_may_talk_when_the_server_allows_it_and_recall_works_in_its_window() {
+    let server = start(|c| c.chat.allow_strangers = true).await;
+    let (alice, _a) = server.login("alice", "laptop").await;
+    let (bob, b) = server.login("bob", "laptop").await;
+    let sent = alice
+        .send(&text(b, &new_client_msg_id(), "hi stranger"))
+        .await
+        .unwrap();
+    let conv = sent.conv;
+    // Only the sender may recall.
+    let recall = |cmid: &str| xinge_client::api::RecallRequest {
+        conv,
+        conv_seq: sent.conv_seq,
+        client_msg_id: cmid.into(),
+    };
+    let err = bob.recall(&recall("r0")).await.unwrap_err();
+    assert_eq!(err.code().unwrap().as_str(), "forbidden");
+    let r = alice.recall(&recall("r1")).await.unwrap();
+    assert_eq!(r.conv_seq, 2);
+    let again = alice.recall(&recall("r2")).await.unwrap();
+    assert!(
+        again.duplicate,
+        "recalling twice answers with the first recall"
+    );
+    let page = bob.history(conv, None, None, 10).await.unwrap();
+    assert_eq!(
+        page.messages.len(),
+        2,
+        "a recall is a tombstone event, not a delete"
+    );
+    assert_eq!(page.messages[1].body, MessageBody::Recall { target: 1 });
+    server.stop().await;
+
+    let server = start(|c| {
+        c.chat.allow_strangers = true;
+        c.chat.recall_window_secs = 0;
+    })
+    .await;
+    let (alice, _) = server.login("alice", "laptop").await;
+    let (_, b) = server.login("bob", "laptop").await;
+    let sent = alice
+        .send(&text(b, "m", "too late to take back"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let req = xinge_client::api::RecallRequest {
+        conv: sent.conv,
+        conv_seq: sent.conv_seq,
+        client_msg_id: "r".into(),
+    };
+    let err = alice.recall(&req).await.unwrap_err();
+    assert_eq!(err.code().unwrap().as_str(), "recall_window_passed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_presence_reach_friends_as_signals() {
+    let server = start(|_| {}).await;
+    let (alice, a) = server.login("alice", "laptop").await;
+    let (bob, b) = server.login("bob", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    let bob_dev = server.device(&bob, Transport::Tcp);
+    assert!(bob_dev.wait_connected(WAIT).await);
+    let p = alice.presence(&[b, UserId(999)]).await.unwrap().presence;
+    assert_eq!(p.len(), 1, "only friends' presence is visible");
+    assert!(p[0].online);
+
+    let alice_dev = server.device(&alice, Transport::Ws);
+    assert!(alice_dev.wait_connected(WAIT).await);
+    use xinge_client::api::Signal;
+    let online = bob_dev.next_signal(WAIT).await.unwrap();
+    assert!(matches!(online, Signal::Presence { user, online: true, .. } if user == a));
+    alice.typing(ConvId::direct(a, b)).await.unwrap();
+    let typing = bob_dev.next_signal(WAIT).await.unwrap();
+    assert_eq!(
+        typing,
+        Signal::Typing {
+            conv: ConvId::direct(a, b),
+            user: a
+        }
+    );
+    alice_dev.stop();
+    drop(alice_dev);
+    let offline = bob_dev.next_signal(WAIT).await.unwrap();
+    assert!(
+        matches!(offline, Signal::Presence { user, online: false, last_seen_ms } if user == a && last_seen_ms > 0)
+    );
+    server.stop().await;
+}

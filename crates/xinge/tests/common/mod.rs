@@ -1,0 +1,94 @@
+//! The test harness: a real server on port 0 in a temp dir, and helpers that drive it
+//! through the SDK over real sockets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use xinge_client::{Device, DeviceOptions, Http, Transport};
+use xinge_core::UserId;
+use xinge_core::config::Config;
+
+pub const PASSWORD: &str = "correct horse battery";
+pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+
+pub struct Server {
+    pub base: String,
+    pub tcp: SocketAddr,
+    pub ws: String,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A config that keeps tests fast: cheap (but still Argon2id) password hashing.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.server.data_dir = dir.to_path_buf();
+    cfg.auth.argon2_memory_kib = 256;
+    cfg.auth.argon2_iterations = 1;
+    cfg.auth.token_secret = Some(SECRET.into());
+    cfg
+}
+
+pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    tweak(&mut cfg);
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http_addr, tcp_addr) = (http.local_addr().unwrap(), tcp.local_addr().unwrap());
+    let (stop, rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        xinge::serve::run(cfg, http, tcp, rx, move |_| {
+            let _ = ready_tx.send(());
+        })
+        .await
+        .unwrap();
+    });
+    ready_rx.await.expect("server ready");
+    Server {
+        base: format!("http://{http_addr}"),
+        tcp: tcp_addr,
+        ws: format!("ws://{http_addr}/ws"),
+        stop,
+        task,
+        dir,
+    }
+}
+
+impl Server {
+    pub fn http(&self) -> Http {
+        Http::new(&self.base)
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+
+    /// Registers `name` (if needed) and logs in `device`.
+    pub async fn login(&self, name: &str, device: &str) -> (Http, UserId) {
+        let http = self.http();
+        let _ = http.register(name, PASSWORD).await;
+        let (authed, resp) = http.login(name, PASSWORD, device).await.unwrap();
+        (authed, resp.user_id)
+    }
+
+    pub fn device(&self, http: &Http, transport: Transport) -> Device {
+        Device::start(
+            http.clone(),
+            DeviceOptions {
+                transport,
+                ..DeviceOptions::default()
+            },
+        )
+    }
+}
+
+pub async fn befriend(a: &Http, a_id: UserId, b: &Http, b_id: UserId) {
+    a.request_friend(b_id, "hello").await.unwrap();
+    b.accept_friend(a_id).await.unwrap();
+}
