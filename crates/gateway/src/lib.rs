@@ -208,7 +208,9 @@ impl Gateway {
     /// still alive and must be looked at again then.
     fn expire(&self, id: ConnId, now: u32) -> Option<u32> {
         let h = self.get(id)?;
-        let deadline = h.last_seen.load(Ordering::Relaxed) + self.cfg.heartbeat_timeout_secs;
+        // Times are whole seconds; the extra second makes the timeout at least the full
+        // configured time (between T and T+1 seconds), never less.
+        let deadline = h.last_seen.load(Ordering::Relaxed) + self.cfg.heartbeat_timeout_secs + 1;
         if deadline <= now {
             h.kick(ApiError::new(
                 ErrorCode::HeartbeatTimeout,

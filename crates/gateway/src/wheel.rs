@@ -29,7 +29,7 @@ impl Wheel {
 
     /// Files a new connection, seen at `now`.
     pub fn insert(&self, id: ConnId, now: u32) {
-        self.file(id, now + self.timeout);
+        self.file(id, now + self.timeout + 1);
     }
 
     fn file(&self, id: ConnId, deadline: u32) {
@@ -69,7 +69,7 @@ mod tests {
         for now in 0..=10u32 {
             last_seen.insert(2, now); // connection 2 heartbeats every second
             w.tick(now, |id, now| {
-                let deadline = last_seen[&id.0] + 3;
+                let deadline = last_seen[&id.0] + 3 + 1;
                 if deadline <= now {
                     expired.push((id.0, now));
                     None
@@ -78,6 +78,10 @@ mod tests {
                 }
             });
         }
-        assert_eq!(expired, vec![(1, 3)]);
+        assert_eq!(
+            expired,
+            vec![(1, 4)],
+            "silent for the full 3 s, closed at the next tick"
+        );
     }
 }

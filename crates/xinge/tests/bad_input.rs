@@ -1,0 +1,542 @@
+//! Bad input and authorization: every case gets a stable error code, nothing panics, and
+//! nobody else's data is touched or shown.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use xinge_client::api::{RecallRequest, SendRequest};
+use xinge_client::{ClientError, Connection, Transport};
+use xinge_core::error::ApiError;
+use xinge_core::{ConvId, DeviceId, UserId};
+use xinge_logic::token::{Claims, TokenSigner};
+use xinge_proto::{Frame, cmd};
+
+fn code<T>(r: Result<T, ClientError>) -> &'static str {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e
+            .code()
+            .unwrap_or_else(|| panic!("expected an API error, got {e}"))
+            .as_str(),
+    }
+}
+
+/// Reads frames from a raw TCP connection until the server closes it; returns the CLOSE
+/// frame's error (if it sent one) and every other frame.
+async fn read_until_closed(s: &mut TcpStream) -> (Option<ApiError>, Vec<Frame>) {
+    let mut frames = Vec::new();
+    let mut close = None;
+    loop {
+        let len = match tokio::time::timeout(Duration::from_secs(10), s.read_u32()).await {
+            Ok(Ok(l)) => l as usize,
+            Ok(Err(_)) => return (close, frames),
+            Err(_) => panic!("server did not close the connection"),
+        };
+        let mut buf = vec![0; len];
+        s.read_exact(&mut buf).await.unwrap();
+        let f = Frame::decode(Bytes::from(buf), usize::MAX).unwrap();
+        if f.cmd == cmd::CLOSE {
+            close = serde_json::from_slice(&f.body).ok();
+        } else {
+            frames.push(f);
+        }
+    }
+}
+
+async fn raw_tcp(server: &Server) -> TcpStream {
+    TcpStream::connect(server.tcp).await.unwrap()
+}
+
+async fn raw_authed(server: &Server, token: &str) -> TcpStream {
+    let mut s = raw_tcp(server).await;
+    let body = serde_json::to_vec(&serde_json::json!({ "token": token })).unwrap();
+    s.write_all(&Frame::request(cmd::AUTH, 1, body).encode_prefixed())
+        .await
+        .unwrap();
+    let len = s.read_u32().await.unwrap() as usize;
+    let mut buf = vec![0; len];
+    s.read_exact(&mut buf).await.unwrap();
+    let f = Frame::decode(Bytes::from(buf), usize::MAX).unwrap();
+    assert!(f.is_response() && !f.is_error(), "auth accepted");
+    s
+}
+
+async fn request(s: &mut TcpStream, f: Frame) -> Frame {
+    s.write_all(&f.encode_prefixed()).await.unwrap();
+    let len = s.read_u32().await.unwrap() as usize;
+    let mut buf = vec![0; len];
+    s.read_exact(&mut buf).await.unwrap();
+    Frame::decode(Bytes::from(buf), usize::MAX).unwrap()
+}
+
+fn err_of(f: &Frame) -> ApiError {
+    assert!(f.is_error(), "an error reply");
+    serde_json::from_slice(&f.body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_frames_close_the_connection_with_a_reason() {
+    let server = start(|c| c.gateway.max_frame_bytes = 1024).await;
+    let (alice, _) = server.login("alice", "laptop").await;
+    let token = alice.token().unwrap().to_owned();
+
+    // A length prefix shorter than a header.
+    let mut s = raw_authed(&server, &token).await;
+    s.write_all(&3u32.to_be_bytes()).await.unwrap();
+    assert_eq!(
+        read_until_closed(&mut s).await.0.unwrap().code.as_str(),
+        "bad_request"
+    );
+
+    // A non-zero reserved header byte.
+    let mut s = raw_authed(&server, &token).await;
+    s.write_all(&[0, 0, 0, 8, 0, 2, 0, 7, 0, 0, 0, 1])
+        .await
+        .unwrap();
+    assert_eq!(
+        read_until_closed(&mut s).await.0.unwrap().code.as_str(),
+        "bad_request"
+    );
+
+    // A frame over the limit is refused from its prefix, before it is read.
+    let mut s = raw_authed(&server, &token).await;
+    s.write_all(&(10u32 << 20).to_be_bytes()).await.unwrap();
+    assert_eq!(
+        read_until_closed(&mut s).await.0.unwrap().code.as_str(),
+        "too_large"
+    );
+
+    // Before authentication, too.
+    let mut s = raw_tcp(&server).await;
+    s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    assert_eq!(
+        read_until_closed(&mut s).await.0.unwrap().code.as_str(),
+        "too_large"
+    );
+
+    // WebSocket: a binary message over the limit ends the connection.
+    let url = format!("{}?token={token}", server.ws);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let _greeting = ws.next().await.unwrap().unwrap();
+    ws.send(Message::Binary(vec![0u8; 4096].into()))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "oversized WebSocket message closes the connection"
+    );
+
+    // WebSocket text mode: malformed JSON closes with bad_request.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}&mode=text"))
+        .await
+        .unwrap();
+    let greeting = ws.next().await.unwrap().unwrap();
+    assert!(greeting.is_text(), "text mode greets in JSON");
+    ws.send(Message::Text("{not json".into())).await.unwrap();
+    let mut close_code = None;
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Text(t) = m {
+            let f = Frame::decode_text(t.as_str(), usize::MAX).unwrap();
+            if f.cmd == cmd::CLOSE {
+                close_code = serde_json::from_slice::<ApiError>(&f.body)
+                    .ok()
+                    .map(|e| e.code);
+            }
+        }
+    }
+    assert_eq!(close_code.unwrap().as_str(), "bad_request");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bodies_and_unknown_commands_get_errors_and_the_connection_lives_on() {
+    let server = start(|_| {}).await;
+    let (alice, _) = server.login("alice", "laptop").await;
+    let mut s = raw_authed(&server, alice.token().unwrap()).await;
+    let e = err_of(&request(&mut s, Frame::request(999, 5, &b"{}"[..])).await);
+    assert_eq!(e.code.as_str(), "unknown_command");
+    let e = err_of(&request(&mut s, Frame::request(50, 6, &b""[..])).await);
+    assert_eq!(e.code.as_str(), "unknown_command");
+    let f = request(&mut s, Frame::request(cmd::SEND, 7, &b"{\"to\": oops"[..])).await;
+    assert_eq!((f.req_id, err_of(&f).code.as_str()), (7, "bad_request"));
+    let f = request(
+        &mut s,
+        Frame::request(
+            cmd::SEND,
+            8,
+            &b"{\"to\":2,\"client_msg_id\":\"x\",\"content\":{},\"extra\":1}"[..],
+        ),
+    )
+    .await;
+    assert_eq!(
+        err_of(&f).code.as_str(),
+        "bad_request",
+        "unknown fields are refused"
+    );
+    let f = request(&mut s, Frame::request(cmd::SYNC, 9, &b"\xff\xfe"[..])).await;
+    assert_eq!(err_of(&f).code.as_str(), "bad_request", "invalid UTF-8");
+    let f = request(
+        &mut s,
+        Frame::request(cmd::AUTH, 10, &b"{\"token\":\"x\"}"[..]),
+    )
+    .await;
+    assert_eq!(err_of(&f).code.as_str(), "conflict");
+    // Still alive and answering.
+    let f = request(&mut s, Frame::request(cmd::PING, 11, Bytes::new())).await;
+    assert!(f.is_response() && !f.is_error() && f.req_id == 11);
+
+    // HTTP: invalid JSON, wrong types, oversized bodies, unknown paths.
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Vec<u8>| {
+        client
+            .post(format!("{}{path}", server.base))
+            .bearer_auth(alice.token().unwrap())
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    for (body, status, code) in [
+        (b"{bad".to_vec(), 400, "bad_request"),
+        (
+            b"{\"to\":\"x\",\"client_msg_id\":\"1\",\"content\":{}}".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (vec![b' '; 100 * 1024], 413, "too_large"),
+    ] {
+        let r = post("/v1/messages", body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        let e: ApiError = r.json().await.unwrap();
+        assert_eq!(e.code.as_str(), code);
+    }
+    let r = client
+        .get(format!("{}/v1/nope", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(
+        r.json::<ApiError>().await.unwrap().code.as_str(),
+        "not_found"
+    );
+
+    // Content rules: must be an object, not too large; client_msg_id bounded.
+    let (bob, b) = server.login("bob", "laptop").await;
+    befriend(&alice, UserId(1), &bob, b).await;
+    let send = |cmid: &str, content: serde_json::Value| SendRequest {
+        to: Some(b),
+        conv: None,
+        client_msg_id: cmid.into(),
+        content,
+    };
+    assert_eq!(
+        code(
+            alice
+                .send(&send("a", serde_json::json!("just a string")))
+                .await
+        ),
+        "invalid_argument"
+    );
+    assert_eq!(
+        code(
+            alice
+                .send(&send("b", serde_json::json!({ "t": "x".repeat(20_000) })))
+                .await
+        ),
+        "too_large"
+    );
+    assert_eq!(
+        code(alice.send(&send("", serde_json::json!({}))).await),
+        "invalid_argument"
+    );
+    assert_eq!(
+        code(
+            alice
+                .send(&send(&"c".repeat(65), serde_json::json!({})))
+                .await
+        ),
+        "invalid_argument"
+    );
+    assert_eq!(
+        code(
+            alice
+                .send(&SendRequest {
+                    to: Some(UserId(1)),
+                    ..send("d", serde_json::json!({}))
+                })
+                .await
+        ),
+        "invalid_argument"
+    );
+    assert_eq!(
+        code(
+            alice
+                .send(&SendRequest {
+                    to: Some(UserId(777)),
+                    ..send("e", serde_json::json!({}))
+                })
+                .await
+        ),
+        "not_found"
+    );
+    assert_eq!(
+        code(alice.history("g1".parse().unwrap(), None, None, 5).await),
+        "not_found"
+    );
+    let r = client
+        .get(format!("{}/v1/conversations/zzz/messages", server.base))
+        .bearer_auth(alice.token().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<ApiError>().await.unwrap().code.as_str(),
+        "invalid_argument"
+    );
+    assert_eq!(
+        code(server.http().register("Bad Name!", PASSWORD).await),
+        "invalid_argument"
+    );
+    assert_eq!(
+        code(server.http().register("shorty", "short").await),
+        "invalid_argument"
+    );
+    assert_eq!(
+        code(server.http().register("alice", PASSWORD).await),
+        "conflict"
+    );
+    assert_eq!(
+        code(server.http().login("alice", "wrong password", "x").await),
+        "bad_credentials"
+    );
+    assert_eq!(
+        code(server.http().login("nobody", PASSWORD, "x").await),
+        "bad_credentials"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_expired_and_revoked_tokens_are_refused_everywhere() {
+    let server = start(|_| {}).await;
+    let (alice, a) = server.login("alice", "laptop").await;
+    let token = alice.token().unwrap().to_owned();
+
+    let signer = TokenSigner::new(SECRET.as_bytes().to_vec());
+    let expired = signer.sign(&Claims {
+        uid: a,
+        dev: DeviceId::parse("laptop").unwrap(),
+        tid: 1,
+        exp: 1,
+    });
+    let forged = TokenSigner::new(b"not-the-server-secret-not-the-server".to_vec()).sign(&Claims {
+        uid: a,
+        dev: DeviceId::parse("laptop").unwrap(),
+        tid: 1,
+        exp: u64::MAX,
+    });
+    // A valid signature over a device that never logged in is as good as revoked.
+    let unknown_device = signer.sign(&Claims {
+        uid: a,
+        dev: DeviceId::parse("other").unwrap(),
+        tid: 1,
+        exp: u64::MAX,
+    });
+
+    for (bad, want) in [
+        ("garbage", "unauthenticated"),
+        (forged.as_str(), "unauthenticated"),
+        (expired.as_str(), "token_expired"),
+        (unknown_device.as_str(), "token_revoked"),
+    ] {
+        assert_eq!(
+            code(server.http().with_token(bad).me().await),
+            want,
+            "http with {want}"
+        );
+        assert_eq!(
+            code(Connection::connect(Transport::Tcp, &server.tcp.to_string(), bad).await),
+            want,
+            "tcp with {want}"
+        );
+        assert_eq!(
+            code(Connection::connect(Transport::Ws, &server.ws, bad).await),
+            want,
+            "ws with {want}"
+        );
+    }
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/me", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // Logging out revokes this device's token at once, and only this device's.
+    let (phone, _) = server.login("alice", "phone").await;
+    let (conn, _signals) = Connection::connect(Transport::Tcp, &server.tcp.to_string(), &token)
+        .await
+        .unwrap();
+    alice.logout().await.unwrap();
+    assert_eq!(code(alice.me().await), "token_revoked");
+    assert_eq!(
+        code(Connection::connect(Transport::Ws, &server.ws, &token).await),
+        "token_revoked"
+    );
+    assert!(phone.me().await.is_ok());
+    drop(conn);
+
+    // Logging in again on the same device replaces its old token.
+    let (again, _) = server.login("alice", "phone").await;
+    assert_eq!(code(phone.me().await), "token_revoked");
+    assert!(again.me().await.is_ok());
+
+    // The first frame must be AUTH.
+    let mut s = raw_tcp(&server).await;
+    s.write_all(&Frame::request(cmd::SYNC, 1, &b"{}"[..]).encode_prefixed())
+        .await
+        .unwrap();
+    let (close, frames) = read_until_closed(&mut s).await;
+    assert_eq!(close.unwrap().code.as_str(), "unauthenticated");
+    assert_eq!(err_of(&frames[0]).code.as_str(), "unauthenticated");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_touches_a_conversation_that_is_not_theirs() {
+    let server = start(|_| {}).await;
+    let (alice, a) = server.login("alice", "laptop").await;
+    let (bob, b) = server.login("bob", "laptop").await;
+    let (carol, _c) = server.login("carol", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    let sent = alice
+        .send(&SendRequest {
+            to: Some(b),
+            conv: None,
+            client_msg_id: "secret".into(),
+            content: serde_json::json!({ "text": "for bob only" }),
+        })
+        .await
+        .unwrap();
+    let conv = ConvId::direct(a, b);
+
+    assert_eq!(code(carol.history(conv, None, None, 10).await), "not_found");
+    assert_eq!(code(carol.mark_read(conv, 1).await), "not_found");
+    assert_eq!(code(carol.read_state(conv, 1).await), "not_found");
+    assert_eq!(code(carol.typing(conv).await), "not_found");
+    let recall = RecallRequest {
+        conv,
+        conv_seq: sent.conv_seq,
+        client_msg_id: "r".into(),
+    };
+    assert_eq!(code(carol.recall(&recall).await), "not_found");
+    assert_eq!(
+        code(bob.recall(&recall).await),
+        "forbidden",
+        "a member, but not the sender"
+    );
+    let into_theirs = SendRequest {
+        to: None,
+        conv: Some(conv),
+        client_msg_id: "x".into(),
+        content: serde_json::json!({}),
+    };
+    assert_eq!(code(carol.send(&into_theirs).await), "not_found");
+    assert!(
+        carol
+            .conversations()
+            .await
+            .unwrap()
+            .conversations
+            .is_empty()
+    );
+    assert!(carol.sync(0, None).await.unwrap().entries.is_empty());
+    assert!(
+        carol.presence(&[a, b]).await.unwrap().presence.is_empty(),
+        "presence is for friends"
+    );
+
+    // The same over the long connection.
+    let (conn, _s) = Connection::connect(
+        Transport::Tcp,
+        &server.tcp.to_string(),
+        carol.token().unwrap(),
+    )
+    .await
+    .unwrap();
+    let hist = xinge_client::api::HistoryRequest {
+        conv,
+        before: None,
+        after: None,
+        limit: None,
+    };
+    let r: Result<xinge_client::api::HistoryResponse, _> = conn.request(cmd::HISTORY, &hist).await;
+    assert_eq!(code(r), "not_found");
+    let r: Result<xinge_client::api::SendResponse, _> = conn.request(cmd::SEND, &into_theirs).await;
+    assert_eq!(code(r), "not_found");
+
+    // Nothing of theirs changed.
+    let page = bob.history(conv, None, None, 10).await.unwrap();
+    assert_eq!(page.messages.len(), 1);
+    assert_eq!(
+        bob.conversations().await.unwrap().conversations[0].read_seq,
+        0
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_unauthenticated_connections_are_cut_off_in_bounded_time() {
+    let server = start(|c| {
+        c.gateway.heartbeat_timeout_secs = 1;
+        c.gateway.auth_timeout_secs = 1;
+    })
+    .await;
+    let (alice, _) = server.login("alice", "laptop").await;
+    let mut s = raw_authed(&server, alice.token().unwrap()).await;
+    let started = std::time::Instant::now();
+    let (close, _) = read_until_closed(&mut s).await;
+    assert_eq!(close.unwrap().code.as_str(), "heartbeat_timeout");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let mut s = raw_tcp(&server).await;
+    let (close, _) = read_until_closed(&mut s).await;
+    assert_eq!(close.unwrap().code.as_str(), "unauthenticated");
+
+    // A connection that heartbeats stays.
+    let mut s = raw_authed(&server, alice.token().unwrap()).await;
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let f = request(&mut s, Frame::request(cmd::PING, i, Bytes::new())).await;
+        assert!(f.is_response());
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_gateway_refuses_with_unavailable() {
+    let server = start(|c| c.gateway.max_connections = 1).await;
+    let (alice, _) = server.login("alice", "laptop").await;
+    let token = alice.token().unwrap().to_owned();
+    let (_held, _s) = Connection::connect(Transport::Tcp, &server.tcp.to_string(), &token)
+        .await
+        .unwrap();
+    assert_eq!(
+        code(Connection::connect(Transport::Tcp, &server.tcp.to_string(), &token).await),
+        "unavailable"
+    );
+    server.stop().await;
+}
