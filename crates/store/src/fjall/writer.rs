@@ -34,7 +34,14 @@ pub(crate) struct Writer {
     spaces: Arc<Spaces>,
     ids: IdGen,
     max_batch: usize,
+    /// Last sequence of recently written timelines. The writer is the only writer, so the
+    /// cache cannot go stale; it saves the reverse seek that finds a timeline's end (the
+    /// largest cost of a commit without it). Cleared when full or when a batch fails.
+    heads: HashMap<(usize, Vec<u8>), u64>,
 }
+
+/// Timelines whose head the writer remembers (about 100 bytes each).
+const MAX_CACHED_HEADS: usize = 1_000_000;
 
 /// Which keyspace an overlay entry belongs to (keyspaces are not hashable).
 type Space = fn(&Spaces) -> &Keyspace;
@@ -43,6 +50,7 @@ type Space = fn(&Spaces) -> &Keyspace;
 /// written so far, so later commits of the same batch read their predecessors' writes.
 struct Tx<'a> {
     spaces: &'a Spaces,
+    cached_heads: &'a HashMap<(usize, Vec<u8>), u64>,
     batch: OwnedWriteBatch,
     overlay: HashMap<(usize, Vec<u8>), Option<Vec<u8>>>,
     heads: HashMap<(usize, Vec<u8>), u64>,
@@ -54,10 +62,11 @@ impl Writer {
             spaces,
             ids: IdGen::new(node_id),
             max_batch,
+            heads: HashMap::new(),
         }
     }
 
-    pub fn run(self, mut rx: mpsc::Receiver<Request>) {
+    pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut reqs = Vec::with_capacity(self.max_batch);
         while let Some(first) = rx.blocking_recv() {
             reqs.push(first);
@@ -69,6 +78,7 @@ impl Writer {
             }
             let mut tx = Tx {
                 spaces: &self.spaces,
+                cached_heads: &self.heads,
                 batch: self
                     .spaces
                     .db
@@ -81,7 +91,16 @@ impl Writer {
                 .iter_mut()
                 .map(|r| self.apply(&mut tx, &mut r.op))
                 .collect();
-            let committed = tx.batch.commit();
+            let Tx { batch, heads, .. } = tx;
+            let committed = batch.commit();
+            if committed.is_ok() {
+                if self.heads.len() + heads.len() > MAX_CACHED_HEADS {
+                    self.heads.clear();
+                }
+                self.heads.extend(heads);
+            } else {
+                self.heads.clear();
+            }
             for (req, out) in reqs.drain(..).zip(outs) {
                 let out = match &committed {
                     Ok(()) => out,
@@ -157,7 +176,11 @@ impl Tx<'_> {
     /// earlier appends.
     fn next_seq(&mut self, space: Space, prefix: &[u8]) -> Result<u64> {
         let slot = (self.slot(space), prefix.to_vec());
-        let cur = match self.heads.get(&slot) {
+        let cur = match self
+            .heads
+            .get(&slot)
+            .or_else(|| self.cached_heads.get(&slot))
+        {
             Some(v) => *v,
             None => last_seq(space(self.spaces), prefix)?,
         };
