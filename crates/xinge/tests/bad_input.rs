@@ -540,3 +540,64 @@ async fn a_full_gateway_refuses_with_unavailable() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_and_catches_up_by_pull() {
+    let server = start(|c| {
+        c.gateway.send_queue = 8;
+        // Large inline signals, so that the kernel's socket buffers (up to 4 MiB here)
+        // fill before the flood ends.
+        c.chat.inline_max_bytes = 20_000;
+    })
+    .await;
+    let (alice, a) = server.login("alice", "laptop").await;
+    let (bob, b) = server.login("bob", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+
+    // Bob's slow device: a tiny receive window, and it never reads after auth.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut slow = sock.connect(server.tcp).await.unwrap();
+    let body = serde_json::to_vec(&serde_json::json!({ "token": bob.token().unwrap() })).unwrap();
+    slow.write_all(&Frame::request(cmd::AUTH, 1, body).encode_prefixed())
+        .await
+        .unwrap();
+
+    let n = 400;
+    let filler = "x".repeat(15_000);
+    for i in 0..n {
+        let req = SendRequest {
+            to: Some(b),
+            conv: None,
+            client_msg_id: format!("f{i}"),
+            content: serde_json::json!({ "t": filler }),
+        };
+        alice.send(&req).await.unwrap();
+    }
+    // Now read: the server must have given up on this connection, so the stream ends
+    // before all n signals are through.
+    let (_, frames) = read_until_closed(&mut slow).await;
+    let signals = frames.iter().filter(|f| f.cmd == cmd::SIGNAL).count();
+    assert!(
+        signals < n,
+        "the slow connection was cut off ({signals} of {n} signals)"
+    );
+
+    // A fresh pull has everything, in order.
+    let mut after = 0;
+    let mut got = 0;
+    loop {
+        let page = bob.sync(after, None).await.unwrap();
+        got += page
+            .entries
+            .iter()
+            .filter(|e| matches!(e.event, xinge_client::api::Event::Message { .. }))
+            .count();
+        after = page.entries.last().map_or(after, |e| e.seq);
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(got, n);
+    server.stop().await;
+}

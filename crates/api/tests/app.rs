@@ -1,0 +1,108 @@
+//! In-process API tests through `app()` and `oneshot`: no sockets, the real router.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use tower::ServiceExt;
+use xinge_api::{AppState, Dispatch, app};
+use xinge_core::GatewayId;
+use xinge_core::config::Config;
+use xinge_push::{Push, PushConfig};
+use xinge_store::fjall::{FjallOptions, FjallStore};
+
+fn state(dir: &std::path::Path) -> AppState {
+    let mut cfg = Config::default();
+    cfg.auth.argon2_memory_kib = 256;
+    cfg.auth.argon2_iterations = 1;
+    let store = Arc::new(FjallStore::open(dir, FjallOptions::default()).unwrap());
+    let push = Arc::new(Push::new(PushConfig::default()));
+    let logic = xinge_logic::Logic::new(store, push.clone(), cfg.clone(), b"k".repeat(32));
+    let dispatch = Arc::new(Dispatch(logic.clone()));
+    let gateway =
+        xinge_gateway::Gateway::new(GatewayId(1), cfg.gateway, dispatch.clone(), dispatch, push);
+    AppState {
+        logic,
+        gateway,
+        route: Arc::new(xinge_route::Route::new(15_000)),
+    }
+}
+
+async fn call(state: &AppState, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let resp = app(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn health_openapi_and_errors_in_our_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(dir.path());
+    let (status, body) = call(&s, Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    assert_eq!((status, body["ok"].as_bool()), (StatusCode::OK, Some(true)));
+
+    let (status, doc) = call(
+        &s,
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/v1/messages",
+        "/v1/sync",
+        "/v1/conversations/{conv}/messages/{seq}/read-state",
+        "/v1/friends/requests",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+    assert!(doc["components"]["schemas"]["SendRequest"].is_object());
+    assert!(doc["components"]["schemas"]["ErrorCode"].is_object());
+
+    let (status, body) = call(
+        &s,
+        Request::get("/v1/conversations")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthenticated"))
+    );
+    let (status, body) = call(&s, Request::get("/nowhere").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+
+    let register = |name: &str| {
+        Request::post("/v1/accounts")
+            .header("content-type", "application/json")
+            .body(Body::from(format!(
+                r#"{{"username":"{name}","password":"long enough"}}"#
+            )))
+            .unwrap()
+    };
+    let (status, body) = call(&s, register("alice")).await;
+    assert_eq!(
+        (status, body["user_id"].as_u64()),
+        (StatusCode::OK, Some(1))
+    );
+    let (status, body) = call(&s, register("alice")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
+    let no_type = Request::post("/v1/accounts")
+        .body(Body::from("{}"))
+        .unwrap();
+    let (status, body) = call(&s, no_type).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_request"))
+    );
+}
