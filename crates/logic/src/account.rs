@@ -7,7 +7,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use xinge_core::error::ApiError;
 use xinge_core::{DeviceId, ErrorCode, UserId};
 use xinge_proto::api::{LoginRequest, LoginResponse, Profile, RegisterRequest};
-use xinge_store::NewUser;
+use xinge_store::{NewUser, UserRecord};
 
 fn valid_username(s: &str) -> bool {
     (3..=32).contains(&s.len())
@@ -18,6 +18,18 @@ fn valid_username(s: &str) -> bool {
 
 fn valid_display_name(s: &str) -> bool {
     !s.trim().is_empty() && s.chars().count() <= 64 && !s.chars().any(char::is_control)
+}
+
+/// The public face of a looked-up user, or `not_found`.
+fn found(r: xinge_store::Result<Option<UserRecord>>) -> Result<Profile> {
+    let u = r
+        .map_err(store_err)?
+        .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
+    Ok(Profile {
+        user_id: u.id,
+        username: u.username,
+        display_name: u.display_name,
+    })
 }
 
 impl Logic {
@@ -156,31 +168,11 @@ impl Logic {
     }
 
     pub async fn profile(&self, user: UserId) -> Result<Profile> {
-        let u = self
-            .store
-            .user(user)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
-        Ok(Profile {
-            user_id: u.id,
-            username: u.username,
-            display_name: u.display_name,
-        })
+        found(self.store.user(user).await)
     }
 
     pub async fn find_user(&self, username: &str) -> Result<Profile> {
-        let u = self
-            .store
-            .user_by_name(username)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
-        Ok(Profile {
-            user_id: u.id,
-            username: u.username,
-            display_name: u.display_name,
-        })
+        found(self.store.user_by_name(username).await)
     }
 
     pub async fn set_display_name(&self, caller: &Caller, name: &str) -> Result<Profile> {

@@ -10,6 +10,23 @@ const MAX_NOTE: usize = 256;
 const MAX_LIST: usize = 5_000;
 
 impl Logic {
+    /// Commits `ops` with `ev` in both users' inboxes (the caller's other devices learn of
+    /// their own action the same way the peer does).
+    async fn tell_both(
+        &self,
+        caller: &Caller,
+        peer: UserId,
+        ev: Event,
+        ops: Vec<Op>,
+    ) -> Result<()> {
+        let c = Commit {
+            events: vec![(peer, ev.clone()), (caller.user, ev)],
+            ops,
+            ..Commit::default()
+        };
+        self.commit(Some(caller), c).await.map(drop)
+    }
+
     async fn existing_peer(&self, me: UserId, peer: UserId) -> Result<()> {
         if me == peer {
             return Err(bad(ErrorCode::InvalidArgument, "that is yourself"));
@@ -47,12 +64,8 @@ impl Logic {
             created_at_ms: xinge_core::now_ms(),
         };
         let ev = Event::FriendRequest { from: me, to, note };
-        let c = Commit {
-            events: vec![(to, ev.clone()), (me, ev)],
-            ops: vec![Op::PutRequest(view)],
-            ..Commit::default()
-        };
-        self.commit(Some(caller), c).await.map(drop)
+        self.tell_both(caller, to, ev, vec![Op::PutRequest(view)])
+            .await
     }
 
     pub async fn accept_friend(&self, caller: &Caller, from: UserId) -> Result<()> {
@@ -68,16 +81,17 @@ impl Logic {
             return Err(bad(ErrorCode::Blocked, "one of you has blocked the other"));
         }
         let ev = Event::FriendAccepted { from, to: me };
-        let c = Commit {
-            events: vec![(from, ev.clone()), (me, ev)],
-            ops: vec![Op::SetFriends {
+        self.tell_both(
+            caller,
+            from,
+            ev,
+            vec![Op::SetFriends {
                 a: me,
                 b: from,
                 since_ms: xinge_core::now_ms(),
             }],
-            ..Commit::default()
-        };
-        self.commit(Some(caller), c).await.map(drop)
+        )
+        .await
     }
 
     pub async fn decline_friend(&self, caller: &Caller, from: UserId) -> Result<()> {
@@ -90,12 +104,8 @@ impl Logic {
             ));
         }
         let ev = Event::FriendDeclined { from, to: me };
-        let c = Commit {
-            events: vec![(from, ev.clone()), (me, ev)],
-            ops: vec![Op::DeleteRequest { from, to: me }],
-            ..Commit::default()
-        };
-        self.commit(Some(caller), c).await.map(drop)
+        self.tell_both(caller, from, ev, vec![Op::DeleteRequest { from, to: me }])
+            .await
     }
 
     pub async fn remove_friend(&self, caller: &Caller, peer: UserId) -> Result<()> {
@@ -105,12 +115,8 @@ impl Logic {
             return Err(bad(ErrorCode::NotFound, "not friends"));
         }
         let ev = Event::FriendRemoved { by: me, peer };
-        let c = Commit {
-            events: vec![(peer, ev.clone()), (me, ev)],
-            ops: vec![Op::RemoveFriends { a: me, b: peer }],
-            ..Commit::default()
-        };
-        self.commit(Some(caller), c).await.map(drop)
+        self.tell_both(caller, peer, ev, vec![Op::RemoveFriends { a: me, b: peer }])
+            .await
     }
 
     /// Blocking ends a friendship and any pending requests. The blocked user is not told;
