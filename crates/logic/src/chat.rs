@@ -104,7 +104,7 @@ impl Logic {
             events: vec![],
             ops: vec![Op::Join { user: me, conv }, Op::Join { user: peer, conv }],
         };
-        let done = self.commit(Some(caller), c).await?;
+        let done = self.commit(c).await?;
         let m = done
             .message
             .ok_or_else(|| bad(ErrorCode::Internal, "internal error"))?;
@@ -282,7 +282,7 @@ impl Logic {
             }],
             ..Commit::default()
         };
-        self.commit(Some(caller), c).await?;
+        self.commit(c).await?;
         Ok(ReadResponse {
             conv: req.conv,
             read_seq: seq,

@@ -24,7 +24,7 @@ impl Logic {
             ops,
             ..Commit::default()
         };
-        self.commit(Some(caller), c).await.map(drop)
+        self.commit(c).await.map(drop)
     }
 
     async fn existing_peer(&self, me: UserId, peer: UserId) -> Result<()> {
@@ -141,14 +141,11 @@ impl Logic {
         } else {
             events.push((me, Event::Unblocked { by: me, peer }));
         }
-        self.commit(
-            Some(caller),
-            Commit {
-                events,
-                ops,
-                ..Commit::default()
-            },
-        )
+        self.commit(Commit {
+            events,
+            ops,
+            ..Commit::default()
+        })
         .await
         .map(drop)
     }

@@ -79,13 +79,13 @@ impl Logic {
         &self.cfg
     }
 
-    /// Commits and then signals every new inbox entry to its owner's online devices
-    /// (except the calling connection, which gets the answer instead).
-    pub(crate) async fn commit(&self, caller: Option<&Caller>, c: Commit) -> Result<Committed> {
+    /// Commits and then signals every new inbox entry to its owner's online devices —
+    /// the calling connection included: its own entry, inline, keeps its cursor contiguous,
+    /// where leaving it out would make the next signal look like a gap and cost a pull.
+    pub(crate) async fn commit(&self, c: Commit) -> Result<Committed> {
         let done = self.store.commit(c).await.map_err(store_err)?;
-        let except = caller.and_then(|c| c.conn);
         for (user, entry) in &done.entries {
-            self.signal_inbox(*user, entry, except);
+            self.signal_inbox(*user, entry, None);
         }
         Ok(done)
     }

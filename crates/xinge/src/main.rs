@@ -21,6 +21,8 @@ struct Cli {
 enum Cmd {
     /// Run every role in one process on the embedded store.
     Serve(ServeArgs),
+    /// Load-test a server (by default one it starts itself) and report the figures.
+    Bench(xinge_bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -57,6 +59,9 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.cmd {
         Cmd::Serve(args) => rt.block_on(serve(args)),
+        Cmd::Bench(args) => {
+            rt.block_on(async { xinge_bench::run(args).await.map(drop).map_err(Into::into) })
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,254 @@
+//! A run's result: one struct, written as JSON, shown as a markdown table, and plotted.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use xinge_client::Transport;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Checks {
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    /// Pulls the receivers made (signals with a gap, or too large to ride inline).
+    pub pulls: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BenchResult {
+    pub scenario: String,
+    pub transport: String,
+    pub params: BTreeMap<String, u64>,
+    pub unix_time: u64,
+    // idle
+    pub connections: u64,
+    pub connect_per_s: f64,
+    pub gateway_reported_connections: u64,
+    pub server_rss_before: u64,
+    pub server_rss_after: u64,
+    pub rss_per_connection: f64,
+    // traffic
+    pub offered: u64,
+    pub sent: u64,
+    pub acked: u64,
+    pub delivered: u64,
+    pub send_errors: u64,
+    pub generator_overflow: u64,
+    pub offered_secs: f64,
+    pub delivered_per_s: f64,
+    pub ack_latency: Percentiles,
+    pub delivery_latency: Percentiles,
+    pub checks: Checks,
+    pub server_cpu_us: u64,
+    pub server_cpu_us_per_msg: f64,
+    #[serde(skip)]
+    pub delivery_hist: Option<Histogram<u64>>,
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+impl BenchResult {
+    pub fn new(scenario: &str, transport: Transport) -> Self {
+        Self {
+            scenario: scenario.into(),
+            transport: match transport {
+                Transport::Tcp => "tcp",
+                Transport::Ws => "ws",
+            }
+            .into(),
+            unix_time: xinge_core::now_ms() / 1000,
+            ..Self::default()
+        }
+    }
+
+    pub fn param(&mut self, k: &str, v: u64) {
+        self.params.insert(k.into(), v);
+    }
+
+    /// Why the run does not count, if it does not.
+    pub fn failure(&self) -> Option<String> {
+        let c = &self.checks;
+        if c.lost + c.duplicated + c.out_of_order > 0 {
+            return Some(format!(
+                "lost {}, duplicated {}, out of order {}",
+                c.lost, c.duplicated, c.out_of_order
+            ));
+        }
+        if self.send_errors > 0 {
+            return Some(format!("{} sends failed", self.send_errors));
+        }
+        if self.scenario == "idle"
+            && self.connections < self.params.get("connections").copied().unwrap_or(0)
+        {
+            return Some("not every connection was established".into());
+        }
+        None
+    }
+
+    pub fn markdown(&self) -> String {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let mut s = format!(
+            "### {} ({}, {})\n\n| metric | value |\n|---|---|\n",
+            self.scenario,
+            self.transport,
+            params.join(" ")
+        );
+        let mut row = |k: &str, v: String| s.push_str(&format!("| {k} | {v} |\n"));
+        if self.scenario == "idle" {
+            row("connections held", self.connections.to_string());
+            row("connects/s", format!("{:.0}", self.connect_per_s));
+            row(
+                "server RSS before → after",
+                format!(
+                    "{:.1} MiB → {:.1} MiB",
+                    self.server_rss_before as f64 / 1048576.0,
+                    self.server_rss_after as f64 / 1048576.0
+                ),
+            );
+            row(
+                "**server RSS per connection**",
+                format!("**{:.0} bytes**", self.rss_per_connection),
+            );
+        } else {
+            row(
+                "offered / sent / acked / delivered",
+                format!(
+                    "{} / {} / {} / {}",
+                    self.offered, self.sent, self.acked, self.delivered
+                ),
+            );
+            row("delivered/s", format!("{:.0}", self.delivered_per_s));
+            let d = &self.delivery_latency;
+            row(
+                "send→delivered p50 / p90 / p99 / p99.9 / max (ms)",
+                format!(
+                    "{} / {} / {} / {} / {}",
+                    ms(d.p50_us),
+                    ms(d.p90_us),
+                    ms(d.p99_us),
+                    ms(d.p999_us),
+                    ms(d.max_us)
+                ),
+            );
+            let a = &self.ack_latency;
+            row(
+                "send→ack p50 / p99 / max (ms)",
+                format!("{} / {} / {}", ms(a.p50_us), ms(a.p99_us), ms(a.max_us)),
+            );
+            row(
+                "lost / duplicated / out of order",
+                format!(
+                    "{} / {} / {}",
+                    self.checks.lost, self.checks.duplicated, self.checks.out_of_order
+                ),
+            );
+            row(
+                "send errors / generator overflow / pulls",
+                format!(
+                    "{} / {} / {}",
+                    self.send_errors, self.generator_overflow, self.checks.pulls
+                ),
+            );
+            row(
+                "**server CPU per delivered message**",
+                format!("**{:.1} µs**", self.server_cpu_us_per_msg),
+            );
+            row(
+                "server RSS at end",
+                format!("{:.1} MiB", self.server_rss_after as f64 / 1048576.0),
+            );
+        }
+        s
+    }
+}
+
+/// Writes `<out>/<scenario>-<time>.json` and, for traffic runs, `<scenario>-latency.svg`.
+pub fn write(out: &Path, r: &BenchResult) -> std::io::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let json = serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?;
+    std::fs::write(
+        out.join(format!("{}-{}.json", r.scenario, r.unix_time)),
+        json,
+    )?;
+    if let Some(h) = &r.delivery_hist
+        && !h.is_empty()
+    {
+        plot(&out.join(format!("{}-latency.svg", r.scenario)), r, h)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Latency by percentile, on the usual log scale of "nines".
+fn plot(
+    path: &Path,
+    r: &BenchResult,
+    h: &Histogram<u64>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let nines = [
+        0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999,
+    ];
+    let pts: Vec<(f64, f64)> = nines
+        .iter()
+        .map(|&q| {
+            (
+                -(1.0f64 - q).log10(),
+                h.value_at_quantile(q) as f64 / 1000.0,
+            )
+        })
+        .collect();
+    let ymax = pts.iter().map(|p| p.1).fold(0.1, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (720, 400)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = format!(
+        "xinge {} send→delivered, {:.0} msgs/s",
+        r.scenario, r.delivered_per_s
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..4f64, 0f64..ymax)?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency (ms)")
+        .x_label_formatter(&|x| format!("{}", 100.0 - 100.0 * 10f64.powf(-x)))
+        .draw()?;
+    chart.draw_series(LineSeries::new(pts.clone(), &BLUE))?;
+    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! The server under test: spawned from this same executable, or attached to by URL, and
+//! sampled through /proc for CPU time and resident memory.
+
+use crate::BenchError;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+pub struct Server {
+    pub base: String,
+    pub tcp: String,
+    pub ws: String,
+    pid: Option<u32>,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// CPU time and memory of a process at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcSample {
+    pub cpu_us: u64,
+    pub rss_bytes: u64,
+}
+
+/// Linux reports CPU time in clock ticks; 100 per second on every mainstream build.
+const CLK_TCK: u64 = 100;
+
+impl Server {
+    pub async fn spawn(cpus: Option<&str>) -> Result<Self, BenchError> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("xinge.toml");
+        // Cheap password hashing keeps the setup of thousands of users short; it is not on
+        // the message path being measured.
+        std::fs::write(
+            &config,
+            "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\n[gateway]\nmax_connections = 19500\n",
+        )?;
+        let exe = std::env::current_exe()?;
+        let mut cmd = match cpus {
+            Some(c) => {
+                let mut t = Command::new("taskset");
+                t.args(["-c", c]).arg(exe);
+                t
+            }
+            None => Command::new(exe),
+        };
+        cmd.args(["serve", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--http-addr", "127.0.0.1:0", "--tcp-addr", "127.0.0.1:0"])
+            .env("XINGE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| BenchError::Server(format!("cannot start xinge serve: {e}")))?;
+        let mut line = String::new();
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| BenchError::Server("no stdout".into()))?;
+        BufReader::new(stdout).read_line(&mut line)?;
+        let mut parts = line.split_whitespace().skip(2);
+        let http = parts
+            .next()
+            .and_then(|p| p.strip_prefix("http="))
+            .map(str::to_owned);
+        let tcp = parts
+            .next()
+            .and_then(|p| p.strip_prefix("tcp="))
+            .map(str::to_owned);
+        let (Some(http), Some(tcp)) = (http, tcp) else {
+            return Err(BenchError::Server(format!(
+                "unexpected first line: {line:?}"
+            )));
+        };
+        // With taskset, the child is taskset, which execs into xinge: same pid.
+        let pid = Some(child.id());
+        Ok(Self {
+            base: format!("http://{http}"),
+            ws: format!("ws://{http}/ws"),
+            tcp,
+            pid,
+            child: Some(child),
+            _dir: Some(dir),
+        })
+    }
+
+    pub async fn attach(base: String, pid: Option<u32>) -> Result<Self, BenchError> {
+        let route = xinge_client::Http::new(&base)
+            .route()
+            .await
+            .map_err(|e| BenchError::Server(format!("{base}: {e}")))?;
+        let find = |t: &str| {
+            route
+                .gateways
+                .iter()
+                .find(|g| g.transport == t)
+                .map(|g| g.address.clone())
+        };
+        Ok(Self {
+            tcp: find("tcp").unwrap_or_default(),
+            ws: find("ws").unwrap_or_default(),
+            base,
+            pid,
+            child: None,
+            _dir: None,
+        })
+    }
+
+    pub fn sample(&self) -> Option<ProcSample> {
+        let pid = self.pid?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may contain spaces) start at ") ".
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let rss_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(ProcSample {
+            cpu_us: ticks * 1_000_000 / CLK_TCK,
+            rss_bytes: rss_kb * 1024,
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

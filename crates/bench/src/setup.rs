@@ -1,0 +1,73 @@
+//! Users for a run: registered and logged in over the HTTP API, with bounded concurrency.
+
+use crate::BenchError;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use xinge_client::Http;
+use xinge_core::UserId;
+
+pub struct BenchUser {
+    pub id: UserId,
+    pub http: Http,
+}
+
+const PASSWORD: &str = "bench-password";
+
+/// Registers and logs in `n` users named after a random run id.
+pub async fn users(base: &str, n: usize) -> Result<(String, Vec<BenchUser>), BenchError> {
+    let run = format!("{:06x}", rand_u32() & 0xff_ffff);
+    let limit = Arc::new(Semaphore::new(64));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (limit, base, name) = (limit.clone(), base.to_owned(), format!("b{run}x{i}"));
+        tasks.spawn(async move {
+            let _p = limit.acquire().await;
+            let http = Http::new(base);
+            http.register(&name, PASSWORD).await?;
+            let (authed, login) = http.login(&name, PASSWORD, "bench").await?;
+            Ok::<_, xinge_client::ClientError>((
+                i,
+                BenchUser {
+                    id: login.user_id,
+                    http: authed,
+                },
+            ))
+        });
+    }
+    let mut out: Vec<Option<BenchUser>> = (0..n).map(|_| None).collect();
+    while let Some(r) = tasks.join_next().await {
+        let (i, u) = r
+            .map_err(|e| BenchError::Setup(e.to_string()))?
+            .map_err(|e| BenchError::Setup(e.to_string()))?;
+        out[i] = Some(u);
+    }
+    Ok((run, out.into_iter().flatten().collect()))
+}
+
+/// Makes users 2k and 2k+1 friends.
+pub async fn pair_up(users: &[BenchUser]) -> Result<(), BenchError> {
+    let limit = Arc::new(Semaphore::new(64));
+    let mut tasks = tokio::task::JoinSet::new();
+    for pair in users.chunks_exact(2) {
+        let (a, b) = (pair[0].http.clone(), pair[1].http.clone());
+        let (a_id, b_id) = (pair[0].id, pair[1].id);
+        let limit = limit.clone();
+        tasks.spawn(async move {
+            let _p = limit.acquire().await;
+            a.request_friend(b_id, "bench").await?;
+            b.accept_friend(a_id).await
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| BenchError::Setup(e.to_string()))?
+            .map_err(|e| BenchError::Setup(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn rand_u32() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    nanos ^ std::process::id().rotate_left(16)
+}
