@@ -26,6 +26,11 @@ pub(crate) trait FrameRead: Send {
 }
 
 pub(crate) trait FrameWrite: Send + 'static {
+    /// Writes all of `frames` (in order), as few system calls as the transport allows.
+    fn write_frames(
+        &mut self,
+        frames: &[Frame],
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
     fn write_frame(
         &mut self,
         f: Frame,
@@ -203,9 +208,22 @@ async fn read_loop<R: FrameRead>(
     }
 }
 
+/// Most frames gathered into one write.
+const WRITE_BATCH: usize = 64;
+
 async fn write_loop<W: FrameWrite>(mut w: W, mut rx: mpsc::Receiver<Frame>) {
-    while let Some(f) = rx.recv().await {
-        match tokio::time::timeout(WRITE_TIMEOUT, w.write_frame(f)).await {
+    while let Some(first) = rx.recv().await {
+        // Whatever else is already queued goes out in the same write: an answer and the
+        // signal that follows it cost one system call, not two. The batch is allocated
+        // per write so an idle connection keeps no buffer.
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        match tokio::time::timeout(WRITE_TIMEOUT, w.write_frames(&batch)).await {
             Ok(Ok(())) => {}
             _ => return,
         }

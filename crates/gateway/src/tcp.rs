@@ -32,6 +32,17 @@ impl FrameRead for Reader {
 struct Writer(OwnedWriteHalf);
 
 impl FrameWrite for Writer {
+    async fn write_frames(&mut self, frames: &[Frame]) -> std::io::Result<()> {
+        if let [one] = frames {
+            return self.0.write_all(&one.encode_prefixed()).await;
+        }
+        let len = frames.iter().map(|f| 12 + f.body.len()).sum();
+        let mut buf = BytesMut::with_capacity(len);
+        for f in frames {
+            f.encode_prefixed_into(&mut buf);
+        }
+        self.0.write_all(&buf).await
+    }
     async fn write_frame(&mut self, f: Frame) -> std::io::Result<()> {
         self.0.write_all(&f.encode_prefixed()).await
     }

@@ -42,13 +42,26 @@ struct Writer {
     text: Arc<AtomicBool>,
 }
 
-impl FrameWrite for Writer {
-    async fn write_frame(&mut self, f: Frame) -> std::io::Result<()> {
-        let msg = if self.text.load(Ordering::Relaxed) {
+impl Writer {
+    fn message(&self, f: &Frame) -> Message {
+        if self.text.load(Ordering::Relaxed) {
             Message::Text(f.encode_text().into())
         } else {
             Message::Binary(f.encode())
-        };
+        }
+    }
+}
+
+impl FrameWrite for Writer {
+    async fn write_frames(&mut self, frames: &[Frame]) -> std::io::Result<()> {
+        for f in frames {
+            let msg = self.message(f);
+            self.inner.feed(msg).await.map_err(std::io::Error::other)?;
+        }
+        self.inner.flush().await.map_err(std::io::Error::other)
+    }
+    async fn write_frame(&mut self, f: Frame) -> std::io::Result<()> {
+        let msg = self.message(&f);
         self.inner.send(msg).await.map_err(std::io::Error::other)
     }
     async fn finish(&mut self) {

@@ -60,6 +60,23 @@ pub(crate) fn store_err(e: StoreError) -> ApiError {
     }
 }
 
+/// The JSON of `Signal::Inbox` for `entry`, with the entry inline when its JSON is at most
+/// `inline_max` bytes. The entry is serialised once and spliced in, not serialised twice.
+pub fn inbox_signal_body(entry: &InboxEntry, inline_max: usize) -> Vec<u8> {
+    let json = serde_json::to_vec(entry).unwrap_or_default();
+    let mut body = Vec::with_capacity(json.len() + 48);
+    body.extend_from_slice(b"{\"type\":\"inbox\",\"seq\":");
+    body.extend_from_slice(entry.seq.to_string().as_bytes());
+    body.extend_from_slice(b",\"entry\":");
+    if !json.is_empty() && json.len() <= inline_max {
+        body.extend_from_slice(&json);
+    } else {
+        body.extend_from_slice(b"null");
+    }
+    body.push(b'}');
+    body
+}
+
 impl Logic {
     pub fn new(
         store: Arc<dyn Store>,
@@ -91,15 +108,9 @@ impl Logic {
     }
 
     fn signal_inbox(&self, user: UserId, entry: &InboxEntry, except: Option<ConnId>) {
-        // Ride inline when small; otherwise the signal carries only the new seq.
-        let inline = serde_json::to_vec(entry)
-            .ok()
-            .filter(|b| b.len() <= self.cfg.chat.inline_max_bytes);
-        let signal = Signal::Inbox {
-            seq: entry.seq,
-            entry: inline.is_some().then(|| entry.clone()),
-        };
-        self.signal(user, except, &signal);
+        let body = inbox_signal_body(entry, self.cfg.chat.inline_max_bytes);
+        self.push
+            .signal(user, except, &Frame::request(cmd::SIGNAL, 0, body));
     }
 
     pub(crate) fn signal(&self, user: UserId, except: Option<ConnId>, signal: &Signal) {
@@ -131,5 +142,39 @@ impl Logic {
                 self.signal(f.user_id, None, &signal);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xinge_proto::api::Event;
+
+    #[test]
+    fn spliced_inbox_signal_is_the_signal_type() {
+        let entry = InboxEntry {
+            seq: 7,
+            at_ms: 1,
+            event: Event::FriendRemoved {
+                by: UserId(1),
+                peer: UserId(2),
+            },
+        };
+        let s: Signal = serde_json::from_slice(&inbox_signal_body(&entry, 1024)).unwrap();
+        assert_eq!(
+            s,
+            Signal::Inbox {
+                seq: 7,
+                entry: Some(entry.clone())
+            }
+        );
+        let s: Signal = serde_json::from_slice(&inbox_signal_body(&entry, 10)).unwrap();
+        assert_eq!(
+            s,
+            Signal::Inbox {
+                seq: 7,
+                entry: None
+            }
+        );
     }
 }

@@ -87,10 +87,15 @@ impl Frame {
     /// The binary form behind a 4-byte length prefix (a TCP frame).
     pub fn encode_prefixed(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(PREFIX_LEN + HEADER_LEN + self.body.len());
-        b.put_u32((HEADER_LEN + self.body.len()) as u32);
-        self.put_header(&mut b);
-        b.extend_from_slice(&self.body);
+        self.encode_prefixed_into(&mut b);
         b.freeze()
+    }
+
+    /// Appends the length-prefixed binary form to `b`.
+    pub fn encode_prefixed_into(&self, b: &mut BytesMut) {
+        b.put_u32((HEADER_LEN + self.body.len()) as u32);
+        self.put_header(b);
+        b.extend_from_slice(&self.body);
     }
 
     fn put_header(&self, b: &mut BytesMut) {

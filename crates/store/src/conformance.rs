@@ -183,6 +183,7 @@ async fn relations(store: &dyn Store) {
         .unwrap();
     let rel = store.relation(a, b).await.unwrap();
     assert_eq!(rel.friends_since_ms, Some(9));
+    assert_eq!(store.pair(b, a).await.unwrap().friends_since_ms, Some(9));
     assert!(
         rel.request_out.is_none() && rel.request_in.is_none(),
         "accept clears requests"
@@ -215,6 +216,11 @@ async fn relations(store: &dyn Store) {
     let rel = store.relation(a, b).await.unwrap();
     assert_eq!(rel.friends_since_ms, None);
     assert!(rel.blocked_me && !rel.i_blocked);
+    let pair = store.pair(a, b).await.unwrap();
+    assert_eq!(
+        (pair.friends_since_ms, pair.i_blocked, pair.blocked_me),
+        (None, false, true)
+    );
     assert!(store.relation(b, a).await.unwrap().i_blocked);
     store
         .commit(Commit {

@@ -54,6 +54,9 @@ pub trait Store: Send + Sync + 'static {
     // === relations ===
     /// `me`'s relation with `other`.
     async fn relation(&self, me: UserId, other: UserId) -> Result<Relation>;
+    /// The part of `relation` that decides whether two users may message: friendship and
+    /// blocks (cheaper: no friend requests).
+    async fn pair(&self, me: UserId, other: UserId) -> Result<Pair>;
     async fn friends(&self, user: UserId, limit: usize) -> Result<Vec<Friend>>;
     async fn friend_requests(&self, user: UserId, limit: usize) -> Result<FriendRequests>;
 

@@ -31,6 +31,13 @@ pub struct Relation {
     pub request_in: Option<FriendRequestView>,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pair {
+    pub friends_since_ms: Option<u64>,
+    pub i_blocked: bool,
+    pub blocked_me: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Membership {
     pub conv: ConvId,

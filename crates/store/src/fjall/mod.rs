@@ -10,7 +10,7 @@ mod keys;
 mod writer;
 
 use crate::{
-    Commit, Committed, Membership, NewUser, Relation, Result, Store, StoreError, UserRecord,
+    Commit, Committed, Membership, NewUser, Pair, Relation, Result, Store, StoreError, UserRecord,
 };
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -211,22 +211,27 @@ impl Store for FjallStore {
             .map(drop)
     }
 
-    async fn relation(&self, me: UserId, other: UserId) -> Result<Relation> {
+    async fn pair(&self, me: UserId, other: UserId) -> Result<Pair> {
         let s = &self.spaces;
         let friends_since_ms = match s.friends.get(pair_key(me, other)).map_err(backend)? {
             Some(v) => Some(read_u64(&v)?),
             None => None,
         };
-        Ok(Relation {
+        let blocked = |a, b| s.blocks.contains_key(pair_key(a, b)).map_err(backend);
+        Ok(Pair {
             friends_since_ms,
-            i_blocked: s
-                .blocks
-                .contains_key(pair_key(me, other))
-                .map_err(backend)?,
-            blocked_me: s
-                .blocks
-                .contains_key(pair_key(other, me))
-                .map_err(backend)?,
+            i_blocked: blocked(me, other)?,
+            blocked_me: blocked(other, me)?,
+        })
+    }
+
+    async fn relation(&self, me: UserId, other: UserId) -> Result<Relation> {
+        let s = &self.spaces;
+        let p = self.pair(me, other).await?;
+        Ok(Relation {
+            friends_since_ms: p.friends_since_ms,
+            i_blocked: p.i_blocked,
+            blocked_me: p.blocked_me,
             request_out: Self::get(&s.requests_out, &pair_key(me, other))?,
             request_in: Self::get(&s.requests_in, &pair_key(me, other))?,
         })

@@ -38,6 +38,10 @@ pub(crate) struct Writer {
     /// cache cannot go stale; it saves the reverse seek that finds a timeline's end (the
     /// largest cost of a commit without it). Cleared when full or when a batch fails.
     heads: HashMap<(usize, Vec<u8>), u64>,
+    /// Read cursors and conversation memberships recently written (every send moves the
+    /// sender's cursor and checks both memberships). Same argument: only the writer writes
+    /// them, so this cannot go stale. Cleared when full or when a batch fails.
+    members: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 /// Timelines whose head the writer remembers (about 100 bytes each).
@@ -51,6 +55,7 @@ type Space = fn(&Spaces) -> &Keyspace;
 struct Tx<'a> {
     spaces: &'a Spaces,
     cached_heads: &'a HashMap<(usize, Vec<u8>), u64>,
+    cached_members: &'a HashMap<Vec<u8>, Option<Vec<u8>>>,
     batch: OwnedWriteBatch,
     overlay: HashMap<(usize, Vec<u8>), Option<Vec<u8>>>,
     heads: HashMap<(usize, Vec<u8>), u64>,
@@ -63,6 +68,7 @@ impl Writer {
             ids: IdGen::new(node_id),
             max_batch,
             heads: HashMap::new(),
+            members: HashMap::new(),
         }
     }
 
@@ -79,6 +85,7 @@ impl Writer {
             let mut tx = Tx {
                 spaces: &self.spaces,
                 cached_heads: &self.heads,
+                cached_members: &self.members,
                 batch: self
                     .spaces
                     .db
@@ -91,15 +98,29 @@ impl Writer {
                 .iter_mut()
                 .map(|r| self.apply(&mut tx, &mut r.op))
                 .collect();
-            let Tx { batch, heads, .. } = tx;
+            let members_slot = tx.slot(|s| &s.members);
+            let Tx {
+                batch,
+                heads,
+                overlay,
+                ..
+            } = tx;
             let committed = batch.commit();
             if committed.is_ok() {
                 if self.heads.len() + heads.len() > MAX_CACHED_HEADS {
                     self.heads.clear();
                 }
                 self.heads.extend(heads);
+                if self.members.len() + overlay.len() > MAX_CACHED_HEADS {
+                    self.members.clear();
+                }
+                let members = overlay
+                    .into_iter()
+                    .filter(|((slot, _), _)| *slot == members_slot);
+                self.members.extend(members.map(|((_, k), v)| (k, v)));
             } else {
                 self.heads.clear();
+                self.members.clear();
             }
             for (req, out) in reqs.drain(..).zip(outs) {
                 let out = match &committed {
@@ -152,7 +173,13 @@ impl Tx<'_> {
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.overlay.get(&(self.slot(space), key.to_vec())) {
+        let slot = self.slot(space);
+        if let Some(v) = self.overlay.get(&(slot, key.to_vec())) {
+            return Ok(v.clone());
+        }
+        if slot == self.slot(|s| &s.members)
+            && let Some(v) = self.cached_members.get(key)
+        {
             return Ok(v.clone());
         }
         Ok(space(self.spaces)
