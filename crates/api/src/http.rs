@@ -51,6 +51,25 @@ pub fn router(state: AppState) -> Router {
             get(read_state),
         )
         .route("/v1/conversations/{conv}/typing", post(typing))
+        .route("/v1/groups", post(create_group))
+        .route(
+            "/v1/groups/{id}",
+            get(group_info).patch(update_group).delete(dismiss_group),
+        )
+        .route(
+            "/v1/groups/{id}/members",
+            get(group_members).post(add_members),
+        )
+        .route(
+            "/v1/groups/{id}/members/{user}",
+            axum::routing::delete(remove_member),
+        )
+        .route("/v1/groups/{id}/join", post(join_group))
+        .route("/v1/groups/{id}/leave", post(leave_group))
+        .route("/v1/groups/{id}/transfer", post(transfer_group))
+        .route("/v1/groups/{id}/admins", post(set_admin))
+        .route("/v1/groups/{id}/mutes", post(mute_member))
+        .route("/v1/groups/{id}/mute-all", post(mute_all))
         .route("/ws", get(ws))
         .fallback(|| async { HttpError(ApiError::new(ErrorCode::NotFound, "no such endpoint")) })
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
@@ -257,6 +276,8 @@ pub struct SyncQuery {
     #[serde(default)]
     after: u64,
     limit: Option<usize>,
+    #[serde(default)]
+    groups: bool,
 }
 
 /// Pull inbox entries after a cursor; the pull is the acknowledgement.
@@ -274,6 +295,7 @@ pub async fn sync(
                 SyncRequest {
                     after: q.after,
                     limit: q.limit,
+                    groups: q.groups,
                 },
             )
             .await?,
@@ -372,19 +394,23 @@ pub async fn mark_read(
 }
 
 /// Who has and who has not read a message.
-#[utoipa::path(get, path = "/v1/conversations/{conv}/messages/{seq}/read-state", params(("conv" = String, Path), ("seq" = u64, Path)),
+#[utoipa::path(get, path = "/v1/conversations/{conv}/messages/{seq}/read-state", params(("conv" = String, Path), ("seq" = u64, Path),
+    ("after" = Option<u64>, Query, description = "page: user ids greater than this"), ("limit" = Option<usize>, Query)),
     responses((status = 200, body = ReadState)))]
 pub async fn read_state(
     State(s): State<AppState>,
     Auth(c): Auth,
     Path((conv, seq)): Path<(String, u64)>,
+    Query(q): Query<PageQuery>,
 ) -> HttpResult<ReadState> {
     let conv = conv_param(&conv)?;
-    Ok(Json(
-        s.logic
-            .read_state(&c, ReadStateRequest { conv, seq })
-            .await?,
-    ))
+    let req = ReadStateRequest {
+        conv,
+        seq,
+        after: q.after.map(UserId),
+        limit: q.limit,
+    };
+    Ok(Json(s.logic.read_state(&c, req).await?))
 }
 
 #[utoipa::path(post, path = "/v1/conversations/{conv}/typing", params(("conv" = String, Path)), responses((status = 200, body = Done)))]
@@ -420,4 +446,163 @@ pub async fn ws(
     let text = q.mode.as_deref() == Some("text");
     xinge_gateway::ws::upgrade(s.gateway.clone(), up, q.token.or(header_token), text)
         .into_response()
+}
+
+// === groups ===
+
+#[utoipa::path(post, path = "/v1/groups", request_body = CreateGroupRequest,
+    responses((status = 200, body = GroupInfo), (status = 404, body = ApiError)))]
+pub async fn create_group(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Body(req): Body<CreateGroupRequest>,
+) -> HttpResult<GroupInfo> {
+    Ok(Json(s.logic.create_group(&c, req).await?))
+}
+
+#[utoipa::path(get, path = "/v1/groups/{id}", params(("id" = u64, Path)),
+    responses((status = 200, body = GroupInfo), (status = 404, body = ApiError)))]
+pub async fn group_info(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<u64>,
+) -> HttpResult<GroupInfo> {
+    Ok(Json(s.logic.group_info(&c, id).await?))
+}
+
+/// Rename, or change the avatar or notice (admins).
+#[utoipa::path(patch, path = "/v1/groups/{id}", params(("id" = u64, Path)), request_body = UpdateGroupRequest,
+    responses((status = 200, body = GroupInfo), (status = 403, body = ApiError)))]
+pub async fn update_group(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<u64>,
+    Body(req): Body<UpdateGroupRequest>,
+) -> HttpResult<GroupInfo> {
+    Ok(Json(s.logic.update_group(&c, id, req).await?))
+}
+
+/// Dismiss the group (owner).
+#[utoipa::path(delete, path = "/v1/groups/{id}", params(("id" = u64, Path)), responses((status = 200, body = Done), (status = 403, body = ApiError)))]
+pub async fn dismiss_group(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<u64>,
+) -> HttpResult<Done> {
+    s.logic.dismiss_group(&c, id).await?;
+    Ok(Json(DONE))
+}
+
+#[derive(Deserialize)]
+pub struct PageQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/groups/{id}/members", params(("id" = u64, Path), ("after" = Option<u64>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, body = GroupMembers)))]
+pub async fn group_members(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<u64>,
+    Query(q): Query<PageQuery>,
+) -> HttpResult<GroupMembers> {
+    Ok(Json(
+        s.logic
+            .group_members(&c, id, q.after.map(UserId), q.limit)
+            .await?,
+    ))
+}
+
+/// Add members (admins) or invite them (other members).
+#[utoipa::path(post, path = "/v1/groups/{id}/members", params(("id" = u64, Path)), request_body = UsersRequest,
+    responses((status = 200, body = Done), (status = 409, body = ApiError)))]
+pub async fn add_members(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<u64>,
+    Body(req): Body<UsersRequest>,
+) -> HttpResult<Done> {
+    s.logic.add_members(&c, id, &req.users).await?;
+    Ok(Json(DONE))
+}
+
+/// Remove a member (admins), or oneself (leave).
+#[utoipa::path(delete, path = "/v1/groups/{id}/members/{user}", params(("id" = u64, Path), ("user" = u64, Path)),
+    responses((status = 200, body = Done), (status = 403, body = ApiError)))]
+pub async fn remove_member(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path((id, user)): Path<(u64, u64)>,
+) -> HttpResult<Done> {
+    s.logic.remove_member(&c, id, UserId(user)).await?;
+    Ok(Json(DONE))
+}
+
+/// Join a group one was invited to.
+#[utoipa::path(post, path = "/v1/groups/{id}/join", params(("id" = u64, Path)), responses((status = 200, body = Done), (status = 404, body = ApiError)))]
+pub async fn join_group(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<u64>,
+) -> HttpResult<Done> {
+    s.logic.join_group(&c, id).await?;
+    Ok(Json(DONE))
+}
+
+#[utoipa::path(post, path = "/v1/groups/{id}/leave", params(("id" = u64, Path)), responses((status = 200, body = Done)))]
+pub async fn leave_group(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<u64>,
+) -> HttpResult<Done> {
+    s.logic.leave_group(&c, id).await?;
+    Ok(Json(DONE))
+}
+
+#[utoipa::path(post, path = "/v1/groups/{id}/transfer", params(("id" = u64, Path)), request_body = TransferRequest, responses((status = 200, body = Done)))]
+pub async fn transfer_group(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<u64>,
+    Body(req): Body<TransferRequest>,
+) -> HttpResult<Done> {
+    s.logic.transfer_group(&c, id, req.to).await?;
+    Ok(Json(DONE))
+}
+
+/// Promote (`on`) or demote a member (owner).
+#[utoipa::path(post, path = "/v1/groups/{id}/admins", params(("id" = u64, Path)), request_body = MemberFlagRequest, responses((status = 200, body = Done)))]
+pub async fn set_admin(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<u64>,
+    Body(req): Body<MemberFlagRequest>,
+) -> HttpResult<Done> {
+    s.logic.set_admin(&c, id, req.user, req.on).await?;
+    Ok(Json(DONE))
+}
+
+/// Mute (`on`) or unmute a member (admins).
+#[utoipa::path(post, path = "/v1/groups/{id}/mutes", params(("id" = u64, Path)), request_body = MemberFlagRequest, responses((status = 200, body = Done)))]
+pub async fn mute_member(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<u64>,
+    Body(req): Body<MemberFlagRequest>,
+) -> HttpResult<Done> {
+    s.logic.mute_member(&c, id, req.user, req.on).await?;
+    Ok(Json(DONE))
+}
+
+/// Only admins talk (`on`), or everyone again (admins).
+#[utoipa::path(post, path = "/v1/groups/{id}/mute-all", params(("id" = u64, Path)), request_body = FlagRequest, responses((status = 200, body = Done)))]
+pub async fn mute_all(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<u64>,
+    Body(req): Body<FlagRequest>,
+) -> HttpResult<Done> {
+    s.logic.mute_all(&c, id, req.on).await?;
+    Ok(Json(DONE))
 }

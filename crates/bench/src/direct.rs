@@ -205,6 +205,7 @@ async fn sender(
             conv: None,
             client_msg_id: format!("{prefix}-{n}"),
             content: serde_json::json!({ "t": t, "n": n, "p": padding }),
+            ..Default::default()
         };
         // Retries reuse the client_msg_id: a retry can never duplicate.
         let mut ok = false;
@@ -257,7 +258,7 @@ async fn receiver(
                         continue;
                     }
                     match entry {
-                        Some(e) if e.seq == st.cursor + 1 => st.apply(e, peer, &counters, true),
+                        Some(e) if e.seq == st.cursor + 1 => st.apply(*e, peer, &counters, true),
                         _ => {
                             if pull(&conn, &mut st, peer, &counters, true).await.is_err() {
                                 break;
@@ -332,6 +333,7 @@ async fn pull(
                 &SyncRequest {
                     after: st.cursor,
                     limit: Some(500),
+                    groups: false,
                 },
             )
             .await

@@ -10,12 +10,16 @@ use crate::conn::{Connection, Transport};
 use crate::{ClientError, Http, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use xinge_core::ErrorCode;
-use xinge_proto::api::{InboxEntry, SendRequest, SendResponse, Signal, SyncRequest, SyncResponse};
+use xinge_core::{ConvId, ErrorCode};
+use xinge_proto::api::{
+    Event, HistoryRequest, HistoryResponse, InboxEntry, Message, SendRequest, SendResponse, Signal,
+    SyncRequest, SyncResponse,
+};
 use xinge_proto::cmd;
 
 #[derive(Clone, Debug)]
@@ -30,6 +34,12 @@ pub struct DeviceOptions {
     pub repair_interval: Duration,
     /// How long `send` keeps retrying through reconnections.
     pub send_deadline: Duration,
+    /// Hand every inbox entry to `next_event`.
+    pub inbox_events: bool,
+    /// Hand every conversation message to `next_message`: each exactly once, in conv_seq
+    /// order per conversation, whether it came through the inbox (1:1, small groups) or
+    /// by pulling a large group's timeline.
+    pub messages: bool,
 }
 
 impl Default for DeviceOptions {
@@ -41,6 +51,8 @@ impl Default for DeviceOptions {
             max_backoff: Duration::from_secs(5),
             repair_interval: Duration::from_secs(20),
             send_deadline: Duration::from_secs(30),
+            inbox_events: true,
+            messages: false,
         }
     }
 }
@@ -58,6 +70,7 @@ pub struct Device {
     http: Http,
     shared: Arc<Shared>,
     events: tokio::sync::Mutex<mpsc::Receiver<InboxEntry>>,
+    messages: tokio::sync::Mutex<mpsc::Receiver<Message>>,
     others: tokio::sync::Mutex<mpsc::Receiver<Signal>>,
     stop: watch::Sender<bool>,
     opts: DeviceOptions,
@@ -75,12 +88,15 @@ impl Device {
             fatal: Mutex::new(None),
         });
         let (ev_tx, ev_rx) = mpsc::channel(65_536);
+        let (msg_tx, msg_rx) = mpsc::channel(65_536);
         let (other_tx, other_rx) = mpsc::channel(1024);
         let (stop, stop_rx) = watch::channel(false);
         let runner = Runner {
             http: http.clone(),
             shared: shared.clone(),
             events: ev_tx,
+            messages: msg_tx,
+            convs: HashMap::new(),
             others: other_tx,
             opts: opts.clone(),
             last_addr: None,
@@ -90,6 +106,7 @@ impl Device {
             http,
             shared,
             events: tokio::sync::Mutex::new(ev_rx),
+            messages: tokio::sync::Mutex::new(msg_rx),
             others: tokio::sync::Mutex::new(other_rx),
             stop,
             opts,
@@ -113,6 +130,15 @@ impl Device {
     /// The next inbox entry, or `None` if none came within `wait`.
     pub async fn next_event(&self, wait: Duration) -> Option<InboxEntry> {
         tokio::time::timeout(wait, self.events.lock().await.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The next conversation message (see `DeviceOptions::messages`), or `None` if none
+    /// came within `wait`.
+    pub async fn next_message(&self, wait: Duration) -> Option<Message> {
+        tokio::time::timeout(wait, self.messages.lock().await.recv())
             .await
             .ok()
             .flatten()
@@ -193,6 +219,9 @@ struct Runner {
     http: Http,
     shared: Arc<Shared>,
     events: mpsc::Sender<InboxEntry>,
+    messages: mpsc::Sender<Message>,
+    /// The last conv_seq handed out per conversation.
+    convs: HashMap<ConvId, u64>,
     others: mpsc::Sender<Signal>,
     opts: DeviceOptions,
     last_addr: Option<String>,
@@ -311,8 +340,8 @@ impl Runner {
                         }
                         match entry {
                             Some(e) if e.seq == cursor + 1 => {
-                                if self.deliver(e).await.is_err() {
-                                    return Ended::Stop;
+                                if self.deliver(&conn, *e).await.is_err() {
+                                    return Ended::Retry;
                                 }
                             }
                             _ => {
@@ -320,6 +349,12 @@ impl Runner {
                                     return Ended::Retry;
                                 }
                             }
+                        }
+                    }
+                    Some(Signal::Group { conv, seq }) => {
+                        let behind = seq > self.convs.get(&conv).copied().unwrap_or(0);
+                        if self.opts.messages && behind && self.pull_conv(&conn, conv).await.is_err() {
+                            return Ended::Retry;
                         }
                     }
                     Some(other) => {
@@ -336,32 +371,78 @@ impl Runner {
         }
     }
 
-    async fn deliver(&self, e: InboxEntry) -> std::result::Result<(), ()> {
+    async fn deliver(&mut self, conn: &Connection, e: InboxEntry) -> Result<()> {
         let seq = e.seq;
-        self.events.send(e).await.map_err(drop)?;
+        if let Event::Message { message } = &e.event {
+            self.on_message(conn, message.clone()).await?;
+        }
+        if self.opts.inbox_events {
+            self.events.send(e).await.map_err(|_| stopped())?;
+        }
         self.shared.cursor.store(seq, Ordering::Release);
         Ok(())
     }
 
-    /// Pulls everything after the cursor.
-    async fn pull(&self, conn: &Connection) -> Result<()> {
+    /// A message seen in the inbox: the next of its conversation, a repeat, or past a gap
+    /// (a large group's messages, or history from before one joined) that a pull fills.
+    async fn on_message(&mut self, conn: &Connection, m: Message) -> Result<()> {
+        if !self.opts.messages {
+            return Ok(());
+        }
+        let cursor = self.convs.get(&m.conv).copied().unwrap_or(0);
+        if m.conv_seq <= cursor {
+            return Ok(());
+        }
+        if m.conv_seq == cursor + 1 {
+            self.convs.insert(m.conv, m.conv_seq);
+            return self.messages.send(m).await.map_err(|_| stopped());
+        }
+        self.pull_conv(conn, m.conv).await
+    }
+
+    /// Pulls a conversation's timeline after our cursor for it.
+    async fn pull_conv(&mut self, conn: &Connection, conv: ConvId) -> Result<()> {
+        loop {
+            let after = self.convs.get(&conv).copied().unwrap_or(0);
+            let req = HistoryRequest {
+                conv,
+                before: None,
+                after: Some(after),
+                limit: Some(500),
+            };
+            let resp: HistoryResponse = match conn.request(cmd::HISTORY, &req).await {
+                Ok(r) => r,
+                // No longer ours (removed, dismissed): nothing more to read.
+                Err(ClientError::Api(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            for m in resp.messages {
+                if m.conv_seq > self.convs.get(&conv).copied().unwrap_or(0) {
+                    self.convs.insert(conv, m.conv_seq);
+                    self.messages.send(m).await.map_err(|_| stopped())?;
+                }
+            }
+            if !resp.has_more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Pulls everything after the cursor, then (when handing out messages) the large groups
+    /// that are ahead of us.
+    async fn pull(&mut self, conn: &Connection) -> Result<()> {
         loop {
             let after = self.shared.cursor.load(Ordering::Acquire);
-            let resp: SyncResponse = conn
-                .request(
-                    cmd::SYNC,
-                    &SyncRequest {
-                        after,
-                        limit: Some(500),
-                    },
-                )
-                .await?;
+            let req = SyncRequest {
+                after,
+                limit: Some(500),
+                groups: false,
+            };
+            let resp: SyncResponse = conn.request(cmd::SYNC, &req).await?;
             for e in resp.entries {
                 let cursor = self.shared.cursor.load(Ordering::Acquire);
                 if e.seq == cursor + 1 {
-                    self.deliver(e)
-                        .await
-                        .map_err(|_| ClientError::Transport("device stopped".into()))?;
+                    self.deliver(conn, e).await?;
                 } else if e.seq > cursor + 1 {
                     return Err(ClientError::Protocol(format!(
                         "gap in inbox: {cursor} then {}",
@@ -370,8 +451,27 @@ impl Runner {
                 }
             }
             if !resp.has_more {
-                return Ok(());
+                break;
             }
         }
+        if self.opts.messages {
+            let after = self.shared.cursor.load(Ordering::Acquire);
+            let req = SyncRequest {
+                after,
+                limit: Some(1),
+                groups: true,
+            };
+            let resp: SyncResponse = conn.request(cmd::SYNC, &req).await?;
+            for g in resp.groups {
+                if g.head > self.convs.get(&g.conv).copied().unwrap_or(0) {
+                    self.pull_conv(conn, g.conv).await?;
+                }
+            }
+        }
+        Ok(())
     }
+}
+
+fn stopped() -> ClientError {
+    ClientError::Transport("device stopped".into())
 }

@@ -248,4 +248,130 @@ impl Http {
     pub async fn route(&self) -> Result<RouteResponse> {
         self.get("/v1/route").await
     }
+
+    /// One page of who has and has not read a message.
+    pub async fn read_state_page(
+        &self,
+        conv: ConvId,
+        seq: u64,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<ReadState> {
+        let after = after.map(|a| format!("&after={a}")).unwrap_or_default();
+        self.get(&format!(
+            "/v1/conversations/{conv}/messages/{seq}/read-state?limit={limit}{after}"
+        ))
+        .await
+    }
+
+    /// Sync that also lists the heads of large (read fan-out) groups.
+    pub async fn sync_with_groups(&self, after: u64) -> Result<SyncResponse> {
+        self.get(&format!("/v1/sync?after={after}&groups=true"))
+            .await
+    }
+
+    // === groups ===
+
+    pub async fn create_group(&self, name: &str, members: &[UserId]) -> Result<GroupInfo> {
+        self.post(
+            "/v1/groups",
+            &CreateGroupRequest {
+                name: name.into(),
+                members: members.to_vec(),
+            },
+        )
+        .await
+    }
+
+    pub async fn group(&self, id: u64) -> Result<GroupInfo> {
+        self.get(&format!("/v1/groups/{id}")).await
+    }
+
+    pub async fn update_group(&self, id: u64, req: &UpdateGroupRequest) -> Result<GroupInfo> {
+        self.call(Method::PATCH, &format!("/v1/groups/{id}"), Some(req))
+            .await
+    }
+
+    pub async fn dismiss_group(&self, id: u64) -> Result<()> {
+        self.call::<(), Done>(Method::DELETE, &format!("/v1/groups/{id}"), None)
+            .await
+            .map(drop)
+    }
+
+    pub async fn group_members(
+        &self,
+        id: u64,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<GroupMembers> {
+        let after = after.map(|a| format!("&after={a}")).unwrap_or_default();
+        self.get(&format!("/v1/groups/{id}/members?limit={limit}{after}"))
+            .await
+    }
+
+    pub async fn add_members(&self, id: u64, users: &[UserId]) -> Result<()> {
+        self.post::<_, Done>(
+            &format!("/v1/groups/{id}/members"),
+            &UsersRequest {
+                users: users.to_vec(),
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn remove_member(&self, id: u64, user: UserId) -> Result<()> {
+        self.call::<(), Done>(
+            Method::DELETE,
+            &format!("/v1/groups/{id}/members/{user}"),
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn join_group(&self, id: u64) -> Result<()> {
+        self.post::<_, Done>(&format!("/v1/groups/{id}/join"), &())
+            .await
+            .map(drop)
+    }
+
+    pub async fn leave_group(&self, id: u64) -> Result<()> {
+        self.post::<_, Done>(&format!("/v1/groups/{id}/leave"), &())
+            .await
+            .map(drop)
+    }
+
+    pub async fn transfer_group(&self, id: u64, to: UserId) -> Result<()> {
+        self.post::<_, Done>(
+            &format!("/v1/groups/{id}/transfer"),
+            &TransferRequest { to },
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn set_admin(&self, id: u64, user: UserId, on: bool) -> Result<()> {
+        self.post::<_, Done>(
+            &format!("/v1/groups/{id}/admins"),
+            &MemberFlagRequest { user, on },
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn mute_member(&self, id: u64, user: UserId, on: bool) -> Result<()> {
+        self.post::<_, Done>(
+            &format!("/v1/groups/{id}/mutes"),
+            &MemberFlagRequest { user, on },
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn mute_all(&self, id: u64, on: bool) -> Result<()> {
+        self.post::<_, Done>(&format!("/v1/groups/{id}/mute-all"), &FlagRequest { on })
+            .await
+            .map(drop)
+    }
 }

@@ -92,6 +92,15 @@ pub struct ChatConfig {
     pub max_page: usize,
     /// Most conversations listed for one user.
     pub max_conversations: usize,
+    /// Groups with at most this many members use write fan-out (an inbox entry per
+    /// member); larger ones read fan-out (members pull the group timeline).
+    pub fanout_threshold: u64,
+    /// Largest group.
+    pub max_group_members: u64,
+    /// Whether a new group member may read the history from before they joined.
+    pub group_full_history: bool,
+    /// "Group advanced" signals of large groups are coalesced over this window.
+    pub group_signal_window_ms: u64,
 }
 
 impl Default for ChatConfig {
@@ -103,6 +112,10 @@ impl Default for ChatConfig {
             inline_max_bytes: 2 * 1024,
             max_page: 500,
             max_conversations: 1_000,
+            fanout_threshold: 500,
+            max_group_members: 100_000,
+            group_full_history: false,
+            group_signal_window_ms: 50,
         }
     }
 }

@@ -34,6 +34,10 @@ pub enum ErrorCode {
     Conflict,
     /// The recall window of the message has passed.
     RecallWindowPassed,
+    /// The caller is muted in this group (or everyone but admins is).
+    Muted,
+    /// A configured limit would be exceeded (group size, …).
+    LimitReached,
     /// Too many requests; retry after the advertised delay.
     RateLimited,
     /// The server is shutting down or over its connection limit.
@@ -62,6 +66,8 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::RecallWindowPassed => "recall_window_passed",
+            ErrorCode::Muted => "muted",
+            ErrorCode::LimitReached => "limit_reached",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::SlowConsumer => "slow_consumer",
@@ -79,7 +85,11 @@ impl ErrorCode {
             | ErrorCode::TokenExpired
             | ErrorCode::TokenRevoked
             | ErrorCode::BadCredentials => 401,
-            ErrorCode::Forbidden | ErrorCode::Blocked | ErrorCode::NotFriends => 403,
+            ErrorCode::Forbidden
+            | ErrorCode::Blocked
+            | ErrorCode::NotFriends
+            | ErrorCode::Muted => 403,
+            ErrorCode::LimitReached => 409,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::RecallWindowPassed => 422,

@@ -1,21 +1,61 @@
-//! 1:1 chat on the push-then-pull contract (DESIGN.md §2).
+//! Chat on the push-then-pull contract (DESIGN.md §2), for 1:1 conversations and groups:
+//! send, recall, sync, conversations, history, read cursors, receipts, typing, presence.
 
 use crate::{Caller, Logic, Result, bad, store_err};
 use xinge_core::{ConvId, ErrorCode, UserId};
 use xinge_proto::api::*;
-use xinge_store::{Commit, NewMessage, Op};
+use xinge_store::{Commit, GroupFanout, GroupRecord, MemberRecord, NewMessage, Op};
 
 const MAX_CLIENT_MSG_ID: usize = 64;
+const MAX_MENTIONS: usize = 100;
+/// Members read per page when scanning a group.
+pub(crate) const MEMBER_PAGE: usize = 1_000;
+
+/// The caller's standing in a conversation.
+pub(crate) enum Access {
+    Direct(UserId),
+    Group(GroupRecord, MemberRecord),
+}
+
+fn no_conversation() -> xinge_core::error::ApiError {
+    // `not_found`, not `forbidden`: whether it exists is none of their business.
+    bad(ErrorCode::NotFound, "no such conversation")
+}
 
 impl Logic {
-    /// The caller's peer in `conv`, or `not_found` for a conversation the caller is not in
-    /// (not `forbidden`: whether it exists is none of their business).
-    fn peer_in(&self, caller: &Caller, conv: ConvId) -> Result<UserId> {
+    /// The caller's access to `conv`, or `not_found` if they are not in it.
+    pub(crate) async fn access(&self, caller: &Caller, conv: ConvId) -> Result<Access> {
         match conv {
             ConvId::Direct(..) => conv
                 .peer_of(caller.user)
-                .ok_or_else(|| bad(ErrorCode::NotFound, "no such conversation")),
-            ConvId::Group(_) => Err(bad(ErrorCode::NotFound, "no such conversation")),
+                .map(Access::Direct)
+                .ok_or_else(no_conversation),
+            ConvId::Group(g) => {
+                let group = self
+                    .store
+                    .group(g)
+                    .await
+                    .map_err(store_err)?
+                    .filter(|g| !g.dismissed);
+                let member = self
+                    .store
+                    .group_member(g, caller.user)
+                    .await
+                    .map_err(store_err)?;
+                match (group, member) {
+                    (Some(group), Some(member)) => Ok(Access::Group(group, member)),
+                    _ => Err(no_conversation()),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn fanout(&self, group: u64, sender: Option<(UserId, bool)>) -> GroupFanout {
+        GroupFanout {
+            group,
+            threshold: self.cfg.chat.fanout_threshold,
+            sender,
+            max_members: self.cfg.chat.max_group_members,
         }
     }
 
@@ -65,7 +105,6 @@ impl Logic {
                 ));
             }
         };
-        let peer = self.peer_in(caller, conv)?;
         if !req.content.is_object() {
             return Err(bad(
                 ErrorCode::InvalidArgument,
@@ -78,36 +117,65 @@ impl Logic {
         if size > self.cfg.chat.max_content_bytes {
             return Err(bad(ErrorCode::TooLarge, "content is over the size limit"));
         }
-        self.may_message(caller.user, peer).await?;
-        let body = MessageBody::Content {
-            content: req.content,
+        if req.mentions.len() > MAX_MENTIONS {
+            return Err(bad(ErrorCode::InvalidArgument, "at most 100 mentions"));
+        }
+        let access = self.access(caller, conv).await?;
+        match &access {
+            Access::Direct(peer) => self.may_message(caller.user, *peer).await?,
+            Access::Group(_, member) => {
+                if req.mention_all && member.role == Role::Member {
+                    return Err(bad(
+                        ErrorCode::Forbidden,
+                        "only admins may mention everyone",
+                    ));
+                }
+            }
+        }
+        let draft = Draft {
+            client_msg_id: req.client_msg_id,
+            body: MessageBody::Content {
+                content: req.content,
+            },
+            mentions: req.mentions,
+            mention_all: req.mention_all && matches!(access, Access::Group(..)),
         };
-        self.append(caller, conv, peer, req.client_msg_id, body)
-            .await
+        self.append(caller, conv, &access, draft).await
     }
 
     async fn append(
         &self,
         caller: &Caller,
         conv: ConvId,
-        peer: UserId,
-        client_msg_id: String,
-        body: MessageBody,
+        access: &Access,
+        d: Draft,
     ) -> Result<SendResponse> {
         let me = caller.user;
+        let (group, message_to, ops) = match access {
+            Access::Direct(peer) => {
+                let ops = vec![Op::Join { user: me, conv }, Op::Join { user: *peer, conv }];
+                (None, vec![me, *peer], ops)
+            }
+            // The store expands the members (write fan-out) or not (read fan-out), and
+            // checks the sender's membership and mute, atomically with the append.
+            Access::Group(g, _) => (Some(self.fanout(g.id, Some((me, true)))), vec![me], vec![]),
+        };
         let c = Commit {
-            dedup: Some((me, client_msg_id.clone())),
+            dedup: Some((me, d.client_msg_id.clone())),
+            group,
             message: Some(NewMessage {
                 conv,
                 sender: me,
                 sender_device: Some(caller.device.clone()),
-                client_msg_id,
+                client_msg_id: d.client_msg_id,
                 sent_at_ms: xinge_core::now_ms(),
-                body,
+                mentions: d.mentions,
+                mention_all: d.mention_all,
+                body: d.body,
             }),
-            message_to: vec![me, peer],
+            message_to,
             events: vec![],
-            ops: vec![Op::Join { user: me, conv }, Op::Join { user: peer, conv }],
+            ops,
         };
         let done = self.commit(c).await?;
         let m = done
@@ -126,13 +194,14 @@ impl Logic {
     /// Recalls the caller's own message: a tombstone appended to the same timelines.
     /// Idempotent: recalling twice answers with the first recall.
     pub async fn recall(&self, caller: &Caller, req: RecallRequest) -> Result<SendResponse> {
-        let peer = self.peer_in(caller, req.conv)?;
+        let access = self.access(caller, req.conv).await?;
         let target = self
             .store
             .messages(req.conv, req.conv_seq, req.conv_seq, 1, false)
             .await
             .map_err(store_err)?
             .pop()
+            .filter(|m| self.visible_from(&access) < m.conv_seq)
             .ok_or_else(|| bad(ErrorCode::NotFound, "no such message"))?;
         if target.sender != caller.user {
             return Err(bad(
@@ -146,7 +215,6 @@ impl Logic {
                 "that is not a message one can recall",
             ));
         }
-        let key = format!("recall:{}:{}", req.conv, req.conv_seq);
         let window = self.cfg.chat.recall_window_secs * 1000;
         if xinge_core::now_ms().saturating_sub(target.sent_at_ms) > window {
             return Err(bad(
@@ -154,16 +222,15 @@ impl Logic {
                 "too late to recall this message",
             ));
         }
-        self.append(
-            caller,
-            req.conv,
-            peer,
-            key,
-            MessageBody::Recall {
+        let draft = Draft {
+            client_msg_id: format!("recall:{}:{}", req.conv, req.conv_seq),
+            body: MessageBody::Recall {
                 target: req.conv_seq,
             },
-        )
-        .await
+            mentions: vec![],
+            mention_all: false,
+        };
+        self.append(caller, req.conv, &access, draft).await
     }
 
     pub async fn sync(&self, caller: &Caller, req: SyncRequest) -> Result<SyncResponse> {
@@ -177,10 +244,29 @@ impl Logic {
             .await
             .map_err(store_err)?;
         let last = entries.last().map_or(req.after, |e| e.seq);
+        let mut groups = Vec::new();
+        if req.groups {
+            let members = self
+                .store
+                .memberships(caller.user, self.cfg.chat.max_conversations)
+                .await
+                .map_err(store_err)?;
+            for m in members {
+                let ConvId::Group(g) = m.conv else { continue };
+                let Some(rec) = self.store.group(g).await.map_err(store_err)? else {
+                    continue;
+                };
+                if rec.member_count > self.cfg.chat.fanout_threshold {
+                    let head = self.store.conv_head(m.conv).await.map_err(store_err)?;
+                    groups.push(GroupHead { conv: m.conv, head });
+                }
+            }
+        }
         Ok(SyncResponse {
             has_more: last < head,
             entries,
             head,
+            groups,
         })
     }
 
@@ -199,12 +285,31 @@ impl Logic {
                 .await
                 .map_err(store_err)?
                 .pop();
+            let (name, unread_mentions) = match m.conv {
+                ConvId::Group(g) => {
+                    let name = self
+                        .store
+                        .group(g)
+                        .await
+                        .map_err(store_err)?
+                        .map(|g| g.name);
+                    let mentions = self
+                        .store
+                        .mention_count(caller.user, m.conv, m.read_seq, 99)
+                        .await
+                        .map_err(store_err)?;
+                    (name, mentions)
+                }
+                ConvId::Direct(..) => (None, 0),
+            };
             out.push(Conversation {
                 conv: m.conv,
                 peer: m.conv.peer_of(caller.user),
                 last_seq: head,
                 read_seq: m.read_seq,
                 unread: head.saturating_sub(m.read_seq),
+                unread_mentions,
+                name,
                 last_activity_ms: last_message.as_ref().map_or(0, |m| m.sent_at_ms),
                 last_message,
             });
@@ -217,8 +322,18 @@ impl Logic {
         Ok(ConversationList { conversations: out })
     }
 
+    /// The conv_seq after which the caller may read: a group member sees from their join on
+    /// (unless the server allows full history).
+    fn visible_from(&self, access: &Access) -> u64 {
+        match access {
+            Access::Group(_, m) if !self.cfg.chat.group_full_history => m.joined_seq,
+            _ => 0,
+        }
+    }
+
     pub async fn history(&self, caller: &Caller, req: HistoryRequest) -> Result<HistoryResponse> {
-        self.peer_in(caller, req.conv)?;
+        let access = self.access(caller, req.conv).await?;
+        let first = self.visible_from(&access) + 1;
         let limit = req.limit.unwrap_or(50).clamp(1, self.cfg.chat.max_page);
         let (messages, forward) = match (req.before, req.after) {
             (Some(_), Some(_)) => {
@@ -228,7 +343,7 @@ impl Logic {
                 ));
             }
             (None, Some(after)) => {
-                let from = after.saturating_add(1);
+                let from = after.saturating_add(1).max(first);
                 (
                     self.store
                         .messages(req.conv, from, u64::MAX, limit + 1, false)
@@ -239,7 +354,9 @@ impl Logic {
             (before, None) => {
                 let to = before.map_or(u64::MAX, |b| b.saturating_sub(1));
                 (
-                    self.store.messages(req.conv, 1, to, limit + 1, true).await,
+                    self.store
+                        .messages(req.conv, first, to, limit + 1, true)
+                        .await,
                     false,
                 )
             }
@@ -259,7 +376,7 @@ impl Logic {
 
     pub async fn mark_read(&self, caller: &Caller, req: ReadRequest) -> Result<ReadResponse> {
         let me = caller.user;
-        let peer = self.peer_in(caller, req.conv)?;
+        let access = self.access(caller, req.conv).await?;
         let head = self.store.conv_head(req.conv).await.map_err(store_err)?;
         let seq = req.seq.min(head);
         let cur = self
@@ -278,8 +395,15 @@ impl Logic {
             reader: me,
             seq,
         };
+        // 1:1: the reader's other devices and the peer hear of it. Groups: the reader's
+        // other devices; senders ask `read_state` (a read in a 10,000-member group must not
+        // fan out).
+        let events = match access {
+            Access::Direct(peer) => vec![(me, ev.clone()), (peer, ev)],
+            Access::Group(..) => vec![(me, ev)],
+        };
         let c = Commit {
-            events: vec![(me, ev.clone()), (peer, ev)],
+            events,
             ops: vec![Op::AdvanceRead {
                 user: me,
                 conv: req.conv,
@@ -294,55 +418,105 @@ impl Logic {
         })
     }
 
-    /// Who has read the message at `seq`: members (other than its sender) whose read
-    /// cursor is at or past it. No per-message rows: it is computed from cursors.
+    /// Who has read the message at `seq`: members (other than its sender, and who were
+    /// members when it was sent) whose read cursor is at or past it. No per-message rows:
+    /// it is computed from cursors, one scan of the members.
     pub async fn read_state(&self, caller: &Caller, req: ReadStateRequest) -> Result<ReadState> {
-        let peer = self.peer_in(caller, req.conv)?;
+        let access = self.access(caller, req.conv).await?;
         let msg = self
             .store
             .messages(req.conv, req.seq, req.seq, 1, false)
             .await
             .map_err(store_err)?
             .pop()
+            .filter(|m| self.visible_from(&access) < m.conv_seq)
             .ok_or_else(|| bad(ErrorCode::NotFound, "no such message"))?;
-        let (mut read_by, mut unread_by) = (vec![], vec![]);
-        for member in [caller.user, peer] {
-            if member == msg.sender {
-                continue;
-            }
-            let cursor = self
-                .store
-                .read_cursor(member, req.conv)
-                .await
-                .map_err(store_err)?;
-            if cursor >= req.seq {
-                read_by.push(member)
-            } else {
-                unread_by.push(member)
-            }
-        }
-        Ok(ReadState {
+        let limit = req.limit.unwrap_or(100).clamp(1, 1_000);
+        let after = req.after.map_or(0, |u| u.0);
+        let mut st = ReadState {
             conv: req.conv,
             seq: req.seq,
-            read_count: read_by.len() as u64,
-            unread_count: unread_by.len() as u64,
-            read_by,
-            unread_by,
-        })
+            read_count: 0,
+            unread_count: 0,
+            read_by: vec![],
+            unread_by: vec![],
+            next_after: None,
+        };
+        let tally = |user: UserId, cursor: u64, st: &mut ReadState| {
+            let (count, list) = if cursor >= req.seq {
+                (&mut st.read_count, &mut st.read_by)
+            } else {
+                (&mut st.unread_count, &mut st.unread_by)
+            };
+            *count += 1;
+            if user.0 > after {
+                if list.len() < limit {
+                    list.push(user);
+                } else if st.next_after.is_none() {
+                    st.next_after = Some(*list.last().unwrap_or(&user));
+                }
+            }
+        };
+        match access {
+            Access::Direct(peer) => {
+                for member in [caller.user, peer] {
+                    if member != msg.sender {
+                        let cursor = self
+                            .store
+                            .read_cursor(member, req.conv)
+                            .await
+                            .map_err(store_err)?;
+                        tally(member, cursor, &mut st);
+                    }
+                }
+            }
+            Access::Group(g, _) => {
+                let mut from = None;
+                loop {
+                    let page = self
+                        .store
+                        .group_members(g.id, from, MEMBER_PAGE)
+                        .await
+                        .map_err(store_err)?;
+                    for (user, m) in &page {
+                        if *user != msg.sender && m.joined_seq < req.seq {
+                            tally(*user, m.read_seq, &mut st);
+                        }
+                    }
+                    match page.last() {
+                        Some((u, _)) if page.len() == MEMBER_PAGE => from = Some(*u),
+                        _ => break,
+                    }
+                }
+            }
+        }
+        Ok(st)
     }
 
-    /// Typing is ephemeral: a signal to the peer's devices, nothing stored.
+    /// Typing is ephemeral: a signal to the other members' devices, nothing stored. Large
+    /// (read fan-out) groups get no typing signals.
     pub async fn typing(&self, caller: &Caller, req: TypingRequest) -> Result<()> {
-        let peer = self.peer_in(caller, req.conv)?;
-        self.may_message(caller.user, peer).await?;
-        self.signal(
-            peer,
-            None,
-            &Signal::Typing {
-                conv: req.conv,
-                user: caller.user,
-            },
-        );
+        let signal = Signal::Typing {
+            conv: req.conv,
+            user: caller.user,
+        };
+        match self.access(caller, req.conv).await? {
+            Access::Direct(peer) => {
+                self.may_message(caller.user, peer).await?;
+                self.signal(peer, None, &signal);
+            }
+            Access::Group(g, _) if g.member_count <= self.cfg.chat.fanout_threshold => {
+                let members = self
+                    .store
+                    .group_members(g.id, None, MEMBER_PAGE)
+                    .await
+                    .map_err(store_err)?;
+                for (user, _) in members.into_iter().filter(|(u, _)| *u != caller.user) {
+                    self.signal(user, None, &signal);
+                }
+            }
+            Access::Group(..) => {}
+        }
         Ok(())
     }
 
@@ -359,7 +533,7 @@ impl Logic {
             let visible = u == caller.user
                 || self
                     .store
-                    .relation(caller.user, u)
+                    .pair(caller.user, u)
                     .await
                     .map_err(store_err)?
                     .friends_since_ms
@@ -375,4 +549,12 @@ impl Logic {
         }
         Ok(PresenceList { presence })
     }
+}
+
+/// A message about to be appended.
+pub(crate) struct Draft {
+    pub client_msg_id: String,
+    pub body: MessageBody,
+    pub mentions: Vec<UserId>,
+    pub mention_all: bool,
 }

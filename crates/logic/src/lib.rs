@@ -14,16 +14,18 @@
 mod account;
 mod chat;
 mod friend;
+mod group;
 pub mod token;
 
 use std::sync::Arc;
+use std::time::Duration;
 use xinge_core::config::Config;
 use xinge_core::error::ApiError;
 use xinge_core::{ConnId, ErrorCode, UserId};
 use xinge_proto::api::{InboxEntry, Signal};
 use xinge_proto::{Frame, cmd};
 use xinge_push::Push;
-use xinge_store::{Commit, Committed, Store, StoreError};
+use xinge_store::{Commit, Committed, Refusal, Store, StoreError};
 
 pub type Result<T> = std::result::Result<T, ApiError>;
 
@@ -41,6 +43,9 @@ pub struct Logic {
     pub(crate) push: Arc<Push>,
     pub(crate) cfg: Config,
     pub(crate) tokens: token::TokenSigner,
+    /// Group ids: time-ordered and unique across processes (node id inside).
+    pub(crate) ids: xinge_core::idgen::IdGen,
+    pub(crate) group_signals: group::GroupSignals,
 }
 
 pub(crate) fn bad(code: ErrorCode, msg: impl Into<String>) -> ApiError {
@@ -53,6 +58,13 @@ pub(crate) fn store_err(e: StoreError) -> ApiError {
         StoreError::Conflict => bad(ErrorCode::Conflict, "already exists"),
         StoreError::NotFound => bad(ErrorCode::NotFound, "not found"),
         StoreError::Closed => bad(ErrorCode::Unavailable, "server shutting down"),
+        StoreError::Refused(r) => match r {
+            Refusal::NoGroup | Refusal::NotMember => {
+                bad(ErrorCode::NotFound, "no such conversation")
+            }
+            Refusal::Muted => bad(ErrorCode::Muted, "you are muted in this group"),
+            Refusal::GroupFull => bad(ErrorCode::LimitReached, "the group is full"),
+        },
         StoreError::Backend(cause) => {
             tracing::error!(%cause, "store failure");
             bad(ErrorCode::Internal, "internal error")
@@ -87,6 +99,10 @@ impl Logic {
         Arc::new(Self {
             store,
             push,
+            ids: xinge_core::idgen::IdGen::new(cfg.server.node_id),
+            group_signals: group::GroupSignals::new(Duration::from_millis(
+                cfg.chat.group_signal_window_ms,
+            )),
             cfg,
             tokens: token::TokenSigner::new(token_secret),
         })
@@ -103,6 +119,9 @@ impl Logic {
         let done = self.store.commit(c).await.map_err(store_err)?;
         for (user, entry) in &done.entries {
             self.signal_inbox(*user, entry, None);
+        }
+        if let Some((group, seq)) = done.group_advanced {
+            self.group_signals.mark(group, seq);
         }
         Ok(done)
     }
@@ -165,7 +184,7 @@ mod tests {
             s,
             Signal::Inbox {
                 seq: 7,
-                entry: Some(entry.clone())
+                entry: Some(Box::new(entry.clone()))
             }
         );
         let s: Signal = serde_json::from_slice(&inbox_signal_body(&entry, 10)).unwrap();

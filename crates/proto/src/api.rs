@@ -88,6 +88,62 @@ pub enum MessageBody {
     Content { content: Value },
     /// A tombstone: the message at `target` (conv_seq) was recalled by its sender.
     Recall { target: u64 },
+    /// A change to a group, at its place in the group's timeline.
+    System { event: GroupEvent },
+}
+
+/// Membership and settings changes of a group. They are messages of the group's timeline,
+/// so every device renders the same history and a change takes effect exactly there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum GroupEvent {
+    Created {
+        by: UserId,
+        name: String,
+        members: Vec<UserId>,
+    },
+    Joined {
+        users: Vec<UserId>,
+        by: UserId,
+    },
+    Invited {
+        user: UserId,
+        by: UserId,
+    },
+    Removed {
+        user: UserId,
+        by: UserId,
+    },
+    Left {
+        user: UserId,
+    },
+    Updated {
+        by: UserId,
+        name: Option<String>,
+        avatar: Option<String>,
+        notice: Option<String>,
+    },
+    OwnerChanged {
+        from: UserId,
+        to: UserId,
+    },
+    AdminSet {
+        user: UserId,
+        admin: bool,
+        by: UserId,
+    },
+    MemberMuted {
+        user: UserId,
+        muted: bool,
+        by: UserId,
+    },
+    AllMuted {
+        muted: bool,
+        by: UserId,
+    },
+    Dismissed {
+        by: UserId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -99,11 +155,17 @@ pub struct Message {
     pub sender_device: Option<DeviceId>,
     pub client_msg_id: String,
     pub sent_at_ms: u64,
+    /// Members this message mentions (`@user`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
+    /// `@all`, allowed to group admins.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mention_all: bool,
     #[serde(flatten)]
     pub body: MessageBody,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     /// The recipient of a 1:1 message; or give `conv`.
@@ -116,6 +178,12 @@ pub struct SendRequest {
     pub client_msg_id: String,
     /// A JSON object, at most `chat.max_content_bytes` when serialised.
     pub content: Value,
+    /// Group members to mention (at most 100).
+    #[serde(default)]
+    pub mentions: Vec<UserId>,
+    /// Mention everyone (group admins only).
+    #[serde(default)]
+    pub mention_all: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -179,6 +247,12 @@ pub enum Event {
         reader: UserId,
         seq: u64,
     },
+    /// `by` invites the owner of this inbox to a group; accept by joining it.
+    GroupInvite {
+        conv: ConvId,
+        by: UserId,
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -196,6 +270,10 @@ pub struct SyncRequest {
     pub after: u64,
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Also list the heads of the caller's large (read fan-out) groups, whose messages
+    /// are not in the inbox and must be pulled per group. Ask on (re)connect.
+    #[serde(default)]
+    pub groups: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -204,6 +282,15 @@ pub struct SyncResponse {
     /// The newest seq of the inbox.
     pub head: u64,
     pub has_more: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupHead>,
+}
+
+/// The newest conv_seq of a read fan-out group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GroupHead {
+    pub conv: ConvId,
+    pub head: u64,
 }
 
 // === conversations ===
@@ -216,6 +303,12 @@ pub struct Conversation {
     pub last_seq: u64,
     pub read_seq: u64,
     pub unread: u64,
+    /// Unread messages that mention the caller (or everyone).
+    #[serde(default)]
+    pub unread_mentions: u64,
+    /// For groups, the group's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub last_message: Option<Message>,
     pub last_activity_ms: u64,
 }
@@ -265,9 +358,17 @@ pub struct ReadResponse {
 pub struct ReadStateRequest {
     pub conv: ConvId,
     pub seq: u64,
+    /// Page the lists: members with ids greater than this.
+    #[serde(default)]
+    pub after: Option<UserId>,
+    /// Most ids in each list (default 100, at most 1,000).
+    #[serde(default)]
+    pub limit: Option<usize>,
 }
 
-/// Who has read the message at `seq`: members whose read cursor is at or past it.
+/// Who has read the message at `seq`: members (other than its sender, and who were members
+/// when it was sent) whose read cursor is at or past it. Counts are over all of them; the
+/// lists are one page, in user id order.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReadState {
     pub conv: ConvId,
@@ -276,6 +377,9 @@ pub struct ReadState {
     pub unread_count: u64,
     pub read_by: Vec<UserId>,
     pub unread_by: Vec<UserId>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<UserId>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -330,7 +434,7 @@ pub enum Signal {
     /// along. A client whose cursor is `seq - 1` applies it; any other pulls `after=cursor`.
     Inbox {
         seq: u64,
-        entry: Option<InboxEntry>,
+        entry: Option<Box<InboxEntry>>,
     },
     Typing {
         conv: ConvId,
@@ -341,6 +445,100 @@ pub enum Signal {
         online: bool,
         last_seen_ms: u64,
     },
+    /// A read fan-out group has reached `seq`: pull its history after your cursor.
+    /// Coalesced: at most one per group per member in a short window.
+    Group {
+        conv: ConvId,
+        seq: u64,
+    },
+}
+
+// === groups ===
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroupRequest {
+    pub name: String,
+    /// Initial members besides the creator (at most 1,000).
+    #[serde(default)]
+    pub members: Vec<UserId>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupInfo {
+    pub group_id: u64,
+    pub conv: ConvId,
+    pub name: String,
+    pub avatar: String,
+    pub notice: String,
+    pub owner: UserId,
+    pub member_count: u64,
+    pub muted_all: bool,
+    /// `write` (fan-out to inboxes) or `read` (members pull the group timeline).
+    pub fanout: String,
+    pub dismissed: bool,
+    pub created_at_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupMember {
+    pub user: UserId,
+    pub role: Role,
+    pub muted: bool,
+    /// The member sees the group's timeline after this conv_seq.
+    pub joined_seq: u64,
+    pub read_seq: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupMembers {
+    pub members: Vec<GroupMember>,
+    pub next_after: Option<UserId>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsersRequest {
+    /// At most 1,000 at a time.
+    pub users: Vec<UserId>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGroupRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub avatar: Option<String>,
+    #[serde(default)]
+    pub notice: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberFlagRequest {
+    pub user: UserId,
+    pub on: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlagRequest {
+    pub on: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    pub to: UserId,
 }
 
 // === route ===

@@ -21,6 +21,8 @@ fn commit(a: UserId, b: UserId, cmid: String) -> Commit {
             sender_device: None,
             client_msg_id: cmid,
             sent_at_ms: 1,
+            mentions: vec![],
+            mention_all: false,
             // ~200 bytes of content, as in the engine comparison.
             body: MessageBody::Content {
                 content: serde_json::json!({ "text": "x".repeat(190) }),

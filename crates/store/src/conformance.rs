@@ -1,10 +1,13 @@
 //! The conformance suite. A backend is done when `run` passes on it. Every check makes
 //! its own users (unique names), so the suite runs on a store that already holds data.
 
-use crate::{Commit, Committed, NewMessage, NewUser, Op, Store, StoreError};
+use crate::{
+    Commit, Committed, GroupFanout, GroupPatch, GroupRecord, NewMessage, NewUser, Op, Refusal,
+    Store, StoreError,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use xinge_core::{ConvId, UserId};
-use xinge_proto::api::{Event, FriendRequestView, MessageBody};
+use xinge_proto::api::{Event, FriendRequestView, GroupEvent, MessageBody, Role};
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
 
@@ -18,6 +21,7 @@ pub async fn run(store: &dyn Store) {
     history_pages_both_ways(store).await;
     read_cursors_are_monotonic(store).await;
     concurrent_commits_keep_sequences_continuous(store).await;
+    groups_fan_out_by_size_atomically_with_membership(store).await;
 }
 
 pub async fn user(store: &dyn Store, tag: &str) -> UserId {
@@ -40,12 +44,15 @@ pub async fn send(store: &dyn Store, a: UserId, b: UserId, cmid: &str) -> Commit
     store
         .commit(Commit {
             dedup: Some((a, cmid.to_owned())),
+            group: None,
             message: Some(NewMessage {
                 conv: ConvId::direct(a, b),
                 sender: a,
                 sender_device: None,
                 client_msg_id: cmid.to_owned(),
                 sent_at_ms: xinge_core::now_ms(),
+                mentions: vec![],
+                mention_all: false,
                 body: MessageBody::Content {
                     content: serde_json::json!({ "text": cmid }),
                 },
@@ -389,4 +396,363 @@ async fn concurrent_commits_keep_sequences_continuous(store: &dyn Store) {
             (1..=25).collect::<Vec<_>>()
         );
     }
+}
+
+fn group_msg(gid: u64, sender: UserId, cmid: &str, body: MessageBody) -> NewMessage {
+    NewMessage {
+        conv: ConvId::Group(gid),
+        sender,
+        sender_device: None,
+        client_msg_id: cmid.to_owned(),
+        sent_at_ms: xinge_core::now_ms(),
+        mentions: vec![],
+        mention_all: false,
+        body,
+    }
+}
+
+/// A commit sending `text` to group `gid` as `sender`, with the given fan-out threshold.
+pub fn group_send(gid: u64, sender: UserId, cmid: &str, threshold: u64) -> Commit {
+    Commit {
+        dedup: Some((sender, cmid.to_owned())),
+        group: Some(GroupFanout {
+            group: gid,
+            threshold,
+            sender: Some((sender, true)),
+            max_members: 100_000,
+        }),
+        message: Some(group_msg(
+            gid,
+            sender,
+            cmid,
+            MessageBody::Content {
+                content: serde_json::json!({ "text": cmid }),
+            },
+        )),
+        message_to: vec![sender],
+        ..Commit::default()
+    }
+}
+
+async fn groups_fan_out_by_size_atomically_with_membership(store: &dyn Store) {
+    let owner = user(store, "g_owner").await;
+    let mut others = Vec::new();
+    for _ in 0..5 {
+        others.push(user(store, "g_member").await);
+    }
+    let gid = xinge_core::now_ms() * 1000 + UNIQUE.fetch_add(1, Ordering::Relaxed);
+    let conv = ConvId::Group(gid);
+    let fan = |sender: Option<(UserId, bool)>, max: u64| GroupFanout {
+        group: gid,
+        threshold: 3,
+        sender,
+        max_members: max,
+    };
+    let rec = GroupRecord {
+        id: gid,
+        name: "g".into(),
+        avatar: String::new(),
+        notice: String::new(),
+        owner,
+        created_at_ms: 1,
+        member_count: 0,
+        muted_all: false,
+        dismissed: false,
+    };
+    let system = |event| MessageBody::System { event };
+    let created = store
+        .commit(Commit {
+            group: Some(fan(None, 100)),
+            ops: vec![
+                Op::CreateGroup(rec),
+                Op::AddMember {
+                    group: gid,
+                    user: owner,
+                    role: Role::Owner,
+                },
+                Op::AddMember {
+                    group: gid,
+                    user: others[0],
+                    role: Role::Member,
+                },
+                Op::AddMember {
+                    group: gid,
+                    user: others[1],
+                    role: Role::Member,
+                },
+            ],
+            message: Some(group_msg(
+                gid,
+                owner,
+                "create",
+                system(GroupEvent::Created {
+                    by: owner,
+                    name: "g".into(),
+                    members: vec![],
+                }),
+            )),
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.message.as_ref().unwrap().conv_seq, 1);
+    assert_eq!(
+        created.entries.len(),
+        3,
+        "write fan-out reaches every member"
+    );
+    let g = store.group(gid).await.unwrap().unwrap();
+    assert_eq!(g.member_count, 3);
+    let m = store.group_member(gid, others[0]).await.unwrap().unwrap();
+    assert_eq!((m.joined_seq, m.role), (0, Role::Member));
+
+    // Non-members are refused atomically; nothing is written.
+    let outsider = others[4];
+    let refused = store.commit(group_send(gid, outsider, "x", 3)).await;
+    assert!(matches!(
+        refused,
+        Err(StoreError::Refused(Refusal::NotMember))
+    ));
+    assert_eq!(store.conv_head(conv).await.unwrap(), 1);
+
+    let sent = store
+        .commit(group_send(gid, others[0], "hello", 3))
+        .await
+        .unwrap();
+    assert_eq!(sent.entries.len(), 3);
+    assert!(sent.group_advanced.is_none());
+
+    // Growing past the threshold switches to read fan-out in the same commit.
+    let grown = store
+        .commit(Commit {
+            group: Some(fan(Some((owner, false)), 100)),
+            ops: vec![
+                Op::AddMember {
+                    group: gid,
+                    user: others[2],
+                    role: Role::Member,
+                },
+                Op::AddMember {
+                    group: gid,
+                    user: others[3],
+                    role: Role::Member,
+                },
+            ],
+            message: Some(group_msg(
+                gid,
+                owner,
+                "join",
+                system(GroupEvent::Joined {
+                    users: vec![others[2], others[3]],
+                    by: owner,
+                }),
+            )),
+            message_to: vec![owner],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(grown.message.as_ref().unwrap().conv_seq, 3);
+    assert_eq!(
+        grown.entries.len(),
+        1,
+        "read fan-out: only the explicit recipients"
+    );
+    assert_eq!(grown.group_advanced, Some((gid, 3)));
+    let late = store.group_member(gid, others[2]).await.unwrap().unwrap();
+    assert_eq!(late.joined_seq, 2, "sees the timeline from its join on");
+    assert_eq!(store.read_cursor(others[2], conv).await.unwrap(), 2);
+
+    // Mutes, for one member and for everyone but admins.
+    store
+        .commit(Commit {
+            ops: vec![
+                Op::SetMuted {
+                    group: gid,
+                    user: others[1],
+                    muted: true,
+                },
+                Op::SetRole {
+                    group: gid,
+                    user: others[0],
+                    role: Role::Admin,
+                },
+            ],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let muted = store.commit(group_send(gid, others[1], "m1", 3)).await;
+    assert!(matches!(muted, Err(StoreError::Refused(Refusal::Muted))));
+    store
+        .commit(Commit {
+            ops: vec![Op::UpdateGroup {
+                group: gid,
+                patch: GroupPatch {
+                    muted_all: Some(true),
+                    ..GroupPatch::default()
+                },
+            }],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.commit(group_send(gid, others[2], "m2", 3)).await,
+        Err(StoreError::Refused(Refusal::Muted))
+    ));
+    assert!(
+        store
+            .commit(group_send(gid, others[0], "admin talks", 3))
+            .await
+            .is_ok()
+    );
+
+    // Capacity is checked before anything is written.
+    let full = store
+        .commit(Commit {
+            group: Some(fan(None, 5)),
+            ops: vec![
+                Op::AddMember {
+                    group: gid,
+                    user: others[4],
+                    role: Role::Member,
+                },
+                Op::AddMember {
+                    group: gid,
+                    user: UserId(u64::MAX - 1),
+                    role: Role::Member,
+                },
+            ],
+            ..Commit::default()
+        })
+        .await;
+    assert!(matches!(full, Err(StoreError::Refused(Refusal::GroupFull))));
+
+    // Read cursors live with the member too; mentions are indexed.
+    store
+        .commit(Commit {
+            ops: vec![Op::AdvanceRead {
+                user: others[3],
+                conv,
+                seq: 3,
+            }],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .group_member(gid, others[3])
+            .await
+            .unwrap()
+            .unwrap()
+            .read_seq,
+        3
+    );
+    let mut mention = group_send(gid, others[0], "hey @3", 3);
+    if let Some(m) = &mut mention.message {
+        m.mentions = vec![others[3]];
+    }
+    let mseq = store
+        .commit(mention)
+        .await
+        .unwrap()
+        .message
+        .unwrap()
+        .conv_seq;
+    let mut all = group_send(gid, others[0], "hey @all", 3);
+    if let Some(m) = &mut all.message {
+        m.mention_all = true;
+    }
+    store.commit(all).await.unwrap();
+    assert_eq!(
+        store.mention_count(others[3], conv, 3, 99).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .mention_count(others[3], conv, mseq, 99)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.mention_count(others[2], conv, 3, 99).await.unwrap(),
+        1
+    );
+
+    // Paging the members, and removal.
+    let page1 = store.group_members(gid, None, 2).await.unwrap();
+    let page2 = store
+        .group_members(gid, Some(page1[1].0), 10)
+        .await
+        .unwrap();
+    assert_eq!(page1.len() + page2.len(), 5);
+    store
+        .commit(Commit {
+            ops: vec![
+                Op::RemoveMember {
+                    group: gid,
+                    user: others[3],
+                },
+                Op::PutInvite {
+                    group: gid,
+                    user: others[4],
+                    by: owner,
+                },
+            ],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert!(store.group_member(gid, others[3]).await.unwrap().is_none());
+    assert!(
+        store
+            .memberships(others[3], 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.conv != conv)
+    );
+    assert_eq!(store.group(gid).await.unwrap().unwrap().member_count, 4);
+    assert_eq!(store.invite(gid, others[4]).await.unwrap(), Some(owner));
+    let back_to_write = store
+        .commit(Commit {
+            group: Some(fan(Some((owner, false)), 100)),
+            ops: vec![
+                Op::AddMember {
+                    group: gid,
+                    user: others[4],
+                    role: Role::Member,
+                },
+                Op::RemoveMember {
+                    group: gid,
+                    user: others[2],
+                },
+                Op::RemoveMember {
+                    group: gid,
+                    user: others[4],
+                },
+            ],
+            message: Some(group_msg(
+                gid,
+                owner,
+                "shrink",
+                system(GroupEvent::Left { user: others[2] }),
+            )),
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        back_to_write.entries.len(),
+        3,
+        "back under the threshold: write fan-out again"
+    );
+    assert_eq!(
+        store.invite(gid, others[4]).await.unwrap(),
+        None,
+        "joining consumes the invitation"
+    );
 }

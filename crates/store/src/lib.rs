@@ -32,6 +32,9 @@ pub enum StoreError {
     Backend(String),
     #[error("store is shutting down")]
     Closed,
+    /// A condition checked atomically with the commit did not hold.
+    #[error("refused: {0:?}")]
+    Refused(Refusal),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -84,4 +87,26 @@ pub trait Store: Send + Sync + 'static {
     async fn memberships(&self, user: UserId, limit: usize) -> Result<Vec<Membership>>;
     /// A member's read cursor in a conversation (0 if none).
     async fn read_cursor(&self, user: UserId, conv: ConvId) -> Result<u64>;
+    /// Messages of `conv` after `after_seq` that mention `user` or everyone, counting at
+    /// most `cap`.
+    async fn mention_count(
+        &self,
+        user: UserId,
+        conv: ConvId,
+        after_seq: u64,
+        cap: u64,
+    ) -> Result<u64>;
+
+    // === groups ===
+    async fn group(&self, id: u64) -> Result<Option<GroupRecord>>;
+    async fn group_member(&self, group: u64, user: UserId) -> Result<Option<MemberRecord>>;
+    /// Members in user id order, after `after`, at most `limit`.
+    async fn group_members(
+        &self,
+        group: u64,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, MemberRecord)>>;
+    /// Who invited `user` to `group`, if an invitation is pending.
+    async fn invite(&self, group: u64, user: UserId) -> Result<Option<UserId>>;
 }

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 use xinge_core::{ConvId, DeviceId, MsgId, UserId};
-use xinge_proto::api::{Event, FriendRequestView, InboxEntry, Message, MessageBody};
+use xinge_proto::api::{Event, FriendRequestView, InboxEntry, Message, MessageBody, Role};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
@@ -53,12 +53,112 @@ pub struct NewMessage {
     pub sender_device: Option<DeviceId>,
     pub client_msg_id: String,
     pub sent_at_ms: u64,
+    pub mentions: Vec<UserId>,
+    pub mention_all: bool,
     pub body: MessageBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub id: u64,
+    pub name: String,
+    pub avatar: String,
+    pub notice: String,
+    pub owner: UserId,
+    pub created_at_ms: u64,
+    /// Kept by the store as members are added and removed.
+    pub member_count: u64,
+    pub muted_all: bool,
+    pub dismissed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub role: Role,
+    /// The member sees the group timeline after this conv_seq (the head when they joined).
+    pub joined_seq: u64,
+    pub muted: bool,
+    /// The member's read cursor, kept here too so "who read" is one scan of the members.
+    pub read_seq: u64,
+}
+
+/// Changes to a group's settings, applied to the current record.
+#[derive(Clone, Debug, Default)]
+pub struct GroupPatch {
+    pub name: Option<String>,
+    pub avatar: Option<String>,
+    pub notice: Option<String>,
+    pub owner: Option<UserId>,
+    pub muted_all: Option<bool>,
+    pub dismissed: Option<bool>,
+}
+
+/// Why the store refused a commit (checked atomically with the write).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The group does not exist or was dismissed.
+    NoGroup,
+    /// The sender is not a member of the group.
+    NotMember,
+    /// The sender is muted, or everyone but admins is.
+    Muted,
+    /// The group is at its maximum size.
+    GroupFull,
+}
+
+/// How a message to a group fans out, decided by the store atomically with membership:
+/// at most `threshold` members → an inbox entry for every member (write fan-out); more →
+/// none (read fan-out: members pull the group timeline).
+#[derive(Clone, Debug)]
+pub struct GroupFanout {
+    pub group: u64,
+    pub threshold: u64,
+    /// Refuse unless this user is a member (and, with `talk`, may talk: not muted, and
+    /// not a plain member of a group muted for all).
+    pub sender: Option<(UserId, bool)>,
+    /// Refuse `AddMember`s that would take the group past this many members.
+    pub max_members: u64,
 }
 
 /// A state change other than appending to timelines.
 #[derive(Clone, Debug)]
 pub enum Op {
+    CreateGroup(GroupRecord),
+    UpdateGroup {
+        group: u64,
+        patch: GroupPatch,
+    },
+    /// Adds a member (no-op if present): they see the timeline from the current head on,
+    /// and the group joins their conversation list.
+    AddMember {
+        group: u64,
+        user: UserId,
+        role: Role,
+    },
+    /// Removes a member (no-op if absent) and the group from their conversation list.
+    RemoveMember {
+        group: u64,
+        user: UserId,
+    },
+    SetRole {
+        group: u64,
+        user: UserId,
+        role: Role,
+    },
+    SetMuted {
+        group: u64,
+        user: UserId,
+        muted: bool,
+    },
+    PutInvite {
+        group: u64,
+        user: UserId,
+        by: UserId,
+    },
+    DeleteInvite {
+        group: u64,
+        user: UserId,
+    },
     /// Makes `a` and `b` friends (both directions) and clears requests between them.
     SetFriends {
         a: UserId,
@@ -95,14 +195,20 @@ pub enum Op {
 /// One atomic write. In order, a backend:
 /// 1. if `dedup` names a (sender, client_msg_id) already committed, applies nothing and
 ///    returns the earlier outcome with `duplicate = true`;
-/// 2. appends `message` to its conversation (next conv_seq, new msg_id) and moves the
-///    sender's read cursor to it (sending implies having read up to there);
-/// 3. appends to the inbox of every user in `message_to` an entry for that message, then
-///    every `(user, event)` of `events`, each at the user's next inbox seq;
-/// 4. applies `ops`; 5. records the dedup key.
+/// 2. with `group`: refuses (`StoreError::Refused`) if the group is gone, or the sender
+///    may not send;
+/// 3. applies `ops` (in order);
+/// 4. appends `message` to its conversation (next conv_seq, new msg_id), moves the
+///    sender's read cursor to it (sending implies having read up to there) and indexes its
+///    mentions;
+/// 5. appends an entry for that message to the inbox of every user in `message_to` and,
+///    for a write fan-out group, of every member (each once), then every `(user, event)`
+///    of `events`, each at the user's next inbox seq;
+/// 6. records the dedup key.
 #[derive(Clone, Debug, Default)]
 pub struct Commit {
     pub dedup: Option<(UserId, String)>,
+    pub group: Option<GroupFanout>,
     pub message: Option<NewMessage>,
     pub message_to: Vec<UserId>,
     pub events: Vec<(UserId, Event)>,
@@ -117,6 +223,9 @@ pub struct Committed {
     pub sender_seq: u64,
     /// Every inbox entry the commit created, in order, with its owner; empty for duplicates.
     pub entries: Vec<(UserId, InboxEntry)>,
+    /// For a message to a read fan-out group: the group and the message's conv_seq, for
+    /// the coalesced "group advanced" signal.
+    pub group_advanced: Option<(u64, u64)>,
 }
 
 /// What a dedup key remembers.

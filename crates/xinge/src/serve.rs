@@ -92,6 +92,7 @@ pub async fn run(
     let gateway = Gateway::new(gw_id, cfg.gateway.clone(), dispatch.clone(), dispatch, push);
     gateway.start(shutdown.clone());
     tokio::spawn(logic.clone().run_presence());
+    tokio::spawn(logic.clone().run_group_signals());
 
     let bound = Bound {
         http: http.local_addr()?,

@@ -241,6 +241,7 @@ async fn bad_bodies_and_unknown_commands_get_errors_and_the_connection_lives_on(
         conv: None,
         client_msg_id: cmid.into(),
         content,
+        ..Default::default()
     };
     assert_eq!(
         code(
@@ -428,6 +429,7 @@ async fn nobody_touches_a_conversation_that_is_not_theirs() {
             conv: None,
             client_msg_id: "secret".into(),
             content: serde_json::json!({ "text": "for bob only" }),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -453,6 +455,7 @@ async fn nobody_touches_a_conversation_that_is_not_theirs() {
         conv: Some(conv),
         client_msg_id: "x".into(),
         content: serde_json::json!({}),
+        ..Default::default()
     };
     assert_eq!(code(carol.send(&into_theirs).await), "not_found");
     assert!(
@@ -571,6 +574,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_catches_up_by_pull() {
             conv: None,
             client_msg_id: format!("f{i}"),
             content: serde_json::json!({ "t": filler }),
+            ..Default::default()
         };
         alice.send(&req).await.unwrap();
     }

@@ -17,6 +17,7 @@ fn text(req_to: UserId, cmid: &str, text: &str) -> SendRequest {
         conv: None,
         client_msg_id: cmid.into(),
         content: serde_json::json!({ "text": text }),
+        ..Default::default()
     }
 }
 

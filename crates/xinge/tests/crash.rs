@@ -95,6 +95,7 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_and_sequences_continue(
                     conv: None,
                     client_msg_id: cmid.clone(),
                     content: serde_json::json!({ "i": i }),
+                    ..Default::default()
                 };
                 match alice.send(&req).await {
                     Ok(r) => acked.lock().unwrap().push((cmid, r)),
@@ -155,6 +156,7 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_and_sequences_continue(
             conv: None,
             client_msg_id: cmid.clone(),
             content: serde_json::json!({}),
+            ..Default::default()
         };
         let r = alice.send(&req).await.unwrap();
         match stored.get(cmid) {
@@ -175,6 +177,7 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_and_sequences_continue(
             conv: None,
             client_msg_id: "after-restart".into(),
             content: serde_json::json!({}),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -56,6 +56,14 @@ pub(crate) fn member_key(user: UserId, conv: ConvId) -> Vec<u8> {
     k
 }
 
+/// `prefix ++ seq`.
+pub(crate) fn seq_key(prefix: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 8);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 /// The last sequence under `prefix` in a keyspace whose keys are `prefix ++ seq(8)`.
 pub(crate) fn last_seq(ks: &Keyspace, prefix: &[u8]) -> Result<u64> {
     match ks.prefix(prefix).next_back() {

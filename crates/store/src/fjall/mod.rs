@@ -10,7 +10,8 @@ mod keys;
 mod writer;
 
 use crate::{
-    Commit, Committed, Membership, NewUser, Pair, Relation, Result, Store, StoreError, UserRecord,
+    Commit, Committed, GroupRecord, MemberRecord, Membership, NewUser, Pair, Relation, Result,
+    Store, StoreError, UserRecord,
 };
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -36,6 +37,11 @@ pub(crate) struct Spaces {
     pub msgs: Keyspace,
     pub dedup: Keyspace,
     pub members: Keyspace,
+    pub groups: Keyspace,
+    pub gmembers: Keyspace,
+    pub mentions: Keyspace,
+    pub gmentions: Keyspace,
+    pub invites: Keyspace,
 }
 
 /// How an inbox entry is kept: messages by reference (the message lives once, in its
@@ -112,6 +118,11 @@ impl FjallStore {
             msgs: ks("msgs")?,
             dedup: ks("dedup")?,
             members: ks("members")?,
+            groups: ks("groups")?,
+            gmembers: ks("gmembers")?,
+            mentions: ks("mentions")?,
+            gmentions: ks("gmentions")?,
+            invites: ks("invites")?,
             db,
         });
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
@@ -339,6 +350,70 @@ impl Store for FjallStore {
             });
         }
         Ok(out)
+    }
+
+    async fn mention_count(
+        &self,
+        user: UserId,
+        conv: ConvId,
+        after_seq: u64,
+        cap: u64,
+    ) -> Result<u64> {
+        let s = &self.spaces;
+        let from = after_seq.saturating_add(1);
+        let mut prefix = member_key(user, conv);
+        let mine = s
+            .mentions
+            .range(seq_key(&prefix, from)..=seq_key(&prefix, u64::MAX))
+            .take(cap as usize)
+            .count();
+        prefix = conv.to_key().to_vec();
+        let all = s
+            .gmentions
+            .range(seq_key(&prefix, from)..=seq_key(&prefix, u64::MAX))
+            .take(cap as usize)
+            .count();
+        Ok(((mine + all) as u64).min(cap))
+    }
+
+    async fn group(&self, id: u64) -> Result<Option<GroupRecord>> {
+        Self::get(&self.spaces.groups, &u64_key(id))
+    }
+
+    async fn group_member(&self, group: u64, user: UserId) -> Result<Option<MemberRecord>> {
+        Self::get(&self.spaces.gmembers, &pair_key(UserId(group), user))
+    }
+
+    async fn group_members(
+        &self,
+        group: u64,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, MemberRecord)>> {
+        let from = after.map_or(0, |u| u.0.saturating_add(1));
+        let range =
+            pair_key(UserId(group), UserId(from))..=pair_key(UserId(group), UserId(u64::MAX));
+        let mut out = Vec::new();
+        if after.is_some_and(|u| u.0 == u64::MAX) {
+            return Ok(out);
+        }
+        for kv in self.spaces.gmembers.range(range).take(limit) {
+            let (k, v) = kv.into_inner().map_err(backend)?;
+            out.push((UserId(read_u64(&k[8..])?), decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    async fn invite(&self, group: u64, user: UserId) -> Result<Option<UserId>> {
+        match self
+            .spaces
+            .invites
+            .get(pair_key(UserId(group), user))
+            .map_err(backend)?
+        {
+            Some(v) => Ok(Some(UserId(read_u64(&v)?))),
+            None => Ok(None),
+        }
     }
 
     async fn read_cursor(&self, user: UserId, conv: ConvId) -> Result<u64> {

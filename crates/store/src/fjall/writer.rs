@@ -2,14 +2,17 @@
 
 use super::keys::*;
 use super::{Spaces, StoredEntry, StoredEvent, backend, decode, encode};
-use crate::{Commit, Committed, DedupRecord, NewUser, Result, StoreError, UserRecord};
+use crate::{
+    Commit, Committed, DedupRecord, GroupFanout, GroupRecord, MemberRecord, NewUser, Refusal,
+    Result, StoreError, UserRecord,
+};
 use fjall::{Keyspace, OwnedWriteBatch, PersistMode};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use xinge_core::idgen::IdGen;
-use xinge_core::{DeviceId, MsgId, UserId};
-use xinge_proto::api::{Event, InboxEntry, Message};
+use xinge_core::{ConvId, DeviceId, MsgId, UserId};
+use xinge_proto::api::{Event, InboxEntry, Message, Role};
 
 pub(crate) enum Op {
     CreateUser(NewUser),
@@ -202,17 +205,97 @@ impl Tx<'_> {
     /// The next sequence under `prefix` (keys `prefix ++ seq`), counting this batch's
     /// earlier appends.
     fn next_seq(&mut self, space: Space, prefix: &[u8]) -> Result<u64> {
+        let cur = self.head(space, prefix)?;
+        self.heads
+            .insert((self.slot(space), prefix.to_vec()), cur + 1);
+        Ok(cur + 1)
+    }
+
+    /// The last sequence under `prefix`, counting this batch's appends.
+    fn head(&self, space: Space, prefix: &[u8]) -> Result<u64> {
         let slot = (self.slot(space), prefix.to_vec());
-        let cur = match self
+        match self
             .heads
             .get(&slot)
             .or_else(|| self.cached_heads.get(&slot))
         {
-            Some(v) => *v,
-            None => last_seq(space(self.spaces), prefix)?,
+            Some(v) => Ok(*v),
+            None => last_seq(space(self.spaces), prefix),
+        }
+    }
+
+    fn group_rec(&self, id: u64) -> Result<Option<GroupRecord>> {
+        self.get(|s| &s.groups, &u64_key(id))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn member_rec(&self, group: u64, user: UserId) -> Result<Option<MemberRecord>> {
+        self.get(|s| &s.gmembers, &pair_key(UserId(group), user))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    /// Every member of a group, counting this batch's adds and removes.
+    fn member_ids(&self, group: u64) -> Result<Vec<UserId>> {
+        let prefix = u64_key(group);
+        let mut ids = std::collections::BTreeSet::new();
+        for kv in self.spaces.gmembers.prefix(prefix) {
+            let k = kv.key().map_err(backend)?;
+            ids.insert(read_u64(&k[8..])?);
+        }
+        let slot = self.slot(|s| &s.gmembers);
+        for ((sl, k), v) in &self.overlay {
+            if *sl == slot && k.starts_with(&prefix) {
+                let uid = read_u64(&k[8..])?;
+                if v.is_some() {
+                    ids.insert(uid);
+                } else {
+                    ids.remove(&uid);
+                }
+            }
+        }
+        Ok(ids.into_iter().map(UserId).collect())
+    }
+
+    /// Checks a group commit before anything of it is written.
+    fn check_group(&self, g: &GroupFanout, ops: &[crate::Op]) -> Result<()> {
+        let refuse = |r| Err(StoreError::Refused(r));
+        let Some(rec) = self.group_rec(g.group)? else {
+            // Creating the group in this very commit is fine.
+            let creates = ops
+                .iter()
+                .any(|o| matches!(o, crate::Op::CreateGroup(r) if r.id == g.group));
+            return if creates {
+                Ok(())
+            } else {
+                refuse(Refusal::NoGroup)
+            };
         };
-        self.heads.insert(slot, cur + 1);
-        Ok(cur + 1)
+        if rec.dismissed {
+            return refuse(Refusal::NoGroup);
+        }
+        if let Some((sender, talk)) = g.sender {
+            let Some(m) = self.member_rec(g.group, sender)? else {
+                return refuse(Refusal::NotMember);
+            };
+            if talk && (m.muted || (rec.muted_all && m.role == Role::Member)) {
+                return refuse(Refusal::Muted);
+            }
+        }
+        let mut adding = std::collections::HashSet::new();
+        for op in ops {
+            if let crate::Op::AddMember { group, user, .. } = op
+                && *group == g.group
+                && self.member_rec(g.group, *user)?.is_none()
+            {
+                adding.insert(*user);
+            }
+        }
+        if rec.member_count + adding.len() as u64 > g.max_members {
+            return refuse(Refusal::GroupFull);
+        }
+        Ok(())
     }
 
     fn create_user(&mut self, new: &NewUser) -> Result<UserRecord> {
@@ -267,9 +350,16 @@ impl Tx<'_> {
                 message,
                 sender_seq: rec.sender_seq,
                 entries: Vec::new(),
+                group_advanced: None,
             });
         }
 
+        if let Some(g) = &c.group {
+            self.check_group(g, &c.ops)?;
+        }
+        for op in c.ops.drain(..) {
+            self.op(op)?;
+        }
         let now = xinge_core::now_ms();
         let mut out = Committed::default();
         if let Some(new) = c.message.take() {
@@ -282,16 +372,37 @@ impl Tx<'_> {
                 sender_device: new.sender_device,
                 client_msg_id: new.client_msg_id,
                 sent_at_ms: new.sent_at_ms,
+                mentions: new.mentions,
+                mention_all: new.mention_all,
                 body: new.body,
             };
             self.put(|s| &s.msgs, msg_key(msg.conv, conv_seq), encode(&msg));
+            for &user in &msg.mentions {
+                let key = seq_key(&member_key(user, msg.conv), conv_seq);
+                self.put(|s| &s.mentions, key, Vec::new());
+            }
+            if msg.mention_all {
+                let key = seq_key(&msg.conv.to_key(), conv_seq);
+                self.put(|s| &s.gmentions, key, Vec::new());
+            }
             // Sending implies having read everything up to one's own message.
             self.op(crate::Op::AdvanceRead {
                 user: msg.sender,
                 conv: msg.conv,
                 seq: conv_seq,
             })?;
-            for &user in &c.message_to {
+            let mut recipients = std::mem::take(&mut c.message_to);
+            if let Some(g) = &c.group {
+                let count = self.group_rec(g.group)?.map_or(0, |r| r.member_count);
+                if count <= g.threshold {
+                    recipients.extend(self.member_ids(g.group)?);
+                } else {
+                    out.group_advanced = Some((g.group, conv_seq));
+                }
+            }
+            let mut seen = std::collections::HashSet::new();
+            recipients.retain(|u| seen.insert(*u));
+            for &user in &recipients {
                 let ev = StoredEvent::Message {
                     conv: msg.conv,
                     conv_seq,
@@ -324,9 +435,6 @@ impl Tx<'_> {
                     event,
                 },
             ));
-        }
-        for op in c.ops.drain(..) {
-            self.op(op)?;
         }
         if let (Some((sender, cmid)), Some(msg)) = (&c.dedup, &out.message) {
             let rec = DedupRecord {
@@ -382,8 +490,102 @@ impl Tx<'_> {
                 };
                 if seq > cur || cur == 0 {
                     self.put(|s| &s.members, key, u64_key(seq.max(cur)).to_vec());
+                    // Groups keep the cursor with the member too, for "who read" scans.
+                    if let ConvId::Group(g) = conv
+                        && let Some(mut m) = self.member_rec(g, user)?
+                        && seq > m.read_seq
+                    {
+                        m.read_seq = seq;
+                        self.put(|s| &s.gmembers, pair_key(UserId(g), user), encode(&m));
+                    }
                 }
             }
+            Op::CreateGroup(rec) => {
+                self.put(|s| &s.groups, u64_key(rec.id).to_vec(), encode(&rec));
+            }
+            Op::UpdateGroup { group, patch } => {
+                let Some(mut rec) = self.group_rec(group)? else {
+                    return Ok(());
+                };
+                if let Some(v) = patch.name {
+                    rec.name = v;
+                }
+                if let Some(v) = patch.avatar {
+                    rec.avatar = v;
+                }
+                if let Some(v) = patch.notice {
+                    rec.notice = v;
+                }
+                if let Some(v) = patch.owner {
+                    rec.owner = v;
+                }
+                if let Some(v) = patch.muted_all {
+                    rec.muted_all = v;
+                }
+                if let Some(v) = patch.dismissed {
+                    rec.dismissed = v;
+                }
+                self.put(|s| &s.groups, u64_key(group).to_vec(), encode(&rec));
+            }
+            Op::AddMember { group, user, role } => {
+                if self.member_rec(group, user)?.is_some() {
+                    return Ok(());
+                }
+                let conv = ConvId::Group(group);
+                let head = self.head(|s| &s.msgs, &conv.to_key())?;
+                let m = MemberRecord {
+                    role,
+                    joined_seq: head,
+                    muted: false,
+                    read_seq: head,
+                };
+                self.put(|s| &s.gmembers, pair_key(UserId(group), user), encode(&m));
+                self.put(
+                    |s| &s.members,
+                    member_key(user, conv),
+                    u64_key(head).to_vec(),
+                );
+                self.delete(|s| &s.invites, pair_key(UserId(group), user));
+                self.count_members(group, 1)?;
+            }
+            Op::RemoveMember { group, user } => {
+                if self.member_rec(group, user)?.is_none() {
+                    return Ok(());
+                }
+                self.delete(|s| &s.gmembers, pair_key(UserId(group), user));
+                self.delete(|s| &s.members, member_key(user, ConvId::Group(group)));
+                self.count_members(group, -1)?;
+            }
+            Op::SetRole { group, user, role } => {
+                if let Some(mut m) = self.member_rec(group, user)? {
+                    m.role = role;
+                    self.put(|s| &s.gmembers, pair_key(UserId(group), user), encode(&m));
+                }
+            }
+            Op::SetMuted { group, user, muted } => {
+                if let Some(mut m) = self.member_rec(group, user)? {
+                    m.muted = muted;
+                    self.put(|s| &s.gmembers, pair_key(UserId(group), user), encode(&m));
+                }
+            }
+            Op::PutInvite { group, user, by } => {
+                self.put(
+                    |s| &s.invites,
+                    pair_key(UserId(group), user),
+                    u64_key(by.0).to_vec(),
+                );
+            }
+            Op::DeleteInvite { group, user } => {
+                self.delete(|s| &s.invites, pair_key(UserId(group), user));
+            }
+        }
+        Ok(())
+    }
+
+    fn count_members(&mut self, group: u64, delta: i64) -> Result<()> {
+        if let Some(mut rec) = self.group_rec(group)? {
+            rec.member_count = rec.member_count.saturating_add_signed(delta);
+            self.put(|s| &s.groups, u64_key(group).to_vec(), encode(&rec));
         }
         Ok(())
     }
