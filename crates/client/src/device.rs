@@ -393,11 +393,16 @@ impl Runner {
         if m.conv_seq <= cursor {
             return Ok(());
         }
-        if m.conv_seq == cursor + 1 {
-            self.convs.insert(m.conv, m.conv_seq);
-            return self.messages.send(m).await.map_err(|_| stopped());
+        if m.conv_seq > cursor + 1 {
+            self.pull_conv(conn, m.conv).await?;
         }
-        self.pull_conv(conn, m.conv).await
+        // Usually the pull brought this message too; when it could not (the message that
+        // ends one's membership lies past what one may still pull), hand it out now.
+        if m.conv_seq > self.convs.get(&m.conv).copied().unwrap_or(0) {
+            self.convs.insert(m.conv, m.conv_seq);
+            self.messages.send(m).await.map_err(|_| stopped())?;
+        }
+        Ok(())
     }
 
     /// Pulls a conversation's timeline after our cursor for it.

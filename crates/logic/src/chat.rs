@@ -331,9 +331,37 @@ impl Logic {
         }
     }
 
+    /// The part of a conversation's timeline the caller may read: members from their join
+    /// on; a former group member the part they were a member for (nothing after it).
+    async fn readable(&self, caller: &Caller, conv: ConvId) -> Result<(u64, u64)> {
+        match self.access(caller, conv).await {
+            Ok(access) => Ok((self.visible_from(&access) + 1, u64::MAX)),
+            Err(e) => {
+                let ConvId::Group(g) = conv else {
+                    return Err(e);
+                };
+                match self
+                    .store
+                    .former_member(g, caller.user)
+                    .await
+                    .map_err(store_err)?
+                {
+                    Some((joined, left)) => {
+                        let first = if self.cfg.chat.group_full_history {
+                            1
+                        } else {
+                            joined + 1
+                        };
+                        Ok((first, left))
+                    }
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
     pub async fn history(&self, caller: &Caller, req: HistoryRequest) -> Result<HistoryResponse> {
-        let access = self.access(caller, req.conv).await?;
-        let first = self.visible_from(&access) + 1;
+        let (first, last) = self.readable(caller, req.conv).await?;
         let limit = req.limit.unwrap_or(50).clamp(1, self.cfg.chat.max_page);
         let (messages, forward) = match (req.before, req.after) {
             (Some(_), Some(_)) => {
@@ -346,13 +374,13 @@ impl Logic {
                 let from = after.saturating_add(1).max(first);
                 (
                     self.store
-                        .messages(req.conv, from, u64::MAX, limit + 1, false)
+                        .messages(req.conv, from, last, limit + 1, false)
                         .await,
                     true,
                 )
             }
             (before, None) => {
-                let to = before.map_or(u64::MAX, |b| b.saturating_sub(1));
+                let to = before.map_or(u64::MAX, |b| b.saturating_sub(1)).min(last);
                 (
                     self.store
                         .messages(req.conv, first, to, limit + 1, true)

@@ -511,7 +511,7 @@ pub struct UsersRequest {
     pub users: Vec<UserId>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGroupRequest {
     #[serde(default)]

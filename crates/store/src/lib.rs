@@ -107,6 +107,9 @@ pub trait Store: Send + Sync + 'static {
         after: Option<UserId>,
         limit: usize,
     ) -> Result<Vec<(UserId, MemberRecord)>>;
+    /// For a user removed from (or who left) a group: `(joined_seq, left_seq)`, the part of
+    /// the timeline they were a member for.
+    async fn former_member(&self, group: u64, user: UserId) -> Result<Option<(u64, u64)>>;
     /// Who invited `user` to `group`, if an invitation is pending.
     async fn invite(&self, group: u64, user: UserId) -> Result<Option<UserId>>;
 }

@@ -42,6 +42,7 @@ pub(crate) struct Spaces {
     pub mentions: Keyspace,
     pub gmentions: Keyspace,
     pub invites: Keyspace,
+    pub gleft: Keyspace,
 }
 
 /// How an inbox entry is kept: messages by reference (the message lives once, in its
@@ -123,6 +124,7 @@ impl FjallStore {
             mentions: ks("mentions")?,
             gmentions: ks("gmentions")?,
             invites: ks("invites")?,
+            gleft: ks("gleft")?,
             db,
         });
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
@@ -402,6 +404,19 @@ impl Store for FjallStore {
             out.push((UserId(read_u64(&k[8..])?), decode(&v)?));
         }
         Ok(out)
+    }
+
+    async fn former_member(&self, group: u64, user: UserId) -> Result<Option<(u64, u64)>> {
+        match self
+            .spaces
+            .gleft
+            .get(pair_key(UserId(group), user))
+            .map_err(backend)?
+        {
+            Some(v) if v.len() == 16 => Ok(Some((read_u64(&v[..8])?, read_u64(&v[8..])?))),
+            Some(_) => Err(backend("bad former-member value")),
+            None => Ok(None),
+        }
     }
 
     async fn invite(&self, group: u64, user: UserId) -> Result<Option<UserId>> {

@@ -546,12 +546,19 @@ impl Tx<'_> {
                     u64_key(head).to_vec(),
                 );
                 self.delete(|s| &s.invites, pair_key(UserId(group), user));
+                self.delete(|s| &s.gleft, pair_key(UserId(group), user));
                 self.count_members(group, 1)?;
             }
             Op::RemoveMember { group, user } => {
-                if self.member_rec(group, user)?.is_none() {
+                let Some(m) = self.member_rec(group, user)? else {
                     return Ok(());
-                }
+                };
+                // They keep read access to the part they were a member for.
+                let conv = ConvId::Group(group);
+                let left = self.head(|s| &s.msgs, &conv.to_key())?;
+                let mut span = u64_key(m.joined_seq).to_vec();
+                span.extend_from_slice(&u64_key(left));
+                self.put(|s| &s.gleft, pair_key(UserId(group), user), span);
                 self.delete(|s| &s.gmembers, pair_key(UserId(group), user));
                 self.delete(|s| &s.members, member_key(user, ConvId::Group(group)));
                 self.count_members(group, -1)?;
