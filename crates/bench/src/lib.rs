@@ -8,15 +8,15 @@
 //! server.rs  spawning the server under test (optionally pinned) and sampling /proc
 //! setup.rs   users, tokens, friendships
 //! idle.rs    N authenticated connections held: server memory per connection
-//! direct.rs  1:1 traffic between pairs at an offered rate
+//! traffic.rs direct (1:1 pairs), group (write fan-out), large-group (read fan-out)
 //! report.rs  the result: markdown table, JSON file, SVG latency plot
 //! ```
 
-mod direct;
 mod idle;
 mod report;
 mod server;
 mod setup;
+mod traffic;
 
 pub use report::BenchResult;
 
@@ -68,6 +68,34 @@ pub enum Scenario {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// G groups of S members, all online, every member sending (write fan-out).
+    Group {
+        #[arg(long, default_value_t = 10)]
+        groups: usize,
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        /// Offered sends per second (all groups together).
+        #[arg(long, default_value_t = 600)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// One group past the fan-out threshold (read fan-out), a share of it online; the owner
+    /// sends. Also times `read-state` (who read) over the whole membership.
+    LargeGroup {
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        #[arg(long, default_value_t = 2_000)]
+        online: usize,
+        #[arg(long, default_value_t = 20)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +132,108 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             rate,
             duration_secs,
             size,
-        } => direct::run(&srv, transport, users, rate, duration_secs, size).await?,
+        } => {
+            let n = users.max(2) & !1;
+            eprintln!("direct: creating {n} users in {} pairs", n / 2);
+            let (run_id, list) = setup::users(&srv.base, n).await?;
+            setup::pair_up(&list).await?;
+            let plan = traffic::Plan {
+                scenario: "direct",
+                online: (0..n).collect(),
+                senders: (0..n)
+                    .map(|i| (i, traffic::Target::To(list[i ^ 1].id)))
+                    .collect(),
+                fanout: 1,
+                follow: None,
+            };
+            traffic::run(
+                &srv,
+                transport,
+                &list,
+                plan,
+                &run_id,
+                rate,
+                duration_secs,
+                size,
+            )
+            .await?
+        }
+        Scenario::Group {
+            groups,
+            members,
+            rate,
+            duration_secs,
+            size,
+        } => {
+            let members = members.max(2);
+            eprintln!(
+                "group: creating {} users in {groups} groups of {members}",
+                groups * members
+            );
+            let (run_id, list) = setup::users(&srv.base, groups * members).await?;
+            let mut senders = Vec::new();
+            for g in 0..groups {
+                let range = g * members..(g + 1) * members;
+                let conv =
+                    setup::group(&list[range.start], &list[range.start + 1..range.end]).await?;
+                senders.extend(range.map(|i| (i, traffic::Target::Conv(conv))));
+            }
+            let plan = traffic::Plan {
+                scenario: "group",
+                online: (0..groups * members).collect(),
+                senders,
+                fanout: members as u64 - 1,
+                follow: None,
+            };
+            let mut r = traffic::run(
+                &srv,
+                transport,
+                &list,
+                plan,
+                &run_id,
+                rate,
+                duration_secs,
+                size,
+            )
+            .await?;
+            r.param("groups", groups as u64);
+            r.param("members", members as u64);
+            r
+        }
+        Scenario::LargeGroup {
+            members,
+            online,
+            rate,
+            duration_secs,
+            size,
+        } => {
+            let members = members.max(2);
+            let online = online.min(members - 1);
+            eprintln!("large-group: creating {members} users, {online} of them online");
+            let (run_id, list) = setup::users(&srv.base, members).await?;
+            let conv = setup::group(&list[0], &list[1..]).await?;
+            let plan = traffic::Plan {
+                scenario: "large-group",
+                online: (1..=online).collect(),
+                senders: vec![(0, traffic::Target::Conv(conv))],
+                fanout: online as u64,
+                follow: Some(conv),
+            };
+            let mut r = traffic::run(
+                &srv,
+                transport,
+                &list,
+                plan,
+                &run_id,
+                rate,
+                duration_secs,
+                size,
+            )
+            .await?;
+            r.param("members", members as u64);
+            r.read_state = Some(setup::time_read_state(&list, conv, online).await?);
+            r
+        }
     };
     report::write(&args.out, &result)?;
     println!("{}", result.markdown());

@@ -65,6 +65,8 @@ pub struct BenchResult {
     pub checks: Checks,
     pub server_cpu_us: u64,
     pub server_cpu_us_per_msg: f64,
+    /// large-group: time of one "who read" query over the whole membership.
+    pub read_state: Option<Percentiles>,
     #[serde(skip)]
     pub delivery_hist: Option<Histogram<u64>>,
 }
@@ -187,6 +189,12 @@ impl BenchResult {
                 "server RSS at end",
                 format!("{:.1} MiB", self.server_rss_after as f64 / 1048576.0),
             );
+            if let Some(rs) = &self.read_state {
+                row(
+                    "who-read over all members p50 / max (ms)",
+                    format!("{} / {}", ms(rs.p50_us), ms(rs.max_us)),
+                );
+            }
         }
         s
     }

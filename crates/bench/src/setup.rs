@@ -71,3 +71,65 @@ fn rand_u32() -> u32 {
         .map_or(0, |d| d.subsec_nanos());
     nanos ^ std::process::id().rotate_left(16)
 }
+
+/// Creates a group owned by `owner` with `members` (added 999 at creation, then in batches
+/// of 1,000) and returns its conversation.
+pub async fn group(
+    owner: &BenchUser,
+    members: &[BenchUser],
+) -> Result<xinge_core::ConvId, BenchError> {
+    let err = |e: xinge_client::ClientError| BenchError::Setup(e.to_string());
+    let ids: Vec<UserId> = members.iter().map(|m| m.id).collect();
+    let first = ids.len().min(999);
+    let g = owner
+        .http
+        .create_group("bench", &ids[..first])
+        .await
+        .map_err(err)?;
+    for chunk in ids[first..].chunks(1000) {
+        owner
+            .http
+            .add_members(g.group_id, chunk)
+            .await
+            .map_err(err)?;
+    }
+    Ok(g.conv)
+}
+
+/// Has the online members read up to different points of the group's newest message,
+/// then times "who read it" (counts and the first page of each list) 20 times.
+pub async fn time_read_state(
+    users: &[BenchUser],
+    conv: xinge_core::ConvId,
+    online: usize,
+) -> Result<crate::report::Percentiles, BenchError> {
+    let err = |e: xinge_client::ClientError| BenchError::Setup(e.to_string());
+    let owner = &users[0].http;
+    let head = owner
+        .history(conv, None, None, 1)
+        .await
+        .map_err(err)?
+        .messages
+        .last()
+        .map_or(0, |m| m.conv_seq);
+    for (k, u) in users[1..=online].iter().enumerate().step_by(2) {
+        u.http
+            .mark_read(conv, head.saturating_sub((k % 5) as u64))
+            .await
+            .map_err(err)?;
+    }
+    let mut h =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        let st = owner
+            .read_state_page(conv, head, None, 100)
+            .await
+            .map_err(err)?;
+        let _ = h.record(t.elapsed().as_micros() as u64);
+        if st.read_count + st.unread_count == 0 {
+            return Err(BenchError::Failed("read-state counted nobody".into()));
+        }
+    }
+    Ok(crate::report::Percentiles::of(&h))
+}

@@ -1,0 +1,424 @@
+//! Traffic scenarios: `direct` (pairs of friends), `group` (G groups of S members, write
+//! fan-out) and `large-group` (one group past the fan-out threshold, a share online, read
+//! fan-out) — one engine for all three.
+//!
+//! The generator schedules message k at `start + k / rate` and stamps it with that time, so
+//! a slow server cannot hide its latency by slowing the generator (no coordinated
+//! omission). Each sender sends its messages in order on its own connection; each receiver
+//! checks that every sender's counter arrives exactly once and in order.
+
+use crate::BenchError;
+use crate::report::{BenchResult, Checks, Percentiles};
+use crate::server::Server;
+use crate::setup::BenchUser;
+use hdrhistogram::Histogram;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use xinge_client::api::*;
+use xinge_client::{Connection, Transport};
+use xinge_core::{ConvId, UserId};
+use xinge_proto::cmd;
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn now_us() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    To(UserId),
+    Conv(ConvId),
+}
+
+/// Who is online, who sends where, and what a delivery means.
+pub struct Plan {
+    pub scenario: &'static str,
+    /// Indexes of the users that hold a connection.
+    pub online: Vec<usize>,
+    /// Indexes of the users that send, and where to.
+    pub senders: Vec<(usize, Target)>,
+    /// Deliveries expected for each acknowledged message.
+    pub fanout: u64,
+    /// A read fan-out conversation the receivers follow by pulling.
+    pub follow: Option<ConvId>,
+}
+
+#[derive(Default)]
+struct Counters {
+    acked: AtomicU64,
+    send_errors: AtomicU64,
+    delivered: AtomicU64,
+    overflow: AtomicU64,
+}
+
+struct Totals {
+    ack: Mutex<Histogram<u64>>,
+    delivery: Mutex<Histogram<u64>>,
+    checks: Mutex<Checks>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    srv: &Server,
+    transport: Transport,
+    users: &[BenchUser],
+    plan: Plan,
+    run_id: &str,
+    rate: u64,
+    secs: u64,
+    size: usize,
+) -> Result<BenchResult, BenchError> {
+    let address = match transport {
+        Transport::Tcp => srv.tcp.clone(),
+        Transport::Ws => srv.ws.clone(),
+    };
+    let counters = Arc::new(Counters::default());
+    let totals = Arc::new(Totals {
+        ack: Mutex::new(hist()),
+        delivery: Mutex::new(hist()),
+        checks: Mutex::new(Checks::default()),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns: HashMap<usize, Arc<Connection>> = HashMap::new();
+    let mut receivers = tokio::task::JoinSet::new();
+    eprintln!("{}: connecting {} users", plan.scenario, plan.online.len());
+    let need: std::collections::BTreeSet<usize> = plan
+        .online
+        .iter()
+        .copied()
+        .chain(plan.senders.iter().map(|s| s.0))
+        .collect();
+    for &i in &need {
+        let token = users[i].http.token().unwrap_or_default().to_owned();
+        let (conn, signals) = Connection::connect(transport, &address, &token)
+            .await
+            .map_err(|e| BenchError::Setup(format!("connect: {e}")))?;
+        let conn = Arc::new(conn);
+        if plan.online.contains(&i) {
+            let r = Receiver {
+                me: users[i].id,
+                follow: plan.follow,
+                counters: counters.clone(),
+                totals: totals.clone(),
+            };
+            receivers.spawn(r.run(conn.clone(), signals, stop_rx.clone()));
+        }
+        conns.insert(i, conn);
+    }
+    let mut senders = Vec::with_capacity(plan.senders.len());
+    let mut tasks = tokio::task::JoinSet::new();
+    let padding = "x".repeat(size);
+    for &(i, target) in &plan.senders {
+        let (tx, rx) = mpsc::channel::<u64>(4096);
+        senders.push(tx);
+        let s = Sender {
+            conn: conns[&i].clone(),
+            target,
+            prefix: format!("{run_id}-{i}"),
+            padding: padding.clone(),
+            counters: counters.clone(),
+            totals: totals.clone(),
+        };
+        tasks.spawn(s.run(rx));
+    }
+    // Let the receivers skip what setup left in their inboxes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let total = rate * secs;
+    eprintln!(
+        "{}: offering {rate} msgs/s for {secs} s ({total} messages)",
+        plan.scenario
+    );
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let cpu0 = srv.sample();
+    let start = now_us();
+    let mut scheduled = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut last_report = Instant::now();
+    while scheduled < total {
+        tick.tick().await;
+        let due = ((now_us() - start) as u128 * rate as u128 / 1_000_000) as u64;
+        while scheduled < due.min(total) {
+            let t = start + (scheduled as u128 * 1_000_000 / rate as u128) as u64;
+            if senders[(scheduled % senders.len() as u64) as usize]
+                .try_send(t)
+                .is_err()
+            {
+                counters.overflow.fetch_add(1, Ordering::Relaxed);
+            }
+            scheduled += 1;
+        }
+        if last_report.elapsed() > Duration::from_millis(500) {
+            last_report = Instant::now();
+            bar.set_message(format!(
+                "offered {scheduled}/{total}  acked {}  delivered {}",
+                counters.acked.load(Ordering::Relaxed),
+                counters.delivered.load(Ordering::Relaxed)
+            ));
+        }
+    }
+    let offered_secs = (now_us() - start) as f64 / 1e6;
+    drop(senders);
+    while tasks.join_next().await.is_some() {}
+    // Drain: wait until every acknowledged message was delivered everywhere (or 15 s).
+    let expected = || counters.acked.load(Ordering::Relaxed) * plan.fanout;
+    let drain_start = Instant::now();
+    while counters.delivered.load(Ordering::Relaxed) < expected()
+        && drain_start.elapsed() < Duration::from_secs(15)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = (now_us() - start) as f64 / 1e6;
+    let cpu1 = srv.sample();
+    bar.finish_and_clear();
+    let _ = stop_tx.send(true);
+    while receivers.join_next().await.is_some() {}
+
+    let mut r = BenchResult::new(plan.scenario, transport);
+    r.param("rate", rate);
+    r.param("duration_secs", secs);
+    r.param("size", size as u64);
+    r.param("online", plan.online.len() as u64);
+    r.param("senders", plan.senders.len() as u64);
+    r.offered = total;
+    r.sent = total - counters.overflow.load(Ordering::Relaxed);
+    r.acked = counters.acked.load(Ordering::Relaxed);
+    r.send_errors = counters.send_errors.load(Ordering::Relaxed);
+    r.generator_overflow = counters.overflow.load(Ordering::Relaxed);
+    r.delivered = counters.delivered.load(Ordering::Relaxed);
+    r.offered_secs = offered_secs;
+    r.delivered_per_s = r.delivered as f64 / elapsed;
+    r.checks = lock(&totals.checks).clone();
+    r.checks.lost = expected().saturating_sub(r.delivered);
+    r.ack_latency = Percentiles::of(&lock(&totals.ack));
+    r.delivery_latency = Percentiles::of(&lock(&totals.delivery));
+    r.delivery_hist = Some(lock(&totals.delivery).clone());
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        r.server_cpu_us = b.cpu_us - a.cpu_us;
+        r.server_cpu_us_per_msg = r.server_cpu_us as f64 / r.delivered.max(1) as f64;
+        r.server_rss_after = b.rss_bytes;
+    }
+    Ok(r)
+}
+
+struct Sender {
+    conn: Arc<Connection>,
+    target: Target,
+    prefix: String,
+    padding: String,
+    counters: Arc<Counters>,
+    totals: Arc<Totals>,
+}
+
+impl Sender {
+    async fn run(self, mut rx: mpsc::Receiver<u64>) {
+        let mut local = hist();
+        let mut n = 0u64;
+        while let Some(t) = rx.recv().await {
+            let (to, conv) = match self.target {
+                Target::To(u) => (Some(u), None),
+                Target::Conv(c) => (None, Some(c)),
+            };
+            let req = SendRequest {
+                to,
+                conv,
+                client_msg_id: format!("{}-{n}", self.prefix),
+                content: serde_json::json!({ "t": t, "n": n, "p": self.padding }),
+                ..Default::default()
+            };
+            // Retries reuse the client_msg_id: a retry can never duplicate.
+            let mut ok = false;
+            for _ in 0..3 {
+                if self
+                    .conn
+                    .request::<_, SendResponse>(cmd::SEND, &req)
+                    .await
+                    .is_ok()
+                {
+                    ok = true;
+                    break;
+                }
+            }
+            if ok {
+                let _ = local.record(now_us().saturating_sub(t).max(1));
+                self.counters.acked.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+            } else {
+                self.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let _ = lock(&self.totals.ack).add(&local);
+    }
+}
+
+struct Receiver {
+    me: UserId,
+    follow: Option<ConvId>,
+    counters: Arc<Counters>,
+    totals: Arc<Totals>,
+}
+
+struct RecvState {
+    cursor: u64,
+    conv_cursor: u64,
+    expected: HashMap<UserId, u64>,
+    hist: Histogram<u64>,
+    checks: Checks,
+}
+
+impl Receiver {
+    async fn run(
+        self,
+        conn: Arc<Connection>,
+        mut signals: mpsc::Receiver<Signal>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut st = RecvState {
+            cursor: 0,
+            conv_cursor: 0,
+            expected: HashMap::new(),
+            hist: hist(),
+            checks: Checks::default(),
+        };
+        // Skip what setup left behind.
+        let _ = self.pull(&conn, &mut st, false).await;
+        if let Some(conv) = self.follow {
+            let req = HistoryRequest {
+                conv,
+                before: None,
+                after: None,
+                limit: Some(1),
+            };
+            if let Ok(h) = conn.request::<_, HistoryResponse>(cmd::HISTORY, &req).await {
+                st.conv_cursor = h.messages.last().map_or(0, |m| m.conv_seq);
+            }
+        }
+        loop {
+            tokio::select! {
+                s = signals.recv() => match s {
+                    Some(Signal::Inbox { seq, entry }) => {
+                        if seq <= st.cursor {
+                            continue;
+                        }
+                        match entry {
+                            Some(e) if e.seq == st.cursor + 1 => {
+                                st.cursor = e.seq;
+                                if let Event::Message { message } = e.event {
+                                    self.check(&mut st, &message);
+                                }
+                            }
+                            _ => {
+                                if self.pull(&conn, &mut st, true).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Some(Signal::Group { conv, seq }) if Some(conv) == self.follow && seq > st.conv_cursor => {
+                        if self.pull_group(&conn, &mut st, conv).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = stop.changed() => break,
+            }
+        }
+        let _ = lock(&self.totals.delivery).add(&st.hist);
+        let mut c = lock(&self.totals.checks);
+        c.duplicated += st.checks.duplicated;
+        c.out_of_order += st.checks.out_of_order;
+        c.pulls += st.checks.pulls;
+    }
+
+    /// One delivered message: from another user, exactly the next of that sender's count.
+    fn check(&self, st: &mut RecvState, m: &Message) {
+        if m.sender == self.me {
+            return;
+        }
+        let MessageBody::Content { content } = &m.body else {
+            return;
+        };
+        let (Some(t), Some(n)) = (content["t"].as_u64(), content["n"].as_u64()) else {
+            return;
+        };
+        let expected = st.expected.entry(m.sender).or_insert(0);
+        if n < *expected {
+            st.checks.duplicated += 1;
+            return;
+        }
+        if n > *expected {
+            st.checks.out_of_order += 1;
+        }
+        *expected = n + 1;
+        let _ = st.hist.record(now_us().saturating_sub(t).max(1));
+        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn pull(&self, conn: &Connection, st: &mut RecvState, measure: bool) -> Result<(), ()> {
+        st.checks.pulls += 1;
+        loop {
+            let req = SyncRequest {
+                after: st.cursor,
+                limit: Some(500),
+                groups: false,
+            };
+            let resp: SyncResponse = conn.request(cmd::SYNC, &req).await.map_err(drop)?;
+            for e in resp.entries {
+                if e.seq == st.cursor + 1 {
+                    st.cursor = e.seq;
+                    if let (true, Event::Message { message }) = (measure, &e.event) {
+                        self.check(st, message);
+                    }
+                }
+            }
+            if !resp.has_more {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn pull_group(
+        &self,
+        conn: &Connection,
+        st: &mut RecvState,
+        conv: ConvId,
+    ) -> Result<(), ()> {
+        st.checks.pulls += 1;
+        loop {
+            let req = HistoryRequest {
+                conv,
+                before: None,
+                after: Some(st.conv_cursor),
+                limit: Some(500),
+            };
+            let resp: HistoryResponse = conn.request(cmd::HISTORY, &req).await.map_err(drop)?;
+            for m in &resp.messages {
+                if m.conv_seq > st.conv_cursor {
+                    st.conv_cursor = m.conv_seq;
+                    self.check(st, m);
+                }
+            }
+            if !resp.has_more {
+                return Ok(());
+            }
+        }
+    }
+}
