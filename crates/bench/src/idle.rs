@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use xinge_client::{Connection, Transport};
+use xinge_client::Transport;
 use xinge_proto::{Frame, cmd};
 
 async fn raw_tcp(addr: SocketAddr, source: Ipv4Addr, token: &str) -> std::io::Result<TcpStream> {
@@ -33,25 +33,57 @@ async fn raw_tcp(addr: SocketAddr, source: Ipv4Addr, token: &str) -> std::io::Re
     Ok(s)
 }
 
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// A WebSocket authenticated at the upgrade (`?token=`), from a chosen source address;
+/// returns once the server's greeting arrived.
+async fn raw_ws(addr: SocketAddr, url: &str, source: Ipv4Addr, token: &str) -> Result<Ws, String> {
+    use futures_util::StreamExt;
+    let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    sock.bind(SocketAddr::from((source, 0)))
+        .map_err(|e| e.to_string())?;
+    let stream = sock.connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("{url}?token={token}"), stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    match ws.next().await {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(b))) => {
+            let f = Frame::decode(b, 1 << 20).map_err(|e| e.to_string())?;
+            if f.is_error() || f.cmd != cmd::AUTH {
+                return Err(String::from_utf8_lossy(&f.body).into_owned());
+            }
+            Ok(ws)
+        }
+        other => Err(format!("no greeting: {other:?}")),
+    }
+}
+
 enum Held {
     Tcp(#[allow(dead_code)] TcpStream),
-    Ws(#[allow(dead_code)] Connection),
+    Ws(#[allow(dead_code)] Box<Ws>),
 }
 
 pub async fn run(
-    srv: &Server,
+    srv: &mut Server,
+    cpus: Option<&str>,
     transport: Transport,
     n: usize,
     hold_secs: u64,
 ) -> Result<BenchResult, BenchError> {
     eprintln!("idle: creating {n} users");
     let (_, users) = setup::users(&srv.base, n).await?;
+    srv.restart(cpus).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = srv.sample();
     let tcp: SocketAddr = srv
         .tcp
         .parse()
         .map_err(|e| BenchError::Setup(format!("tcp address: {e}")))?;
+    let tcp_of_ws: SocketAddr = srv
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(|e| BenchError::Setup(format!("http address: {e}")))?;
     let bar = indicatif::ProgressBar::new(n as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} {per_sec}")
@@ -74,10 +106,9 @@ pub async fn run(
                         .await
                         .map(Held::Tcp)
                         .map_err(|e| e.to_string()),
-                    Transport::Ws => Connection::connect(Transport::Ws, &ws, &token)
+                    Transport::Ws => raw_ws(tcp_of_ws, &ws, source, &token)
                         .await
-                        .map(|(c, _signals)| Held::Ws(c))
-                        .map_err(|e| e.to_string()),
+                        .map(|w| Held::Ws(Box::new(w))),
                 }
             });
         }

@@ -118,7 +118,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
         "ws" => xinge_client::Transport::Ws,
         other => return Err(BenchError::Setup(format!("unknown transport {other}"))),
     };
-    let srv = match &args.server {
+    let mut srv = match &args.server {
         Some(url) => server::Server::attach(url.clone(), args.server_pid).await?,
         None => server::Server::spawn(args.server_cpus.as_deref()).await?,
     };
@@ -126,7 +126,16 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
         Scenario::Idle {
             connections,
             hold_secs,
-        } => idle::run(&srv, transport, connections, hold_secs).await?,
+        } => {
+            idle::run(
+                &mut srv,
+                args.server_cpus.as_deref(),
+                transport,
+                connections,
+                hold_secs,
+            )
+            .await?
+        }
         Scenario::Direct {
             users,
             rate,

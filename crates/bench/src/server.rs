@@ -34,6 +34,37 @@ impl Server {
             &config,
             "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\n[gateway]\nmax_connections = 19500\n",
         )?;
+        let mut srv = Self {
+            base: String::new(),
+            tcp: String::new(),
+            ws: String::new(),
+            pid: None,
+            child: None,
+            _dir: Some(dir),
+        };
+        srv.start(cpus)?;
+        Ok(srv)
+    }
+
+    /// Stops a spawned server and starts it again on the same data: its memory is then a
+    /// fresh baseline (the heap that setting up users grew stays with a process and would
+    /// hide what connections cost). Users and tokens survive; addresses change.
+    pub async fn restart(&mut self, cpus: Option<&str>) -> Result<(), BenchError> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            self.start(cpus)?;
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, cpus: Option<&str>) -> Result<(), BenchError> {
+        let dir = self
+            ._dir
+            .as_ref()
+            .ok_or_else(|| BenchError::Server("not a spawned server".into()))?
+            .path()
+            .to_owned();
         let exe = std::env::current_exe()?;
         let mut cmd = match cpus {
             Some(c) => {
@@ -44,9 +75,9 @@ impl Server {
             None => Command::new(exe),
         };
         cmd.args(["serve", "--config"])
-            .arg(&config)
+            .arg(dir.join("xinge.toml"))
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(dir.join("data"))
             .args(["--http-addr", "127.0.0.1:0", "--tcp-addr", "127.0.0.1:0"])
             .env("XINGE_LOG", "warn")
             .stdout(Stdio::piped())
@@ -75,15 +106,12 @@ impl Server {
             )));
         };
         // With taskset, the child is taskset, which execs into xinge: same pid.
-        let pid = Some(child.id());
-        Ok(Self {
-            base: format!("http://{http}"),
-            ws: format!("ws://{http}/ws"),
-            tcp,
-            pid,
-            child: Some(child),
-            _dir: Some(dir),
-        })
+        self.pid = Some(child.id());
+        self.base = format!("http://{http}");
+        self.ws = format!("ws://{http}/ws");
+        self.tcp = tcp;
+        self.child = Some(child);
+        Ok(())
     }
 
     pub async fn attach(base: String, pid: Option<u32>) -> Result<Self, BenchError> {

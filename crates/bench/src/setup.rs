@@ -18,11 +18,13 @@ pub async fn users(base: &str, n: usize) -> Result<(String, Vec<BenchUser>), Ben
     let run = format!("{:06x}", rand_u32() & 0xff_ffff);
     let limit = Arc::new(Semaphore::new(64));
     let mut tasks = tokio::task::JoinSet::new();
+    // One HTTP client (one connection pool) for all users: a client per user would keep
+    // a pooled connection per user open on the server.
+    let shared = Http::new(base);
     for i in 0..n {
-        let (limit, base, name) = (limit.clone(), base.to_owned(), format!("b{run}x{i}"));
+        let (limit, http, name) = (limit.clone(), shared.clone(), format!("b{run}x{i}"));
         tasks.spawn(async move {
             let _p = limit.acquire().await;
-            let http = Http::new(base);
             http.register(&name, PASSWORD).await?;
             let (authed, login) = http.login(&name, PASSWORD, "bench").await?;
             Ok::<_, xinge_client::ClientError>((

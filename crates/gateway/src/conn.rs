@@ -2,11 +2,12 @@
 //! read loop that answers gateway commands and forwards business ones, and the bounded
 //! write queue drained by a writer task.
 
+use crate::queue::SendQueue;
 use crate::{ConnHandle, Gateway, SessionCtx};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use xinge_core::ErrorCode;
 use xinge_core::error::ApiError;
 use xinge_proto::api::{AuthOk, AuthRequest};
@@ -67,13 +68,13 @@ async fn refuse<W: FrameWrite>(mut w: W, reply_to: Option<&Frame>, err: ApiError
 
 /// Serves one connection to the end. `token` is a token given at the upgrade (WebSocket
 /// query or header); without it the first frame must be `AUTH`.
-pub(crate) async fn serve<R: FrameRead, W: FrameWrite>(
+pub(crate) async fn serve<R: FrameRead + 'static, W: FrameWrite>(
     gw: Arc<Gateway>,
     mut r: R,
     w: W,
     token: Option<String>,
 ) {
-    let Ok(_permit) = gw.slots.clone().try_acquire_owned() else {
+    let Ok(permit) = gw.slots.clone().try_acquire_owned() else {
         refuse(
             w,
             None,
@@ -111,15 +112,15 @@ pub(crate) async fn serve<R: FrameRead, W: FrameWrite>(
     };
 
     let conn = gw.next_conn_id();
-    let (out_tx, out_rx) = mpsc::channel(gw.cfg.send_queue);
+
     let handle = Arc::new(ConnHandle {
         user,
-        out: out_tx.clone(),
+        out: SendQueue::new(gw.cfg.send_queue),
         last_seen: gw.now_secs().into(),
         close: Notify::new(),
         close_reason: Mutex::new(None),
     });
-    let writer = tokio::spawn(write_loop(w, out_rx));
+    tokio::spawn(write_loop(w, handle.clone()));
     let ok = AuthOk {
         conn_id: conn.0,
         user_id: user,
@@ -137,12 +138,25 @@ pub(crate) async fn serve<R: FrameRead, W: FrameWrite>(
             body: ok.into(),
         },
     };
-    let _ = out_tx.send(greeting).await;
+    let _ = handle.out.push(greeting);
     gw.register(conn, handle.clone(), device.clone());
     tracing::debug!(%conn, %user, %device, "connection authenticated");
 
     let ctx = SessionCtx { user, device, conn };
-    let reason = read_loop(&gw, &mut r, &handle, &ctx, &out_tx).await;
+    // The session runs as a task of its own, so the long-lived task holds only the
+    // session's state, not the authentication phase's.
+    tokio::spawn(session(gw, r, handle, ctx, permit));
+}
+
+async fn session<R: FrameRead + 'static>(
+    gw: Arc<Gateway>,
+    mut r: R,
+    handle: Arc<ConnHandle>,
+    ctx: SessionCtx,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let (conn, user) = (ctx.conn, ctx.user);
+    let reason = read_loop(&gw, &mut r, &handle, &ctx).await;
     gw.unregister(conn, user);
     let reason = handle
         .close_reason
@@ -152,11 +166,9 @@ pub(crate) async fn serve<R: FrameRead, W: FrameWrite>(
         .or(reason);
     if let Some(err) = reason {
         tracing::debug!(%conn, code = %err.code, "closing connection");
-        let _ = out_tx.try_send(close_frame(&err));
+        handle.out.close_with(Some(close_frame(&err)));
     }
-    drop(out_tx);
-    drop(handle);
-    let _ = writer.await;
+    handle.out.close_with(None);
 }
 
 async fn read_loop<R: FrameRead>(
@@ -164,7 +176,6 @@ async fn read_loop<R: FrameRead>(
     r: &mut R,
     handle: &ConnHandle,
     ctx: &SessionCtx,
-    out: &mpsc::Sender<Frame>,
 ) -> Option<ApiError> {
     loop {
         let frame = tokio::select! {
@@ -202,30 +213,29 @@ async fn read_loop<R: FrameRead>(
                 ),
             ),
         };
-        if out.send(reply).await.is_err() {
-            return None;
+        if handle.out.push(reply).is_err() {
+            return Some(ApiError::new(
+                ErrorCode::SlowConsumer,
+                "send queue full: reconnect and pull to catch up",
+            ));
         }
     }
 }
 
-/// Most frames gathered into one write.
-const WRITE_BATCH: usize = 64;
-
-async fn write_loop<W: FrameWrite>(mut w: W, mut rx: mpsc::Receiver<Frame>) {
-    while let Some(first) = rx.recv().await {
-        // Whatever else is already queued goes out in the same write: an answer and the
-        // signal that follows it cost one system call, not two. The batch is allocated
-        // per write so an idle connection keeps no buffer.
-        let mut batch = vec![first];
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(f) => batch.push(f),
-                Err(_) => break,
-            }
-        }
-        match tokio::time::timeout(WRITE_TIMEOUT, w.write_frames(&batch)).await {
+async fn write_loop<W: FrameWrite>(mut w: W, handle: Arc<ConnHandle>) {
+    // Whatever is queued goes out in one write: an answer and the signal that follows it
+    // cost one system call, not two. The batch is allocated per write, so an idle
+    // connection keeps no buffer.
+    while let Some(batch) = handle.out.pop_batch().await {
+        // Boxed: the write (and its timer) takes memory only while a write is under way.
+        match Box::pin(tokio::time::timeout(WRITE_TIMEOUT, w.write_frames(&batch))).await {
             Ok(Ok(())) => {}
-            _ => return,
+            _ => {
+                // The peer stopped reading or went away: end the reading side too.
+                handle.out.close_with(None);
+                handle.close.notify_one();
+                return;
+            }
         }
     }
     let _ = tokio::time::timeout(WRITE_TIMEOUT, w.finish()).await;

@@ -13,6 +13,7 @@
 //! `bind`/`unbind`/deliveries route signals down to the right connection.
 
 mod conn;
+mod queue;
 pub mod tcp;
 mod wheel;
 pub mod ws;
@@ -23,12 +24,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore};
 use xinge_core::config::GatewayConfig;
 use xinge_core::error::ApiError;
 use xinge_core::idgen::IdGen;
 use xinge_core::{ConnId, DeviceId, ErrorCode, GatewayId, UserId};
-use xinge_proto::Frame;
 use xinge_push::Push;
 
 /// Who is on the other end of an authenticated connection.
@@ -56,7 +56,7 @@ const SHARDS: usize = 64;
 /// What the gateway keeps per live connection (besides its two halves' task state).
 pub(crate) struct ConnHandle {
     pub user: UserId,
-    pub out: mpsc::Sender<Frame>,
+    pub out: queue::SendQueue,
     /// Seconds since gateway start of the last frame received.
     pub last_seen: AtomicU32,
     pub close: Notify,
@@ -195,7 +195,7 @@ impl Gateway {
     fn deliver(&self, d: xinge_push::Delivery) {
         for id in d.conns {
             let Some(h) = self.get(id) else { continue };
-            if h.out.try_send(d.frame.clone()).is_err() {
+            if h.out.push(d.frame.clone()).is_err() {
                 h.kick(ApiError::new(
                     ErrorCode::SlowConsumer,
                     "send queue full: reconnect and pull to catch up",
