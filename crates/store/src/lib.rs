@@ -4,6 +4,7 @@
 //! lib.rs          the Store trait: accounts, relations, the atomic Commit, timeline reads
 //! types.rs        records and the Commit/Op vocabulary the IM layer writes with
 //! fjall/          the embedded backend: one writer thread with group commit over fjall
+//! pg/             the PostgreSQL backend (feature `postgres`): one transaction per commit
 //! conformance.rs  the suite; `conformance::run(&store)` is called once per backend
 //! ```
 //! The IM layer decides *what* to write; a backend makes each [`Commit`] atomic and durable
@@ -12,6 +13,8 @@
 
 pub mod conformance;
 pub mod fjall;
+#[cfg(feature = "postgres")]
+pub mod pg;
 mod types;
 
 pub use types::*;
