@@ -151,10 +151,17 @@ impl Default for GatewayConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Most commits gathered into one durable write (group commit).
+    /// Embedded store: most commits gathered into one durable write (group commit).
     pub max_batch: usize,
-    /// Commits waiting for the writer; senders wait when it is full.
+    /// Embedded store: commits waiting for the writer; senders wait when it is full.
     pub queue: usize,
+    /// Use PostgreSQL instead of the embedded store, e.g.
+    /// `postgres://postgres@127.0.0.1:5432/test` (also `XINGE_POSTGRES_URL`).
+    pub postgres_url: Option<String>,
+    /// PostgreSQL schema for xinge's tables (created and migrated at start).
+    pub postgres_schema: String,
+    /// PostgreSQL connections per process.
+    pub postgres_pool: usize,
 }
 
 impl Default for StoreConfig {
@@ -162,6 +169,9 @@ impl Default for StoreConfig {
         Self {
             max_batch: 256,
             queue: 4_096,
+            postgres_url: None,
+            postgres_schema: "xinge".into(),
+            postgres_pool: 16,
         }
     }
 }

@@ -39,6 +39,9 @@ struct ServeArgs {
     /// TCP gateway address [default: 127.0.0.1:8090].
     #[arg(long, env = "XINGE_TCP_ADDR")]
     tcp_addr: Option<SocketAddr>,
+    /// Keep data in PostgreSQL instead of the embedded store.
+    #[arg(long, env = "XINGE_POSTGRES_URL")]
+    postgres_url: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -82,6 +85,9 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(a) = args.tcp_addr {
         cfg.server.tcp_addr = a;
+    }
+    if let Some(u) = args.postgres_url {
+        cfg.store.postgres_url = Some(u);
     }
     cfg.validate()?;
     let http = TcpListener::bind(cfg.server.http_addr).await?;

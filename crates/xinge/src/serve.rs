@@ -16,6 +16,7 @@ use xinge_logic::Logic;
 use xinge_push::{Push, PushConfig};
 use xinge_route::{GatewayReport, Route};
 use xinge_store::fjall::{FjallOptions, FjallStore};
+use xinge_store::pg::{PgOptions, PgStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -76,17 +77,28 @@ pub async fn run(
     ready: impl FnOnce(Bound),
 ) -> Result<(), ServeError> {
     std::fs::create_dir_all(&cfg.server.data_dir)?;
-    let store = FjallStore::open(
-        &cfg.server.data_dir.join("store"),
-        FjallOptions {
-            node_id: cfg.server.node_id,
-            max_batch: cfg.store.max_batch,
-            queue: cfg.store.queue,
-        },
-    )?;
+    let store: Arc<dyn xinge_store::Store> = match &cfg.store.postgres_url {
+        Some(url) => {
+            let opts = PgOptions {
+                url: url.clone(),
+                schema: cfg.store.postgres_schema.clone(),
+                pool_size: cfg.store.postgres_pool,
+                node_id: cfg.server.node_id,
+            };
+            Arc::new(PgStore::connect(&opts).await?)
+        }
+        None => Arc::new(FjallStore::open(
+            &cfg.server.data_dir.join("store"),
+            FjallOptions {
+                node_id: cfg.server.node_id,
+                max_batch: cfg.store.max_batch,
+                queue: cfg.store.queue,
+            },
+        )?),
+    };
     let secret = token_secret(&cfg)?;
     let push = Arc::new(Push::new(PushConfig::default()));
-    let logic = Logic::new(Arc::new(store), push.clone(), cfg.clone(), secret);
+    let logic = Logic::new(store, push.clone(), cfg.clone(), secret);
     let dispatch = Arc::new(Dispatch(logic.clone()));
     let gw_id = GatewayId(cfg.server.node_id);
     let gateway = Gateway::new(gw_id, cfg.gateway.clone(), dispatch.clone(), dispatch, push);
