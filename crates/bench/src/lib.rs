@@ -96,6 +96,27 @@ pub enum Scenario {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// 1:1 traffic alone, then the same 1:1 traffic alongside a large group's: does the
+    /// large group disturb everyone else's latency?
+    Mixed {
+        /// Users in 1:1 pairs.
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        /// Offered 1:1 messages per second.
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        #[arg(long, default_value_t = 2_000)]
+        online: usize,
+        /// Offered large-group messages per second.
+        #[arg(long, default_value_t = 20)]
+        group_rate: u64,
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +264,9 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             r.read_state = Some(setup::time_read_state(&list, conv, online).await?);
             r
         }
+        Scenario::Mixed { users, rate, members, online, group_rate, duration_secs, size } => {
+            mixed(&srv, transport, users, rate, members, online, group_rate, duration_secs, size).await?
+        }
     };
     report::write(&args.out, &result)?;
     println!("{}", result.markdown());
@@ -250,4 +274,79 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
         return Err(BenchError::Failed(problem));
     }
     Ok(result)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn mixed(
+    srv: &server::Server,
+    transport: xinge_client::Transport,
+    users: usize,
+    rate: u64,
+    members: usize,
+    online: usize,
+    group_rate: u64,
+    secs: u64,
+    size: usize,
+) -> Result<BenchResult, BenchError> {
+    let n = users.max(2) & !1;
+    let members = members.max(2);
+    let online = online.min(members - 1);
+    eprintln!("mixed: creating {n} users in pairs and a group of {members} ({online} online)");
+    let (run_id, pairs) = setup::users(&srv.base, n).await?;
+    setup::pair_up(&pairs).await?;
+    let (group_run, group_users) = setup::users(&srv.base, members).await?;
+    let conv = setup::group(&group_users[0], &group_users[1..]).await?;
+    let direct_plan = |name| traffic::Plan {
+        scenario: name,
+        online: (0..n).collect(),
+        senders: (0..n).map(|i| (i, traffic::Target::To(pairs[i ^ 1].id))).collect(),
+        fanout: 1,
+        follow: None,
+    };
+    eprintln!("mixed: 1:1 alone");
+    let alone = traffic::run(srv, transport, &pairs, direct_plan("direct"), &format!("{run_id}a"), rate, secs, size).await?;
+    eprintln!("mixed: 1:1 alongside the large group");
+    let group_plan = traffic::Plan {
+        scenario: "large-group",
+        online: (1..=online).collect(),
+        senders: vec![(0, traffic::Target::Conv(conv))],
+        fanout: online as u64,
+        follow: Some(conv),
+    };
+    let cpu0 = srv.sample();
+    let run_b = format!("{run_id}b");
+    let (with, group) = tokio::join!(
+        traffic::run(srv, transport, &pairs, direct_plan("direct"), &run_b, rate, secs, size),
+        traffic::run(srv, transport, &group_users, group_plan, &group_run, group_rate, secs, size),
+    );
+    let cpu1 = srv.sample();
+    let (with, group) = (with?, group?);
+    let mut r = BenchResult::new("mixed", transport);
+    for (k, v) in [("users", n as u64), ("rate", rate), ("members", members as u64), ("online", online as u64), ("group_rate", group_rate), ("duration_secs", secs), ("size", size as u64)] {
+        r.param(k, v);
+    }
+    r.offered = with.offered + group.offered;
+    r.sent = with.sent + group.sent;
+    r.acked = with.acked + group.acked;
+    r.delivered = with.delivered + group.delivered;
+    r.send_errors = alone.send_errors + with.send_errors + group.send_errors;
+    r.generator_overflow = with.generator_overflow + group.generator_overflow;
+    r.delivered_per_s = with.delivered_per_s + group.delivered_per_s;
+    r.checks = report::Checks {
+        lost: alone.checks.lost + with.checks.lost + group.checks.lost,
+        duplicated: alone.checks.duplicated + with.checks.duplicated + group.checks.duplicated,
+        out_of_order: alone.checks.out_of_order + with.checks.out_of_order + group.checks.out_of_order,
+        pulls: with.checks.pulls + group.checks.pulls,
+    };
+    r.delivery_latency = with.delivery_latency.clone();
+    r.ack_latency = with.ack_latency.clone();
+    r.direct_alone_latency = Some(alone.delivery_latency.clone());
+    r.group_latency = Some(group.delivery_latency.clone());
+    r.delivery_hist = with.delivery_hist.clone();
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        r.server_cpu_us = b.cpu_us - a.cpu_us;
+        r.server_cpu_us_per_msg = r.server_cpu_us as f64 / r.delivered.max(1) as f64;
+        r.server_rss_after = b.rss_bytes;
+    }
+    Ok(r)
 }

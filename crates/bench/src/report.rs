@@ -67,6 +67,10 @@ pub struct BenchResult {
     pub server_cpu_us_per_msg: f64,
     /// large-group: time of one "who read" query over the whole membership.
     pub read_state: Option<Percentiles>,
+    /// mixed: the 1:1 send→delivered latency with no large group running.
+    pub direct_alone_latency: Option<Percentiles>,
+    /// mixed: the large group's send→delivered latency.
+    pub group_latency: Option<Percentiles>,
     #[serde(skip)]
     pub delivery_hist: Option<Histogram<u64>>,
 }
@@ -189,6 +193,18 @@ impl BenchResult {
                 "server RSS at end",
                 format!("{:.1} MiB", self.server_rss_after as f64 / 1048576.0),
             );
+            if let Some(d) = &self.direct_alone_latency {
+                row(
+                    "1:1 alone: send→delivered p50 / p99 / max (ms)",
+                    format!("{} / {} / {}", ms(d.p50_us), ms(d.p99_us), ms(d.max_us)),
+                );
+            }
+            if let Some(g) = &self.group_latency {
+                row(
+                    "large group alongside: send→delivered p50 / p99 / max (ms)",
+                    format!("{} / {} / {}", ms(g.p50_us), ms(g.p99_us), ms(g.max_us)),
+                );
+            }
             if let Some(rs) = &self.read_state {
                 row(
                     "who-read over all members p50 / max (ms)",
