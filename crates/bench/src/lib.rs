@@ -264,8 +264,27 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             r.read_state = Some(setup::time_read_state(&list, conv, online).await?);
             r
         }
-        Scenario::Mixed { users, rate, members, online, group_rate, duration_secs, size } => {
-            mixed(&srv, transport, users, rate, members, online, group_rate, duration_secs, size).await?
+        Scenario::Mixed {
+            users,
+            rate,
+            members,
+            online,
+            group_rate,
+            duration_secs,
+            size,
+        } => {
+            mixed(
+                &srv,
+                transport,
+                users,
+                rate,
+                members,
+                online,
+                group_rate,
+                duration_secs,
+                size,
+            )
+            .await?
         }
     };
     report::write(&args.out, &result)?;
@@ -299,12 +318,24 @@ async fn mixed(
     let direct_plan = |name| traffic::Plan {
         scenario: name,
         online: (0..n).collect(),
-        senders: (0..n).map(|i| (i, traffic::Target::To(pairs[i ^ 1].id))).collect(),
+        senders: (0..n)
+            .map(|i| (i, traffic::Target::To(pairs[i ^ 1].id)))
+            .collect(),
         fanout: 1,
         follow: None,
     };
     eprintln!("mixed: 1:1 alone");
-    let alone = traffic::run(srv, transport, &pairs, direct_plan("direct"), &format!("{run_id}a"), rate, secs, size).await?;
+    let alone = traffic::run(
+        srv,
+        transport,
+        &pairs,
+        direct_plan("direct"),
+        &format!("{run_id}a"),
+        rate,
+        secs,
+        size,
+    )
+    .await?;
     eprintln!("mixed: 1:1 alongside the large group");
     let group_plan = traffic::Plan {
         scenario: "large-group",
@@ -316,13 +347,39 @@ async fn mixed(
     let cpu0 = srv.sample();
     let run_b = format!("{run_id}b");
     let (with, group) = tokio::join!(
-        traffic::run(srv, transport, &pairs, direct_plan("direct"), &run_b, rate, secs, size),
-        traffic::run(srv, transport, &group_users, group_plan, &group_run, group_rate, secs, size),
+        traffic::run(
+            srv,
+            transport,
+            &pairs,
+            direct_plan("direct"),
+            &run_b,
+            rate,
+            secs,
+            size
+        ),
+        traffic::run(
+            srv,
+            transport,
+            &group_users,
+            group_plan,
+            &group_run,
+            group_rate,
+            secs,
+            size
+        ),
     );
     let cpu1 = srv.sample();
     let (with, group) = (with?, group?);
     let mut r = BenchResult::new("mixed", transport);
-    for (k, v) in [("users", n as u64), ("rate", rate), ("members", members as u64), ("online", online as u64), ("group_rate", group_rate), ("duration_secs", secs), ("size", size as u64)] {
+    for (k, v) in [
+        ("users", n as u64),
+        ("rate", rate),
+        ("members", members as u64),
+        ("online", online as u64),
+        ("group_rate", group_rate),
+        ("duration_secs", secs),
+        ("size", size as u64),
+    ] {
         r.param(k, v);
     }
     r.offered = with.offered + group.offered;
@@ -335,7 +392,9 @@ async fn mixed(
     r.checks = report::Checks {
         lost: alone.checks.lost + with.checks.lost + group.checks.lost,
         duplicated: alone.checks.duplicated + with.checks.duplicated + group.checks.duplicated,
-        out_of_order: alone.checks.out_of_order + with.checks.out_of_order + group.checks.out_of_order,
+        out_of_order: alone.checks.out_of_order
+            + with.checks.out_of_order
+            + group.checks.out_of_order,
         pulls: with.checks.pulls + group.checks.pulls,
     };
     r.delivery_latency = with.delivery_latency.clone();

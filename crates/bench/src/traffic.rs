@@ -330,8 +330,18 @@ impl Receiver {
                             }
                         }
                     }
-                    Some(Signal::Group { conv, seq }) if Some(conv) == self.follow && seq > st.conv_cursor => {
-                        if self.pull_group(&conn, &mut st, conv).await.is_err() {
+                    Some(Signal::Group { conv, seq, messages }) if Some(conv) == self.follow && seq > st.conv_cursor => {
+                        // Apply what came along if it continues our cursor; pull otherwise.
+                        let continues = messages.first().is_some_and(|m| m.conv_seq <= st.conv_cursor + 1)
+                            && messages.last().is_some_and(|m| m.conv_seq == seq);
+                        if continues {
+                            for m in &messages {
+                                if m.conv_seq > st.conv_cursor {
+                                    st.conv_cursor = m.conv_seq;
+                                    self.check(&mut st, m);
+                                }
+                            }
+                        } else if self.pull_group(&conn, &mut st, conv).await.is_err() {
                             break;
                         }
                     }

@@ -351,9 +351,8 @@ impl Runner {
                             }
                         }
                     }
-                    Some(Signal::Group { conv, seq }) => {
-                        let behind = seq > self.convs.get(&conv).copied().unwrap_or(0);
-                        if self.opts.messages && behind && self.pull_conv(&conn, conv).await.is_err() {
+                    Some(Signal::Group { conv, seq, messages }) => {
+                        if self.opts.messages && self.on_group_signal(&conn, conv, seq, messages).await.is_err() {
                             return Ended::Retry;
                         }
                     }
@@ -403,6 +402,30 @@ impl Runner {
             self.messages.send(m).await.map_err(|_| stopped())?;
         }
         Ok(())
+    }
+
+    /// A large group advanced to `seq`: apply the messages that came along if they continue
+    /// our cursor, else pull.
+    async fn on_group_signal(
+        &mut self,
+        conn: &Connection,
+        conv: ConvId,
+        seq: u64,
+        messages: Vec<Message>,
+    ) -> Result<()> {
+        let cursor = self.convs.get(&conv).copied().unwrap_or(0);
+        if seq <= cursor {
+            return Ok(());
+        }
+        let continues = cursor > 0 && messages.first().is_some_and(|m| m.conv_seq <= cursor + 1);
+        if continues && messages.last().is_some_and(|m| m.conv_seq == seq) {
+            for m in messages.into_iter().filter(|m| m.conv_seq > cursor) {
+                self.convs.insert(conv, m.conv_seq);
+                self.messages.send(m).await.map_err(|_| stopped())?;
+            }
+            return Ok(());
+        }
+        self.pull_conv(conn, conv).await
     }
 
     /// Pulls a conversation's timeline after our cursor for it.

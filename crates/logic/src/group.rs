@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use xinge_core::{ConvId, ErrorCode, UserId};
 use xinge_proto::api::*;
+use xinge_proto::{Frame, cmd};
 use xinge_store::{Commit, GroupPatch, GroupRecord, NewMessage, Op};
 
 const MAX_BATCH: usize = 1_000;
@@ -18,9 +19,29 @@ const MAX_BATCH: usize = 1_000;
 /// their periodic `sync groups=true`).
 const MAX_PENDING_GROUPS: usize = 100_000;
 
-/// Large groups that advanced since the last window, with their newest seq.
+/// Messages carried inline in one "group advanced" signal, at most.
+const INLINE_MESSAGES: usize = 16;
+/// Member lists cached for signalling are reread after this long.
+const MEMBER_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Member ids cached for signalling, across all groups (8 bytes each).
+const MEMBER_CACHE_IDS: usize = 2_000_000;
+
+/// When a group's member list was read, and the list.
+type CachedMembers = (std::time::Instant, Arc<Vec<UserId>>);
+
+#[derive(Default)]
+struct Advanced {
+    seq: u64,
+    /// The newest small messages, by conv_seq.
+    messages: std::collections::BTreeMap<u64, Message>,
+}
+
+/// Large groups that advanced since the last window, with their newest seq and messages;
+/// and the member lists the signals go to, cached briefly (signals are hints: a member
+/// list a second old only decides who is told, never who may read).
 pub(crate) struct GroupSignals {
-    pending: Mutex<HashMap<u64, u64>>,
+    pending: Mutex<HashMap<u64, Advanced>>,
+    members: Mutex<HashMap<u64, CachedMembers>>,
     window: Duration,
 }
 
@@ -28,20 +49,44 @@ impl GroupSignals {
     pub fn new(window: Duration) -> Self {
         Self {
             pending: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
             window: window.max(Duration::from_millis(1)),
         }
     }
 
-    pub fn mark(&self, group: u64, seq: u64) {
+    pub fn mark(&self, group: u64, seq: u64, message: Option<Message>) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if p.len() < MAX_PENDING_GROUPS || p.contains_key(&group) {
-            let e = p.entry(group).or_insert(seq);
-            *e = (*e).max(seq);
+        if p.len() >= MAX_PENDING_GROUPS && !p.contains_key(&group) {
+            return;
+        }
+        let a = p.entry(group).or_default();
+        a.seq = a.seq.max(seq);
+        if let Some(m) = message {
+            a.messages.insert(m.conv_seq, m);
+            while a.messages.len() > INLINE_MESSAGES {
+                a.messages.pop_first();
+            }
         }
     }
 
-    fn take(&self) -> HashMap<u64, u64> {
+    fn take(&self) -> HashMap<u64, Advanced> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn cached_members(&self, group: u64) -> Option<Arc<Vec<UserId>>> {
+        let m = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&group)
+            .filter(|(at, _)| at.elapsed() < MEMBER_CACHE_TTL)
+            .map(|(_, ids)| ids.clone())
+    }
+
+    fn cache_members(&self, group: u64, ids: Arc<Vec<UserId>>) {
+        let mut m = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, (at, _)| at.elapsed() < MEMBER_CACHE_TTL);
+        let held: usize = m.values().map(|(_, v)| v.len()).sum();
+        if held + ids.len() <= MEMBER_CACHE_IDS {
+            m.insert(group, (std::time::Instant::now(), ids));
+        }
     }
 }
 
@@ -79,27 +124,66 @@ impl Logic {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            for (group, seq) in self.group_signals.take() {
-                let conv = ConvId::Group(group);
-                let signal = Signal::Group { conv, seq };
-                let mut from = None;
-                loop {
-                    let Ok(page) = self.store.group_members(group, from, MEMBER_PAGE).await else {
+            for (group, advanced) in self.group_signals.take() {
+                let Some(members) = self.signal_targets(group).await else {
+                    continue;
+                };
+                // The newest messages that end at `seq` without a gap ride along.
+                let mut messages: Vec<Message> = Vec::new();
+                for (seq, m) in advanced.messages.into_iter().rev() {
+                    let next = messages
+                        .last()
+                        .map_or(advanced.seq, |p: &Message| p.conv_seq - 1);
+                    if seq != next {
                         break;
-                    };
-                    for (user, _) in &page {
-                        if !self.push.sessions(*user).is_empty() {
-                            self.signal(*user, None, &signal);
-                        }
                     }
-                    match page.last() {
-                        Some((u, _)) if page.len() == MEMBER_PAGE => from = Some(*u),
-                        _ => break,
+                    messages.push(m);
+                }
+                messages.reverse();
+                let signal = Signal::Group {
+                    conv: ConvId::Group(group),
+                    seq: advanced.seq,
+                    messages,
+                };
+                // Serialised once for every member.
+                let frame = Frame::request(
+                    cmd::SIGNAL,
+                    0,
+                    serde_json::to_vec(&signal).unwrap_or_default(),
+                );
+                for (i, user) in members.iter().enumerate() {
+                    self.push.signal(*user, None, &frame);
+                    if i % MEMBER_PAGE == MEMBER_PAGE - 1 {
+                        tokio::task::yield_now().await;
                     }
-                    tokio::task::yield_now().await;
                 }
             }
         }
+    }
+
+    /// The members of a group to signal (all of them: push skips those offline).
+    async fn signal_targets(&self, group: u64) -> Option<Arc<Vec<UserId>>> {
+        if let Some(ids) = self.group_signals.cached_members(group) {
+            return Some(ids);
+        }
+        let mut ids = Vec::new();
+        let mut from = None;
+        loop {
+            let page = self
+                .store
+                .group_members(group, from, MEMBER_PAGE)
+                .await
+                .ok()?;
+            ids.extend(page.iter().map(|(u, _)| *u));
+            match page.last() {
+                Some((u, _)) if page.len() == MEMBER_PAGE => from = Some(*u),
+                _ => break,
+            }
+            tokio::task::yield_now().await;
+        }
+        let ids = Arc::new(ids);
+        self.group_signals.cache_members(group, ids.clone());
+        Some(ids)
     }
 
     async fn group_access(&self, caller: &Caller, group: u64) -> Result<(GroupRecord, Role)> {

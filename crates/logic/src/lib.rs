@@ -121,7 +121,11 @@ impl Logic {
             self.signal_inbox(*user, entry, None);
         }
         if let Some((group, seq)) = done.group_advanced {
-            self.group_signals.mark(group, seq);
+            // Small messages ride in the signal, so online members need not pull.
+            let small = done.message.as_ref().filter(|m| {
+                serde_json::to_vec(m).is_ok_and(|b| b.len() <= self.cfg.chat.inline_max_bytes)
+            });
+            self.group_signals.mark(group, seq, small.cloned());
         }
         Ok(done)
     }

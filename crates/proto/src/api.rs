@@ -445,11 +445,15 @@ pub enum Signal {
         online: bool,
         last_seen_ms: u64,
     },
-    /// A read fan-out group has reached `seq`: pull its history after your cursor.
-    /// Coalesced: at most one per group per member in a short window.
+    /// A read fan-out group has reached `seq`. Coalesced: at most one per group per member
+    /// in a short window. `messages` are the newest messages up to `seq`, contiguous (up to
+    /// 16, when small): a client whose cursor falls inside or right before them applies them;
+    /// any other pulls the group's history after its cursor.
     Group {
         conv: ConvId,
         seq: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        messages: Vec<Message>,
     },
 }
 
