@@ -19,6 +19,8 @@ const MAX_BATCH: usize = 1_000;
 /// their periodic `sync groups=true`).
 const MAX_PENDING_GROUPS: usize = 100_000;
 
+/// Signals sent between yields to the scheduler.
+const SIGNAL_BATCH: usize = 64;
 /// Messages carried inline in one "group advanced" signal, at most.
 const INLINE_MESSAGES: usize = 16;
 /// Member lists cached for signalling are reread after this long.
@@ -153,7 +155,9 @@ impl Logic {
                 );
                 for (i, user) in members.iter().enumerate() {
                     self.push.signal(*user, None, &frame);
-                    if i % MEMBER_PAGE == MEMBER_PAGE - 1 {
+                    // Yield often: a 100,000-member fan-out must not hold the worker that
+                    // 1:1 traffic needs for more than a moment at a time.
+                    if i % SIGNAL_BATCH == SIGNAL_BATCH - 1 {
                         tokio::task::yield_now().await;
                     }
                 }
