@@ -89,6 +89,28 @@ pub fn inbox_signal_body(entry: &InboxEntry, inline_max: usize) -> Vec<u8> {
     body
 }
 
+/// The JSON of `Signal::Inbox` for the entry `seq` that holds `message` (already
+/// serialised), inline when the entry is at most `inline_max` bytes.
+pub fn message_signal_body(seq: u64, at_ms: u64, message: &[u8], inline_max: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(message.len() + 96);
+    body.extend_from_slice(b"{\"type\":\"inbox\",\"seq\":");
+    body.extend_from_slice(seq.to_string().as_bytes());
+    body.extend_from_slice(b",\"entry\":");
+    if !message.is_empty() && message.len() + 64 <= inline_max {
+        body.extend_from_slice(b"{\"seq\":");
+        body.extend_from_slice(seq.to_string().as_bytes());
+        body.extend_from_slice(b",\"at_ms\":");
+        body.extend_from_slice(at_ms.to_string().as_bytes());
+        body.extend_from_slice(b",\"event\":{\"type\":\"message\",\"message\":");
+        body.extend_from_slice(message);
+        body.extend_from_slice(b"}}");
+    } else {
+        body.extend_from_slice(b"null");
+    }
+    body.push(b'}');
+    body
+}
+
 impl Logic {
     pub fn new(
         store: Arc<dyn Store>,
@@ -117,6 +139,18 @@ impl Logic {
     /// where leaving it out would make the next signal look like a gap and cost a pull.
     pub(crate) async fn commit(&self, c: Commit) -> Result<Committed> {
         let done = self.store.commit(c).await.map_err(store_err)?;
+        if let Some(m) = &done.message
+            && !done.recipients.is_empty()
+        {
+            // The message is serialised once and spliced into every recipient's signal.
+            let message = serde_json::to_vec(m).unwrap_or_default();
+            for &(user, seq) in &done.recipients {
+                let body =
+                    message_signal_body(seq, done.at_ms, &message, self.cfg.chat.inline_max_bytes);
+                self.push
+                    .signal(user, None, &Frame::request(cmd::SIGNAL, 0, body));
+            }
+        }
         for (user, entry) in &done.entries {
             self.signal_inbox(*user, entry, None);
         }
@@ -196,6 +230,43 @@ mod tests {
             s,
             Signal::Inbox {
                 seq: 7,
+                entry: None
+            }
+        );
+        // The message form, spliced from the message's own JSON, is the same signal.
+        let message = xinge_proto::api::Message {
+            msg_id: xinge_core::MsgId(9),
+            conv: xinge_core::ConvId::Group(4),
+            conv_seq: 3,
+            sender: UserId(1),
+            sender_device: None,
+            client_msg_id: "c".into(),
+            sent_at_ms: 5,
+            mentions: vec![UserId(2)],
+            mention_all: false,
+            body: xinge_proto::api::MessageBody::Content {
+                content: serde_json::json!({"t": "x"}),
+            },
+        };
+        let json = serde_json::to_vec(&message).unwrap();
+        let entry = InboxEntry {
+            seq: 11,
+            at_ms: 12,
+            event: Event::Message { message },
+        };
+        let s: Signal = serde_json::from_slice(&message_signal_body(11, 12, &json, 4096)).unwrap();
+        assert_eq!(
+            s,
+            Signal::Inbox {
+                seq: 11,
+                entry: Some(Box::new(entry))
+            }
+        );
+        let s: Signal = serde_json::from_slice(&message_signal_body(11, 12, &json, 10)).unwrap();
+        assert_eq!(
+            s,
+            Signal::Inbox {
+                seq: 11,
                 entry: None
             }
         );

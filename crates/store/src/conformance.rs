@@ -289,7 +289,7 @@ async fn dedup_returns_the_original(store: &dyn Store) {
     let first = send(store, a, b, "same").await;
     let again = send(store, a, b, "same").await;
     assert!(!first.duplicate && again.duplicate);
-    assert!(again.entries.is_empty());
+    assert!(again.entries.is_empty() && again.recipients.is_empty());
     let (m1, m2) = (first.message.unwrap(), again.message.unwrap());
     assert_eq!((m1.msg_id, m1.conv_seq), (m2.msg_id, m2.conv_seq));
     assert_eq!(first.sender_seq, again.sender_seq);
@@ -497,7 +497,7 @@ async fn groups_fan_out_by_size_atomically_with_membership(store: &dyn Store) {
         .unwrap();
     assert_eq!(created.message.as_ref().unwrap().conv_seq, 1);
     assert_eq!(
-        created.entries.len(),
+        created.recipients.len(),
         3,
         "write fan-out reaches every member"
     );
@@ -519,7 +519,7 @@ async fn groups_fan_out_by_size_atomically_with_membership(store: &dyn Store) {
         .commit(group_send(gid, others[0], "hello", 3))
         .await
         .unwrap();
-    assert_eq!(sent.entries.len(), 3);
+    assert_eq!(sent.recipients.len(), 3);
     assert!(sent.group_advanced.is_none());
 
     // Growing past the threshold switches to read fan-out in the same commit.
@@ -554,7 +554,7 @@ async fn groups_fan_out_by_size_atomically_with_membership(store: &dyn Store) {
         .unwrap();
     assert_eq!(grown.message.as_ref().unwrap().conv_seq, 3);
     assert_eq!(
-        grown.entries.len(),
+        grown.recipients.len(),
         1,
         "read fan-out: only the explicit recipients"
     );
@@ -746,7 +746,7 @@ async fn groups_fan_out_by_size_atomically_with_membership(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(
-        back_to_write.entries.len(),
+        back_to_write.recipients.len(),
         3,
         "back under the threshold: write fan-out again"
     );

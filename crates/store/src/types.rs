@@ -221,8 +221,14 @@ pub struct Committed {
     pub message: Option<Message>,
     /// The sender's inbox seq of `message` (for a duplicate: of the original).
     pub sender_seq: u64,
-    /// Every inbox entry the commit created, in order, with its owner; empty for duplicates.
+    /// The inbox entries for `message`: each recipient and the seq of its entry (the entry
+    /// is `Event::Message` with `message`, at `at_ms`); empty for duplicates. Kept apart from
+    /// `entries` so a message fanned out to 500 members is not cloned 500 times.
+    pub recipients: Vec<(UserId, u64)>,
+    /// The other inbox entries the commit created, in order, with their owners.
     pub entries: Vec<(UserId, InboxEntry)>,
+    /// When the entries were written.
+    pub at_ms: u64,
     /// For a message to a read fan-out group: the group and the message's conv_seq, for
     /// the coalesced "group advanced" signal.
     pub group_advanced: Option<(u64, u64)>,

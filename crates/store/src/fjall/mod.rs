@@ -279,7 +279,7 @@ impl Store for FjallStore {
 
     async fn commit(&self, commit: Commit) -> Result<Committed> {
         match self.write(writer::Op::Commit(Box::new(commit))).await? {
-            writer::Out::Committed(c) => Ok(c),
+            writer::Out::Committed(c) => Ok(*c),
             _ => Err(backend("unexpected writer answer")),
         }
     }

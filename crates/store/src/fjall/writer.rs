@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use xinge_core::idgen::IdGen;
 use xinge_core::{ConvId, DeviceId, MsgId, UserId};
-use xinge_proto::api::{Event, InboxEntry, Message, Role};
+use xinge_proto::api::{InboxEntry, Message, Role};
 
 pub(crate) enum Op {
     CreateUser(NewUser),
@@ -25,7 +25,7 @@ pub(crate) enum Op {
 pub(crate) enum Out {
     User(UserRecord),
     Unit,
-    Committed(Committed),
+    Committed(Box<Committed>),
 }
 
 pub(crate) struct Request {
@@ -163,7 +163,7 @@ impl Writer {
                 tx.delete(|s| &s.devices, device_key(*user, device));
                 Ok(Out::Unit)
             }
-            Op::Commit(c) => tx.commit(&self.ids, c).map(Out::Committed),
+            Op::Commit(c) => tx.commit(&self.ids, c).map(|c| Out::Committed(Box::new(c))),
         }
     }
 }
@@ -349,8 +349,7 @@ impl Tx<'_> {
                 duplicate: true,
                 message,
                 sender_seq: rec.sender_seq,
-                entries: Vec::new(),
-                group_advanced: None,
+                ..Committed::default()
             });
         }
 
@@ -361,7 +360,10 @@ impl Tx<'_> {
             self.op(op)?;
         }
         let now = xinge_core::now_ms();
-        let mut out = Committed::default();
+        let mut out = Committed {
+            at_ms: now,
+            ..Committed::default()
+        };
         if let Some(new) = c.message.take() {
             let conv_seq = self.next_seq(|s| &s.msgs, &new.conv.to_key())?;
             let msg = Message {
@@ -411,17 +413,7 @@ impl Tx<'_> {
                 if user == msg.sender {
                     out.sender_seq = seq;
                 }
-                let event = Event::Message {
-                    message: msg.clone(),
-                };
-                out.entries.push((
-                    user,
-                    InboxEntry {
-                        seq,
-                        at_ms: now,
-                        event,
-                    },
-                ));
+                out.recipients.push((user, seq));
             }
             out.message = Some(msg);
         }

@@ -563,7 +563,10 @@ impl PgStore {
             tx.op(op).await?;
         }
         let now = xinge_core::now_ms();
-        let mut out = Committed::default();
+        let mut out = Committed {
+            at_ms: now,
+            ..Committed::default()
+        };
         if let Some(new) = message {
             let conv = new.conv.to_string();
             let row = tx
@@ -641,16 +644,7 @@ impl PgStore {
                 if user == msg.sender {
                     out.sender_seq = seq;
                 }
-                out.entries.push((
-                    user,
-                    InboxEntry {
-                        seq,
-                        at_ms: now,
-                        event: Event::Message {
-                            message: msg.clone(),
-                        },
-                    },
-                ));
+                out.recipients.push((user, seq));
             }
             out.message = Some(msg);
         }
