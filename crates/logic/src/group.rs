@@ -92,6 +92,20 @@ impl GroupSignals {
     }
 }
 
+/// A group change as a message of the group's timeline, from the caller.
+fn system_message(caller: &Caller, group: u64, event: GroupEvent) -> NewMessage {
+    NewMessage {
+        conv: ConvId::Group(group),
+        sender: caller.user,
+        sender_device: Some(caller.device.clone()),
+        client_msg_id: String::new(),
+        sent_at_ms: xinge_core::now_ms(),
+        mentions: vec![],
+        mention_all: false,
+        body: MessageBody::System { event },
+    }
+}
+
 fn valid_name(s: &str) -> bool {
     !s.trim().is_empty() && s.chars().count() <= 64 && !s.chars().any(char::is_control)
 }
@@ -224,16 +238,7 @@ impl Logic {
         let c = Commit {
             group: Some(self.fanout(group, Some((me, false)))),
             ops,
-            message: Some(NewMessage {
-                conv: ConvId::Group(group),
-                sender: me,
-                sender_device: Some(caller.device.clone()),
-                client_msg_id: String::new(),
-                sent_at_ms: xinge_core::now_ms(),
-                mentions: vec![],
-                mention_all: false,
-                body: MessageBody::System { event },
-            }),
+            message: Some(system_message(caller, group, event)),
             message_to,
             ..Commit::default()
         };
@@ -306,16 +311,7 @@ impl Logic {
         let c = Commit {
             group: Some(self.fanout(id, None)),
             ops,
-            message: Some(NewMessage {
-                conv: ConvId::Group(id),
-                sender: me,
-                sender_device: Some(caller.device.clone()),
-                client_msg_id: String::new(),
-                sent_at_ms: xinge_core::now_ms(),
-                mentions: vec![],
-                mention_all: false,
-                body: MessageBody::System { event },
-            }),
+            message: Some(system_message(caller, id, event)),
             message_to: vec![me],
             ..Commit::default()
         };
@@ -439,21 +435,14 @@ impl Logic {
         let c = Commit {
             group: Some(self.fanout(group, None)),
             ops,
-            message: Some(NewMessage {
-                conv: ConvId::Group(group),
-                sender: me,
-                sender_device: Some(caller.device.clone()),
-                client_msg_id: String::new(),
-                sent_at_ms: xinge_core::now_ms(),
-                mentions: vec![],
-                mention_all: false,
-                body: MessageBody::System {
-                    event: GroupEvent::Joined {
-                        users: vec![me],
-                        by,
-                    },
+            message: Some(system_message(
+                caller,
+                group,
+                GroupEvent::Joined {
+                    users: vec![me],
+                    by,
                 },
-            }),
+            )),
             message_to: vec![me],
             ..Commit::default()
         };

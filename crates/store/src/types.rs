@@ -93,6 +93,56 @@ pub struct GroupPatch {
     pub dismissed: Option<bool>,
 }
 
+impl GroupPatch {
+    /// Applies the changes to a group record.
+    pub fn apply(self, rec: &mut GroupRecord) {
+        if let Some(v) = self.name {
+            rec.name = v;
+        }
+        if let Some(v) = self.avatar {
+            rec.avatar = v;
+        }
+        if let Some(v) = self.notice {
+            rec.notice = v;
+        }
+        if let Some(v) = self.owner {
+            rec.owner = v;
+        }
+        if let Some(v) = self.muted_all {
+            rec.muted_all = v;
+        }
+        if let Some(v) = self.dismissed {
+            rec.dismissed = v;
+        }
+    }
+}
+
+impl GroupFanout {
+    /// The refusal, if any, for this commit given the group as it stands, the sender's
+    /// membership, and how many of the commit's adds are new members. Every backend asks
+    /// this inside its atomic commit.
+    pub fn check(
+        &self,
+        group: Option<&GroupRecord>,
+        sender: Option<&MemberRecord>,
+        new_members: u64,
+    ) -> Option<Refusal> {
+        let rec = match group {
+            Some(g) if !g.dismissed => g,
+            _ => return Some(Refusal::NoGroup),
+        };
+        if let Some((_, talk)) = self.sender {
+            let Some(m) = sender else {
+                return Some(Refusal::NotMember);
+            };
+            if talk && (m.muted || (rec.muted_all && m.role == Role::Member)) {
+                return Some(Refusal::Muted);
+            }
+        }
+        (rec.member_count + new_members > self.max_members).then_some(Refusal::GroupFull)
+    }
+}
+
 /// Why the store refused a commit (checked atomically with the write).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {

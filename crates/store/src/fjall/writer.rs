@@ -3,8 +3,8 @@
 use super::keys::*;
 use super::{Spaces, StoredEntry, StoredEvent, backend, decode, encode};
 use crate::{
-    Commit, Committed, DedupRecord, GroupFanout, GroupRecord, MemberRecord, NewUser, Refusal,
-    Result, StoreError, UserRecord,
+    Commit, Committed, DedupRecord, GroupFanout, GroupRecord, MemberRecord, NewUser, Result,
+    StoreError, UserRecord,
 };
 use fjall::{Keyspace, OwnedWriteBatch, PersistMode};
 use std::collections::HashMap;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use xinge_core::idgen::IdGen;
 use xinge_core::{ConvId, DeviceId, MsgId, UserId};
-use xinge_proto::api::{InboxEntry, Message, Role};
+use xinge_proto::api::{InboxEntry, Message};
 
 pub(crate) enum Op {
     CreateUser(NewUser),
@@ -260,29 +260,18 @@ impl Tx<'_> {
 
     /// Checks a group commit before anything of it is written.
     fn check_group(&self, g: &GroupFanout, ops: &[crate::Op]) -> Result<()> {
-        let refuse = |r| Err(StoreError::Refused(r));
-        let Some(rec) = self.group_rec(g.group)? else {
-            // Creating the group in this very commit is fine.
-            let creates = ops
+        let rec = self.group_rec(g.group)?;
+        if rec.is_none()
+            && ops
                 .iter()
-                .any(|o| matches!(o, crate::Op::CreateGroup(r) if r.id == g.group));
-            return if creates {
-                Ok(())
-            } else {
-                refuse(Refusal::NoGroup)
-            };
+                .any(|o| matches!(o, crate::Op::CreateGroup(r) if r.id == g.group))
+        {
+            return Ok(()); // created by this very commit
+        }
+        let sender = match g.sender {
+            Some((s, _)) => self.member_rec(g.group, s)?,
+            None => None,
         };
-        if rec.dismissed {
-            return refuse(Refusal::NoGroup);
-        }
-        if let Some((sender, talk)) = g.sender {
-            let Some(m) = self.member_rec(g.group, sender)? else {
-                return refuse(Refusal::NotMember);
-            };
-            if talk && (m.muted || (rec.muted_all && m.role == Role::Member)) {
-                return refuse(Refusal::Muted);
-            }
-        }
         let mut adding = std::collections::HashSet::new();
         for op in ops {
             if let crate::Op::AddMember { group, user, .. } = op
@@ -292,10 +281,10 @@ impl Tx<'_> {
                 adding.insert(*user);
             }
         }
-        if rec.member_count + adding.len() as u64 > g.max_members {
-            return refuse(Refusal::GroupFull);
+        match g.check(rec.as_ref(), sender.as_ref(), adding.len() as u64) {
+            Some(r) => Err(StoreError::Refused(r)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn create_user(&mut self, new: &NewUser) -> Result<UserRecord> {
@@ -499,24 +488,7 @@ impl Tx<'_> {
                 let Some(mut rec) = self.group_rec(group)? else {
                     return Ok(());
                 };
-                if let Some(v) = patch.name {
-                    rec.name = v;
-                }
-                if let Some(v) = patch.avatar {
-                    rec.avatar = v;
-                }
-                if let Some(v) = patch.notice {
-                    rec.notice = v;
-                }
-                if let Some(v) = patch.owner {
-                    rec.owner = v;
-                }
-                if let Some(v) = patch.muted_all {
-                    rec.muted_all = v;
-                }
-                if let Some(v) = patch.dismissed {
-                    rec.dismissed = v;
-                }
+                patch.apply(&mut rec);
                 self.put(|s| &s.groups, u64_key(group).to_vec(), encode(&rec));
             }
             Op::AddMember { group, user, role } => {

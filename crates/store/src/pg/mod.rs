@@ -6,8 +6,8 @@
 //! ascending user id — and a deadlock or a lost race on a unique key is retried.
 
 use crate::{
-    Commit, Committed, GroupRecord, MemberRecord, Membership, NewUser, Op, Pair, Refusal, Relation,
-    Result, Store, StoreError, UserRecord,
+    Commit, Committed, GroupRecord, MemberRecord, Membership, NewUser, Op, Pair, Relation, Result,
+    Store, StoreError, UserRecord,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -261,28 +261,18 @@ impl Tx<'_> {
     }
 
     async fn check_group(&self, g: &crate::GroupFanout, ops: &[Op]) -> Result<()> {
-        let refuse = |r| Err(StoreError::Refused(r));
-        let Some(rec) = self.group(g.group, true).await? else {
-            let creates = ops
+        let rec = self.group(g.group, true).await?;
+        if rec.is_none()
+            && ops
                 .iter()
-                .any(|o| matches!(o, Op::CreateGroup(r) if r.id == g.group));
-            return if creates {
-                Ok(())
-            } else {
-                refuse(Refusal::NoGroup)
-            };
+                .any(|o| matches!(o, Op::CreateGroup(r) if r.id == g.group))
+        {
+            return Ok(()); // created by this very commit
+        }
+        let sender = match g.sender {
+            Some((s, _)) => self.member(g.group, s).await?,
+            None => None,
         };
-        if rec.dismissed {
-            return refuse(Refusal::NoGroup);
-        }
-        if let Some((sender, talk)) = g.sender {
-            let Some(m) = self.member(g.group, sender).await? else {
-                return refuse(Refusal::NotMember);
-            };
-            if talk && (m.muted || (rec.muted_all && m.role == Role::Member)) {
-                return refuse(Refusal::Muted);
-            }
-        }
         let mut adding = std::collections::HashSet::new();
         for op in ops {
             if let Op::AddMember { group, user, .. } = op
@@ -292,10 +282,10 @@ impl Tx<'_> {
                 adding.insert(*user);
             }
         }
-        if rec.member_count + adding.len() as u64 > g.max_members {
-            return refuse(Refusal::GroupFull);
+        match g.check(rec.as_ref(), sender.as_ref(), adding.len() as u64) {
+            Some(r) => Err(StoreError::Refused(r)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn count_members(&self, group: u64, delta: i64) -> Result<()> {
@@ -406,24 +396,7 @@ impl Tx<'_> {
             Op::CreateGroup(rec) => self.put_group(&rec).await?,
             Op::UpdateGroup { group, patch } => {
                 if let Some(mut rec) = self.group(group, true).await? {
-                    if let Some(v) = patch.name {
-                        rec.name = v;
-                    }
-                    if let Some(v) = patch.avatar {
-                        rec.avatar = v;
-                    }
-                    if let Some(v) = patch.notice {
-                        rec.notice = v;
-                    }
-                    if let Some(v) = patch.owner {
-                        rec.owner = v;
-                    }
-                    if let Some(v) = patch.muted_all {
-                        rec.muted_all = v;
-                    }
-                    if let Some(v) = patch.dismissed {
-                        rec.dismissed = v;
-                    }
+                    patch.apply(&mut rec);
                     self.put_group(&rec).await?;
                 }
             }
