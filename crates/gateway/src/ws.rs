@@ -87,8 +87,9 @@ pub fn upgrade(
     let max = gw.cfg.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        // A small read buffer: the default grows to 128 KiB per connection.
-        .read_buffer_size(4096)
+        // A small initial read buffer (it grows for a large frame): the default is 128 KiB
+        // per connection, which an idle connection would hold forever.
+        .read_buffer_size(256)
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
