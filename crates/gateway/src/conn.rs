@@ -3,9 +3,9 @@
 //! write queue drained by a writer task.
 
 use crate::queue::SendQueue;
-use crate::{ConnHandle, Gateway, SessionCtx};
+use crate::{ConnHandle, Gateway, Kick, SessionCtx};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use xinge_core::ErrorCode;
@@ -118,7 +118,7 @@ pub(crate) async fn serve<R: FrameRead + 'static, W: FrameWrite>(
         out: SendQueue::new(gw.cfg.send_queue),
         last_seen: gw.now_secs().into(),
         close: Notify::new(),
-        close_reason: Mutex::new(None),
+        close_reason: Default::default(),
     });
     tokio::spawn(write_loop(w, handle.clone()));
     let ok = AuthOk {
@@ -158,12 +158,7 @@ async fn session<R: FrameRead + 'static>(
     let (conn, user) = (ctx.conn, ctx.user);
     let reason = read_loop(&gw, &mut r, &handle, &ctx).await;
     gw.unregister(conn, user);
-    let reason = handle
-        .close_reason
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .or(reason);
+    let reason = handle.kicked().map(Kick::error).or(reason);
     if let Some(err) = reason {
         tracing::debug!(%conn, code = %err.code, "closing connection");
         handle.out.close_with(Some(close_frame(&err)));
@@ -233,7 +228,7 @@ async fn write_loop<W: FrameWrite>(mut w: W, handle: Arc<ConnHandle>) {
             _ => {
                 // The peer stopped reading or went away: end the reading side too.
                 handle.out.close_with(None);
-                handle.close.notify_one();
+                handle.kick(Kick::WriteFailed);
                 return;
             }
         }

@@ -60,16 +60,61 @@ pub(crate) struct ConnHandle {
     /// Seconds since gateway start of the last frame received.
     pub last_seen: AtomicU32,
     pub close: Notify,
-    pub close_reason: Mutex<Option<ApiError>>,
+    /// Why the gateway is closing the connection (a [`Kick`] as u8; 0: not closing).
+    pub close_reason: std::sync::atomic::AtomicU8,
+}
+
+/// Why the gateway itself closes a connection. A byte, not an `ApiError`, in every
+/// connection's handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kick {
+    SlowConsumer = 1,
+    HeartbeatTimeout = 2,
+    ShuttingDown = 3,
+    WriteFailed = 4,
+}
+
+impl Kick {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Kick::SlowConsumer),
+            2 => Some(Kick::HeartbeatTimeout),
+            3 => Some(Kick::ShuttingDown),
+            4 => Some(Kick::WriteFailed),
+            _ => None,
+        }
+    }
+
+    pub fn error(self) -> ApiError {
+        match self {
+            Kick::SlowConsumer => ApiError::new(
+                ErrorCode::SlowConsumer,
+                "send queue full: reconnect and pull to catch up",
+            ),
+            Kick::HeartbeatTimeout => {
+                ApiError::new(ErrorCode::HeartbeatTimeout, "no heartbeat in time")
+            }
+            Kick::ShuttingDown => ApiError::new(ErrorCode::Unavailable, "server shutting down"),
+            Kick::WriteFailed => ApiError::new(
+                ErrorCode::SlowConsumer,
+                "the connection stopped taking data",
+            ),
+        }
+    }
 }
 
 impl ConnHandle {
-    pub fn kick(&self, err: ApiError) {
-        let mut reason = self.close_reason.lock().unwrap_or_else(|p| p.into_inner());
-        if reason.is_none() {
-            *reason = Some(err);
-        }
+    /// Asks the connection to close; the first reason given wins.
+    pub fn kick(&self, why: Kick) {
+        let _ =
+            self.close_reason
+                .compare_exchange(0, why as u8, Ordering::Relaxed, Ordering::Relaxed);
         self.close.notify_one();
+    }
+
+    pub fn kicked(&self) -> Option<Kick> {
+        Kick::from_u8(self.close_reason.load(Ordering::Relaxed))
     }
 }
 
@@ -139,10 +184,7 @@ impl Gateway {
                     _ = stop.changed() => break,
                 }
             }
-            gw.close_all(ApiError::new(
-                ErrorCode::Unavailable,
-                "server shutting down",
-            ));
+            gw.close_all(Kick::ShuttingDown);
         });
     }
 
@@ -196,10 +238,7 @@ impl Gateway {
         for id in d.conns {
             let Some(h) = self.get(id) else { continue };
             if h.out.push(d.frame.clone()).is_err() {
-                h.kick(ApiError::new(
-                    ErrorCode::SlowConsumer,
-                    "send queue full: reconnect and pull to catch up",
-                ));
+                h.kick(Kick::SlowConsumer);
             }
         }
     }
@@ -212,17 +251,14 @@ impl Gateway {
         // configured time (between T and T+1 seconds), never less.
         let deadline = h.last_seen.load(Ordering::Relaxed) + self.cfg.heartbeat_timeout_secs + 1;
         if deadline <= now {
-            h.kick(ApiError::new(
-                ErrorCode::HeartbeatTimeout,
-                "no heartbeat in time",
-            ));
+            h.kick(Kick::HeartbeatTimeout);
             None
         } else {
             Some(deadline)
         }
     }
 
-    fn close_all(&self, err: ApiError) {
+    fn close_all(&self, why: Kick) {
         for shard in &self.conns {
             let all: Vec<_> = shard
                 .lock()
@@ -231,7 +267,7 @@ impl Gateway {
                 .cloned()
                 .collect();
             for h in all {
-                h.kick(err.clone());
+                h.kick(why);
             }
         }
     }

@@ -124,6 +124,9 @@ impl Push {
             if e.sessions.len() >= self.cfg.max_sessions_per_user {
                 e.sessions.remove(0);
             }
+            // Most users have one or two devices: grow one slot at a time, not by Vec's
+            // default of four (about 150 bytes per online user).
+            e.sessions.reserve_exact(1);
             e.sessions.push(session);
             e.last_seen_ms = now;
             was_offline
