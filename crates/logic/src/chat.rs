@@ -215,6 +215,23 @@ impl Logic {
                 "that is not a message one can recall",
             ));
         }
+        let key = format!("recall:{}:{}", req.conv, req.conv_seq);
+        // A retry of a recall that went through answers with it, even after the window.
+        if let Some(done) = self
+            .store
+            .dedup(caller.user, &key)
+            .await
+            .map_err(store_err)?
+        {
+            return Ok(SendResponse {
+                msg_id: done.msg_id,
+                conv: done.conv,
+                conv_seq: done.conv_seq,
+                inbox_seq: done.sender_seq,
+                sent_at_ms: target.sent_at_ms,
+                duplicate: true,
+            });
+        }
         let window = self.cfg.chat.recall_window_secs * 1000;
         if xinge_core::now_ms().saturating_sub(target.sent_at_ms) > window {
             return Err(bad(
@@ -223,7 +240,7 @@ impl Logic {
             ));
         }
         let draft = Draft {
-            client_msg_id: format!("recall:{}:{}", req.conv, req.conv_seq),
+            client_msg_id: key,
             body: MessageBody::Recall {
                 target: req.conv_seq,
             },

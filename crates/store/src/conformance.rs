@@ -293,6 +293,16 @@ async fn dedup_returns_the_original(store: &dyn Store) {
     let (m1, m2) = (first.message.unwrap(), again.message.unwrap());
     assert_eq!((m1.msg_id, m1.conv_seq), (m2.msg_id, m2.conv_seq));
     assert_eq!(first.sender_seq, again.sender_seq);
+    let rec = store
+        .dedup(a, "same")
+        .await
+        .unwrap()
+        .expect("the dedup key is readable");
+    assert_eq!(
+        (rec.msg_id, rec.conv_seq, rec.sender_seq),
+        (m1.msg_id, m1.conv_seq, first.sender_seq)
+    );
+    assert!(store.dedup(a, "never-sent").await.unwrap().is_none());
     assert_eq!(store.conv_head(ConvId::direct(a, b)).await.unwrap(), 1);
     assert_eq!(store.inbox(b, 0, 10).await.unwrap().1, 1);
     // The key is per sender: b may use the same client_msg_id.

@@ -70,6 +70,9 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a commit atomically (see [`Commit`]).
     async fn commit(&self, commit: Commit) -> Result<Committed>;
 
+    /// What a committed message with this (sender, client_msg_id) was, if any.
+    async fn dedup(&self, sender: UserId, client_msg_id: &str) -> Result<Option<DedupRecord>>;
+
     // === timelines ===
     /// Inbox entries with seq > `after`, ascending, at most `limit`; and the inbox head.
     async fn inbox(&self, user: UserId, after: u64, limit: usize)

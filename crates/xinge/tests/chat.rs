@@ -327,23 +327,35 @@ async fn strangers_may_talk_when_the_server_allows_it_and_recall_works_in_its_wi
 
     let server = start(|c| {
         c.chat.allow_strangers = true;
-        c.chat.recall_window_secs = 0;
+        c.chat.recall_window_secs = 1;
     })
     .await;
     let (alice, _) = server.login("alice", "laptop").await;
     let (_, b) = server.login("bob", "laptop").await;
-    let sent = alice
-        .send(&text(b, "m", "too late to take back"))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let req = xinge_client::api::RecallRequest {
+    let recall_of = |sent: &xinge_client::api::SendResponse| xinge_client::api::RecallRequest {
         conv: sent.conv,
         conv_seq: sent.conv_seq,
         client_msg_id: "r".into(),
     };
-    let err = alice.recall(&req).await.unwrap_err();
+    let taken_back = alice
+        .send(&text(b, "m1", "taken back in time"))
+        .await
+        .unwrap();
+    let first = alice.recall(&recall_of(&taken_back)).await.unwrap();
+    let late = alice
+        .send(&text(b, "m2", "too late to take back"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let err = alice.recall(&recall_of(&late)).await.unwrap_err();
     assert_eq!(err.code().unwrap().as_str(), "recall_window_passed");
+    // A retry of a recall that went through still gets its answer after the window.
+    let retry = alice.recall(&recall_of(&taken_back)).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.msg_id, retry.conv_seq),
+        (first.msg_id, first.conv_seq)
+    );
     server.stop().await;
 }
 

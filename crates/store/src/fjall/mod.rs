@@ -10,8 +10,8 @@ mod keys;
 mod writer;
 
 use crate::{
-    Commit, Committed, GroupRecord, MemberRecord, Membership, NewUser, Pair, Relation, Result,
-    Store, StoreError, UserRecord,
+    Commit, Committed, DedupRecord, GroupRecord, MemberRecord, Membership, NewUser, Pair, Relation,
+    Result, Store, StoreError, UserRecord,
 };
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -282,6 +282,10 @@ impl Store for FjallStore {
             writer::Out::Committed(c) => Ok(*c),
             _ => Err(backend("unexpected writer answer")),
         }
+    }
+
+    async fn dedup(&self, sender: UserId, client_msg_id: &str) -> Result<Option<DedupRecord>> {
+        Self::get(&self.spaces.dedup, &dedup_key(sender, client_msg_id))
     }
 
     async fn inbox(

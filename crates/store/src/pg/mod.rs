@@ -839,6 +839,30 @@ impl Store for PgStore {
         }
     }
 
+    async fn dedup(
+        &self,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<crate::DedupRecord>> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT conv, conv_seq, msg_id, sender_seq FROM dedup WHERE sender = $1 AND client_msg_id = $2",
+                &[&i(sender.0), &client_msg_id],
+            )
+            .await
+            .map_err(db)?;
+        row.map(|r| {
+            Ok(crate::DedupRecord {
+                conv: r.get::<_, &str>(0).parse().map_err(backend)?,
+                conv_seq: u(r.get(1)),
+                msg_id: MsgId(u(r.get(2))),
+                sender_seq: u(r.get(3)),
+            })
+        })
+        .transpose()
+    }
+
     async fn inbox(
         &self,
         user: UserId,
