@@ -17,6 +17,7 @@ mod report;
 mod server;
 mod setup;
 mod traffic;
+mod workers;
 
 pub use report::BenchResult;
 
@@ -43,6 +44,11 @@ pub struct BenchArgs {
     /// `tcp` or `ws`.
     #[arg(long, global = true, default_value = "tcp")]
     pub transport: String,
+    /// Load-generator processes for direct, group and large-group: the users are split
+    /// among them (each holds its own connections, so the bench is not bound by one
+    /// process's file limit) and their results merged.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub workers: usize,
 }
 
 #[derive(clap::Subcommand, Clone, Debug)]
@@ -96,6 +102,16 @@ pub enum Scenario {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// One worker of a multi-process run (started by the bench itself).
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        plan_file: PathBuf,
+        #[arg(long)]
+        shard: usize,
+        #[arg(long)]
+        shards: usize,
+    },
     /// 1:1 traffic alone, then the same 1:1 traffic alongside a large group's: does the
     /// large group disturb everyone else's latency?
     Mixed {
@@ -139,6 +155,14 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
         "ws" => xinge_client::Transport::Ws,
         other => return Err(BenchError::Setup(format!("unknown transport {other}"))),
     };
+    if let Scenario::Worker {
+        plan_file,
+        shard,
+        shards,
+    } = &args.scenario
+    {
+        return workers::worker(plan_file, *shard, *shards).await;
+    }
     let mut srv = match &args.server {
         Some(url) => server::Server::attach(url.clone(), args.server_pid).await?,
         None => server::Server::spawn(args.server_cpus.as_deref()).await?,
@@ -168,15 +192,16 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             let (run_id, list) = setup::users(&srv.base, n).await?;
             setup::pair_up(&list).await?;
             let plan = traffic::Plan {
-                scenario: "direct",
+                scenario: "direct".into(),
                 online: (0..n).collect(),
                 senders: (0..n)
                     .map(|i| (i, traffic::Target::To(list[i ^ 1].id)))
                     .collect(),
                 fanout: 1,
                 follow: None,
+                start_at_ms: None,
             };
-            traffic::run(
+            workers::drive(
                 &srv,
                 transport,
                 &list,
@@ -185,6 +210,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
                 rate,
                 duration_secs,
                 size,
+                args.workers,
             )
             .await?
         }
@@ -209,13 +235,14 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
                 senders.extend(range.map(|i| (i, traffic::Target::Conv(conv))));
             }
             let plan = traffic::Plan {
-                scenario: "group",
+                scenario: "group".into(),
                 online: (0..groups * members).collect(),
                 senders,
                 fanout: members as u64 - 1,
                 follow: None,
+                start_at_ms: None,
             };
-            let mut r = traffic::run(
+            let mut r = workers::drive(
                 &srv,
                 transport,
                 &list,
@@ -224,6 +251,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
                 rate,
                 duration_secs,
                 size,
+                args.workers,
             )
             .await?;
             r.param("groups", groups as u64);
@@ -243,13 +271,14 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             let (run_id, list) = setup::users(&srv.base, members).await?;
             let conv = setup::group(&list[0], &list[1..]).await?;
             let plan = traffic::Plan {
-                scenario: "large-group",
+                scenario: "large-group".into(),
                 online: (1..=online).collect(),
                 senders: vec![(0, traffic::Target::Conv(conv))],
                 fanout: online as u64,
                 follow: Some(conv),
+                start_at_ms: None,
             };
-            let mut r = traffic::run(
+            let mut r = workers::drive(
                 &srv,
                 transport,
                 &list,
@@ -258,12 +287,14 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
                 rate,
                 duration_secs,
                 size,
+                args.workers,
             )
             .await?;
             r.param("members", members as u64);
             r.read_state = Some(setup::time_read_state(&list, conv, online).await?);
             r
         }
+        Scenario::Worker { .. } => unreachable!("handled above"),
         Scenario::Mixed {
             users,
             rate,
@@ -316,13 +347,14 @@ async fn mixed(
     let (group_run, group_users) = setup::users(&srv.base, members).await?;
     let conv = setup::group(&group_users[0], &group_users[1..]).await?;
     let direct_plan = |name| traffic::Plan {
-        scenario: name,
+        scenario: String::from(name),
         online: (0..n).collect(),
         senders: (0..n)
             .map(|i| (i, traffic::Target::To(pairs[i ^ 1].id)))
             .collect(),
         fanout: 1,
         follow: None,
+        start_at_ms: None,
     };
     eprintln!("mixed: 1:1 alone");
     let alone = traffic::run(
@@ -338,11 +370,12 @@ async fn mixed(
     .await?;
     eprintln!("mixed: 1:1 alongside the large group");
     let group_plan = traffic::Plan {
-        scenario: "large-group",
+        scenario: "large-group".into(),
         online: (1..=online).collect(),
         senders: vec![(0, traffic::Target::Conv(conv))],
         fanout: online as u64,
         follow: Some(conv),
+        start_at_ms: None,
     };
     let cpu0 = srv.sample();
     let run_b = format!("{run_id}b");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use xinge_client::Transport;
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Percentiles {
     pub count: u64,
     pub p50_us: u64,
@@ -29,7 +29,7 @@ impl Percentiles {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Checks {
     pub lost: u64,
     pub duplicated: u64,
@@ -38,7 +38,7 @@ pub struct Checks {
     pub pulls: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct BenchResult {
     pub scenario: String,
     pub transport: String,
@@ -73,6 +73,16 @@ pub struct BenchResult {
     pub group_latency: Option<Percentiles>,
     #[serde(skip)]
     pub delivery_hist: Option<Histogram<u64>>,
+    #[serde(skip)]
+    pub ack_hist: Option<Histogram<u64>>,
+    /// Worker mode: the histograms, HDR V2-serialised and base64-encoded, for merging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_hist_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_hist_b64: Option<String>,
+    /// The server's CPU time (µs) when sending started and when deliveries were drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_window_us: Option<(u64, u64)>,
 }
 
 fn ms(us: u64) -> String {
@@ -275,4 +285,23 @@ fn plot(
     chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))?;
     root.present()?;
     Ok(())
+}
+
+/// A histogram as HDR V2 bytes in base64, and back.
+pub fn hist_to_b64(h: &Histogram<u64>) -> Option<String> {
+    use base64::Engine;
+    let mut buf = Vec::new();
+    use hdrhistogram::serialization::Serializer;
+    hdrhistogram::serialization::V2Serializer::new()
+        .serialize(h, &mut buf)
+        .ok()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(buf))
+}
+
+pub fn hist_from_b64(s: &str) -> Option<Histogram<u64>> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut &bytes[..])
+        .ok()
 }

@@ -114,6 +114,22 @@ impl Server {
         Ok(())
     }
 
+    /// A server known only by its addresses (a worker of a multi-process run).
+    pub fn addresses(base: String, tcp: String, ws: String, pid: Option<u32>) -> Self {
+        Self {
+            base,
+            tcp,
+            ws,
+            pid,
+            child: None,
+            _dir: None,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
     pub async fn attach(base: String, pid: Option<u32>) -> Result<Self, BenchError> {
         let route = xinge_client::Http::new(&base)
             .route()

@@ -32,15 +32,16 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Target {
     To(UserId),
     Conv(ConvId),
 }
 
 /// Who is online, who sends where, and what a delivery means.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
-    pub scenario: &'static str,
+    pub scenario: String,
     /// Indexes of the users that hold a connection.
     pub online: Vec<usize>,
     /// Indexes of the users that send, and where to.
@@ -49,6 +50,35 @@ pub struct Plan {
     pub fanout: u64,
     /// A read fan-out conversation the receivers follow by pulling.
     pub follow: Option<ConvId>,
+    /// Worker mode: start sending at this wall-clock time (ms since the epoch), with the
+    /// other workers, and drain until deliveries stop (the expected count is global).
+    #[serde(default)]
+    pub start_at_ms: Option<u64>,
+}
+
+impl Plan {
+    /// The part of the plan worker `shard` of `shards` runs: every shards-th user online
+    /// and sending.
+    pub fn shard(&self, shard: usize, shards: usize) -> Plan {
+        Plan {
+            scenario: self.scenario.clone(),
+            online: self
+                .online
+                .iter()
+                .copied()
+                .filter(|i| i % shards == shard)
+                .collect(),
+            senders: self
+                .senders
+                .iter()
+                .copied()
+                .filter(|(i, _)| i % shards == shard)
+                .collect(),
+            fanout: self.fanout,
+            follow: self.follow,
+            start_at_ms: self.start_at_ms,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -135,6 +165,12 @@ pub async fn run(
     }
     // Let the receivers skip what setup left in their inboxes.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Some(at) = plan.start_at_ms {
+        tokio::time::sleep(Duration::from_millis(
+            at.saturating_sub(xinge_core::now_ms()),
+        ))
+        .await;
+    }
 
     let total = rate * secs;
     eprintln!(
@@ -176,13 +212,25 @@ pub async fn run(
     let offered_secs = (now_us() - start) as f64 / 1e6;
     drop(senders);
     while tasks.join_next().await.is_some() {}
-    // Drain: wait until every acknowledged message was delivered everywhere (or 15 s).
+    // Drain: wait until every acknowledged message was delivered everywhere (or 15 s). A
+    // worker cannot know the global count: it waits until deliveries stop for 2 s.
     let expected = || counters.acked.load(Ordering::Relaxed) * plan.fanout;
     let drain_start = Instant::now();
-    while counters.delivered.load(Ordering::Relaxed) < expected()
-        && drain_start.elapsed() < Duration::from_secs(15)
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if plan.start_at_ms.is_some() {
+        loop {
+            let before = counters.delivered.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = counters.delivered.load(Ordering::Relaxed);
+            if after == before || drain_start.elapsed() > Duration::from_secs(15) {
+                break;
+            }
+        }
+    } else {
+        while counters.delivered.load(Ordering::Relaxed) < expected()
+            && drain_start.elapsed() < Duration::from_secs(15)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     let elapsed = (now_us() - start) as f64 / 1e6;
     let cpu1 = srv.sample();
@@ -190,7 +238,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     while receivers.join_next().await.is_some() {}
 
-    let mut r = BenchResult::new(plan.scenario, transport);
+    let mut r = BenchResult::new(&plan.scenario, transport);
     r.param("rate", rate);
     r.param("duration_secs", secs);
     r.param("size", size as u64);
@@ -209,8 +257,10 @@ pub async fn run(
     r.ack_latency = Percentiles::of(&lock(&totals.ack));
     r.delivery_latency = Percentiles::of(&lock(&totals.delivery));
     r.delivery_hist = Some(lock(&totals.delivery).clone());
+    r.ack_hist = Some(lock(&totals.ack).clone());
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         r.server_cpu_us = b.cpu_us - a.cpu_us;
+        r.server_cpu_window_us = Some((a.cpu_us, b.cpu_us));
         r.server_cpu_us_per_msg = r.server_cpu_us as f64 / r.delivered.max(1) as f64;
         r.server_rss_after = b.rss_bytes;
     }
