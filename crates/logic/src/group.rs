@@ -222,6 +222,27 @@ impl Logic {
         Ok((g, role))
     }
 
+    /// Admins act on plain members, the owner on admins too; nobody on the owner.
+    async fn outranks(
+        &self,
+        caller: &Caller,
+        group: u64,
+        user: UserId,
+        refusal: &str,
+    ) -> Result<()> {
+        let (_, role) = self.admin_access(caller, group).await?;
+        let target = self
+            .store
+            .group_member(group, user)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| bad(ErrorCode::NotFound, "not a member"))?;
+        if target.role == Role::Owner || (target.role == Role::Admin && role != Role::Owner) {
+            return Err(bad(ErrorCode::Forbidden, refusal));
+        }
+        Ok(())
+    }
+
     /// Commits a group change: `ops`, and `event` as a system message fanned out like any
     /// message (plus `also_to`, e.g. the member being removed).
     async fn change(
@@ -454,16 +475,8 @@ impl Logic {
         if user == me {
             return self.leave_group(caller, group).await;
         }
-        let (_, role) = self.admin_access(caller, group).await?;
-        let target = self
-            .store
-            .group_member(group, user)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| bad(ErrorCode::NotFound, "not a member"))?;
-        if target.role == Role::Owner || (target.role == Role::Admin && role != Role::Owner) {
-            return Err(bad(ErrorCode::Forbidden, "you may not remove that member"));
-        }
+        self.outranks(caller, group, user, "you may not remove that member")
+            .await?;
         let ops = vec![Op::RemoveMember { group, user }];
         // The removed member's devices get the removal too, and nothing after it.
         self.change(
@@ -604,16 +617,8 @@ impl Logic {
         muted: bool,
     ) -> Result<()> {
         let me = caller.user;
-        let (_, role) = self.admin_access(caller, group).await?;
-        let target = self
-            .store
-            .group_member(group, user)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| bad(ErrorCode::NotFound, "not a member"))?;
-        if target.role == Role::Owner || (target.role == Role::Admin && role != Role::Owner) {
-            return Err(bad(ErrorCode::Forbidden, "you may not mute that member"));
-        }
+        self.outranks(caller, group, user, "you may not mute that member")
+            .await?;
         let ops = vec![Op::SetMuted { group, user, muted }];
         self.change(
             caller,

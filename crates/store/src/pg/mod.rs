@@ -67,6 +67,18 @@ fn member_of(row: &Row) -> MemberRecord {
     }
 }
 
+/// A group member, read on a pooled connection or inside a transaction.
+async fn member<C: GenericClient>(c: &C, group: u64, user: UserId) -> Result<Option<MemberRecord>> {
+    let row = c
+        .query_opt(
+            "SELECT * FROM gmembers WHERE group_id = $1 AND user_id = $2",
+            &[&i(group), &i(user.0)],
+        )
+        .await
+        .map_err(db)?;
+    Ok(row.as_ref().map(member_of))
+}
+
 fn json<T: DeserializeOwned>(row: &Row, col: &str) -> Result<T> {
     let Json(v): Json<serde_json::Value> = row.try_get(col).map_err(db)?;
     serde_json::from_value(v).map_err(backend)
@@ -223,15 +235,7 @@ impl Tx<'_> {
     }
 
     async fn member(&self, group: u64, user: UserId) -> Result<Option<MemberRecord>> {
-        let row = self
-            .tx
-            .query_opt(
-                "SELECT * FROM gmembers WHERE group_id = $1 AND user_id = $2",
-                &[&i(group), &i(user.0)],
-            )
-            .await
-            .map_err(db)?;
-        Ok(row.as_ref().map(member_of))
+        member(&self.tx, group, user).await
     }
 
     async fn append_inbox(
@@ -1010,15 +1014,7 @@ impl Store for PgStore {
     }
 
     async fn group_member(&self, group: u64, user: UserId) -> Result<Option<MemberRecord>> {
-        let c = self.client().await?;
-        let row = c
-            .query_opt(
-                "SELECT * FROM gmembers WHERE group_id = $1 AND user_id = $2",
-                &[&i(group), &i(user.0)],
-            )
-            .await
-            .map_err(db)?;
-        Ok(row.as_ref().map(member_of))
+        member(&self.client().await?, group, user).await
     }
 
     async fn group_members(
