@@ -23,6 +23,7 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.logic.config().server.max_body_bytes;
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(prometheus))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .route("/v1/route", get(route))
         .route("/v1/accounts", post(register))
@@ -79,6 +80,13 @@ pub fn router(state: AppState) -> Router {
 fn conv_param(s: &str) -> Result<ConvId, HttpError> {
     s.parse()
         .map_err(|e: &str| HttpError(ApiError::new(ErrorCode::InvalidArgument, e)))
+}
+
+/// Prometheus metrics (text format): connections, messages, pulls, signals, store commit
+/// latency, errors by code. docs/ARCHITECTURE.md lists them.
+pub async fn prometheus(State(s): State<AppState>) -> String {
+    metrics::gauge!("xinge_connections").set(s.gateway.connections() as f64);
+    crate::metrics_handle().render()
 }
 
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Done)))]

@@ -38,6 +38,31 @@ pub fn app(state: AppState) -> axum::Router {
     http::router(state)
 }
 
+/// The process's Prometheus recorder, installed on first use. Every crate records through
+/// the `metrics` facade; `/metrics` renders what this recorder holds.
+pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+        let seconds = [
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        let counts = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&seconds)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full("xinge_store_batch_commits".into()), &counts)
+            })
+            .expect("static buckets are valid")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first; then this one stays empty.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
 /// An error on the HTTP API: the code's status and `{code, message}`.
 pub struct HttpError(pub ApiError);
 
@@ -49,6 +74,8 @@ impl From<ApiError> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
+        metrics::counter!("xinge_errors_total", "code" => self.0.code.as_str(), "via" => "http")
+            .increment(1);
         let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, Json(&self.0)).into_response();

@@ -105,4 +105,20 @@ async fn health_openapi_and_errors_in_our_shape() {
         (status, body["code"].as_str()),
         (StatusCode::BAD_REQUEST, Some("bad_request"))
     );
+
+    // Prometheus metrics: errors by code, as Prometheus text.
+    xinge_api::metrics_handle();
+    let _ = call(&s, Request::get("/v1/me").body(Body::empty()).unwrap()).await;
+    let resp = app(s.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(
+        text.contains("xinge_errors_total{code=\"unauthenticated\",via=\"http\"}"),
+        "{text}"
+    );
+    assert!(text.contains("xinge_connections 0"), "{text}");
 }

@@ -196,7 +196,10 @@ async fn read_loop<R: FrameRead>(
             c if c >= cmd::FIRST_BUSINESS => {
                 match gw.upstream.handle(ctx, c, frame.body.clone()).await {
                     Ok(body) => frame.reply(body),
-                    Err(e) => Frame::error(frame.cmd, frame.req_id, &e),
+                    Err(e) => {
+                        metrics::counter!("xinge_errors_total", "code" => e.code.as_str(), "via" => "connection").increment(1);
+                        Frame::error(frame.cmd, frame.req_id, &e)
+                    }
                 }
             }
             _ => Frame::error(

@@ -107,9 +107,12 @@ impl Kick {
 impl ConnHandle {
     /// Asks the connection to close; the first reason given wins.
     pub fn kick(&self, why: Kick) {
-        let _ =
+        let first =
             self.close_reason
                 .compare_exchange(0, why as u8, Ordering::Relaxed, Ordering::Relaxed);
+        if first.is_ok() {
+            metrics::counter!("xinge_connections_kicked_total", "reason" => why.error().code.as_str()).increment(1);
+        }
         self.close.notify_one();
     }
 

@@ -178,6 +178,8 @@ impl Logic {
             ops,
         };
         let done = self.commit(c).await?;
+        let kind = if done.duplicate { "duplicate" } else { "new" };
+        metrics::counter!("xinge_messages_sent_total", "result" => kind).increment(1);
         let m = done
             .message
             .ok_or_else(|| bad(ErrorCode::Internal, "internal error"))?;
@@ -251,6 +253,7 @@ impl Logic {
     }
 
     pub async fn sync(&self, caller: &Caller, req: SyncRequest) -> Result<SyncResponse> {
+        metrics::counter!("xinge_pulls_total", "kind" => "inbox").increment(1);
         let limit = req
             .limit
             .unwrap_or(self.cfg.chat.max_page)
@@ -378,6 +381,7 @@ impl Logic {
     }
 
     pub async fn history(&self, caller: &Caller, req: HistoryRequest) -> Result<HistoryResponse> {
+        metrics::counter!("xinge_pulls_total", "kind" => "history").increment(1);
         let (first, last) = self.readable(caller, req.conv).await?;
         let limit = req.limit.unwrap_or(50).clamp(1, self.cfg.chat.max_page);
         let (messages, forward) = match (req.before, req.after) {

@@ -138,7 +138,9 @@ impl Logic {
     /// the calling connection included: its own entry, inline, keeps its cursor contiguous,
     /// where leaving it out would make the next signal look like a gap and cost a pull.
     pub(crate) async fn commit(&self, c: Commit) -> Result<Committed> {
+        let started = std::time::Instant::now();
         let done = self.store.commit(c).await.map_err(store_err)?;
+        metrics::histogram!("xinge_store_commit_seconds").record(started.elapsed().as_secs_f64());
         if let Some(m) = &done.message
             && !done.recipients.is_empty()
         {

@@ -198,7 +198,9 @@ impl Push {
             });
             if ok {
                 sent += n;
+                metrics::counter!("xinge_signals_total").increment(n as u64);
             } else {
+                metrics::counter!("xinge_signals_dropped_total").increment(n as u64);
                 self.dropped
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(gateway = %gw, %user, "signal dropped: gateway queue full or gone");

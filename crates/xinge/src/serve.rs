@@ -76,6 +76,7 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
     ready: impl FnOnce(Bound),
 ) -> Result<(), ServeError> {
+    xinge_api::metrics_handle();
     std::fs::create_dir_all(&cfg.server.data_dir)?;
     let store: Arc<dyn xinge_store::Store> = match &cfg.store.postgres_url {
         Some(url) => {

@@ -108,6 +108,7 @@ impl Writer {
                 overlay,
                 ..
             } = tx;
+            metrics::histogram!("xinge_store_batch_commits").record(reqs.len() as f64);
             let committed = batch.commit();
             if committed.is_ok() {
                 if self.heads.len() + heads.len() > MAX_CACHED_HEADS {
