@@ -32,7 +32,6 @@ impl Upstream for Dispatch {
         let caller = Caller {
             user: s.user,
             device: s.device.clone(),
-            conn: Some(s.conn),
         };
         let l = &self.0;
         match command {

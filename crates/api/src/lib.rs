@@ -119,11 +119,7 @@ impl FromRequestParts<AppState> for Auth {
         let token = bearer(parts)
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "missing bearer token"))?;
         let (user, device) = state.logic.authenticate(token).await?;
-        Ok(Auth(Caller {
-            user,
-            device,
-            conn: None,
-        }))
+        Ok(Auth(Caller { user, device }))
     }
 }
 

@@ -552,7 +552,7 @@ impl Logic {
         match self.access(caller, req.conv).await? {
             Access::Direct(peer) => {
                 self.may_message(caller.user, peer).await?;
-                self.signal(peer, None, &signal);
+                self.signal(peer, &signal);
             }
             Access::Group(g, _) if g.member_count <= self.cfg.chat.fanout_threshold => {
                 let members = self
@@ -561,7 +561,7 @@ impl Logic {
                     .await
                     .map_err(store_err)?;
                 for (user, _) in members.into_iter().filter(|(u, _)| *u != caller.user) {
-                    self.signal(user, None, &signal);
+                    self.signal(user, &signal);
                 }
             }
             Access::Group(..) => {}

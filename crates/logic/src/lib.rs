@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use xinge_core::config::Config;
 use xinge_core::error::ApiError;
-use xinge_core::{ConnId, ErrorCode, UserId};
+use xinge_core::{ErrorCode, UserId};
 use xinge_proto::api::{InboxEntry, Signal};
 use xinge_proto::{Frame, cmd};
 use xinge_push::Push;
@@ -29,13 +29,11 @@ use xinge_store::{Commit, Committed, Refusal, Store, StoreError};
 
 pub type Result<T> = std::result::Result<T, ApiError>;
 
-/// Who is calling: the user and device from their token, and the connection when the call
-/// came up a long connection (that connection needs no signal for its own action).
+/// Who is calling: the user and device from their token.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub user: UserId,
     pub device: xinge_core::DeviceId,
-    pub conn: Option<ConnId>,
 }
 
 pub struct Logic {
@@ -141,41 +139,44 @@ impl Logic {
         let started = std::time::Instant::now();
         let done = self.store.commit(c).await.map_err(store_err)?;
         metrics::histogram!("xinge_store_commit_seconds").record(started.elapsed().as_secs_f64());
-        if let Some(m) = &done.message
-            && !done.recipients.is_empty()
-        {
-            // The message is serialised once and spliced into every recipient's signal.
-            let message = serde_json::to_vec(m).unwrap_or_default();
+        // The message is serialised once: spliced into every recipient's signal, and the
+        // size that decides whether it rides inline in a large group's signal.
+        let message = done
+            .message
+            .as_ref()
+            .map(|m| serde_json::to_vec(m).unwrap_or_default());
+        if let Some(json) = &message {
             for &(user, seq) in &done.recipients {
                 let body =
-                    message_signal_body(seq, done.at_ms, &message, self.cfg.chat.inline_max_bytes);
+                    message_signal_body(seq, done.at_ms, json, self.cfg.chat.inline_max_bytes);
                 self.push
                     .signal(user, None, &Frame::request(cmd::SIGNAL, 0, body));
             }
         }
         for (user, entry) in &done.entries {
-            self.signal_inbox(*user, entry, None);
+            self.signal_inbox(*user, entry);
         }
         if let Some((group, seq)) = done.group_advanced {
             // Small messages ride in the signal, so online members need not pull.
-            let small = done.message.as_ref().filter(|m| {
-                serde_json::to_vec(m).is_ok_and(|b| b.len() <= self.cfg.chat.inline_max_bytes)
-            });
-            self.group_signals.mark(group, seq, small.cloned());
+            let small = message
+                .as_ref()
+                .is_some_and(|j| j.len() <= self.cfg.chat.inline_max_bytes);
+            self.group_signals
+                .mark(group, seq, done.message.clone().filter(|_| small));
         }
         Ok(done)
     }
 
-    fn signal_inbox(&self, user: UserId, entry: &InboxEntry, except: Option<ConnId>) {
+    fn signal_inbox(&self, user: UserId, entry: &InboxEntry) {
         let body = inbox_signal_body(entry, self.cfg.chat.inline_max_bytes);
         self.push
-            .signal(user, except, &Frame::request(cmd::SIGNAL, 0, body));
+            .signal(user, None, &Frame::request(cmd::SIGNAL, 0, body));
     }
 
-    pub(crate) fn signal(&self, user: UserId, except: Option<ConnId>, signal: &Signal) {
+    pub(crate) fn signal(&self, user: UserId, signal: &Signal) {
         let body = serde_json::to_vec(signal).unwrap_or_default();
         self.push
-            .signal(user, except, &Frame::request(cmd::SIGNAL, 0, body));
+            .signal(user, None, &Frame::request(cmd::SIGNAL, 0, body));
     }
 
     /// Tells friends when a user comes online or goes offline. Runs until the push layer's
@@ -198,7 +199,7 @@ impl Logic {
                 last_seen_ms: ch.at_ms,
             };
             for f in friends {
-                self.signal(f.user_id, None, &signal);
+                self.signal(f.user_id, &signal);
             }
         }
     }
