@@ -27,6 +27,22 @@ impl Logic {
         self.commit(c).await.map(drop)
     }
 
+    /// The relation with `from`, who must have a request pending to `me`.
+    async fn pending_request_from(
+        &self,
+        me: UserId,
+        from: UserId,
+    ) -> Result<xinge_store::Relation> {
+        let rel = self.store.relation(me, from).await.map_err(store_err)?;
+        if rel.request_in.is_none() {
+            return Err(bad(
+                ErrorCode::NotFound,
+                "no pending request from that user",
+            ));
+        }
+        Ok(rel)
+    }
+
     async fn existing_peer(&self, me: UserId, peer: UserId) -> Result<()> {
         if me == peer {
             return Err(bad(ErrorCode::InvalidArgument, "that is yourself"));
@@ -70,13 +86,7 @@ impl Logic {
 
     pub async fn accept_friend(&self, caller: &Caller, from: UserId) -> Result<()> {
         let me = caller.user;
-        let rel = self.store.relation(me, from).await.map_err(store_err)?;
-        if rel.request_in.is_none() {
-            return Err(bad(
-                ErrorCode::NotFound,
-                "no pending request from that user",
-            ));
-        }
+        let rel = self.pending_request_from(me, from).await?;
         if rel.i_blocked || rel.blocked_me {
             return Err(bad(ErrorCode::Blocked, "one of you has blocked the other"));
         }
@@ -96,13 +106,7 @@ impl Logic {
 
     pub async fn decline_friend(&self, caller: &Caller, from: UserId) -> Result<()> {
         let me = caller.user;
-        let rel = self.store.relation(me, from).await.map_err(store_err)?;
-        if rel.request_in.is_none() {
-            return Err(bad(
-                ErrorCode::NotFound,
-                "no pending request from that user",
-            ));
-        }
+        self.pending_request_from(me, from).await?;
         let ev = Event::FriendDeclined { from, to: me };
         self.tell_both(caller, from, ev, vec![Op::DeleteRequest { from, to: me }])
             .await

@@ -170,6 +170,24 @@ pub struct GroupFanout {
     pub max_members: u64,
 }
 
+impl NewMessage {
+    /// The message as stored, once the backend has given it an id and its place.
+    pub fn into_message(self, msg_id: MsgId, conv_seq: u64) -> Message {
+        Message {
+            msg_id,
+            conv: self.conv,
+            conv_seq,
+            sender: self.sender,
+            sender_device: self.sender_device,
+            client_msg_id: self.client_msg_id,
+            sent_at_ms: self.sent_at_ms,
+            mentions: self.mentions,
+            mention_all: self.mention_all,
+            body: self.body,
+        }
+    }
+}
+
 /// A state change other than appending to timelines.
 #[derive(Clone, Debug)]
 pub enum Op {

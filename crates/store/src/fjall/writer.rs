@@ -356,18 +356,7 @@ impl Tx<'_> {
         };
         if let Some(new) = c.message.take() {
             let conv_seq = self.next_seq(|s| &s.msgs, &new.conv.to_key())?;
-            let msg = Message {
-                msg_id: MsgId(ids.next()),
-                conv: new.conv,
-                conv_seq,
-                sender: new.sender,
-                sender_device: new.sender_device,
-                client_msg_id: new.client_msg_id,
-                sent_at_ms: new.sent_at_ms,
-                mentions: new.mentions,
-                mention_all: new.mention_all,
-                body: new.body,
-            };
+            let msg = new.into_message(MsgId(ids.next()), conv_seq);
             self.put(|s| &s.msgs, msg_key(msg.conv, conv_seq), encode(&msg));
             for &user in &msg.mentions {
                 let key = seq_key(&member_key(user, msg.conv), conv_seq);

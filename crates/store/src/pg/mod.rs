@@ -556,18 +556,7 @@ impl PgStore {
                 .await
                 .map_err(db)?;
             let conv_seq = u(row.get(0));
-            let msg = Message {
-                msg_id: MsgId(self.ids.next()),
-                conv: new.conv,
-                conv_seq,
-                sender: new.sender,
-                sender_device: new.sender_device,
-                client_msg_id: new.client_msg_id,
-                sent_at_ms: new.sent_at_ms,
-                mentions: new.mentions,
-                mention_all: new.mention_all,
-                body: new.body,
-            };
+            let msg = new.into_message(MsgId(self.ids.next()), conv_seq);
             let v = Json(serde_json::to_value(&msg).map_err(backend)?);
             tx.exec(
                 "INSERT INTO messages (conv, conv_seq, msg) VALUES ($1, $2, $3)",
