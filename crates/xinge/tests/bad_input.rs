@@ -11,21 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use xinge_client::api::{RecallRequest, SendRequest};
-use xinge_client::{ClientError, Connection, Transport};
+use xinge_client::{Connection, Transport};
 use xinge_core::error::ApiError;
 use xinge_core::{ConvId, DeviceId, UserId};
 use xinge_logic::token::{Claims, TokenSigner};
 use xinge_proto::{Frame, cmd};
-
-fn code<T>(r: Result<T, ClientError>) -> &'static str {
-    match r {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => e
-            .code()
-            .unwrap_or_else(|| panic!("expected an API error, got {e}"))
-            .as_str(),
-    }
-}
 
 /// Reads frames from a raw TCP connection until the server closes it; returns the CLOSE
 /// frame's error (if it sent one) and every other frame.

@@ -473,12 +473,6 @@ async fn only_members_read_and_send_muted_members_cannot_talk_and_only_admins_ma
     let conv = g.conv;
     owner.set_admin(g.group_id, *admin_id, true).await.unwrap();
     let m = member.send(&text(conv, "hi")).await.unwrap();
-    let code = |r: Result<_, xinge_client::ClientError>| -> &'static str {
-        match r {
-            Ok(_) => "ok",
-            Err(e) => e.code().map(|c| c.as_str()).unwrap_or("transport"),
-        }
-    };
 
     // Outsiders see nothing and touch nothing.
     assert_eq!(

@@ -88,6 +88,18 @@ impl Server {
     }
 }
 
+/// The outcome of a call as its stable code: `"ok"`, or the API error's code. A transport
+/// failure is never an expected outcome: it panics.
+pub fn code<T>(r: Result<T, xinge_client::ClientError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(e) => e
+            .code()
+            .unwrap_or_else(|| panic!("expected an API error, got {e}"))
+            .as_str(),
+    }
+}
+
 pub async fn befriend(a: &Http, a_id: UserId, b: &Http, b_id: UserId) {
     a.request_friend(b_id, "hello").await.unwrap();
     b.accept_friend(a_id).await.unwrap();
