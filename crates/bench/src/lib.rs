@@ -19,6 +19,8 @@ mod setup;
 mod traffic;
 mod workers;
 
+use traffic::Load;
+
 pub use report::BenchResult;
 
 use std::path::PathBuf;
@@ -191,25 +193,18 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             eprintln!("direct: creating {n} users in {} pairs", n / 2);
             let (run_id, list) = setup::users(&srv.base, n).await?;
             setup::pair_up(&list).await?;
-            let plan = traffic::Plan {
-                scenario: "direct".into(),
-                online: (0..n).collect(),
-                senders: (0..n)
-                    .map(|i| (i, traffic::Target::To(list[i ^ 1].id)))
-                    .collect(),
-                fanout: 1,
-                follow: None,
-                start_at_ms: None,
-            };
+            let plan = traffic::Plan::direct(&list);
             workers::drive(
                 &srv,
                 transport,
                 &list,
                 plan,
                 &run_id,
-                rate,
-                duration_secs,
-                size,
+                Load {
+                    rate,
+                    secs: duration_secs,
+                    size,
+                },
                 args.workers,
             )
             .await?
@@ -248,9 +243,11 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
                 &list,
                 plan,
                 &run_id,
-                rate,
-                duration_secs,
-                size,
+                Load {
+                    rate,
+                    secs: duration_secs,
+                    size,
+                },
                 args.workers,
             )
             .await?;
@@ -270,23 +267,18 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             eprintln!("large-group: creating {members} users, {online} of them online");
             let (run_id, list) = setup::users(&srv.base, members).await?;
             let conv = setup::group(&list[0], &list[1..]).await?;
-            let plan = traffic::Plan {
-                scenario: "large-group".into(),
-                online: (1..=online).collect(),
-                senders: vec![(0, traffic::Target::Conv(conv))],
-                fanout: online as u64,
-                follow: Some(conv),
-                start_at_ms: None,
-            };
+            let plan = traffic::Plan::large_group(conv, online);
             let mut r = workers::drive(
                 &srv,
                 transport,
                 &list,
                 plan,
                 &run_id,
-                rate,
-                duration_secs,
-                size,
+                Load {
+                    rate,
+                    secs: duration_secs,
+                    size,
+                },
                 args.workers,
             )
             .await?;
@@ -346,37 +338,18 @@ async fn mixed(
     setup::pair_up(&pairs).await?;
     let (group_run, group_users) = setup::users(&srv.base, members).await?;
     let conv = setup::group(&group_users[0], &group_users[1..]).await?;
-    let direct_plan = |name| traffic::Plan {
-        scenario: String::from(name),
-        online: (0..n).collect(),
-        senders: (0..n)
-            .map(|i| (i, traffic::Target::To(pairs[i ^ 1].id)))
-            .collect(),
-        fanout: 1,
-        follow: None,
-        start_at_ms: None,
-    };
     eprintln!("mixed: 1:1 alone");
     let alone = traffic::run(
         srv,
         transport,
         &pairs,
-        direct_plan("direct"),
+        traffic::Plan::direct(&pairs),
         &format!("{run_id}a"),
-        rate,
-        secs,
-        size,
+        Load { rate, secs, size },
     )
     .await?;
     eprintln!("mixed: 1:1 alongside the large group");
-    let group_plan = traffic::Plan {
-        scenario: "large-group".into(),
-        online: (1..=online).collect(),
-        senders: vec![(0, traffic::Target::Conv(conv))],
-        fanout: online as u64,
-        follow: Some(conv),
-        start_at_ms: None,
-    };
+    let group_plan = traffic::Plan::large_group(conv, online);
     let cpu0 = srv.sample();
     let run_b = format!("{run_id}b");
     let (with, group) = tokio::join!(
@@ -384,11 +357,9 @@ async fn mixed(
             srv,
             transport,
             &pairs,
-            direct_plan("direct"),
+            traffic::Plan::direct(&pairs),
             &run_b,
-            rate,
-            secs,
-            size
+            Load { rate, secs, size }
         ),
         traffic::run(
             srv,
@@ -396,9 +367,11 @@ async fn mixed(
             &group_users,
             group_plan,
             &group_run,
-            group_rate,
-            secs,
-            size
+            Load {
+                rate: group_rate,
+                secs,
+                size
+            }
         ),
     );
     let cpu1 = srv.sample();

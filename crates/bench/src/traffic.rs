@@ -56,7 +56,40 @@ pub struct Plan {
     pub start_at_ms: Option<u64>,
 }
 
+/// How much traffic: offered messages per second, for how long, with how much content.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Load {
+    pub rate: u64,
+    pub secs: u64,
+    pub size: usize,
+}
+
 impl Plan {
+    /// 1:1: users 2k and 2k+1 are friends; everyone is online and sends to their peer.
+    pub fn direct(users: &[BenchUser]) -> Plan {
+        let n = users.len() & !1;
+        Plan {
+            scenario: "direct".into(),
+            online: (0..n).collect(),
+            senders: (0..n).map(|i| (i, Target::To(users[i ^ 1].id))).collect(),
+            fanout: 1,
+            follow: None,
+            start_at_ms: None,
+        }
+    }
+
+    /// A read fan-out group owned by user 0, who sends; users 1..=online follow it.
+    pub fn large_group(conv: ConvId, online: usize) -> Plan {
+        Plan {
+            scenario: "large-group".into(),
+            online: (1..=online).collect(),
+            senders: vec![(0, Target::Conv(conv))],
+            fanout: online as u64,
+            follow: Some(conv),
+            start_at_ms: None,
+        }
+    }
+
     /// The part of the plan worker `shard` of `shards` runs: every shards-th user online
     /// and sending.
     pub fn shard(&self, shard: usize, shards: usize) -> Plan {
@@ -99,17 +132,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     srv: &Server,
     transport: Transport,
     users: &[BenchUser],
     plan: Plan,
     run_id: &str,
-    rate: u64,
-    secs: u64,
-    size: usize,
+    load: Load,
 ) -> Result<BenchResult, BenchError> {
+    let Load { rate, secs, size } = load;
     let address = match transport {
         Transport::Tcp => srv.tcp.clone(),
         Transport::Ws => srv.ws.clone(),

@@ -7,7 +7,7 @@ use crate::BenchError;
 use crate::report::{self, BenchResult, Percentiles};
 use crate::server::Server;
 use crate::setup::BenchUser;
-use crate::traffic::{self, Plan};
+use crate::traffic::{self, Load, Plan};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::process::Stdio;
@@ -25,9 +25,7 @@ struct WorkerPlan {
     users: Vec<(u64, String)>,
     plan: Plan,
     run_id: String,
-    rate: u64,
-    secs: u64,
-    size: usize,
+    load: Load,
 }
 
 fn transport_name(t: Transport) -> &'static str {
@@ -38,20 +36,17 @@ fn transport_name(t: Transport) -> &'static str {
 }
 
 /// Runs a plan here (one worker) or across `workers` processes.
-#[allow(clippy::too_many_arguments)]
 pub async fn drive(
     srv: &Server,
     transport: Transport,
     users: &[BenchUser],
     mut plan: Plan,
     run_id: &str,
-    rate: u64,
-    secs: u64,
-    size: usize,
+    load: Load,
     workers: usize,
 ) -> Result<BenchResult, BenchError> {
     if workers <= 1 {
-        return traffic::run(srv, transport, users, plan, run_id, rate, secs, size).await;
+        return traffic::run(srv, transport, users, plan, run_id, load).await;
     }
     // Everyone connects first; sending starts together, a little later.
     plan.start_at_ms = Some(xinge_core::now_ms() + 3_000 + 2 * users.len() as u64);
@@ -68,9 +63,7 @@ pub async fn drive(
             .collect(),
         plan: plan.clone(),
         run_id: run_id.into(),
-        rate,
-        secs,
-        size,
+        load,
     };
     std::fs::write(
         file.path(),
@@ -108,7 +101,7 @@ pub async fn drive(
     r.param("workers", workers as u64);
     r.param("senders", plan.senders.len() as u64);
     r.param("online", plan.online.len() as u64);
-    r.param("rate", rate);
+    r.param("rate", load.rate);
     let (mut ack, mut delivery) = (
         None::<hdrhistogram::Histogram<u64>>,
         None::<hdrhistogram::Histogram<u64>>,
@@ -189,16 +182,17 @@ pub async fn worker(
         })
         .collect();
     let plan = wp.plan.shard(shard, shards);
-    let rate = (wp.rate / shards as u64).max(1);
+    let load = Load {
+        rate: (wp.load.rate / shards as u64).max(1),
+        ..wp.load
+    };
     let mut r = traffic::run(
         &srv,
         transport,
         &users,
         plan,
         &format!("{}w{shard}", wp.run_id),
-        rate,
-        wp.secs,
-        wp.size,
+        load,
     )
     .await?;
     r.delivery_hist_b64 = r.delivery_hist.as_ref().and_then(report::hist_to_b64);
