@@ -588,7 +588,7 @@ impl Logic {
                     .friends_since_ms
                     .is_some();
             if visible {
-                let (online, last_seen_ms) = self.push.presence(u);
+                let (online, last_seen_ms) = self.push.presence(u).await;
                 presence.push(Presence {
                     user: u,
                     online,

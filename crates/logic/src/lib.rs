@@ -19,12 +19,13 @@ pub mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use xinge_core::config::Config;
 use xinge_core::error::ApiError;
 use xinge_core::{ErrorCode, UserId};
 use xinge_proto::api::{InboxEntry, Signal};
 use xinge_proto::{Frame, cmd};
-use xinge_push::Push;
+use xinge_push::{PresenceChange, Signals};
 use xinge_store::{Commit, Committed, Refusal, Store, StoreError};
 
 pub type Result<T> = std::result::Result<T, ApiError>;
@@ -38,7 +39,7 @@ pub struct Caller {
 
 pub struct Logic {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) push: Arc<Push>,
+    pub(crate) push: Arc<dyn Signals>,
     pub(crate) cfg: Config,
     pub(crate) tokens: token::TokenSigner,
     /// Group ids: time-ordered and unique across processes (node id inside).
@@ -112,7 +113,7 @@ pub fn message_signal_body(seq: u64, at_ms: u64, message: &[u8], inline_max: usi
 impl Logic {
     pub fn new(
         store: Arc<dyn Store>,
-        push: Arc<Push>,
+        push: Arc<dyn Signals>,
         cfg: Config,
         token_secret: Vec<u8>,
     ) -> Arc<Self> {
@@ -150,7 +151,7 @@ impl Logic {
                 let body =
                     message_signal_body(seq, done.at_ms, json, self.cfg.chat.inline_max_bytes);
                 self.push
-                    .signal(user, None, &Frame::request(cmd::SIGNAL, 0, body));
+                    .signal(&[user], &Frame::request(cmd::SIGNAL, 0, body));
             }
         }
         for (user, entry) in &done.entries {
@@ -170,21 +171,18 @@ impl Logic {
     fn signal_inbox(&self, user: UserId, entry: &InboxEntry) {
         let body = inbox_signal_body(entry, self.cfg.chat.inline_max_bytes);
         self.push
-            .signal(user, None, &Frame::request(cmd::SIGNAL, 0, body));
+            .signal(&[user], &Frame::request(cmd::SIGNAL, 0, body));
     }
 
     pub(crate) fn signal(&self, user: UserId, signal: &Signal) {
         let body = serde_json::to_vec(signal).unwrap_or_default();
         self.push
-            .signal(user, None, &Frame::request(cmd::SIGNAL, 0, body));
+            .signal(&[user], &Frame::request(cmd::SIGNAL, 0, body));
     }
 
     /// Tells friends when a user comes online or goes offline. Runs until the push layer's
     /// presence stream ends.
-    pub async fn run_presence(self: Arc<Self>) {
-        let Some(mut changes) = self.push.presence_changes() else {
-            return;
-        };
+    pub async fn run_presence(self: Arc<Self>, mut changes: mpsc::Receiver<PresenceChange>) {
         while let Some(ch) = changes.recv().await {
             let friends = match self.store.friends(ch.user, 5_000).await {
                 Ok(f) => f,
@@ -198,9 +196,10 @@ impl Logic {
                 online: ch.online,
                 last_seen_ms: ch.at_ms,
             };
-            for f in friends {
-                self.signal(f.user_id, &signal);
-            }
+            let body = serde_json::to_vec(&signal).unwrap_or_default();
+            let friends: Vec<UserId> = friends.iter().map(|f| f.user_id).collect();
+            self.push
+                .signal(&friends, &Frame::request(cmd::SIGNAL, 0, body));
         }
     }
 }

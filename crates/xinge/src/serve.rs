@@ -102,9 +102,13 @@ pub async fn run(
     let logic = Logic::new(store, push.clone(), cfg.clone(), secret);
     let dispatch = Arc::new(Dispatch(logic.clone()));
     let gw_id = GatewayId(cfg.server.node_id);
+    let deliveries = push.attach_gateway(gw_id);
+    let presence = push.presence_changes();
     let gateway = Gateway::new(gw_id, cfg.gateway.clone(), dispatch.clone(), dispatch, push);
-    gateway.start(shutdown.clone());
-    tokio::spawn(logic.clone().run_presence());
+    gateway.start(deliveries, shutdown.clone());
+    if let Some(presence) = presence {
+        tokio::spawn(logic.clone().run_presence(presence));
+    }
     tokio::spawn(logic.clone().run_group_signals());
 
     let bound = Bound {
