@@ -59,6 +59,11 @@ pub fn route_app(route: Arc<Route>) -> axum::Router {
     http::route_routes(route).merge(http::common())
 }
 
+/// `xinge push`: health and metrics only.
+pub fn health_app() -> axum::Router {
+    http::common()
+}
+
 /// `xinge gateway`: the WebSocket endpoint (the TCP gateway has its own listener).
 pub fn gateway_app(gateway: Arc<Gateway>) -> axum::Router {
     http::gateway_routes(gateway).merge(http::common())

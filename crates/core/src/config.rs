@@ -14,6 +14,7 @@ pub struct Config {
     pub chat: ChatConfig,
     pub gateway: GatewayConfig,
     pub store: StoreConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -176,6 +177,55 @@ impl Default for StoreConfig {
     }
 }
 
+/// The engines of the distributed roles (`xinge route|gateway|api|push`); unused by
+/// `xinge serve`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server(s) for the bus between roles; several comma-separated for a cluster
+    /// (also `XINGE_NATS_URL`).
+    pub nats_url: String,
+    /// Redis for sessions, presence and gateway load: one URL, or several comma-separated
+    /// for a Redis Cluster (also `XINGE_REDIS_URL`).
+    pub redis_url: String,
+    /// Prefix of every NATS subject, JetStream stream and Redis key, so several
+    /// deployments (or test runs) can share engines. Letters, digits, `_` and `-`.
+    pub prefix: String,
+    /// A session in the registry expires this long after its gateway last refreshed it,
+    /// so a dead gateway's sessions go by themselves.
+    pub session_ttl_secs: u64,
+    /// How often a gateway refreshes its sessions and reports its load.
+    pub refresh_secs: u64,
+    /// How long a gateway waits for an api process to answer a command.
+    pub request_timeout_ms: u64,
+    /// Commands one api process handles at once; more wait in NATS.
+    pub max_inflight: usize,
+    /// JetStream replicas of the push stream (3 on a 3-node NATS cluster).
+    pub stream_replicas: usize,
+    /// Push events the stream holds at most; past that new signals are refused and counted
+    /// (clients repair by pull).
+    pub stream_max_msgs: i64,
+    /// How long the push role has to hand a push event on before JetStream redelivers it.
+    pub push_ack_wait_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            prefix: "xinge".into(),
+            session_ttl_secs: 30,
+            refresh_secs: 10,
+            request_timeout_ms: 5_000,
+            max_inflight: 1_024,
+            stream_replicas: 1,
+            stream_max_msgs: 1_000_000,
+            push_ack_wait_ms: 5_000,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -225,6 +275,22 @@ impl Config {
         }
         if self.gateway.heartbeat_timeout_secs == 0 || self.gateway.heartbeat_timeout_secs > 3600 {
             return bad("gateway.heartbeat_timeout_secs must be 1-3600");
+        }
+        let c = &self.cluster;
+        if c.prefix.is_empty()
+            || c.prefix.len() > 64
+            || !c
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return bad("cluster.prefix must be 1-64 letters, digits, '_' or '-'");
+        }
+        if c.refresh_secs == 0 || c.session_ttl_secs <= c.refresh_secs {
+            return bad("cluster.session_ttl_secs must be longer than cluster.refresh_secs > 0");
+        }
+        if c.max_inflight == 0 || c.stream_replicas == 0 || c.stream_max_msgs <= 0 {
+            return bad("cluster sizes must be positive");
         }
         Ok(())
     }

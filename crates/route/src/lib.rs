@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use xinge_core::GatewayId;
 use xinge_proto::api::GatewayEndpoint;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GatewayReport {
     pub id: GatewayId,
     pub region: String,

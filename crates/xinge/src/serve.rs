@@ -24,6 +24,10 @@ pub enum ServeError {
     Store(#[from] xinge_store::StoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Cluster(#[from] xinge_cluster::ClusterError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The addresses a running server listens on.
@@ -34,7 +38,7 @@ pub struct Bound {
 }
 
 /// Reads the token secret from the config, or from `<data_dir>/token.key`, creating it once.
-fn token_secret(cfg: &Config) -> std::io::Result<Vec<u8>> {
+pub(crate) fn token_secret(cfg: &Config) -> std::io::Result<Vec<u8>> {
     if let Some(s) = &cfg.auth.token_secret {
         return Ok(s.as_bytes().to_vec());
     }
@@ -153,27 +157,49 @@ fn spawn_self_report(
     route: Arc<Route>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let host = |a: SocketAddr| match &cfg.server.public_host {
-        Some(h) => format!("{h}:{}", a.port()),
-        None => a.to_string(),
-    };
-    let (ws_url, tcp_addr) = (format!("ws://{}/ws", host(bound.http)), host(bound.tcp));
-    let (region, zone) = (cfg.server.region.clone(), cfg.server.zone.clone());
+    let report = Reporter::new(cfg, bound);
     tokio::spawn(async move {
         loop {
-            route.report(GatewayReport {
-                id: gw.id,
-                region: region.clone(),
-                zone: zone.clone(),
-                ws_url: Some(ws_url.clone()),
-                tcp_addr: Some(tcp_addr.clone()),
-                connections: gw.connections(),
-                at_ms: xinge_core::now_ms(),
-            });
+            route.report(report.now(&gw));
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 _ = shutdown.changed() => return,
             }
         }
     });
+}
+
+/// What a gateway tells the route service about itself.
+pub(crate) struct Reporter {
+    region: String,
+    zone: String,
+    ws_url: String,
+    tcp_addr: String,
+}
+
+impl Reporter {
+    pub(crate) fn new(cfg: &Config, bound: Bound) -> Self {
+        let host = |a: SocketAddr| match &cfg.server.public_host {
+            Some(h) => format!("{h}:{}", a.port()),
+            None => a.to_string(),
+        };
+        Self {
+            region: cfg.server.region.clone(),
+            zone: cfg.server.zone.clone(),
+            ws_url: format!("ws://{}/ws", host(bound.http)),
+            tcp_addr: host(bound.tcp),
+        }
+    }
+
+    pub(crate) fn now(&self, gw: &Gateway) -> GatewayReport {
+        GatewayReport {
+            id: gw.id,
+            region: self.region.clone(),
+            zone: self.zone.clone(),
+            ws_url: Some(self.ws_url.clone()),
+            tcp_addr: Some(self.tcp_addr.clone()),
+            connections: gw.connections(),
+            at_ms: xinge_core::now_ms(),
+        }
+    }
 }
