@@ -95,7 +95,10 @@ impl Device {
         let (other_tx, other_rx) = mpsc::channel(1024);
         let (stop, stop_rx) = watch::channel(false);
         let runner = Runner {
-            route: opts.route.as_deref().map_or_else(|| http.clone(), Http::new),
+            route: opts
+                .route
+                .as_deref()
+                .map_or_else(|| http.clone(), Http::new),
             http: http.clone(),
             shared: shared.clone(),
             events: ev_tx,

@@ -227,7 +227,10 @@ pub async fn serve_commands(
     Ok(())
 }
 
-async fn handle_command(upstream: &dyn Upstream, msg: &async_nats::Message) -> Result<Bytes, ApiError> {
+async fn handle_command(
+    upstream: &dyn Upstream,
+    msg: &async_nats::Message,
+) -> Result<Bytes, ApiError> {
     let h = msg.headers.as_ref();
     let bad = || ApiError::new(ErrorCode::BadRequest, "command without a session");
     let cmd: u16 = msg

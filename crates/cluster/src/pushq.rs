@@ -104,7 +104,11 @@ impl Signals for StreamSignals {
         let bytes = frame.encode();
         let now = xinge_core::now_ms();
         for chunk in users.chunks(USERS_PER_EVENT) {
-            if self.queue.try_send(encode_push(now, chunk, &bytes)).is_err() {
+            if self
+                .queue
+                .try_send(encode_push(now, chunk, &bytes))
+                .is_err()
+            {
                 metrics::counter!("xinge_signals_dropped_total").increment(chunk.len() as u64);
             }
         }

@@ -170,7 +170,11 @@ impl Registry {
     }
 
     /// A gateway's load report, kept for three refresh periods.
-    pub async fn report_gateway(&self, r: &GatewayReport, keep: Duration) -> Result<(), ClusterError> {
+    pub async fn report_gateway(
+        &self,
+        r: &GatewayReport,
+        keep: Duration,
+    ) -> Result<(), ClusterError> {
         let json = serde_json::to_string(r).unwrap_or_default();
         let mut conn = self.redis.clone();
         redis::cmd("SET")
@@ -183,6 +187,12 @@ impl Registry {
         redis::cmd("SADD")
             .arg(self.names.gateways_key())
             .arg(r.id.0)
+            .query_async::<()>(&mut conn)
+            .await?;
+        // The list goes too once no gateway has reported for a while.
+        redis::cmd("PEXPIRE")
+            .arg(self.names.gateways_key())
+            .arg(keep.as_millis() as u64 * 10)
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
@@ -202,10 +212,8 @@ impl Registry {
             .iter()
             .map(|&id| self.names.gateway_key(GatewayId(id)))
             .collect();
-        let values: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut conn)
-            .await?;
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
         let mut out = Vec::new();
         for (id, v) in ids.into_iter().zip(values) {
             match v.and_then(|j| serde_json::from_str(&j).ok()) {

@@ -91,7 +91,10 @@ mod tests {
     fn round_trips_and_truncations() {
         let e = encode_push(5, &[UserId(1), UserId(2)], b"frame");
         let d = decode_push(e.clone()).unwrap();
-        assert_eq!((d.at_ms, d.users, &d.frame[..]), (5, vec![UserId(1), UserId(2)], &b"frame"[..]));
+        assert_eq!(
+            (d.at_ms, d.users, &d.frame[..]),
+            (5, vec![UserId(1), UserId(2)], &b"frame"[..])
+        );
         assert!(decode_push(e.slice(..15)).is_none());
         let d = encode_delivery(&[ConnId(9)], b"f");
         assert_eq!(decode_delivery(d.clone()).unwrap().0, vec![ConnId(9)]);
@@ -99,7 +102,11 @@ mod tests {
         let mut huge = BytesMut::new();
         huge.put_u32(u32::MAX);
         assert!(decode_delivery(huge.freeze()).is_none());
-        let p = PresenceChange { user: UserId(3), online: true, at_ms: 4 };
+        let p = PresenceChange {
+            user: UserId(3),
+            online: true,
+            at_ms: 4,
+        };
         assert_eq!(decode_presence(encode_presence(&p)), Some(p));
         assert!(decode_presence(Bytes::from_static(b"x")).is_none());
     }

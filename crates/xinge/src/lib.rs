@@ -2,5 +2,5 @@
 //! flags; tests bind port 0 and call [`serve::run`] directly. [`roles`] runs one role of a
 //! distributed deployment per process.
 
-pub mod serve;
 pub mod roles;
+pub mod serve;

@@ -119,8 +119,7 @@ fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
 
 async fn terminated() {
     #[cfg(unix)]
-    if let Ok(mut term) =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -145,9 +144,24 @@ async fn role(name: &str, args: RoleArgs) -> Result<(), Box<dyn std::error::Erro
             })
             .await?
         }
-        "api" => roles::run_api(cfg, http, stop, |a| println!("xinge ready role=api http={a}")).await?,
-        "push" => roles::run_push(cfg, http, stop, |a| println!("xinge ready role=push http={a}")).await?,
-        _ => roles::run_route(cfg, http, stop, |a| println!("xinge ready role=route http={a}")).await?,
+        "api" => {
+            roles::run_api(cfg, http, stop, |a| {
+                println!("xinge ready role=api http={a}")
+            })
+            .await?
+        }
+        "push" => {
+            roles::run_push(cfg, http, stop, |a| {
+                println!("xinge ready role=push http={a}")
+            })
+            .await?
+        }
+        _ => {
+            roles::run_route(cfg, http, stop, |a| {
+                println!("xinge ready role=route http={a}")
+            })
+            .await?
+        }
     }
     Ok(())
 }

@@ -154,7 +154,10 @@ pub async fn run_gateway(
     let (gw, registry, mut stop) = (gateway.clone(), e.registry.clone(), shutdown.clone());
     tokio::spawn(async move {
         loop {
-            if let Err(err) = registry.report_gateway(&reporter.now(&gw), refresh * 3).await {
+            if let Err(err) = registry
+                .report_gateway(&reporter.now(&gw), refresh * 3)
+                .await
+            {
                 tracing::warn!(error = %err, "gateway load report failed");
             }
             tokio::select! {
