@@ -90,10 +90,15 @@ struct Cluster {
     config: std::path::PathBuf,
     schema: String,
     prefix: String,
+    nats: String,
 }
 
 impl Cluster {
     fn new() -> Self {
+        Self::on(NATS, REDIS)
+    }
+
+    fn on(nats: &str, redis: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let id = format!(
             "{}{:x}",
@@ -108,7 +113,7 @@ impl Cluster {
                 "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\ntoken_secret = \"{SECRET}\"\n\
                  [store]\npostgres_url = \"{}\"\npostgres_schema = \"{schema}\"\npostgres_pool = 4\n\
                  [gateway]\nheartbeat_timeout_secs = 10\n\
-                 [cluster]\nnats_url = \"{NATS}\"\nredis_url = \"{REDIS}\"\nprefix = \"{prefix}\"\n\
+                 [cluster]\nnats_url = \"{nats}\"\nredis_url = \"{redis}\"\nprefix = \"{prefix}\"\n\
                  refresh_secs = 1\nsession_ttl_secs = 4\nrequest_timeout_ms = 2000\npush_ack_wait_ms = 1000\n",
                 pg_url()
             ),
@@ -119,6 +124,7 @@ impl Cluster {
             config,
             schema,
             prefix,
+            nats: nats.to_owned(),
         }
     }
 
@@ -155,7 +161,7 @@ impl Cluster {
 
     /// Leaves the shared engines as they were: the test's tables and push stream go.
     async fn clean_up(&self) {
-        let nats = async_nats::connect(NATS).await.unwrap();
+        let nats = async_nats::connect(self.nats.as_str()).await.unwrap();
         let stream = xinge_cluster::Names::new(&self.prefix).push_stream();
         let _ = async_nats::jetstream::new(nats).delete_stream(stream).await;
         let store = xinge_store::pg::PgStore::connect(&xinge_store::pg::PgOptions {
@@ -417,5 +423,224 @@ async fn signals_reach_only_the_gateways_holding_the_users() {
         "the third gateway holds neither user and is never sent anything"
     );
     drop((gateways, api));
+    c.clean_up().await;
+}
+
+// === Redis and NATS restarts ===
+
+/// A private engine process on a free loopback port, so restarting it touches no other test.
+struct Engine {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+    program: String,
+}
+
+impl Engine {
+    fn start(program: &str, args: impl Fn(u16) -> Vec<String>) -> Option<Self> {
+        let path = ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
+            .iter()
+            .map(|d| format!("{d}/{program}"))
+            .find(|p| std::path::Path::new(p).exists())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut e = Self {
+            child: None,
+            port,
+            args: args(port),
+            program: path,
+        };
+        e.restart();
+        Some(e)
+    }
+
+    /// Starts it (again) and waits until it accepts connections.
+    fn restart(&mut self) {
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start engine");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "{} did not start", self.program);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// What one device has been handed: each message once, in conv_seq order per conversation.
+#[derive(Default)]
+struct Seen {
+    msgs: HashSet<MsgId>,
+    last: HashMap<ConvId, u64>,
+}
+
+impl Seen {
+    async fn next(&mut self, dev: &Device) {
+        let e = dev
+            .next_event(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("nothing more arrived after {}", self.msgs.len()));
+        if let Event::Message { message } = e.event {
+            let last = self.last.entry(message.conv).or_default();
+            assert!(message.conv_seq > *last, "in conv_seq order");
+            *last = message.conv_seq;
+            assert!(self.msgs.insert(message.msg_id), "exactly once");
+        }
+    }
+}
+
+/// Sends one probe from `from` to `to` and waits until `to` has it: the time the whole path
+/// (gateway → api → store → stream → push → gateway) takes to work again.
+async fn recovery(
+    (from, to, to_id): (&Device, &Device, UserId),
+    seen: &mut Seen,
+    tag: &str,
+    acked: &Acked,
+) -> Duration {
+    let started = Instant::now();
+    let r = from
+        .send(&SendRequest {
+            to: Some(to_id),
+            client_msg_id: tag.into(),
+            content: serde_json::json!({}),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    acked.lock().unwrap().push((r.conv, r.msg_id, r.conv_seq));
+    while !seen.msgs.contains(&r.msg_id) {
+        seen.next(to).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_roles_recover_by_themselves_from_redis_and_nats_restarts() {
+    let test = "the_roles_recover_by_themselves_from_redis_and_nats_restarts";
+    if !engines_up(test).await {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let sd = store.path().to_str().unwrap().to_owned();
+    let redis = Engine::start("redis-server", |p| {
+        [
+            "--port",
+            &p.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    let nats = Engine::start("nats-server", |p| {
+        ["-a", "127.0.0.1", "-p", &p.to_string(), "-js", "-sd", &sd]
+            .map(String::from)
+            .to_vec()
+    });
+    let (Some(mut redis), Some(mut nats)) = (redis, nats) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server and nats-server are required under CI"
+        );
+        eprintln!("SKIPPED {test}: redis-server or nats-server is not installed");
+        return;
+    };
+    let c = Cluster::on(
+        &format!("nats://127.0.0.1:{}", nats.port),
+        &format!("redis://127.0.0.1:{}", redis.port),
+    );
+    let route = c.spawn("route", 1);
+    let gateways = [c.spawn("gateway", 10), c.spawn("gateway", 11)];
+    let api = c.spawn("api", 20);
+    let push = c.spawn("push", 30);
+    wait_gateways(&route, 2).await;
+    let (alice, a) = login(&api.http, "alice", "laptop").await;
+    let (bob, b) = login(&api.http, "bob", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    let device = |http: &Http| {
+        Arc::new(Device::start(
+            http.clone(),
+            DeviceOptions {
+                route: Some(format!("http://{}", route.http)),
+                repair_interval: Duration::from_secs(2),
+                ..Default::default()
+            },
+        ))
+    };
+    let (da, db) = (device(&alice), device(&bob));
+    assert!(da.wait_connected(Duration::from_secs(20)).await);
+    assert!(db.wait_connected(Duration::from_secs(20)).await);
+
+    let acked: Acked = Arc::default();
+    let n = 50;
+    let traffic = tokio::spawn({
+        let (da, acked) = (da.clone(), acked.clone());
+        let to = SendRequest {
+            to: Some(b),
+            ..Default::default()
+        };
+        async move { sender(da, to, "ab", n, acked).await }
+    });
+    // Each engine is killed and restarted during the traffic; right after each restart a
+    // probe from Bob measures how long until a message reaches Alice again.
+    let mut seen_a = Seen::default();
+    let path = (&*db, &*da, a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    let after_redis = recovery(path, &mut seen_a, "probe-redis", &acked).await;
+    nats.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.restart();
+    let after_nats = recovery(path, &mut seen_a, "probe-nats", &acked).await;
+    traffic.await.unwrap();
+    eprintln!(
+        "{test}: delivery works again {after_redis:?} after the Redis restart, {after_nats:?} after the NATS restart"
+    );
+    for took in [after_redis, after_nats] {
+        assert!(
+            took < Duration::from_secs(15),
+            "recovered within the bound: {took:?}"
+        );
+    }
+
+    let all: HashSet<MsgId> = acked.lock().unwrap().iter().map(|m| m.1).collect();
+    assert_eq!(all.len(), n + 2);
+    for (dev, mut seen) in [(&da, seen_a), (&db, Seen::default())] {
+        let started = Instant::now();
+        while !all.is_subset(&seen.msgs) {
+            seen.next(dev).await;
+        }
+        eprintln!(
+            "{test}: a device had everything {:?} later",
+            started.elapsed()
+        );
+    }
+    drop((route, gateways, api, push));
     c.clean_up().await;
 }
