@@ -47,6 +47,23 @@ async fn engines(cfg: &Config, role: &str) -> Result<Engines, ServeError> {
     })
 }
 
+/// Runs `work` now and then every `period` until `shutdown`.
+pub(crate) fn every<F, Fut>(period: Duration, mut shutdown: watch::Receiver<bool>, mut work: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            work().await;
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
+}
+
 async fn serve_http(
     http: TcpListener,
     app: axum::Router,
@@ -151,18 +168,16 @@ pub async fn run_gateway(
         tcp: tcp.local_addr()?,
     };
     let reporter = Reporter::new(&cfg, bound);
-    let (gw, registry, mut stop) = (gateway.clone(), e.registry.clone(), shutdown.clone());
-    tokio::spawn(async move {
-        loop {
+    let (gw, registry) = (gateway.clone(), e.registry.clone());
+    let reporter = Arc::new(reporter);
+    every(refresh, shutdown.clone(), move || {
+        let (gw, registry, reporter) = (gw.clone(), registry.clone(), reporter.clone());
+        async move {
             if let Err(err) = registry
                 .report_gateway(&reporter.now(&gw), refresh * 3)
                 .await
             {
                 tracing::warn!(error = %err, "gateway load report failed");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(refresh) => {}
-                _ = stop.changed() => return,
             }
         }
     });
@@ -217,19 +232,20 @@ pub async fn run_route(
     let refresh = Duration::from_secs(cfg.cluster.refresh_secs);
     // A gateway that missed three reports is no longer offered.
     let route = Arc::new(Route::new(refresh.as_millis() as u64 * 3));
-    let (r, registry, mut stop) = (route.clone(), e.registry.clone(), shutdown.clone());
-    tokio::spawn(async move {
-        loop {
-            match registry.gateways().await {
-                Ok(list) => list.into_iter().for_each(|g| r.report(g)),
-                Err(err) => tracing::warn!(error = %err, "cannot read gateway reports"),
+    let (r, registry) = (route.clone(), e.registry.clone());
+    every(
+        Duration::from_secs(1).min(refresh),
+        shutdown.clone(),
+        move || {
+            let (r, registry) = (r.clone(), registry.clone());
+            async move {
+                match registry.gateways().await {
+                    Ok(list) => list.into_iter().for_each(|g| r.report(g)),
+                    Err(err) => tracing::warn!(error = %err, "cannot read gateway reports"),
+                }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1).min(refresh)) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    });
+        },
+    );
     ready(http.local_addr()?);
     serve_http(http, xinge_api::route_app(route), shutdown).await
 }

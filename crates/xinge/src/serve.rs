@@ -155,17 +155,12 @@ fn spawn_self_report(
     bound: Bound,
     gw: Arc<Gateway>,
     route: Arc<Route>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let report = Reporter::new(cfg, bound);
-    tokio::spawn(async move {
-        loop {
-            route.report(report.now(&gw));
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+    crate::roles::every(Duration::from_secs(5), shutdown, move || {
+        route.report(report.now(&gw));
+        std::future::ready(())
     });
 }
 
