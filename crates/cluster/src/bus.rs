@@ -38,14 +38,7 @@ fn unavailable(what: &str) -> ApiError {
 
 /// A fresh trace id: 16 hex digits.
 pub fn trace_id() -> String {
-    format!("{:016x}", rand_u64())
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(xinge_core::now_ms());
-    h.finish()
+    format!("{:016x}", rand::random::<u64>())
 }
 
 // === the gateway's side ===
