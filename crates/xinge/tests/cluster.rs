@@ -95,10 +95,11 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Self {
-        Self::on(NATS, REDIS)
+        Self::on(NATS, REDIS, "")
     }
 
-    fn on(nats: &str, redis: &str) -> Self {
+    /// On other engines; `extra` lines go into the `[cluster]` section.
+    fn on(nats: &str, redis: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let id = format!(
             "{}{:x}",
@@ -114,7 +115,7 @@ impl Cluster {
                  [store]\npostgres_url = \"{}\"\npostgres_schema = \"{schema}\"\npostgres_pool = 4\n\
                  [gateway]\nheartbeat_timeout_secs = 10\n\
                  [cluster]\nnats_url = \"{nats}\"\nredis_url = \"{redis}\"\nprefix = \"{prefix}\"\n\
-                 refresh_secs = 1\nsession_ttl_secs = 4\nrequest_timeout_ms = 2000\npush_ack_wait_ms = 1000\n",
+                 refresh_secs = 1\nsession_ttl_secs = 4\nrequest_timeout_ms = 2000\npush_ack_wait_ms = 1000\n{extra}\n",
                 pg_url()
             ),
         )
@@ -161,7 +162,8 @@ impl Cluster {
 
     /// Leaves the shared engines as they were: the test's tables and push stream go.
     async fn clean_up(&self) {
-        let nats = async_nats::connect(self.nats.as_str()).await.unwrap();
+        let servers: Vec<&str> = self.nats.split(',').collect();
+        let nats = async_nats::connect(servers).await.unwrap();
         let stream = xinge_cluster::Names::new(&self.prefix).push_stream();
         let _ = async_nats::jetstream::new(nats).delete_stream(stream).await;
         let store = xinge_store::pg::PgStore::connect(&xinge_store::pg::PgOptions {
@@ -572,6 +574,7 @@ async fn the_roles_recover_by_themselves_from_redis_and_nats_restarts() {
     let c = Cluster::on(
         &format!("nats://127.0.0.1:{}", nats.port),
         &format!("redis://127.0.0.1:{}", redis.port),
+        "",
     );
     let route = c.spawn("route", 1);
     let gateways = [c.spawn("gateway", 10), c.spawn("gateway", 11)];
@@ -642,5 +645,159 @@ async fn the_roles_recover_by_themselves_from_redis_and_nats_restarts() {
         );
     }
     drop((route, gateways, api, push));
+    c.clean_up().await;
+}
+
+// === a 3-node NATS cluster and a Redis Cluster ===
+
+/// The clusters `scripts/engines.sh` starts, on ports of their own, stopped when dropped.
+struct Clusters {
+    dir: tempfile::TempDir,
+    nats: u16,
+    redis: u16,
+}
+
+impl Clusters {
+    fn script(&self, what: &str) -> bool {
+        Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../scripts/engines.sh"
+            ))
+            .arg(what)
+            .env("XINGE_ENGINES_DIR", self.dir.path())
+            .env("XINGE_NATS_CLUSTER_PORT", self.nats.to_string())
+            .env("XINGE_REDIS_CLUSTER_PORT", self.redis.to_string())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn start() -> Option<Self> {
+        // Ports apart from any other run's: NATS clients base..base+2 (routes +2000),
+        // Redis base..base+5 (cluster bus +10000).
+        let r = xinge_core::now_ms() % 900;
+        let c = Self {
+            dir: tempfile::tempdir().unwrap(),
+            nats: 21_000 + r as u16 * 4,
+            redis: 30_000 + r as u16 * 8,
+        };
+        (c.script("nats-cluster") && c.script("redis-cluster")).then_some(c)
+    }
+
+    fn urls(scheme: &str, base: u16, n: u16) -> String {
+        (0..n)
+            .map(|i| format!("{scheme}://127.0.0.1:{}", base + i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn kill9(&self, node: &str) {
+        let pid = std::fs::read_to_string(self.dir.path().join(format!("{node}.pid"))).unwrap();
+        let ok = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "killed {node}");
+    }
+}
+
+impl Drop for Clusters {
+    fn drop(&mut self) {
+        self.script("stop-clusters");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_on_a_nats_cluster_and_a_redis_cluster_survive_losing_a_node_of_each() {
+    let test = "roles_on_a_nats_cluster_and_a_redis_cluster_survive_losing_a_node_of_each";
+    if !engines_up(test).await {
+        return;
+    }
+    let Some(clusters) = Clusters::start() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the engine clusters must start under CI"
+        );
+        eprintln!("SKIPPED {test}: scripts/engines.sh could not start the clusters");
+        return;
+    };
+    let c = Cluster::on(
+        &Clusters::urls("nats", clusters.nats, 3),
+        &Clusters::urls("redis", clusters.redis, 3),
+        "stream_replicas = 3",
+    );
+    let route = c.spawn("route", 1);
+    let gateways = [c.spawn("gateway", 10), c.spawn("gateway", 11)];
+    let apis = [c.spawn("api", 20), c.spawn("api", 21)];
+    let pushes = [c.spawn("push", 30), c.spawn("push", 31)];
+    wait_gateways(&route, 2).await;
+    let (alice, a) = login(&apis[0].http, "alice", "laptop").await;
+    let (bob, b) = login(&apis[1].http, "bob", "laptop").await;
+    let (carol, cid) = login(&apis[0].http, "carol", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    let group = alice.create_group("trio", &[b, cid]).await.unwrap().conv;
+    let device = |http: &Http, transport| {
+        Arc::new(Device::start(
+            http.clone(),
+            DeviceOptions {
+                transport,
+                route: Some(format!("http://{}", route.http)),
+                repair_interval: Duration::from_secs(2),
+                ..Default::default()
+            },
+        ))
+    };
+    let devices = [
+        (a, device(&alice, Transport::Tcp)),
+        (b, device(&bob, Transport::Ws)),
+        (cid, device(&carol, Transport::Tcp)),
+    ];
+    for (_, d) in &devices {
+        assert!(d.wait_connected(Duration::from_secs(20)).await);
+    }
+    let acked: Acked = Arc::default();
+    let n = 60;
+    let traffic = tokio::spawn({
+        let (da, db, acked) = (devices[0].1.clone(), devices[1].1.clone(), acked.clone());
+        let (dm, to_group) = (
+            SendRequest {
+                to: Some(b),
+                ..Default::default()
+            },
+            SendRequest {
+                conv: Some(group),
+                ..Default::default()
+            },
+        );
+        async move {
+            tokio::join!(
+                sender(da, dm, "ab", n, acked.clone()),
+                sender(db, to_group, "bg", n, acked.clone()),
+            );
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    clusters.kill9(&format!("nats-{}", clusters.nats));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    clusters.kill9(&format!("redis-{}", clusters.redis)); // a master: its replica takes over
+    traffic.await.unwrap();
+
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 2 * n);
+    for (user, dev) in &devices {
+        let mine: HashSet<MsgId> = acked
+            .iter()
+            .filter(|(conv, _, _)| conv_has(conv, *user))
+            .map(|m| m.1)
+            .collect();
+        let mut seen = Seen::default();
+        while !mine.is_subset(&seen.msgs) {
+            seen.next(dev).await;
+        }
+    }
+    for (_, d) in &devices {
+        d.stop();
+    }
+    drop((route, gateways, apis, pushes));
     c.clean_up().await;
 }
