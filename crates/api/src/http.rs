@@ -124,14 +124,33 @@ pub struct RouteQuery {
 #[utoipa::path(get, path = "/v1/route", operation_id = "route", params(
     ("region" = Option<String>, Query, description = "the client's region"),
     ("zone" = Option<String>, Query, description = "the client's zone")),
-    responses((status = 200, body = RouteResponse)))]
+    responses((status = 200, body = RouteResponse), (status = 429, body = ApiError)))]
 pub async fn route_handler(
     State(route): State<Arc<Route>>,
     Query(q): Query<RouteQuery>,
-) -> Json<RouteResponse> {
+    ext: axum::http::Extensions,
+) -> Response {
+    // The peer address, when the server was started with connect info (tests through
+    // `oneshot` have none and are not limited).
+    let peer = ext
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(Err(wait)) = peer.map(|ip| route.admit(ip)) {
+        metrics::counter!("xinge_route_refused_total").increment(1);
+        let mut resp = HttpError(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many connection attempts: retry after the time given",
+        ))
+        .into_response();
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        resp.headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from(secs.max(1)));
+        return resp;
+    }
     Json(RouteResponse {
         gateways: route.rank(&q.region, &q.zone, xinge_core::now_ms()),
     })
+    .into_response()
 }
 
 #[utoipa::path(post, path = "/v1/accounts", request_body = RegisterRequest,

@@ -15,6 +15,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
+    pub route: RouteConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -177,6 +178,33 @@ impl Default for StoreConfig {
     }
 }
 
+/// The route service's connection admission (seed 000 Q7): token buckets per source IP
+/// and in all; a refused client gets `rate_limited` and a `retry-after`. Per-IP limits are
+/// generous because many mobile clients share a carrier's NAT address.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    pub per_ip_per_sec: f64,
+    pub per_ip_burst: f64,
+    pub global_per_sec: f64,
+    pub global_burst: f64,
+    /// Source IPs tracked at once; past that, idle ones are forgotten, and if none is idle
+    /// a new IP is held to the global limit only.
+    pub max_ips: usize,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self {
+            per_ip_per_sec: 50.0,
+            per_ip_burst: 200.0,
+            global_per_sec: 20_000.0,
+            global_burst: 50_000.0,
+            max_ips: 100_000,
+        }
+    }
+}
+
 /// The engines of the distributed roles (`xinge route|gateway|api|push`); unused by
 /// `xinge serve`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -275,6 +303,15 @@ impl Config {
         }
         if self.gateway.heartbeat_timeout_secs == 0 || self.gateway.heartbeat_timeout_secs > 3600 {
             return bad("gateway.heartbeat_timeout_secs must be 1-3600");
+        }
+        let r = &self.route;
+        if !(r.per_ip_per_sec > 0.0
+            && r.per_ip_burst >= 1.0
+            && r.global_per_sec > 0.0
+            && r.global_burst >= 1.0
+            && r.max_ips > 0)
+        {
+            return bad("route admission rates must be positive and bursts at least 1");
         }
         let c = &self.cluster;
         if c.prefix.is_empty()

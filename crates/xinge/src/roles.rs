@@ -69,6 +69,7 @@ async fn serve_http(
     app: axum::Router,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(http, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;
@@ -231,7 +232,8 @@ pub async fn run_route(
     let e = engines(&cfg, "route").await?;
     let refresh = Duration::from_secs(cfg.cluster.refresh_secs);
     // A gateway that missed three reports is no longer offered.
-    let route = Arc::new(Route::new(refresh.as_millis() as u64 * 3));
+    let route =
+        Arc::new(Route::new(refresh.as_millis() as u64 * 3).with_admission((&cfg.route).into()));
     let (r, registry) = (route.clone(), e.registry.clone());
     every(
         Duration::from_secs(1).min(refresh),

@@ -119,7 +119,7 @@ pub async fn run(
         http: http.local_addr()?,
         tcp: tcp.local_addr()?,
     };
-    let route = Arc::new(Route::new(15_000));
+    let route = Arc::new(Route::new(15_000).with_admission((&cfg.route).into()));
     spawn_self_report(
         &cfg,
         bound,
@@ -139,6 +139,7 @@ pub async fn run(
         route,
     });
     let mut stop = shutdown.clone();
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(http, app).with_graceful_shutdown(async move {
         let _ = stop.wait_for(|s| *s).await;
     });

@@ -595,3 +595,28 @@ async fn a_client_that_stops_reading_is_disconnected_and_catches_up_by_pull() {
     assert_eq!(got, n);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_route_service_rate_limits_connection_admission_per_ip() {
+    let server = start(|c| {
+        c.route.per_ip_burst = 3.0;
+        c.route.per_ip_per_sec = 1.0;
+    })
+    .await;
+    let url = format!("{}/v1/route", server.base);
+    for _ in 0..3 {
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "retry after {retry}s");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited");
+    server.stop().await;
+}
