@@ -7,8 +7,10 @@
 //! gateway ── publish <p>.presence (queue group "api") ──▶ one api process tells friends
 //! ```
 //! A command carries the session in headers (`xinge-user`, `xinge-device`, `xinge-conn`)
-//! and a trace id (`xinge-trace`) that both sides log, so one message can be followed from
-//! the gateway through the api process. An error answer has `xinge-error: <code>` and the
+//! and a trace id (`xinge-trace`) that every role logs: the gateway when it sends the
+//! command, the api process when it has handled it, and — carried inside the push events
+//! the command caused (a task-local, so the IM layer need not know) — the push process
+//! when it hands the signals to gateways. One send can be followed across all three. An error answer has `xinge-error: <code>` and the
 //! message as its payload.
 
 use crate::Names;
@@ -36,9 +38,14 @@ fn unavailable(what: &str) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, what)
 }
 
-/// A fresh trace id: 16 hex digits.
-pub fn trace_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+tokio::task_local! {
+    /// The trace id of the command being handled on this task (0: none).
+    pub static TRACE: u64;
+}
+
+/// The trace id of the command this task is handling, if any.
+pub fn current_trace() -> u64 {
+    TRACE.try_with(|t| *t).unwrap_or(0)
 }
 
 // === the gateway's side ===
@@ -89,7 +96,7 @@ impl NatsUpstream {
 #[async_trait]
 impl Upstream for NatsUpstream {
     async fn handle(&self, s: &SessionCtx, cmd: u16, body: Bytes) -> Result<Bytes, ApiError> {
-        let trace = trace_id();
+        let trace = format!("{:016x}", rand::random::<u64>());
         let mut h = HeaderMap::new();
         h.insert(H_USER, s.user.0.to_string().as_str());
         h.insert(H_DEVICE, s.device.as_str());
@@ -145,6 +152,7 @@ pub async fn deliveries(
             if tx.try_send(Delivery { conns, frame }).is_err() {
                 metrics::counter!("xinge_signals_dropped_total").increment(1);
             }
+            crate::pushq::queue_depth("deliveries", &tx);
         }
     });
     Ok(rx)
@@ -237,13 +245,19 @@ async fn handle_command(
     let device: String = header(h, H_DEVICE).ok_or_else(bad)?;
     let device = DeviceId::parse(&device).ok_or_else(bad)?;
     let trace: String = header(h, H_TRACE).unwrap_or_default();
+    let trace_id = u64::from_str_radix(&trace, 16).unwrap_or(0);
     let session = SessionCtx {
         user: UserId(user),
         device,
         conn: ConnId(conn),
     };
     let started = std::time::Instant::now();
-    let r = upstream.handle(&session, cmd, msg.payload.clone()).await;
+    let r = TRACE
+        .scope(
+            trace_id,
+            upstream.handle(&session, cmd, msg.payload.clone()),
+        )
+        .await;
     tracing::debug!(trace = %trace, user, cmd, ok = r.is_ok(), ms = started.elapsed().as_millis() as u64, "command handled");
     r
 }

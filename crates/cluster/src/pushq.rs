@@ -93,6 +93,12 @@ impl StreamSignals {
     }
 }
 
+/// `xinge_queue_depth{queue}`: how full one of this process's bounded queues is.
+pub(crate) fn queue_depth<T>(queue: &'static str, tx: &mpsc::Sender<T>) {
+    metrics::gauge!("xinge_queue_depth", "queue" => queue)
+        .set((tx.max_capacity() - tx.capacity()) as f64);
+}
+
 fn refused(e: &dyn std::fmt::Display) {
     metrics::counter!("xinge_signals_dropped_total").increment(1);
     tracing::warn!(error = %e, "push event not stored; clients repair by pull");
@@ -102,16 +108,14 @@ fn refused(e: &dyn std::fmt::Display) {
 impl Signals for StreamSignals {
     fn signal(&self, users: &[UserId], frame: &Frame) {
         let bytes = frame.encode();
-        let now = xinge_core::now_ms();
+        let (now, trace) = (xinge_core::now_ms(), crate::bus::current_trace());
         for chunk in users.chunks(USERS_PER_EVENT) {
-            if self
-                .queue
-                .try_send(encode_push(now, chunk, &bytes))
-                .is_err()
-            {
+            let event = encode_push(now, trace, chunk, &bytes);
+            if self.queue.try_send(event).is_err() {
                 metrics::counter!("xinge_signals_dropped_total").increment(chunk.len() as u64);
             }
         }
+        queue_depth("push_publish", &self.queue);
     }
 
     async fn presence(&self, user: UserId) -> (bool, u64) {
@@ -221,6 +225,7 @@ async fn route_batch(
                 .map_err(ClusterError::nats)?;
         }
         metrics::counter!("xinge_push_events_total").increment(1);
+        tracing::debug!(trace = %format_args!("{:016x}", event.trace), users = event.users.len(), "signals handed to gateways");
         metrics::histogram!("xinge_signal_seconds")
             .record(now.saturating_sub(event.at_ms) as f64 / 1000.0);
     }

@@ -323,6 +323,7 @@ impl GatewaySessions {
         if self.writes.try_send(w).is_err() {
             metrics::counter!("xinge_registry_dropped_total").increment(1);
         }
+        crate::pushq::queue_depth("registry_writes", &self.writes);
     }
 }
 

@@ -5,17 +5,19 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use xinge_core::{ConnId, UserId};
 use xinge_push::PresenceChange;
 
-/// A push event (api → push): when it was made, the users to signal, and the encoded
-/// frame for all of them.
+/// A push event (api → push): when it was made, the trace id of the command that caused it
+/// (0: none), the users to signal, and the encoded frame for all of them.
 pub struct PushEvent {
     pub at_ms: u64,
+    pub trace: u64,
     pub users: Vec<UserId>,
     pub frame: Bytes,
 }
 
-pub fn encode_push(at_ms: u64, users: &[UserId], frame: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(12 + users.len() * 8 + frame.len());
+pub fn encode_push(at_ms: u64, trace: u64, users: &[UserId], frame: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(20 + users.len() * 8 + frame.len());
     b.put_u64(at_ms);
+    b.put_u64(trace);
     b.put_u32(users.len() as u32);
     for u in users {
         b.put_u64(u.0);
@@ -25,10 +27,11 @@ pub fn encode_push(at_ms: u64, users: &[UserId], frame: &[u8]) -> Bytes {
 }
 
 pub fn decode_push(mut b: Bytes) -> Option<PushEvent> {
-    if b.len() < 12 {
+    if b.len() < 20 {
         return None;
     }
     let at_ms = b.get_u64();
+    let trace = b.get_u64();
     let n = b.get_u32() as usize;
     if b.len() < n.checked_mul(8)? {
         return None;
@@ -36,6 +39,7 @@ pub fn decode_push(mut b: Bytes) -> Option<PushEvent> {
     let users = (0..n).map(|_| UserId(b.get_u64())).collect();
     Some(PushEvent {
         at_ms,
+        trace,
         users,
         frame: b,
     })
@@ -89,13 +93,13 @@ mod tests {
 
     #[test]
     fn round_trips_and_truncations() {
-        let e = encode_push(5, &[UserId(1), UserId(2)], b"frame");
+        let e = encode_push(5, 6, &[UserId(1), UserId(2)], b"frame");
         let d = decode_push(e.clone()).unwrap();
         assert_eq!(
-            (d.at_ms, d.users, &d.frame[..]),
-            (5, vec![UserId(1), UserId(2)], &b"frame"[..])
+            (d.at_ms, d.trace, d.users, &d.frame[..]),
+            (5, 6, vec![UserId(1), UserId(2)], &b"frame"[..])
         );
-        assert!(decode_push(e.slice(..15)).is_none());
+        assert!(decode_push(e.slice(..23)).is_none());
         let d = encode_delivery(&[ConnId(9)], b"f");
         assert_eq!(decode_delivery(d.clone()).unwrap().0, vec![ConnId(9)]);
         assert!(decode_delivery(d.slice(..6)).is_none());

@@ -136,7 +136,11 @@ impl Cluster {
             .arg(&self.config)
             .args(["--node-id", &node.to_string(), "--http-addr", "127.0.0.1:0"])
             .args(["--tcp-addr", "127.0.0.1:0"])
-            .env("XINGE_LOG", "warn")
+            // XINGE_TEST_LOG=debug shows every role's trace lines.
+            .env(
+                "XINGE_LOG",
+                std::env::var("XINGE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .current_dir(self.dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
