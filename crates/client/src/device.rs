@@ -195,6 +195,10 @@ impl Device {
             self.wait_connected(left).await;
             match self.call(cmd::SEND, req).await {
                 Ok(r) => return Ok(r),
+                // Over the server's rate limit: wait a little, then the same send again.
+                Err(ClientError::Api(e)) if e.code == ErrorCode::RateLimited => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 Err(ClientError::Api(e))
                     if e.code != ErrorCode::Unavailable && e.code != ErrorCode::SlowConsumer =>
                 {

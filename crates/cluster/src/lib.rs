@@ -11,6 +11,7 @@
 //! bus.rs       NATS: commands gateway → api (request/reply, load-balanced by a queue
 //!              group), deliveries push → the one gateway holding the connection,
 //!              presence changes gateway → api
+//! limits.rs    Redis: per-user send and pull limits shared by every api process
 //! pushq.rs     JetStream: signals api → push on a durable stream with explicit acks,
 //!              and the push worker
 //! ```
@@ -20,6 +21,7 @@
 
 pub mod bus;
 pub mod engines;
+pub mod limits;
 pub mod names;
 pub mod pushq;
 pub mod registry;

@@ -58,6 +58,11 @@ impl Names {
         format!("{}:{{u{user}}}:seen", self.prefix)
     }
 
+    /// A user's counter of `what` in rate-limit window `window`.
+    pub fn limit_key(&self, user: UserId, what: &str, window: u64) -> String {
+        format!("{}:{{u{user}}}:rl:{what}:{window}", self.prefix)
+    }
+
     pub fn gateway_key(&self, id: GatewayId) -> String {
         format!("{}:{{gw}}:{id}", self.prefix)
     }

@@ -80,6 +80,11 @@ impl Registry {
         }
     }
 
+    /// The Redis connection, for other users of the same engine.
+    pub fn redis(&self) -> Redis {
+        self.redis.clone()
+    }
+
     /// Adds a session; true if the user had none (came online).
     pub async fn bind(&self, user: UserId, s: &Session) -> Result<bool, ClusterError> {
         let now = xinge_core::now_ms();

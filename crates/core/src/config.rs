@@ -16,6 +16,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
     pub route: RouteConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -178,6 +179,34 @@ impl Default for StoreConfig {
     }
 }
 
+/// Per-user rate limits at the api (seed 000 Q7): token buckets, a burst then a rate. A
+/// caller over the limit gets `rate_limited` (HTTP 429 with `retry-after`); the SDK waits
+/// and retries with the same `client_msg_id`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub sends_per_sec: f64,
+    pub sends_burst: f64,
+    /// Inbox syncs and history pages.
+    pub pulls_per_sec: f64,
+    pub pulls_burst: f64,
+    /// Users tracked at once per process; past that, idle ones are forgotten, and if none
+    /// is idle a new user is not limited until room frees up.
+    pub max_users: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            sends_per_sec: 20.0,
+            sends_burst: 100.0,
+            pulls_per_sec: 50.0,
+            pulls_burst: 200.0,
+            max_users: 1_000_000,
+        }
+    }
+}
+
 /// The route service's connection admission (seed 000 Q7): token buckets per source IP
 /// and in all; a refused client gets `rate_limited` and a `retry-after`. Per-IP limits are
 /// generous because many mobile clients share a carrier's NAT address.
@@ -312,6 +341,15 @@ impl Config {
             && r.max_ips > 0)
         {
             return bad("route admission rates must be positive and bursts at least 1");
+        }
+        let l = &self.limits;
+        if !(l.sends_per_sec > 0.0
+            && l.sends_burst >= 1.0
+            && l.pulls_per_sec > 0.0
+            && l.pulls_burst >= 1.0
+            && l.max_users > 0)
+        {
+            return bad("limits: rates must be positive and bursts at least 1");
         }
         let c = &self.cluster;
         if c.prefix.is_empty()

@@ -7,6 +7,7 @@
 //! account.rs  register, login, logout, profile, authenticate
 //! friend.rs   requests, accept/decline, remove, block
 //! chat.rs     send, sync, conversations, history, read, receipts, recall, typing, presence
+//! limits.rs   sends and pulls per user: a Limiter trait, token buckets in one process
 //! ```
 //! Every operation takes the caller's identity first and returns `ApiError` with a stable
 //! code; internal failures are logged here and reach the client only as `internal`.
@@ -15,6 +16,7 @@ mod account;
 mod chat;
 mod friend;
 mod group;
+pub mod limits;
 pub mod token;
 
 use std::sync::Arc;
@@ -39,6 +41,7 @@ pub struct Caller {
 
 pub struct Logic {
     pub(crate) store: Arc<dyn Store>,
+    pub(crate) limiter: Arc<dyn limits::Limiter>,
     pub(crate) push: Arc<dyn Signals>,
     pub(crate) cfg: Config,
     pub(crate) tokens: token::TokenSigner,
@@ -111,14 +114,28 @@ pub fn message_signal_body(seq: u64, at_ms: u64, message: &[u8], inline_max: usi
 }
 
 impl Logic {
+    /// The IM layer with per-user limits kept in this process.
     pub fn new(
         store: Arc<dyn Store>,
         push: Arc<dyn Signals>,
         cfg: Config,
         token_secret: Vec<u8>,
     ) -> Arc<Self> {
+        let limiter = Arc::new(limits::LocalLimiter::new(&cfg.limits));
+        Self::with_limiter(store, push, limiter, cfg, token_secret)
+    }
+
+    /// The IM layer with a given limiter (the distributed api shares one in Redis).
+    pub fn with_limiter(
+        store: Arc<dyn Store>,
+        push: Arc<dyn Signals>,
+        limiter: Arc<dyn limits::Limiter>,
+        cfg: Config,
+        token_secret: Vec<u8>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
+            limiter,
             push,
             ids: xinge_core::idgen::IdGen::new(cfg.server.node_id),
             group_signals: group::GroupSignals::new(Duration::from_millis(
@@ -131,6 +148,21 @@ impl Logic {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Refuses `user` with `rate_limited` when over the limit for `what`.
+    pub(crate) async fn limit(&self, user: UserId, what: limits::Limited) -> Result<()> {
+        self.limiter.check(user, what).await.map_err(|wait| {
+            metrics::counter!("xinge_rate_limited_total", "what" => what.as_str()).increment(1);
+            bad(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many {}s: retry in {} ms",
+                    what.as_str(),
+                    wait.as_millis().max(1)
+                ),
+            )
+        })
     }
 
     /// Commits and then signals every new inbox entry to its owner's online devices —

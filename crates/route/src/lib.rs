@@ -5,7 +5,7 @@
 
 mod admission;
 
-pub use admission::{Admission, AdmissionConfig};
+pub use admission::Admission;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -43,7 +43,7 @@ impl Route {
     }
 
     /// Limits how many clients may ask for a gateway (see [`Admission`]).
-    pub fn with_admission(mut self, cfg: AdmissionConfig) -> Self {
+    pub fn with_admission(mut self, cfg: &xinge_core::config::RouteConfig) -> Self {
         self.admission = Some(Admission::new(cfg));
         self
     }

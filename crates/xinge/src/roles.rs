@@ -110,7 +110,12 @@ pub async fn run_api(
     let js = jetstream::new(e.nats.clone());
     pushq::ensure_stream(&js, &e.names, &cfg.cluster).await?;
     let signals = pushq::StreamSignals::start(js, &e.names, e.registry.clone());
-    let logic = Logic::new(store, signals, cfg.clone(), token_secret(&cfg)?);
+    let limiter = Arc::new(xinge_cluster::limits::SharedLimiter::new(
+        e.registry.redis(),
+        e.names.clone(),
+        cfg.limits.clone(),
+    ));
+    let logic = Logic::with_limiter(store, signals, limiter, cfg.clone(), token_secret(&cfg)?);
     let dispatch = Arc::new(Dispatch(logic.clone()));
     bus::serve_commands(
         e.nats.clone(),
@@ -232,8 +237,7 @@ pub async fn run_route(
     let e = engines(&cfg, "route").await?;
     let refresh = Duration::from_secs(cfg.cluster.refresh_secs);
     // A gateway that missed three reports is no longer offered.
-    let route =
-        Arc::new(Route::new(refresh.as_millis() as u64 * 3).with_admission((&cfg.route).into()));
+    let route = Arc::new(Route::new(refresh.as_millis() as u64 * 3).with_admission(&cfg.route));
     let (r, registry) = (route.clone(), e.registry.clone());
     every(
         Duration::from_secs(1).min(refresh),

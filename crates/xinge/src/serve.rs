@@ -119,7 +119,7 @@ pub async fn run(
         http: http.local_addr()?,
         tcp: tcp.local_addr()?,
     };
-    let route = Arc::new(Route::new(15_000).with_admission((&cfg.route).into()));
+    let route = Arc::new(Route::new(15_000).with_admission(&cfg.route));
     spawn_self_report(
         &cfg,
         bound,

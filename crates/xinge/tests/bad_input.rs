@@ -620,3 +620,58 @@ async fn the_route_service_rate_limits_connection_admission_per_ip() {
     assert_eq!(body["code"], "rate_limited");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_user_is_rate_limited_and_nobody_else_is() {
+    let server = start(|c| {
+        c.limits.sends_burst = 5.0;
+        c.limits.sends_per_sec = 1.0;
+        c.limits.pulls_burst = 3.0;
+        c.limits.pulls_per_sec = 1.0;
+    })
+    .await;
+    let (alice, a) = server.login("alice", "laptop").await;
+    let (bob, b) = server.login("bob", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    let send = |to, i: usize| SendRequest {
+        to: Some(to),
+        client_msg_id: format!("m{i}"),
+        content: serde_json::json!({}),
+        ..Default::default()
+    };
+    for i in 0..5 {
+        assert_eq!(code(alice.send(&send(b, i)).await), "ok");
+    }
+    // Over HTTP: 429 with a retry-after.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/messages", server.base))
+        .bearer_auth(alice.token().unwrap())
+        .json(&send(b, 5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    // Over the long connection: the same stable code.
+    let (conn, _signals) = Connection::connect(
+        Transport::Tcp,
+        &server.tcp.to_string(),
+        alice.token().unwrap(),
+    )
+    .await
+    .unwrap();
+    let r: Result<serde_json::Value, _> = conn.request(cmd::SEND, &send(b, 6)).await;
+    assert_eq!(code(r), "rate_limited");
+    // Bob is not held back by Alice's flood.
+    assert_eq!(code(bob.send(&send(a, 0)).await), "ok");
+    // A retry of an accepted send after the window is answered as the original.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = alice.send(&send(b, 0)).await.unwrap();
+    assert!(again.duplicate);
+    // Pulls have their own limit.
+    for _ in 0..3 {
+        assert_eq!(code(bob.sync(0, None).await), "ok");
+    }
+    assert_eq!(code(bob.sync(0, None).await), "rate_limited");
+    server.stop().await;
+}

@@ -805,3 +805,38 @@ async fn roles_on_a_nats_cluster_and_a_redis_cluster_survive_losing_a_node_of_ea
     drop((route, gateways, apis, pushes));
     c.clean_up().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_limit_is_shared_by_every_api_process() {
+    let test = "the_send_limit_is_shared_by_every_api_process";
+    if !engines_up(test).await {
+        return;
+    }
+    let c = Cluster::on(
+        NATS,
+        REDIS,
+        "[limits]\nsends_burst = 3.0\nsends_per_sec = 0.5",
+    );
+    let apis = [c.spawn("api", 20), c.spawn("api", 21)];
+    let (alice, a) = login(&apis[0].http, "alice", "laptop").await;
+    let (bob, b) = login(&apis[1].http, "bob", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    // The same token works on either api process; the counter is in Redis.
+    let token = alice.token().unwrap().to_owned();
+    let via = |i: usize| Http::new(format!("http://{}", apis[i].http)).with_token(&token);
+    let send = |n: usize| SendRequest {
+        to: Some(b),
+        client_msg_id: format!("m{n}"),
+        content: serde_json::json!({}),
+        ..Default::default()
+    };
+    let codes = [
+        common::code(via(0).send(&send(0)).await),
+        common::code(via(1).send(&send(1)).await),
+        common::code(via(0).send(&send(2)).await),
+        common::code(via(1).send(&send(3)).await),
+    ];
+    assert_eq!(codes, ["ok", "ok", "ok", "rate_limited"]);
+    drop(apis);
+    c.clean_up().await;
+}
