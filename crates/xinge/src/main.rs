@@ -167,13 +167,18 @@ async fn role(name: &str, args: RoleArgs) -> Result<(), Box<dyn std::error::Erro
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("XINGE_LOG")
                 .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    // One JSON object per line for log collectors; key=value text otherwise.
+    if std::env::var("XINGE_LOG_FORMAT").as_deref() == Ok("json") {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
