@@ -7,11 +7,13 @@
 //! http.rs      one handler per endpoint (annotated for OpenAPI)
 //! dispatch.rs  the gateway's Upstream/Authenticator: command number → Logic
 //! openapi.rs   the OpenAPI document served at /openapi.json
+//! server.rs    the HTTP accept loop: bounded connections, header deadline, shutdown
 //! ```
 
 mod dispatch;
 mod http;
 mod openapi;
+pub mod server;
 
 pub use dispatch::Dispatch;
 

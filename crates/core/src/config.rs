@@ -38,6 +38,12 @@ pub struct ServerConfig {
     pub public_host: Option<String>,
     /// Largest HTTP request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// HTTP connections held at once (WebSocket connections on `/ws` included); past this
+    /// the server stops accepting until one closes.
+    pub max_http_connections: usize,
+    /// Time a client has to send a request's headers (also between kept-alive requests);
+    /// then the connection is closed. Slowloris protection.
+    pub header_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +57,8 @@ impl Default for ServerConfig {
             zone: "local-a".into(),
             public_host: None,
             max_body_bytes: 64 * 1024,
+            max_http_connections: 19_500,
+            header_timeout_secs: 10,
         }
     }
 }
@@ -332,6 +340,11 @@ impl Config {
         }
         if self.gateway.heartbeat_timeout_secs == 0 || self.gateway.heartbeat_timeout_secs > 3600 {
             return bad("gateway.heartbeat_timeout_secs must be 1-3600");
+        }
+        if self.server.max_http_connections == 0 || self.server.header_timeout_secs == 0 {
+            return bad(
+                "server.max_http_connections and server.header_timeout_secs must be positive",
+            );
         }
         let r = &self.route;
         if !(r.per_ip_per_sec > 0.0

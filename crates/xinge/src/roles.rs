@@ -65,16 +65,13 @@ where
 }
 
 async fn serve_http(
+    cfg: &Config,
     http: TcpListener,
     app: axum::Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(http, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await?;
+    let limits = xinge_api::server::HttpLimits::from_config(&cfg.server);
+    xinge_api::server::serve(http, app, limits, shutdown).await;
     Ok(())
 }
 
@@ -130,7 +127,7 @@ pub async fn run_api(
     tokio::spawn(logic.clone().run_presence(presence));
     tokio::spawn(logic.clone().run_group_signals());
     ready(http.local_addr()?);
-    serve_http(http, xinge_api::api_app(logic), shutdown).await
+    serve_http(&cfg, http, xinge_api::api_app(logic), shutdown).await
 }
 
 /// `xinge gateway`: TCP and WebSocket connections; commands up the bus, deliveries from its
@@ -193,7 +190,7 @@ pub async fn run_gateway(
         shutdown.clone(),
     ));
     ready(bound);
-    serve_http(http, xinge_api::gateway_app(gateway), shutdown).await
+    serve_http(&cfg, http, xinge_api::gateway_app(gateway), shutdown).await
 }
 
 /// `xinge push`: push events from the stream to the gateways that hold the users.
@@ -221,7 +218,7 @@ pub async fn run_push(
         }
     });
     ready(http.local_addr()?);
-    serve_http(http, xinge_api::health_app(), shutdown).await?;
+    serve_http(&cfg, http, xinge_api::health_app(), shutdown).await?;
     let _ = worker.await;
     Ok(())
 }
@@ -253,5 +250,5 @@ pub async fn run_route(
         },
     );
     ready(http.local_addr()?);
-    serve_http(http, xinge_api::route_app(route), shutdown).await
+    serve_http(&cfg, http, xinge_api::route_app(route), shutdown).await
 }

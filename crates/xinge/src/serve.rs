@@ -138,14 +138,10 @@ pub async fn run(
         gateway,
         route,
     });
-    let mut stop = shutdown.clone();
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(http, app).with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|s| *s).await;
-    });
+    let limits = xinge_api::server::HttpLimits::from_config(&cfg.server);
     tracing::info!(http = %bound.http, tcp = %bound.tcp, "xinge ready");
     ready(bound);
-    server.await?;
+    xinge_api::server::serve(http, app, limits, shutdown).await;
     Ok(())
 }
 

@@ -675,3 +675,56 @@ async fn a_flooding_user_is_rate_limited_and_nobody_else_is() {
     assert_eq!(code(bob.sync(0, None).await), "rate_limited");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_http_clients_are_cut_off_and_http_connections_are_bounded() {
+    let server = start(|c| {
+        c.server.header_timeout_secs = 1;
+        c.server.max_http_connections = 2;
+    })
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    // Two slowloris clients take both connection slots: half a request's headers, then
+    // nothing more (one of them as a WebSocket upgrade that never completes).
+    let mut slow = Vec::new();
+    for head in [
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n",
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n",
+    ] {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        slow.push(s);
+    }
+    let started = std::time::Instant::now();
+    // A third client waits for a slot: it is served only once the server has cut the
+    // slow ones off at the header deadline.
+    let third = tokio::spawn({
+        let url = format!("{}/healthz", server.base);
+        async move { reqwest::get(url).await.map(|r| r.status().as_u16()) }
+    });
+    for s in &mut slow {
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // a 408 before closing is fine too
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the server closed a slowloris connection");
+    }
+    let status = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the third client is served once a slot frees")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the third client waited for a slot ({:?})",
+        started.elapsed()
+    );
+    server.stop().await;
+}
