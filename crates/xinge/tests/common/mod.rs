@@ -22,9 +22,9 @@ pub struct Server {
     pub dir: tempfile::TempDir,
 }
 
-/// A config that keeps tests fast: cheap (but still Argon2id) password hashing, and
-/// per-user limits out of the way of tests that send in bursts (the limit tests set their
-/// own).
+/// A config that keeps tests fast: cheap (but still Argon2id) password hashing, per-user
+/// limits out of the way of tests that send in bursts, and route admission out of the way
+/// of a hundred devices all coming from 127.0.0.1 (the limit tests set their own).
 pub fn test_config(dir: &std::path::Path) -> Config {
     let mut cfg = Config::default();
     cfg.server.data_dir = dir.to_path_buf();
@@ -33,6 +33,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     cfg.auth.token_secret = Some(SECRET.into());
     cfg.limits.sends_burst = 1e6;
     cfg.limits.pulls_burst = 1e6;
+    cfg.route.per_ip_burst = 1e6;
     cfg
 }
 
