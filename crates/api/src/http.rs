@@ -1,6 +1,6 @@
 //! One handler per endpoint. Handlers only translate: extract, call `Logic`, answer.
 
-use crate::{AppState, Auth, Body, HttpError, HttpResult, openapi};
+use crate::{AppState, Auth, Body, HttpError, HttpResult, openapi, web};
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -22,6 +22,8 @@ const DONE: Done = Done { ok: true };
 pub fn router(state: AppState) -> Router {
     let max_body = state.logic.config().server.max_body_bytes;
     Router::new()
+        .route("/", get(web::index))
+        .route("/web/{file}", get(web::file))
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))

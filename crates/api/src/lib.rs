@@ -7,11 +7,13 @@
 //! http.rs      one handler per endpoint (annotated for OpenAPI)
 //! dispatch.rs  the gateway's Upstream/Authenticator: command number → Logic
 //! openapi.rs   the OpenAPI document served at /openapi.json
+//! web.rs       the browser client (web/ at the repository root), embedded, served at /
 //! ```
 
 mod dispatch;
 mod http;
 mod openapi;
+mod web;
 
 pub use dispatch::Dispatch;
 
