@@ -141,7 +141,12 @@ async function start() {
   for (const m of S.outbox) if (m.state === 'sending') m.state = 'pending';
   S.gw = new Gateway(S.session.token);
   S.inbox = new Inbox(S.gw, `xinge.cursor.${key}`, applyEntries);
-  S.gw.addEventListener('state', (e) => { S.conn = e.detail; renderConn(); });
+  S.gw.addEventListener('state', (e) => {
+    S.conn = e.detail;
+    // Offline, we know nobody's presence; the reconnection asks again.
+    if (e.detail.state !== 'online') S.presence.clear();
+    renderConn();
+  });
   S.gw.addEventListener('online', () => onConnected().catch(fail));
   S.gw.addEventListener('signal', (e) => onSignal(e.detail));
   S.gw.addEventListener('fatal', (e) => sessionOver(e.detail));
