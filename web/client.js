@@ -344,7 +344,10 @@ export function peerOf(conv, me) {
   return a === me ? b : a;
 }
 
+/** The group id of a group conversation, as a string: group ids are snowflakes above 2^53,
+ *  which a JavaScript number cannot hold exactly (so the client never uses `group_id` or
+ *  `msg_id` numbers from JSON, only the `conv` string). */
 export function groupIdOf(conv) {
   const m = /^g(\d+)$/.exec(conv);
-  return m ? Number(m[1]) : null;
+  return m ? m[1] : null;
 }
