@@ -426,7 +426,8 @@ function applyMessage(m) {
     c.last_activity_ms = Math.max(c.last_activity_ms, m.sent_at_ms);
     // The server's count: every message of the others after the read cursor (system
     // messages and recalls too), so a reload shows the same number.
-    if (m.sender !== me && m.conv_seq > c.read_seq) {
+    const reading = S.open?.conv === m.conv && document.visibilityState === 'visible';
+    if (m.sender !== me && m.conv_seq > c.read_seq && !reading) {
       c.unread += 1;
       if (m.mention_all || (m.mentions || []).includes(me)) c.unread_mentions += 1;
     }
@@ -628,7 +629,7 @@ function openConv(conv) {
   const group = groupIdOf(conv);
   S.open = {
     conv, group, msgs: [], seqs: new Set(), recalled: new Set(), hasOlder: false,
-    loadingOlder: false, loaded: false, info: null, members: null, readCounts: new Map(),
+    loadingOlder: false, hasNewer: false, loadingNewer: false, loaded: false, info: null, members: null, readCounts: new Map(),
     stick: true, poll: null,
   };
   const composer = buildComposer(conv);
@@ -670,27 +671,48 @@ async function loadNewest() {
   if (S.open !== o) return;
   o.hasOlder = r.has_more;
   o.loaded = true;
-  addToView(r.messages);
+  addToView(r.messages, 'newer');
   markReadSoon();
   if (!o.group) findPeerRead().catch(() => {});
+}
+
+/** Drop the stretch in view and show the newest page again. */
+function jumpToNewest() {
+  const o = S.open;
+  o.msgs = [];
+  o.seqs.clear();
+  o.hasNewer = false;
+  o.hasOlder = false;
+  o.stick = true;
+  loadNewest().catch(fail);
 }
 
 /** After a reconnection: whatever the open conversation missed, without duplicates. */
 async function catchUpOpen() {
   const o = S.open;
   if (!o || !o.loaded) return;
-  const newest = o.msgs.length ? o.msgs[o.msgs.length - 1].conv_seq : 0;
-  let after = newest;
-  for (let i = 0; i < 10; i++) {
-    const r = await call(CMD.HISTORY, { conv: o.conv, after, limit: 100 });
-    if (S.open !== o) return;
-    addToView(r.messages);
-    if (!r.has_more || !r.messages.length) break;
-    after = r.messages[r.messages.length - 1].conv_seq;
-  }
+  if (!o.hasNewer) await loadNewer(10);
   markReadSoon();
   if (o.group) refreshGroupRead().catch(() => {});
   else findPeerRead().catch(() => {});
+}
+
+/** Pages forward from the newest message in view (up to `pages` pages). */
+async function loadNewer(pages = 1) {
+  const o = S.open;
+  if (!o || o.loadingNewer) return;
+  o.loadingNewer = true;
+  try {
+    for (let i = 0; i < pages; i++) {
+      const after = o.msgs.length ? o.msgs[o.msgs.length - 1].conv_seq : 0;
+      const r = await call(CMD.HISTORY, { conv: o.conv, after, limit: i ? 100 : PAGE });
+      if (S.open !== o) return;
+      addToView(r.messages, 'newer');
+      o.hasNewer = r.has_more;
+      if (!r.has_more || !r.messages.length) break;
+    }
+    update();
+  } finally { o.loadingNewer = false; }
 }
 
 async function loadOlder() {
@@ -702,7 +724,7 @@ async function loadOlder() {
     const r = await call(CMD.HISTORY, { conv: o.conv, before: o.msgs[0].conv_seq, limit: PAGE });
     if (S.open !== o) return;
     o.hasOlder = r.has_more;
-    addToView(r.messages, true);
+    addToView(r.messages, 'older');
     renderChat();
     R.list.scrollTop = R.list.scrollHeight - fromBottom;
   } catch (e) { fail(e); } finally { o.loadingOlder = false; }
@@ -711,26 +733,36 @@ async function loadOlder() {
 function onScroll() {
   const o = S.open;
   if (!o) return;
-  o.stick = R.list.scrollHeight - R.list.scrollTop - R.list.clientHeight < 60;
+  const fromBottom = R.list.scrollHeight - R.list.scrollTop - R.list.clientHeight;
+  o.stick = fromBottom < 60 && !o.hasNewer;
   if (R.list.scrollTop < 80) loadOlder();
+  else if (fromBottom < 80 && o.hasNewer) loadNewer().catch(fail);
 }
 
-/** Messages into the open view: each conv_seq once, in order, at most MAX_IN_VIEW. */
-function addToView(messages, older = false) {
+/**
+ * Messages into the open view: each conv_seq once, in order, at most MAX_IN_VIEW. The view
+ * is one contiguous stretch of the conversation; `mode` says which end grows: `live` (the
+ * inbox), `newer` or `older` (history pages). What falls off the other end pages back in
+ * when the reader scrolls there.
+ */
+function addToView(messages, mode = 'live') {
   const o = S.open;
   for (const m of messages) {
     if (m.conv !== o.conv || o.seqs.has(m.conv_seq)) continue;
     if (m.kind === 'recall') o.recalled.add(m.target);
-    if (!older && o.hasOlder && o.msgs.length && m.conv_seq < o.msgs[0].conv_seq) continue;
+    const first = o.msgs.length ? o.msgs[0].conv_seq : 0;
+    const last = o.msgs.length ? o.msgs[o.msgs.length - 1].conv_seq : 0;
+    if (mode === 'live' && o.hasNewer && m.conv_seq > last) continue; // beyond the stretch
+    if (mode !== 'older' && o.hasOlder && m.conv_seq < first) continue;
     o.seqs.add(m.conv_seq);
     o.msgs.push(m);
   }
   o.msgs.sort((a, b) => a.conv_seq - b.conv_seq);
   while (o.msgs.length > MAX_IN_VIEW) {
-    // Keep the end the reader is at; the other end pages back in on scroll.
-    const gone = older ? o.msgs.pop() : o.msgs.shift();
+    const gone = mode === 'older' ? o.msgs.pop() : o.msgs.shift();
     o.seqs.delete(gone.conv_seq);
-    if (!older) o.hasOlder = true;
+    if (mode === 'older') o.hasNewer = true;
+    else o.hasOlder = true;
   }
   update();
 }
@@ -864,7 +896,7 @@ function renderChat() {
     h('small.meta', null, time(m.sent_at_ms), status ? ' ' : null, status,
       canRecall ? h('button.link.recall', { 'data-fk': 'rc-' + m.conv_seq, onclick: () => recall(m) }, 'Recall') : null)));
   }
-  for (const p of S.outbox.filter((x) => x.conv === o.conv)) {
+  for (const p of S.outbox.filter((x) => x.conv === o.conv && !o.hasNewer)) {
     items.push(h('li.msg.mine.pending', { 'data-cmid': p.cmid, 'data-state': p.state },
       h('div.bubble', null, p.text),
       h('small.meta', null,
@@ -873,6 +905,9 @@ function renderChat() {
             h('button.link', { 'data-fk': 'retry-' + p.cmid, onclick: () => { p.state = 'pending'; saveOutbox(); flushOutbox(); update(); } }, 'Retry'), ' ',
             h('button.link', { onclick: () => { dropFromOutbox(p.cmid); update(); } }, 'Discard')]
           : h('span.sending', null, p.state === 'retrying' ? 'waiting for the connection…' : 'sending…'))));
+  }
+  if (o.hasNewer) {
+    items.push(h('li.more', null, h('button.link', { onclick: () => loadNewer().catch(fail), 'data-fk': 'newer' }, 'Load newer messages')));
   }
   const wasStuck = o.stick;
   render(R.list, items);
@@ -941,7 +976,10 @@ function queueSend(conv, text) {
     ...mentionsIn(text),
   });
   saveOutbox();
-  if (S.open) S.open.stick = true;
+  if (S.open) {
+    S.open.stick = true;
+    if (S.open.hasNewer) jumpToNewest();
+  }
   update();
   flushOutbox();
 }
