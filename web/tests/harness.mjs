@@ -103,6 +103,9 @@ export async function person(browser, server, viewport = { width: 1100, height: 
   opened.push(page);
   page.setDefaultTimeout(WAIT_MS);
   page.on('pageerror', (e) => console.error('page error:', e.message));
+  page.on('response', (r) => {
+    if (r.status() >= 400) console.error(`page http ${r.status()}: ${r.request().method()} ${r.url()}`);
+  });
   page.on('console', (m) => {
     if (m.type() === 'error' || m.type() === 'warning') console.error(`page ${m.type()}:`, m.text());
   });
