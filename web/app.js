@@ -98,7 +98,9 @@ let dirty = false;
 function update() {
   if (dirty) return;
   dirty = true;
-  requestAnimationFrame(() => {
+  // A background tab gets no animation frames, but its title and state still move on.
+  const later = document.hidden ? (f) => setTimeout(f, 100) : requestAnimationFrame;
+  later(() => {
     dirty = false;
     if (S.me) renderMain();
   });
@@ -438,6 +440,7 @@ function applyMessage(m) {
     refreshConvsSoon();
     if (S.open?.conv === m.conv) loadGroup().catch(() => {});
   }
+  if (S.typing.get(m.conv)?.user === m.sender) S.typing.delete(m.conv);
   // Our own message from another device (or this one's answer raced the signal).
   if (m.sender === me) dropFromOutbox(m.client_msg_id);
   if (S.open?.conv === m.conv) {
@@ -782,7 +785,11 @@ async function markRead() {
     update();
   } catch { /* the next message or reconnection tries again */ }
 }
-document.addEventListener('visibilitychange', () => markReadSoon());
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState !== 'visible') return;
+  markReadSoon();
+  if (S.open?.group) refreshGroupReadSoon();
+});
 
 /** The peer's read cursor in a 1:1 chat: read_state of our own messages in view, newest
  *  first, then a binary search over them (a handful of requests, only on open). */
@@ -957,23 +964,38 @@ function dropFromOutbox(cmid) {
   if (S.outbox.length !== before) saveOutbox();
 }
 
-function mentionsIn(text) {
-  const o = S.open;
-  const mentions = [];
-  if (!o?.group || !o.members) return { mentions, mention_all: false };
-  for (const [, tag] of text.matchAll(/@([a-z0-9_.-]{1,32})/g)) {
-    for (const id of o.members.keys()) {
-      if (S.profiles.get(id)?.username === tag && !mentions.includes(id)) mentions.push(id);
+/** `@username` words of a group message (at most 20), and whether it says `@all`. */
+function mentionTags(conv, text) {
+  if (!groupIdOf(conv)) return { tags: [], mention_all: false };
+  const tags = [...new Set([...text.matchAll(/(?:^|\s)@([a-z0-9_.-]{3,32})/g)].map((m) => m[1]))]
+    .filter((t) => t !== 'all').slice(0, 20);
+  return { tags, mention_all: /(^|\s)@all\b/.test(text) };
+}
+
+/** The user ids of the tags, looked up by exact username (unknown names are plain text). */
+async function resolveMentions(tags) {
+  const ids = [];
+  for (const tag of tags) {
+    let p = [...S.profiles.values()].find((x) => x.username === tag);
+    if (!p) {
+      try {
+        p = await api('GET', `/v1/users?username=${encodeURIComponent(tag)}`);
+        S.profiles.set(p.user_id, p);
+      } catch (e) {
+        if (e.code !== 'not_found') throw e;
+      }
     }
+    if (p && p.user_id !== S.me.user_id) ids.push(p.user_id);
   }
-  return { mentions: mentions.slice(0, 100), mention_all: /(^|\s)@all\b/.test(text) };
+  return ids;
 }
 
 function queueSend(conv, text) {
   const peer = peerOf(conv, S.me.user_id);
+  const { tags, mention_all } = mentionTags(conv, text);
   S.outbox.push({
     cmid: newClientMsgId(), conv, to: peer || undefined, text, state: 'pending', error: null,
-    ...mentionsIn(text),
+    tags, mentions: null, mention_all,
   });
   saveOutbox();
   if (S.open) {
@@ -997,6 +1019,17 @@ async function flushOutbox() {
         item.state = 'retrying';
         update();
         try { await S.gw.waitOnline(60000); } catch { continue; }
+      }
+      if (!item.mentions) {
+        try {
+          item.mentions = item.tags?.length ? await resolveMentions(item.tags) : [];
+        } catch {
+          // The lookup failed (offline again?): wait a little and go round.
+          item.state = 'retrying';
+          update();
+          await new Promise((res) => setTimeout(res, 500));
+          continue;
+        }
       }
       const body = {
         client_msg_id: item.cmid, content: { text: item.text },
