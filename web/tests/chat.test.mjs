@@ -80,7 +80,11 @@ async function scenario() {
   await shot(alice, 'chat-read-receipts');
 
   // A second device of Alice (a third context): it gets everything, and read state syncs.
-  const alice2 = await person(browser, server);
+  // A second tab of the same browser (same cookies and localStorage) is a second device:
+  // each tab keeps its own device id and login in sessionStorage.
+  const alice2 = await alice.context().newPage();
+  alice2.setDefaultTimeout(15000);
+  await alice2.goto(server.url + '/');
   await login(alice2, 'alice');
   await conv(alice2, ab).getByText('yes, hi alice!').waitFor();
   await alice.getByRole('button', { name: 'Back to conversations' }).click(); // leave the chat
@@ -99,6 +103,8 @@ async function scenario() {
   await bob.getByText('Alice recalled a message').waitFor();
   await conv(alice, ab).click();
   await alice.getByText('You recalled a message').waitFor();
+
+  await alice.bringToFront(); // back to the first tab
 
   // A group of three: Carol, on a phone-sized screen, befriends Alice; Alice makes the group.
   const carol = await person(browser, server, { width: 390, height: 780 });
@@ -136,11 +142,17 @@ async function scenario() {
   await dialog.locator('[data-test="unread-by"]').getByText('Bob').waitFor();
   await dialog.getByRole('button', { name: 'Close' }).click();
 
+  // Bob mentions Carol while she is back at her list: the conversation shows the @ marker.
+  await carol.getByRole('button', { name: 'Back to conversations' }).click();
   await bob.getByRole('button', { name: 'Back to conversations' }).click();
   await bob.locator('button.conv', { hasText: 'Trio' }).click();
   await expectBubbles(bob, ['welcome to the trio']);
-  await send(bob, 'hi both');
-  await expectBubbles(carol, ['welcome to the trio', 'hi both']);
+  await send(bob, 'hi both, @carol look');
+  await trio.locator('.mention').waitFor();
+  await trio.locator('.badge', { hasText: '1' }).waitFor();
+  await trio.click();
+  await expectBubbles(carol, ['welcome to the trio', 'hi both, @carol look']);
+  await until(carol, () => !document.querySelector('button.conv .mention'));
   await alice.getByRole('button', { name: /read by 2/i }).click();
   await alice.locator('dialog[open] [data-test="read-by"]').getByText('Bob').waitFor();
   await alice.locator('dialog[open] [data-test="unread-by"]').getByText('Nobody').waitFor();
