@@ -511,10 +511,12 @@ const refreshFriendsSoon = debounce(() => {
 }, 200);
 
 async function refreshPresence() {
-  const users = S.friends.map((f) => f.user_id).slice(0, 1000);
-  if (!users.length) return;
-  const r = await call(CMD.PRESENCE, { users });
-  for (const p of r.presence) S.presence.set(p.user, p.online);
+  const users = S.friends.map((f) => f.user_id);
+  // The server answers at most 500 users per query (friend lists stop at 5,000).
+  for (let i = 0; i < users.length; i += 500) {
+    const r = await call(CMD.PRESENCE, { users: users.slice(i, i + 500) });
+    for (const p of r.presence) S.presence.set(p.user, p.online);
+  }
   update();
 }
 
