@@ -86,6 +86,13 @@ function name(id) {
   return `user ${id}`;
 }
 
+/** Loads the profiles a dialog is about to show (dialogs are not re-rendered). */
+async function ensureProfiles(ids) {
+  const missing = [...new Set(ids)].filter((id) => !S.profiles.has(id)).slice(0, 200);
+  await Promise.all(missing.map((id) => api('GET', `/v1/users/${id}`)
+    .then((p) => S.profiles.set(id, p)).catch(() => {})));
+}
+
 function convName(c) {
   if (c.name) return c.name;
   const peer = peerOf(c.conv, S.me.user_id);
@@ -1091,6 +1098,7 @@ function dialog(title, ...content) {
 async function whoRead(m) {
   try {
     const r = await call(CMD.READ_STATE, { conv: m.conv, seq: m.conv_seq, limit: 200 });
+    await ensureProfiles([...r.read_by, ...r.unread_by]);
     const list = (ids) => (ids.length ? h('ul.people', null, ids.map((id) => h('li.person', null, personLabel(id, '')))) : h('p.muted', null, 'Nobody'));
     dialog(`Read by ${r.read_count} of ${r.read_count + r.unread_count}`,
       h('section', { 'data-test': 'read-by' }, h('h3', null, `Read (${r.read_count})`), list(r.read_by)),
@@ -1110,7 +1118,8 @@ function friendPicker(exclude) {
   };
 }
 
-function newGroupDialog() {
+async function newGroupDialog() {
+  await ensureProfiles(S.friends.map((f) => f.user_id));
   const nameInput = h('input', { id: 'group-name', required: true, maxlength: 64, 'aria-label': 'Group name', placeholder: 'Group name' });
   const picker = friendPicker(new Set());
   const d = dialog('New group', h('form', { onsubmit: async (e) => {
@@ -1134,6 +1143,7 @@ async function groupDialog() {
   const o = S.open;
   if (!o?.group) return;
   try { await loadGroup(); } catch (e) { fail(e); return; }
+  await ensureProfiles([...(o.members?.keys() || []), ...S.friends.map((f) => f.user_id)]);
   const info = o.info;
   const role = myRole();
   const admin = role === 'owner' || role === 'admin';
