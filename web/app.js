@@ -291,6 +291,7 @@ function renderConn() {
 
 function renderMain() {
   R.shell.classList.toggle('chat-open', !!S.open);
+  S.invites = S.invites.filter((i) => !S.convs.has(i.conv)); // joined since
   const incoming = S.requests.incoming.length + S.invites.length;
   render(R.tabs,
     tabButton('chats', 'Chats', totalUnread()),
@@ -391,7 +392,9 @@ async function refreshConvs() {
     // A message applied from the inbox after the server built this list stays.
     next.set(c.conv, old && old.last_seq > c.last_seq ? old : c);
   }
-  for (const [k, c] of S.convs) if (!next.has(k) && c.local) next.set(k, c);
+  // A chat just started from the friends list has no messages yet, so the server does not
+  // list it; anything else the server no longer lists (a group left) goes.
+  for (const [k, c] of S.convs) if (!next.has(k) && c.local && c.last_seq === 0) next.set(k, c);
   S.convs = next;
   update();
 }

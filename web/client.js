@@ -286,8 +286,10 @@ export class Inbox {
     let skipped = false;
     return this.enqueue(async () => {
       const head = (await this.gw.request(CMD.SYNC, { after: 0, limit: 1 })).head;
+      // A new device replays the recent past too (pending group invites live only in the
+      // inbox); replaying is harmless, every entry is applied idempotently.
       if (this.cursor === null || this.cursor > head || head - this.cursor > MAX_REPLAY) {
-        this.setCursor(head);
+        this.setCursor(Math.max(0, head - MAX_REPLAY));
         skipped = true;
       }
       await this.pull();
