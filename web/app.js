@@ -120,7 +120,7 @@ function saveSession() {
   else sessionStorage.removeItem('xinge.session');
 }
 
-async function boot() {
+async function boot(wait = 500) {
   const saved = sessionStorage.getItem('xinge.session');
   if (saved) {
     try {
@@ -128,6 +128,13 @@ async function boot() {
       await start();
       return;
     } catch (e) {
+      if (e instanceof ApiError && e.retryable) {
+        // The server is away (restarting?): keep the session and try again, backing off.
+        render(document.getElementById('app'), h('div.center', null, h('div.card', { role: 'status' },
+          h('p', null, `Cannot reach the server (${e.message}). Trying again…`))));
+        setTimeout(() => boot(Math.min(wait * 2, 10000)), wait);
+        return;
+      }
       S.session = null;
       saveSession();
       if (!(e instanceof ApiError) || !FATAL_CODES.includes(e.code)) {
@@ -244,7 +251,7 @@ function showLogin(message = '') {
   h('h1', null, h('img', { src: '/web/icon.svg', alt: '', width: 40, height: 40 }), 'xinge'),
   h('p.muted', null, 'Instant messaging, served by this xinge server.'),
   h('p.field', null, h('label', { for: 'username' }, 'Username'), user,
-    h('small#user-hint.muted', null, '3–32 characters: a–z, 0–9, _ . -')),
+    h('small.muted', { id: 'user-hint' }, '3–32 characters: a–z, 0–9, _ . -')),
   h('p.field', null, h('label', { for: 'password' }, 'Password'), pass, h('small.muted', null, 'At least 8 characters')),
   displayRow, err, submit, switcher);
   render(app, h('div.center', null, form));
@@ -293,8 +300,10 @@ function renderMain() {
   R.shell.classList.toggle('chat-open', !!S.open);
   S.invites = S.invites.filter((i) => !S.convs.has(i.conv)); // joined since
   const incoming = S.requests.incoming.length + S.invites.length;
+  const unread = totalUnread();
+  document.title = unread ? `(${unread}) xinge` : 'xinge';
   render(R.tabs,
-    tabButton('chats', 'Chats', totalUnread()),
+    tabButton('chats', 'Chats', unread),
     tabButton('friends', 'Friends', incoming),
     h('button.ghost', { onclick: newGroupDialog, 'data-fk': 'new-group' }, '+ Group'));
   if (S.tab === 'chats') render(R.sideBody, convList());
@@ -451,6 +460,11 @@ function applyMessage(m) {
     if (S.open?.conv === m.conv) loadGroup().catch(() => {});
   }
   if (S.typing.get(m.conv)?.user === m.sender) S.typing.delete(m.conv);
+  // Sending moves the sender's own read cursor (without a read event), so a 1:1 peer who
+  // writes has read everything before.
+  if (c.peer === m.sender || peerOf(m.conv, me) === m.sender) {
+    S.peerRead.set(m.conv, Math.max(S.peerRead.get(m.conv) || 0, m.conv_seq));
+  }
   // Our own message from another device (or this one's answer raced the signal).
   if (m.sender === me) dropFromOutbox(m.client_msg_id);
   if (S.open?.conv === m.conv) {
@@ -880,6 +894,17 @@ function renderChat() {
       h('small.muted', { 'data-test': typing && typing.until > Date.now() ? 'typing' : 'sub' }, sub)),
     o.group ? h('button.ghost', { onclick: groupDialog, 'data-fk': 'group-info' }, 'Group') : null);
 
+  // The list is rebuilt only when something it shows changed, so a typing signal or a
+  // presence change does not throw away a text selection.
+  let reads = 0;
+  for (const m of o.members?.values() || []) reads += m.read_seq;
+  const outbox = S.outbox.filter((x) => x.conv === o.conv).map((x) => x.cmid + x.state).join();
+  const first = o.msgs[0]?.conv_seq;
+  const last = o.msgs[o.msgs.length - 1]?.conv_seq;
+  const sig = [o.msgs.length, first, last, o.recalled.size, outbox, S.peerRead.get(o.conv), reads,
+    o.hasOlder, o.hasNewer, o.loadingOlder, o.loaded, S.profiles.size, Math.floor(Date.now() / 30000)].join('|');
+  if (R.list.dataset.sig === sig) return;
+  R.list.dataset.sig = sig;
   const items = [];
   if (o.hasOlder) {
     items.push(h('li.more', null, h('button.link', { onclick: loadOlder, 'data-fk': 'older' }, o.loadingOlder ? 'Loading…' : 'Load older messages')));

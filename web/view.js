@@ -35,8 +35,17 @@ export function render(region, ...children) {
   const active = document.activeElement;
   const key = active && region.contains(active) ? active.dataset.fk : null;
   const selStart = key && 'selectionStart' in active ? active.selectionStart : null;
+  // What someone is typing survives too: text fields carry their value across.
+  const typed = new Map();
+  for (const el of region.querySelectorAll('input[data-fk], textarea[data-fk]')) {
+    if (el.type !== 'checkbox' && el.value) typed.set(el.dataset.fk, el.value);
+  }
   region.replaceChildren();
   append(region, children);
+  for (const [fk, value] of typed) {
+    const el = region.querySelector(`[data-fk="${CSS.escape(fk)}"]`);
+    if (el && !el.value) el.value = value;
+  }
   if (key) {
     const again = region.querySelector(`[data-fk="${CSS.escape(key)}"]`);
     if (again) {
