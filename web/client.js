@@ -79,17 +79,21 @@ export class Gateway extends EventTarget {
     this.retryTimer = null;
     this.pingTimer = null;
     this.onBrowserOnline = () => this.reconnectNow();
+    // The browser knows the network is gone long before a dead TCP connection times out.
+    this.onBrowserOffline = () => this.ws?.close();
   }
 
   start() {
     this.stopped = false;
     window.addEventListener('online', this.onBrowserOnline);
+    window.addEventListener('offline', this.onBrowserOffline);
     this.connect();
   }
 
   stop() {
     this.stopped = true;
     window.removeEventListener('online', this.onBrowserOnline);
+    window.removeEventListener('offline', this.onBrowserOffline);
     clearTimeout(this.retryTimer);
     this.teardown(new ApiError('transport', 'stopped'));
     this.setState('offline');

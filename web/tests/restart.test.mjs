@@ -1,7 +1,7 @@
-// A server crash and restart mid-conversation: both browsers show the connection drop, a
-// message written meanwhile stays pending and goes out after the restart, and afterwards each
-// screen shows every message exactly once, in order. Also: the session survives a reload, and
-// the whole exchange works from the keyboard alone.
+// A server crash and restart mid-conversation, then a network drop on one side: the browsers
+// show the connection state, a message written meanwhile stays pending and goes out after
+// the reconnection, and afterwards each screen shows every message exactly once, in order.
+// Also: the session survives a reload, and sending works from the keyboard alone.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -98,6 +98,20 @@ async function scenario() {
   all.push('back again', 'welcome back');
   await expectBubbles(dora, all);
   await expectBubbles(emil, all);
+
+  // The network drops on Emil's side: he writes anyway, Dora goes on; when the network is
+  // back his message goes out once and he catches up with hers.
+  await emil.context().setOffline(true);
+  await emil.locator('.conn:not([data-conn="online"])').waitFor();
+  await send(emil, 'typed in a tunnel');
+  await emil.locator('li.msg.pending', { hasText: 'typed in a tunnel' }).waitFor();
+  await send(dora, 'are you in a tunnel?');
+  await expectBubbles(dora, [...all, 'are you in a tunnel?']);
+  await emil.context().setOffline(false);
+  await online(emil);
+  all.push('are you in a tunnel?', 'typed in a tunnel');
+  await expectBubbles(emil, all);
+  await expectBubbles(dora, all);
   for (const p of [dora, emil]) {
     const texts = await bubbles(p);
     assert.deepEqual(texts, all);
