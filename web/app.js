@@ -5,7 +5,7 @@
 import {
   ApiError, CMD, FATAL_CODES, Gateway, Inbox, groupIdOf, http, newClientMsgId, peerOf,
 } from './client.js';
-import { debounce, h, initials, render, time } from './view.js';
+import { debounce, h, initials, render, renderIfChanged, time } from './view.js';
 
 // === limits ===
 
@@ -291,7 +291,7 @@ function renderConn() {
   const label = st === 'online' ? 'Connected'
     : st === 'connecting' ? 'Connecting…'
       : S.conn.retryInMs ? `Offline — retrying in ${Math.ceil(S.conn.retryInMs / 1000)} s` : 'Offline';
-  render(R.conn, h('span.dot', { 'aria-hidden': 'true' }), h('span', { role: 'status' }, label),
+  renderIfChanged(R.conn, h('span.dot', { 'aria-hidden': 'true' }), h('span', { role: 'status' }, label),
     st === 'offline' && S.gw ? h('button.link', { onclick: () => S.gw.reconnectNow() }, 'Retry now') : null);
   update();
 }
@@ -302,12 +302,12 @@ function renderMain() {
   const incoming = S.requests.incoming.length + S.invites.length;
   const unread = totalUnread();
   document.title = unread ? `(${unread}) xinge` : 'xinge';
-  render(R.tabs,
+  renderIfChanged(R.tabs,
     tabButton('chats', 'Chats', unread),
     tabButton('friends', 'Friends', incoming),
     h('button.ghost', { onclick: newGroupDialog, 'data-fk': 'new-group' }, '+ Group'));
-  if (S.tab === 'chats') render(R.sideBody, convList());
-  else render(R.sideBody, friendsPanel());
+  if (S.tab === 'chats') renderIfChanged(R.sideBody, convList());
+  else renderIfChanged(R.sideBody, friendsPanel());
   renderChat();
 }
 
@@ -658,12 +658,12 @@ function openConv(conv) {
   const group = groupIdOf(conv);
   S.open = {
     conv, group, msgs: [], seqs: new Set(), recalled: new Set(), hasOlder: false,
-    loadingOlder: false, hasNewer: false, loadingNewer: false, loaded: false, info: null, members: null, readCounts: new Map(),
+    loadingOlder: false, hasNewer: false, loadingNewer: false, loaded: false, info: null, members: null,
     stick: true, poll: null,
   };
   const composer = buildComposer(conv);
   R.chatHead = h('header.chat-head');
-  R.list = h('ol.msgs', { 'aria-label': 'Messages', tabindex: '0', 'aria-live': 'polite' });
+  R.list = h('ol.msgs', { 'aria-label': 'Messages', tabindex: '0' });
   R.list.addEventListener('scroll', onScroll);
   render(R.chat, R.chatHead, R.list, composer);
   if (group) {
@@ -674,8 +674,10 @@ function openConv(conv) {
     }, GROUP_READ_POLL_MS);
   }
   update();
-  loadNewest().catch(fail);
-  if (group) loadGroup().catch(fail);
+  // Offline, the reconnection loads it (catchUpOpen).
+  const quiet = (e) => { if (!(e instanceof ApiError) || !e.retryable) fail(e); };
+  loadNewest().catch(quiet);
+  if (group) loadGroup().catch(quiet);
   composer.querySelector('textarea').focus();
 }
 
@@ -719,7 +721,12 @@ function jumpToNewest() {
 /** After a reconnection: whatever the open conversation missed, without duplicates. */
 async function catchUpOpen() {
   const o = S.open;
-  if (!o || !o.loaded) return;
+  if (!o) return;
+  if (!o.loaded) {
+    await loadNewest();
+    if (o.group) await loadGroup();
+    return;
+  }
   if (!o.hasNewer) await loadNewer(10);
   markReadSoon();
   if (o.group) refreshGroupRead().catch(() => {});
@@ -888,7 +895,7 @@ function renderChat() {
   if (typing && typing.until > Date.now()) sub = `${name(typing.user)} is typing…`;
   else if (peer) sub = S.presence.get(peer) ? 'online' : 'offline';
   else if (o.info) sub = `${o.info.member_count} members`;
-  render(R.chatHead,
+  renderIfChanged(R.chatHead,
     h('button.ghost.back', { onclick: closeConv, 'aria-label': 'Back to conversations', 'data-fk': 'back' }, '←'),
     h('div.chat-title', null, h('strong', { 'data-test': 'chat-title' }, convName(c)),
       h('small.muted', { 'data-test': typing && typing.until > Date.now() ? 'typing' : 'sub' }, sub)),

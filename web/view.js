@@ -57,6 +57,18 @@ export function render(region, ...children) {
   }
 }
 
+/**
+ * Like `render`, but leaves the region alone when the new content is the same markup: a
+ * click whose mousedown and mouseup straddle a re-render would otherwise be lost, and
+ * regions are re-rendered on every state change.
+ */
+export function renderIfChanged(region, ...children) {
+  const next = document.createElement('div');
+  append(next, children);
+  if (next.innerHTML === region.innerHTML) return;
+  render(region, ...next.childNodes);
+}
+
 export function time(ms) {
   if (!ms) return '';
   const d = new Date(ms);
