@@ -153,6 +153,7 @@ async function scenario() {
   await trio.click();
   await expectBubbles(carol, ['welcome to the trio', 'hi both, @carol look']);
   await until(carol, () => !document.querySelector('button.conv .mention'));
+  await shot(carol, 'phone-chat');
   await alice.getByRole('button', { name: /read by 2/i }).click();
   await alice.locator('dialog[open] [data-test="read-by"]').getByText('Bob').waitFor();
   await alice.locator('dialog[open] [data-test="unread-by"]').getByText('Nobody').waitFor();
