@@ -34,6 +34,7 @@ test('web client: friends, 1:1 chat, two devices, a group of three', { timeout: 
 async function scenario() {
   const alice = await person(browser, server);
   const bob = await person(browser, server);
+  await shot(alice, 'login');
   await register(alice, 'alice', 'Alice');
   await register(bob, 'bob', 'Bob');
   const ab = 'd1-2';
@@ -49,6 +50,7 @@ async function scenario() {
   await bob.getByRole('button', { name: /Friends/ }).click();
   const req = bob.locator('li[data-request="1"]');
   await req.getByText('“hi bob, it is alice”').waitFor();
+  await shot(bob, 'friend-request');
   await req.getByRole('button', { name: 'Accept' }).click();
   await bob.locator('li[data-friend="1"]').waitFor();
   await alice.locator('li[data-friend="2"]').waitFor();
@@ -77,6 +79,7 @@ async function scenario() {
   await send(bob, 'yes, hi alice!');
   await expectBubbles(alice, ['hello bob', 'are you there?', 'yes, hi alice!']);
   await bob.locator('.msgs .tick[data-read="true"]').waitFor();
+  await until(alice, () => !document.querySelector('#toast.show')); // "Friend request sent"
   await shot(alice, 'chat-read-receipts');
 
   // A second device of Alice (a third context): it gets everything, and read state syncs.
