@@ -1,6 +1,6 @@
 // Two people in two browser contexts: register, befriend, chat both ways, unread badges, read
-// receipts, typing and recall; a third context as a second device of one of them; then a group
-// of three with its who-read list.
+// receipts, typing and recall; a second tab as a second device of one of them, a third context
+// as a second device of the other; then a group of three with its who-read list and @mention.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -108,6 +108,17 @@ async function scenario() {
   await alice.getByText('You recalled a message').waitFor();
 
   await alice.bringToFront(); // back to the first tab
+
+  // A third browser context: Bob's second device. It catches up on the past, and both of
+  // Bob's devices get what comes next.
+  const bob2 = await person(browser, server);
+  await login(bob2, 'bob');
+  await conv(bob2, ab).click();
+  const past = ['hello bob', 'are you there?', 'yes, hi alice!', 'news for both devices', 'Alice recalled a message'];
+  await expectBubbles(bob2, past);
+  await send(alice, 'hello to both your devices, bob');
+  await expectBubbles(bob2, [...past, 'hello to both your devices, bob']);
+  await expectBubbles(bob, [...past, 'hello to both your devices, bob']);
 
   // A group of three: Carol, on a phone-sized screen, befriends Alice; Alice makes the group.
   const carol = await person(browser, server, { width: 390, height: 780 });
