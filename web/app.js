@@ -171,7 +171,12 @@ async function start() {
 }
 
 async function onConnected() {
-  await S.inbox.connected();
+  const groups = await S.inbox.connected();
+  // Large groups that moved while we were away: each one we know pulls from its cursor
+  // (one we do not know yet comes with the conversation list).
+  for (const g of groups) {
+    if (S.convs.has(g.conv)) S.inbox.enqueue(() => applyGroupSignal({ type: 'group', conv: g.conv, seq: g.head }));
+  }
   await Promise.all([refreshConvs(), refreshFriends()]);
   await Promise.all([refreshPresence(), catchUpOpen()]);
   flushOutbox();

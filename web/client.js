@@ -282,22 +282,23 @@ export class Inbox {
     localStorage.setItem(this.key, String(seq));
   }
 
-  /** On every (re)connection: catch up. Returns `skipped` = true when the backlog was not
-   *  replayed (first start of this device, or too far behind). */
+  /** On every (re)connection: catch up on the inbox. Resolves to the heads of the caller's
+   *  large (read fan-out) groups, whose messages are not in the inbox (PROTOCOL.md: ask on
+   *  every connect). */
   connected() {
     clearInterval(this.repair);
     this.repair = setInterval(() => this.enqueue(() => this.pull()), REPAIR_EVERY_MS);
-    let skipped = false;
+    let groups = [];
     return this.enqueue(async () => {
-      const head = (await this.gw.request(CMD.SYNC, { after: 0, limit: 1 })).head;
+      const r = await this.gw.request(CMD.SYNC, { after: 0, limit: 1, groups: true });
+      groups = r.groups || [];
       // A new device replays the recent past too (pending group invites live only in the
       // inbox); replaying is harmless, every entry is applied idempotently.
-      if (this.cursor === null || this.cursor > head || head - this.cursor > MAX_REPLAY) {
-        this.setCursor(Math.max(0, head - MAX_REPLAY));
-        skipped = true;
+      if (this.cursor === null || this.cursor > r.head || r.head - this.cursor > MAX_REPLAY) {
+        this.setCursor(Math.max(0, r.head - MAX_REPLAY));
       }
       await this.pull();
-    }).then(() => skipped);
+    }).then(() => groups);
   }
 
   stop() {
