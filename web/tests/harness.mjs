@@ -16,12 +16,13 @@ export const WAIT_MS = 15000;
 
 /** One server: start() on port 0 the first time, then on the same port and data dir. */
 export class Server {
-  constructor() {
+  /** `extra`: more TOML for the server's config file. */
+  constructor(extra = '') {
     this.dir = mkdtempSync(path.join(tmpdir(), 'xinge-web-'));
     this.data = path.join(this.dir, 'data');
     this.config = path.join(this.dir, 'xinge.toml');
     // Cheap password hashing: the tests register several users on a 2-core machine.
-    writeFileSync(this.config, '[auth]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n');
+    writeFileSync(this.config, `[auth]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n${extra}`);
     this.http = '127.0.0.1:0';
     this.proc = null;
   }
