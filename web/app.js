@@ -171,16 +171,27 @@ async function start() {
 }
 
 async function onConnected() {
-  const groups = await S.inbox.connected();
-  // Large groups that moved while we were away: each one we know pulls from its cursor
-  // (one we do not know yet comes with the conversation list).
-  for (const g of groups) {
-    if (S.convs.has(g.conv)) S.inbox.enqueue(() => applyGroupSignal({ type: 'group', conv: g.conv, seq: g.head }));
-  }
+  pullGroups(await S.inbox.connected());
   await Promise.all([refreshConvs(), refreshFriends()]);
   await Promise.all([refreshPresence(), catchUpOpen()]);
   flushOutbox();
 }
+
+/** Large groups that moved (while we were away, or with a lost signal): each one we know
+ *  pulls from its cursor; one we do not know yet comes with the conversation list. */
+function pullGroups(heads) {
+  for (const g of heads) {
+    if (S.convs.has(g.conv)) S.inbox.enqueue(() => applyGroupSignal({ type: 'group', conv: g.conv, seq: g.head }));
+  }
+}
+
+/** The periodic repair of large groups (the inbox repairs itself): their heads, every 20 s. */
+setInterval(() => {
+  if (S.gw?.state !== 'online') return;
+  S.gw.request(CMD.SYNC, { after: 0, limit: 1, groups: true })
+    .then((r) => pullGroups(r.groups || []))
+    .catch(() => {});
+}, 20000);
 
 function stopSession() {
   S.gw?.stop();
@@ -510,11 +521,14 @@ function onSignal(sig) {
  *  with what we have, else pull the group's history after our cursor for it. */
 async function applyGroupSignal(sig) {
   const c = S.convs.get(sig.conv);
-  const last = c ? c.last_seq : 0;
+  // The cursor: for the open chat, the end of what it shows without a gap (our own send's
+  // answer can land past a message still on its way); otherwise the list's newest.
+  const o = S.open?.conv === sig.conv && S.open.loaded && !S.open.hasNewer ? S.open : null;
+  const last = o ? viewEnd(o) : (c ? c.last_seq : 0);
   if (sig.seq <= last) return;
   const ms = sig.messages || [];
   if (ms.length && ms[0].conv_seq <= last + 1) {
-    for (const m of ms) if (m.conv_seq > (S.convs.get(sig.conv)?.last_seq ?? 0)) applyMessage(m);
+    for (const m of ms) if (m.conv_seq > last) applyMessage(m);
   } else {
     let after = last;
     for (let i = 0; i < 20; i++) {
@@ -738,14 +752,25 @@ async function catchUpOpen() {
   else findPeerRead().catch(() => {});
 }
 
-/** Pages forward from the newest message in view (up to `pages` pages). */
+/** The end of the gapless run the view starts with. */
+function viewEnd(o) {
+  if (!o.msgs.length) return 0;
+  let end = o.msgs[0].conv_seq;
+  for (const m of o.msgs) {
+    if (m.conv_seq > end + 1) break;
+    end = m.conv_seq;
+  }
+  return end;
+}
+
+/** Pages forward from the end of the gapless run in view (up to `pages` pages). */
 async function loadNewer(pages = 1) {
   const o = S.open;
   if (!o || o.loadingNewer) return;
   o.loadingNewer = true;
   try {
     for (let i = 0; i < pages; i++) {
-      const after = o.msgs.length ? o.msgs[o.msgs.length - 1].conv_seq : 0;
+      const after = viewEnd(o);
       const r = await call(CMD.HISTORY, { conv: o.conv, after, limit: i ? 100 : PAGE });
       if (S.open !== o) return;
       addToView(r.messages, 'newer');
