@@ -264,8 +264,10 @@ export class Inbox {
     this.gw = gw;
     this.key = key;
     this.onEntries = onEntries;
-    const saved = Number(localStorage.getItem(key));
-    this.cursor = Number.isSafeInteger(saved) && saved > 0 ? saved : null;
+    let saved = null;
+    try { saved = JSON.parse(localStorage.getItem(key)); } catch { /* none or damaged */ }
+    this.cursor = Number.isSafeInteger(saved?.seq) && saved.seq > 0 ? saved.seq : null;
+    forgetOldCursors();
     this.queue = Promise.resolve();
     this.repair = null;
   }
@@ -279,7 +281,7 @@ export class Inbox {
 
   setCursor(seq) {
     this.cursor = seq;
-    localStorage.setItem(this.key, String(seq));
+    localStorage.setItem(this.key, JSON.stringify({ seq, at: Date.now() }));
   }
 
   /** On every (re)connection: catch up on the inbox. Resolves to the heads of the caller's
@@ -332,6 +334,22 @@ export class Inbox {
       if (!r.has_more || !fresh.length) return;
     }
   }
+}
+
+/** Every tab is a device with its own cursor key; keep the 50 most recently used. */
+const MAX_CURSORS = 50;
+function forgetOldCursors() {
+  const keys = [];
+  for (let i = 0; i < localStorage.length; i++) {
+    const k = localStorage.key(i);
+    if (k && k.startsWith('xinge.cursor.')) {
+      let at = 0;
+      try { at = JSON.parse(localStorage.getItem(k))?.at || 0; } catch { /* damaged: oldest */ }
+      keys.push([at, k]);
+    }
+  }
+  keys.sort((a, b) => b[0] - a[0]);
+  for (const [, k] of keys.slice(MAX_CURSORS)) localStorage.removeItem(k);
 }
 
 // === small helpers shared by the app ===
