@@ -8,12 +8,14 @@
 //! dispatch.rs  the gateway's Upstream/Authenticator: command number → Logic
 //! openapi.rs   the OpenAPI document served at /openapi.json
 //! server.rs    the HTTP accept loop: bounded connections, header deadline, shutdown
+//! web.rs       the browser client (web/ at the repository root), embedded, served at /
 //! ```
 
 mod dispatch;
 mod http;
 mod openapi;
 pub mod server;
+mod web;
 
 pub use dispatch::Dispatch;
 
@@ -48,12 +50,16 @@ pub fn app(state: AppState) -> axum::Router {
     http::api_routes(ApiState { logic: state.logic })
         .merge(http::route_routes(state.route))
         .merge(http::gateway_routes(state.gateway))
+        .merge(http::web_routes())
         .merge(http::common())
 }
 
-/// `xinge api`: the business API.
+/// `xinge api`: the business API (and the web client, which a deployment serves from
+/// behind the same address).
 pub fn api_app(logic: Arc<Logic>) -> axum::Router {
-    http::api_routes(ApiState { logic }).merge(http::common())
+    http::api_routes(ApiState { logic })
+        .merge(http::web_routes())
+        .merge(http::common())
 }
 
 /// `xinge route`: which gateway to use.

@@ -123,3 +123,62 @@ async fn health_openapi_and_errors_in_our_shape() {
     );
     assert!(text.contains("xinge_connections 0"), "{text}");
 }
+
+#[tokio::test]
+async fn web_client_is_served_from_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(dir.path());
+    let get = |path: &str, etag: Option<&str>| {
+        let mut r = Request::get(path);
+        if let Some(t) = etag {
+            r = r.header("if-none-match", t);
+        }
+        app(s.clone()).oneshot(r.body(Body::empty()).unwrap())
+    };
+    let header = |resp: &axum::response::Response, name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    let resp = get("/", None).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        header(&resp, "content-type").as_deref(),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(header(&resp, "cache-control").as_deref(), Some("no-cache"));
+    assert!(header(&resp, "content-security-policy").is_some());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let html = std::str::from_utf8(&body).unwrap();
+    assert!(html.contains("/web/app.js"), "{html}");
+    assert!(!html.contains("https://"), "no external resources: {html}");
+
+    for (path, ty) in [
+        ("/web/app.js", "text/javascript; charset=utf-8"),
+        ("/web/client.js", "text/javascript; charset=utf-8"),
+        ("/web/view.js", "text/javascript; charset=utf-8"),
+        ("/web/style.css", "text/css; charset=utf-8"),
+        ("/web/icon.svg", "image/svg+xml"),
+    ] {
+        let resp = get(path, None).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        assert_eq!(header(&resp, "content-type").as_deref(), Some(ty), "{path}");
+        // Revalidation: the same bytes answer 304 without a body.
+        let tag = header(&resp, "etag").expect("an etag");
+        let again = get(path, Some(&tag)).await.unwrap();
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
+        let body = again.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.is_empty());
+    }
+
+    // Only the embedded files: no path tricks, answered in the API's error shape.
+    for path in ["/web/nope.js", "/web/..%2FCargo.toml", "/web/"] {
+        let (status, body) = call(&s, Request::get(path).body(Body::empty()).unwrap()).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found")),
+            "{path}"
+        );
+    }
+}

@@ -1,0 +1,1252 @@
+// The xinge web client: state, the inbox events applied to it, and the screens.
+// Each browser tab is its own device (its device id lives in sessionStorage), so two tabs of
+// one user behave as two devices: both get everything, and read state syncs through the inbox.
+
+import {
+  ApiError, CMD, FATAL_CODES, Gateway, Inbox, groupIdOf, http, newClientMsgId, peerOf,
+} from './client.js';
+import { debounce, h, initials, render, renderIfChanged, time } from './view.js';
+
+// === limits ===
+
+const PAGE = 40; // history page
+const MAX_IN_VIEW = 400; // messages kept for the open conversation; older ones page back in
+const MAX_OUTBOX = 200;
+const MAX_TEXT = 4000;
+const TYPING_EVERY_MS = 3000;
+const TYPING_SHOWN_MS = 5000;
+const GROUP_READ_POLL_MS = 4000;
+const RECALL_WINDOW_MS = 120000; // the server's default chat.recall_window_secs; it decides
+
+// === state ===
+
+const S = {
+  session: null, // {token, user_id, device, username}
+  me: null, // Profile
+  gw: null,
+  inbox: null,
+  conn: { state: 'offline' },
+  convs: new Map(), // conv -> Conversation
+  profiles: new Map(), // user -> Profile
+  presence: new Map(), // user -> bool
+  typing: new Map(), // conv -> {user, until}
+  peerRead: new Map(), // conv (1:1) -> the peer's read seq
+  friends: [],
+  requests: { incoming: [], outgoing: [] },
+  invites: [], // {conv, by, name}
+  blocked: new Set(),
+  found: null, // a profile from the search
+  tab: 'chats',
+  open: null, // the open conversation, see openConv
+  outbox: [], // {cmid, conv, to, text, mentions, mention_all, state, error}
+};
+
+const R = {}; // rendered regions
+
+function deviceId() {
+  let d = sessionStorage.getItem('xinge.device');
+  if (!d) {
+    const r = crypto.getRandomValues(new Uint8Array(6));
+    d = 'web-' + Array.from(r, (x) => x.toString(16).padStart(2, '0')).join('');
+    sessionStorage.setItem('xinge.device', d);
+  }
+  return d;
+}
+
+const api = (method, path, body) => http(method, path, body, S.session?.token);
+const call = (cmd, body) => S.gw.request(cmd, body);
+
+function toast(text) {
+  const t = document.getElementById('toast');
+  t.textContent = text;
+  t.classList.add('show');
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => t.classList.remove('show'), 4000);
+}
+
+function fail(e) {
+  console.warn(e);
+  toast(e instanceof ApiError ? `${e.message} (${e.code})` : String(e.message || e));
+}
+
+// === profiles ===
+
+const loading = new Set();
+function name(id) {
+  if (id === S.me?.user_id) return 'You';
+  const p = S.profiles.get(id);
+  if (p) return p.display_name || p.username;
+  if (!loading.has(id) && S.session) {
+    loading.add(id);
+    api('GET', `/v1/users/${id}`)
+      .then((p) => { S.profiles.set(id, p); update(); })
+      .catch(() => {})
+      .finally(() => loading.delete(id));
+  }
+  return `user ${id}`;
+}
+
+/** Loads the profiles a dialog is about to show (dialogs are not re-rendered). */
+async function ensureProfiles(ids) {
+  const missing = [...new Set(ids)].filter((id) => !S.profiles.has(id)).slice(0, 200);
+  await Promise.all(missing.map((id) => api('GET', `/v1/users/${id}`)
+    .then((p) => S.profiles.set(id, p)).catch(() => {})));
+}
+
+function convName(c) {
+  if (c.name) return c.name;
+  const peer = peerOf(c.conv, S.me.user_id);
+  return peer ? name(peer) : c.conv;
+}
+
+// === rendering schedule ===
+
+let dirty = false;
+function update() {
+  if (dirty) return;
+  dirty = true;
+  // A background tab gets no animation frames, but its title and state still move on.
+  const later = document.hidden ? (f) => setTimeout(f, 100) : requestAnimationFrame;
+  later(() => {
+    dirty = false;
+    if (S.me) renderMain();
+  });
+}
+
+// === session ===
+
+function saveSession() {
+  if (S.session) sessionStorage.setItem('xinge.session', JSON.stringify(S.session));
+  else sessionStorage.removeItem('xinge.session');
+}
+
+async function boot(wait = 500) {
+  const saved = sessionStorage.getItem('xinge.session');
+  if (saved) {
+    try {
+      S.session = JSON.parse(saved);
+      await start();
+      return;
+    } catch (e) {
+      if (e instanceof ApiError && e.retryable) {
+        // The server is away (restarting?): keep the session and try again, backing off.
+        render(document.getElementById('app'), h('div.center', null, h('div.card', { role: 'status' },
+          h('p', null, `Cannot reach the server (${e.message}). Trying again…`))));
+        setTimeout(() => boot(Math.min(wait * 2, 10000)), wait);
+        return;
+      }
+      S.session = null;
+      saveSession();
+      if (!(e instanceof ApiError) || !FATAL_CODES.includes(e.code)) {
+        showLogin(`Could not resume the session: ${e.message}`);
+        return;
+      }
+    }
+  }
+  showLogin();
+}
+
+async function start() {
+  S.me = await api('GET', '/v1/me');
+  S.profiles.set(S.me.user_id, S.me);
+  const key = `${S.me.user_id}.${S.session.device}`;
+  try {
+    const o = JSON.parse(sessionStorage.getItem(`xinge.outbox.${key}`) || '[]');
+    S.outbox = Array.isArray(o) ? o.slice(0, MAX_OUTBOX) : [];
+  } catch { S.outbox = []; }
+  for (const m of S.outbox) if (m.state === 'sending') m.state = 'pending';
+  S.gw = new Gateway(S.session.token);
+  S.inbox = new Inbox(S.gw, `xinge.cursor.${key}`, applyEntries);
+  S.gw.addEventListener('state', (e) => {
+    S.conn = e.detail;
+    // Offline, we know nobody's presence; the reconnection asks again.
+    if (e.detail.state !== 'online') S.presence.clear();
+    renderConn();
+  });
+  S.gw.addEventListener('online', () => onConnected().catch(fail));
+  S.gw.addEventListener('signal', (e) => onSignal(e.detail));
+  S.gw.addEventListener('fatal', (e) => sessionOver(e.detail));
+  buildMain();
+  S.gw.start();
+}
+
+async function onConnected() {
+  pullGroups(await S.inbox.connected());
+  await Promise.all([refreshConvs(), refreshFriends()]);
+  await Promise.all([refreshPresence(), catchUpOpen()]);
+  flushOutbox();
+}
+
+/** Large groups that moved (while we were away, or with a lost signal): each one we know
+ *  pulls from its cursor; one we do not know yet comes with the conversation list. */
+function pullGroups(heads) {
+  for (const g of heads) {
+    if (S.convs.has(g.conv)) S.inbox.enqueue(() => applyGroupSignal({ type: 'group', conv: g.conv, seq: g.head }));
+  }
+}
+
+/** The periodic repair of large groups (the inbox repairs itself): their heads, every 20 s. */
+setInterval(() => {
+  if (S.gw?.state !== 'online') return;
+  S.gw.request(CMD.SYNC, { after: 0, limit: 1, groups: true })
+    .then((r) => pullGroups(r.groups || []))
+    .catch(() => {});
+}, 20000);
+
+function stopSession() {
+  S.gw?.stop();
+  S.inbox?.stop();
+  clearInterval(S.open?.poll);
+  Object.assign(S, {
+    me: null, gw: null, inbox: null, open: null, outbox: [], friends: [], invites: [], found: null,
+    requests: { incoming: [], outgoing: [] }, tab: 'chats',
+  });
+  for (const m of [S.convs, S.profiles, S.presence, S.typing, S.peerRead]) m.clear();
+  S.blocked.clear();
+}
+
+function sessionOver(reason) {
+  stopSession();
+  S.session = null;
+  saveSession();
+  const why = reason.code === 'token_revoked'
+    ? 'This device was logged out (or logged in again elsewhere).'
+    : 'Your session has ended.';
+  showLogin(`${why} Please log in again.`);
+}
+
+async function logout() {
+  try { await api('DELETE', '/v1/sessions'); } catch (e) { if (e.code !== 'unauthenticated') fail(e); }
+  stopSession();
+  S.session = null;
+  saveSession();
+  showLogin('Logged out.');
+}
+
+// === login screen ===
+
+function showLogin(message = '') {
+  const app = document.getElementById('app');
+  let mode = 'login';
+  const err = h('p.error', { role: 'alert', 'data-test': 'login-error' }, message);
+  const user = h('input', { id: 'username', name: 'username', autocomplete: 'username', required: true, minlength: 3, maxlength: 32, pattern: '[a-z0-9_.\\-]+', 'aria-describedby': 'user-hint' });
+  const pass = h('input', { id: 'password', name: 'password', type: 'password', autocomplete: 'current-password', required: true, minlength: 8, maxlength: 256 });
+  const display = h('input', { id: 'display', name: 'display', maxlength: 64 });
+  const displayRow = h('p.field', { hidden: true }, h('label', { for: 'display' }, 'Display name (optional)'), display);
+  const submit = h('button.primary', { type: 'submit' }, 'Log in');
+  const switcher = h('button.link', { type: 'button', onclick: () => {
+    mode = mode === 'login' ? 'register' : 'login';
+    submit.textContent = mode === 'login' ? 'Log in' : 'Create account';
+    switcher.textContent = mode === 'login' ? 'No account yet? Create one' : 'Have an account? Log in';
+    displayRow.hidden = mode === 'login';
+    pass.autocomplete = mode === 'login' ? 'current-password' : 'new-password';
+  } }, 'No account yet? Create one');
+  const form = h('form.card.login', { onsubmit: async (e) => {
+    e.preventDefault();
+    err.textContent = '';
+    submit.disabled = true;
+    try {
+      const username = user.value.trim().toLowerCase();
+      if (mode === 'register') {
+        await http('POST', '/v1/accounts', {
+          username, password: pass.value, display_name: display.value.trim() || undefined,
+        });
+      }
+      const device = deviceId();
+      const r = await http('POST', '/v1/sessions', { username, password: pass.value, device });
+      S.session = { token: r.token, user_id: r.user_id, device: r.device, username };
+      saveSession();
+      await start();
+    } catch (e2) {
+      S.session = null;
+      saveSession();
+      err.textContent = e2 instanceof ApiError ? e2.message : String(e2);
+      submit.disabled = false;
+    }
+  } },
+  h('h1', null, h('img', { src: '/web/icon.svg', alt: '', width: 40, height: 40 }), 'xinge'),
+  h('p.muted', null, 'Instant messaging, served by this xinge server.'),
+  h('p.field', null, h('label', { for: 'username' }, 'Username'), user,
+    h('small.muted', { id: 'user-hint' }, '3–32 characters: a–z, 0–9, _ . -')),
+  h('p.field', null, h('label', { for: 'password' }, 'Password'), pass, h('small.muted', null, 'At least 8 characters')),
+  displayRow, err, submit, switcher);
+  render(app, h('div.center', null, form));
+  user.focus();
+}
+
+// === the main screen ===
+
+function buildMain() {
+  const app = document.getElementById('app');
+  R.conn = h('div.conn', { 'data-conn': 'offline' });
+  R.sideBody = h('div.side-body');
+  R.tabs = h('nav.tabs', { 'aria-label': 'Sections' });
+  R.side = h('aside.side', { 'aria-label': 'Conversations and friends' },
+    h('header.side-head', null,
+      h('div.me', null, h('span.avatar', { 'aria-hidden': 'true' }, initials(S.me.display_name || S.me.username)),
+        h('span', null, h('strong', { 'data-test': 'me' }, S.me.display_name || S.me.username), h('br'),
+          h('small.muted', null, '@', S.me.username))),
+      h('button.ghost', { onclick: logout, 'data-test': 'logout' }, 'Log out')),
+    R.conn, R.tabs, R.sideBody);
+  R.chat = h('main.chat', { 'aria-label': 'Chat' });
+  R.shell = h('div.shell', null, R.side, R.chat);
+  render(app, R.shell);
+  document.onkeydown = (e) => {
+    if (e.key === 'Escape' && S.open && !document.querySelector('dialog[open]')) {
+      closeConv();
+    }
+  };
+  renderConn();
+  renderMain();
+}
+
+function renderConn() {
+  if (!R.conn) return;
+  const st = S.conn.state;
+  R.conn.dataset.conn = st;
+  const label = st === 'online' ? 'Connected'
+    : st === 'connecting' ? 'Connecting…'
+      : S.conn.retryInMs ? `Offline — retrying in ${Math.ceil(S.conn.retryInMs / 1000)} s` : 'Offline';
+  renderIfChanged(R.conn, h('span.dot', { 'aria-hidden': 'true' }), h('span', { role: 'status' }, label),
+    st === 'offline' && S.gw ? h('button.link', { onclick: () => S.gw.reconnectNow() }, 'Retry now') : null);
+  update();
+}
+
+function renderMain() {
+  R.shell.classList.toggle('chat-open', !!S.open);
+  S.invites = S.invites.filter((i) => !S.convs.has(i.conv)); // joined since
+  const incoming = S.requests.incoming.length + S.invites.length;
+  const unread = totalUnread();
+  document.title = unread ? `(${unread}) xinge` : 'xinge';
+  renderIfChanged(R.tabs,
+    tabButton('chats', 'Chats', unread),
+    tabButton('friends', 'Friends', incoming),
+    h('button.ghost', { onclick: newGroupDialog, 'data-fk': 'new-group' }, '+ Group'));
+  if (S.tab === 'chats') renderIfChanged(R.sideBody, convList());
+  else renderIfChanged(R.sideBody, friendsPanel());
+  renderChat();
+}
+
+function totalUnread() {
+  let n = 0;
+  for (const c of S.convs.values()) n += c.unread;
+  return n;
+}
+
+function tabButton(id, label, count) {
+  return h('button.tab', {
+    'aria-pressed': S.tab === id ? 'true' : 'false', 'data-fk': 'tab-' + id, 'data-tab': id,
+    onclick: () => { S.tab = id; update(); },
+  }, label, count ? h('span.badge', null, String(count)) : null);
+}
+
+// === conversation list ===
+
+function sortedConvs() {
+  return [...S.convs.values()].sort((a, b) => b.last_activity_ms - a.last_activity_ms
+    || (b.last_message?.msg_id ?? 0) - (a.last_message?.msg_id ?? 0));
+}
+
+function convList() {
+  const list = sortedConvs();
+  if (!list.length) {
+    return h('p.empty', null, 'No conversations yet. Find friends in the Friends tab, or start a group.');
+  }
+  return h('ul.convs', { role: 'list' }, list.map((c) => {
+    const peer = peerOf(c.conv, S.me.user_id);
+    const online = peer ? S.presence.get(peer) : undefined;
+    const typing = S.typing.get(c.conv);
+    return h('li', null, h('button.conv', {
+      'data-conv': c.conv, 'data-fk': 'conv-' + c.conv,
+      'aria-current': S.open?.conv === c.conv ? 'true' : undefined,
+      onclick: () => openConv(c.conv),
+    },
+    h('span.avatar', { 'aria-hidden': 'true' }, initials(convName(c)),
+      peer ? h('span.presence', { 'data-online': online ? 'true' : 'false', title: online ? 'online' : 'offline' }) : null),
+    h('span.conv-main', null,
+      h('span.conv-top', null, h('strong.conv-name', null, convName(c)), h('small.muted', null, time(c.last_activity_ms))),
+      h('span.conv-bottom', null,
+        h('span.preview', null, typing && typing.until > Date.now() ? 'typing…' : preview(c)),
+        c.unread_mentions ? h('span.mention', { title: 'you were mentioned', 'aria-label': 'mentioned' }, '@') : null,
+        c.unread ? h('span.badge', { 'aria-label': `${c.unread} unread` }, String(c.unread)) : null))));
+  }));
+}
+
+function preview(c) {
+  const m = c.last_message;
+  if (!m) return '';
+  const who = c.name || m.sender === S.me.user_id ? `${name(m.sender)}: ` : '';
+  return who + messageText(m, true);
+}
+
+function messageText(m, short) {
+  if (m.kind === 'content') return contentText(m.content);
+  if (m.kind === 'recall') return short ? 'recalled a message' : 'A message was recalled';
+  if (m.kind === 'system') return systemText(m.event);
+  return '';
+}
+
+function contentText(c) {
+  if (c && typeof c.text === 'string') return c.text;
+  return '[unsupported message]';
+}
+
+function systemText(ev) {
+  const n = (id) => name(id);
+  switch (ev.action) {
+    case 'created': return `${n(ev.by)} created the group “${ev.name}”`;
+    case 'joined': return `${ev.users.map(n).join(', ')} joined`;
+    case 'invited': return `${n(ev.by)} invited ${n(ev.user)}`;
+    case 'removed': return `${n(ev.by)} removed ${n(ev.user)}`;
+    case 'left': return `${n(ev.user)} left`;
+    case 'updated': return ev.name ? `${n(ev.by)} renamed the group to “${ev.name}”` : `${n(ev.by)} updated the group`;
+    case 'owner_changed': return `${n(ev.to)} is now the owner`;
+    case 'admin_set': return `${n(ev.user)} is ${ev.admin ? 'now an admin' : 'no longer an admin'}`;
+    case 'member_muted': return `${n(ev.user)} was ${ev.muted ? 'muted' : 'unmuted'}`;
+    case 'all_muted': return ev.muted ? 'Only admins can talk now' : 'Everyone can talk again';
+    case 'dismissed': return 'The group was dismissed';
+    default: return ev.action;
+  }
+}
+
+async function refreshConvs() {
+  const r = await call(CMD.CONVERSATIONS, {});
+  const next = new Map();
+  for (const c of r.conversations) {
+    const old = S.convs.get(c.conv);
+    // A message applied from the inbox after the server built this list stays.
+    next.set(c.conv, old && old.last_seq > c.last_seq ? old : c);
+  }
+  // A chat just started from the friends list has no messages yet, so the server does not
+  // list it; anything else the server no longer lists (a group left) goes.
+  for (const [k, c] of S.convs) if (!next.has(k) && c.local && c.last_seq === 0) next.set(k, c);
+  S.convs = next;
+  update();
+}
+const refreshConvsSoon = debounce(() => S.gw?.state === 'online' && refreshConvs().catch(() => {}), 300);
+
+// === inbox events ===
+
+function applyEntries(entries) {
+  for (const e of entries) {
+    const ev = e.event;
+    switch (ev.type) {
+      case 'message': applyMessage(ev.message); break;
+      case 'read': applyRead(ev); break;
+      case 'group_invite':
+        if (!S.invites.some((i) => i.conv === ev.conv)) S.invites.push({ conv: ev.conv, by: ev.by, name: ev.name });
+        break;
+      case 'blocked': case 'unblocked':
+        if (ev.by === S.me.user_id) ev.type === 'blocked' ? S.blocked.add(ev.peer) : S.blocked.delete(ev.peer);
+        refreshFriendsSoon();
+        break;
+      default: refreshFriendsSoon();
+    }
+  }
+  update();
+}
+
+function applyMessage(m) {
+  const me = S.me.user_id;
+  let c = S.convs.get(m.conv);
+  if (!c) {
+    c = {
+      conv: m.conv, peer: peerOf(m.conv, me), last_seq: 0, read_seq: 0, unread: 0,
+      unread_mentions: 0, name: null, last_message: null, last_activity_ms: 0, local: true,
+    };
+    S.convs.set(m.conv, c);
+    if (groupIdOf(m.conv)) refreshConvsSoon(); // learn the group's name
+  }
+  if (m.conv_seq > c.last_seq) {
+    c.last_seq = m.conv_seq;
+    c.last_message = m;
+    c.last_activity_ms = Math.max(c.last_activity_ms, m.sent_at_ms);
+    // The server's count: every message of the others after the read cursor (system
+    // messages and recalls too), so a reload shows the same number.
+    const reading = S.open?.conv === m.conv && document.visibilityState === 'visible';
+    if (m.sender !== me && m.conv_seq > c.read_seq && !reading) {
+      c.unread += 1;
+      if (m.mention_all || (m.mentions || []).includes(me)) c.unread_mentions += 1;
+    }
+    if (m.sender === me) { c.read_seq = m.conv_seq; c.unread = 0; c.unread_mentions = 0; }
+  }
+  if (m.kind === 'recall' && c.last_message && c.last_message.conv_seq === m.target) c.last_message = m;
+  if (m.kind === 'system') {
+    refreshConvsSoon();
+    if (S.open?.conv === m.conv) loadGroup().catch(() => {});
+  }
+  if (S.typing.get(m.conv)?.user === m.sender) S.typing.delete(m.conv);
+  // Sending moves the sender's own read cursor (without a read event), so a 1:1 peer who
+  // writes has read everything before.
+  if (c.peer === m.sender || peerOf(m.conv, me) === m.sender) {
+    S.peerRead.set(m.conv, Math.max(S.peerRead.get(m.conv) || 0, m.conv_seq));
+  }
+  // Our own message from another device (or this one's answer raced the signal).
+  if (m.sender === me) dropFromOutbox(m.client_msg_id);
+  if (S.open?.conv === m.conv) {
+    addToView([m]);
+    if (S.open.group) refreshGroupReadSoon();
+    markReadSoon();
+  }
+}
+
+function applyRead(ev) {
+  const c = S.convs.get(ev.conv);
+  if (ev.reader === S.me.user_id) {
+    if (!c) return;
+    if (ev.seq > c.read_seq) c.read_seq = ev.seq;
+    if (c.read_seq >= c.last_seq) { c.unread = 0; c.unread_mentions = 0; } else refreshConvsSoon();
+  } else {
+    S.peerRead.set(ev.conv, Math.max(S.peerRead.get(ev.conv) || 0, ev.seq));
+  }
+}
+
+function onSignal(sig) {
+  switch (sig.type) {
+    case 'inbox': S.inbox.signal(sig); break;
+    case 'typing': {
+      if (sig.user === S.me.user_id) return;
+      S.typing.set(sig.conv, { user: sig.user, until: Date.now() + TYPING_SHOWN_MS });
+      setTimeout(update, TYPING_SHOWN_MS + 50);
+      update();
+      break;
+    }
+    case 'presence': S.presence.set(sig.user, sig.online); update(); break;
+    case 'group': S.inbox.enqueue(() => applyGroupSignal(sig)); break;
+    default: break;
+  }
+}
+
+/** A large (read fan-out) group moved: apply the messages that ride along if they join up
+ *  with what we have, else pull the group's history after our cursor for it. */
+async function applyGroupSignal(sig) {
+  const c = S.convs.get(sig.conv);
+  // The cursor: for the open chat, the end of what it shows without a gap (our own send's
+  // answer can land past a message still on its way); otherwise the list's newest.
+  const o = S.open?.conv === sig.conv && S.open.loaded && !S.open.hasNewer ? S.open : null;
+  const last = o ? viewEnd(o) : (c ? c.last_seq : 0);
+  if (sig.seq <= last) return;
+  const ms = sig.messages || [];
+  if (ms.length && ms[0].conv_seq <= last + 1) {
+    for (const m of ms) if (m.conv_seq > last) applyMessage(m);
+  } else {
+    let after = last;
+    for (let i = 0; i < 20; i++) {
+      const r = await call(CMD.HISTORY, { conv: sig.conv, after, limit: 100 });
+      for (const m of r.messages) applyMessage(m);
+      if (!r.messages.length || !r.has_more) break;
+      after = r.messages[r.messages.length - 1].conv_seq;
+    }
+  }
+  update();
+}
+
+// === friends ===
+
+async function refreshFriends() {
+  const [friends, requests] = await Promise.all([api('GET', '/v1/friends'), api('GET', '/v1/friends/requests')]);
+  S.friends = friends;
+  S.requests = requests;
+  update();
+}
+const refreshFriendsSoon = debounce(() => {
+  refreshFriends().then(refreshPresence).catch(() => {});
+}, 200);
+
+async function refreshPresence() {
+  const users = S.friends.map((f) => f.user_id);
+  // The server answers at most 500 users per query (friend lists stop at 5,000).
+  for (let i = 0; i < users.length; i += 500) {
+    const r = await call(CMD.PRESENCE, { users: users.slice(i, i + 500) });
+    for (const p of r.presence) S.presence.set(p.user, p.online);
+  }
+  update();
+}
+
+function friendsPanel() {
+  const search = h('input', { id: 'find', type: 'search', placeholder: 'exact username', 'data-fk': 'find', 'aria-label': 'Find a user by username', maxlength: 32 });
+  const form = h('form.row', { onsubmit: async (e) => {
+    e.preventDefault();
+    const q = search.value.trim().toLowerCase();
+    if (!q) return;
+    try {
+      S.found = await api('GET', `/v1/users?username=${encodeURIComponent(q)}`);
+      S.profiles.set(S.found.user_id, S.found);
+    } catch (e2) {
+      S.found = { missing: q, message: e2.code === 'not_found' ? `No user called “${q}”.` : e2.message };
+    }
+    update();
+  } }, search, h('button', { type: 'submit', 'data-fk': 'find-go' }, 'Search'));
+
+  const sections = [h('section', null, h('h2', null, 'Find people'), form, foundCard())];
+  if (S.requests.incoming.length || S.invites.length) {
+    sections.push(h('section', null, h('h2', null, 'Requests'), h('ul.people', null,
+      S.requests.incoming.map((r) => h('li.person', { 'data-request': r.from },
+        personLabel(r.from, r.note ? `“${r.note}”` : 'wants to be friends'),
+        h('span.actions', null,
+          h('button.primary', { 'data-fk': 'acc-' + r.from, onclick: () => act(api('POST', `/v1/friends/requests/${r.from}/accept`), refreshFriends) }, 'Accept'),
+          h('button', { 'data-fk': 'dec-' + r.from, onclick: () => act(api('POST', `/v1/friends/requests/${r.from}/decline`), refreshFriends) }, 'Decline')))),
+      S.invites.map((i) => h('li.person', { 'data-invite': i.conv },
+        h('span', null, h('strong', null, i.name), h('br'), h('small.muted', null, `${name(i.by)} invites you to this group`)),
+        h('span.actions', null,
+          h('button.primary', { 'data-fk': 'join-' + i.conv, onclick: () => act(api('POST', `/v1/groups/${groupIdOf(i.conv)}/join`), () => {
+            S.invites = S.invites.filter((x) => x !== i);
+            return refreshConvs();
+          }) }, 'Join'),
+          h('button', { onclick: () => { S.invites = S.invites.filter((x) => x !== i); update(); } }, 'Dismiss')))))));
+  }
+  if (S.requests.outgoing.length) {
+    sections.push(h('section', null, h('h2', null, 'Sent requests'), h('ul.people', null,
+      S.requests.outgoing.map((r) => h('li.person', null, personLabel(r.to, 'waiting for an answer'))))));
+  }
+  sections.push(h('section', null, h('h2', null, `Friends (${S.friends.length})`),
+    S.friends.length ? h('ul.people', null, S.friends.map((f) => h('li.person', { 'data-friend': f.user_id },
+      personLabel(f.user_id, S.presence.get(f.user_id) ? 'online' : 'offline', S.presence.get(f.user_id)),
+      h('span.actions', null,
+        h('button.primary', { 'data-fk': 'chat-' + f.user_id, onclick: () => chatWith(f.user_id) }, 'Chat'),
+        h('button', { 'data-fk': 'rm-' + f.user_id, onclick: () => confirm(`Remove ${name(f.user_id)} from your friends?`) && act(api('DELETE', `/v1/friends/${f.user_id}`), refreshFriends) }, 'Remove'),
+        h('button.danger', { 'data-fk': 'blk-' + f.user_id, onclick: () => block(f.user_id, true) }, 'Block')))))
+      : h('p.empty', null, 'No friends yet: search for a username above.')));
+  return sections;
+}
+
+function personLabel(id, sub, online) {
+  return h('span.person-label', null,
+    h('span.avatar', { 'aria-hidden': 'true' }, initials(name(id)),
+      online !== undefined ? h('span.presence', { 'data-online': online ? 'true' : 'false' }) : null),
+    h('span', null, h('strong', null, name(id)), h('br'), h('small.muted', null, sub)));
+}
+
+function foundCard() {
+  const f = S.found;
+  if (!f) return null;
+  if (f.missing) return h('p.error', { role: 'alert' }, f.message);
+  if (f.user_id === S.me.user_id) return h('p.muted', null, 'That is you.');
+  const isFriend = S.friends.some((x) => x.user_id === f.user_id);
+  const note = h('input', { id: 'note', maxlength: 200, placeholder: 'Say hello (optional)', 'aria-label': 'Note with the request', 'data-fk': 'note' });
+  return h('div.card.found', { 'data-found': f.username },
+    h('p', null, h('strong', null, f.display_name || f.username), ' ', h('small.muted', null, '@' + f.username)),
+    isFriend ? h('p.muted', null, 'Already a friend.', ' ', h('button', { onclick: () => chatWith(f.user_id) }, 'Chat'))
+      : h('form.row', { onsubmit: (e) => {
+        e.preventDefault();
+        act(api('POST', '/v1/friends/requests', { to: f.user_id, note: note.value.trim() }), () => {
+          toast(`Friend request sent to ${f.username}.`);
+          S.found = null;
+          return refreshFriends();
+        });
+      } }, note, h('button.primary', { type: 'submit', 'data-fk': 'send-req' }, 'Send request')),
+    S.blocked.has(f.user_id)
+      ? h('button', { onclick: () => block(f.user_id, false) }, 'Unblock')
+      : h('button.danger', { onclick: () => block(f.user_id, true) }, 'Block'));
+}
+
+function block(id, on) {
+  if (on && !confirm(`Block ${name(id)}? They will not be able to message you.`)) return;
+  act(api(on ? 'PUT' : 'DELETE', `/v1/blocks/${id}`), () => {
+    on ? S.blocked.add(id) : S.blocked.delete(id);
+    toast(on ? `${name(id)} is blocked.` : `${name(id)} is unblocked.`);
+    return refreshFriends();
+  });
+}
+
+async function act(promise, then) {
+  try {
+    await promise;
+    if (then) await then();
+  } catch (e) { fail(e); }
+  update();
+}
+
+function chatWith(user) {
+  const me = S.me.user_id;
+  const conv = `d${Math.min(me, user)}-${Math.max(me, user)}`;
+  if (!S.convs.has(conv)) {
+    S.convs.set(conv, {
+      conv, peer: user, last_seq: 0, read_seq: 0, unread: 0, unread_mentions: 0, name: null,
+      last_message: null, last_activity_ms: Date.now(), local: true,
+    });
+  }
+  S.tab = 'chats';
+  openConv(conv);
+}
+
+// === the open conversation ===
+
+function openConv(conv) {
+  clearInterval(S.open?.poll);
+  const group = groupIdOf(conv);
+  S.open = {
+    conv, group, msgs: [], seqs: new Set(), recalled: new Set(), hasOlder: false,
+    loadingOlder: false, hasNewer: false, loadingNewer: false, loaded: false, info: null, members: null,
+    stick: true, poll: null,
+  };
+  const composer = buildComposer(conv);
+  R.chatHead = h('header.chat-head');
+  R.list = h('ol.msgs', { 'aria-label': 'Messages', tabindex: '0' });
+  R.list.addEventListener('scroll', onScroll);
+  render(R.chat, R.chatHead, R.list, composer);
+  if (group) {
+    // Group reads are not signalled to senders (a 10,000-member group must not fan out
+    // every read), so an open group asks for the members' cursors now and then.
+    S.open.poll = setInterval(() => {
+      if (document.visibilityState === 'visible') refreshGroupRead().catch(() => {});
+    }, GROUP_READ_POLL_MS);
+  }
+  update();
+  // Offline, the reconnection loads it (catchUpOpen).
+  const quiet = (e) => { if (!(e instanceof ApiError) || !e.retryable) fail(e); };
+  loadNewest().catch(quiet);
+  if (group) loadGroup().catch(quiet);
+  composer.querySelector('textarea').focus();
+}
+
+function closeConv() {
+  clearInterval(S.open?.poll);
+  const conv = S.open?.conv;
+  S.open = null;
+  render(R.chat);
+  update();
+  requestAnimationFrame(() => document.querySelector(`[data-conv="${conv}"]`)?.focus());
+}
+
+async function loadNewest() {
+  const o = S.open;
+  const c = S.convs.get(o.conv);
+  if (c && c.last_seq === 0 && c.local) {
+    o.loaded = true;
+    update();
+    return;
+  }
+  const r = await call(CMD.HISTORY, { conv: o.conv, limit: PAGE });
+  if (S.open !== o) return;
+  o.hasOlder = r.has_more;
+  o.loaded = true;
+  addToView(r.messages, 'newer');
+  markReadSoon();
+  if (!o.group) findPeerRead().catch(() => {});
+}
+
+/** Drop the stretch in view and show the newest page again. */
+function jumpToNewest() {
+  const o = S.open;
+  o.msgs = [];
+  o.seqs.clear();
+  o.hasNewer = false;
+  o.hasOlder = false;
+  o.stick = true;
+  loadNewest().catch(fail);
+}
+
+/** After a reconnection: whatever the open conversation missed, without duplicates. */
+async function catchUpOpen() {
+  const o = S.open;
+  if (!o) return;
+  if (!o.loaded) {
+    await loadNewest();
+    if (o.group) await loadGroup();
+    return;
+  }
+  if (!o.hasNewer) await loadNewer(10);
+  markReadSoon();
+  if (o.group) refreshGroupRead().catch(() => {});
+  else findPeerRead().catch(() => {});
+}
+
+/** The end of the gapless run the view starts with. */
+function viewEnd(o) {
+  if (!o.msgs.length) return 0;
+  let end = o.msgs[0].conv_seq;
+  for (const m of o.msgs) {
+    if (m.conv_seq > end + 1) break;
+    end = m.conv_seq;
+  }
+  return end;
+}
+
+/** Pages forward from the end of the gapless run in view (up to `pages` pages). */
+async function loadNewer(pages = 1) {
+  const o = S.open;
+  if (!o || o.loadingNewer) return;
+  o.loadingNewer = true;
+  try {
+    for (let i = 0; i < pages; i++) {
+      const after = viewEnd(o);
+      const r = await call(CMD.HISTORY, { conv: o.conv, after, limit: i ? 100 : PAGE });
+      if (S.open !== o) return;
+      addToView(r.messages, 'newer');
+      o.hasNewer = r.has_more;
+      if (!r.has_more || !r.messages.length) break;
+    }
+    update();
+  } finally { o.loadingNewer = false; }
+}
+
+async function loadOlder() {
+  const o = S.open;
+  if (!o || !o.hasOlder || o.loadingOlder || !o.msgs.length) return;
+  o.loadingOlder = true;
+  const fromBottom = R.list.scrollHeight - R.list.scrollTop;
+  try {
+    const r = await call(CMD.HISTORY, { conv: o.conv, before: o.msgs[0].conv_seq, limit: PAGE });
+    if (S.open !== o) return;
+    o.hasOlder = r.has_more;
+    addToView(r.messages, 'older');
+    renderChat();
+    R.list.scrollTop = R.list.scrollHeight - fromBottom;
+  } catch (e) { fail(e); } finally { o.loadingOlder = false; }
+}
+
+function onScroll() {
+  const o = S.open;
+  if (!o) return;
+  const fromBottom = R.list.scrollHeight - R.list.scrollTop - R.list.clientHeight;
+  o.stick = fromBottom < 60 && !o.hasNewer;
+  if (R.list.scrollTop < 80) loadOlder();
+  else if (fromBottom < 80 && o.hasNewer) loadNewer().catch(fail);
+}
+
+/**
+ * Messages into the open view: each conv_seq once, in order, at most MAX_IN_VIEW. The view
+ * is one contiguous stretch of the conversation; `mode` says which end grows: `live` (the
+ * inbox), `newer` or `older` (history pages). What falls off the other end pages back in
+ * when the reader scrolls there.
+ */
+function addToView(messages, mode = 'live') {
+  const o = S.open;
+  for (const m of messages) {
+    if (m.conv !== o.conv || o.seqs.has(m.conv_seq)) continue;
+    if (m.kind === 'recall') o.recalled.add(m.target);
+    const first = o.msgs.length ? o.msgs[0].conv_seq : 0;
+    const last = o.msgs.length ? o.msgs[o.msgs.length - 1].conv_seq : 0;
+    if (mode === 'live' && o.hasNewer && m.conv_seq > last) continue; // beyond the stretch
+    if (mode !== 'older' && o.hasOlder && m.conv_seq < first) continue;
+    o.seqs.add(m.conv_seq);
+    o.msgs.push(m);
+  }
+  o.msgs.sort((a, b) => a.conv_seq - b.conv_seq);
+  while (o.msgs.length > MAX_IN_VIEW) {
+    const gone = mode === 'older' ? o.msgs.pop() : o.msgs.shift();
+    o.seqs.delete(gone.conv_seq);
+    if (mode === 'older') o.hasNewer = true;
+    else o.hasOlder = true;
+  }
+  update();
+}
+
+const markReadSoon = debounce(markRead, 150);
+async function markRead() {
+  const o = S.open;
+  if (!o || document.visibilityState !== 'visible' || S.gw?.state !== 'online') return;
+  const c = S.convs.get(o.conv);
+  const newest = o.msgs.length ? o.msgs[o.msgs.length - 1].conv_seq : 0;
+  const seq = Math.max(newest, c?.last_seq ?? 0);
+  if (!c || seq <= c.read_seq) return;
+  try {
+    const r = await call(CMD.READ, { conv: o.conv, seq });
+    c.read_seq = Math.max(c.read_seq, r.read_seq);
+    if (c.read_seq >= c.last_seq) { c.unread = 0; c.unread_mentions = 0; }
+    update();
+  } catch { /* the next message or reconnection tries again */ }
+}
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState !== 'visible') return;
+  markReadSoon();
+  if (S.open?.group) refreshGroupReadSoon();
+});
+
+/** The peer's read cursor in a 1:1 chat: read_state of our own messages in view, newest
+ *  first, then a binary search over them (a handful of requests, only on open). */
+async function findPeerRead() {
+  const o = S.open;
+  const mine = o.msgs.filter((m) => m.sender === S.me.user_id && m.kind === 'content');
+  if (!mine.length) return;
+  const read = async (m) => (await call(CMD.READ_STATE, { conv: o.conv, seq: m.conv_seq, limit: 1 })).read_count > 0;
+  let best = 0;
+  if (await read(mine[mine.length - 1])) best = mine[mine.length - 1].conv_seq;
+  else {
+    let lo = 0;
+    let hi = mine.length - 2;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (await read(mine[mid])) { best = mine[mid].conv_seq; lo = mid + 1; } else hi = mid - 1;
+    }
+  }
+  S.peerRead.set(o.conv, Math.max(S.peerRead.get(o.conv) || 0, best));
+  update();
+}
+
+async function loadGroup() {
+  const o = S.open;
+  if (!o?.group) return;
+  const info = await api('GET', `/v1/groups/${o.group}`);
+  if (S.open !== o) return;
+  o.info = info;
+  await refreshGroupRead();
+}
+
+/** Members with their read cursors (first 1,000): "read by N" for our messages is
+ *  computed from them; the click-through asks the server for the exact lists. */
+async function refreshGroupRead() {
+  const o = S.open;
+  if (!o?.group) return;
+  const r = await api('GET', `/v1/groups/${o.group}/members?limit=1000`);
+  if (S.open !== o) return;
+  o.members = new Map(r.members.map((m) => [m.user, m]));
+  o.membersComplete = !r.next_after;
+  update();
+}
+const refreshGroupReadSoon = debounce(() => refreshGroupRead().catch(() => {}), 400);
+
+function groupReadCount(m) {
+  const o = S.open;
+  if (!o.members) return null;
+  let n = 0;
+  for (const mem of o.members.values()) {
+    if (mem.user !== m.sender && mem.joined_seq < m.conv_seq && mem.read_seq >= m.conv_seq) n++;
+  }
+  return n;
+}
+
+function myRole() {
+  return S.open?.members?.get(S.me.user_id)?.role || 'member';
+}
+
+function renderChat() {
+  const o = S.open;
+  if (!o) {
+    render(R.chat, h('div.placeholder', null, h('img', { src: '/web/icon.svg', alt: '', width: 64, height: 64 }),
+      h('p', null, 'Pick a conversation, or find friends to talk to.')));
+    return;
+  }
+  const c = S.convs.get(o.conv) || { conv: o.conv, name: o.info?.name };
+  const peer = peerOf(o.conv, S.me.user_id);
+  const typing = S.typing.get(o.conv);
+  let sub = '';
+  if (typing && typing.until > Date.now()) sub = `${name(typing.user)} is typing…`;
+  else if (peer) sub = S.presence.get(peer) ? 'online' : 'offline';
+  else if (o.info) sub = `${o.info.member_count} members`;
+  renderIfChanged(R.chatHead,
+    h('button.ghost.back', { onclick: closeConv, 'aria-label': 'Back to conversations', 'data-fk': 'back' }, '←'),
+    h('div.chat-title', null, h('strong', { 'data-test': 'chat-title' }, convName(c)),
+      h('small.muted', { 'data-test': typing && typing.until > Date.now() ? 'typing' : 'sub' }, sub)),
+    o.group ? h('button.ghost', { onclick: groupDialog, 'data-fk': 'group-info' }, 'Group') : null);
+
+  // The list is rebuilt only when something it shows changed, so a typing signal or a
+  // presence change does not throw away a text selection.
+  let reads = 0;
+  for (const m of o.members?.values() || []) reads += m.read_seq;
+  const outbox = S.outbox.filter((x) => x.conv === o.conv).map((x) => x.cmid + x.state).join();
+  const first = o.msgs[0]?.conv_seq;
+  const last = o.msgs[o.msgs.length - 1]?.conv_seq;
+  const sig = [o.msgs.length, first, last, o.recalled.size, outbox, S.peerRead.get(o.conv), reads,
+    o.hasOlder, o.hasNewer, o.loadingOlder, o.loaded, S.profiles.size, Math.floor(Date.now() / 30000)].join('|');
+  if (R.list.dataset.sig === sig) return;
+  R.list.dataset.sig = sig;
+  const items = [];
+  if (o.hasOlder) {
+    items.push(h('li.more', null, h('button.link', { onclick: loadOlder, 'data-fk': 'older' }, o.loadingOlder ? 'Loading…' : 'Load older messages')));
+  } else if (o.loaded) {
+    items.push(h('li.more.muted', null, 'Start of the conversation'));
+  }
+  const peerRead = S.peerRead.get(o.conv) || 0;
+  for (const m of o.msgs) {
+    if (m.kind === 'recall') continue;
+    if (m.kind === 'system') {
+      items.push(h('li.sys', { 'data-seq': m.conv_seq }, systemText(m.event)));
+      continue;
+    }
+    const mine = m.sender === S.me.user_id;
+    const recalled = o.recalled.has(m.conv_seq);
+    let status = null;
+    if (mine && !recalled) {
+      if (o.group) {
+        const n = groupReadCount(m);
+        status = h('button.link.readby', { 'data-fk': 'rb-' + m.conv_seq, onclick: () => whoRead(m), 'aria-label': `Read by ${n ?? 'some'}: show who` },
+          n === null ? 'read by …' : `read by ${n}`);
+      } else {
+        const isRead = peerRead >= m.conv_seq;
+        status = h('span.tick', { 'data-read': isRead ? 'true' : 'false', title: isRead ? 'read' : 'sent', 'aria-label': isRead ? 'read' : 'sent' }, isRead ? '✓✓' : '✓');
+      }
+    }
+    const canRecall = mine && !recalled && Date.now() - m.sent_at_ms < RECALL_WINDOW_MS;
+    items.push(h(`li.msg${mine ? '.mine' : ''}${recalled ? '.recalled' : ''}`, {
+      'data-seq': m.conv_seq, 'data-cmid': m.client_msg_id, 'data-state': 'sent',
+    },
+    !mine && o.group ? h('small.sender', null, name(m.sender)) : null,
+    h('div.bubble', null, recalled ? (mine ? 'You recalled a message' : `${name(m.sender)} recalled a message`) : contentText(m.content)),
+    h('small.meta', null, time(m.sent_at_ms), status ? ' ' : null, status,
+      canRecall ? h('button.link.recall', { 'data-fk': 'rc-' + m.conv_seq, onclick: () => recall(m) }, 'Recall') : null)));
+  }
+  for (const p of S.outbox.filter((x) => x.conv === o.conv && !o.hasNewer)) {
+    items.push(h('li.msg.mine.pending', { 'data-cmid': p.cmid, 'data-state': p.state },
+      h('div.bubble', null, p.text),
+      h('small.meta', null,
+        p.state === 'failed'
+          ? [h('span.error', null, `Not sent: ${p.error}`), ' ',
+            h('button.link', { 'data-fk': 'retry-' + p.cmid, onclick: () => { p.state = 'pending'; saveOutbox(); flushOutbox(); update(); } }, 'Retry'), ' ',
+            h('button.link', { onclick: () => { dropFromOutbox(p.cmid); update(); } }, 'Discard')]
+          : h('span.sending', null, p.state === 'retrying' ? 'waiting for the connection…' : 'sending…'))));
+  }
+  if (o.hasNewer) {
+    items.push(h('li.more', null, h('button.link', { onclick: () => loadNewer().catch(fail), 'data-fk': 'newer' }, 'Load newer messages')));
+  }
+  const wasStuck = o.stick;
+  render(R.list, items);
+  if (wasStuck) R.list.scrollTop = R.list.scrollHeight;
+}
+
+function buildComposer(conv) {
+  const text = h('textarea', {
+    id: 'composer', rows: 1, maxlength: MAX_TEXT, placeholder: 'Message', 'aria-label': 'Message',
+  });
+  let lastTyping = 0;
+  text.addEventListener('input', () => {
+    const now = Date.now();
+    if (text.value && now - lastTyping > TYPING_EVERY_MS && S.gw?.state === 'online') {
+      lastTyping = now;
+      call(CMD.TYPING, { conv }).catch(() => {});
+    }
+  });
+  const form = h('form.composer', { onsubmit: (e) => {
+    e.preventDefault();
+    const t = text.value.trim();
+    if (!t) return;
+    if (S.outbox.length >= MAX_OUTBOX) { toast('Too many messages waiting to be sent.'); return; }
+    queueSend(conv, t);
+    text.value = '';
+    text.focus();
+  } }, text, h('button.primary', { type: 'submit' }, 'Send'));
+  text.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  return form;
+}
+
+// === sending: pending → sent, retried with the same client_msg_id ===
+
+function saveOutbox() {
+  if (!S.me) return;
+  sessionStorage.setItem(`xinge.outbox.${S.me.user_id}.${S.session.device}`, JSON.stringify(S.outbox));
+}
+
+function dropFromOutbox(cmid) {
+  const before = S.outbox.length;
+  S.outbox = S.outbox.filter((x) => x.cmid !== cmid);
+  if (S.outbox.length !== before) saveOutbox();
+}
+
+/** `@username` words of a group message (at most 20), and whether it says `@all`. */
+function mentionTags(conv, text) {
+  if (!groupIdOf(conv)) return { tags: [], mention_all: false };
+  const tags = [...new Set([...text.matchAll(/(?:^|\s)@([a-z0-9_.-]{3,32})/g)].map((m) => m[1]))]
+    .filter((t) => t !== 'all').slice(0, 20);
+  return { tags, mention_all: /(^|\s)@all\b/.test(text) };
+}
+
+/** The user ids of the tags, looked up by exact username (unknown names are plain text). */
+async function resolveMentions(tags) {
+  const ids = [];
+  for (const tag of tags) {
+    let p = [...S.profiles.values()].find((x) => x.username === tag);
+    if (!p) {
+      try {
+        p = await api('GET', `/v1/users?username=${encodeURIComponent(tag)}`);
+        S.profiles.set(p.user_id, p);
+      } catch (e) {
+        if (e.code !== 'not_found') throw e;
+      }
+    }
+    if (p && p.user_id !== S.me.user_id) ids.push(p.user_id);
+  }
+  return ids;
+}
+
+function queueSend(conv, text) {
+  const peer = peerOf(conv, S.me.user_id);
+  const { tags, mention_all } = mentionTags(conv, text);
+  S.outbox.push({
+    cmid: newClientMsgId(), conv, to: peer || undefined, text, state: 'pending', error: null,
+    tags, mentions: null, mention_all,
+  });
+  saveOutbox();
+  if (S.open) {
+    S.open.stick = true;
+    if (S.open.hasNewer) jumpToNewest();
+  }
+  update();
+  flushOutbox();
+}
+
+let flushing = false;
+async function flushOutbox() {
+  if (flushing) return;
+  flushing = true;
+  try {
+    // In order, one at a time: a conversation sees our messages in the order we wrote them.
+    for (;;) {
+      const item = S.outbox.find((x) => x.state === 'pending' || x.state === 'retrying');
+      if (!item || !S.gw) return;
+      if (S.gw.state !== 'online') {
+        item.state = 'retrying';
+        update();
+        try { await S.gw.waitOnline(60000); } catch { continue; }
+      }
+      if (!item.mentions) {
+        try {
+          item.mentions = item.tags?.length ? await resolveMentions(item.tags) : [];
+        } catch {
+          // The lookup failed (offline again?): wait a little and go round.
+          item.state = 'retrying';
+          update();
+          await new Promise((res) => setTimeout(res, 500));
+          continue;
+        }
+      }
+      const body = {
+        client_msg_id: item.cmid, content: { text: item.text },
+        ...(item.to ? { to: item.to } : { conv: item.conv }),
+        ...(item.mentions?.length ? { mentions: item.mentions } : {}),
+        ...(item.mention_all ? { mention_all: true } : {}),
+      };
+      try {
+        const r = await call(CMD.SEND, body);
+        dropFromOutbox(item.cmid);
+        applyMessage({
+          msg_id: r.msg_id, conv: r.conv, conv_seq: r.conv_seq, sender: S.me.user_id,
+          sender_device: S.session.device, client_msg_id: item.cmid, sent_at_ms: r.sent_at_ms,
+          mentions: item.mentions || [], mention_all: !!item.mention_all, kind: 'content', content: body.content,
+        });
+      } catch (e) {
+        if (e instanceof ApiError && e.retryable) {
+          // The same client_msg_id goes again: the server answers a retry of a committed
+          // send with the original message, so nothing is ever sent twice.
+          item.state = 'retrying';
+          update();
+          await new Promise((res) => setTimeout(res, 500));
+        } else {
+          item.state = 'failed';
+          item.error = e.message || String(e);
+          saveOutbox();
+        }
+      }
+      update();
+    }
+  } finally {
+    flushing = false;
+  }
+}
+
+async function recall(m) {
+  try {
+    await call(CMD.RECALL, { conv: m.conv, conv_seq: m.conv_seq, client_msg_id: `r${m.client_msg_id}`.slice(0, 64) });
+    S.open?.recalled.add(m.conv_seq);
+    update();
+  } catch (e) { fail(e); }
+}
+
+// === dialogs ===
+
+function dialog(title, ...content) {
+  const d = h('dialog.card', { 'aria-label': title },
+    h('header.dialog-head', null, h('h2', null, title),
+      h('button.ghost', { onclick: () => d.close(), 'aria-label': 'Close' }, '✕')),
+    h('div.dialog-body', null, content));
+  d.addEventListener('close', () => d.remove());
+  document.body.append(d);
+  d.showModal();
+  return d;
+}
+
+async function whoRead(m) {
+  try {
+    const r = await call(CMD.READ_STATE, { conv: m.conv, seq: m.conv_seq, limit: 200 });
+    await ensureProfiles([...r.read_by, ...r.unread_by]);
+    const list = (ids) => (ids.length ? h('ul.people', null, ids.map((id) => h('li.person', null, personLabel(id, '')))) : h('p.muted', null, 'Nobody'));
+    dialog(`Read by ${r.read_count} of ${r.read_count + r.unread_count}`,
+      h('section', { 'data-test': 'read-by' }, h('h3', null, `Read (${r.read_count})`), list(r.read_by)),
+      h('section', { 'data-test': 'unread-by' }, h('h3', null, `Not yet (${r.unread_count})`), list(r.unread_by)),
+      r.next_after ? h('p.muted', null, 'Showing the first 200 of each.') : null);
+  } catch (e) { fail(e); }
+}
+
+function friendPicker(exclude) {
+  const options = S.friends.filter((f) => !exclude.has(f.user_id));
+  if (!options.length) return { el: h('p.muted', null, 'No friends to add.'), picked: () => [] };
+  const boxes = options.map((f) => h('input', { type: 'checkbox', value: f.user_id, id: 'pick-' + f.user_id }));
+  return {
+    el: h('fieldset.picker', null, h('legend', null, 'Friends'),
+      options.map((f, i) => h('label', { for: 'pick-' + f.user_id }, boxes[i], ' ', name(f.user_id)))),
+    picked: () => boxes.filter((b) => b.checked).map((b) => Number(b.value)),
+  };
+}
+
+async function newGroupDialog() {
+  await ensureProfiles(S.friends.map((f) => f.user_id));
+  const nameInput = h('input', { id: 'group-name', required: true, maxlength: 64, 'aria-label': 'Group name', placeholder: 'Group name' });
+  const picker = friendPicker(new Set());
+  const d = dialog('New group', h('form', { onsubmit: async (e) => {
+    e.preventDefault();
+    try {
+      const g = await api('POST', '/v1/groups', { name: nameInput.value.trim(), members: picker.picked() });
+      d.close();
+      S.tab = 'chats';
+      S.convs.set(g.conv, {
+        conv: g.conv, peer: null, last_seq: 0, read_seq: 0, unread: 0, unread_mentions: 0,
+        name: g.name, last_message: null, last_activity_ms: g.created_at_ms, local: true,
+      });
+      await refreshConvs();
+      openConv(g.conv);
+    } catch (e2) { fail(e2); }
+  } }, h('p.field', null, nameInput), picker.el, h('button.primary', { type: 'submit' }, 'Create')));
+  nameInput.focus();
+}
+
+async function groupDialog() {
+  const o = S.open;
+  if (!o?.group) return;
+  try { await loadGroup(); } catch (e) { fail(e); return; }
+  await ensureProfiles([...(o.members?.keys() || []), ...S.friends.map((f) => f.user_id)]);
+  const info = o.info;
+  const role = myRole();
+  const admin = role === 'owner' || role === 'admin';
+  const gid = o.group;
+  const body = h('div');
+  const d = dialog(info.name);
+  d.querySelector('.dialog-body').append(body);
+  const redo = () => act(loadGroup(), () => { d.close(); groupDialog(); });
+  const members = [...(o.members?.values() || [])];
+  const rename = h('input', { value: info.name, maxlength: 64, 'aria-label': 'Group name', id: 'rename' });
+  body.append(
+    h('p.muted', null, `${info.member_count} members · you are ${role}`, info.notice ? ` · ${info.notice}` : ''),
+    admin ? h('form.row', { onsubmit: (e) => { e.preventDefault(); act(api('PATCH', `/v1/groups/${gid}`, { name: rename.value.trim() }), redo); } },
+      rename, h('button', { type: 'submit' }, 'Rename')) : null,
+    h('h3', null, 'Members'),
+    h('ul.people', null, members.map((m) => h('li.person', { 'data-member': m.user },
+      personLabel(m.user, m.role + (m.muted ? ' · muted' : '')),
+      h('span.actions', null,
+        role === 'owner' && m.user !== S.me.user_id
+          ? h('button', { onclick: () => act(api('POST', `/v1/groups/${gid}/admins`, { user: m.user, on: m.role !== 'admin' }), redo) }, m.role === 'admin' ? 'Demote' : 'Make admin') : null,
+        role === 'owner' && m.user !== S.me.user_id
+          ? h('button', { onclick: () => confirm(`Make ${name(m.user)} the owner?`) && act(api('POST', `/v1/groups/${gid}/transfer`, { to: m.user }), redo) }, 'Make owner') : null,
+        admin && m.user !== S.me.user_id && m.role !== 'owner'
+          ? h('button', { onclick: () => act(api('POST', `/v1/groups/${gid}/mutes`, { user: m.user, on: !m.muted }), redo) }, m.muted ? 'Unmute' : 'Mute') : null,
+        admin && m.user !== S.me.user_id && m.role !== 'owner'
+          ? h('button.danger', { onclick: () => act(api('DELETE', `/v1/groups/${gid}/members/${m.user}`), redo) }, 'Remove') : null)))),
+    o.membersComplete ? null : h('p.muted', null, 'Showing the first 1,000 members.'));
+  const picker = friendPicker(new Set(members.map((m) => m.user)));
+  body.append(h('h3', null, admin ? 'Add members' : 'Invite friends'),
+    h('form', { onsubmit: (e) => {
+      e.preventDefault();
+      const users = picker.picked();
+      if (users.length) act(api('POST', `/v1/groups/${gid}/members`, { users }), redo);
+    } }, picker.el, h('button', { type: 'submit' }, admin ? 'Add' : 'Invite')));
+  body.append(h('div.row.end', null,
+    admin ? h('button', { onclick: () => act(api('POST', `/v1/groups/${gid}/mute-all`, { on: !info.muted_all }), redo) }, info.muted_all ? 'Let everyone talk' : 'Only admins talk') : null,
+    role !== 'owner' ? h('button.danger', { onclick: () => confirm('Leave this group?') && act(api('POST', `/v1/groups/${gid}/leave`), () => { d.close(); S.convs.delete(o.conv); closeConv(); return refreshConvs(); }) }, 'Leave group') : null,
+    role === 'owner' ? h('button.danger', { onclick: () => confirm('Dismiss this group for everyone?') && act(api('DELETE', `/v1/groups/${gid}`), () => { d.close(); closeConv(); return refreshConvs(); }) }, 'Dismiss group') : null));
+}
+
+boot();

@@ -1,0 +1,378 @@
+// The xinge client core: the HTTP API, the WebSocket long connection (docs/PROTOCOL.md, text
+// mode) and the push-then-pull inbox sync. No DOM in here; app.js renders.
+
+export const CMD = {
+  AUTH: 1, PING: 2, CLOSE: 3, SIGNAL: 4,
+  SEND: 100, SYNC: 101, READ: 102, RECALL: 103, TYPING: 104,
+  CONVERSATIONS: 105, HISTORY: 106, READ_STATE: 107, PRESENCE: 108,
+};
+const FLAG_RESPONSE = 0x01;
+const FLAG_ERROR = 0x02;
+
+/** An answer of the server in its error shape ({code, message}), or a transport failure
+ *  (code "transport"), which is always worth a retry. */
+export class ApiError extends Error {
+  constructor(code, message, status = 0) {
+    super(message || code);
+    this.code = code;
+    this.status = status;
+  }
+  get retryable() {
+    return ['transport', 'unavailable', 'slow_consumer', 'rate_limited', 'timeout'].includes(this.code);
+  }
+}
+
+/** Token revoked, expired or forged: the session is over, log in again. */
+export const FATAL_CODES = ['unauthenticated', 'token_expired', 'token_revoked'];
+
+// === HTTP ===
+
+const HTTP_TIMEOUT_MS = 15000;
+
+export async function http(method, path, body, token) {
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), HTTP_TIMEOUT_MS);
+  const headers = {};
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (token) headers.authorization = `Bearer ${token}`;
+  let resp;
+  try {
+    resp = await fetch(path, {
+      method, headers, signal: ctl.signal,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new ApiError('transport', `cannot reach the server (${e.name === 'AbortError' ? 'timed out' : e.message})`);
+  } finally {
+    clearTimeout(timer);
+  }
+  let data = null;
+  try { data = await resp.json(); } catch { /* empty or not JSON */ }
+  if (!resp.ok) {
+    throw new ApiError(data?.code || 'http_' + resp.status, data?.message || resp.statusText, resp.status);
+  }
+  return data;
+}
+
+// === the long connection ===
+
+const AUTH_TIMEOUT_MS = 10000;
+const REQUEST_TIMEOUT_MS = 15000;
+const MIN_BACKOFF_MS = 300;
+const MAX_BACKOFF_MS = 10000;
+
+/**
+ * One WebSocket to /ws in text mode, reconnected with exponential back-off and jitter.
+ * Events: `state` ({state, retryInMs}), `online` (AuthOk), `signal` (a Signal),
+ * `fatal` ({code, message}) when the server refuses the token for good.
+ */
+export class Gateway extends EventTarget {
+  constructor(token) {
+    super();
+    this.token = token;
+    this.ws = null;
+    this.nextId = 1;
+    this.pending = new Map(); // req_id -> {resolve, reject, timer}
+    this.state = 'offline';
+    this.backoff = MIN_BACKOFF_MS;
+    this.stopped = true;
+    this.retryTimer = null;
+    this.pingTimer = null;
+    this.onBrowserOnline = () => this.reconnectNow();
+    // The browser knows the network is gone long before a dead TCP connection times out.
+    this.onBrowserOffline = () => this.ws?.close();
+  }
+
+  start() {
+    this.stopped = false;
+    window.addEventListener('online', this.onBrowserOnline);
+    window.addEventListener('offline', this.onBrowserOffline);
+    this.connect();
+  }
+
+  stop() {
+    this.stopped = true;
+    window.removeEventListener('online', this.onBrowserOnline);
+    window.removeEventListener('offline', this.onBrowserOffline);
+    clearTimeout(this.retryTimer);
+    this.teardown(new ApiError('transport', 'stopped'));
+    this.setState('offline');
+  }
+
+  /** Skip the back-off wait (the browser says the network is back, or the user asked). */
+  reconnectNow() {
+    if (this.stopped || this.state === 'online' || this.state === 'connecting') return;
+    clearTimeout(this.retryTimer);
+    this.backoff = MIN_BACKOFF_MS;
+    this.connect();
+  }
+
+  setState(state, extra = {}) {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent('state', { detail: { state, ...extra } }));
+  }
+
+  connect() {
+    if (this.stopped) return;
+    this.setState('connecting');
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    let ws;
+    try {
+      ws = new WebSocket(`${proto}//${location.host}/ws?mode=text`);
+    } catch {
+      this.scheduleRetry();
+      return;
+    }
+    this.ws = ws;
+    let closeReason = null;
+    const authTimer = setTimeout(() => ws.close(), AUTH_TIMEOUT_MS);
+    ws.onopen = () => {
+      // The token goes in the AUTH frame, not the URL, so it stays out of access logs.
+      this.rawRequest(ws, CMD.AUTH, { token: this.token, protocol: 1 })
+        .then((ok) => {
+          clearTimeout(authTimer);
+          if (ws !== this.ws) return;
+          this.backoff = MIN_BACKOFF_MS;
+          const every = Math.max(1000, (ok.heartbeat_timeout_secs * 1000) / 3);
+          this.pingTimer = setInterval(() => {
+            this.rawRequest(ws, CMD.PING, null).catch(() => {});
+          }, every);
+          this.setState('online');
+          this.dispatchEvent(new CustomEvent('online', { detail: ok }));
+        })
+        .catch((e) => {
+          clearTimeout(authTimer);
+          if (FATAL_CODES.includes(e.code)) closeReason = { code: e.code, message: e.message };
+          ws.close();
+        });
+    };
+    ws.onmessage = (ev) => {
+      let f;
+      try { f = JSON.parse(ev.data); } catch { return; }
+      if (f.cmd === CMD.SIGNAL) {
+        this.dispatchEvent(new CustomEvent('signal', { detail: f.body }));
+      } else if (f.cmd === CMD.CLOSE) {
+        closeReason = f.body || null;
+      } else if (f.flags & FLAG_RESPONSE) {
+        const p = this.pending.get(f.id);
+        if (!p) return;
+        this.pending.delete(f.id);
+        clearTimeout(p.timer);
+        if (f.flags & FLAG_ERROR) p.reject(new ApiError(f.body?.code || 'error', f.body?.message));
+        else p.resolve(f.body);
+      }
+    };
+    ws.onclose = () => {
+      clearTimeout(authTimer);
+      if (ws !== this.ws) return;
+      this.teardown(new ApiError('transport', 'connection lost'));
+      if (closeReason && FATAL_CODES.includes(closeReason.code)) {
+        this.stopped = true;
+        this.setState('offline');
+        this.dispatchEvent(new CustomEvent('fatal', { detail: closeReason }));
+        return;
+      }
+      this.scheduleRetry();
+    };
+  }
+
+  teardown(err) {
+    clearInterval(this.pingTimer);
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      ws.onclose = ws.onmessage = ws.onopen = null;
+      try { ws.close(); } catch { /* already closed */ }
+    }
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.pending.clear();
+  }
+
+  scheduleRetry() {
+    if (this.stopped) return;
+    // Full jitter, so that a restarted server is not hit by every client at once.
+    const wait = Math.round(this.backoff / 2 + Math.random() * (this.backoff / 2));
+    this.backoff = Math.min(MAX_BACKOFF_MS, this.backoff * 2);
+    this.setState('offline', { retryInMs: wait });
+    this.retryTimer = setTimeout(() => this.connect(), wait);
+  }
+
+  rawRequest(ws, cmd, body) {
+    return new Promise((resolve, reject) => {
+      if (ws.readyState !== WebSocket.OPEN) {
+        reject(new ApiError('transport', 'not connected'));
+        return;
+      }
+      const id = this.nextId++;
+      if (this.nextId > 0xffffffff) this.nextId = 1;
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new ApiError('timeout', 'the server did not answer in time'));
+        // A connection that stops answering is as good as dead: start over.
+        if (ws === this.ws) ws.close();
+      }, REQUEST_TIMEOUT_MS);
+      this.pending.set(id, { resolve, reject, timer });
+      ws.send(JSON.stringify(body === null ? { cmd, id } : { cmd, id, body }));
+    });
+  }
+
+  /** A business request over the live connection; rejects with `transport` when offline. */
+  request(cmd, body) {
+    if (this.state !== 'online' || !this.ws) {
+      return Promise.reject(new ApiError('transport', 'not connected'));
+    }
+    return this.rawRequest(this.ws, cmd, body);
+  }
+
+  /** Resolves when online (or after `ms`, rejecting). */
+  waitOnline(ms) {
+    if (this.state === 'online') return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.removeEventListener('online', done);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.removeEventListener('online', done);
+        reject(new ApiError('timeout', 'still offline'));
+      }, ms);
+      this.addEventListener('online', done);
+    });
+  }
+}
+
+// === the inbox: push, then pull ===
+
+const SYNC_PAGE = 200;
+/** A device further behind than this skips ahead and reloads its snapshot instead of
+ *  replaying the whole backlog (the conversation list and histories carry the state). */
+const MAX_REPLAY = 2000;
+const REPAIR_EVERY_MS = 20000;
+
+/**
+ * The device's inbox cursor and the rule of PROTOCOL.md: apply a signalled entry only if it
+ * is exactly cursor + 1, otherwise pull after the cursor until `has_more` is false. Every
+ * step runs on one queue, so entries reach `onEntries` once each, in seq order. The cursor
+ * lives in localStorage per user and device.
+ */
+export class Inbox {
+  constructor(gw, key, onEntries) {
+    this.gw = gw;
+    this.key = key;
+    this.onEntries = onEntries;
+    let saved = null;
+    try { saved = JSON.parse(localStorage.getItem(key)); } catch { /* none or damaged */ }
+    this.cursor = Number.isSafeInteger(saved?.seq) && saved.seq > 0 ? saved.seq : null;
+    forgetOldCursors();
+    this.queue = Promise.resolve();
+    this.repair = null;
+  }
+
+  enqueue(task) {
+    this.queue = this.queue.then(task).catch((e) => {
+      if (!(e instanceof ApiError) || !e.retryable) console.warn('inbox:', e);
+    });
+    return this.queue;
+  }
+
+  setCursor(seq) {
+    this.cursor = seq;
+    localStorage.setItem(this.key, JSON.stringify({ seq, at: Date.now() }));
+  }
+
+  /** On every (re)connection: catch up on the inbox. Resolves to the heads of the caller's
+   *  large (read fan-out) groups, whose messages are not in the inbox (PROTOCOL.md: ask on
+   *  every connect). */
+  connected() {
+    clearInterval(this.repair);
+    this.repair = setInterval(() => this.enqueue(() => this.pull()), REPAIR_EVERY_MS);
+    let groups = [];
+    return this.enqueue(async () => {
+      const r = await this.gw.request(CMD.SYNC, { after: 0, limit: 1, groups: true });
+      groups = r.groups || [];
+      // A new device replays the recent past too (pending group invites live only in the
+      // inbox); replaying is harmless, every entry is applied idempotently.
+      if (this.cursor === null || this.cursor > r.head || r.head - this.cursor > MAX_REPLAY) {
+        this.setCursor(Math.max(0, r.head - MAX_REPLAY));
+      }
+      await this.pull();
+    }).then(() => groups);
+  }
+
+  stop() {
+    clearInterval(this.repair);
+  }
+
+  signal(sig) {
+    this.enqueue(async () => {
+      if (this.cursor === null || sig.seq <= this.cursor) return;
+      if (sig.entry && sig.seq === this.cursor + 1) {
+        this.setCursor(sig.seq);
+        this.onEntries([sig.entry]);
+      } else {
+        await this.pull();
+      }
+    });
+  }
+
+  async pull() {
+    if (this.cursor === null) return;
+    for (let round = 0; round < 1000; round++) {
+      const r = await this.gw.request(CMD.SYNC, { after: this.cursor, limit: SYNC_PAGE });
+      const fresh = [];
+      for (const e of r.entries) {
+        if (e.seq === this.cursor + 1) {
+          this.setCursor(e.seq);
+          fresh.push(e);
+        }
+      }
+      if (fresh.length) this.onEntries(fresh);
+      if (!r.has_more || !fresh.length) return;
+    }
+  }
+}
+
+/** Every tab is a device with its own cursor key; keep the 50 most recently used. */
+const MAX_CURSORS = 50;
+function forgetOldCursors() {
+  const keys = [];
+  for (let i = 0; i < localStorage.length; i++) {
+    const k = localStorage.key(i);
+    if (k && k.startsWith('xinge.cursor.')) {
+      let at = 0;
+      try { at = JSON.parse(localStorage.getItem(k))?.at || 0; } catch { /* damaged: oldest */ }
+      keys.push([at, k]);
+    }
+  }
+  keys.sort((a, b) => b[0] - a[0]);
+  for (const [, k] of keys.slice(MAX_CURSORS)) localStorage.removeItem(k);
+}
+
+// === small helpers shared by the app ===
+
+/** A client_msg_id: unique per sender, 1-64 bytes. */
+export function newClientMsgId() {
+  if (crypto.randomUUID) return 'w' + crypto.randomUUID().replaceAll('-', '');
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  return 'w' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
+export function peerOf(conv, me) {
+  const m = /^d(\d+)-(\d+)$/.exec(conv);
+  if (!m) return null;
+  const a = Number(m[1]);
+  const b = Number(m[2]);
+  return a === me ? b : a;
+}
+
+/** The group id of a group conversation, as a string: group ids are snowflakes above 2^53,
+ *  which a JavaScript number cannot hold exactly (so the client never uses `group_id` or
+ *  `msg_id` numbers from JSON, only the `conv` string). */
+export function groupIdOf(conv) {
+  const m = /^g(\d+)$/.exec(conv);
+  return m ? m[1] : null;
+}
