@@ -3,48 +3,25 @@
 //! is answered in text. The token may come as `?token=` or `Authorization: Bearer`.
 
 use crate::Gateway;
-use crate::conn::{self, FrameRead, FrameWrite, ReadError};
+use crate::conn::{self, ReadError, Transport};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{SinkExt, Stream};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use xinge_proto::Frame;
 
-struct Reader {
-    inner: SplitStream<WebSocket>,
+struct Ws {
+    inner: WebSocket,
     max: usize,
-    text: Arc<AtomicBool>,
+    /// The client speaks text frames; answer in text.
+    text: bool,
 }
 
-impl FrameRead for Reader {
-    async fn read_frame(&mut self) -> Result<Frame, ReadError> {
-        loop {
-            match self.inner.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(ReadError::Gone),
-                Some(Ok(Message::Binary(b))) => {
-                    return Frame::decode(b, self.max).map_err(ReadError::Bad);
-                }
-                Some(Ok(Message::Text(t))) => {
-                    self.text.store(true, Ordering::Relaxed);
-                    return Frame::decode_text(t.as_str(), self.max).map_err(ReadError::Bad);
-                }
-                // Pings are answered by the WebSocket layer; both count as nothing here.
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            }
-        }
-    }
-}
-
-struct Writer {
-    inner: SplitSink<WebSocket, Message>,
-    text: Arc<AtomicBool>,
-}
-
-impl Writer {
+impl Ws {
     fn message(&self, f: &Frame) -> Message {
-        if self.text.load(Ordering::Relaxed) {
+        if self.text {
             Message::Text(f.encode_text().into())
         } else {
             Message::Binary(f.encode())
@@ -52,7 +29,25 @@ impl Writer {
     }
 }
 
-impl FrameWrite for Writer {
+impl Transport for Ws {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, ReadError>> {
+        loop {
+            let Poll::Ready(next) = Pin::new(&mut self.inner).poll_next(cx) else {
+                return Poll::Pending;
+            };
+            return Poll::Ready(match next {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Err(ReadError::Gone),
+                Some(Ok(Message::Binary(b))) => Frame::decode(b, self.max).map_err(ReadError::Bad),
+                Some(Ok(Message::Text(t))) => {
+                    self.text = true;
+                    Frame::decode_text(t.as_str(), self.max).map_err(ReadError::Bad)
+                }
+                // Pings are answered by the WebSocket layer; both count as nothing here.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            });
+        }
+    }
+
     async fn write_frames(&mut self, frames: &[Frame]) -> std::io::Result<()> {
         for f in frames {
             let msg = self.message(f);
@@ -60,10 +55,7 @@ impl FrameWrite for Writer {
         }
         self.inner.flush().await.map_err(std::io::Error::other)
     }
-    async fn write_frame(&mut self, f: Frame) -> std::io::Result<()> {
-        let msg = self.message(&f);
-        self.inner.send(msg).await.map_err(std::io::Error::other)
-    }
+
     async fn finish(&mut self) {
         let _ = self
             .inner
@@ -92,13 +84,11 @@ pub fn upgrade(
         .read_buffer_size(256)
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
-            let (sink, stream) = socket.split();
-            let text = Arc::new(AtomicBool::new(text));
-            let reader = Reader {
-                inner: stream,
+            let io = Ws {
+                inner: socket,
                 max,
-                text: text.clone(),
+                text,
             };
-            conn::serve(gw, reader, Writer { inner: sink, text }, token).await;
+            conn::serve(gw, io, token).await;
         })
 }
