@@ -162,103 +162,155 @@ enum Event {
     Read(Result<Frame, ReadError>),
 }
 
-async fn session<T: Transport>(
+/// Why the session's loop ended.
+enum End {
+    /// The peer went away, or the gateway kicked it (the reason is in the handle).
+    Quiet,
+    /// The peer stopped taking data: nothing more can be written.
+    WriteFailed,
+    /// Tell the peer why, then close.
+    Error(ApiError),
+}
+
+/// The authenticated connection, to the end. Its future is what an idle connection costs
+/// beyond its handle, so it holds only its arguments and the wait: writing, answering a
+/// frame and closing are boxed, and what they need is moved into the box before it is
+/// awaited (`an_idle_tcp_session_is_one_small_future` keeps this true).
+///
+/// Not an `async fn`: an async fn keeps its arguments twice in its state (once as passed,
+/// once as locals); the async block below holds them once.
+pub(crate) fn session<T: Transport>(
+    gw: Arc<Gateway>,
+    mut io: T,
+    handle: Arc<ConnHandle>,
+    ctx: SessionCtx,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let closing = {
+            let end = loop {
+                let work = {
+                    let event = poll_fn(|cx| {
+                        handle.out.register(cx.waker());
+                        if handle.kicked().is_some() {
+                            return Poll::Ready(Event::Kicked);
+                        }
+                        if handle.out.has_frames() || io.owes_reply() {
+                            return Poll::Ready(Event::Write);
+                        }
+                        match io.poll_frame(cx) {
+                            Poll::Ready(r) => Poll::Ready(Event::Read(r)),
+                            // Reading may have left a reply owed (a WebSocket ping).
+                            Poll::Pending if io.owes_reply() => Poll::Ready(Event::Write),
+                            Poll::Pending => Poll::Pending,
+                        }
+                    })
+                    .await;
+                    // A block, so that `event` is gone before the work is awaited.
+                    let work = match event {
+                        Event::Kicked | Event::Read(Err(ReadError::Gone)) => break End::Quiet,
+                        Event::Read(Err(ReadError::Bad(e))) => break End::Error(bad_frame(&e)),
+                        Event::Write => Work::Write,
+                        Event::Read(Ok(f)) => Work::Frame(f),
+                    };
+                    Box::pin(step(&gw, &mut io, &handle, &ctx, work))
+                };
+                if let Some(end) = work.await {
+                    break end;
+                }
+            };
+            Box::pin(close(gw, io, handle, ctx, permit, end))
+        };
+        closing.await;
+    }
+}
+
+enum Work {
+    Write,
+    Frame(Frame),
+}
+
+/// Writes what is queued, or answers a frame; `Some` ends the session.
+async fn step<T: Transport>(
+    gw: &Gateway,
+    io: &mut T,
+    handle: &ConnHandle,
+    ctx: &SessionCtx,
+    work: Work,
+) -> Option<End> {
+    let frame = match work {
+        Work::Write => {
+            return (!write_queued(io, &handle.out).await).then_some(End::WriteFailed);
+        }
+        Work::Frame(f) => f,
+    };
+    handle.last_seen.store(gw.now_secs(), Ordering::Relaxed);
+    match answer(gw, io, handle, ctx, frame).await {
+        Answer::None => None,
+        Answer::WriteFailed => Some(End::WriteFailed),
+        Answer::Reply(reply) => handle.out.push(reply).is_err().then(|| {
+            End::Error(ApiError::new(
+                ErrorCode::SlowConsumer,
+                "send queue full: reconnect and pull to catch up",
+            ))
+        }),
+    }
+}
+
+/// Ends a session: unbinds it, then writes what is still queued and the close frame (unless
+/// writing already failed) and ends the stream.
+async fn close<T: Transport>(
     gw: Arc<Gateway>,
     mut io: T,
     handle: Arc<ConnHandle>,
     ctx: SessionCtx,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    end: End,
 ) {
-    let (conn, user) = (ctx.conn, ctx.user);
-    let mut write_failed = false;
-    let reason = loop {
-        let event = poll_fn(|cx| {
-            handle.out.register(cx.waker());
-            if handle.kicked().is_some() {
-                return Poll::Ready(Event::Kicked);
-            }
-            if handle.out.has_frames() || io.owes_reply() {
-                return Poll::Ready(Event::Write);
-            }
-            match io.poll_frame(cx) {
-                Poll::Ready(r) => Poll::Ready(Event::Read(r)),
-                // Reading may have left a reply owed (a WebSocket ping).
-                Poll::Pending if io.owes_reply() => Poll::Ready(Event::Write),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
-        let frame = match event {
-            Event::Kicked => break None,
-            Event::Write => {
-                if !write_queued(&mut io, &handle.out).await {
-                    write_failed = true;
-                    handle.kick(Kick::WriteFailed);
-                    break None;
-                }
-                continue;
-            }
-            Event::Read(Ok(f)) => f,
-            Event::Read(Err(ReadError::Gone)) => break None,
-            Event::Read(Err(ReadError::Bad(e))) => break Some(bad_frame(&e)),
-        };
-        handle.last_seen.store(gw.now_secs(), Ordering::Relaxed);
-        // Boxed: answering takes memory only while it is under way.
-        let answered = Box::pin(answer(
-            &gw,
-            &mut io,
-            &handle,
-            &ctx,
-            frame,
-            &mut write_failed,
-        ));
-        let Some(reply) = answered.await else {
-            continue;
-        };
-        if write_failed {
-            handle.kick(Kick::WriteFailed);
-            break None;
-        }
-        if handle.out.push(reply).is_err() {
-            break Some(ApiError::new(
-                ErrorCode::SlowConsumer,
-                "send queue full: reconnect and pull to catch up",
-            ));
-        }
+    let conn = ctx.conn;
+    gw.unregister(conn, ctx.user);
+    let write_failed = matches!(end, End::WriteFailed);
+    if write_failed {
+        handle.kick(Kick::WriteFailed);
+    }
+    let reason = match (handle.kicked(), end) {
+        (Some(kick), _) => Some(kick.error()),
+        (None, End::Error(e)) => Some(e),
+        (None, _) => None,
     };
-    gw.unregister(conn, user);
-    let reason = handle.kicked().map(Kick::error).or(reason);
     if let Some(err) = &reason {
         tracing::debug!(%conn, code = %err.code, "closing connection");
     }
     handle.out.close_with(reason.as_ref().map(close_frame));
-    if !write_failed {
-        // What is still queued (and the close frame) goes out, then the stream ends.
-        Box::pin(async {
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
-                while let Some(batch) = handle.out.take_batch() {
-                    io.write_frames(&batch).await?;
-                }
-                io.finish().await;
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-        })
-        .await;
+    if write_failed {
+        return;
     }
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        while let Some(batch) = handle.out.take_batch() {
+            io.write_frames(&batch).await?;
+        }
+        io.finish().await;
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
-/// Writes what is queued, a batch at a time; false if the peer stopped taking data.
+/// Writes what is queued (and what the transport owes); false if the peer stopped taking
+/// data. Whatever is queued goes out in one write: an answer and the signal that follows
+/// it cost one system call, not two. The batch is allocated per write, so an idle
+/// connection keeps no buffer.
 async fn write_queued<T: Transport>(io: &mut T, out: &SendQueue) -> bool {
-    // Whatever is queued goes out in one write: an answer and the signal that follows it
-    // cost one system call, not two. The batch is allocated per write, so an idle
-    // connection keeps no buffer.
     let batch = out.take_batch().unwrap_or_default();
-    // Boxed: the write (and its timer) takes memory only while a write is under way.
     matches!(
-        Box::pin(tokio::time::timeout(WRITE_TIMEOUT, io.write_frames(&batch))).await,
+        tokio::time::timeout(WRITE_TIMEOUT, io.write_frames(&batch)).await,
         Ok(Ok(()))
     )
+}
+
+enum Answer {
+    None,
+    Reply(Frame),
+    WriteFailed,
 }
 
 /// The reply to one frame from the client, if it needs one. A business command is passed
@@ -269,12 +321,11 @@ async fn answer<T: Transport>(
     handle: &ConnHandle,
     ctx: &SessionCtx,
     frame: Frame,
-    write_failed: &mut bool,
-) -> Option<Frame> {
+) -> Answer {
     if frame.is_response() {
-        return None; // clients have nothing to answer; tolerate and ignore
+        return Answer::None; // clients have nothing to answer; tolerate and ignore
     }
-    Some(match frame.cmd {
+    Answer::Reply(match frame.cmd {
         cmd::PING => frame.reply(bytes::Bytes::new()),
         cmd::AUTH => Frame::error(
             frame.cmd,
@@ -282,7 +333,7 @@ async fn answer<T: Transport>(
             &ApiError::new(ErrorCode::Conflict, "already authenticated"),
         ),
         c if c >= cmd::FIRST_BUSINESS => {
-            // async_trait already boxes the call: the session holds only its pointer.
+            // async_trait already boxes the call.
             let mut call = gw.upstream.handle(ctx, c, frame.body.clone());
             let result = loop {
                 let done = poll_fn(|cx| {
@@ -290,7 +341,7 @@ async fn answer<T: Transport>(
                         return Poll::Ready(Some(r));
                     }
                     handle.out.register(cx.waker());
-                    if !*write_failed && (handle.out.has_frames() || io.owes_reply()) {
+                    if handle.out.has_frames() || io.owes_reply() {
                         return Poll::Ready(None);
                     }
                     Poll::Pending
@@ -298,7 +349,11 @@ async fn answer<T: Transport>(
                 .await;
                 match done {
                     Some(r) => break r,
-                    None => *write_failed = !write_queued(io, &handle.out).await,
+                    None => {
+                        if !write_queued(io, &handle.out).await {
+                            return Answer::WriteFailed;
+                        }
+                    }
                 }
             };
             match result {
