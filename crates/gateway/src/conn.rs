@@ -179,6 +179,7 @@ enum End {
 ///
 /// Not an `async fn`: an async fn keeps its arguments twice in its state (once as passed,
 /// once as locals); the async block below holds them once.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 pub(crate) fn session<T: Transport>(
     gw: Arc<Gateway>,
     mut io: T,
