@@ -1,7 +1,7 @@
 //! One handler per endpoint. Handlers only translate: extract, call `Logic`, answer.
 
 use crate::{ApiState, Auth, Body, HttpError, HttpResult, openapi, web};
-use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -491,7 +491,7 @@ pub async fn ws(
     State(gateway): State<Arc<Gateway>>,
     Query(q): Query<WsQuery>,
     headers: axum::http::HeaderMap,
-    up: WebSocketUpgrade,
+    up: xinge_gateway::ws::WsUpgrade,
 ) -> Response {
     let header_token = headers
         .get(axum::http::header::AUTHORIZATION)

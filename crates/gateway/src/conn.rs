@@ -1,13 +1,19 @@
-//! One connection's life, independent of the transport: admission, authentication, the
-//! read loop that answers gateway commands and forwards business ones, and the bounded
-//! write queue drained by a writer task.
+//! One connection's life, independent of the transport: admission, authentication, then
+//! one task that reads frames, answers gateway commands, forwards business ones and writes
+//! what the connection's bounded send queue holds.
+//!
+//! An idle connection is that one task waiting in [`Transport::poll_frame`] and on its
+//! queue's waker: the wait itself holds no future (no `Notify` waiter, no read buffer, no
+//! timer), only the task's own fields. Writes and business calls are boxed, so they take
+//! memory only while under way.
 
 use crate::queue::SendQueue;
 use crate::{ConnHandle, Gateway, Kick, SessionCtx};
+use std::future::{Future, poll_fn};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::Notify;
 use xinge_core::ErrorCode;
 use xinge_core::error::ApiError;
 use xinge_proto::api::{AuthOk, AuthRequest};
@@ -21,22 +27,28 @@ pub(crate) enum ReadError {
     Bad(FrameError),
 }
 
-pub(crate) trait FrameRead: Send {
-    /// The next frame; `Err(Gone)` at end of stream.
-    fn read_frame(&mut self) -> impl std::future::Future<Output = Result<Frame, ReadError>> + Send;
-}
-
-pub(crate) trait FrameWrite: Send + 'static {
-    /// Writes all of `frames` (in order), as few system calls as the transport allows.
+/// A long connection's wire: frames in, frames out.
+pub(crate) trait Transport: Send + 'static {
+    /// The next frame if its bytes have arrived. Cancel-safe: a partial frame stays in the
+    /// transport, and `Pending` only registers the waker, so waiting holds no buffer.
+    /// `Err(Gone)` at end of stream.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, ReadError>>;
+    /// The transport owes the peer something of its own (a WebSocket pong): write soon,
+    /// even with nothing queued.
+    fn owes_reply(&mut self) -> bool {
+        false
+    }
+    /// Writes all of `frames` (in order, and whatever the transport owes), as few system
+    /// calls as the transport allows.
     fn write_frames(
         &mut self,
         frames: &[Frame],
     ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
-    fn write_frame(
-        &mut self,
-        f: Frame,
-    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
     fn finish(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+fn read_frame<T: Transport>(io: &mut T) -> impl Future<Output = Result<Frame, ReadError>> + '_ {
+    poll_fn(|cx| io.poll_frame(cx))
 }
 
 /// A write that takes longer than this means the peer stopped reading.
@@ -54,29 +66,26 @@ pub(crate) fn bad_frame(e: &FrameError) -> ApiError {
 }
 
 /// Writes a close frame and ends the stream, for connections refused before they have a
-/// writer task.
-async fn refuse<W: FrameWrite>(mut w: W, reply_to: Option<&Frame>, err: ApiError) {
+/// session.
+async fn refuse<T: Transport>(mut io: T, reply_to: Option<&Frame>, err: ApiError) {
     let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        let mut frames = Vec::with_capacity(2);
         if let Some(req) = reply_to {
-            let _ = w.write_frame(Frame::error(req.cmd, req.req_id, &err)).await;
+            frames.push(Frame::error(req.cmd, req.req_id, &err));
         }
-        let _ = w.write_frame(close_frame(&err)).await;
-        w.finish().await;
+        frames.push(close_frame(&err));
+        let _ = io.write_frames(&frames).await;
+        io.finish().await;
     })
     .await;
 }
 
 /// Serves one connection to the end. `token` is a token given at the upgrade (WebSocket
 /// query or header); without it the first frame must be `AUTH`.
-pub(crate) async fn serve<R: FrameRead + 'static, W: FrameWrite>(
-    gw: Arc<Gateway>,
-    mut r: R,
-    w: W,
-    token: Option<String>,
-) {
+pub(crate) async fn serve<T: Transport>(gw: Arc<Gateway>, mut io: T, token: Option<String>) {
     let Ok(permit) = gw.slots.clone().try_acquire_owned() else {
         refuse(
-            w,
+            io,
             None,
             ApiError::new(ErrorCode::Unavailable, "gateway is full"),
         )
@@ -86,29 +95,29 @@ pub(crate) async fn serve<R: FrameRead + 'static, W: FrameWrite>(
     let auth_timeout = Duration::from_secs(u64::from(gw.cfg.auth_timeout_secs));
     let (auth_frame, token) = match token {
         Some(t) => (None, t),
-        None => match tokio::time::timeout(auth_timeout, r.read_frame()).await {
+        None => match tokio::time::timeout(auth_timeout, read_frame(&mut io)).await {
             Err(_) => {
                 let e = ApiError::new(ErrorCode::Unauthenticated, "no auth frame in time");
-                return refuse(w, None, e).await;
+                return refuse(io, None, e).await;
             }
             Ok(Err(ReadError::Gone)) => return,
-            Ok(Err(ReadError::Bad(e))) => return refuse(w, None, bad_frame(&e)).await,
+            Ok(Err(ReadError::Bad(e))) => return refuse(io, None, bad_frame(&e)).await,
             Ok(Ok(f)) if f.cmd != cmd::AUTH => {
                 let e = ApiError::new(ErrorCode::Unauthenticated, "the first frame must be AUTH");
-                return refuse(w, Some(&f), e).await;
+                return refuse(io, Some(&f), e).await;
             }
             Ok(Ok(f)) => match serde_json::from_slice::<AuthRequest>(&f.body) {
                 Ok(req) => (Some(f), req.token),
                 Err(e) => {
                     let e = ApiError::new(ErrorCode::BadRequest, format!("auth body: {e}"));
-                    return refuse(w, Some(&f), e).await;
+                    return refuse(io, Some(&f), e).await;
                 }
             },
         },
     };
     let (user, device) = match gw.auth.authenticate(&token).await {
         Ok(v) => v,
-        Err(e) => return refuse(w, auth_frame.as_ref(), e).await,
+        Err(e) => return refuse(io, auth_frame.as_ref(), e).await,
     };
 
     let conn = gw.next_conn_id();
@@ -117,10 +126,8 @@ pub(crate) async fn serve<R: FrameRead + 'static, W: FrameWrite>(
         user,
         out: SendQueue::new(gw.cfg.send_queue),
         last_seen: gw.now_secs().into(),
-        close: Notify::new(),
         close_reason: Default::default(),
     });
-    tokio::spawn(write_loop(w, handle.clone()));
     let ok = AuthOk {
         conn_id: conn.0,
         user_id: user,
@@ -145,96 +152,226 @@ pub(crate) async fn serve<R: FrameRead + 'static, W: FrameWrite>(
     let ctx = SessionCtx { user, device, conn };
     // The session runs as a task of its own, so the long-lived task holds only the
     // session's state, not the authentication phase's.
-    tokio::spawn(session(gw, r, handle, ctx, permit));
+    tokio::spawn(session(gw, io, handle, ctx, permit));
 }
 
-async fn session<R: FrameRead + 'static>(
+/// What woke an idle session.
+enum Event {
+    Kicked,
+    Write,
+    Read(Result<Frame, ReadError>),
+}
+
+/// Why the session's loop ended.
+enum End {
+    /// The peer went away, or the gateway kicked it (the reason is in the handle).
+    Quiet,
+    /// The peer stopped taking data: nothing more can be written.
+    WriteFailed,
+    /// Tell the peer why, then close.
+    Error(ApiError),
+}
+
+/// The authenticated connection, to the end. Its future is what an idle connection costs
+/// beyond its handle, so it holds only its arguments and the wait: writing, answering a
+/// frame and closing are boxed, and what they need is moved into the box before it is
+/// awaited (`an_idle_tcp_session_is_one_small_future` keeps this true).
+///
+/// Not an `async fn`: an async fn keeps its arguments twice in its state (once as passed,
+/// once as locals); the async block below holds them once.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub(crate) fn session<T: Transport>(
     gw: Arc<Gateway>,
-    mut r: R,
+    mut io: T,
+    handle: Arc<ConnHandle>,
+    ctx: SessionCtx,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let closing = {
+            let end = loop {
+                let work = {
+                    let event = poll_fn(|cx| {
+                        handle.out.register(cx.waker());
+                        if handle.kicked().is_some() {
+                            return Poll::Ready(Event::Kicked);
+                        }
+                        if handle.out.has_frames() || io.owes_reply() {
+                            return Poll::Ready(Event::Write);
+                        }
+                        match io.poll_frame(cx) {
+                            Poll::Ready(r) => Poll::Ready(Event::Read(r)),
+                            // Reading may have left a reply owed (a WebSocket ping).
+                            Poll::Pending if io.owes_reply() => Poll::Ready(Event::Write),
+                            Poll::Pending => Poll::Pending,
+                        }
+                    })
+                    .await;
+                    // A block, so that `event` is gone before the work is awaited.
+                    let work = match event {
+                        Event::Kicked | Event::Read(Err(ReadError::Gone)) => break End::Quiet,
+                        Event::Read(Err(ReadError::Bad(e))) => break End::Error(bad_frame(&e)),
+                        Event::Write => Work::Write,
+                        Event::Read(Ok(f)) => Work::Frame(f),
+                    };
+                    Box::pin(step(&gw, &mut io, &handle, &ctx, work))
+                };
+                if let Some(end) = work.await {
+                    break end;
+                }
+            };
+            Box::pin(close(gw, io, handle, ctx, permit, end))
+        };
+        closing.await;
+    }
+}
+
+enum Work {
+    Write,
+    Frame(Frame),
+}
+
+/// Writes what is queued, or answers a frame; `Some` ends the session.
+async fn step<T: Transport>(
+    gw: &Gateway,
+    io: &mut T,
+    handle: &ConnHandle,
+    ctx: &SessionCtx,
+    work: Work,
+) -> Option<End> {
+    let frame = match work {
+        Work::Write => {
+            return (!write_queued(io, &handle.out).await).then_some(End::WriteFailed);
+        }
+        Work::Frame(f) => f,
+    };
+    handle.last_seen.store(gw.now_secs(), Ordering::Relaxed);
+    match answer(gw, io, handle, ctx, frame).await {
+        Answer::None => None,
+        Answer::WriteFailed => Some(End::WriteFailed),
+        Answer::Reply(reply) => handle.out.push(reply).is_err().then(|| {
+            End::Error(ApiError::new(
+                ErrorCode::SlowConsumer,
+                "send queue full: reconnect and pull to catch up",
+            ))
+        }),
+    }
+}
+
+/// Ends a session: unbinds it, then writes what is still queued and the close frame (unless
+/// writing already failed) and ends the stream.
+async fn close<T: Transport>(
+    gw: Arc<Gateway>,
+    mut io: T,
     handle: Arc<ConnHandle>,
     ctx: SessionCtx,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    end: End,
 ) {
-    let (conn, user) = (ctx.conn, ctx.user);
-    let reason = read_loop(&gw, &mut r, &handle, &ctx).await;
-    gw.unregister(conn, user);
-    let reason = handle.kicked().map(Kick::error).or(reason);
-    if let Some(err) = reason {
-        tracing::debug!(%conn, code = %err.code, "closing connection");
-        handle.out.close_with(Some(close_frame(&err)));
+    let conn = ctx.conn;
+    gw.unregister(conn, ctx.user);
+    let write_failed = matches!(end, End::WriteFailed);
+    if write_failed {
+        handle.kick(Kick::WriteFailed);
     }
-    handle.out.close_with(None);
+    let reason = match (handle.kicked(), end) {
+        (Some(kick), _) => Some(kick.error()),
+        (None, End::Error(e)) => Some(e),
+        (None, _) => None,
+    };
+    if let Some(err) = &reason {
+        tracing::debug!(%conn, code = %err.code, "closing connection");
+    }
+    handle.out.close_with(reason.as_ref().map(close_frame));
+    if write_failed {
+        return;
+    }
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        while let Some(batch) = handle.out.take_batch() {
+            io.write_frames(&batch).await?;
+        }
+        io.finish().await;
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
-async fn read_loop<R: FrameRead>(
+/// Writes what is queued (and what the transport owes); false if the peer stopped taking
+/// data. Whatever is queued goes out in one write: an answer and the signal that follows
+/// it cost one system call, not two. The batch is allocated per write, so an idle
+/// connection keeps no buffer.
+async fn write_queued<T: Transport>(io: &mut T, out: &SendQueue) -> bool {
+    let batch = out.take_batch().unwrap_or_default();
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, io.write_frames(&batch)).await,
+        Ok(Ok(()))
+    )
+}
+
+enum Answer {
+    None,
+    Reply(Frame),
+    WriteFailed,
+}
+
+/// The reply to one frame from the client, if it needs one. A business command is passed
+/// up; while it runs, frames queued for the connection (signals) keep going out.
+async fn answer<T: Transport>(
     gw: &Gateway,
-    r: &mut R,
+    io: &mut T,
     handle: &ConnHandle,
     ctx: &SessionCtx,
-) -> Option<ApiError> {
-    loop {
-        let frame = tokio::select! {
-            f = r.read_frame() => f,
-            _ = handle.close.notified() => return None,
-        };
-        let frame = match frame {
-            Ok(f) => f,
-            Err(ReadError::Gone) => return None,
-            Err(ReadError::Bad(e)) => return Some(bad_frame(&e)),
-        };
-        handle.last_seen.store(gw.now_secs(), Ordering::Relaxed);
-        if frame.is_response() {
-            continue; // clients have nothing to answer; tolerate and ignore
-        }
-        let reply = match frame.cmd {
-            cmd::PING => frame.reply(bytes::Bytes::new()),
-            cmd::AUTH => Frame::error(
-                frame.cmd,
-                frame.req_id,
-                &ApiError::new(ErrorCode::Conflict, "already authenticated"),
-            ),
-            c if c >= cmd::FIRST_BUSINESS => {
-                match gw.upstream.handle(ctx, c, frame.body.clone()).await {
-                    Ok(body) => frame.reply(body),
-                    Err(e) => {
-                        metrics::counter!("xinge_errors_total", "code" => e.code.as_str(), "via" => "connection").increment(1);
-                        Frame::error(frame.cmd, frame.req_id, &e)
+    frame: Frame,
+) -> Answer {
+    if frame.is_response() {
+        return Answer::None; // clients have nothing to answer; tolerate and ignore
+    }
+    Answer::Reply(match frame.cmd {
+        cmd::PING => frame.reply(bytes::Bytes::new()),
+        cmd::AUTH => Frame::error(
+            frame.cmd,
+            frame.req_id,
+            &ApiError::new(ErrorCode::Conflict, "already authenticated"),
+        ),
+        c if c >= cmd::FIRST_BUSINESS => {
+            // async_trait already boxes the call.
+            let mut call = gw.upstream.handle(ctx, c, frame.body.clone());
+            let result = loop {
+                let done = poll_fn(|cx| {
+                    if let Poll::Ready(r) = call.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                    handle.out.register(cx.waker());
+                    if handle.out.has_frames() || io.owes_reply() {
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match done {
+                    Some(r) => break r,
+                    None => {
+                        if !write_queued(io, &handle.out).await {
+                            return Answer::WriteFailed;
+                        }
                     }
                 }
+            };
+            match result {
+                Ok(body) => frame.reply(body),
+                Err(e) => {
+                    metrics::counter!("xinge_errors_total", "code" => e.code.as_str(), "via" => "connection").increment(1);
+                    Frame::error(frame.cmd, frame.req_id, &e)
+                }
             }
-            _ => Frame::error(
-                frame.cmd,
-                frame.req_id,
-                &ApiError::new(
-                    ErrorCode::UnknownCommand,
-                    format!("unknown command {}", frame.cmd),
-                ),
+        }
+        _ => Frame::error(
+            frame.cmd,
+            frame.req_id,
+            &ApiError::new(
+                ErrorCode::UnknownCommand,
+                format!("unknown command {}", frame.cmd),
             ),
-        };
-        if handle.out.push(reply).is_err() {
-            return Some(ApiError::new(
-                ErrorCode::SlowConsumer,
-                "send queue full: reconnect and pull to catch up",
-            ));
-        }
-    }
-}
-
-async fn write_loop<W: FrameWrite>(mut w: W, handle: Arc<ConnHandle>) {
-    // Whatever is queued goes out in one write: an answer and the signal that follows it
-    // cost one system call, not two. The batch is allocated per write, so an idle
-    // connection keeps no buffer.
-    while let Some(batch) = handle.out.pop_batch().await {
-        // Boxed: the write (and its timer) takes memory only while a write is under way.
-        match Box::pin(tokio::time::timeout(WRITE_TIMEOUT, w.write_frames(&batch))).await {
-            Ok(Ok(())) => {}
-            _ => {
-                // The peer stopped reading or went away: end the reading side too.
-                handle.out.close_with(None);
-                handle.kick(Kick::WriteFailed);
-                return;
-            }
-        }
-    }
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, w.finish()).await;
+        ),
+    })
 }

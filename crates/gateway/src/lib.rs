@@ -24,8 +24,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
-use tokio::sync::{Notify, Semaphore};
 use xinge_core::config::GatewayConfig;
 use xinge_core::error::ApiError;
 use xinge_core::idgen::IdGen;
@@ -54,13 +54,12 @@ pub trait Upstream: Send + Sync + 'static {
 
 const SHARDS: usize = 64;
 
-/// What the gateway keeps per live connection (besides its two halves' task state).
+/// What the gateway keeps per live connection (besides its task's state).
 pub(crate) struct ConnHandle {
     pub user: UserId,
     pub out: queue::SendQueue,
     /// Seconds since gateway start of the last frame received.
     pub last_seen: AtomicU32,
-    pub close: Notify,
     /// Why the gateway is closing the connection (a [`Kick`] as u8; 0: not closing).
     pub close_reason: std::sync::atomic::AtomicU8,
 }
@@ -114,7 +113,8 @@ impl ConnHandle {
         if first.is_ok() {
             metrics::counter!("xinge_connections_kicked_total", "reason" => why.error().code.as_str()).increment(1);
         }
-        self.close.notify_one();
+        // The connection task waits on its queue's waker for kicks too.
+        self.out.wake();
     }
 
     pub fn kicked(&self) -> Option<Kick> {

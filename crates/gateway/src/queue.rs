@@ -2,17 +2,22 @@
 //!
 //! A tokio `mpsc` channel allocates its first block of slots up front (about 1.5 KiB for
 //! frames), which for an idle connection is pure overhead. This queue is an empty
-//! `VecDeque` (no allocation) behind a mutex, a `Notify` for the writer, and a bound: a
+//! `VecDeque` (no allocation) behind a mutex, the connection task's waker, and a bound: a
 //! frame that does not fit is refused and the connection is closed as a slow consumer.
+//!
+//! The waker is an `AtomicWaker`, not a `Notify`: the connection task registers its waker
+//! while it polls, so waiting holds no waiter node in the task's state, and the same waker
+//! is woken for a kick (the handle has no second `Notify`).
 
+use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use tokio::sync::Notify;
+use std::task::Waker;
 use xinge_proto::Frame;
 
 pub(crate) struct SendQueue {
     inner: Mutex<Inner>,
-    ready: Notify,
+    waker: AtomicWaker,
     cap: usize,
 }
 
@@ -35,7 +40,7 @@ impl SendQueue {
                 frames: VecDeque::new(),
                 closed: false,
             }),
-            ready: Notify::new(),
+            waker: AtomicWaker::new(),
             cap: cap.max(1),
         }
     }
@@ -53,7 +58,7 @@ impl SendQueue {
             }
             inner.frames.push_back(f);
         }
-        self.ready.notify_one();
+        self.waker.wake();
         Ok(())
     }
 
@@ -68,29 +73,37 @@ impl SendQueue {
             }
             inner.closed = true;
         }
-        self.ready.notify_one();
+        self.waker.wake();
     }
 
-    /// Waits for frames and takes up to a batch of them; `None` once closed and drained.
-    pub async fn pop_batch(&self) -> Option<Vec<Frame>> {
-        loop {
-            {
-                let mut inner = self.lock();
-                if !inner.frames.is_empty() {
-                    let n = inner.frames.len().min(BATCH);
-                    let batch: Vec<Frame> = inner.frames.drain(..n).collect();
-                    if inner.frames.is_empty() && inner.frames.capacity() > 0 {
-                        // Give the memory back: an idle connection holds no buffer.
-                        inner.frames = VecDeque::new();
-                    }
-                    return Some(batch);
-                }
-                if inner.closed {
-                    return None;
-                }
-            }
-            self.ready.notified().await;
+    /// Wakes the connection task (it was kicked, or frames are waiting).
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
+
+    /// The connection task's waker, woken by `push`, `close_with` and `wake`. Register before
+    /// checking for frames, so that nothing pushed in between is missed.
+    pub fn register(&self, w: &Waker) {
+        self.waker.register(w);
+    }
+
+    pub fn has_frames(&self) -> bool {
+        !self.lock().frames.is_empty()
+    }
+
+    /// Takes up to a batch of the waiting frames; `None` if there are none.
+    pub fn take_batch(&self) -> Option<Vec<Frame>> {
+        let mut inner = self.lock();
+        if inner.frames.is_empty() {
+            return None;
         }
+        let n = inner.frames.len().min(BATCH);
+        let batch: Vec<Frame> = inner.frames.drain(..n).collect();
+        if inner.frames.is_empty() {
+            // Give the memory back: an idle connection holds no buffer.
+            inner.frames = VecDeque::new();
+        }
+        Some(batch)
     }
 }
 
@@ -98,8 +111,8 @@ impl SendQueue {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn bounded_batched_and_closable() {
+    #[test]
+    fn bounded_batched_and_closable() {
         let q = SendQueue::new(2);
         q.push(Frame::request(1, 1, bytes::Bytes::new())).unwrap();
         q.push(Frame::request(1, 2, bytes::Bytes::new())).unwrap();
@@ -107,7 +120,7 @@ mod tests {
             q.push(Frame::request(1, 3, bytes::Bytes::new())).is_err(),
             "full"
         );
-        let b = q.pop_batch().await.unwrap();
+        let b = q.take_batch().unwrap();
         assert_eq!(b.iter().map(|f| f.req_id).collect::<Vec<_>>(), vec![1, 2]);
         q.close_with(Some(Frame::request(3, 0, bytes::Bytes::new())));
         assert!(
@@ -115,10 +128,10 @@ mod tests {
             "closed"
         );
         assert_eq!(
-            q.pop_batch().await.unwrap()[0].cmd,
+            q.take_batch().unwrap()[0].cmd,
             3,
             "the close frame still goes out"
         );
-        assert!(q.pop_batch().await.is_none());
+        assert!(q.take_batch().is_none());
     }
 }

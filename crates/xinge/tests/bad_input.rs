@@ -728,3 +728,59 @@ async fn slowloris_http_clients_are_cut_off_and_http_connections_are_bounded() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_pings_fragments_and_close_follow_rfc_6455() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+    let server = start(|_| {}).await;
+    let (alice, _) = server.login("alice", "laptop").await;
+    let url = format!("{}?token={}", server.ws, alice.token().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let _greeting = ws.next().await.unwrap().unwrap();
+
+    // A ping is answered with a pong that carries its payload.
+    ws.send(Message::Ping(Bytes::from_static(b"hi")))
+        .await
+        .unwrap();
+    match ws.next().await.unwrap().unwrap() {
+        Message::Pong(p) => assert_eq!(&p[..], b"hi"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+
+    // A message in two fragments is one frame.
+    let ping = Frame::request(cmd::PING, 7, Bytes::new()).encode();
+    let first = WsFrame::message(ping.slice(..3), OpCode::Data(Data::Binary), false);
+    let rest = WsFrame::message(ping.slice(3..), OpCode::Data(Data::Continue), true);
+    ws.send(Message::Frame(first)).await.unwrap();
+    ws.send(Message::Frame(rest)).await.unwrap();
+    match ws.next().await.unwrap().unwrap() {
+        Message::Binary(b) => {
+            let f = Frame::decode(b, usize::MAX).unwrap();
+            assert!(f.is_response() && f.req_id == 7, "{f:?}");
+        }
+        other => panic!("expected the answer to the ping, got {other:?}"),
+    }
+
+    // A close frame is answered with the same code, and the stream ends.
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    })))
+    .await
+    .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut code = None;
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(c) = m {
+                code = c.map(|c| c.code);
+            }
+        }
+        code
+    })
+    .await
+    .expect("the server ends the connection");
+    assert_eq!(closed, Some(CloseCode::Normal));
+    server.stop().await;
+}
