@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! lib.rs      Gateway: the connection table, the interface to the layers above
-//! conn.rs     one connection's life: auth, read loop, bounded write queue
+//! conn.rs     one connection's life: auth, then one task that reads, answers and writes
 //! tcp.rs      length-prefixed frames over TCP, and the accept loop
-//! ws.rs       WebSocket (binary frames, or JSON text frames) via axum
+//! ws.rs       WebSocket (binary frames, or JSON text frames) on /ws, framed here
 //! wheel.rs    the heartbeat timing wheel: one task for all connections
 //! ```
 //! The interface to the rest of the system fits on one screen: [`Authenticator`] checks a
