@@ -1,15 +1,18 @@
 //! One handler per endpoint. Handlers only translate: extract, call `Logic`, answer.
 
-use crate::{AppState, Auth, Body, HttpError, HttpResult, openapi, web};
+use crate::{ApiState, Auth, Body, HttpError, HttpResult, openapi};
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use utoipa::ToSchema;
 use xinge_core::error::ApiError;
 use xinge_core::{ConvId, ErrorCode, UserId};
+use xinge_gateway::Gateway;
 use xinge_proto::api::*;
+use xinge_route::Route;
 
 /// The answer of operations that return nothing else.
 #[derive(Serialize, ToSchema)]
@@ -19,15 +22,31 @@ pub struct Done {
 
 const DONE: Done = Done { ok: true };
 
-pub fn router(state: AppState) -> Router {
-    let max_body = state.logic.config().server.max_body_bytes;
+/// What every role serves: `/healthz`, `/metrics`, and our error shape for unknown paths.
+pub fn common() -> Router {
     Router::new()
-        .route("/", get(web::index))
-        .route("/web/{file}", get(web::file))
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
+        .fallback(|| async { HttpError(ApiError::new(ErrorCode::NotFound, "no such endpoint")) })
+}
+
+/// The route service's endpoint.
+pub fn route_routes(route: Arc<Route>) -> Router {
+    Router::new()
+        .route("/v1/route", get(route_handler))
+        .with_state(route)
+}
+
+/// The WebSocket gateway's endpoint.
+pub fn gateway_routes(gateway: Arc<Gateway>) -> Router {
+    Router::new().route("/ws", get(ws)).with_state(gateway)
+}
+
+/// The business API: every IM operation, and its OpenAPI document.
+pub fn api_routes(state: ApiState) -> Router {
+    let max_body = state.logic.config().server.max_body_bytes;
+    Router::new()
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
-        .route("/v1/route", get(route))
         .route("/v1/accounts", post(register))
         .route("/v1/sessions", post(login).delete(logout))
         .route("/v1/me", get(me).put(update_me))
@@ -73,8 +92,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/groups/{id}/admins", post(set_admin))
         .route("/v1/groups/{id}/mutes", post(mute_member))
         .route("/v1/groups/{id}/mute-all", post(mute_all))
-        .route("/ws", get(ws))
-        .fallback(|| async { HttpError(ApiError::new(ErrorCode::NotFound, "no such endpoint")) })
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
@@ -86,8 +103,7 @@ fn conv_param(s: &str) -> Result<ConvId, HttpError> {
 
 /// Prometheus metrics (text format): connections, messages, pulls, signals, store commit
 /// latency, errors by code. docs/ARCHITECTURE.md lists them.
-pub async fn prometheus(State(s): State<AppState>) -> String {
-    metrics::gauge!("xinge_connections").set(s.gateway.connections() as f64);
+pub async fn prometheus() -> String {
     crate::metrics_handle().render()
 }
 
@@ -105,20 +121,42 @@ pub struct RouteQuery {
 }
 
 /// Which gateways to connect to, best first.
-#[utoipa::path(get, path = "/v1/route", params(
+#[utoipa::path(get, path = "/v1/route", operation_id = "route", params(
     ("region" = Option<String>, Query, description = "the client's region"),
     ("zone" = Option<String>, Query, description = "the client's zone")),
-    responses((status = 200, body = RouteResponse)))]
-pub async fn route(State(s): State<AppState>, Query(q): Query<RouteQuery>) -> Json<RouteResponse> {
+    responses((status = 200, body = RouteResponse), (status = 429, body = ApiError)))]
+pub async fn route_handler(
+    State(route): State<Arc<Route>>,
+    Query(q): Query<RouteQuery>,
+    ext: axum::http::Extensions,
+) -> Response {
+    // The peer address, when the server was started with connect info (tests through
+    // `oneshot` have none and are not limited).
+    let peer = ext
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(Err(wait)) = peer.map(|ip| route.admit(ip)) {
+        metrics::counter!("xinge_route_refused_total").increment(1);
+        let mut resp = HttpError(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many connection attempts: retry after the time given",
+        ))
+        .into_response();
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        resp.headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from(secs.max(1)));
+        return resp;
+    }
     Json(RouteResponse {
-        gateways: s.route.rank(&q.region, &q.zone, xinge_core::now_ms()),
+        gateways: route.rank(&q.region, &q.zone, xinge_core::now_ms()),
     })
+    .into_response()
 }
 
 #[utoipa::path(post, path = "/v1/accounts", request_body = RegisterRequest,
     responses((status = 200, body = Profile), (status = 409, body = ApiError), (status = 400, body = ApiError)))]
 pub async fn register(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Body(req): Body<RegisterRequest>,
 ) -> HttpResult<Profile> {
     Ok(Json(s.logic.register(req).await?))
@@ -128,7 +166,7 @@ pub async fn register(
 #[utoipa::path(post, path = "/v1/sessions", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse), (status = 401, body = ApiError)))]
 pub async fn login(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Body(req): Body<LoginRequest>,
 ) -> HttpResult<LoginResponse> {
     Ok(Json(s.logic.login(req).await?))
@@ -136,19 +174,19 @@ pub async fn login(
 
 /// Log out this device: its token stops working at once.
 #[utoipa::path(delete, path = "/v1/sessions", responses((status = 200, body = Done), (status = 401, body = ApiError)))]
-pub async fn logout(State(s): State<AppState>, Auth(c): Auth) -> HttpResult<Done> {
+pub async fn logout(State(s): State<ApiState>, Auth(c): Auth) -> HttpResult<Done> {
     s.logic.logout(&c).await?;
     Ok(Json(DONE))
 }
 
 #[utoipa::path(get, path = "/v1/me", responses((status = 200, body = Profile), (status = 401, body = ApiError)))]
-pub async fn me(State(s): State<AppState>, Auth(c): Auth) -> HttpResult<Profile> {
+pub async fn me(State(s): State<ApiState>, Auth(c): Auth) -> HttpResult<Profile> {
     Ok(Json(s.logic.profile(c.user).await?))
 }
 
 #[utoipa::path(put, path = "/v1/me", request_body = ProfileUpdate, responses((status = 200, body = Profile)))]
 pub async fn update_me(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Body(req): Body<ProfileUpdate>,
 ) -> HttpResult<Profile> {
@@ -164,7 +202,7 @@ pub struct FindQuery {
 #[utoipa::path(get, path = "/v1/users", params(("username" = String, Query)),
     responses((status = 200, body = Profile), (status = 404, body = ApiError)))]
 pub async fn find_user(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(_): Auth,
     Query(q): Query<FindQuery>,
 ) -> HttpResult<Profile> {
@@ -174,7 +212,7 @@ pub async fn find_user(
 #[utoipa::path(get, path = "/v1/users/{id}", params(("id" = u64, Path)),
     responses((status = 200, body = Profile), (status = 404, body = ApiError)))]
 pub async fn user(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(_): Auth,
     Path(id): Path<u64>,
 ) -> HttpResult<Profile> {
@@ -182,14 +220,14 @@ pub async fn user(
 }
 
 #[utoipa::path(get, path = "/v1/friends", responses((status = 200, body = Vec<Friend>)))]
-pub async fn friends(State(s): State<AppState>, Auth(c): Auth) -> HttpResult<Vec<Friend>> {
+pub async fn friends(State(s): State<ApiState>, Auth(c): Auth) -> HttpResult<Vec<Friend>> {
     Ok(Json(s.logic.friends(&c).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/friends/{id}", params(("id" = u64, Path)),
     responses((status = 200, body = Done), (status = 404, body = ApiError)))]
 pub async fn remove_friend(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<u64>,
 ) -> HttpResult<Done> {
@@ -199,7 +237,7 @@ pub async fn remove_friend(
 
 #[utoipa::path(get, path = "/v1/friends/requests", responses((status = 200, body = FriendRequests)))]
 pub async fn friend_requests(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
 ) -> HttpResult<FriendRequests> {
     Ok(Json(s.logic.friend_requests(&c).await?))
@@ -209,7 +247,7 @@ pub async fn friend_requests(
 #[utoipa::path(post, path = "/v1/friends/requests", request_body = FriendRequestBody,
     responses((status = 200, body = Done), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
 pub async fn request_friend(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Body(req): Body<FriendRequestBody>,
 ) -> HttpResult<Done> {
@@ -220,7 +258,7 @@ pub async fn request_friend(
 #[utoipa::path(post, path = "/v1/friends/requests/{from}/accept", params(("from" = u64, Path)),
     responses((status = 200, body = Done), (status = 404, body = ApiError)))]
 pub async fn accept_friend(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(from): Path<u64>,
 ) -> HttpResult<Done> {
@@ -231,7 +269,7 @@ pub async fn accept_friend(
 #[utoipa::path(post, path = "/v1/friends/requests/{from}/decline", params(("from" = u64, Path)),
     responses((status = 200, body = Done), (status = 404, body = ApiError)))]
 pub async fn decline_friend(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(from): Path<u64>,
 ) -> HttpResult<Done> {
@@ -241,7 +279,7 @@ pub async fn decline_friend(
 
 #[utoipa::path(put, path = "/v1/blocks/{id}", params(("id" = u64, Path)), responses((status = 200, body = Done)))]
 pub async fn block(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<u64>,
 ) -> HttpResult<Done> {
@@ -251,7 +289,7 @@ pub async fn block(
 
 #[utoipa::path(delete, path = "/v1/blocks/{id}", params(("id" = u64, Path)), responses((status = 200, body = Done)))]
 pub async fn unblock(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<u64>,
 ) -> HttpResult<Done> {
@@ -263,7 +301,7 @@ pub async fn unblock(
 #[utoipa::path(post, path = "/v1/messages", request_body = SendRequest,
     responses((status = 200, body = SendResponse), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn send(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Body(req): Body<SendRequest>,
 ) -> HttpResult<SendResponse> {
@@ -274,7 +312,7 @@ pub async fn send(
 #[utoipa::path(post, path = "/v1/messages/recall", request_body = RecallRequest,
     responses((status = 200, body = SendResponse), (status = 403, body = ApiError), (status = 422, body = ApiError)))]
 pub async fn recall(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Body(req): Body<RecallRequest>,
 ) -> HttpResult<SendResponse> {
@@ -294,7 +332,7 @@ pub struct SyncQuery {
 #[utoipa::path(get, path = "/v1/sync", params(("after" = Option<u64>, Query), ("limit" = Option<usize>, Query)),
     responses((status = 200, body = SyncResponse)))]
 pub async fn sync(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Query(q): Query<SyncQuery>,
 ) -> HttpResult<SyncResponse> {
@@ -321,7 +359,7 @@ pub struct PresenceQuery {
 #[utoipa::path(get, path = "/v1/presence", params(("users" = String, Query, description = "comma-separated user ids")),
     responses((status = 200, body = PresenceList)))]
 pub async fn presence(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Query(q): Query<PresenceQuery>,
 ) -> HttpResult<PresenceList> {
@@ -342,7 +380,7 @@ pub async fn presence(
 
 #[utoipa::path(get, path = "/v1/conversations", responses((status = 200, body = ConversationList)))]
 pub async fn conversations(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
 ) -> HttpResult<ConversationList> {
     Ok(Json(s.logic.conversations(&c).await?))
@@ -360,7 +398,7 @@ pub struct HistoryQuery {
     ("before" = Option<u64>, Query), ("after" = Option<u64>, Query), ("limit" = Option<usize>, Query)),
     responses((status = 200, body = HistoryResponse), (status = 404, body = ApiError)))]
 pub async fn history(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(conv): Path<String>,
     Query(q): Query<HistoryQuery>,
@@ -390,7 +428,7 @@ pub struct ReadBody {
 #[utoipa::path(post, path = "/v1/conversations/{conv}/read", params(("conv" = String, Path)), request_body = ReadBody,
     responses((status = 200, body = ReadResponse)))]
 pub async fn mark_read(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(conv): Path<String>,
     Body(b): Body<ReadBody>,
@@ -408,7 +446,7 @@ pub async fn mark_read(
     ("after" = Option<u64>, Query, description = "page: user ids greater than this"), ("limit" = Option<usize>, Query)),
     responses((status = 200, body = ReadState)))]
 pub async fn read_state(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path((conv, seq)): Path<(String, u64)>,
     Query(q): Query<PageQuery>,
@@ -425,7 +463,7 @@ pub async fn read_state(
 
 #[utoipa::path(post, path = "/v1/conversations/{conv}/typing", params(("conv" = String, Path)), responses((status = 200, body = Done)))]
 pub async fn typing(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(conv): Path<String>,
 ) -> HttpResult<Done> {
@@ -443,7 +481,7 @@ pub struct WsQuery {
 /// Upgrade to the WebSocket gateway. Authenticate with `?token=`, a bearer header, or an
 /// AUTH frame first.
 pub async fn ws(
-    State(s): State<AppState>,
+    State(gateway): State<Arc<Gateway>>,
     Query(q): Query<WsQuery>,
     headers: axum::http::HeaderMap,
     up: WebSocketUpgrade,
@@ -454,8 +492,7 @@ pub async fn ws(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
     let text = q.mode.as_deref() == Some("text");
-    xinge_gateway::ws::upgrade(s.gateway.clone(), up, q.token.or(header_token), text)
-        .into_response()
+    xinge_gateway::ws::upgrade(gateway, up, q.token.or(header_token), text).into_response()
 }
 
 // === groups ===
@@ -463,7 +500,7 @@ pub async fn ws(
 #[utoipa::path(post, path = "/v1/groups", request_body = CreateGroupRequest,
     responses((status = 200, body = GroupInfo), (status = 404, body = ApiError)))]
 pub async fn create_group(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Body(req): Body<CreateGroupRequest>,
 ) -> HttpResult<GroupInfo> {
@@ -473,7 +510,7 @@ pub async fn create_group(
 #[utoipa::path(get, path = "/v1/groups/{id}", params(("id" = u64, Path)),
     responses((status = 200, body = GroupInfo), (status = 404, body = ApiError)))]
 pub async fn group_info(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<u64>,
 ) -> HttpResult<GroupInfo> {
@@ -484,7 +521,7 @@ pub async fn group_info(
 #[utoipa::path(patch, path = "/v1/groups/{id}", params(("id" = u64, Path)), request_body = UpdateGroupRequest,
     responses((status = 200, body = GroupInfo), (status = 403, body = ApiError)))]
 pub async fn update_group(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<u64>,
     Body(req): Body<UpdateGroupRequest>,
@@ -495,7 +532,7 @@ pub async fn update_group(
 /// Dismiss the group (owner).
 #[utoipa::path(delete, path = "/v1/groups/{id}", params(("id" = u64, Path)), responses((status = 200, body = Done), (status = 403, body = ApiError)))]
 pub async fn dismiss_group(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<u64>,
 ) -> HttpResult<Done> {
@@ -512,7 +549,7 @@ pub struct PageQuery {
 #[utoipa::path(get, path = "/v1/groups/{id}/members", params(("id" = u64, Path), ("after" = Option<u64>, Query), ("limit" = Option<usize>, Query)),
     responses((status = 200, body = GroupMembers)))]
 pub async fn group_members(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<u64>,
     Query(q): Query<PageQuery>,
@@ -528,7 +565,7 @@ pub async fn group_members(
 #[utoipa::path(post, path = "/v1/groups/{id}/members", params(("id" = u64, Path)), request_body = UsersRequest,
     responses((status = 200, body = Done), (status = 409, body = ApiError)))]
 pub async fn add_members(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<u64>,
     Body(req): Body<UsersRequest>,
@@ -541,7 +578,7 @@ pub async fn add_members(
 #[utoipa::path(delete, path = "/v1/groups/{id}/members/{user}", params(("id" = u64, Path), ("user" = u64, Path)),
     responses((status = 200, body = Done), (status = 403, body = ApiError)))]
 pub async fn remove_member(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path((id, user)): Path<(u64, u64)>,
 ) -> HttpResult<Done> {
@@ -552,7 +589,7 @@ pub async fn remove_member(
 /// Join a group one was invited to.
 #[utoipa::path(post, path = "/v1/groups/{id}/join", params(("id" = u64, Path)), responses((status = 200, body = Done), (status = 404, body = ApiError)))]
 pub async fn join_group(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<u64>,
 ) -> HttpResult<Done> {
@@ -562,7 +599,7 @@ pub async fn join_group(
 
 #[utoipa::path(post, path = "/v1/groups/{id}/leave", params(("id" = u64, Path)), responses((status = 200, body = Done)))]
 pub async fn leave_group(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<u64>,
 ) -> HttpResult<Done> {
@@ -572,7 +609,7 @@ pub async fn leave_group(
 
 #[utoipa::path(post, path = "/v1/groups/{id}/transfer", params(("id" = u64, Path)), request_body = TransferRequest, responses((status = 200, body = Done)))]
 pub async fn transfer_group(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<u64>,
     Body(req): Body<TransferRequest>,
@@ -584,7 +621,7 @@ pub async fn transfer_group(
 /// Promote (`on`) or demote a member (owner).
 #[utoipa::path(post, path = "/v1/groups/{id}/admins", params(("id" = u64, Path)), request_body = MemberFlagRequest, responses((status = 200, body = Done)))]
 pub async fn set_admin(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<u64>,
     Body(req): Body<MemberFlagRequest>,
@@ -596,7 +633,7 @@ pub async fn set_admin(
 /// Mute (`on`) or unmute a member (admins).
 #[utoipa::path(post, path = "/v1/groups/{id}/mutes", params(("id" = u64, Path)), request_body = MemberFlagRequest, responses((status = 200, body = Done)))]
 pub async fn mute_member(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<u64>,
     Body(req): Body<MemberFlagRequest>,
@@ -608,7 +645,7 @@ pub async fn mute_member(
 /// Only admins talk (`on`), or everyone again (admins).
 #[utoipa::path(post, path = "/v1/groups/{id}/mute-all", params(("id" = u64, Path)), request_body = FlagRequest, responses((status = 200, body = Done)))]
 pub async fn mute_all(
-    State(s): State<AppState>,
+    State(s): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<u64>,
     Body(req): Body<FlagRequest>,

@@ -7,12 +7,14 @@
 //! http.rs      one handler per endpoint (annotated for OpenAPI)
 //! dispatch.rs  the gateway's Upstream/Authenticator: command number → Logic
 //! openapi.rs   the OpenAPI document served at /openapi.json
+//! server.rs    the HTTP accept loop: bounded connections, header deadline, shutdown
 //! web.rs       the browser client (web/ at the repository root), embedded, served at /
 //! ```
 
 mod dispatch;
 mod http;
 mod openapi;
+pub mod server;
 mod web;
 
 pub use dispatch::Dispatch;
@@ -29,6 +31,7 @@ use xinge_gateway::Gateway;
 use xinge_logic::{Caller, Logic};
 use xinge_route::Route;
 
+/// Everything one process serves in `xinge serve`.
 #[derive(Clone)]
 pub struct AppState {
     pub logic: Arc<Logic>,
@@ -36,8 +39,40 @@ pub struct AppState {
     pub route: Arc<Route>,
 }
 
+/// The business API's handler state.
+#[derive(Clone)]
+pub struct ApiState {
+    pub logic: Arc<Logic>,
+}
+
+/// Every endpoint of every role, for `xinge serve`, and the web client at `/` (it needs the
+/// API and the WebSocket gateway on one origin, which only this all-in-one router has).
 pub fn app(state: AppState) -> axum::Router {
-    http::router(state)
+    http::api_routes(ApiState { logic: state.logic })
+        .merge(http::route_routes(state.route))
+        .merge(http::gateway_routes(state.gateway))
+        .merge(web::routes())
+        .merge(http::common())
+}
+
+/// `xinge api`: the business API.
+pub fn api_app(logic: Arc<Logic>) -> axum::Router {
+    http::api_routes(ApiState { logic }).merge(http::common())
+}
+
+/// `xinge route`: which gateway to use.
+pub fn route_app(route: Arc<Route>) -> axum::Router {
+    http::route_routes(route).merge(http::common())
+}
+
+/// `xinge push`: health and metrics only.
+pub fn health_app() -> axum::Router {
+    http::common()
+}
+
+/// `xinge gateway`: the WebSocket endpoint (the TCP gateway has its own listener).
+pub fn gateway_app(gateway: Arc<Gateway>) -> axum::Router {
+    http::gateway_routes(gateway).merge(http::common())
 }
 
 /// The process's Prometheus recorder, installed on first use. Every crate records through
@@ -112,11 +147,11 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
 /// The caller, from `Authorization: Bearer <token>`.
 pub struct Auth(pub Caller);
 
-impl FromRequestParts<AppState> for Auth {
+impl FromRequestParts<ApiState> for Auth {
     type Rejection = HttpError;
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &AppState,
+        state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "missing bearer token"))?;

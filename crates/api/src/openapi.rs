@@ -11,7 +11,7 @@ use utoipa::OpenApi;
     ),
     paths(
         http::healthz,
-        http::route,
+        http::route_handler,
         http::register,
         http::login,
         http::logout,

@@ -12,6 +12,8 @@ use xinge_push::{Push, PushConfig};
 use xinge_store::fjall::{FjallOptions, FjallStore};
 
 fn state(dir: &std::path::Path) -> AppState {
+    // The recorder first, as `xinge serve` does, so gauges set at start are recorded.
+    xinge_api::metrics_handle();
     let mut cfg = Config::default();
     cfg.auth.argon2_memory_kib = 256;
     cfg.auth.argon2_iterations = 1;
@@ -107,7 +109,6 @@ async fn health_openapi_and_errors_in_our_shape() {
     );
 
     // Prometheus metrics: errors by code, as Prometheus text.
-    xinge_api::metrics_handle();
     let _ = call(&s, Request::get("/v1/me").body(Body::empty()).unwrap()).await;
     let resp = app(s.clone())
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())

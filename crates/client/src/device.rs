@@ -40,6 +40,8 @@ pub struct DeviceOptions {
     /// order per conversation, whether it came through the inbox (1:1, small groups) or
     /// by pulling a large group's timeline.
     pub messages: bool,
+    /// Base URL of the route service, when it is not the API's (a distributed deployment).
+    pub route: Option<String>,
 }
 
 impl Default for DeviceOptions {
@@ -53,6 +55,7 @@ impl Default for DeviceOptions {
             send_deadline: Duration::from_secs(30),
             inbox_events: true,
             messages: false,
+            route: None,
         }
     }
 }
@@ -92,6 +95,10 @@ impl Device {
         let (other_tx, other_rx) = mpsc::channel(1024);
         let (stop, stop_rx) = watch::channel(false);
         let runner = Runner {
+            route: opts
+                .route
+                .as_deref()
+                .map_or_else(|| http.clone(), Http::new),
             http: http.clone(),
             shared: shared.clone(),
             events: ev_tx,
@@ -188,6 +195,10 @@ impl Device {
             self.wait_connected(left).await;
             match self.call(cmd::SEND, req).await {
                 Ok(r) => return Ok(r),
+                // Over the server's rate limit: wait a little, then the same send again.
+                Err(ClientError::Api(e)) if e.code == ErrorCode::RateLimited => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 Err(ClientError::Api(e))
                     if e.code != ErrorCode::Unavailable && e.code != ErrorCode::SlowConsumer =>
                 {
@@ -217,6 +228,8 @@ impl Drop for Device {
 
 struct Runner {
     http: Http,
+    /// Where to ask for gateways.
+    route: Http,
     shared: Arc<Shared>,
     events: mpsc::Sender<InboxEntry>,
     messages: mpsc::Sender<Message>,
@@ -280,7 +293,7 @@ impl Runner {
             Transport::Tcp => "tcp",
             Transport::Ws => "ws",
         };
-        let list = self.http.route().await.ok()?.gateways;
+        let list = self.route.route().await.ok()?.gateways;
         let addrs: Vec<String> = list
             .into_iter()
             .filter(|g| g.transport == want)

@@ -14,6 +14,9 @@ pub struct Config {
     pub chat: ChatConfig,
     pub gateway: GatewayConfig,
     pub store: StoreConfig,
+    pub cluster: ClusterConfig,
+    pub route: RouteConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,6 +38,12 @@ pub struct ServerConfig {
     pub public_host: Option<String>,
     /// Largest HTTP request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// HTTP connections held at once (WebSocket connections on `/ws` included); past this
+    /// the server stops accepting until one closes.
+    pub max_http_connections: usize,
+    /// Time a client has to send a request's headers (also between kept-alive requests);
+    /// then the connection is closed. Slowloris protection.
+    pub header_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +57,8 @@ impl Default for ServerConfig {
             zone: "local-a".into(),
             public_host: None,
             max_body_bytes: 64 * 1024,
+            max_http_connections: 19_500,
+            header_timeout_secs: 10,
         }
     }
 }
@@ -176,6 +187,110 @@ impl Default for StoreConfig {
     }
 }
 
+/// Per-user rate limits at the api (seed 000 Q7): token buckets, a burst then a rate. A
+/// caller over the limit gets `rate_limited` (HTTP 429 with `retry-after`); the SDK waits
+/// and retries with the same `client_msg_id`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub sends_per_sec: f64,
+    pub sends_burst: f64,
+    /// Inbox syncs and history pages.
+    pub pulls_per_sec: f64,
+    pub pulls_burst: f64,
+    /// Users tracked at once per process; past that, idle ones are forgotten, and if none
+    /// is idle a new user is not limited until room frees up.
+    pub max_users: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            sends_per_sec: 20.0,
+            sends_burst: 100.0,
+            pulls_per_sec: 50.0,
+            pulls_burst: 200.0,
+            max_users: 1_000_000,
+        }
+    }
+}
+
+/// The route service's connection admission (seed 000 Q7): token buckets per source IP
+/// and in all; a refused client gets `rate_limited` and a `retry-after`. Per-IP limits are
+/// generous because many mobile clients share a carrier's NAT address.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    pub per_ip_per_sec: f64,
+    pub per_ip_burst: f64,
+    pub global_per_sec: f64,
+    pub global_burst: f64,
+    /// Source IPs tracked at once; past that, idle ones are forgotten, and if none is idle
+    /// a new IP is held to the global limit only.
+    pub max_ips: usize,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self {
+            per_ip_per_sec: 50.0,
+            per_ip_burst: 200.0,
+            global_per_sec: 20_000.0,
+            global_burst: 50_000.0,
+            max_ips: 100_000,
+        }
+    }
+}
+
+/// The engines of the distributed roles (`xinge route|gateway|api|push`); unused by
+/// `xinge serve`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server(s) for the bus between roles; several comma-separated for a cluster
+    /// (also `XINGE_NATS_URL`).
+    pub nats_url: String,
+    /// Redis for sessions, presence and gateway load: one URL, or several comma-separated
+    /// for a Redis Cluster (also `XINGE_REDIS_URL`).
+    pub redis_url: String,
+    /// Prefix of every NATS subject, JetStream stream and Redis key, so several
+    /// deployments (or test runs) can share engines. Letters, digits, `_` and `-`.
+    pub prefix: String,
+    /// A session in the registry expires this long after its gateway last refreshed it,
+    /// so a dead gateway's sessions go by themselves.
+    pub session_ttl_secs: u64,
+    /// How often a gateway refreshes its sessions and reports its load.
+    pub refresh_secs: u64,
+    /// How long a gateway waits for an api process to answer a command.
+    pub request_timeout_ms: u64,
+    /// Commands one api process handles at once; more wait in NATS.
+    pub max_inflight: usize,
+    /// JetStream replicas of the push stream (3 on a 3-node NATS cluster).
+    pub stream_replicas: usize,
+    /// Push events the stream holds at most; past that new signals are refused and counted
+    /// (clients repair by pull).
+    pub stream_max_msgs: i64,
+    /// How long the push role has to hand a push event on before JetStream redelivers it.
+    pub push_ack_wait_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            prefix: "xinge".into(),
+            session_ttl_secs: 30,
+            refresh_secs: 10,
+            request_timeout_ms: 5_000,
+            max_inflight: 1_024,
+            stream_replicas: 1,
+            stream_max_msgs: 1_000_000,
+            push_ack_wait_ms: 5_000,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -225,6 +340,45 @@ impl Config {
         }
         if self.gateway.heartbeat_timeout_secs == 0 || self.gateway.heartbeat_timeout_secs > 3600 {
             return bad("gateway.heartbeat_timeout_secs must be 1-3600");
+        }
+        if self.server.max_http_connections == 0 || self.server.header_timeout_secs == 0 {
+            return bad(
+                "server.max_http_connections and server.header_timeout_secs must be positive",
+            );
+        }
+        let r = &self.route;
+        if !(r.per_ip_per_sec > 0.0
+            && r.per_ip_burst >= 1.0
+            && r.global_per_sec > 0.0
+            && r.global_burst >= 1.0
+            && r.max_ips > 0)
+        {
+            return bad("route admission rates must be positive and bursts at least 1");
+        }
+        let l = &self.limits;
+        if !(l.sends_per_sec > 0.0
+            && l.sends_burst >= 1.0
+            && l.pulls_per_sec > 0.0
+            && l.pulls_burst >= 1.0
+            && l.max_users > 0)
+        {
+            return bad("limits: rates must be positive and bursts at least 1");
+        }
+        let c = &self.cluster;
+        if c.prefix.is_empty()
+            || c.prefix.len() > 64
+            || !c
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return bad("cluster.prefix must be 1-64 letters, digits, '_' or '-'");
+        }
+        if c.refresh_secs == 0 || c.session_ttl_secs <= c.refresh_secs {
+            return bad("cluster.session_ttl_secs must be longer than cluster.refresh_secs > 0");
+        }
+        if c.max_inflight == 0 || c.stream_replicas == 0 || c.stream_max_msgs <= 0 {
+            return bad("cluster sizes must be positive");
         }
         Ok(())
     }

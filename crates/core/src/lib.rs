@@ -6,6 +6,7 @@
 //! idgen.rs   time-ordered 64-bit ids (snowflake: time, node, counter)
 //! error.rs   ErrorCode: the stable strings on the wire and their HTTP statuses
 //! config.rs  Config: one typed struct, TOML file then XINGE_* variables
+//! ratelimit.rs  token buckets, one per key in a bounded table
 //! ```
 //! Nothing here does I/O beyond reading a config file; every other crate may depend on it.
 
@@ -13,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod idgen;
 pub mod ids;
+pub mod ratelimit;
 
 pub use error::ErrorCode;
 pub use ids::{ConnId, ConvId, DeviceId, GatewayId, MsgId, UserId};

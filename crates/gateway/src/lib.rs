@@ -24,12 +24,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio::sync::mpsc;
 use tokio::sync::{Notify, Semaphore};
 use xinge_core::config::GatewayConfig;
 use xinge_core::error::ApiError;
 use xinge_core::idgen::IdGen;
 use xinge_core::{ConnId, DeviceId, ErrorCode, GatewayId, UserId};
-use xinge_push::Push;
+use xinge_push::{Delivery, Sessions};
 
 /// Who is on the other end of an authenticated connection.
 #[derive(Clone, Debug)]
@@ -126,7 +127,7 @@ pub struct Gateway {
     pub(crate) cfg: GatewayConfig,
     pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) upstream: Arc<dyn Upstream>,
-    pub(crate) push: Arc<Push>,
+    pub(crate) push: Arc<dyn Sessions>,
     conns: Vec<Mutex<HashMap<ConnId, Arc<ConnHandle>>>>,
     ids: IdGen,
     started: Instant,
@@ -141,9 +142,11 @@ impl Gateway {
         cfg: GatewayConfig,
         auth: Arc<dyn Authenticator>,
         upstream: Arc<dyn Upstream>,
-        push: Arc<Push>,
+        push: Arc<dyn Sessions>,
     ) -> Arc<Self> {
         let wheel = wheel::Wheel::new(cfg.heartbeat_timeout_secs);
+        // Present (at 0) from the start, not only after the first connection.
+        metrics::gauge!("xinge_connections").increment(0.0);
         Arc::new(Self {
             id,
             slots: Arc::new(Semaphore::new(cfg.max_connections)),
@@ -159,10 +162,13 @@ impl Gateway {
         })
     }
 
-    /// Starts the background work: deliveries from push, and the heartbeat wheel. Both end
-    /// when `shutdown` fires.
-    pub fn start(self: &Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut deliveries = self.push.attach_gateway(self.id);
+    /// Starts the background work: `deliveries` from the push layer (an in-process queue, or
+    /// this gateway's bus subject), and the heartbeat wheel. Both end when `shutdown` fires.
+    pub fn start(
+        self: &Arc<Self>,
+        mut deliveries: mpsc::Receiver<Delivery>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let gw = self.clone();
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
@@ -215,6 +221,7 @@ impl Gateway {
         let user = h.user;
         self.shard(id).insert(id, h);
         self.count.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("xinge_connections").increment(1.0);
         self.wheel.insert(id, self.now_secs());
         self.push.bind(
             user,
@@ -229,6 +236,7 @@ impl Gateway {
     pub(crate) fn unregister(&self, id: ConnId, user: UserId) {
         if self.shard(id).remove(&id).is_some() {
             self.count.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!("xinge_connections").decrement(1.0);
             self.push.unbind(user, id);
         }
     }
@@ -237,7 +245,7 @@ impl Gateway {
         self.shard(id).get(&id).cloned()
     }
 
-    fn deliver(&self, d: xinge_push::Delivery) {
+    fn deliver(&self, d: Delivery) {
         for id in d.conns {
             let Some(h) = self.get(id) else { continue };
             if h.out.push(d.frame.clone()).is_err() {

@@ -1,6 +1,7 @@
 //! Chat on the push-then-pull contract (DESIGN.md §2), for 1:1 conversations and groups:
 //! send, recall, sync, conversations, history, read cursors, receipts, typing, presence.
 
+use crate::limits::Limited;
 use crate::{Caller, Logic, Result, bad, store_err};
 use xinge_core::{ConvId, ErrorCode, UserId};
 use xinge_proto::api::*;
@@ -90,6 +91,7 @@ impl Logic {
 
     pub async fn send(&self, caller: &Caller, req: SendRequest) -> Result<SendResponse> {
         Self::check_client_msg_id(&req.client_msg_id)?;
+        self.limit(caller.user, Limited::Send).await?;
         let conv = match (req.to, req.conv) {
             (Some(to), None) => {
                 if to == caller.user {
@@ -253,6 +255,7 @@ impl Logic {
     }
 
     pub async fn sync(&self, caller: &Caller, req: SyncRequest) -> Result<SyncResponse> {
+        self.limit(caller.user, Limited::Pull).await?;
         metrics::counter!("xinge_pulls_total", "kind" => "inbox").increment(1);
         let limit = req
             .limit
@@ -381,6 +384,7 @@ impl Logic {
     }
 
     pub async fn history(&self, caller: &Caller, req: HistoryRequest) -> Result<HistoryResponse> {
+        self.limit(caller.user, Limited::Pull).await?;
         metrics::counter!("xinge_pulls_total", "kind" => "history").increment(1);
         let (first, last) = self.readable(caller, req.conv).await?;
         let limit = req.limit.unwrap_or(50).clamp(1, self.cfg.chat.max_page);
@@ -588,7 +592,7 @@ impl Logic {
                     .friends_since_ms
                     .is_some();
             if visible {
-                let (online, last_seen_ms) = self.push.presence(u);
+                let (online, last_seen_ms) = self.push.presence(u).await;
                 presence.push(Presence {
                     user: u,
                     online,

@@ -167,13 +167,11 @@ impl Logic {
                     0,
                     serde_json::to_vec(&signal).unwrap_or_default(),
                 );
-                for (i, user) in members.iter().enumerate() {
-                    self.push.signal(*user, None, &frame);
+                for users in members.chunks(SIGNAL_BATCH) {
+                    self.push.signal(users, &frame);
                     // Yield often: a 100,000-member fan-out must not hold the worker that
                     // 1:1 traffic needs for more than a moment at a time.
-                    if i % SIGNAL_BATCH == SIGNAL_BATCH - 1 {
-                        tokio::task::yield_now().await;
-                    }
+                    tokio::task::yield_now().await;
                 }
             }
         }

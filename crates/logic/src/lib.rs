@@ -7,6 +7,7 @@
 //! account.rs  register, login, logout, profile, authenticate
 //! friend.rs   requests, accept/decline, remove, block
 //! chat.rs     send, sync, conversations, history, read, receipts, recall, typing, presence
+//! limits.rs   sends and pulls per user: a Limiter trait, token buckets in one process
 //! ```
 //! Every operation takes the caller's identity first and returns `ApiError` with a stable
 //! code; internal failures are logged here and reach the client only as `internal`.
@@ -15,16 +16,18 @@ mod account;
 mod chat;
 mod friend;
 mod group;
+pub mod limits;
 pub mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use xinge_core::config::Config;
 use xinge_core::error::ApiError;
 use xinge_core::{ErrorCode, UserId};
 use xinge_proto::api::{InboxEntry, Signal};
 use xinge_proto::{Frame, cmd};
-use xinge_push::Push;
+use xinge_push::{PresenceChange, Signals};
 use xinge_store::{Commit, Committed, Refusal, Store, StoreError};
 
 pub type Result<T> = std::result::Result<T, ApiError>;
@@ -38,7 +41,8 @@ pub struct Caller {
 
 pub struct Logic {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) push: Arc<Push>,
+    pub(crate) limiter: Arc<dyn limits::Limiter>,
+    pub(crate) push: Arc<dyn Signals>,
     pub(crate) cfg: Config,
     pub(crate) tokens: token::TokenSigner,
     /// Group ids: time-ordered and unique across processes (node id inside).
@@ -110,14 +114,28 @@ pub fn message_signal_body(seq: u64, at_ms: u64, message: &[u8], inline_max: usi
 }
 
 impl Logic {
+    /// The IM layer with per-user limits kept in this process.
     pub fn new(
         store: Arc<dyn Store>,
-        push: Arc<Push>,
+        push: Arc<dyn Signals>,
+        cfg: Config,
+        token_secret: Vec<u8>,
+    ) -> Arc<Self> {
+        let limiter = Arc::new(limits::LocalLimiter::new(&cfg.limits));
+        Self::with_limiter(store, push, limiter, cfg, token_secret)
+    }
+
+    /// The IM layer with a given limiter (the distributed api shares one in Redis).
+    pub fn with_limiter(
+        store: Arc<dyn Store>,
+        push: Arc<dyn Signals>,
+        limiter: Arc<dyn limits::Limiter>,
         cfg: Config,
         token_secret: Vec<u8>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
+            limiter,
             push,
             ids: xinge_core::idgen::IdGen::new(cfg.server.node_id),
             group_signals: group::GroupSignals::new(Duration::from_millis(
@@ -130,6 +148,21 @@ impl Logic {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Refuses `user` with `rate_limited` when over the limit for `what`.
+    pub(crate) async fn limit(&self, user: UserId, what: limits::Limited) -> Result<()> {
+        self.limiter.check(user, what).await.map_err(|wait| {
+            metrics::counter!("xinge_rate_limited_total", "what" => what.as_str()).increment(1);
+            bad(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many {}s: retry in {} ms",
+                    what.as_str(),
+                    wait.as_millis().max(1)
+                ),
+            )
+        })
     }
 
     /// Commits and then signals every new inbox entry to its owner's online devices —
@@ -150,7 +183,7 @@ impl Logic {
                 let body =
                     message_signal_body(seq, done.at_ms, json, self.cfg.chat.inline_max_bytes);
                 self.push
-                    .signal(user, None, &Frame::request(cmd::SIGNAL, 0, body));
+                    .signal(&[user], &Frame::request(cmd::SIGNAL, 0, body));
             }
         }
         for (user, entry) in &done.entries {
@@ -170,21 +203,18 @@ impl Logic {
     fn signal_inbox(&self, user: UserId, entry: &InboxEntry) {
         let body = inbox_signal_body(entry, self.cfg.chat.inline_max_bytes);
         self.push
-            .signal(user, None, &Frame::request(cmd::SIGNAL, 0, body));
+            .signal(&[user], &Frame::request(cmd::SIGNAL, 0, body));
     }
 
     pub(crate) fn signal(&self, user: UserId, signal: &Signal) {
         let body = serde_json::to_vec(signal).unwrap_or_default();
         self.push
-            .signal(user, None, &Frame::request(cmd::SIGNAL, 0, body));
+            .signal(&[user], &Frame::request(cmd::SIGNAL, 0, body));
     }
 
     /// Tells friends when a user comes online or goes offline. Runs until the push layer's
     /// presence stream ends.
-    pub async fn run_presence(self: Arc<Self>) {
-        let Some(mut changes) = self.push.presence_changes() else {
-            return;
-        };
+    pub async fn run_presence(self: Arc<Self>, mut changes: mpsc::Receiver<PresenceChange>) {
         while let Some(ch) = changes.recv().await {
             let friends = match self.store.friends(ch.user, 5_000).await {
                 Ok(f) => f,
@@ -198,9 +228,10 @@ impl Logic {
                 online: ch.online,
                 last_seen_ms: ch.at_ms,
             };
-            for f in friends {
-                self.signal(f.user_id, &signal);
-            }
+            let body = serde_json::to_vec(&signal).unwrap_or_default();
+            let friends: Vec<UserId> = friends.iter().map(|f| f.user_id).collect();
+            self.push
+                .signal(&friends, &Frame::request(cmd::SIGNAL, 0, body));
         }
     }
 }

@@ -1,15 +1,21 @@
 //! The push layer: which connections a user has, and getting a signal to exactly those.
 //!
+//! Two narrow traits are all the other layers see of it:
+//!
 //! ```text
-//! Push::bind / unbind      a gateway reports a session (user, device, conn@gateway)
-//! Push::signal             a frame for every online device of a user (except one)
-//! Push::attach_gateway     the in-process bus: one bounded queue per gateway
-//! Push::presence_changes   online/offline transitions, for the IM layer to tell friends
+//! Signals    (the IM layer)  signal(users, frame), presence(user)
+//! Sessions   (a gateway)     bind(user, session), unbind(user, conn)
 //! ```
+//! [`Push`] implements both in one process (`xinge serve`): a sharded in-memory registry,
+//! one bounded delivery queue per gateway ([`Push::attach_gateway`]) and a stream of
+//! online/offline transitions ([`Push::presence_changes`]). The distributed roles implement
+//! the same traits on Redis and NATS (crate `cluster`).
+//!
 //! A signal goes only to the gateways that hold one of the user's connections, never to all
 //! of them. Signals may be lost (a full gateway queue, a gateway that just died): the
 //! push-then-pull contract makes that harmless, since the next pull repairs it.
 
+use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::mpsc;
@@ -37,6 +43,22 @@ pub struct PresenceChange {
     pub user: UserId,
     pub online: bool,
     pub at_ms: u64,
+}
+
+/// The push layer as the IM layer sees it.
+#[async_trait]
+pub trait Signals: Send + Sync + 'static {
+    /// Hands `frame` to every online device of each of `users`. A hint: it may be lost
+    /// (the contract repairs that by pull), so this neither waits nor fails.
+    fn signal(&self, users: &[UserId], frame: &Frame);
+    /// `(online, last_seen_ms)`; last seen is now for an online user, 0 if unknown.
+    async fn presence(&self, user: UserId) -> (bool, u64);
+}
+
+/// The push layer as a gateway sees it: sessions come and go.
+pub trait Sessions: Send + Sync + 'static {
+    fn bind(&self, user: UserId, session: Session);
+    fn unbind(&self, user: UserId, conn: ConnId);
 }
 
 #[derive(Default)]
@@ -112,7 +134,7 @@ impl Push {
             .take()
     }
 
-    pub fn bind(&self, user: UserId, session: Session) {
+    fn bind_session(&self, user: UserId, session: Session) {
         let now = xinge_core::now_ms();
         let came_online = {
             let mut shard = self.shard(user);
@@ -140,7 +162,7 @@ impl Push {
         }
     }
 
-    pub fn unbind(&self, user: UserId, conn: ConnId) {
+    fn unbind_session(&self, user: UserId, conn: ConnId) {
         let now = xinge_core::now_ms();
         let went_offline = {
             let mut shard = self.shard(user);
@@ -168,8 +190,7 @@ impl Push {
             .unwrap_or_default()
     }
 
-    /// `(online, last_seen_ms)`; last seen is now for an online user, 0 if unknown.
-    pub fn presence(&self, user: UserId) -> (bool, u64) {
+    fn presence_now(&self, user: UserId) -> (bool, u64) {
         match self.shard(user).get(&user) {
             Some(e) if !e.sessions.is_empty() => (true, xinge_core::now_ms()),
             Some(e) => (false, e.last_seen_ms),
@@ -177,12 +198,12 @@ impl Push {
         }
     }
 
-    /// Sends `frame` to every online connection of `user` except `except`. Returns how many
-    /// connections it was handed to.
-    pub fn signal(&self, user: UserId, except: Option<ConnId>, frame: &Frame) -> usize {
+    /// Sends `frame` to every online connection of `user`. Returns how many connections
+    /// it was handed to.
+    pub fn signal_user(&self, user: UserId, frame: &Frame) -> usize {
         let sessions = self.sessions(user);
         let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
-        for s in sessions.iter().filter(|s| Some(s.conn) != except) {
+        for s in &sessions {
             by_gateway.entry(s.gateway).or_default().push(s.conn);
         }
         let mut sent = 0;
@@ -215,6 +236,29 @@ impl Push {
     }
 }
 
+#[async_trait]
+impl Signals for Push {
+    fn signal(&self, users: &[UserId], frame: &Frame) {
+        for &user in users {
+            self.signal_user(user, frame);
+        }
+    }
+
+    async fn presence(&self, user: UserId) -> (bool, u64) {
+        self.presence_now(user)
+    }
+}
+
+impl Sessions for Push {
+    fn bind(&self, user: UserId, session: Session) {
+        self.bind_session(user, session);
+    }
+
+    fn unbind(&self, user: UserId, conn: ConnId) {
+        self.unbind_session(user, conn);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,18 +281,18 @@ mod tests {
         push.bind(UserId(7), session(11, 1));
         assert!(presence.recv().await.unwrap().online);
         let f = Frame::request(4, 0, &b"{}"[..]);
-        assert_eq!(push.signal(UserId(7), Some(ConnId(11)), &f), 1);
+        assert_eq!(push.signal_user(UserId(7), &f), 2);
         let d = g1.recv().await.unwrap();
-        assert_eq!(d.conns, vec![ConnId(10)]);
+        assert_eq!(d.conns, vec![ConnId(10), ConnId(11)]);
         assert!(
             g2.try_recv().is_err(),
             "gateway 2 holds nobody and gets nothing"
         );
-        assert_eq!(push.signal(UserId(8), None, &f), 0);
+        assert_eq!(push.signal_user(UserId(8), &f), 0);
         push.unbind(UserId(7), ConnId(10));
-        assert!(push.presence(UserId(7)).0);
+        assert!(push.presence(UserId(7)).await.0);
         push.unbind(UserId(7), ConnId(11));
-        let (online, seen) = push.presence(UserId(7));
+        let (online, seen) = push.presence(UserId(7)).await;
         assert!(!online && seen > 0);
         assert!(!presence.recv().await.unwrap().online);
     }

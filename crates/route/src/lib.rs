@@ -3,12 +3,16 @@
 //! a client is offered those in its own region and zone first, then the least loaded.
 //! A gateway that has not reported within `stale_after_ms` is no longer offered.
 
+mod admission;
+
+pub use admission::Admission;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use xinge_core::GatewayId;
 use xinge_proto::api::GatewayEndpoint;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GatewayReport {
     pub id: GatewayId,
     pub region: String,
@@ -25,6 +29,7 @@ pub struct Route {
     reports: Mutex<HashMap<GatewayId, GatewayReport>>,
     stale_after_ms: u64,
     max_gateways: usize,
+    admission: Option<Admission>,
 }
 
 impl Route {
@@ -33,6 +38,21 @@ impl Route {
             reports: Mutex::new(HashMap::new()),
             stale_after_ms,
             max_gateways: 4_096,
+            admission: None,
+        }
+    }
+
+    /// Limits how many clients may ask for a gateway (see [`Admission`]).
+    pub fn with_admission(mut self, cfg: &xinge_core::config::RouteConfig) -> Self {
+        self.admission = Some(Admission::new(cfg));
+        self
+    }
+
+    /// Admits one client from `ip`, or says when it may try again.
+    pub fn admit(&self, ip: std::net::IpAddr) -> Result<(), std::time::Duration> {
+        match &self.admission {
+            Some(a) => a.admit(ip, std::time::Instant::now()),
+            None => Ok(()),
         }
     }
 

@@ -21,6 +21,15 @@ struct Cli {
 enum Cmd {
     /// Run every role in one process on the embedded store.
     Serve(ServeArgs),
+    /// Run the route service (which gateway a client should use), reading gateway load
+    /// reports from Redis.
+    Route(RoleArgs),
+    /// Run a long-connection gateway (TCP and WebSocket) on Redis and NATS.
+    Gateway(RoleArgs),
+    /// Run the HTTP API and the IM layer on PostgreSQL, Redis and NATS.
+    Api(RoleArgs),
+    /// Run a push worker: signals from the JetStream stream to the gateways holding users.
+    Push(RoleArgs),
     /// Load-test a server (by default one it starts itself) and report the figures.
     Bench(xinge_bench::BenchArgs),
 }
@@ -44,14 +53,132 @@ struct ServeArgs {
     postgres_url: Option<String>,
 }
 
+/// One role of a distributed deployment. Every address defaults to the config file's.
+#[derive(clap::Args)]
+struct RoleArgs {
+    /// TOML config file (every field optional).
+    #[arg(long, env = "XINGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP address (API, route, WebSocket, or health and metrics for push).
+    #[arg(long, env = "XINGE_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// TCP gateway address (gateway only).
+    #[arg(long, env = "XINGE_TCP_ADDR")]
+    tcp_addr: Option<SocketAddr>,
+    /// This process's node id (0-1023), unique in the deployment: it names a gateway and
+    /// keeps the ids a process makes apart from every other's.
+    #[arg(long, env = "XINGE_NODE_ID")]
+    node_id: Option<u16>,
+    /// PostgreSQL (api only).
+    #[arg(long, env = "XINGE_POSTGRES_URL")]
+    postgres_url: Option<String>,
+    /// NATS server(s), comma-separated.
+    #[arg(long, env = "XINGE_NATS_URL")]
+    nats_url: Option<String>,
+    /// Redis: one URL, or several comma-separated for a Redis Cluster.
+    #[arg(long, env = "XINGE_REDIS_URL")]
+    redis_url: Option<String>,
+}
+
+impl RoleArgs {
+    fn config(self) -> Result<Config, Box<dyn std::error::Error>> {
+        let mut cfg = Config::load(self.config.as_deref())?;
+        if let Some(a) = self.http_addr {
+            cfg.server.http_addr = a;
+        }
+        if let Some(a) = self.tcp_addr {
+            cfg.server.tcp_addr = a;
+        }
+        if let Some(n) = self.node_id {
+            cfg.server.node_id = n;
+        }
+        if let Some(u) = self.postgres_url {
+            cfg.store.postgres_url = Some(u);
+        }
+        if let Some(u) = self.nats_url {
+            cfg.cluster.nats_url = u;
+        }
+        if let Some(u) = self.redis_url {
+            cfg.cluster.redis_url = u;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// A watch that turns true on Ctrl-C or SIGTERM.
+fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        terminated().await;
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn terminated() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn role(name: &str, args: RoleArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use xinge::roles;
+    let cfg = args.config()?;
+    let http = TcpListener::bind(cfg.server.http_addr).await?;
+    let stop = shutdown_signal();
+    // One machine-readable line on stdout, for scripts and tests that use port 0.
+    match name {
+        "gateway" => {
+            let tcp = TcpListener::bind(cfg.server.tcp_addr).await?;
+            roles::run_gateway(cfg, http, tcp, stop, |b| {
+                println!("xinge ready role=gateway http={} tcp={}", b.http, b.tcp);
+            })
+            .await?
+        }
+        "api" => {
+            roles::run_api(cfg, http, stop, |a| {
+                println!("xinge ready role=api http={a}")
+            })
+            .await?
+        }
+        "push" => {
+            roles::run_push(cfg, http, stop, |a| {
+                println!("xinge ready role=push http={a}")
+            })
+            .await?
+        }
+        _ => {
+            roles::run_route(cfg, http, stop, |a| {
+                println!("xinge ready role=route http={a}")
+            })
+            .await?
+        }
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("XINGE_LOG")
                 .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    // One JSON object per line for log collectors; key=value text otherwise.
+    if std::env::var("XINGE_LOG_FORMAT").as_deref() == Ok("json") {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -62,6 +189,10 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.cmd {
         Cmd::Serve(args) => rt.block_on(serve(args)),
+        Cmd::Route(args) => rt.block_on(role("route", args)),
+        Cmd::Gateway(args) => rt.block_on(role("gateway", args)),
+        Cmd::Api(args) => rt.block_on(role("api", args)),
+        Cmd::Push(args) => rt.block_on(role("push", args)),
         Cmd::Bench(args) => {
             rt.block_on(async { xinge_bench::run(args).await.map(drop).map_err(Into::into) })
         }
@@ -92,13 +223,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     cfg.validate()?;
     let http = TcpListener::bind(cfg.server.http_addr).await?;
     let tcp = TcpListener::bind(cfg.server.tcp_addr).await?;
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
-        let _ = tx.send(true);
-    });
-    xinge::serve::run(cfg, http, tcp, rx, |b| {
+    xinge::serve::run(cfg, http, tcp, shutdown_signal(), |b| {
         // One machine-readable line on stdout, for scripts and tests that use port 0.
         println!("xinge ready http={} tcp={}", b.http, b.tcp);
     })

@@ -24,6 +24,10 @@ pub enum ServeError {
     Store(#[from] xinge_store::StoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Cluster(#[from] xinge_cluster::ClusterError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The addresses a running server listens on.
@@ -34,7 +38,7 @@ pub struct Bound {
 }
 
 /// Reads the token secret from the config, or from `<data_dir>/token.key`, creating it once.
-fn token_secret(cfg: &Config) -> std::io::Result<Vec<u8>> {
+pub(crate) fn token_secret(cfg: &Config) -> std::io::Result<Vec<u8>> {
     if let Some(s) = &cfg.auth.token_secret {
         return Ok(s.as_bytes().to_vec());
     }
@@ -102,16 +106,20 @@ pub async fn run(
     let logic = Logic::new(store, push.clone(), cfg.clone(), secret);
     let dispatch = Arc::new(Dispatch(logic.clone()));
     let gw_id = GatewayId(cfg.server.node_id);
+    let deliveries = push.attach_gateway(gw_id);
+    let presence = push.presence_changes();
     let gateway = Gateway::new(gw_id, cfg.gateway.clone(), dispatch.clone(), dispatch, push);
-    gateway.start(shutdown.clone());
-    tokio::spawn(logic.clone().run_presence());
+    gateway.start(deliveries, shutdown.clone());
+    if let Some(presence) = presence {
+        tokio::spawn(logic.clone().run_presence(presence));
+    }
     tokio::spawn(logic.clone().run_group_signals());
 
     let bound = Bound {
         http: http.local_addr()?,
         tcp: tcp.local_addr()?,
     };
-    let route = Arc::new(Route::new(15_000));
+    let route = Arc::new(Route::new(15_000).with_admission(&cfg.route));
     spawn_self_report(
         &cfg,
         bound,
@@ -130,13 +138,10 @@ pub async fn run(
         gateway,
         route,
     });
-    let mut stop = shutdown.clone();
-    let server = axum::serve(http, app).with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|s| *s).await;
-    });
+    let limits = xinge_api::server::HttpLimits::from_config(&cfg.server);
     tracing::info!(http = %bound.http, tcp = %bound.tcp, "xinge ready");
     ready(bound);
-    server.await?;
+    xinge_api::server::serve(http, app, limits, shutdown).await;
     Ok(())
 }
 
@@ -147,29 +152,46 @@ fn spawn_self_report(
     bound: Bound,
     gw: Arc<Gateway>,
     route: Arc<Route>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let host = |a: SocketAddr| match &cfg.server.public_host {
-        Some(h) => format!("{h}:{}", a.port()),
-        None => a.to_string(),
-    };
-    let (ws_url, tcp_addr) = (format!("ws://{}/ws", host(bound.http)), host(bound.tcp));
-    let (region, zone) = (cfg.server.region.clone(), cfg.server.zone.clone());
-    tokio::spawn(async move {
-        loop {
-            route.report(GatewayReport {
-                id: gw.id,
-                region: region.clone(),
-                zone: zone.clone(),
-                ws_url: Some(ws_url.clone()),
-                tcp_addr: Some(tcp_addr.clone()),
-                connections: gw.connections(),
-                at_ms: xinge_core::now_ms(),
-            });
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+    let report = Reporter::new(cfg, bound);
+    crate::roles::every(Duration::from_secs(5), shutdown, move || {
+        route.report(report.now(&gw));
+        std::future::ready(())
     });
+}
+
+/// What a gateway tells the route service about itself.
+pub(crate) struct Reporter {
+    region: String,
+    zone: String,
+    ws_url: String,
+    tcp_addr: String,
+}
+
+impl Reporter {
+    pub(crate) fn new(cfg: &Config, bound: Bound) -> Self {
+        let host = |a: SocketAddr| match &cfg.server.public_host {
+            Some(h) => format!("{h}:{}", a.port()),
+            None => a.to_string(),
+        };
+        Self {
+            region: cfg.server.region.clone(),
+            zone: cfg.server.zone.clone(),
+            ws_url: format!("ws://{}/ws", host(bound.http)),
+            tcp_addr: host(bound.tcp),
+        }
+    }
+
+    pub(crate) fn now(&self, gw: &Gateway) -> GatewayReport {
+        GatewayReport {
+            id: gw.id,
+            region: self.region.clone(),
+            zone: self.zone.clone(),
+            ws_url: Some(self.ws_url.clone()),
+            tcp_addr: Some(self.tcp_addr.clone()),
+            connections: gw.connections(),
+            at_ms: xinge_core::now_ms(),
+        }
+    }
 }

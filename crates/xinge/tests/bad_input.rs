@@ -595,3 +595,136 @@ async fn a_client_that_stops_reading_is_disconnected_and_catches_up_by_pull() {
     assert_eq!(got, n);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_route_service_rate_limits_connection_admission_per_ip() {
+    let server = start(|c| {
+        c.route.per_ip_burst = 3.0;
+        c.route.per_ip_per_sec = 1.0;
+    })
+    .await;
+    let url = format!("{}/v1/route", server.base);
+    for _ in 0..3 {
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "retry after {retry}s");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_user_is_rate_limited_and_nobody_else_is() {
+    let server = start(|c| {
+        c.limits.sends_burst = 5.0;
+        c.limits.sends_per_sec = 1.0;
+        c.limits.pulls_burst = 3.0;
+        c.limits.pulls_per_sec = 1.0;
+    })
+    .await;
+    let (alice, a) = server.login("alice", "laptop").await;
+    let (bob, b) = server.login("bob", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    let send = |to, i: usize| SendRequest {
+        to: Some(to),
+        client_msg_id: format!("m{i}"),
+        content: serde_json::json!({}),
+        ..Default::default()
+    };
+    for i in 0..5 {
+        assert_eq!(code(alice.send(&send(b, i)).await), "ok");
+    }
+    // Over HTTP: 429 with a retry-after.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/messages", server.base))
+        .bearer_auth(alice.token().unwrap())
+        .json(&send(b, 5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    // Over the long connection: the same stable code.
+    let (conn, _signals) = Connection::connect(
+        Transport::Tcp,
+        &server.tcp.to_string(),
+        alice.token().unwrap(),
+    )
+    .await
+    .unwrap();
+    let r: Result<serde_json::Value, _> = conn.request(cmd::SEND, &send(b, 6)).await;
+    assert_eq!(code(r), "rate_limited");
+    // Bob is not held back by Alice's flood.
+    assert_eq!(code(bob.send(&send(a, 0)).await), "ok");
+    // A retry of an accepted send after the window is answered as the original.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = alice.send(&send(b, 0)).await.unwrap();
+    assert!(again.duplicate);
+    // Pulls have their own limit.
+    for _ in 0..3 {
+        assert_eq!(code(bob.sync(0, None).await), "ok");
+    }
+    assert_eq!(code(bob.sync(0, None).await), "rate_limited");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_http_clients_are_cut_off_and_http_connections_are_bounded() {
+    let server = start(|c| {
+        c.server.header_timeout_secs = 1;
+        c.server.max_http_connections = 2;
+    })
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    // Two slowloris clients take both connection slots: half a request's headers, then
+    // nothing more (one of them as a WebSocket upgrade that never completes).
+    let mut slow = Vec::new();
+    for head in [
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n",
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n",
+    ] {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        slow.push(s);
+    }
+    let started = std::time::Instant::now();
+    // A third client waits for a slot: it is served only once the server has cut the
+    // slow ones off at the header deadline.
+    let third = tokio::spawn({
+        let url = format!("{}/healthz", server.base);
+        async move { reqwest::get(url).await.map(|r| r.status().as_u16()) }
+    });
+    for s in &mut slow {
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // a 408 before closing is fine too
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the server closed a slowloris connection");
+    }
+    let status = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the third client is served once a slot frees")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the third client waited for a slot ({:?})",
+        started.elapsed()
+    );
+    server.stop().await;
+}

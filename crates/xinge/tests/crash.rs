@@ -24,7 +24,8 @@ fn spawn(dir: &std::path::Path, http: &str, tcp: &str) -> Proc {
     std::fs::write(
         &config,
         format!(
-            "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\ntoken_secret = \"{SECRET}\"\n"
+            "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\ntoken_secret = \"{SECRET}\"\n\
+             [limits]\nsends_burst = 1000000.0\n"
         ),
     )
     .unwrap();

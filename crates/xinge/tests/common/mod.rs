@@ -22,13 +22,17 @@ pub struct Server {
     pub dir: tempfile::TempDir,
 }
 
-/// A config that keeps tests fast: cheap (but still Argon2id) password hashing.
+/// A config that keeps tests fast: cheap (but still Argon2id) password hashing, and
+/// per-user limits out of the way of tests that send in bursts (the limit tests set their
+/// own).
 pub fn test_config(dir: &std::path::Path) -> Config {
     let mut cfg = Config::default();
     cfg.server.data_dir = dir.to_path_buf();
     cfg.auth.argon2_memory_kib = 256;
     cfg.auth.argon2_iterations = 1;
     cfg.auth.token_secret = Some(SECRET.into());
+    cfg.limits.sends_burst = 1e6;
+    cfg.limits.pulls_burst = 1e6;
     cfg
 }
 

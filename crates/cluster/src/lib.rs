@@ -1,0 +1,45 @@
+//! The engines under the distributed roles (DESIGN.md §1): what `xinge serve` does in
+//! memory, done on Redis and NATS JetStream so that any number of `xinge route`,
+//! `gateway`, `api` and `push` processes can share no memory and still work as one.
+//!
+//! ```text
+//! names.rs     every NATS subject, JetStream stream and Redis key, under one prefix
+//! engines.rs   connecting to NATS, and to Redis (one node, or a Redis Cluster)
+//! wire.rs      the bytes of a delivery, a push event and a presence change
+//! registry.rs  Redis: sessions (user → conn@gateway, expiring unless refreshed),
+//!              presence, gateway load reports
+//! bus.rs       NATS: commands gateway → api (request/reply, load-balanced by a queue
+//!              group), deliveries push → the one gateway holding the connection,
+//!              presence changes gateway → api
+//! limits.rs    Redis: per-user send and pull limits shared by every api process
+//! pushq.rs     JetStream: signals api → push on a durable stream with explicit acks,
+//!              and the push worker
+//! ```
+//! Each adapter implements a trait of the layer it serves — the push layer's `Signals`
+//! and `Sessions`, the gateway's `Upstream` and `Authenticator` — so the IM layer and
+//! the gateway run unchanged in either mode.
+
+pub mod bus;
+pub mod engines;
+pub mod limits;
+pub mod names;
+pub mod pushq;
+pub mod registry;
+pub mod wire;
+
+pub use engines::Redis;
+pub use names::Names;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl ClusterError {
+    pub(crate) fn nats(e: impl std::fmt::Display) -> Self {
+        Self::Nats(e.to_string())
+    }
+}

@@ -1,0 +1,234 @@
+//! Signals from the api processes to the push processes, through a durable JetStream
+//! stream, and the push worker that routes them to gateways.
+//!
+//! The stream is a work queue: each event is taken by one push process, which acks it only
+//! after the deliveries it made were flushed to NATS. A push process that dies mid-batch
+//! leaves its un-acked events to be redelivered to another after `push_ack_wait_ms` (a
+//! repeated signal is harmless: clients apply by sequence). The stream is bounded
+//! (`stream_max_msgs`, discard new): when full, signals are refused and counted, and
+//! clients repair by pull.
+
+use crate::registry::Registry;
+use crate::wire::{decode_push, encode_delivery, encode_push};
+use crate::{ClusterError, Names};
+use async_nats::jetstream::{self, consumer, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use xinge_core::config::ClusterConfig;
+use xinge_core::{ConnId, GatewayId, UserId};
+use xinge_proto::Frame;
+use xinge_push::Signals;
+
+/// Signals waiting in one api process to be published; past that they are dropped.
+const PUBLISH_QUEUE: usize = 65_536;
+/// Publishes awaiting JetStream's ack at once.
+const PUBLISH_IN_FLIGHT: usize = 256;
+/// Push events one push process takes at a time.
+const BATCH: usize = 256;
+/// Users per push event (a large group's signal is split).
+const USERS_PER_EVENT: usize = 1_000;
+
+/// Creates the push stream if it does not exist (every role that uses it calls this).
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    names: &Names,
+    cfg: &ClusterConfig,
+) -> Result<stream::Stream, ClusterError> {
+    js.get_or_create_stream(stream::Config {
+        name: names.push_stream(),
+        subjects: vec![names.push_subject()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        max_messages: cfg.stream_max_msgs,
+        num_replicas: cfg.stream_replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(ClusterError::nats)
+}
+
+// === the api's side ===
+
+/// The push layer's `Signals` for an api process: events onto the push stream; presence
+/// from the registry.
+pub struct StreamSignals {
+    queue: mpsc::Sender<Bytes>,
+    registry: Arc<Registry>,
+}
+
+impl StreamSignals {
+    pub fn start(js: jetstream::Context, names: &Names, registry: Arc<Registry>) -> Arc<Self> {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(PUBLISH_QUEUE);
+        let subject = names.push_subject();
+        tokio::spawn(async move {
+            let mut acks = FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    event = rx.recv(), if acks.len() < PUBLISH_IN_FLIGHT => {
+                        let Some(event) = event else { break };
+                        match js.publish(subject.clone(), event).await {
+                            Ok(ack) => acks.push(ack.into_future()),
+                            Err(e) => refused(&e),
+                        }
+                    }
+                    Some(r) = acks.next(), if !acks.is_empty() => {
+                        if let Err(e) = r {
+                            refused(&e);
+                        }
+                    }
+                }
+            }
+        });
+        Arc::new(Self {
+            queue: tx,
+            registry,
+        })
+    }
+}
+
+/// `xinge_queue_depth{queue}`: how full one of this process's bounded queues is.
+pub(crate) fn queue_depth<T>(queue: &'static str, tx: &mpsc::Sender<T>) {
+    metrics::gauge!("xinge_queue_depth", "queue" => queue)
+        .set((tx.max_capacity() - tx.capacity()) as f64);
+}
+
+fn refused(e: &dyn std::fmt::Display) {
+    metrics::counter!("xinge_signals_dropped_total").increment(1);
+    tracing::warn!(error = %e, "push event not stored; clients repair by pull");
+}
+
+#[async_trait]
+impl Signals for StreamSignals {
+    fn signal(&self, users: &[UserId], frame: &Frame) {
+        let bytes = frame.encode();
+        let (now, trace) = (xinge_core::now_ms(), crate::bus::current_trace());
+        for chunk in users.chunks(USERS_PER_EVENT) {
+            let event = encode_push(now, trace, chunk, &bytes);
+            if self.queue.try_send(event).is_err() {
+                metrics::counter!("xinge_signals_dropped_total").increment(chunk.len() as u64);
+            }
+        }
+        queue_depth("push_publish", &self.queue);
+    }
+
+    async fn presence(&self, user: UserId) -> (bool, u64) {
+        self.registry.presence(user).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "presence unknown: registry unreachable");
+            (false, 0)
+        })
+    }
+}
+
+// === the push role ===
+
+/// Takes push events from the stream (durable consumer "push", shared by every push
+/// process), looks up each user's sessions, and publishes one delivery per gateway on that
+/// gateway's own subject. Runs until `shutdown`.
+pub async fn run_push_worker(
+    js: jetstream::Context,
+    nats: async_nats::Client,
+    names: Names,
+    cfg: ClusterConfig,
+    registry: Arc<Registry>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ClusterError> {
+    let stream = ensure_stream(&js, &names, &cfg).await?;
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            "push",
+            consumer::pull::Config {
+                durable_name: Some("push".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_millis(cfg.push_ack_wait_ms),
+                max_ack_pending: (BATCH * 16) as i64,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(ClusterError::nats)?;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let batch = consumer
+            .fetch()
+            .max_messages(BATCH)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "push stream unavailable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+        };
+        let mut taken = Vec::new();
+        while let Some(m) = batch.next().await {
+            match m {
+                Ok(m) => taken.push(m),
+                Err(e) => tracing::debug!(error = %e, "fetch ended"),
+            }
+        }
+        if taken.is_empty() {
+            continue;
+        }
+        match route_batch(&nats, &names, &registry, &taken).await {
+            Ok(()) => {
+                let mut acks = Vec::with_capacity(taken.len());
+                for m in &taken {
+                    acks.push(m.ack());
+                }
+                for r in futures_util::future::join_all(acks).await {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "ack failed; the event will come again");
+                    }
+                }
+            }
+            // Not acked: JetStream gives the batch again after ack_wait.
+            Err(e) => tracing::warn!(error = %e, "push batch not routed; it will come again"),
+        }
+    }
+}
+
+async fn route_batch(
+    nats: &async_nats::Client,
+    names: &Names,
+    registry: &Registry,
+    batch: &[jetstream::Message],
+) -> Result<(), ClusterError> {
+    let now = xinge_core::now_ms();
+    for m in batch {
+        let Some(event) = decode_push(m.payload.clone()) else {
+            metrics::counter!("xinge_bus_malformed_total").increment(1);
+            continue;
+        };
+        let sessions = registry.sessions(&event.users).await?;
+        let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
+        for (gw, conn) in sessions {
+            by_gateway.entry(gw).or_default().push(conn);
+        }
+        for (gw, conns) in by_gateway {
+            metrics::counter!("xinge_signals_total").increment(conns.len() as u64);
+            nats.publish(names.gateway(gw), encode_delivery(&conns, &event.frame))
+                .await
+                .map_err(ClusterError::nats)?;
+        }
+        metrics::counter!("xinge_push_events_total").increment(1);
+        tracing::debug!(trace = %format_args!("{:016x}", event.trace), users = event.users.len(), "signals handed to gateways");
+        metrics::histogram!("xinge_signal_seconds")
+            .record(now.saturating_sub(event.at_ms) as f64 / 1000.0);
+    }
+    // Acks go only after the deliveries have left this process.
+    nats.flush().await.map_err(ClusterError::nats)
+}

@@ -1,0 +1,117 @@
+//! The bytes the roles exchange besides frames, all big-endian and length-checked: a
+//! malformed message is dropped (and counted by the caller), never trusted.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use xinge_core::{ConnId, UserId};
+use xinge_push::PresenceChange;
+
+/// A push event (api → push): when it was made, the trace id of the command that caused it
+/// (0: none), the users to signal, and the encoded frame for all of them.
+pub struct PushEvent {
+    pub at_ms: u64,
+    pub trace: u64,
+    pub users: Vec<UserId>,
+    pub frame: Bytes,
+}
+
+pub fn encode_push(at_ms: u64, trace: u64, users: &[UserId], frame: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(20 + users.len() * 8 + frame.len());
+    b.put_u64(at_ms);
+    b.put_u64(trace);
+    b.put_u32(users.len() as u32);
+    for u in users {
+        b.put_u64(u.0);
+    }
+    b.put_slice(frame);
+    b.freeze()
+}
+
+pub fn decode_push(mut b: Bytes) -> Option<PushEvent> {
+    if b.len() < 20 {
+        return None;
+    }
+    let at_ms = b.get_u64();
+    let trace = b.get_u64();
+    let n = b.get_u32() as usize;
+    if b.len() < n.checked_mul(8)? {
+        return None;
+    }
+    let users = (0..n).map(|_| UserId(b.get_u64())).collect();
+    Some(PushEvent {
+        at_ms,
+        trace,
+        users,
+        frame: b,
+    })
+}
+
+/// A delivery (push → one gateway): the connections, then the encoded frame.
+pub fn encode_delivery(conns: &[ConnId], frame: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(4 + conns.len() * 8 + frame.len());
+    b.put_u32(conns.len() as u32);
+    for c in conns {
+        b.put_u64(c.0);
+    }
+    b.put_slice(frame);
+    b.freeze()
+}
+
+pub fn decode_delivery(mut b: Bytes) -> Option<(Vec<ConnId>, Bytes)> {
+    if b.len() < 4 {
+        return None;
+    }
+    let n = b.get_u32() as usize;
+    if b.len() < n.checked_mul(8)? {
+        return None;
+    }
+    let conns = (0..n).map(|_| ConnId(b.get_u64())).collect();
+    Some((conns, b))
+}
+
+pub fn encode_presence(p: &PresenceChange) -> Bytes {
+    let mut b = BytesMut::with_capacity(17);
+    b.put_u64(p.user.0);
+    b.put_u8(u8::from(p.online));
+    b.put_u64(p.at_ms);
+    b.freeze()
+}
+
+pub fn decode_presence(mut b: Bytes) -> Option<PresenceChange> {
+    if b.len() != 17 {
+        return None;
+    }
+    Some(PresenceChange {
+        user: UserId(b.get_u64()),
+        online: b.get_u8() == 1,
+        at_ms: b.get_u64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_truncations() {
+        let e = encode_push(5, 6, &[UserId(1), UserId(2)], b"frame");
+        let d = decode_push(e.clone()).unwrap();
+        assert_eq!(
+            (d.at_ms, d.trace, d.users, &d.frame[..]),
+            (5, 6, vec![UserId(1), UserId(2)], &b"frame"[..])
+        );
+        assert!(decode_push(e.slice(..23)).is_none());
+        let d = encode_delivery(&[ConnId(9)], b"f");
+        assert_eq!(decode_delivery(d.clone()).unwrap().0, vec![ConnId(9)]);
+        assert!(decode_delivery(d.slice(..6)).is_none());
+        let mut huge = BytesMut::new();
+        huge.put_u32(u32::MAX);
+        assert!(decode_delivery(huge.freeze()).is_none());
+        let p = PresenceChange {
+            user: UserId(3),
+            online: true,
+            at_ms: 4,
+        };
+        assert_eq!(decode_presence(encode_presence(&p)), Some(p));
+        assert!(decode_presence(Bytes::from_static(b"x")).is_none());
+    }
+}

@@ -1,0 +1,72 @@
+//! Sends and pulls per user (seed 000 Q7: the api's own rate limit). In one process the
+//! buckets are in memory ([`LocalLimiter`]); the distributed api processes share counters
+//! in Redis (crate `cluster`), so a user cannot multiply the limit by spreading over them.
+
+use async_trait::async_trait;
+use std::time::{Duration, Instant};
+use xinge_core::UserId;
+use xinge_core::config::LimitsConfig;
+use xinge_core::ratelimit::{Keyed, Rate};
+
+/// What is being limited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limited {
+    Send,
+    Pull,
+}
+
+impl Limited {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limited::Send => "send",
+            Limited::Pull => "pull",
+        }
+    }
+
+    /// This kind's rate in `cfg`.
+    pub fn rate(self, cfg: &LimitsConfig) -> Rate {
+        match self {
+            Limited::Send => Rate {
+                per_sec: cfg.sends_per_sec,
+                burst: cfg.sends_burst,
+            },
+            Limited::Pull => Rate {
+                per_sec: cfg.pulls_per_sec,
+                burst: cfg.pulls_burst,
+            },
+        }
+    }
+}
+
+#[async_trait]
+pub trait Limiter: Send + Sync + 'static {
+    /// `Ok`, or how long until `user` may do `what` again.
+    async fn check(&self, user: UserId, what: Limited) -> Result<(), Duration>;
+}
+
+/// Token buckets per user in this process, at most `limits.max_users` of each kind
+/// (idle users are forgotten first).
+pub struct LocalLimiter {
+    sends: Keyed<UserId>,
+    pulls: Keyed<UserId>,
+}
+
+impl LocalLimiter {
+    pub fn new(cfg: &LimitsConfig) -> Self {
+        Self {
+            sends: Keyed::new(Limited::Send.rate(cfg), cfg.max_users),
+            pulls: Keyed::new(Limited::Pull.rate(cfg), cfg.max_users),
+        }
+    }
+}
+
+#[async_trait]
+impl Limiter for LocalLimiter {
+    async fn check(&self, user: UserId, what: Limited) -> Result<(), Duration> {
+        let keyed = match what {
+            Limited::Send => &self.sends,
+            Limited::Pull => &self.pulls,
+        };
+        keyed.take(user, Instant::now())
+    }
+}

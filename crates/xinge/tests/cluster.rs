@@ -1,0 +1,842 @@
+//! The distributed roles as separate processes on the real engines (PostgreSQL, Redis,
+//! NATS JetStream): clients on two gateways chat 1:1 and in a group while one gateway, one
+//! api and one push process are killed with SIGKILL in turn; afterwards every device of
+//! every user has every acknowledged message exactly once, in order, and the store has
+//! them all. And with three gateways, traffic between two never touches the third.
+//! Requires the engines under CI; elsewhere skips, saying so.
+
+mod common;
+
+use common::{PASSWORD, SECRET, befriend};
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use xinge_client::api::{Event, SendRequest};
+use xinge_client::{Connection, Device, DeviceOptions, Http, Transport};
+use xinge_core::{ConvId, MsgId, UserId};
+
+fn pg_url() -> String {
+    std::env::var("XINGE_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+const NATS: &str = "nats://127.0.0.1:4222";
+
+/// True if PostgreSQL, Redis and NATS answer; under CI their absence fails the test.
+async fn engines_up(test: &str) -> bool {
+    let mut missing = Vec::new();
+    for (name, addr) in [
+        ("PostgreSQL", "127.0.0.1:5432"),
+        ("Redis", "127.0.0.1:6379"),
+        ("NATS", "127.0.0.1:4222"),
+    ] {
+        let ok = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !ok {
+            missing.push(format!("{name} at {addr}"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("not reachable: {}", missing.join(", "));
+    if std::env::var_os("CI").is_some() {
+        panic!("the distributed tests require the engines under CI; {msg}");
+    }
+    eprintln!("SKIPPED {test}: {msg}; CI requires them (scripts/engines.sh starts them)");
+    false
+}
+
+/// One role process, killed when dropped.
+struct Role {
+    child: Child,
+    http: String,
+    tcp: Option<String>,
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Role {
+    fn kill9(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    schema: String,
+    prefix: String,
+    nats: String,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        Self::on(NATS, REDIS, "")
+    }
+
+    /// On other engines; `extra` lines go into the `[cluster]` section.
+    fn on(nats: &str, redis: &str, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let id = format!(
+            "{}{:x}",
+            std::process::id(),
+            xinge_core::now_ms() & 0xff_ffff
+        );
+        let (prefix, schema) = (format!("t{id}"), format!("xinge_cluster_{id}"));
+        let config = dir.path().join("xinge.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\ntoken_secret = \"{SECRET}\"\n\
+                 [store]\npostgres_url = \"{}\"\npostgres_schema = \"{schema}\"\npostgres_pool = 4\n\
+                 [gateway]\nheartbeat_timeout_secs = 10\n\
+                 [cluster]\nnats_url = \"{nats}\"\nredis_url = \"{redis}\"\nprefix = \"{prefix}\"\n\
+                 refresh_secs = 1\nsession_ttl_secs = 4\nrequest_timeout_ms = 2000\npush_ack_wait_ms = 1000\n{extra}\n",
+                pg_url()
+            ),
+        )
+        .unwrap();
+        Self {
+            dir,
+            config,
+            schema,
+            prefix,
+            nats: nats.to_owned(),
+        }
+    }
+
+    fn spawn(&self, role: &str, node: u16) -> Role {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xinge"))
+            .arg(role)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--node-id", &node.to_string(), "--http-addr", "127.0.0.1:0"])
+            .args(["--tcp-addr", "127.0.0.1:0"])
+            // XINGE_TEST_LOG=debug shows every role's trace lines.
+            .env(
+                "XINGE_LOG",
+                std::env::var("XINGE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .current_dir(self.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start xinge");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        // "xinge ready role=R http=ADDR [tcp=ADDR]"
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|p| p.strip_prefix(k))
+                .map(str::to_owned)
+        };
+        let http = field("http=").unwrap_or_else(|| panic!("{role} did not start: {line:?}"));
+        Role {
+            child,
+            http,
+            tcp: field("tcp="),
+        }
+    }
+
+    /// Leaves the shared engines as they were: the test's tables and push stream go.
+    async fn clean_up(&self) {
+        let servers: Vec<&str> = self.nats.split(',').collect();
+        let nats = async_nats::connect(servers).await.unwrap();
+        let stream = xinge_cluster::Names::new(&self.prefix).push_stream();
+        let _ = async_nats::jetstream::new(nats).delete_stream(stream).await;
+        let store = xinge_store::pg::PgStore::connect(&xinge_store::pg::PgOptions {
+            url: pg_url(),
+            schema: self.schema.clone(),
+            pool_size: 1,
+            node_id: 9,
+        })
+        .await
+        .unwrap();
+        store.drop_schema(&self.schema).await.unwrap();
+    }
+}
+
+/// Waits until the route service offers `n` gateways (over TCP).
+async fn wait_gateways(route: &Role, n: usize) {
+    let http = Http::new(format!("http://{}", route.http));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = http.route().await.map(|r| r.gateways).unwrap_or_default();
+        if list.iter().filter(|g| g.transport == "tcp").count() == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "route never offered {n} gateways: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn login(api: &str, name: &str, device: &str) -> (Http, UserId) {
+    let http = Http::new(format!("http://{api}"));
+    let _ = http.register(name, PASSWORD).await;
+    let (authed, resp) = http.login(name, PASSWORD, device).await.unwrap();
+    (authed, resp.user_id)
+}
+
+/// Every acknowledged message: (conversation, msg_id, conv_seq).
+type Acked = Arc<Mutex<Vec<(ConvId, MsgId, u64)>>>;
+
+async fn sender(dev: Arc<Device>, to: SendRequest, tag: &str, n: usize, acked: Acked) {
+    for i in 0..n {
+        let req = SendRequest {
+            client_msg_id: format!("{tag}{i}"),
+            content: serde_json::json!({"i": i}),
+            ..to.clone()
+        };
+        let r = dev
+            .send(&req)
+            .await
+            .unwrap_or_else(|e| panic!("{tag}{i}: {e}"));
+        acked.lock().unwrap().push((r.conv, r.msg_id, r.conv_seq));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn conv_has(conv: &ConvId, user: UserId) -> bool {
+    match conv {
+        ConvId::Direct(x, y) => *x == user || *y == user,
+        ConvId::Group(_) => true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_survive_kill_9_of_a_gateway_an_api_and_a_push_process() {
+    if !engines_up("roles_survive_kill_9_of_a_gateway_an_api_and_a_push_process").await {
+        return;
+    }
+    let c = Cluster::new();
+    let route = c.spawn("route", 1);
+    let mut gateways = vec![c.spawn("gateway", 10), c.spawn("gateway", 11)];
+    let mut apis = vec![c.spawn("api", 20), c.spawn("api", 21)];
+    let mut pushes = vec![c.spawn("push", 30), c.spawn("push", 31)];
+    wait_gateways(&route, 2).await;
+
+    let api = apis[1].http.clone();
+    let (alice, a) = login(&api, "alice", "laptop").await;
+    let (bob, b) = login(&api, "bob", "laptop").await;
+    let (bob_phone, _) = login(&api, "bob", "phone").await;
+    let (carol, cid) = login(&api, "carol", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    befriend(&carol, cid, &alice, a).await;
+    let group = alice.create_group("trio", &[b, cid]).await.unwrap().conv;
+
+    let route_url = format!("http://{}", route.http);
+    let device = |http: &Http, transport| {
+        Arc::new(Device::start(
+            http.clone(),
+            DeviceOptions {
+                transport,
+                route: Some(route_url.clone()),
+                ..Default::default()
+            },
+        ))
+    };
+    let devices: Vec<(UserId, Arc<Device>)> = vec![
+        (a, device(&alice, Transport::Tcp)),
+        (b, device(&bob, Transport::Ws)),
+        (b, device(&bob_phone, Transport::Tcp)),
+        (cid, device(&carol, Transport::Ws)),
+    ];
+    for (_, d) in &devices {
+        assert!(d.wait_connected(Duration::from_secs(20)).await);
+    }
+
+    let acked: Acked = Arc::default();
+    let n = 60;
+    let dm = |to| SendRequest {
+        to: Some(to),
+        ..Default::default()
+    };
+    let to_group = SendRequest {
+        conv: Some(group),
+        ..Default::default()
+    };
+    let traffic = tokio::spawn({
+        let (d0, d1, d3, acked) = (
+            devices[0].1.clone(),
+            devices[1].1.clone(),
+            devices[3].1.clone(),
+            acked.clone(),
+        );
+        async move {
+            tokio::join!(
+                sender(d0, dm(b), "ab", n, acked.clone()),
+                sender(d1, to_group, "bg", n, acked.clone()),
+                sender(d3, dm(a), "ca", n, acked.clone()),
+            );
+        }
+    });
+
+    // Faults, in turn, while the traffic runs.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut busiest = 0;
+    if gateways[1].metric("xinge_connections").await > gateways[0].metric("xinge_connections").await
+    {
+        busiest = 1;
+    }
+    gateways[busiest].kill9();
+    let connects: Vec<u64> = devices.iter().map(|(_, d)| d.connects()).collect();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    apis[0].kill9();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    pushes[0].kill9();
+    traffic.await.unwrap();
+    let survivor = &gateways[1 - busiest];
+    assert!(
+        survivor.metric("xinge_connections").await >= 1.0,
+        "clients moved to the surviving gateway"
+    );
+    assert!(
+        devices
+            .iter()
+            .zip(&connects)
+            .any(|((_, d), before)| d.connects() > *before),
+        "some device reconnected after its gateway died"
+    );
+
+    // The checker: every device has every acknowledged message of its conversations,
+    // exactly once, in conv_seq order.
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 3 * n);
+    for (user, dev) in &devices {
+        let mine: HashSet<MsgId> = acked
+            .iter()
+            .filter(|(conv, _, _)| conv_has(conv, *user))
+            .map(|m| m.1)
+            .collect();
+        let mut seen = HashSet::new();
+        let mut last_seq = 0;
+        let mut conv_seq: HashMap<ConvId, u64> = HashMap::new();
+        while !mine.is_subset(&seen) {
+            let e = dev
+                .next_event(Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|| panic!("user {user}: {} of {} arrived", seen.len(), mine.len()));
+            assert_eq!(e.seq, last_seq + 1, "inbox without gaps");
+            last_seq = e.seq;
+            if let Event::Message { message } = e.event {
+                let last = conv_seq.entry(message.conv).or_default();
+                assert!(message.conv_seq > *last, "in conv_seq order");
+                *last = message.conv_seq;
+                assert!(seen.insert(message.msg_id), "exactly once");
+            }
+        }
+    }
+    // And the store has every acknowledged message where it was acknowledged.
+    for (conv, msg, seq) in &acked {
+        // Alice is in every conversation of the traffic.
+        let page = alice.history(*conv, None, Some(seq - 1), 1).await.unwrap();
+        assert_eq!(page.messages.first().map(|m| m.msg_id), Some(*msg));
+    }
+    for (_, d) in &devices {
+        d.stop();
+    }
+    drop((route, gateways, apis, pushes));
+    c.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_reach_only_the_gateways_holding_the_users() {
+    if !engines_up("signals_reach_only_the_gateways_holding_the_users").await {
+        return;
+    }
+    let c = Cluster::new();
+    let gateways = [
+        c.spawn("gateway", 10),
+        c.spawn("gateway", 11),
+        c.spawn("gateway", 12),
+    ];
+    let api = c.spawn("api", 20);
+    let _push = c.spawn("push", 30);
+    let (alice, a) = login(&api.http, "alice", "laptop").await;
+    let (bob, b) = login(&api.http, "bob", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    let tcp = |i: usize| gateways[i].tcp.clone().unwrap();
+    let (ca, mut sa) = Connection::connect(Transport::Tcp, &tcp(0), alice.token().unwrap())
+        .await
+        .unwrap();
+    let (_cb, mut sb) = Connection::connect(Transport::Tcp, &tcp(1), bob.token().unwrap())
+        .await
+        .unwrap();
+    // Both bound in the registry before the first send.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..20 {
+        let _: serde_json::Value = ca
+            .request(
+                xinge_proto::cmd::SEND,
+                &SendRequest {
+                    to: Some(b),
+                    client_msg_id: format!("m{i}"),
+                    content: serde_json::json!({}),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // Bob's gateway delivered his signals, Alice's hers (her own entries); the third none.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = (0, 0);
+    while got.1 < 20 && Instant::now() < deadline {
+        tokio::select! {
+            Some(_) = sa.recv() => got.0 += 1,
+            Some(_) = sb.recv() => got.1 += 1,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    assert!(
+        got.1 >= 20,
+        "bob got his 20 signals through gateway 11: {got:?}"
+    );
+    assert!(gateways[0].metric("xinge_deliveries_received_total").await >= 20.0);
+    assert!(gateways[1].metric("xinge_deliveries_received_total").await >= 20.0);
+    assert_eq!(
+        gateways[2].metric("xinge_deliveries_received_total").await,
+        0.0,
+        "the third gateway holds neither user and is never sent anything"
+    );
+    drop((gateways, api));
+    c.clean_up().await;
+}
+
+// === Redis and NATS restarts ===
+
+/// A private engine process on a free loopback port, so restarting it touches no other test.
+struct Engine {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+    program: String,
+}
+
+impl Engine {
+    fn start(program: &str, args: impl Fn(u16) -> Vec<String>) -> Option<Self> {
+        let path = ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
+            .iter()
+            .map(|d| format!("{d}/{program}"))
+            .find(|p| std::path::Path::new(p).exists())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut e = Self {
+            child: None,
+            port,
+            args: args(port),
+            program: path,
+        };
+        e.restart();
+        Some(e)
+    }
+
+    /// Starts it (again) and waits until it accepts connections.
+    fn restart(&mut self) {
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start engine");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "{} did not start", self.program);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// What one device has been handed: each message once, in conv_seq order per conversation.
+#[derive(Default)]
+struct Seen {
+    msgs: HashSet<MsgId>,
+    last: HashMap<ConvId, u64>,
+}
+
+impl Seen {
+    async fn next(&mut self, dev: &Device) {
+        let e = dev
+            .next_event(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("nothing more arrived after {}", self.msgs.len()));
+        if let Event::Message { message } = e.event {
+            let last = self.last.entry(message.conv).or_default();
+            assert!(message.conv_seq > *last, "in conv_seq order");
+            *last = message.conv_seq;
+            assert!(self.msgs.insert(message.msg_id), "exactly once");
+        }
+    }
+}
+
+/// Sends one probe from `from` to `to` and waits until `to` has it: the time the whole path
+/// (gateway → api → store → stream → push → gateway) takes to work again.
+async fn recovery(
+    (from, to, to_id): (&Device, &Device, UserId),
+    seen: &mut Seen,
+    tag: &str,
+    acked: &Acked,
+) -> Duration {
+    let started = Instant::now();
+    let r = from
+        .send(&SendRequest {
+            to: Some(to_id),
+            client_msg_id: tag.into(),
+            content: serde_json::json!({}),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    acked.lock().unwrap().push((r.conv, r.msg_id, r.conv_seq));
+    while !seen.msgs.contains(&r.msg_id) {
+        seen.next(to).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_roles_recover_by_themselves_from_redis_and_nats_restarts() {
+    let test = "the_roles_recover_by_themselves_from_redis_and_nats_restarts";
+    if !engines_up(test).await {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let sd = store.path().to_str().unwrap().to_owned();
+    let redis = Engine::start("redis-server", |p| {
+        [
+            "--port",
+            &p.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    let nats = Engine::start("nats-server", |p| {
+        ["-a", "127.0.0.1", "-p", &p.to_string(), "-js", "-sd", &sd]
+            .map(String::from)
+            .to_vec()
+    });
+    let (Some(mut redis), Some(mut nats)) = (redis, nats) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server and nats-server are required under CI"
+        );
+        eprintln!("SKIPPED {test}: redis-server or nats-server is not installed");
+        return;
+    };
+    let c = Cluster::on(
+        &format!("nats://127.0.0.1:{}", nats.port),
+        &format!("redis://127.0.0.1:{}", redis.port),
+        "",
+    );
+    let route = c.spawn("route", 1);
+    let gateways = [c.spawn("gateway", 10), c.spawn("gateway", 11)];
+    let api = c.spawn("api", 20);
+    let push = c.spawn("push", 30);
+    wait_gateways(&route, 2).await;
+    let (alice, a) = login(&api.http, "alice", "laptop").await;
+    let (bob, b) = login(&api.http, "bob", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    let device = |http: &Http| {
+        Arc::new(Device::start(
+            http.clone(),
+            DeviceOptions {
+                route: Some(format!("http://{}", route.http)),
+                repair_interval: Duration::from_secs(2),
+                ..Default::default()
+            },
+        ))
+    };
+    let (da, db) = (device(&alice), device(&bob));
+    assert!(da.wait_connected(Duration::from_secs(20)).await);
+    assert!(db.wait_connected(Duration::from_secs(20)).await);
+
+    let acked: Acked = Arc::default();
+    let n = 50;
+    let traffic = tokio::spawn({
+        let (da, acked) = (da.clone(), acked.clone());
+        let to = SendRequest {
+            to: Some(b),
+            ..Default::default()
+        };
+        async move { sender(da, to, "ab", n, acked).await }
+    });
+    // Each engine is killed and restarted during the traffic; right after each restart a
+    // probe from Bob measures how long until a message reaches Alice again.
+    let mut seen_a = Seen::default();
+    let path = (&*db, &*da, a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    let after_redis = recovery(path, &mut seen_a, "probe-redis", &acked).await;
+    nats.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.restart();
+    let after_nats = recovery(path, &mut seen_a, "probe-nats", &acked).await;
+    traffic.await.unwrap();
+    eprintln!(
+        "{test}: delivery works again {after_redis:?} after the Redis restart, {after_nats:?} after the NATS restart"
+    );
+    for took in [after_redis, after_nats] {
+        assert!(
+            took < Duration::from_secs(15),
+            "recovered within the bound: {took:?}"
+        );
+    }
+
+    let all: HashSet<MsgId> = acked.lock().unwrap().iter().map(|m| m.1).collect();
+    assert_eq!(all.len(), n + 2);
+    for (dev, mut seen) in [(&da, seen_a), (&db, Seen::default())] {
+        let started = Instant::now();
+        while !all.is_subset(&seen.msgs) {
+            seen.next(dev).await;
+        }
+        eprintln!(
+            "{test}: a device had everything {:?} later",
+            started.elapsed()
+        );
+    }
+    drop((route, gateways, api, push));
+    c.clean_up().await;
+}
+
+// === a 3-node NATS cluster and a Redis Cluster ===
+
+/// The clusters `scripts/engines.sh` starts, on ports of their own, stopped when dropped.
+struct Clusters {
+    dir: tempfile::TempDir,
+    nats: u16,
+    redis: u16,
+}
+
+impl Clusters {
+    fn script(&self, what: &str) -> bool {
+        Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../scripts/engines.sh"
+            ))
+            .arg(what)
+            .env("XINGE_ENGINES_DIR", self.dir.path())
+            .env("XINGE_NATS_CLUSTER_PORT", self.nats.to_string())
+            .env("XINGE_REDIS_CLUSTER_PORT", self.redis.to_string())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn start() -> Option<Self> {
+        // Ports apart from any other run's: NATS clients base..base+2 (routes +2000),
+        // Redis base..base+5 (cluster bus +10000).
+        let r = xinge_core::now_ms() % 900;
+        let c = Self {
+            dir: tempfile::tempdir().unwrap(),
+            nats: 21_000 + r as u16 * 4,
+            redis: 30_000 + r as u16 * 8,
+        };
+        (c.script("nats-cluster") && c.script("redis-cluster")).then_some(c)
+    }
+
+    fn urls(scheme: &str, base: u16, n: u16) -> String {
+        (0..n)
+            .map(|i| format!("{scheme}://127.0.0.1:{}", base + i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn kill9(&self, node: &str) {
+        let pid = std::fs::read_to_string(self.dir.path().join(format!("{node}.pid"))).unwrap();
+        let ok = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "killed {node}");
+    }
+}
+
+impl Drop for Clusters {
+    fn drop(&mut self) {
+        self.script("stop-clusters");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_on_a_nats_cluster_and_a_redis_cluster_survive_losing_a_node_of_each() {
+    let test = "roles_on_a_nats_cluster_and_a_redis_cluster_survive_losing_a_node_of_each";
+    if !engines_up(test).await {
+        return;
+    }
+    let Some(clusters) = Clusters::start() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the engine clusters must start under CI"
+        );
+        eprintln!("SKIPPED {test}: scripts/engines.sh could not start the clusters");
+        return;
+    };
+    let c = Cluster::on(
+        &Clusters::urls("nats", clusters.nats, 3),
+        &Clusters::urls("redis", clusters.redis, 3),
+        "stream_replicas = 3",
+    );
+    let route = c.spawn("route", 1);
+    let gateways = [c.spawn("gateway", 10), c.spawn("gateway", 11)];
+    let apis = [c.spawn("api", 20), c.spawn("api", 21)];
+    let pushes = [c.spawn("push", 30), c.spawn("push", 31)];
+    wait_gateways(&route, 2).await;
+    let (alice, a) = login(&apis[0].http, "alice", "laptop").await;
+    let (bob, b) = login(&apis[1].http, "bob", "laptop").await;
+    let (carol, cid) = login(&apis[0].http, "carol", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    let group = alice.create_group("trio", &[b, cid]).await.unwrap().conv;
+    let device = |http: &Http, transport| {
+        Arc::new(Device::start(
+            http.clone(),
+            DeviceOptions {
+                transport,
+                route: Some(format!("http://{}", route.http)),
+                repair_interval: Duration::from_secs(2),
+                ..Default::default()
+            },
+        ))
+    };
+    let devices = [
+        (a, device(&alice, Transport::Tcp)),
+        (b, device(&bob, Transport::Ws)),
+        (cid, device(&carol, Transport::Tcp)),
+    ];
+    for (_, d) in &devices {
+        assert!(d.wait_connected(Duration::from_secs(20)).await);
+    }
+    let acked: Acked = Arc::default();
+    let n = 60;
+    let traffic = tokio::spawn({
+        let (da, db, acked) = (devices[0].1.clone(), devices[1].1.clone(), acked.clone());
+        let (dm, to_group) = (
+            SendRequest {
+                to: Some(b),
+                ..Default::default()
+            },
+            SendRequest {
+                conv: Some(group),
+                ..Default::default()
+            },
+        );
+        async move {
+            tokio::join!(
+                sender(da, dm, "ab", n, acked.clone()),
+                sender(db, to_group, "bg", n, acked.clone()),
+            );
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    clusters.kill9(&format!("nats-{}", clusters.nats));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    clusters.kill9(&format!("redis-{}", clusters.redis)); // a master: its replica takes over
+    traffic.await.unwrap();
+
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 2 * n);
+    for (user, dev) in &devices {
+        let mine: HashSet<MsgId> = acked
+            .iter()
+            .filter(|(conv, _, _)| conv_has(conv, *user))
+            .map(|m| m.1)
+            .collect();
+        let mut seen = Seen::default();
+        while !mine.is_subset(&seen.msgs) {
+            seen.next(dev).await;
+        }
+    }
+    for (_, d) in &devices {
+        d.stop();
+    }
+    drop((route, gateways, apis, pushes));
+    c.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_limit_is_shared_by_every_api_process() {
+    let test = "the_send_limit_is_shared_by_every_api_process";
+    if !engines_up(test).await {
+        return;
+    }
+    let c = Cluster::on(
+        NATS,
+        REDIS,
+        "[limits]\nsends_burst = 3.0\nsends_per_sec = 0.5",
+    );
+    let apis = [c.spawn("api", 20), c.spawn("api", 21)];
+    let (alice, a) = login(&apis[0].http, "alice", "laptop").await;
+    let (bob, b) = login(&apis[1].http, "bob", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    // The same token works on either api process; the counter is in Redis.
+    let token = alice.token().unwrap().to_owned();
+    let via = |i: usize| Http::new(format!("http://{}", apis[i].http)).with_token(&token);
+    let send = |n: usize| SendRequest {
+        to: Some(b),
+        client_msg_id: format!("m{n}"),
+        content: serde_json::json!({}),
+        ..Default::default()
+    };
+    let codes = [
+        common::code(via(0).send(&send(0)).await),
+        common::code(via(1).send(&send(1)).await),
+        common::code(via(0).send(&send(2)).await),
+        common::code(via(1).send(&send(3)).await),
+    ];
+    assert_eq!(codes, ["ok", "ok", "ok", "rate_limited"]);
+    drop(apis);
+    c.clean_up().await;
+}
