@@ -72,10 +72,19 @@ export class Server {
     const headers = {};
     if (body) headers['content-type'] = 'application/json';
     if (token) headers.authorization = `Bearer ${token}`;
-    const r = await fetch(this.url + p, { method, headers, body: body ? JSON.stringify(body) : undefined });
-    const data = await r.json().catch(() => null);
-    if (!r.ok) throw new Error(`${method} ${p}: ${r.status} ${JSON.stringify(data)}`);
-    return data;
+    for (let attempt = 0; ; attempt++) {
+      const r = await fetch(this.url + p, { method, headers, body: body ? JSON.stringify(body) : undefined });
+      const data = await r.json().catch(() => null);
+      // Per-user rate limits: wait as told and send the same request again (sends carry
+      // their client_msg_id, so a retry never duplicates).
+      if (r.status === 429 && attempt < 20) {
+        const secs = Math.min(5, Number(r.headers.get('retry-after')) || 1);
+        await new Promise((res) => setTimeout(res, secs * 1000));
+        continue;
+      }
+      if (!r.ok) throw new Error(`${method} ${p}: ${r.status} ${JSON.stringify(data)}`);
+      return data;
+    }
   }
 }
 

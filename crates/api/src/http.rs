@@ -1,6 +1,6 @@
 //! One handler per endpoint. Handlers only translate: extract, call `Logic`, answer.
 
-use crate::{ApiState, Auth, Body, HttpError, HttpResult, openapi, web};
+use crate::{ApiState, Auth, Body, HttpError, HttpResult, openapi};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -28,13 +28,6 @@ pub fn common() -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
         .fallback(|| async { HttpError(ApiError::new(ErrorCode::NotFound, "no such endpoint")) })
-}
-
-/// The web client: its page at `/` and its files.
-pub fn web_routes() -> Router {
-    Router::new()
-        .route("/", get(web::index))
-        .route("/web/{file}", get(web::file))
 }
 
 /// The route service's endpoint.

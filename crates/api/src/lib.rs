@@ -45,21 +45,19 @@ pub struct ApiState {
     pub logic: Arc<Logic>,
 }
 
-/// Every endpoint of every role, for `xinge serve`.
+/// Every endpoint of every role, for `xinge serve`, and the web client at `/` (it needs the
+/// API and the WebSocket gateway on one origin, which only this all-in-one router has).
 pub fn app(state: AppState) -> axum::Router {
     http::api_routes(ApiState { logic: state.logic })
         .merge(http::route_routes(state.route))
         .merge(http::gateway_routes(state.gateway))
-        .merge(http::web_routes())
+        .merge(web::routes())
         .merge(http::common())
 }
 
-/// `xinge api`: the business API (and the web client, which a deployment serves from
-/// behind the same address).
+/// `xinge api`: the business API.
 pub fn api_app(logic: Arc<Logic>) -> axum::Router {
-    http::api_routes(ApiState { logic })
-        .merge(http::web_routes())
-        .merge(http::common())
+    http::api_routes(ApiState { logic }).merge(http::common())
 }
 
 /// `xinge route`: which gateway to use.

@@ -3,9 +3,11 @@
 //! JavaScript tooling, and it talks to the server only through the public HTTP API and the
 //! WebSocket gateway.
 
+use axum::Router;
 use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use std::sync::OnceLock;
 use xinge_core::ErrorCode;
 use xinge_core::error::ApiError;
@@ -97,6 +99,13 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
         h.insert(header::ETAG, v);
     }
     resp
+}
+
+/// `/` and `/web/{file}`.
+pub fn routes() -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/web/{file}", get(file))
 }
 
 /// `GET /`: the client's page.
