@@ -677,13 +677,14 @@ impl Clusters {
     }
 
     fn start() -> Option<Self> {
-        // Ports apart from any other run's: NATS clients base..base+2 (routes +2000),
-        // Redis base..base+5 (cluster bus +10000).
-        let r = xinge_core::now_ms() % 900;
+        // Ports apart from any other run's and below Linux's ephemeral range (32768+), where
+        // the other tests' outgoing connections would collide with them: NATS clients
+        // 12000-13999 (routes +2000), Redis 16000-19999 (cluster bus +10000).
+        let r = (xinge_core::now_ms() % 500) as u16;
         let c = Self {
             dir: tempfile::tempdir().unwrap(),
-            nats: 21_000 + r as u16 * 4,
-            redis: 30_000 + r as u16 * 8,
+            nats: 12_000 + r * 4,
+            redis: 16_000 + r * 8,
         };
         (c.script("nats-cluster") && c.script("redis-cluster")).then_some(c)
     }
