@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let back = Frame::decode_text(&f.encode_text(), usize::MAX).expect("re-encoded text frame");
-    assert_eq!((back.cmd, back.flags, back.req_id), (f.cmd, f.flags, f.req_id));
+    assert_eq!(
+        (back.cmd, back.flags, back.req_id),
+        (f.cmd, f.flags, f.req_id)
+    );
     let parse = |b: &[u8]| -> Option<serde_json::Value> {
         (!b.is_empty()).then(|| serde_json::from_slice(b).expect("body is JSON"))
     };
