@@ -18,6 +18,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
+# The fuzz crate is its own workspace, outside `cargo fmt --all` in .ci/run.
+(cd "$fuzz_dir" && cargo fmt --check)
+
 targets=$(cd "$fuzz_dir" && cargo fuzz list)
 echo "== building fuzz targets: $(echo $targets)"
 (cd "$fuzz_dir" && cargo fuzz build -O)
