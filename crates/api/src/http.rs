@@ -1,7 +1,8 @@
 //! One handler per endpoint. Handlers only translate: extract, call `Logic`, answer.
 
 use crate::{ApiState, Auth, Body, HttpError, HttpResult, openapi};
-use axum::extract::{Path, Query, State};
+use crate::{Path, Query};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};

@@ -126,6 +126,34 @@ impl IntoResponse for HttpError {
 
 pub type HttpResult<T> = Result<Json<T>, HttpError>;
 
+/// A path parameter whose rejections are answered in our error shape: axum's own answer
+/// is `text/plain`, which the contract test (scripts/contract.sh) found on 23 operations
+/// documented to answer errors as `ApiError` JSON.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = HttpError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(rej) => Err(ApiError::new(ErrorCode::BadRequest, rej.body_text()).into()),
+        }
+    }
+}
+
+/// A query string whose rejections are answered in our error shape (see [`Path`]).
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = HttpError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(rej) => Err(ApiError::new(ErrorCode::BadRequest, rej.body_text()).into()),
+        }
+    }
+}
+
 /// A JSON body whose rejections are answered in our error shape.
 pub struct Body<T>(pub T);
 

@@ -182,3 +182,37 @@ async fn web_client_is_served_from_the_binary() {
         );
     }
 }
+
+/// Found by the contract test (scripts/contract.sh): axum's own answers to a malformed path
+/// or query string were `text/plain`, not our `{code, message}`.
+#[tokio::test]
+async fn malformed_path_and_query_are_answered_in_our_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(dir.path());
+    let post = |uri: &str, body: &str| {
+        Request::post(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let account = r#"{"username":"bob","password":"long enough"}"#;
+    assert_eq!(
+        call(&s, post("/v1/accounts", account)).await.0,
+        StatusCode::OK
+    );
+    let login = r#"{"username":"bob","password":"long enough","device":"d"}"#;
+    let (_, body) = call(&s, post("/v1/sessions", login)).await;
+    let token = body["token"].as_str().unwrap().to_owned();
+    for uri in ["/v1/users/not-a-number", "/v1/sync?after=x"] {
+        let req = Request::get(uri)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = call(&s, req).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_request")),
+            "{uri}"
+        );
+    }
+}

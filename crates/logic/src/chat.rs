@@ -301,7 +301,28 @@ impl Logic {
             .map_err(store_err)?;
         let mut out = Vec::with_capacity(members.len());
         for m in members {
-            let head = self.store.conv_head(m.conv).await.map_err(store_err)?;
+            let mut head = self.store.conv_head(m.conv).await.map_err(store_err)?;
+            if let ConvId::Group(g) = m.conv
+                && self
+                    .store
+                    .group_member(g, caller.user)
+                    .await
+                    .map_err(store_err)?
+                    .is_none()
+            {
+                // A former member keeps the conversation but reads only the part they were a
+                // member for: without this cap the list showed them the group's newest
+                // message, sent after they left (found by tests/contract_props.rs).
+                match self
+                    .store
+                    .former_member(g, caller.user)
+                    .await
+                    .map_err(store_err)?
+                {
+                    Some((_, left)) => head = head.min(left),
+                    None => continue,
+                }
+            }
             let last_message = self
                 .store
                 .messages(m.conv, head, head, 1, false)
@@ -329,7 +350,9 @@ impl Logic {
                 conv: m.conv,
                 peer: m.conv.peer_of(caller.user),
                 last_seq: head,
-                read_seq: m.read_seq,
+                // Capped like the head: a former member's cursor may sit on their own
+                // leave event, past the part they may read.
+                read_seq: m.read_seq.min(head),
                 unread: head.saturating_sub(m.read_seq),
                 unread_mentions,
                 name,

@@ -159,7 +159,16 @@ impl Frame {
         let env: TextEnvelope<'_> =
             serde_json::from_str(text).map_err(|e| FrameError::Text(e.to_string()))?;
         let body = match env.body {
-            Some(raw) if raw.get() != "null" => Bytes::copy_from_slice(raw.get().as_bytes()),
+            Some(raw) if raw.get() != "null" => {
+                // Capturing a RawValue, serde_json checks the JSON's shape but not its
+                // content: a lone surrogate escape (`"\udc00"`) or a number out of f64's
+                // range got through here and failed only deeper, where bodies are parsed
+                // into their types (both found by the frame_text fuzz target). The text form
+                // is the browsers' and debuggers' path, so it pays the full parse.
+                serde_json::from_str::<serde_json::Value>(raw.get())
+                    .map_err(|e| FrameError::Text(e.to_string()))?;
+                Bytes::copy_from_slice(raw.get().as_bytes())
+            }
             _ => Bytes::new(),
         };
         Ok(Self {
@@ -225,6 +234,14 @@ mod tests {
     }
 
     #[test]
+    fn escaped_bodies_still_decode() {
+        let f =
+            Frame::decode_text(r#"{"cmd":100,"body":{"t":"\u00e9\ud83d\ude00"}}"#, 1024).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&f.body).unwrap();
+        assert_eq!(v["t"], "\u{e9}\u{1f600}");
+    }
+
+    #[test]
     fn bad_frames_are_errors_not_panics() {
         assert_eq!(
             Frame::decode(Bytes::from_static(b"abc"), 1024),
@@ -240,7 +257,19 @@ mod tests {
         ));
         assert!(Frame::check_prefix(3, 1024).is_err());
         assert!(Frame::check_prefix(u32::MAX, 1024).is_err());
-        for t in ["", "{", "[]", r#"{"cmd":"x"}"#, r#"{"cmd":70000}"#, "\u{0}"] {
+        for t in [
+            "",
+            "{",
+            "[]",
+            r#"{"cmd":"x"}"#,
+            r#"{"cmd":70000}"#,
+            "\u{0}",
+            // A lone surrogate escape in the body is not JSON (found by fuzzing).
+            r#"{"cmd":100,"id":1,"body":{"text":"\ude00"}}"#,
+            r#"{"cmd":100,"id":1,"body":"\ud83d"}"#,
+            // A number past f64's range is not a JSON value serde_json reads (found by fuzzing).
+            "[1,1,41,4277777777777E7777777772]",
+        ] {
             assert!(Frame::decode_text(t, 1024).is_err(), "{t:?}");
         }
     }
