@@ -30,7 +30,10 @@ struct Engines {
     registry: Arc<Registry>,
 }
 
+/// Connects a role to NATS and Redis (and installs the metrics recorder first, so what
+/// the role records from its start is kept).
 async fn engines(cfg: &Config, role: &str) -> Result<Engines, ServeError> {
+    xinge_api::metrics_handle();
     let c = &cfg.cluster;
     let names = Names::new(&c.prefix);
     let nats = engines::nats(c, &format!("xinge-{role}-{}", cfg.server.node_id)).await?;
@@ -83,8 +86,7 @@ pub async fn run_api(
     shutdown: watch::Receiver<bool>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
-    xinge_api::metrics_handle();
-    let Some(url) = cfg.store.postgres_url.clone() else {
+    let Some(pg) = PgOptions::from_config(&cfg) else {
         return Err(ServeError::Config(
             "xinge api keeps its data in PostgreSQL: set --postgres-url".into(),
         ));
@@ -94,16 +96,8 @@ pub async fn run_api(
             "every api process must sign tokens with the same key: set auth.token_secret".into(),
         ));
     }
-    let store = Arc::new(
-        PgStore::connect(&PgOptions {
-            url,
-            schema: cfg.store.postgres_schema.clone(),
-            pool_size: cfg.store.postgres_pool,
-            node_id: cfg.server.node_id,
-        })
-        .await?,
-    );
     let e = engines(&cfg, "api").await?;
+    let store = Arc::new(PgStore::connect(&pg).await?);
     let js = jetstream::new(e.nats.clone());
     pushq::ensure_stream(&js, &e.names, &cfg.cluster).await?;
     let signals = pushq::StreamSignals::start(js, &e.names, e.registry.clone());
@@ -139,7 +133,6 @@ pub async fn run_gateway(
     shutdown: watch::Receiver<bool>,
     ready: impl FnOnce(Bound),
 ) -> Result<(), ServeError> {
-    xinge_api::metrics_handle();
     let e = engines(&cfg, "gateway").await?;
     let id = GatewayId(cfg.server.node_id);
     let refresh = Duration::from_secs(cfg.cluster.refresh_secs);
@@ -200,10 +193,8 @@ pub async fn run_push(
     shutdown: watch::Receiver<bool>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
-    xinge_api::metrics_handle();
     let e = engines(&cfg, "push").await?;
     let js = jetstream::new(e.nats.clone());
-    pushq::ensure_stream(&js, &e.names, &cfg.cluster).await?;
     let worker = pushq::run_push_worker(
         js,
         e.nats.clone(),
@@ -230,7 +221,6 @@ pub async fn run_route(
     shutdown: watch::Receiver<bool>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
-    xinge_api::metrics_handle();
     let e = engines(&cfg, "route").await?;
     let refresh = Duration::from_secs(cfg.cluster.refresh_secs);
     // A gateway that missed three reports is no longer offered.

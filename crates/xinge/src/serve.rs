@@ -82,16 +82,8 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     xinge_api::metrics_handle();
     std::fs::create_dir_all(&cfg.server.data_dir)?;
-    let store: Arc<dyn xinge_store::Store> = match &cfg.store.postgres_url {
-        Some(url) => {
-            let opts = PgOptions {
-                url: url.clone(),
-                schema: cfg.store.postgres_schema.clone(),
-                pool_size: cfg.store.postgres_pool,
-                node_id: cfg.server.node_id,
-            };
-            Arc::new(PgStore::connect(&opts).await?)
-        }
+    let store: Arc<dyn xinge_store::Store> = match PgOptions::from_config(&cfg) {
+        Some(opts) => Arc::new(PgStore::connect(&opts).await?),
         None => Arc::new(FjallStore::open(
             &cfg.server.data_dir.join("store"),
             FjallOptions {

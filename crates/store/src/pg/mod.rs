@@ -100,6 +100,18 @@ pub struct PgOptions {
     pub node_id: u16,
 }
 
+impl PgOptions {
+    /// The options the config asks for, if it names a PostgreSQL URL at all.
+    pub fn from_config(cfg: &xinge_core::config::Config) -> Option<Self> {
+        Some(Self {
+            url: cfg.store.postgres_url.clone()?,
+            schema: cfg.store.postgres_schema.clone(),
+            pool_size: cfg.store.postgres_pool,
+            node_id: cfg.server.node_id,
+        })
+    }
+}
+
 impl PgStore {
     /// Connects, creates the schema if needed and applies pending migrations.
     pub async fn connect(opts: &PgOptions) -> Result<Self> {
