@@ -199,6 +199,24 @@ async fn wait_gateways(route: &Role, n: usize) {
     }
 }
 
+/// Repair pulls at the SDK's default pace, or every 2 s where an engine outage may drop
+/// signals on purpose.
+const REPAIR_DEFAULT: Duration = Duration::from_secs(20);
+const REPAIR_FAST: Duration = Duration::from_secs(2);
+
+/// A device that asks `route` for its gateway.
+fn device(route: &Role, http: &Http, transport: Transport, repair: Duration) -> Arc<Device> {
+    Arc::new(Device::start(
+        http.clone(),
+        DeviceOptions {
+            transport,
+            route: Some(format!("http://{}", route.http)),
+            repair_interval: repair,
+            ..Default::default()
+        },
+    ))
+}
+
 async fn login(api: &str, name: &str, device: &str) -> (Http, UserId) {
     let http = Http::new(format!("http://{api}"));
     let _ = http.register(name, PASSWORD).await;
@@ -253,17 +271,9 @@ async fn roles_survive_kill_9_of_a_gateway_an_api_and_a_push_process() {
     befriend(&carol, cid, &alice, a).await;
     let group = alice.create_group("trio", &[b, cid]).await.unwrap().conv;
 
-    let route_url = format!("http://{}", route.http);
-    let device = |http: &Http, transport| {
-        Arc::new(Device::start(
-            http.clone(),
-            DeviceOptions {
-                transport,
-                route: Some(route_url.clone()),
-                ..Default::default()
-            },
-        ))
-    };
+    // The default repair interval (20 s): within the checker's wait, delivery rests on
+    // signals — so on JetStream redelivering what the killed push process held.
+    let device = |http: &Http, transport| device(&route, http, transport, REPAIR_DEFAULT);
     let devices: Vec<(UserId, Arc<Device>)> = vec![
         (a, device(&alice, Transport::Tcp)),
         (b, device(&bob, Transport::Ws)),
@@ -588,16 +598,7 @@ async fn the_roles_recover_by_themselves_from_redis_and_nats_restarts() {
     let (alice, a) = login(&api.http, "alice", "laptop").await;
     let (bob, b) = login(&api.http, "bob", "laptop").await;
     befriend(&alice, a, &bob, b).await;
-    let device = |http: &Http| {
-        Arc::new(Device::start(
-            http.clone(),
-            DeviceOptions {
-                route: Some(format!("http://{}", route.http)),
-                repair_interval: Duration::from_secs(2),
-                ..Default::default()
-            },
-        ))
-    };
+    let device = |http: &Http| device(&route, http, Transport::Tcp, REPAIR_FAST);
     let (da, db) = (device(&alice), device(&bob));
     assert!(da.wait_connected(Duration::from_secs(20)).await);
     assert!(db.wait_connected(Duration::from_secs(20)).await);
@@ -741,17 +742,7 @@ async fn roles_on_a_nats_cluster_and_a_redis_cluster_survive_losing_a_node_of_ea
     let (carol, cid) = login(&apis[0].http, "carol", "laptop").await;
     befriend(&alice, a, &bob, b).await;
     let group = alice.create_group("trio", &[b, cid]).await.unwrap().conv;
-    let device = |http: &Http, transport| {
-        Arc::new(Device::start(
-            http.clone(),
-            DeviceOptions {
-                transport,
-                route: Some(format!("http://{}", route.http)),
-                repair_interval: Duration::from_secs(2),
-                ..Default::default()
-            },
-        ))
-    };
+    let device = |http: &Http, transport| device(&route, http, transport, REPAIR_FAST);
     let devices = [
         (a, device(&alice, Transport::Tcp)),
         (b, device(&bob, Transport::Ws)),
