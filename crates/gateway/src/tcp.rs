@@ -129,14 +129,18 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let io = Tcp {
                     stream,
                     partial: None,
                     max: gw.cfg.max_frame_bytes,
                 };
-                tokio::spawn(conn::serve(gw.clone(), io, None));
+                match gw.admit(peer.ip()) {
+                    Ok(()) => tokio::spawn(conn::serve(gw.clone(), io, None)),
+                    // Told why and when to come back, without holding up the accept loop.
+                    Err(e) => tokio::spawn(conn::refuse(io, None, e)),
+                };
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
