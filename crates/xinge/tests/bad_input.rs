@@ -821,9 +821,12 @@ async fn the_gateway_rate_limits_new_connections_per_ip_on_both_transports() {
         let f = request(s, Frame::request(cmd::PING, 7, Bytes::new())).await;
         assert!(f.is_response() && !f.is_error());
     }
-    // After the refill, this IP may connect again.
-    tokio::time::sleep(Duration::from_millis(wait + 100)).await;
-    raw_authed(&server, &token).await;
+    // The SDK, refused the same way, waits as told and then gets in.
+    let started = std::time::Instant::now();
+    let dev = server.device(&alice, Transport::Ws);
+    assert!(dev.wait_connected(Duration::from_secs(10)).await);
+    assert!(started.elapsed() >= Duration::from_millis(500), "it waited for a token");
+    dev.stop();
     server.stop().await;
 }
 
