@@ -60,20 +60,21 @@ impl Connection {
                 tokio::spawn(tcp_read(r, in_tx));
             }
             Transport::Ws => {
-                let (ws, _) = tokio_tungstenite::connect_async(address)
-                    .await
-                    .map_err(|e| match e {
-                        // Refused before the upgrade (e.g. 429): the body is our error.
-                        tokio_tungstenite::tungstenite::Error::Http(resp) => resp
-                            .body()
-                            .as_deref()
-                            .and_then(|b| serde_json::from_slice::<ApiError>(b).ok())
-                            .map_or_else(
-                                || terr(format!("upgrade refused: {}", resp.status())),
-                                ClientError::Api,
-                            ),
-                        e => terr(e.to_string()),
-                    })?;
+                let (ws, _) =
+                    tokio_tungstenite::connect_async(address)
+                        .await
+                        .map_err(|e| match e {
+                            // Refused before the upgrade (e.g. 429): the body is our error.
+                            tokio_tungstenite::tungstenite::Error::Http(resp) => resp
+                                .body()
+                                .as_deref()
+                                .and_then(|b| serde_json::from_slice::<ApiError>(b).ok())
+                                .map_or_else(
+                                    || terr(format!("upgrade refused: {}", resp.status())),
+                                    ClientError::Api,
+                                ),
+                            e => terr(e.to_string()),
+                        })?;
                 let (sink, stream) = ws.split();
                 tokio::spawn(ws_write(sink, out_rx));
                 tokio::spawn(ws_read(stream, in_tx));

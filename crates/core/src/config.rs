@@ -148,6 +148,11 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// New connections per source IP and in all, before authentication.
     pub admission: AdmissionConfig,
+    /// Frames one user may send per second over all their connections to this gateway.
+    /// Past it the gateway stops reading that user's connections until the rate allows:
+    /// TCP's own flow control slows the client down, at no cost to anyone else.
+    pub frames_per_sec: f64,
+    pub frames_burst: f64,
 }
 
 impl Default for GatewayConfig {
@@ -159,6 +164,8 @@ impl Default for GatewayConfig {
             max_frame_bytes: 64 * 1024,
             max_connections: 19_000,
             admission: AdmissionConfig::default(),
+            frames_per_sec: 100.0,
+            frames_burst: 400.0,
         }
     }
 }

@@ -54,7 +54,7 @@ fn read_frame<T: Transport>(io: &mut T) -> impl Future<Output = Result<Frame, Re
 /// A write that takes longer than this means the peer stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn close_frame(err: &ApiError) -> Frame {
+pub(crate) fn close_frame(err: &ApiError) -> Frame {
     Frame::request(cmd::CLOSE, 0, serde_json::to_vec(err).unwrap_or_default())
 }
 
@@ -67,7 +67,7 @@ pub(crate) fn bad_frame(e: &FrameError) -> ApiError {
 
 /// Writes a close frame and ends the stream, for connections refused before they have a
 /// session.
-pub(crate) async fn refuse<T: Transport>(mut io: T, reply_to: Option<&Frame>, err: ApiError) {
+async fn refuse<T: Transport>(mut io: T, reply_to: Option<&Frame>, err: ApiError) {
     let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
         let mut frames = Vec::with_capacity(2);
         if let Some(req) = reply_to {
@@ -246,6 +246,12 @@ async fn step<T: Transport>(
         Work::Frame(f) => f,
     };
     handle.last_seen.store(gw.now_secs(), Ordering::Relaxed);
+    // A user over the frame rate is not read from (nor answered) until it allows: their
+    // frames wait in the kernel's buffers, and TCP's flow control slows the client down.
+    // Answering each excess frame instead would cost as much as serving it.
+    if let Err(wait) = gw.frame_budget(ctx.user) {
+        tokio::time::sleep(wait).await;
+    }
     match answer(gw, io, handle, ctx, frame).await {
         Answer::None => None,
         Answer::WriteFailed => Some(End::WriteFailed),

@@ -135,6 +135,8 @@ pub struct Gateway {
     pub(crate) slots: Arc<Semaphore>,
     count: AtomicU64,
     admission: xinge_core::ratelimit::Admission,
+    /// Frames per user (see `GatewayConfig::frames_per_sec`).
+    frames: xinge_core::ratelimit::Keyed<UserId>,
 }
 
 impl Gateway {
@@ -152,6 +154,13 @@ impl Gateway {
             id,
             slots: Arc::new(Semaphore::new(cfg.max_connections)),
             admission: xinge_core::ratelimit::Admission::new(&cfg.admission),
+            frames: xinge_core::ratelimit::Keyed::new(
+                xinge_core::ratelimit::Rate {
+                    per_sec: cfg.frames_per_sec,
+                    burst: cfg.frames_burst,
+                },
+                cfg.max_connections,
+            ),
             cfg,
             auth,
             upstream,
@@ -206,6 +215,13 @@ impl Gateway {
             metrics::counter!("xinge_connections_refused_total", "reason" => "rate_limited")
                 .increment(1);
             ApiError::rate_limited("too many new connections: retry after the time given", wait)
+        })
+    }
+
+    /// Charges one frame to `user`; past their rate, how long to stop reading them.
+    pub(crate) fn frame_budget(&self, user: UserId) -> Result<(), std::time::Duration> {
+        self.frames.take(user, Instant::now()).inspect_err(|_| {
+            metrics::counter!("xinge_frames_throttled_total").increment(1);
         })
     }
 

@@ -117,6 +117,19 @@ impl Transport for Tcp {
     }
 }
 
+/// Writes the close frame without waiting (the socket's buffer is empty, so it fits), ends
+/// the sending side, and drops whatever the client already sent — closing a socket with
+/// unread data would reset the connection and could destroy the frame before the client
+/// reads it.
+fn refuse_now(stream: TcpStream, e: &xinge_core::error::ApiError) {
+    let _ = stream.try_write(&conn::close_frame(e).encode_prefixed());
+    if let Ok(s) = stream.into_std() {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = [0u8; 1024];
+        let _ = std::io::Read::read(&mut &s, &mut sink);
+    }
+}
+
 /// Accepts TCP connections until `shutdown` fires.
 pub async fn serve(
     gw: Arc<Gateway>,
@@ -137,10 +150,14 @@ pub async fn serve(
                     max: gw.cfg.max_frame_bytes,
                 };
                 match gw.admit(peer.ip()) {
-                    Ok(()) => tokio::spawn(conn::serve(gw.clone(), io, None)),
-                    // Told why and when to come back, without holding up the accept loop.
-                    Err(e) => tokio::spawn(conn::refuse(io, None, e)),
-                };
+                    Ok(()) => {
+                        tokio::spawn(conn::serve(gw.clone(), io, None));
+                    }
+                    // Told why and when to come back, as cheaply as possible (a flood is
+                    // what this is for): one non-blocking write into the empty socket
+                    // buffer, then closed — no task, no timer.
+                    Err(e) => refuse_now(io.stream, &e),
+                }
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

@@ -805,6 +805,14 @@ async fn the_gateway_rate_limits_new_connections_per_ip_on_both_transports() {
     assert_eq!(close.code.as_str(), "rate_limited");
     let wait = close.retry_after_ms.expect("a retry-after");
     assert!((1..=2_000).contains(&wait), "retry after {wait} ms");
+    // The SDK, which sends AUTH at once, reads the same refusal.
+    match Connection::connect(Transport::Tcp, &server.tcp.to_string(), &token).await {
+        Err(xinge_client::ClientError::Api(e)) => {
+            assert_eq!(e.code.as_str(), "rate_limited");
+            assert!(e.retry_after_ms.is_some());
+        }
+        other => panic!("expected rate_limited, got {:?}", other.map(|_| ())),
+    }
     // A WebSocket upgrade is refused before it costs anything: 429 with Retry-After.
     let ws = format!("ws://{}/ws", server.base.trim_start_matches("http://"));
     match tokio_tungstenite::connect_async(&ws).await {
@@ -825,7 +833,10 @@ async fn the_gateway_rate_limits_new_connections_per_ip_on_both_transports() {
     let started = std::time::Instant::now();
     let dev = server.device(&alice, Transport::Ws);
     assert!(dev.wait_connected(Duration::from_secs(10)).await);
-    assert!(started.elapsed() >= Duration::from_millis(500), "it waited for a token");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "it waited for a token"
+    );
     dev.stop();
     server.stop().await;
 }
