@@ -132,13 +132,13 @@ impl Tls {
         match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream)).await {
             Ok(Ok(s)) => Some(s),
             Ok(Err(e)) => {
-                metrics::counter!("xinge_tls_handshakes_failed_total", "why" => "error")
+                metrics::counter!("xinge_tls_handshakes_failed_total", "reason" => "error")
                     .increment(1);
                 tracing::debug!(error = %e, ?peer, "tls handshake failed");
                 None
             }
             Err(_) => {
-                metrics::counter!("xinge_tls_handshakes_failed_total", "why" => "timeout")
+                metrics::counter!("xinge_tls_handshakes_failed_total", "reason" => "timeout")
                     .increment(1);
                 tracing::debug!(?peer, "tls handshake timed out");
                 None
