@@ -36,7 +36,8 @@ impl Server {
             &config,
             "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\n[gateway]\nmax_connections = 19500\n\
              [limits]\nsends_per_sec = 1000000.0\nsends_burst = 1000000.0\n\
-             pulls_per_sec = 1000000.0\npulls_burst = 1000000.0\n",
+             pulls_per_sec = 1000000.0\npulls_burst = 1000000.0\n\
+             [gateway.admission]\nper_ip_per_sec = 1000000.0\nper_ip_burst = 1000000.0\n",
         )?;
         let mut srv = Self {
             base: String::new(),

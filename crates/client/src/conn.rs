@@ -106,7 +106,7 @@ impl Connection {
                 let s = tls.connect(&host, s).await?;
                 let (ws, _) = tokio_tungstenite::client_async(request, s)
                     .await
-                    .map_err(|e| terr(e.to_string()))?;
+                    .map_err(upgrade_error)?;
                 let (sink, stream) = ws.split();
                 tokio::spawn(ws_write(sink, out_rx));
                 tokio::spawn(ws_read(stream, in_tx));
@@ -114,7 +114,7 @@ impl Connection {
             Transport::Ws => {
                 let (ws, _) = tokio_tungstenite::connect_async(address)
                     .await
-                    .map_err(|e| terr(e.to_string()))?;
+                    .map_err(upgrade_error)?;
                 let (sink, stream) = ws.split();
                 tokio::spawn(ws_write(sink, out_rx));
                 tokio::spawn(ws_read(stream, in_tx));
@@ -204,6 +204,21 @@ impl Connection {
             Some(e) => ClientError::Api(e),
             None => ClientError::Transport("connection closed".into()),
         }
+    }
+}
+
+/// A failed WebSocket upgrade. Refused before the upgrade (e.g. 429), the body is our error.
+fn upgrade_error(e: tokio_tungstenite::tungstenite::Error) -> ClientError {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => resp
+            .body()
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<ApiError>(b).ok())
+            .map_or_else(
+                || ClientError::Transport(format!("upgrade refused: {}", resp.status())),
+                ClientError::Api,
+            ),
+        e => ClientError::Transport(e.to_string()),
     }
 }
 

@@ -111,6 +111,7 @@ impl Device {
             others: other_tx,
             opts: opts.clone(),
             last_addr: None,
+            told_to_wait: None,
         };
         tokio::spawn(runner.run(stop_rx));
         Self {
@@ -242,6 +243,8 @@ struct Runner {
     others: mpsc::Sender<Signal>,
     opts: DeviceOptions,
     last_addr: Option<String>,
+    /// The server's `retry_after_ms` when it last refused us with `rate_limited`.
+    told_to_wait: Option<Duration>,
 }
 
 enum Ended {
@@ -273,11 +276,24 @@ impl Runner {
             } else {
                 attempt.saturating_add(1)
             };
-            let delay = self.backoff(attempt);
+            // A server that said when to come back is believed (with jitter on top, so a
+            // crowd refused together does not return together).
+            let delay = match self.told_to_wait.take() {
+                Some(wait) => wait + self.backoff(attempt),
+                None => self.backoff(attempt),
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = stop.changed() => return,
             }
+        }
+    }
+
+    fn note_refusal(&mut self, e: &ClientError) {
+        if let ClientError::Api(e) = e
+            && let Some(ms) = e.retry_after_ms
+        {
+            self.told_to_wait = Some(Duration::from_millis(ms.min(60_000)));
         }
     }
 
@@ -297,7 +313,13 @@ impl Runner {
             Transport::Tcp => "tcp",
             Transport::Ws => "ws",
         };
-        let list = self.route.route().await.ok()?.gateways;
+        let list = match self.route.route().await {
+            Ok(r) => r.gateways,
+            Err(e) => {
+                self.note_refusal(&e);
+                return None;
+            }
+        };
         let addrs: Vec<String> = list
             .into_iter()
             .filter(|g| g.transport == want)
@@ -328,7 +350,10 @@ impl Runner {
                 *self.shared.fatal.lock().unwrap() = Some(ClientError::Api(e));
                 return Ended::Stop;
             }
-            Err(_) => return Ended::Retry,
+            Err(e) => {
+                self.note_refusal(&e);
+                return Ended::Retry;
+            }
         };
         self.last_addr = Some(addr);
         let conn = Arc::new(conn);

@@ -15,7 +15,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
-    pub route: RouteConfig,
+    /// Connection admission at the route service.
+    pub route: AdmissionConfig,
     pub limits: LimitsConfig,
     pub tls: TlsConfig,
 }
@@ -175,6 +176,8 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// Most connections this gateway holds at once; more are refused with `unavailable`.
     pub max_connections: usize,
+    /// New connections per source IP and in all, before authentication.
+    pub admission: AdmissionConfig,
 }
 
 impl Default for GatewayConfig {
@@ -185,6 +188,7 @@ impl Default for GatewayConfig {
             send_queue: 256,
             max_frame_bytes: 64 * 1024,
             max_connections: 19_000,
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -228,6 +232,11 @@ pub struct LimitsConfig {
     /// Inbox syncs and history pages.
     pub pulls_per_sec: f64,
     pub pulls_burst: f64,
+    /// Signals to one user (push layer, per push process); past the rate they are
+    /// coalesced — newer inbox, group and presence signals replace older ones, typing is
+    /// dropped — and released as the rate allows.
+    pub signals_per_sec: f64,
+    pub signals_burst: f64,
     /// Users tracked at once per process; past that, idle ones are forgotten, and if none
     /// is idle a new user is not limited until room frees up.
     pub max_users: usize,
@@ -240,17 +249,21 @@ impl Default for LimitsConfig {
             sends_burst: 100.0,
             pulls_per_sec: 50.0,
             pulls_burst: 200.0,
+            signals_per_sec: 200.0,
+            signals_burst: 400.0,
             max_users: 1_000_000,
         }
     }
 }
 
-/// The route service's connection admission (seed 000 Q7): token buckets per source IP
-/// and in all; a refused client gets `rate_limited` and a `retry-after`. Per-IP limits are
-/// generous because many mobile clients share a carrier's NAT address.
+/// Connection admission (seed 000 Q7), at the route service (`[route]`) and at each
+/// gateway (`[gateway.admission]`): token buckets per source IP and in all; a refused
+/// client gets `rate_limited` and a retry-after. Per-IP limits are generous because many
+/// mobile clients share a carrier's NAT address; the global burst lets a whole gateway's
+/// clients come back at once after a restart.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct RouteConfig {
+pub struct AdmissionConfig {
     pub per_ip_per_sec: f64,
     pub per_ip_burst: f64,
     pub global_per_sec: f64,
@@ -260,7 +273,7 @@ pub struct RouteConfig {
     pub max_ips: usize,
 }
 
-impl Default for RouteConfig {
+impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
             per_ip_per_sec: 50.0,

@@ -67,7 +67,7 @@ pub(crate) fn bad_frame(e: &FrameError) -> ApiError {
 
 /// Writes a close frame and ends the stream, for connections refused before they have a
 /// session.
-async fn refuse<T: Transport>(mut io: T, reply_to: Option<&Frame>, err: ApiError) {
+pub(crate) async fn refuse<T: Transport>(mut io: T, reply_to: Option<&Frame>, err: ApiError) {
     let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
         let mut frames = Vec::with_capacity(2);
         if let Some(req) = reply_to {

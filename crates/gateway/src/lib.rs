@@ -136,6 +136,7 @@ pub struct Gateway {
     pub(crate) wheel: wheel::Wheel,
     pub(crate) slots: Arc<Semaphore>,
     count: AtomicU64,
+    admission: xinge_core::ratelimit::Admission,
 }
 
 impl Gateway {
@@ -152,6 +153,7 @@ impl Gateway {
         Arc::new(Self {
             id,
             slots: Arc::new(Semaphore::new(cfg.max_connections)),
+            admission: xinge_core::ratelimit::Admission::new(&cfg.admission),
             cfg,
             auth,
             upstream,
@@ -197,6 +199,16 @@ impl Gateway {
             }
             gw.close_all(Kick::ShuttingDown);
         });
+    }
+
+    /// Admits a new connection from `ip` (before it costs an authentication), or refuses
+    /// it with `rate_limited` and the time until it may try again.
+    pub fn admit(&self, ip: std::net::IpAddr) -> Result<(), ApiError> {
+        self.admission.admit(ip, Instant::now()).map_err(|wait| {
+            metrics::counter!("xinge_connections_refused_total", "reason" => "rate_limited")
+                .increment(1);
+            ApiError::rate_limited("too many new connections: retry after the time given", wait)
+        })
     }
 
     /// Live authenticated connections.

@@ -222,20 +222,27 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                match &tls {
-                    None => {
+                match (&tls, gw.admit(peer.ip())) {
+                    (None, admitted) => {
                         let io = Tcp {
                             stream,
                             partial: None,
                             max: gw.cfg.max_frame_bytes,
                         };
-                        tokio::spawn(conn::serve(gw.clone(), io, None));
+                        match admitted {
+                            Ok(()) => tokio::spawn(conn::serve(gw.clone(), io, None)),
+                            // Told why and when to come back, without holding up the accept loop.
+                            Err(e) => tokio::spawn(conn::refuse(io, None, e)),
+                        };
                     }
-                    Some(tls) => {
+                    (Some(tls), Ok(())) => {
                         tokio::spawn(serve_tls(gw.clone(), tls.clone(), stream));
                     }
+                    // Under TLS the CLOSE frame would need the handshake that admission is
+                    // there to spare: the connection is closed, and the client backs off.
+                    (Some(_), Err(_)) => drop(stream),
                 }
             }
             Err(e) => {

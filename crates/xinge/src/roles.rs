@@ -206,6 +206,7 @@ pub async fn run_push(
         e.nats.clone(),
         e.names.clone(),
         cfg.cluster.clone(),
+        xinge_push::ThrottleConfig::from_limits(&cfg.limits),
         e.registry.clone(),
         shutdown.clone(),
     );

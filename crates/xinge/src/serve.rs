@@ -14,7 +14,7 @@ use xinge_core::config::Config;
 use xinge_gateway::Gateway;
 use xinge_gateway::tls::Tls;
 use xinge_logic::Logic;
-use xinge_push::{Push, PushConfig};
+use xinge_push::{Push, PushConfig, ThrottleConfig};
 use xinge_route::{GatewayReport, Route};
 use xinge_store::fjall::{FjallOptions, FjallStore};
 use xinge_store::pg::{PgOptions, PgStore};
@@ -99,7 +99,11 @@ pub async fn run(
         )?),
     };
     let secret = token_secret(&cfg)?;
-    let push = Arc::new(Push::new(PushConfig::default()));
+    let push = Arc::new(Push::new(PushConfig {
+        throttle: ThrottleConfig::from_limits(&cfg.limits),
+        ..PushConfig::default()
+    }));
+    push.start();
     let logic = Logic::new(store, push.clone(), cfg.clone(), secret);
     let dispatch = Arc::new(Dispatch(logic.clone()));
     let gw_id = GatewayId(cfg.server.node_id);

@@ -65,12 +65,17 @@ struct TlsServer {
 }
 
 async fn start_tls() -> TlsServer {
+    start_tls_with(|_| {}).await
+}
+
+async fn start_tls_with(tweak: impl FnOnce(&mut xinge_core::config::Config)) -> TlsServer {
     let pki = pki();
     let (cert, key) = (pki.cert.clone(), pki.key.clone());
     let server = start(move |cfg| {
         cfg.tls.cert = Some(cert);
         cfg.tls.key = Some(key);
         cfg.tls.handshake_timeout_secs = HANDSHAKE_SECS;
+        tweak(cfg);
     })
     .await;
     TlsServer {
@@ -309,6 +314,31 @@ async fn a_client_that_does_not_trust_the_certificate_fails() {
         .await
         .unwrap();
     conn.ping().await.unwrap();
+    s.server.stop().await;
+}
+
+/// Gateway admission under TLS: a refused connection is closed before its handshake
+/// (no CLOSE frame, which would need the handshake), the admitted ones are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_refused_by_admission_is_closed_before_its_handshake() {
+    let s = start_tls_with(|c| {
+        c.gateway.admission.per_ip_burst = 2.0;
+        c.gateway.admission.per_ip_per_sec = 0.01;
+    })
+    .await;
+    let (alice, _) = s.login("alice", "laptop").await;
+    let token = alice.token().unwrap().to_owned();
+    let tcp = s.server.tcp.to_string();
+    let connect = || Connection::connect_with(Transport::Tcp, &tcp, &token, Some(&s.trust));
+    let (first, _s1) = connect().await.unwrap();
+    let (second, _s2) = connect().await.unwrap();
+    let refused = connect().await.err().unwrap();
+    assert!(
+        matches!(&refused, xinge_client::ClientError::Transport(m) if m.starts_with("tls:")),
+        "{refused:?}"
+    );
+    first.ping().await.unwrap();
+    second.ping().await.unwrap();
     s.server.stop().await;
 }
 
