@@ -42,6 +42,9 @@ pub struct DeviceOptions {
     pub messages: bool,
     /// Base URL of the route service, when it is not the API's (a distributed deployment).
     pub route: Option<String>,
+    /// TLS for the long connection: TCP speaks TLS, and `wss://` gateways are trusted by
+    /// these roots. (HTTPS is the `Http`'s: [`Http::with_tls`].)
+    pub tls: Option<crate::Tls>,
 }
 
 impl Default for DeviceOptions {
@@ -56,6 +59,7 @@ impl Default for DeviceOptions {
             inbox_events: true,
             messages: false,
             route: None,
+            tls: None,
         }
     }
 }
@@ -98,7 +102,7 @@ impl Device {
             route: opts
                 .route
                 .as_deref()
-                .map_or_else(|| http.clone(), Http::new),
+                .map_or_else(|| http.clone(), |r| http.at(r)),
             http: http.clone(),
             shared: shared.clone(),
             events: ev_tx,
@@ -333,9 +337,9 @@ impl Runner {
             return Ended::Retry;
         };
         let token = self.http.token().unwrap_or_default().to_owned();
-        let (conn, mut signals) = match Connection::connect(self.opts.transport, &addr, &token)
-            .await
-        {
+        let connecting =
+            Connection::connect_with(self.opts.transport, &addr, &token, self.opts.tls.as_ref());
+        let (conn, mut signals) = match connecting.await {
             Ok(v) => v,
             Err(ClientError::Api(e))
                 if matches!(

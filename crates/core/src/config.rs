@@ -18,6 +18,7 @@ pub struct Config {
     /// Connection admission at the route service.
     pub route: AdmissionConfig,
     pub limits: LimitsConfig,
+    pub tls: TlsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -61,6 +62,35 @@ impl Default for ServerConfig {
             max_http_connections: 19_500,
             header_timeout_secs: 10,
         }
+    }
+}
+
+/// TLS on this process's listeners: the HTTP port (so also WebSocket on `/ws`) and the TCP
+/// gateway port. Off unless both `cert` and `key` are set; then those ports speak TLS only.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, the server's own certificate first.
+    pub cert: Option<PathBuf>,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// Time a new connection has to finish the TLS handshake; then it is closed.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
     }
 }
 
@@ -366,6 +396,12 @@ impl Config {
                 "server.max_http_connections and server.header_timeout_secs must be positive",
             );
         }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls.cert and tls.key go together: set both, or neither");
+        }
+        if self.tls.handshake_timeout_secs == 0 {
+            return bad("tls.handshake_timeout_secs must be positive");
+        }
         let r = &self.route;
         if !(r.per_ip_per_sec > 0.0
             && r.per_ip_burst >= 1.0
@@ -415,6 +451,17 @@ mod tests {
         assert_eq!(c.chat.recall_window_secs, 120);
         assert_eq!(c.server.http_addr.port(), 8080);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn tls_is_off_by_default_and_needs_cert_and_key() {
+        let c = Config::default();
+        assert!(!c.tls.enabled());
+        let c: Config = toml::from_str("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").unwrap();
+        assert!(c.tls.enabled());
+        c.validate().unwrap();
+        let c: Config = toml::from_str("[tls]\ncert = \"c.pem\"\n").unwrap();
+        assert!(c.validate().is_err());
     }
 
     #[test]

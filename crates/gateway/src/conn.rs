@@ -82,7 +82,7 @@ async fn refuse<T: Transport>(mut io: T, reply_to: Option<&Frame>, err: ApiError
 
 /// Serves one connection to the end. `token` is a token given at the upgrade (WebSocket
 /// query or header); without it the first frame must be `AUTH`.
-pub(crate) async fn serve<T: Transport>(gw: Arc<Gateway>, mut io: T, token: Option<String>) {
+pub(crate) async fn serve<T: Transport>(gw: Arc<Gateway>, io: T, token: Option<String>) {
     let Ok(permit) = gw.slots.clone().try_acquire_owned() else {
         refuse(
             io,
@@ -92,6 +92,17 @@ pub(crate) async fn serve<T: Transport>(gw: Arc<Gateway>, mut io: T, token: Opti
         .await;
         return;
     };
+    serve_admitted(gw, io, token, permit).await;
+}
+
+/// [`serve`] for a connection that already holds its slot (a TLS one took it before its
+/// handshake).
+pub(crate) async fn serve_admitted<T: Transport>(
+    gw: Arc<Gateway>,
+    mut io: T,
+    token: Option<String>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let auth_timeout = Duration::from_secs(u64::from(gw.cfg.auth_timeout_secs));
     let (auth_frame, token) = match token {
         Some(t) => (None, t),

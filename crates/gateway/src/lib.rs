@@ -4,7 +4,8 @@
 //! ```text
 //! lib.rs      Gateway: the connection table, the interface to the layers above
 //! conn.rs     one connection's life: auth, then one task that reads, answers and writes
-//! tcp.rs      length-prefixed frames over TCP, and the accept loop
+//! tcp.rs      length-prefixed frames over TCP (in the clear or TLS), and the accept loop
+//! tls.rs      a listener's certificate (rustls) and the handshake with its deadline
 //! ws.rs       WebSocket (binary frames, or JSON text frames) on /ws, framed here
 //! wheel.rs    the heartbeat timing wheel: one task for all connections
 //! ```
@@ -15,6 +16,7 @@
 mod conn;
 mod queue;
 pub mod tcp;
+pub mod tls;
 mod wheel;
 pub mod ws;
 
