@@ -2,8 +2,14 @@
 //! traffic while
 //! - `flooders` users each send to a friend as fast as their connection lets them (up to
 //!   32 sends in flight), far past the per-user send limit, and
-//! - one source address (127.0.0.99) opens connections as fast as it can
-//!   (`connection_flood` at once), each trying to authenticate with a bad token.
+//! - one source address (127.0.0.99) opens connections (`connection_flood` at once, at
+//!   most `connection_rate` a second), each trying to authenticate with a bad token.
+//!
+//! The rate of the connection flood is bounded because on this machine the flooder shares
+//! the load generator's core: unpaced, it starves the very clients whose latency is
+//! measured. What one attempt costs the server is reported (`xinge bench flood --users 2
+//! --rate 10 --flooders 0` isolates it); past what the server should spend on refusals,
+//! the operator drops SYNs in the kernel (docs/OPERATIONS.md).
 //!
 //! The server runs with its default limits (spawned by the bench: not raised as for the
 //! other scenarios), except that gateway admission per IP admits the bench's own users,
@@ -15,14 +21,16 @@ use crate::server::Server;
 use crate::traffic::{self, Load, Plan};
 use crate::{BenchError, setup};
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xinge_client::api::SendRequest;
 use xinge_client::{Connection, Transport};
-use xinge_core::ErrorCode;
+use xinge_core::{ErrorCode, UserId};
 use xinge_proto::{Frame, cmd};
 
 /// What the abusers got.
@@ -48,6 +56,8 @@ pub struct Args {
     pub flooders: usize,
     /// Connection attempts at once from the flooding address (0: none).
     pub connection_flood: usize,
+    /// Connection attempts per second from the flooding address, at most.
+    pub connection_rate: u64,
 }
 
 pub async fn run(srv: &Server, transport: Transport, a: Args) -> Result<BenchResult, BenchError> {
@@ -80,63 +90,33 @@ pub async fn run(srv: &Server, transport: Transport, a: Args) -> Result<BenchRes
     .await?;
 
     eprintln!("flood: 1:1 while {} users and one address flood", f / 2);
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut abuse = tokio::task::JoinSet::new();
-    for pair in abusers.chunks_exact(2) {
-        let token = pair[0].http.token().unwrap_or_default().to_owned();
-        let (conn, _signals) = Connection::connect(Transport::Tcp, &srv.tcp, &token)
-            .await
-            .map_err(|e| BenchError::Setup(format!("connect: {e}")))?;
-        let (conn, to) = (Arc::new(conn), pair[1].id);
-        for lane in 0..IN_FLIGHT {
-            let (conn, tally, stop) = (conn.clone(), tally.clone(), stop.clone());
-            abuse.spawn(async move {
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let req = SendRequest {
-                        to: Some(to),
-                        client_msg_id: format!("flood-{lane}-{i}"),
-                        content: serde_json::json!({ "spam": i }),
-                        ..Default::default()
-                    };
-                    let r: Result<serde_json::Value, _> = conn.request(cmd::SEND, &req).await;
-                    let counter = match r {
-                        Ok(_) => &tally.sends_ok,
-                        Err(xinge_client::ClientError::Api(e))
-                            if e.code == ErrorCode::RateLimited =>
-                        {
-                            &tally.sends_limited
-                        }
-                        Err(_) => &tally.sends_other,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-    }
-    let gateway: SocketAddr = srv
-        .tcp
-        .parse()
-        .map_err(|e| BenchError::Setup(format!("gateway address: {e}")))?;
-    for _ in 0..a.connection_flood {
-        let (tally, stop) = (tally.clone(), stop.clone());
-        abuse.spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let counter = match bad_connection(gateway).await {
-                    Some(ErrorCode::RateLimited) => &tally.conns_refused,
-                    Some(ErrorCode::Unauthenticated) => &tally.conns_unauthenticated,
-                    _ => {
-                        // Out of ports or the like: do not spin.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        &tally.conns_other
-                    }
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
+    // The abusers run in a process of their own at the lowest priority: on this machine
+    // they share the load generator's core, and must not starve the clients whose latency
+    // is measured (the server's core is the one under test).
+    let plan = FloodPlan {
+        tcp: srv.tcp.clone(),
+        abusers: abusers
+            .chunks_exact(2)
+            .map(|p| (p[0].http.token().unwrap_or_default().to_owned(), p[1].id.0))
+            .collect(),
+        connection_flood: a.connection_flood,
+        connection_rate: a.connection_rate,
+    };
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        file.path(),
+        serde_json::to_vec(&plan).map_err(|e| BenchError::Setup(e.to_string()))?,
+    )?;
+    let mut child = tokio::process::Command::new("nice")
+        .args(["-n", "19"])
+        .arg(std::env::current_exe()?)
+        .args(["bench", "flood-worker", "--plan-file"])
+        .arg(file.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
     let cpu0 = srv.sample();
     let with = traffic::run(
         srv,
@@ -148,8 +128,12 @@ pub async fn run(srv: &Server, transport: Transport, a: Args) -> Result<BenchRes
     )
     .await;
     let cpu1 = srv.sample();
-    stop.store(true, Ordering::Relaxed);
-    while abuse.join_next().await.is_some() {}
+    // Its stdin closing tells the flood worker to stop and report.
+    drop(child.stdin.take());
+    let out = child.wait_with_output().await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tally: BTreeMap<String, u64> = serde_json::from_str(text.lines().last().unwrap_or("{}"))
+        .map_err(|e| BenchError::Setup(format!("flood worker: {e}")))?;
     let with = with?;
 
     let mut r = with;
@@ -161,25 +145,12 @@ pub async fn run(srv: &Server, transport: Transport, a: Args) -> Result<BenchRes
         ("size", a.size as u64),
         ("flooders", (f / 2) as u64),
         ("connection_flood", a.connection_flood as u64),
+        ("connection_rate", a.connection_rate),
     ] {
         r.param(k, v);
     }
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    for (k, v) in [
-        ("flood_sends_accepted", get(&tally.sends_ok)),
-        ("flood_sends_rate_limited", get(&tally.sends_limited)),
-        ("flood_sends_other_errors", get(&tally.sends_other)),
-        (
-            "flood_conns_refused_by_admission",
-            get(&tally.conns_refused),
-        ),
-        (
-            "flood_conns_admitted_then_unauthenticated",
-            get(&tally.conns_unauthenticated),
-        ),
-        ("flood_conns_other", get(&tally.conns_other)),
-    ] {
-        r.param(k, v);
+    for (k, v) in tally {
+        r.param(&k, v);
     }
     r.send_errors += alone.send_errors;
     r.checks.lost += alone.checks.lost;
@@ -228,4 +199,116 @@ async fn bad_connection(gateway: SocketAddr) -> Option<ErrorCode> {
         .await
         .ok()
         .flatten()
+}
+
+/// What the flood worker is given.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct FloodPlan {
+    tcp: String,
+    /// (token, the friend to send to) per flooding user.
+    abusers: Vec<(String, u64)>,
+    connection_flood: usize,
+    connection_rate: u64,
+}
+
+/// `xinge bench flood-worker`: floods until its stdin closes, then prints what the abusers
+/// got as one JSON line and exits.
+pub async fn worker(plan_file: &std::path::Path) -> Result<BenchResult, BenchError> {
+    let plan: FloodPlan = serde_json::from_slice(&std::fs::read(plan_file)?)
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut abuse = tokio::task::JoinSet::new();
+    for (token, to) in &plan.abusers {
+        let (conn, _signals) = Connection::connect(Transport::Tcp, &plan.tcp, token)
+            .await
+            .map_err(|e| BenchError::Setup(format!("connect: {e}")))?;
+        let (conn, to) = (Arc::new(conn), UserId(*to));
+        for lane in 0..IN_FLIGHT {
+            let (conn, tally, stop) = (conn.clone(), tally.clone(), stop.clone());
+            abuse.spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let req = SendRequest {
+                        to: Some(to),
+                        client_msg_id: format!("flood-{lane}-{i}"),
+                        content: serde_json::json!({ "spam": i }),
+                        ..Default::default()
+                    };
+                    let r: Result<serde_json::Value, _> = conn.request(cmd::SEND, &req).await;
+                    let counter = match r {
+                        Ok(_) => &tally.sends_ok,
+                        Err(xinge_client::ClientError::Api(e))
+                            if e.code == ErrorCode::RateLimited =>
+                        {
+                            &tally.sends_limited
+                        }
+                        Err(_) => &tally.sends_other,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    }
+    let gateway: SocketAddr = plan
+        .tcp
+        .parse()
+        .map_err(|e| BenchError::Setup(format!("gateway address: {e}")))?;
+    // Paced: each of the tasks makes an attempt per `period` at most.
+    let period =
+        Duration::from_secs_f64(plan.connection_flood as f64 / plan.connection_rate.max(1) as f64);
+    for _ in 0..plan.connection_flood {
+        let (tally, stop) = (tally.clone(), stop.clone());
+        abuse.spawn(async move {
+            let mut pace = tokio::time::interval(period);
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop.load(Ordering::Relaxed) {
+                pace.tick().await;
+                let counter = match bad_connection(gateway).await {
+                    Some(ErrorCode::RateLimited) => &tally.conns_refused,
+                    Some(ErrorCode::Unauthenticated) => &tally.conns_unauthenticated,
+                    _ => {
+                        // Out of ports or the like: do not spin.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        &tally.conns_other
+                    }
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // Until the coordinator closes our stdin.
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut sink = [0u8; 64];
+        while matches!(std::io::Read::read(&mut std::io::stdin(), &mut sink), Ok(n) if n > 0) {}
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while abuse.join_next().await.is_some() {}
+    })
+    .await;
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let tally: BTreeMap<&str, u64> = [
+        ("flood_sends_accepted", get(&tally.sends_ok)),
+        ("flood_sends_rate_limited", get(&tally.sends_limited)),
+        ("flood_sends_other_errors", get(&tally.sends_other)),
+        (
+            "flood_conns_refused_by_admission",
+            get(&tally.conns_refused),
+        ),
+        (
+            "flood_conns_admitted_then_unauthenticated",
+            get(&tally.conns_unauthenticated),
+        ),
+        ("flood_conns_other", get(&tally.conns_other)),
+    ]
+    .into_iter()
+    .collect();
+    println!(
+        "{}",
+        serde_json::to_string(&tally).map_err(|e| BenchError::Setup(e.to_string()))?
+    );
+    std::process::exit(0);
 }

@@ -124,6 +124,15 @@ pub enum Scenario {
         /// Connection attempts at once from one flooding address (0: none).
         #[arg(long, default_value_t = 32)]
         connection_flood: usize,
+        /// ... and at most this many a second.
+        #[arg(long, default_value_t = 2_000)]
+        connection_rate: u64,
+    },
+    /// The abusers of a flood run (started by the bench itself).
+    #[command(hide = true)]
+    FloodWorker {
+        #[arg(long)]
+        plan_file: PathBuf,
     },
     /// One worker of a multi-process run (started by the bench itself).
     #[command(hide = true)]
@@ -185,6 +194,9 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
     } = &args.scenario
     {
         return workers::worker(plan_file, *shard, *shards).await;
+    }
+    if let Scenario::FloodWorker { plan_file } = &args.scenario {
+        return flood::worker(plan_file).await;
     }
     let limits = match args.scenario {
         Scenario::Flood { .. } => server::Limits::Defaults,
@@ -311,7 +323,9 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             r.read_state = Some(setup::time_read_state(&list, conv, online).await?);
             r
         }
-        Scenario::Worker { .. } => unreachable!("handled above"),
+        Scenario::Worker { .. } | Scenario::FloodWorker { .. } => {
+            unreachable!("handled above")
+        }
         Scenario::Flood {
             users,
             rate,
@@ -319,6 +333,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             size,
             flooders,
             connection_flood,
+            connection_rate,
         } => {
             let a = flood::Args {
                 users,
@@ -327,6 +342,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
                 size,
                 flooders,
                 connection_flood,
+                connection_rate,
             };
             flood::run(&srv, transport, a).await?
         }

@@ -260,7 +260,7 @@ async fn step<T: Transport>(
     // A user over the frame rate is not read from (nor answered) until it allows: their
     // frames wait in the kernel's buffers, and TCP's flow control slows the client down.
     // Answering each excess frame instead would cost as much as serving it.
-    if let Err(wait) = gw.frame_budget(ctx.user) {
+    while let Err(wait) = gw.frame_budget(ctx.user) {
         tokio::time::sleep(wait).await;
     }
     match answer(gw, io, handle, ctx, frame).await {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
@@ -934,5 +934,48 @@ async fn a_flood_of_signals_to_one_user_is_coalesced_and_nothing_is_lost() {
     assert_eq!(last_seq, head, "the newest signal is never coalesced away");
     drop(bob_phone);
     laptop.stop();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_past_the_frame_rate_is_slowed_by_not_being_read() {
+    let server = start(|c| {
+        c.gateway.frames_per_sec = 50.0;
+        c.gateway.frames_burst = 50.0;
+    })
+    .await;
+    let (alice, _) = server.login("alice", "laptop").await;
+    let (bob, _) = server.login("bob", "laptop").await;
+    let mut s = raw_authed(&server, alice.token().unwrap()).await;
+    // 500 pings at once: the burst is answered, then 50 a second — no errors, no close.
+    let mut burst = BytesMut::new();
+    for i in 0..500 {
+        Frame::request(cmd::PING, 10 + i, Bytes::new()).encode_prefixed_into(&mut burst);
+    }
+    s.write_all(&burst).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answered = 0u32;
+    while started.elapsed() < Duration::from_secs(2) {
+        let Ok(len) = tokio::time::timeout(Duration::from_millis(200), s.read_u32()).await else {
+            continue;
+        };
+        let mut buf = vec![0; len.unwrap() as usize];
+        s.read_exact(&mut buf).await.unwrap();
+        let f = Frame::decode(Bytes::from(buf), usize::MAX).unwrap();
+        assert!(f.is_response() && !f.is_error() && f.cmd == cmd::PING);
+        answered += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    assert!(answered >= 50, "the burst is served: {answered}");
+    assert!(
+        f64::from(answered) <= 50.0 + 50.0 * secs + 10.0,
+        "{answered} answers in {secs:.1} s is past 50/s after a burst of 50"
+    );
+    // Bob, meanwhile, is not slowed.
+    let mut b = raw_authed(&server, bob.token().unwrap()).await;
+    let t = std::time::Instant::now();
+    let f = request(&mut b, Frame::request(cmd::PING, 1, Bytes::new())).await;
+    assert!(f.is_response() && !f.is_error());
+    assert!(t.elapsed() < Duration::from_millis(500));
     server.stop().await;
 }
