@@ -62,6 +62,8 @@ impl Default for DeviceOptions {
 
 struct Shared {
     conn: Mutex<Option<Arc<Connection>>>,
+    /// Set with `send_replace`: `send` leaves the value as it was when nobody is
+    /// subscribed, and the session would read its own new connection as dropped.
     connected: watch::Sender<bool>,
     cursor: AtomicU64,
     connects: AtomicU64,
@@ -212,7 +214,7 @@ impl Device {
     /// Drops the current connection (as a network failure would); the device reconnects.
     pub fn drop_connection(&self) {
         self.shared.conn.lock().unwrap().take();
-        let _ = self.shared.connected.send(false);
+        self.shared.connected.send_replace(false);
     }
 
     pub fn stop(&self) {
@@ -258,7 +260,7 @@ impl Runner {
                 _ = stop.changed() => Ended::Stop,
             };
             self.shared.conn.lock().unwrap().take();
-            let _ = self.shared.connected.send(false);
+            self.shared.connected.send_replace(false);
             if matches!(ended, Ended::Stop) {
                 return;
             }
@@ -336,7 +338,7 @@ impl Runner {
         }
         *self.shared.conn.lock().unwrap() = Some(conn.clone());
         self.shared.connects.fetch_add(1, Ordering::Relaxed);
-        let _ = self.shared.connected.send(true);
+        self.shared.connected.send_replace(true);
         // A pull between connecting and publishing may have missed a signal: pull again.
         if self.pull(&conn).await.is_err() {
             return Ended::Retry;
