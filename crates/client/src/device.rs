@@ -136,6 +136,12 @@ impl Device {
         self.shared.connects.load(Ordering::Relaxed)
     }
 
+    /// The gateway the device is connected to (`host:port` or a `ws://…` URL), if it is.
+    pub fn address(&self) -> Option<String> {
+        let conn = self.shared.conn.lock().unwrap();
+        conn.as_ref().map(|c| c.address.clone())
+    }
+
     /// The next inbox entry, or `None` if none came within `wait`.
     pub async fn next_event(&self, wait: Duration) -> Option<InboxEntry> {
         tokio::time::timeout(wait, self.events.lock().await.recv())
