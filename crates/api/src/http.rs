@@ -122,6 +122,13 @@ pub struct RouteQuery {
 }
 
 /// Which gateways to connect to, best first.
+/// The peer address, when the server was started with connect info (tests through
+/// `oneshot` have none and are not limited).
+fn peer_ip(ext: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
 #[utoipa::path(get, path = "/v1/route", operation_id = "route", params(
     ("region" = Option<String>, Query, description = "the client's region"),
     ("zone" = Option<String>, Query, description = "the client's zone")),
@@ -131,22 +138,13 @@ pub async fn route_handler(
     Query(q): Query<RouteQuery>,
     ext: axum::http::Extensions,
 ) -> Response {
-    // The peer address, when the server was started with connect info (tests through
-    // `oneshot` have none and are not limited).
-    let peer = ext
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    if let Some(Err(wait)) = peer.map(|ip| route.admit(ip)) {
+    if let Some(Err(wait)) = peer_ip(&ext).map(|ip| route.admit(ip)) {
         metrics::counter!("xinge_route_refused_total").increment(1);
-        let mut resp = HttpError(ApiError::new(
-            ErrorCode::RateLimited,
+        return HttpError(ApiError::rate_limited(
             "too many connection attempts: retry after the time given",
+            wait,
         ))
         .into_response();
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        resp.headers_mut()
-            .insert("retry-after", axum::http::HeaderValue::from(secs.max(1)));
-        return resp;
     }
     Json(RouteResponse {
         gateways: route.rank(&q.region, &q.zone, xinge_core::now_ms()),
@@ -485,8 +483,12 @@ pub async fn ws(
     State(gateway): State<Arc<Gateway>>,
     Query(q): Query<WsQuery>,
     headers: axum::http::HeaderMap,
+    ext: axum::http::Extensions,
     up: xinge_gateway::ws::WsUpgrade,
 ) -> Response {
+    if let Some(Err(e)) = peer_ip(&ext).map(|ip| gateway.admit(ip)) {
+        return HttpError(e).into_response();
+    }
     let header_token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

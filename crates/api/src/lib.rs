@@ -117,8 +117,10 @@ impl IntoResponse for HttpError {
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, Json(&self.0)).into_response();
         if self.0.code == ErrorCode::RateLimited {
+            // Whole seconds, rounded up; the body has the milliseconds.
+            let secs = self.0.retry_after_ms.unwrap_or(1000).div_ceil(1000).max(1);
             resp.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                .insert("retry-after", axum::http::HeaderValue::from(secs));
         }
         resp
     }

@@ -9,9 +9,11 @@
 //! setup.rs   users, tokens, friendships
 //! idle.rs    N authenticated connections held: server memory per connection
 //! traffic.rs direct (1:1 pairs), group (write fan-out), large-group (read fan-out)
+//! flood.rs   1:1 traffic alone and while users and one address flood the server
 //! report.rs  the result: markdown table, JSON file, SVG latency plot
 //! ```
 
+mod flood;
 mod idle;
 mod report;
 mod server;
@@ -104,6 +106,25 @@ pub enum Scenario {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// 1:1 traffic alone, then alongside abuse — users sending far past their limit and one
+    /// address opening connections as fast as it can — on a server with its default
+    /// limits. Keep rate/users within the default send limit (20/s per user).
+    Flood {
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Users flooding (each with 32 sends in flight).
+        #[arg(long, default_value_t = 4)]
+        flooders: usize,
+        /// Connection attempts at once from one flooding address (0: none).
+        #[arg(long, default_value_t = 32)]
+        connection_flood: usize,
+    },
     /// One worker of a multi-process run (started by the bench itself).
     #[command(hide = true)]
     Worker {
@@ -165,9 +186,13 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
     {
         return workers::worker(plan_file, *shard, *shards).await;
     }
+    let limits = match args.scenario {
+        Scenario::Flood { .. } => server::Limits::Defaults,
+        _ => server::Limits::Raised,
+    };
     let mut srv = match &args.server {
         Some(url) => server::Server::attach(url.clone(), args.server_pid).await?,
-        None => server::Server::spawn(args.server_cpus.as_deref()).await?,
+        None => server::Server::spawn_with(args.server_cpus.as_deref(), limits).await?,
     };
     let result = match args.scenario.clone() {
         Scenario::Idle {
@@ -287,6 +312,24 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             r
         }
         Scenario::Worker { .. } => unreachable!("handled above"),
+        Scenario::Flood {
+            users,
+            rate,
+            duration_secs,
+            size,
+            flooders,
+            connection_flood,
+        } => {
+            let a = flood::Args {
+                users,
+                rate,
+                secs: duration_secs,
+                size,
+                flooders,
+                connection_flood,
+            };
+            flood::run(&srv, transport, a).await?
+        }
         Scenario::Mixed {
             users,
             rate,

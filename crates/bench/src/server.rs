@@ -14,6 +14,14 @@ pub struct Server {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// The limits of a spawned server: raised out of the way (the bench measures what the
+/// server can carry), or the defaults (the flood scenario measures them at work).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limits {
+    Raised,
+    Defaults,
+}
+
 /// CPU time and memory of a process at one moment.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcSample {
@@ -25,9 +33,19 @@ pub struct ProcSample {
 const CLK_TCK: u64 = 100;
 
 impl Server {
-    pub async fn spawn(cpus: Option<&str>) -> Result<Self, BenchError> {
+    pub async fn spawn_with(cpus: Option<&str>, limits: Limits) -> Result<Self, BenchError> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("xinge.toml");
+        if limits == Limits::Defaults {
+            // The default limits, but for admission per IP: every bench user connects from
+            // 127.0.0.1.
+            std::fs::write(
+                &config,
+                "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\n[gateway]\nmax_connections = 19500\n\
+                 [gateway.admission]\nper_ip_burst = 5000.0\n",
+            )?;
+            return Self::spawned(dir, cpus);
+        }
         // Cheap password hashing keeps the setup of thousands of users short; it is not on
         // the message path being measured. Per-user limits are raised out of the way: the
         // bench measures what the server can carry, and its per-user rates (20/s at
@@ -36,8 +54,13 @@ impl Server {
             &config,
             "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\n[gateway]\nmax_connections = 19500\n\
              [limits]\nsends_per_sec = 1000000.0\nsends_burst = 1000000.0\n\
-             pulls_per_sec = 1000000.0\npulls_burst = 1000000.0\n",
+             pulls_per_sec = 1000000.0\npulls_burst = 1000000.0\n\
+             [gateway.admission]\nper_ip_per_sec = 1000000.0\nper_ip_burst = 1000000.0\n",
         )?;
+        Self::spawned(dir, cpus)
+    }
+
+    fn spawned(dir: tempfile::TempDir, cpus: Option<&str>) -> Result<Self, BenchError> {
         let mut srv = Self {
             base: String::new(),
             tcp: String::new(),

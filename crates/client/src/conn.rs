@@ -2,6 +2,7 @@
 //! signals; a writer task drains the outgoing queue. When either ends, every pending
 //! request fails with a transport error and `signals` ends.
 
+use crate::tls::{Tls, host_of};
 use crate::{ClientError, Result};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -11,9 +12,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use xinge_core::error::ApiError;
 use xinge_proto::api::{AuthOk, AuthRequest, Signal};
 use xinge_proto::{Frame, cmd};
@@ -48,6 +50,17 @@ impl Connection {
         address: &str,
         token: &str,
     ) -> Result<(Self, mpsc::Receiver<Signal>)> {
+        Self::connect_with(transport, address, token, None).await
+    }
+
+    /// [`Connection::connect`], over TLS when `tls` is given: TCP speaks TLS to `host:port`,
+    /// and a `wss://` URL is trusted by `tls`'s roots (a `wss://` URL needs it).
+    pub async fn connect_with(
+        transport: Transport,
+        address: &str,
+        token: &str,
+        tls: Option<&Tls>,
+    ) -> Result<(Self, mpsc::Receiver<Signal>)> {
         let (out_tx, out_rx) = mpsc::channel::<Frame>(1024);
         let (in_tx, in_rx) = mpsc::channel::<Frame>(1024);
         let terr = |e: String| ClientError::Transport(e);
@@ -57,14 +70,53 @@ impl Connection {
                     .await
                     .map_err(|e| terr(e.to_string()))?;
                 let _ = s.set_nodelay(true);
-                let (r, w) = s.into_split();
-                tokio::spawn(tcp_write(w, out_rx));
-                tokio::spawn(tcp_read(r, in_tx));
+                match tls {
+                    None => {
+                        let (r, w) = s.into_split();
+                        tokio::spawn(tcp_write(w, out_rx));
+                        tokio::spawn(tcp_read(r, in_tx));
+                    }
+                    Some(tls) => {
+                        let s = tls.connect(host_of(address), s).await?;
+                        let (r, w) = tokio::io::split(s);
+                        tokio::spawn(tcp_write(w, out_rx));
+                        tokio::spawn(tcp_read(r, in_tx));
+                    }
+                }
+            }
+            Transport::Ws if address.starts_with("wss://") => {
+                let Some(tls) = tls else {
+                    return Err(ClientError::Config(
+                        "a wss:// address needs a Tls (its trusted roots)".into(),
+                    ));
+                };
+                let request = address
+                    .into_client_request()
+                    .map_err(|e| terr(e.to_string()))?;
+                let uri = request.uri();
+                let host = uri.host().unwrap_or_default();
+                let host = host
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(host)
+                    .to_owned();
+                let port = uri.port_u16().unwrap_or(443);
+                let s = tokio::net::TcpStream::connect((host.as_str(), port))
+                    .await
+                    .map_err(|e| terr(e.to_string()))?;
+                let _ = s.set_nodelay(true);
+                let s = tls.connect(&host, s).await?;
+                let (ws, _) = tokio_tungstenite::client_async(request, s)
+                    .await
+                    .map_err(upgrade_error)?;
+                let (sink, stream) = ws.split();
+                tokio::spawn(ws_write(sink, out_rx));
+                tokio::spawn(ws_read(stream, in_tx));
             }
             Transport::Ws => {
                 let (ws, _) = tokio_tungstenite::connect_async(address)
                     .await
-                    .map_err(|e| terr(e.to_string()))?;
+                    .map_err(upgrade_error)?;
                 let (sink, stream) = ws.split();
                 tokio::spawn(ws_write(sink, out_rx));
                 tokio::spawn(ws_read(stream, in_tx));
@@ -158,6 +210,21 @@ impl Connection {
     }
 }
 
+/// A failed WebSocket upgrade. Refused before the upgrade (e.g. 429), the body is our error.
+fn upgrade_error(e: tokio_tungstenite::tungstenite::Error) -> ClientError {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => resp
+            .body()
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<ApiError>(b).ok())
+            .map_or_else(
+                || ClientError::Transport(format!("upgrade refused: {}", resp.status())),
+                ClientError::Api,
+            ),
+        e => ClientError::Transport(e.to_string()),
+    }
+}
+
 fn decode_reply<R: DeserializeOwned>(f: &Frame) -> Result<R> {
     if f.is_error() {
         let e: ApiError =
@@ -198,7 +265,7 @@ async fn route_incoming(
     pending.lock().unwrap().clear();
 }
 
-async fn tcp_write(mut w: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
+async fn tcp_write<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Frame>) {
     while let Some(f) = rx.recv().await {
         if w.write_all(&f.encode_prefixed()).await.is_err() {
             return;
@@ -207,7 +274,7 @@ async fn tcp_write(mut w: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receive
     let _ = w.shutdown().await;
 }
 
-async fn tcp_read(mut r: tokio::net::tcp::OwnedReadHalf, tx: mpsc::Sender<Frame>) {
+async fn tcp_read<R: AsyncRead + Unpin>(mut r: R, tx: mpsc::Sender<Frame>) {
     loop {
         let Ok(len) = r.read_u32().await else { return };
         let Ok(len) = Frame::check_prefix(len, MAX_FRAME) else {
@@ -226,11 +293,10 @@ async fn tcp_read(mut r: tokio::net::tcp::OwnedReadHalf, tx: mpsc::Sender<Frame>
     }
 }
 
-type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsStream<S> = tokio_tungstenite::WebSocketStream<S>;
 
-async fn ws_write(
-    mut sink: futures_util::stream::SplitSink<WsStream, Message>,
+async fn ws_write<S: AsyncRead + AsyncWrite + Unpin>(
+    mut sink: futures_util::stream::SplitSink<WsStream<S>, Message>,
     mut rx: mpsc::Receiver<Frame>,
 ) {
     while let Some(f) = rx.recv().await {
@@ -241,7 +307,10 @@ async fn ws_write(
     let _ = sink.close().await;
 }
 
-async fn ws_read(mut stream: futures_util::stream::SplitStream<WsStream>, tx: mpsc::Sender<Frame>) {
+async fn ws_read<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: futures_util::stream::SplitStream<WsStream<S>>,
+    tx: mpsc::Sender<Frame>,
+) {
     while let Some(Ok(msg)) = stream.next().await {
         let f = match msg {
             Message::Binary(b) => Frame::decode(b, MAX_FRAME),

@@ -42,6 +42,9 @@ pub struct DeviceOptions {
     pub messages: bool,
     /// Base URL of the route service, when it is not the API's (a distributed deployment).
     pub route: Option<String>,
+    /// TLS for the long connection: TCP speaks TLS, and `wss://` gateways are trusted by
+    /// these roots. (HTTPS is the `Http`'s: [`Http::with_tls`].)
+    pub tls: Option<crate::Tls>,
 }
 
 impl Default for DeviceOptions {
@@ -56,6 +59,7 @@ impl Default for DeviceOptions {
             inbox_events: true,
             messages: false,
             route: None,
+            tls: None,
         }
     }
 }
@@ -100,7 +104,7 @@ impl Device {
             route: opts
                 .route
                 .as_deref()
-                .map_or_else(|| http.clone(), Http::new),
+                .map_or_else(|| http.clone(), |r| http.at(r)),
             http: http.clone(),
             shared: shared.clone(),
             events: ev_tx,
@@ -109,6 +113,7 @@ impl Device {
             others: other_tx,
             opts: opts.clone(),
             last_addr: None,
+            told_to_wait: None,
         };
         tokio::spawn(runner.run(stop_rx));
         Self {
@@ -246,6 +251,8 @@ struct Runner {
     others: mpsc::Sender<Signal>,
     opts: DeviceOptions,
     last_addr: Option<String>,
+    /// The server's `retry_after_ms` when it last refused us with `rate_limited`.
+    told_to_wait: Option<Duration>,
 }
 
 enum Ended {
@@ -277,11 +284,24 @@ impl Runner {
             } else {
                 attempt.saturating_add(1)
             };
-            let delay = self.backoff(attempt);
+            // A server that said when to come back is believed (with jitter on top, so a
+            // crowd refused together does not return together).
+            let delay = match self.told_to_wait.take() {
+                Some(wait) => wait + self.backoff(attempt),
+                None => self.backoff(attempt),
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = stop.changed() => return,
             }
+        }
+    }
+
+    fn note_refusal(&mut self, e: &ClientError) {
+        if let ClientError::Api(e) = e
+            && let Some(ms) = e.retry_after_ms
+        {
+            self.told_to_wait = Some(Duration::from_millis(ms.min(60_000)));
         }
     }
 
@@ -301,7 +321,13 @@ impl Runner {
             Transport::Tcp => "tcp",
             Transport::Ws => "ws",
         };
-        let list = self.route.route().await.ok()?.gateways;
+        let list = match self.route.route().await {
+            Ok(r) => r.gateways,
+            Err(e) => {
+                self.note_refusal(&e);
+                return None;
+            }
+        };
         let addrs: Vec<String> = list
             .into_iter()
             .filter(|g| g.transport == want)
@@ -319,9 +345,9 @@ impl Runner {
             return Ended::Retry;
         };
         let token = self.http.token().unwrap_or_default().to_owned();
-        let (conn, mut signals) = match Connection::connect(self.opts.transport, &addr, &token)
-            .await
-        {
+        let connecting =
+            Connection::connect_with(self.opts.transport, &addr, &token, self.opts.tls.as_ref());
+        let (conn, mut signals) = match connecting.await {
             Ok(v) => v,
             Err(ClientError::Api(e))
                 if matches!(
@@ -332,7 +358,10 @@ impl Runner {
                 *self.shared.fatal.lock().unwrap() = Some(ClientError::Api(e));
                 return Ended::Stop;
             }
-            Err(_) => return Ended::Retry,
+            Err(e) => {
+                self.note_refusal(&e);
+                return Ended::Retry;
+            }
         };
         self.last_addr = Some(addr);
         let conn = Arc::new(conn);

@@ -1,6 +1,6 @@
 //! Typed calls to the HTTP API.
 
-use crate::{ClientError, Result};
+use crate::{ClientError, Result, Tls};
 use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -21,12 +21,53 @@ struct Done {
     ok: bool,
 }
 
+/// A request that failed on the way, with its causes: reqwest's own message alone says
+/// only "error sending request", not why (refused, a certificate not trusted, ...).
+fn transport(e: reqwest::Error) -> ClientError {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        msg.push_str(": ");
+        msg.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ClientError::Transport(msg)
+}
+
 impl Http {
     /// `base` is like `http://127.0.0.1:8080`.
     pub fn new(base: impl Into<String>) -> Self {
         Self {
             base: base.into().trim_end_matches('/').to_owned(),
             client: reqwest::Client::new(),
+            token: None,
+        }
+    }
+
+    /// `base` is like `https://im.example.com`; the server's certificate must lead to one
+    /// of `tls`'s roots.
+    pub fn with_tls(base: impl Into<String>, tls: &Tls) -> Result<Self> {
+        let mut builder = reqwest::Client::builder().tls_built_in_root_certs(false);
+        for root in tls.roots() {
+            let cert = reqwest::Certificate::from_der(root)
+                .map_err(|e| ClientError::Config(format!("tls root: {e}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| ClientError::Config(format!("http client: {e}")))?;
+        Ok(Self {
+            base: base.into().trim_end_matches('/').to_owned(),
+            client,
+            token: None,
+        })
+    }
+
+    /// Another server (`base`) with the same client — the same trusted roots — and no token.
+    pub fn at(&self, base: impl Into<String>) -> Self {
+        Self {
+            base: base.into().trim_end_matches('/').to_owned(),
+            client: self.client.clone(),
             token: None,
         }
     }
@@ -59,15 +100,9 @@ impl Http {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let resp = req.send().await.map_err(transport)?;
         let ok = resp.status().is_success();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let bytes = resp.bytes().await.map_err(transport)?;
         if ok {
             serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
         } else {

@@ -5,6 +5,7 @@
 //! http.rs    Http: every HTTP API call, typed
 //! conn.rs    Connection: one long connection (TCP or WebSocket), request/response by id,
 //!            signals as a stream
+//! tls.rs     Tls: the root certificates HTTPS, wss:// and TLS over TCP trust
 //! device.rs  Device: a logged-in device that stays connected — route, connect, resume
 //!            sync from its cursor, reconnect with back-off and jitter, idempotent sends —
 //!            and delivers its inbox exactly once, in order
@@ -13,10 +14,12 @@
 mod conn;
 mod device;
 mod http;
+mod tls;
 
 pub use conn::{Connection, Transport};
 pub use device::{Device, DeviceOptions};
 pub use http::Http;
+pub use tls::Tls;
 pub use xinge_proto::api;
 
 use xinge_core::error::ApiError;
@@ -32,6 +35,10 @@ pub enum ClientError {
     /// The server's answer made no sense.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The SDK was given something it cannot use (a certificate that is not PEM, a
+    /// `wss://` address without TLS roots).
+    #[error("config: {0}")]
+    Config(String),
 }
 
 impl ClientError {

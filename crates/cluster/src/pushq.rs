@@ -7,6 +7,11 @@
 //! repeated signal is harmless: clients apply by sequence). The stream is bounded
 //! (`stream_max_msgs`, discard new): when full, signals are refused and counted, and
 //! clients repair by pull.
+//!
+//! Each push process limits the signals per user (`[limits] signals_per_sec`) with push's
+//! [`Throttle`]: over the rate, signals are coalesced and released as the rate allows. The
+//! limit is per push process (events are spread over them), and what a process holds when
+//! it dies is lost — signals are hints, and the clients' periodic pull repairs that.
 
 use crate::registry::Registry;
 use crate::wire::{decode_push, encode_delivery, encode_push};
@@ -23,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use xinge_core::config::ClusterConfig;
 use xinge_core::{ConnId, GatewayId, UserId};
 use xinge_proto::Frame;
-use xinge_push::Signals;
+use xinge_push::{Coalesce, Signals, Throttle, ThrottleConfig};
 
 /// Signals waiting in one api process to be published; past that they are dropped.
 const PUBLISH_QUEUE: usize = 65_536;
@@ -106,11 +111,11 @@ fn refused(e: &dyn std::fmt::Display) {
 
 #[async_trait]
 impl Signals for StreamSignals {
-    fn signal(&self, users: &[UserId], frame: &Frame) {
+    fn signal(&self, users: &[UserId], frame: &Frame, how: Coalesce) {
         let bytes = frame.encode();
         let (now, trace) = (xinge_core::now_ms(), crate::bus::current_trace());
         for chunk in users.chunks(USERS_PER_EVENT) {
-            let event = encode_push(now, trace, chunk, &bytes);
+            let event = encode_push(now, trace, how, chunk, &bytes);
             if self.queue.try_send(event).is_err() {
                 metrics::counter!("xinge_signals_dropped_total").increment(chunk.len() as u64);
             }
@@ -130,15 +135,25 @@ impl Signals for StreamSignals {
 
 /// Takes push events from the stream (durable consumer "push", shared by every push
 /// process), looks up each user's sessions, and publishes one delivery per gateway on that
-/// gateway's own subject. Runs until `shutdown`.
+/// gateway's own subject, holding back (coalescing) the signals of users over `throttle`'s
+/// rate. Runs until `shutdown`.
 pub async fn run_push_worker(
     js: jetstream::Context,
     nats: async_nats::Client,
     names: Names,
     cfg: ClusterConfig,
+    throttle: ThrottleConfig,
     registry: Arc<Registry>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ClusterError> {
+    let throttle = Arc::new(Throttle::<Bytes>::new(throttle));
+    tokio::spawn(release_held(
+        nats.clone(),
+        names.clone(),
+        registry.clone(),
+        throttle.clone(),
+        shutdown.clone(),
+    ));
     let stream = ensure_stream(&js, &names, &cfg).await?;
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
@@ -183,7 +198,7 @@ pub async fn run_push_worker(
         if taken.is_empty() {
             continue;
         }
-        match route_batch(&nats, &names, &registry, &taken).await {
+        match route_batch(&nats, &names, &registry, &throttle, &taken).await {
             Ok(()) => {
                 let mut acks = Vec::with_capacity(taken.len());
                 for m in &taken {
@@ -205,25 +220,22 @@ async fn route_batch(
     nats: &async_nats::Client,
     names: &Names,
     registry: &Registry,
+    throttle: &Throttle<Bytes>,
     batch: &[jetstream::Message],
 ) -> Result<(), ClusterError> {
     let now = xinge_core::now_ms();
+    let instant = std::time::Instant::now();
     for m in batch {
-        let Some(event) = decode_push(m.payload.clone()) else {
+        let Some(mut event) = decode_push(m.payload.clone()) else {
             metrics::counter!("xinge_bus_malformed_total").increment(1);
             continue;
         };
-        let sessions = registry.sessions(&event.users).await?;
-        let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
-        for (gw, conn) in sessions {
-            by_gateway.entry(gw).or_default().push(conn);
-        }
-        for (gw, conns) in by_gateway {
-            metrics::counter!("xinge_signals_total").increment(conns.len() as u64);
-            nats.publish(names.gateway(gw), encode_delivery(&conns, &event.frame))
-                .await
-                .map_err(ClusterError::nats)?;
-        }
+        // A redelivered batch meets the throttle again: at worst a signal goes twice, which
+        // clients ignore by sequence.
+        event
+            .users
+            .retain(|u| throttle.admit(*u, &event.frame, event.how, instant));
+        deliver(nats, names, registry, &event.users, &event.frame).await?;
         metrics::counter!("xinge_push_events_total").increment(1);
         tracing::debug!(trace = %format_args!("{:016x}", event.trace), users = event.users.len(), "signals handed to gateways");
         metrics::histogram!("xinge_signal_seconds")
@@ -231,4 +243,53 @@ async fn route_batch(
     }
     // Acks go only after the deliveries have left this process.
     nats.flush().await.map_err(ClusterError::nats)
+}
+
+/// Publishes `frame` to the gateways holding `users`' sessions, one delivery per gateway.
+async fn deliver(
+    nats: &async_nats::Client,
+    names: &Names,
+    registry: &Registry,
+    users: &[UserId],
+    frame: &Bytes,
+) -> Result<(), ClusterError> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
+    for (gw, conn) in registry.sessions(users).await? {
+        by_gateway.entry(gw).or_default().push(conn);
+    }
+    for (gw, conns) in by_gateway {
+        metrics::counter!("xinge_signals_total").increment(conns.len() as u64);
+        nats.publish(names.gateway(gw), encode_delivery(&conns, frame))
+            .await
+            .map_err(ClusterError::nats)?;
+    }
+    Ok(())
+}
+
+/// Sends the signals the throttle held as users' rates allow, until `shutdown`.
+async fn release_held(
+    nats: async_nats::Client,
+    names: Names,
+    registry: Arc<Registry>,
+    throttle: Arc<Throttle<Bytes>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(xinge_push::RELEASE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        for (user, frames) in throttle.due(std::time::Instant::now()) {
+            for f in &frames {
+                if let Err(e) = deliver(&nats, &names, &registry, &[user], f).await {
+                    tracing::warn!(error = %e, "held signal not delivered; clients repair by pull");
+                }
+            }
+        }
+    }
 }

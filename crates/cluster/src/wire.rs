@@ -3,21 +3,27 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use xinge_core::{ConnId, UserId};
-use xinge_push::PresenceChange;
+use xinge_push::{Coalesce, PresenceChange};
 
 /// A push event (api → push): when it was made, the trace id of the command that caused it
-/// (0: none), the users to signal, and the encoded frame for all of them.
+/// (0: none), how it may be coalesced, the users to signal, and the encoded frame for all
+/// of them.
 pub struct PushEvent {
     pub at_ms: u64,
     pub trace: u64,
+    /// What the push process may do with it when a user is over the signal rate.
+    pub how: Coalesce,
     pub users: Vec<UserId>,
     pub frame: Bytes,
 }
 
-pub fn encode_push(at_ms: u64, trace: u64, users: &[UserId], frame: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(20 + users.len() * 8 + frame.len());
+pub fn encode_push(at_ms: u64, trace: u64, how: Coalesce, users: &[UserId], frame: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(36 + users.len() * 8 + frame.len());
     b.put_u64(at_ms);
     b.put_u64(trace);
+    let (key, order) = how.to_wire();
+    b.put_u64(key);
+    b.put_u64(order);
     b.put_u32(users.len() as u32);
     for u in users {
         b.put_u64(u.0);
@@ -27,11 +33,12 @@ pub fn encode_push(at_ms: u64, trace: u64, users: &[UserId], frame: &[u8]) -> By
 }
 
 pub fn decode_push(mut b: Bytes) -> Option<PushEvent> {
-    if b.len() < 20 {
+    if b.len() < 36 {
         return None;
     }
     let at_ms = b.get_u64();
     let trace = b.get_u64();
+    let how = Coalesce::from_wire(b.get_u64(), b.get_u64());
     let n = b.get_u32() as usize;
     if b.len() < n.checked_mul(8)? {
         return None;
@@ -40,6 +47,7 @@ pub fn decode_push(mut b: Bytes) -> Option<PushEvent> {
     Some(PushEvent {
         at_ms,
         trace,
+        how,
         users,
         frame: b,
     })
@@ -93,13 +101,16 @@ mod tests {
 
     #[test]
     fn round_trips_and_truncations() {
-        let e = encode_push(5, 6, &[UserId(1), UserId(2)], b"frame");
+        let how = Coalesce::newest(1, 42, 7);
+        let e = encode_push(5, 6, how, &[UserId(1), UserId(2)], b"frame");
         let d = decode_push(e.clone()).unwrap();
         assert_eq!(
-            (d.at_ms, d.trace, d.users, &d.frame[..]),
-            (5, 6, vec![UserId(1), UserId(2)], &b"frame"[..])
+            (d.at_ms, d.trace, d.how, d.users, &d.frame[..]),
+            (5, 6, how, vec![UserId(1), UserId(2)], &b"frame"[..])
         );
-        assert!(decode_push(e.slice(..23)).is_none());
+        assert!(decode_push(e.slice(..39)).is_none());
+        let drop = encode_push(5, 6, Coalesce::Drop, &[], b"");
+        assert_eq!(decode_push(drop).unwrap().how, Coalesce::Drop);
         let d = encode_delivery(&[ConnId(9)], b"f");
         assert_eq!(decode_delivery(d.clone()).unwrap().0, vec![ConnId(9)]);
         assert!(decode_delivery(d.slice(..6)).is_none());

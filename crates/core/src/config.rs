@@ -15,8 +15,10 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
-    pub route: RouteConfig,
+    /// Connection admission at the route service.
+    pub route: AdmissionConfig,
     pub limits: LimitsConfig,
+    pub tls: TlsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,6 +62,35 @@ impl Default for ServerConfig {
             max_http_connections: 19_500,
             header_timeout_secs: 10,
         }
+    }
+}
+
+/// TLS on this process's listeners: the HTTP port (so also WebSocket on `/ws`) and the TCP
+/// gateway port. Off unless both `cert` and `key` are set; then those ports speak TLS only.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, the server's own certificate first.
+    pub cert: Option<PathBuf>,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// Time a new connection has to finish the TLS handshake; then it is closed.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
     }
 }
 
@@ -145,6 +176,13 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// Most connections this gateway holds at once; more are refused with `unavailable`.
     pub max_connections: usize,
+    /// New connections per source IP and in all, before authentication.
+    pub admission: AdmissionConfig,
+    /// Frames one user may send per second over all their connections to this gateway.
+    /// Past it the gateway stops reading that user's connections until the rate allows:
+    /// TCP's own flow control slows the client down, at no cost to anyone else.
+    pub frames_per_sec: f64,
+    pub frames_burst: f64,
 }
 
 impl Default for GatewayConfig {
@@ -155,6 +193,9 @@ impl Default for GatewayConfig {
             send_queue: 256,
             max_frame_bytes: 64 * 1024,
             max_connections: 19_000,
+            admission: AdmissionConfig::default(),
+            frames_per_sec: 100.0,
+            frames_burst: 400.0,
         }
     }
 }
@@ -198,6 +239,11 @@ pub struct LimitsConfig {
     /// Inbox syncs and history pages.
     pub pulls_per_sec: f64,
     pub pulls_burst: f64,
+    /// Signals to one user (push layer, per push process); past the rate they are
+    /// coalesced — newer inbox, group and presence signals replace older ones, typing is
+    /// dropped — and released as the rate allows.
+    pub signals_per_sec: f64,
+    pub signals_burst: f64,
     /// Users tracked at once per process; past that, idle ones are forgotten, and if none
     /// is idle a new user is not limited until room frees up.
     pub max_users: usize,
@@ -210,17 +256,21 @@ impl Default for LimitsConfig {
             sends_burst: 100.0,
             pulls_per_sec: 50.0,
             pulls_burst: 200.0,
+            signals_per_sec: 200.0,
+            signals_burst: 400.0,
             max_users: 1_000_000,
         }
     }
 }
 
-/// The route service's connection admission (seed 000 Q7): token buckets per source IP
-/// and in all; a refused client gets `rate_limited` and a `retry-after`. Per-IP limits are
-/// generous because many mobile clients share a carrier's NAT address.
+/// Connection admission (seed 000 Q7), at the route service (`[route]`) and at each
+/// gateway (`[gateway.admission]`): token buckets per source IP and in all; a refused
+/// client gets `rate_limited` and a retry-after. Per-IP limits are generous because many
+/// mobile clients share a carrier's NAT address; the global burst lets a whole gateway's
+/// clients come back at once after a restart.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct RouteConfig {
+pub struct AdmissionConfig {
     pub per_ip_per_sec: f64,
     pub per_ip_burst: f64,
     pub global_per_sec: f64,
@@ -230,7 +280,7 @@ pub struct RouteConfig {
     pub max_ips: usize,
 }
 
-impl Default for RouteConfig {
+impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
             per_ip_per_sec: 50.0,
@@ -346,6 +396,12 @@ impl Config {
                 "server.max_http_connections and server.header_timeout_secs must be positive",
             );
         }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls.cert and tls.key go together: set both, or neither");
+        }
+        if self.tls.handshake_timeout_secs == 0 {
+            return bad("tls.handshake_timeout_secs must be positive");
+        }
         let r = &self.route;
         if !(r.per_ip_per_sec > 0.0
             && r.per_ip_burst >= 1.0
@@ -395,6 +451,17 @@ mod tests {
         assert_eq!(c.chat.recall_window_secs, 120);
         assert_eq!(c.server.http_addr.port(), 8080);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn tls_is_off_by_default_and_needs_cert_and_key() {
+        let c = Config::default();
+        assert!(!c.tls.enabled());
+        let c: Config = toml::from_str("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").unwrap();
+        assert!(c.tls.enabled());
+        c.validate().unwrap();
+        let c: Config = toml::from_str("[tls]\ncert = \"c.pem\"\n").unwrap();
+        assert!(c.validate().is_err());
     }
 
     #[test]

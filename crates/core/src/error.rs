@@ -116,6 +116,10 @@ impl std::fmt::Display for ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// With `rate_limited`: milliseconds until a retry may succeed (HTTP also sends it,
+    /// rounded up to seconds, as `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -123,6 +127,16 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// `rate_limited`, with the time until a retry may succeed.
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        let ms = wait.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+        Self {
+            retry_after_ms: Some(ms),
+            ..Self::new(ErrorCode::RateLimited, message)
         }
     }
 }

@@ -1,8 +1,11 @@
 //! Token buckets: a burst is allowed, then a steady rate; a refused caller is told how long
-//! until it may try again. [`Keyed`] keeps one bucket per key in a bounded table.
+//! until it may try again. [`Keyed`] keeps one bucket per key in a bounded table;
+//! [`Admission`] limits new connections per source IP and in all (route and gateways).
 
+use crate::config::AdmissionConfig;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -46,7 +49,16 @@ impl Bucket {
         }
     }
 
-    fn is_full(&mut self, rate: Rate, now: Instant) -> bool {
+    /// Takes as many whole tokens as are there, up to `n`; returns how many.
+    pub fn take_up_to(&mut self, rate: Rate, now: Instant, n: usize) -> usize {
+        self.refill(rate, now);
+        let took = (self.tokens.max(0.0).floor() as usize).min(n);
+        self.tokens -= took as f64;
+        took
+    }
+
+    /// Refilled to the burst: the bucket remembers nothing a fresh one would not.
+    pub fn is_full(&mut self, rate: Rate, now: Instant) -> bool {
         self.refill(rate, now);
         self.tokens >= rate.burst
     }
@@ -93,6 +105,42 @@ impl<K: Hash + Eq + Copy> Keyed<K> {
     }
 }
 
+/// Connection admission (seed 000 Q7): how many clients may connect, per source IP and in
+/// all. The per-IP table is bounded (`max_ips`): when it is full, idle IPs are forgotten;
+/// if none is idle, a new IP is judged by the global bucket alone.
+pub struct Admission {
+    global_rate: Rate,
+    global: Mutex<Bucket>,
+    per_ip: Keyed<IpAddr>,
+}
+
+impl Admission {
+    pub fn new(c: &AdmissionConfig) -> Self {
+        let global_rate = Rate {
+            per_sec: c.global_per_sec,
+            burst: c.global_burst,
+        };
+        let ip_rate = Rate {
+            per_sec: c.per_ip_per_sec,
+            burst: c.per_ip_burst,
+        };
+        Self {
+            global: Mutex::new(Bucket::full(global_rate, Instant::now())),
+            global_rate,
+            per_ip: Keyed::new(ip_rate, c.max_ips),
+        }
+    }
+
+    /// `Ok` admits one client from `ip`; `Err(retry_after)` refuses it.
+    pub fn admit(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        self.per_ip.take(ip, now)?;
+        self.global
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(self.global_rate, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +181,23 @@ mod tests {
         // Later both have refilled: they are forgotten to make room.
         assert!(k.take(3, t0 + Duration::from_secs(5)).is_ok());
         assert_eq!(k.len(), 1);
+    }
+
+    #[test]
+    fn admission_per_ip_then_global() {
+        let a = Admission::new(&AdmissionConfig {
+            per_ip_per_sec: 1.0,
+            per_ip_burst: 2.0,
+            global_per_sec: 1.0,
+            global_burst: 5.0,
+            max_ips: 100,
+        });
+        let t0 = Instant::now();
+        let ip = |n: u8| IpAddr::from([127, 0, 0, n]);
+        assert!(a.admit(ip(1), t0).is_ok());
+        assert!(a.admit(ip(1), t0).is_ok());
+        assert!(a.admit(ip(1), t0).is_err(), "this IP's burst is spent");
+        let others = (2..=20).filter(|n| a.admit(ip(*n), t0).is_ok()).count();
+        assert_eq!(others, 3, "the global burst of 5 is shared by everyone");
     }
 }

@@ -54,7 +54,7 @@ fn read_frame<T: Transport>(io: &mut T) -> impl Future<Output = Result<Frame, Re
 /// A write that takes longer than this means the peer stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn close_frame(err: &ApiError) -> Frame {
+pub(crate) fn close_frame(err: &ApiError) -> Frame {
     Frame::request(cmd::CLOSE, 0, serde_json::to_vec(err).unwrap_or_default())
 }
 
@@ -82,7 +82,7 @@ async fn refuse<T: Transport>(mut io: T, reply_to: Option<&Frame>, err: ApiError
 
 /// Serves one connection to the end. `token` is a token given at the upgrade (WebSocket
 /// query or header); without it the first frame must be `AUTH`.
-pub(crate) async fn serve<T: Transport>(gw: Arc<Gateway>, mut io: T, token: Option<String>) {
+pub(crate) async fn serve<T: Transport>(gw: Arc<Gateway>, io: T, token: Option<String>) {
     let Ok(permit) = gw.slots.clone().try_acquire_owned() else {
         refuse(
             io,
@@ -92,6 +92,17 @@ pub(crate) async fn serve<T: Transport>(gw: Arc<Gateway>, mut io: T, token: Opti
         .await;
         return;
     };
+    serve_admitted(gw, io, token, permit).await;
+}
+
+/// [`serve`] for a connection that already holds its slot (a TLS one took it before its
+/// handshake).
+pub(crate) async fn serve_admitted<T: Transport>(
+    gw: Arc<Gateway>,
+    mut io: T,
+    token: Option<String>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let auth_timeout = Duration::from_secs(u64::from(gw.cfg.auth_timeout_secs));
     let (auth_frame, token) = match token {
         Some(t) => (None, t),
@@ -246,6 +257,12 @@ async fn step<T: Transport>(
         Work::Frame(f) => f,
     };
     handle.last_seen.store(gw.now_secs(), Ordering::Relaxed);
+    // A user over the frame rate is not read from (nor answered) until it allows: their
+    // frames wait in the kernel's buffers, and TCP's flow control slows the client down.
+    // Answering each excess frame instead would cost as much as serving it.
+    if let Err(wait) = gw.frame_budget(ctx.user) {
+        tokio::time::sleep(wait).await;
+    }
     match answer(gw, io, handle, ctx, frame).await {
         Answer::None => None,
         Answer::WriteFailed => Some(End::WriteFailed),

@@ -4,7 +4,8 @@
 //! ```text
 //! lib.rs      Gateway: the connection table, the interface to the layers above
 //! conn.rs     one connection's life: auth, then one task that reads, answers and writes
-//! tcp.rs      length-prefixed frames over TCP, and the accept loop
+//! tcp.rs      length-prefixed frames over TCP (in the clear or TLS), and the accept loop
+//! tls.rs      a listener's certificate (rustls) and the handshake with its deadline
 //! ws.rs       WebSocket (binary frames, or JSON text frames) on /ws, framed here
 //! wheel.rs    the heartbeat timing wheel: one task for all connections
 //! ```
@@ -15,6 +16,7 @@
 mod conn;
 mod queue;
 pub mod tcp;
+pub mod tls;
 mod wheel;
 pub mod ws;
 
@@ -134,6 +136,9 @@ pub struct Gateway {
     pub(crate) wheel: wheel::Wheel,
     pub(crate) slots: Arc<Semaphore>,
     count: AtomicU64,
+    admission: xinge_core::ratelimit::Admission,
+    /// Frames per user (see `GatewayConfig::frames_per_sec`).
+    frames: xinge_core::ratelimit::Keyed<UserId>,
 }
 
 impl Gateway {
@@ -150,6 +155,14 @@ impl Gateway {
         Arc::new(Self {
             id,
             slots: Arc::new(Semaphore::new(cfg.max_connections)),
+            admission: xinge_core::ratelimit::Admission::new(&cfg.admission),
+            frames: xinge_core::ratelimit::Keyed::new(
+                xinge_core::ratelimit::Rate {
+                    per_sec: cfg.frames_per_sec,
+                    burst: cfg.frames_burst,
+                },
+                cfg.max_connections,
+            ),
             cfg,
             auth,
             upstream,
@@ -195,6 +208,23 @@ impl Gateway {
             }
             gw.close_all(Kick::ShuttingDown);
         });
+    }
+
+    /// Admits a new connection from `ip` (before it costs an authentication), or refuses
+    /// it with `rate_limited` and the time until it may try again.
+    pub fn admit(&self, ip: std::net::IpAddr) -> Result<(), ApiError> {
+        self.admission.admit(ip, Instant::now()).map_err(|wait| {
+            metrics::counter!("xinge_connections_refused_total", "reason" => "rate_limited")
+                .increment(1);
+            ApiError::rate_limited("too many new connections: retry after the time given", wait)
+        })
+    }
+
+    /// Charges one frame to `user`; past their rate, how long to stop reading them.
+    pub(crate) fn frame_budget(&self, user: UserId) -> Result<(), std::time::Duration> {
+        self.frames.take(user, Instant::now()).inspect_err(|_| {
+            metrics::counter!("xinge_frames_throttled_total").increment(1);
+        })
     }
 
     /// Live authenticated connections.

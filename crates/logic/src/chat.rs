@@ -579,7 +579,7 @@ impl Logic {
         match self.access(caller, req.conv).await? {
             Access::Direct(peer) => {
                 self.may_message(caller.user, peer).await?;
-                self.signal(peer, &signal);
+                self.signal_ephemeral(peer, &signal);
             }
             Access::Group(g, _) if g.member_count <= self.cfg.chat.fanout_threshold => {
                 let members = self
@@ -588,7 +588,7 @@ impl Logic {
                     .await
                     .map_err(store_err)?;
                 for (user, _) in members.into_iter().filter(|(u, _)| *u != caller.user) {
-                    self.signal(user, &signal);
+                    self.signal_ephemeral(user, &signal);
                 }
             }
             Access::Group(..) => {}

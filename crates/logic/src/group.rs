@@ -168,7 +168,8 @@ impl Logic {
                     serde_json::to_vec(&signal).unwrap_or_default(),
                 );
                 for users in members.chunks(SIGNAL_BATCH) {
-                    self.push.signal(users, &frame);
+                    self.push
+                        .signal(users, &frame, crate::group_key(group, advanced.seq));
                     // Yield often: a 100,000-member fan-out must not hold the worker that
                     // 1:1 traffic needs for more than a moment at a time.
                     tokio::task::yield_now().await;

@@ -27,7 +27,7 @@ use xinge_core::error::ApiError;
 use xinge_core::{ErrorCode, UserId};
 use xinge_proto::api::{InboxEntry, Signal};
 use xinge_proto::{Frame, cmd};
-use xinge_push::{PresenceChange, Signals};
+use xinge_push::{Coalesce, PresenceChange, Signals};
 use xinge_store::{Commit, Committed, Refusal, Store, StoreError};
 
 pub type Result<T> = std::result::Result<T, ApiError>;
@@ -48,6 +48,21 @@ pub struct Logic {
     /// Group ids: time-ordered and unique across processes (node id inside).
     pub(crate) ids: xinge_core::idgen::IdGen,
     pub(crate) group_signals: group::GroupSignals,
+}
+
+/// What becomes of a signal when its user gets signals faster than the push layer's rate:
+/// a newer inbox signal supersedes an older one (the client pulls what it skipped), and so
+/// does a newer signal of the same read fan-out group or of the same friend's presence.
+fn inbox_key(seq: u64) -> Coalesce {
+    Coalesce::newest(0, 0, seq)
+}
+
+pub(crate) fn group_key(group: u64, seq: u64) -> Coalesce {
+    Coalesce::newest(1, group, seq)
+}
+
+fn presence_key(user: UserId, at_ms: u64) -> Coalesce {
+    Coalesce::newest(2, user.0, at_ms)
 }
 
 pub(crate) fn bad(code: ErrorCode, msg: impl Into<String>) -> ApiError {
@@ -154,13 +169,13 @@ impl Logic {
     pub(crate) async fn limit(&self, user: UserId, what: limits::Limited) -> Result<()> {
         self.limiter.check(user, what).await.map_err(|wait| {
             metrics::counter!("xinge_rate_limited_total", "what" => what.as_str()).increment(1);
-            bad(
-                ErrorCode::RateLimited,
+            ApiError::rate_limited(
                 format!(
                     "too many {}s: retry in {} ms",
                     what.as_str(),
                     wait.as_millis().max(1)
                 ),
+                wait,
             )
         })
     }
@@ -182,8 +197,11 @@ impl Logic {
             for &(user, seq) in &done.recipients {
                 let body =
                     message_signal_body(seq, done.at_ms, json, self.cfg.chat.inline_max_bytes);
-                self.push
-                    .signal(&[user], &Frame::request(cmd::SIGNAL, 0, body));
+                self.push.signal(
+                    &[user],
+                    &Frame::request(cmd::SIGNAL, 0, body),
+                    inbox_key(seq),
+                );
             }
         }
         for (user, entry) in &done.entries {
@@ -202,14 +220,21 @@ impl Logic {
 
     fn signal_inbox(&self, user: UserId, entry: &InboxEntry) {
         let body = inbox_signal_body(entry, self.cfg.chat.inline_max_bytes);
-        self.push
-            .signal(&[user], &Frame::request(cmd::SIGNAL, 0, body));
+        self.push.signal(
+            &[user],
+            &Frame::request(cmd::SIGNAL, 0, body),
+            inbox_key(entry.seq),
+        );
     }
 
-    pub(crate) fn signal(&self, user: UserId, signal: &Signal) {
+    /// An ephemeral signal (typing): dropped, not kept, when `user` is over the rate.
+    pub(crate) fn signal_ephemeral(&self, user: UserId, signal: &Signal) {
         let body = serde_json::to_vec(signal).unwrap_or_default();
-        self.push
-            .signal(&[user], &Frame::request(cmd::SIGNAL, 0, body));
+        self.push.signal(
+            &[user],
+            &Frame::request(cmd::SIGNAL, 0, body),
+            Coalesce::Drop,
+        );
     }
 
     /// Tells friends when a user comes online or goes offline. Runs until the push layer's
@@ -230,8 +255,11 @@ impl Logic {
             };
             let body = serde_json::to_vec(&signal).unwrap_or_default();
             let friends: Vec<UserId> = friends.iter().map(|f| f.user_id).collect();
-            self.push
-                .signal(&friends, &Frame::request(cmd::SIGNAL, 0, body));
+            self.push.signal(
+                &friends,
+                &Frame::request(cmd::SIGNAL, 0, body),
+                presence_key(ch.user, ch.at_ms),
+            );
         }
     }
 }

@@ -12,12 +12,18 @@
 //! the same traits on Redis and NATS (crate `cluster`).
 //!
 //! A signal goes only to the gateways that hold one of the user's connections, never to all
-//! of them. Signals may be lost (a full gateway queue, a gateway that just died): the
+//! of them. A user who gets signals faster than the limit has them coalesced ([`throttle`]).
+//! Signals may be lost (a full gateway queue, a gateway that just died): the
 //! push-then-pull contract makes that harmless, since the next pull repairs it.
+
+pub mod throttle;
+
+pub use throttle::{Coalesce, Throttle, ThrottleConfig};
 
 use async_trait::async_trait;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use xinge_core::{ConnId, DeviceId, GatewayId, UserId};
 use xinge_proto::Frame;
@@ -49,8 +55,9 @@ pub struct PresenceChange {
 #[async_trait]
 pub trait Signals: Send + Sync + 'static {
     /// Hands `frame` to every online device of each of `users`. A hint: it may be lost
-    /// (the contract repairs that by pull), so this neither waits nor fails.
-    fn signal(&self, users: &[UserId], frame: &Frame);
+    /// (the contract repairs that by pull), so this neither waits nor fails. `how` says
+    /// what may become of it when a user is over the signal rate.
+    fn signal(&self, users: &[UserId], frame: &Frame, how: Coalesce);
     /// `(online, last_seen_ms)`; last seen is now for an online user, 0 if unknown.
     async fn presence(&self, user: UserId) -> (bool, u64);
 }
@@ -77,6 +84,8 @@ pub struct PushConfig {
     pub max_users: usize,
     /// Sessions one user may have at once; the oldest is unbound past this.
     pub max_sessions_per_user: usize,
+    /// Signals per user per second, coalesced past the rate.
+    pub throttle: ThrottleConfig,
 }
 
 impl Default for PushConfig {
@@ -85,6 +94,7 @@ impl Default for PushConfig {
             gateway_queue: 65_536,
             max_users: 2_000_000,
             max_sessions_per_user: 16,
+            throttle: ThrottleConfig::default(),
         }
     }
 }
@@ -96,12 +106,14 @@ pub struct Push {
     presence_tx: mpsc::Sender<PresenceChange>,
     presence_rx: Mutex<Option<mpsc::Receiver<PresenceChange>>>,
     dropped: std::sync::atomic::AtomicU64,
+    throttle: Throttle,
 }
 
 impl Push {
     pub fn new(cfg: PushConfig) -> Self {
         let (presence_tx, presence_rx) = mpsc::channel(4096);
         Self {
+            throttle: Throttle::new(cfg.throttle),
             cfg,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             gateways: Mutex::new(HashMap::new()),
@@ -109,6 +121,25 @@ impl Push {
             presence_rx: Mutex::new(Some(presence_rx)),
             dropped: Default::default(),
         }
+    }
+
+    /// Starts releasing the signals the throttle held, as users' rates allow. The task
+    /// ends when the `Push` is dropped.
+    pub fn start(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RELEASE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(push) = me.upgrade() else { return };
+                for (user, frames) in push.throttle.due(Instant::now()) {
+                    for f in &frames {
+                        push.signal_user(user, f);
+                    }
+                }
+            }
+        });
     }
 
     fn shard(&self, user: UserId) -> std::sync::MutexGuard<'_, HashMap<UserId, Entry>> {
@@ -238,9 +269,12 @@ impl Push {
 
 #[async_trait]
 impl Signals for Push {
-    fn signal(&self, users: &[UserId], frame: &Frame) {
+    fn signal(&self, users: &[UserId], frame: &Frame, how: Coalesce) {
+        let now = Instant::now();
         for &user in users {
-            self.signal_user(user, frame);
+            if self.throttle.admit(user, frame, how, now) {
+                self.signal_user(user, frame);
+            }
         }
     }
 
@@ -248,6 +282,10 @@ impl Signals for Push {
         self.presence_now(user)
     }
 }
+
+/// How often held signals are looked at ([`Throttle::due`]); a held signal waits at most
+/// this much longer than its user's rate requires.
+pub const RELEASE_EVERY: Duration = Duration::from_millis(25);
 
 impl Sessions for Push {
     fn bind(&self, user: UserId, session: Session) {

@@ -3,9 +3,7 @@
 //! a client is offered those in its own region and zone first, then the least loaded.
 //! A gateway that has not reported within `stale_after_ms` is no longer offered.
 
-mod admission;
-
-pub use admission::Admission;
+pub use xinge_core::ratelimit::Admission;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -43,7 +41,7 @@ impl Route {
     }
 
     /// Limits how many clients may ask for a gateway (see [`Admission`]).
-    pub fn with_admission(mut self, cfg: &xinge_core::config::RouteConfig) -> Self {
+    pub fn with_admission(mut self, cfg: &xinge_core::config::AdmissionConfig) -> Self {
         self.admission = Some(Admission::new(cfg));
         self
     }

@@ -51,6 +51,13 @@ struct ServeArgs {
     /// Keep data in PostgreSQL instead of the embedded store.
     #[arg(long, env = "XINGE_POSTGRES_URL")]
     postgres_url: Option<String>,
+    /// PEM certificate chain: with --tls-key, the HTTP (and WebSocket) and TCP ports
+    /// speak TLS only.
+    #[arg(long, env = "XINGE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "XINGE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 /// One role of a distributed deployment. Every address defaults to the config file's.
@@ -78,6 +85,13 @@ struct RoleArgs {
     /// Redis: one URL, or several comma-separated for a Redis Cluster.
     #[arg(long, env = "XINGE_REDIS_URL")]
     redis_url: Option<String>,
+    /// PEM certificate chain: with --tls-key, the HTTP (and WebSocket) and TCP ports
+    /// speak TLS only.
+    #[arg(long, env = "XINGE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "XINGE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 impl RoleArgs {
@@ -100,6 +114,12 @@ impl RoleArgs {
         }
         if let Some(u) = self.redis_url {
             cfg.cluster.redis_url = u;
+        }
+        if let Some(p) = self.tls_cert {
+            cfg.tls.cert = Some(p);
+        }
+        if let Some(p) = self.tls_key {
+            cfg.tls.key = Some(p);
         }
         cfg.validate()?;
         Ok(cfg)
@@ -219,6 +239,12 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(u) = args.postgres_url {
         cfg.store.postgres_url = Some(u);
+    }
+    if let Some(p) = args.tls_cert {
+        cfg.tls.cert = Some(p);
+    }
+    if let Some(p) = args.tls_key {
+        cfg.tls.key = Some(p);
     }
     cfg.validate()?;
     let http = TcpListener::bind(cfg.server.http_addr).await?;

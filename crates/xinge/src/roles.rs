@@ -17,6 +17,7 @@ use xinge_cluster::{Names, Redis, bus, engines, pushq};
 use xinge_core::GatewayId;
 use xinge_core::config::Config;
 use xinge_gateway::Gateway;
+use xinge_gateway::tls::Tls;
 use xinge_logic::Logic;
 use xinge_route::Route;
 use xinge_store::pg::{PgOptions, PgStore};
@@ -70,11 +71,12 @@ where
 async fn serve_http(
     cfg: &Config,
     http: TcpListener,
+    tls: Option<Tls>,
     app: axum::Router,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let limits = xinge_api::server::HttpLimits::from_config(&cfg.server);
-    xinge_api::server::serve(http, app, limits, shutdown).await;
+    xinge_api::server::serve(http, app, limits, tls, shutdown).await;
     Ok(())
 }
 
@@ -96,6 +98,7 @@ pub async fn run_api(
             "every api process must sign tokens with the same key: set auth.token_secret".into(),
         ));
     }
+    let tls = Tls::from_config(&cfg.tls)?;
     let e = engines(&cfg, "api").await?;
     let store = Arc::new(PgStore::connect(&pg).await?);
     let js = jetstream::new(e.nats.clone());
@@ -121,7 +124,7 @@ pub async fn run_api(
     tokio::spawn(logic.clone().run_presence(presence));
     tokio::spawn(logic.clone().run_group_signals());
     ready(http.local_addr()?);
-    serve_http(&cfg, http, xinge_api::api_app(logic), shutdown).await
+    serve_http(&cfg, http, tls, xinge_api::api_app(logic), shutdown).await
 }
 
 /// `xinge gateway`: TCP and WebSocket connections; commands up the bus, deliveries from its
@@ -133,6 +136,7 @@ pub async fn run_gateway(
     shutdown: watch::Receiver<bool>,
     ready: impl FnOnce(Bound),
 ) -> Result<(), ServeError> {
+    let tls = Tls::from_config(&cfg.tls)?;
     let e = engines(&cfg, "gateway").await?;
     let id = GatewayId(cfg.server.node_id);
     let refresh = Duration::from_secs(cfg.cluster.refresh_secs);
@@ -180,10 +184,11 @@ pub async fn run_gateway(
     tokio::spawn(xinge_gateway::tcp::serve(
         gateway.clone(),
         tcp,
+        tls.clone(),
         shutdown.clone(),
     ));
     ready(bound);
-    serve_http(&cfg, http, xinge_api::gateway_app(gateway), shutdown).await
+    serve_http(&cfg, http, tls, xinge_api::gateway_app(gateway), shutdown).await
 }
 
 /// `xinge push`: push events from the stream to the gateways that hold the users.
@@ -193,6 +198,7 @@ pub async fn run_push(
     shutdown: watch::Receiver<bool>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
+    let tls = Tls::from_config(&cfg.tls)?;
     let e = engines(&cfg, "push").await?;
     let js = jetstream::new(e.nats.clone());
     let worker = pushq::run_push_worker(
@@ -200,6 +206,7 @@ pub async fn run_push(
         e.nats.clone(),
         e.names.clone(),
         cfg.cluster.clone(),
+        xinge_push::ThrottleConfig::from_limits(&cfg.limits),
         e.registry.clone(),
         shutdown.clone(),
     );
@@ -209,7 +216,7 @@ pub async fn run_push(
         }
     });
     ready(http.local_addr()?);
-    serve_http(&cfg, http, xinge_api::health_app(), shutdown).await?;
+    serve_http(&cfg, http, tls, xinge_api::health_app(), shutdown).await?;
     let _ = worker.await;
     Ok(())
 }
@@ -221,6 +228,7 @@ pub async fn run_route(
     shutdown: watch::Receiver<bool>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
+    let tls = Tls::from_config(&cfg.tls)?;
     let e = engines(&cfg, "route").await?;
     let refresh = Duration::from_secs(cfg.cluster.refresh_secs);
     // A gateway that missed three reports is no longer offered.
@@ -240,5 +248,5 @@ pub async fn run_route(
         },
     );
     ready(http.local_addr()?);
-    serve_http(&cfg, http, xinge_api::route_app(route), shutdown).await
+    serve_http(&cfg, http, tls, xinge_api::route_app(route), shutdown).await
 }

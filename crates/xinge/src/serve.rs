@@ -12,8 +12,9 @@ use xinge_api::{AppState, Dispatch};
 use xinge_core::GatewayId;
 use xinge_core::config::Config;
 use xinge_gateway::Gateway;
+use xinge_gateway::tls::Tls;
 use xinge_logic::Logic;
-use xinge_push::{Push, PushConfig};
+use xinge_push::{Push, PushConfig, ThrottleConfig};
 use xinge_route::{GatewayReport, Route};
 use xinge_store::fjall::{FjallOptions, FjallStore};
 use xinge_store::pg::{PgOptions, PgStore};
@@ -28,6 +29,8 @@ pub enum ServeError {
     Cluster(#[from] xinge_cluster::ClusterError),
     #[error("{0}")]
     Config(String),
+    #[error("{0}")]
+    Tls(#[from] xinge_gateway::tls::TlsError),
 }
 
 /// The addresses a running server listens on.
@@ -81,6 +84,8 @@ pub async fn run(
     ready: impl FnOnce(Bound),
 ) -> Result<(), ServeError> {
     xinge_api::metrics_handle();
+    // First: a bad certificate stops the start before anything else is opened.
+    let tls = Tls::from_config(&cfg.tls)?;
     std::fs::create_dir_all(&cfg.server.data_dir)?;
     let store: Arc<dyn xinge_store::Store> = match PgOptions::from_config(&cfg) {
         Some(opts) => Arc::new(PgStore::connect(&opts).await?),
@@ -94,7 +99,11 @@ pub async fn run(
         )?),
     };
     let secret = token_secret(&cfg)?;
-    let push = Arc::new(Push::new(PushConfig::default()));
+    let push = Arc::new(Push::new(PushConfig {
+        throttle: ThrottleConfig::from_limits(&cfg.limits),
+        ..PushConfig::default()
+    }));
+    push.start();
     let logic = Logic::new(store, push.clone(), cfg.clone(), secret);
     let dispatch = Arc::new(Dispatch(logic.clone()));
     let gw_id = GatewayId(cfg.server.node_id);
@@ -123,6 +132,7 @@ pub async fn run(
     tokio::spawn(xinge_gateway::tcp::serve(
         gateway.clone(),
         tcp,
+        tls.clone(),
         shutdown.clone(),
     ));
     let app = xinge_api::app(AppState {
@@ -131,9 +141,9 @@ pub async fn run(
         route,
     });
     let limits = xinge_api::server::HttpLimits::from_config(&cfg.server);
-    tracing::info!(http = %bound.http, tcp = %bound.tcp, "xinge ready");
+    tracing::info!(http = %bound.http, tcp = %bound.tcp, tls = tls.is_some(), "xinge ready");
     ready(bound);
-    xinge_api::server::serve(http, app, limits, shutdown).await;
+    xinge_api::server::serve(http, app, limits, tls, shutdown).await;
     Ok(())
 }
 
@@ -170,7 +180,11 @@ impl Reporter {
         Self {
             region: cfg.server.region.clone(),
             zone: cfg.server.zone.clone(),
-            ws_url: format!("ws://{}/ws", host(bound.http)),
+            // TLS covers both ports: `wss://`, and the TCP gateway speaks TLS too.
+            ws_url: match cfg.tls.enabled() {
+                true => format!("wss://{}/ws", host(bound.http)),
+                false => format!("ws://{}/ws", host(bound.http)),
+            },
             tcp_addr: host(bound.tcp),
         }
     }

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use xinge_client::api::{RecallRequest, SendRequest};
-use xinge_client::{Connection, Transport};
+use xinge_client::{Connection, Device, DeviceOptions, Transport};
 use xinge_core::error::ApiError;
 use xinge_core::{ConvId, DeviceId, UserId};
 use xinge_logic::token::{Claims, TokenSigner};
@@ -782,5 +782,157 @@ async fn websocket_pings_fragments_and_close_follow_rfc_6455() {
     .await
     .expect("the server ends the connection");
     assert_eq!(closed, Some(CloseCode::Normal));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_rate_limits_new_connections_per_ip_on_both_transports() {
+    let server = start(|c| {
+        c.gateway.admission.per_ip_burst = 3.0;
+        c.gateway.admission.per_ip_per_sec = 0.5;
+    })
+    .await;
+    let (alice, _) = server.login("alice", "laptop").await;
+    let token = alice.token().unwrap().to_owned();
+    let mut admitted = Vec::new();
+    for _ in 0..3 {
+        admitted.push(raw_authed(&server, &token).await);
+    }
+    // The fourth TCP connection from this IP is told why, and when to come back.
+    let mut s = raw_tcp(&server).await;
+    let (close, _) = read_until_closed(&mut s).await;
+    let close = close.expect("a close frame");
+    assert_eq!(close.code.as_str(), "rate_limited");
+    let wait = close.retry_after_ms.expect("a retry-after");
+    assert!((1..=2_000).contains(&wait), "retry after {wait} ms");
+    // The SDK, which sends AUTH at once, reads the same refusal.
+    match Connection::connect(Transport::Tcp, &server.tcp.to_string(), &token).await {
+        Err(xinge_client::ClientError::Api(e)) => {
+            assert_eq!(e.code.as_str(), "rate_limited");
+            assert!(e.retry_after_ms.is_some());
+        }
+        other => panic!("expected rate_limited, got {:?}", other.map(|_| ())),
+    }
+    // A WebSocket upgrade is refused before it costs anything: 429 with Retry-After.
+    let ws = format!("ws://{}/ws", server.base.trim_start_matches("http://"));
+    match tokio_tungstenite::connect_async(&ws).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 429);
+            assert!(resp.headers().contains_key("retry-after"));
+            let body: ApiError = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body.code.as_str(), "rate_limited");
+        }
+        other => panic!("expected 429, got {other:?}"),
+    }
+    // The connections already admitted are untouched.
+    for s in &mut admitted {
+        let f = request(s, Frame::request(cmd::PING, 7, Bytes::new())).await;
+        assert!(f.is_response() && !f.is_error());
+    }
+    // The SDK, refused the same way, waits as told and then gets in.
+    let started = std::time::Instant::now();
+    let dev = server.device(&alice, Transport::Ws);
+    assert!(dev.wait_connected(Duration::from_secs(10)).await);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "it waited for a token"
+    );
+    dev.stop();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_signals_to_one_user_is_coalesced_and_nothing_is_lost() {
+    let server = start(|c| {
+        c.limits.signals_per_sec = 10.0;
+        c.limits.signals_burst = 10.0;
+    })
+    .await;
+    let (alice, a) = server.login("alice", "laptop").await;
+    let (bob, b) = server.login("bob", "laptop").await;
+    let (carol, c) = server.login("carol", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    befriend(&alice, a, &carol, c).await;
+    // Bob's phone counts the signals it gets; his laptop (the SDK) must end up with every
+    // message, in order, with no periodic pull to help it: only the signals.
+    let (bob_phone, mut bob_signals) = {
+        let (phone, _) = server.login("bob", "phone").await;
+        Connection::connect(
+            Transport::Tcp,
+            &server.tcp.to_string(),
+            phone.token().unwrap(),
+        )
+        .await
+        .unwrap()
+    };
+    let laptop = Device::start(
+        bob.clone(),
+        DeviceOptions {
+            messages: true,
+            repair_interval: Duration::from_secs(600),
+            ..Default::default()
+        },
+    );
+    assert!(laptop.wait_connected(Duration::from_secs(10)).await);
+    const N: usize = 300;
+    let send = |to, i: usize| SendRequest {
+        to: Some(to),
+        client_msg_id: format!("f{i}"),
+        content: serde_json::json!({ "i": i }),
+        ..Default::default()
+    };
+    for chunk in (0..N).collect::<Vec<_>>().chunks(50) {
+        let reqs: Vec<_> = chunk.iter().map(|&i| send(b, i)).collect();
+        let sends = reqs.iter().map(|r| alice.send(r));
+        for r in futures_util::future::join_all(sends).await {
+            r.unwrap();
+        }
+    }
+    // Carol is not held back by Bob's flood: her signal comes at once.
+    let (_carol_conn, mut carol_signals) = Connection::connect(
+        Transport::Tcp,
+        &server.tcp.to_string(),
+        carol.token().unwrap(),
+    )
+    .await
+    .unwrap();
+    alice.send(&send(c, N)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), carol_signals.recv())
+        .await
+        .expect("carol's signal is not throttled by bob's")
+        .unwrap();
+    // Every message reaches the laptop exactly once and in order (sends in a chunk were
+    // concurrent, so the order is the conversation's, not `i`).
+    let mut ids = std::collections::HashSet::new();
+    for seq in 1..=N as u64 {
+        let m = laptop
+            .next_message(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("message {seq} never arrived"));
+        assert_eq!(m.conv_seq, seq, "in order, exactly once");
+        assert!(ids.insert(m.client_msg_id));
+    }
+    assert!(
+        laptop
+            .next_message(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    // The phone got far fewer signals than messages, and the last one names the head.
+    let head = bob.sync(0, Some(1)).await.unwrap().head;
+    let mut signals = 0;
+    let mut last_seq = 0;
+    while let Ok(Some(s)) =
+        tokio::time::timeout(Duration::from_millis(500), bob_signals.recv()).await
+    {
+        if let xinge_client::api::Signal::Inbox { seq, .. } = s {
+            signals += 1;
+            last_seq = last_seq.max(seq);
+        }
+    }
+    assert!(signals < N / 3, "{signals} signals for {N} messages");
+    assert_eq!(last_seq, head, "the newest signal is never coalesced away");
+    drop(bob_phone);
+    laptop.stop();
     server.stop().await;
 }

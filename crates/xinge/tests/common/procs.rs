@@ -44,22 +44,31 @@ pub async fn engines_up(test: &str) -> bool {
     false
 }
 
-/// `cfg` as the TOML file a child process reads. Every section of `Config` is a table of
-/// scalars, and JSON's scalars are TOML's, so this needs no TOML writer.
+/// `cfg` as the TOML file a child process reads. `Config` is tables of scalars (and
+/// nested tables), and JSON's scalars and arrays of scalars are TOML's, so this needs no
+/// TOML writer.
 pub fn config_toml(cfg: &Config) -> String {
+    fn table(out: &mut String, path: &str, fields: &serde_json::Map<String, serde_json::Value>) {
+        use serde_json::Value;
+        *out += &format!("[{path}]\n");
+        let nested = |v: &Value| v.is_object();
+        for (key, v) in fields.iter().filter(|(_, v)| !nested(v)) {
+            match v {
+                Value::Null => {}
+                Value::Array(a) if a.iter().any(|v| v.is_object() || v.is_array()) => {
+                    panic!("config_toml: {path}.{key} is not an array of scalars")
+                }
+                v => *out += &format!("{key} = {v}\n"),
+            }
+        }
+        for (key, v) in fields.iter().filter(|(_, v)| nested(v)) {
+            table(out, &format!("{path}.{key}"), v.as_object().unwrap());
+        }
+    }
     let value = serde_json::to_value(cfg).unwrap();
     let mut out = String::new();
     for (section, fields) in value.as_object().unwrap() {
-        out += &format!("[{section}]\n");
-        for (key, v) in fields.as_object().unwrap() {
-            match v {
-                serde_json::Value::Null => {}
-                serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
-                    panic!("config_toml: {section}.{key} is not a scalar")
-                }
-                v => out += &format!("{key} = {v}\n"),
-            }
-        }
+        table(&mut out, section, fields.as_object().unwrap());
     }
     out
 }
