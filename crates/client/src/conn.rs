@@ -33,6 +33,8 @@ pub struct Connection {
     pending: Pending,
     next_id: AtomicU32,
     pub auth: AuthOk,
+    /// Where it is connected: `host:port` (TCP) or the `ws://…` URL.
+    pub address: String,
     /// Why the server closed the connection, once it has.
     pub close_reason: Arc<Mutex<Option<ApiError>>>,
     timeout: Duration,
@@ -154,6 +156,7 @@ impl Connection {
                 pending,
                 next_id: AtomicU32::new(2),
                 auth,
+                address: address.to_owned(),
                 close_reason,
                 timeout: Duration::from_secs(15),
             },

@@ -66,6 +66,8 @@ impl Default for DeviceOptions {
 
 struct Shared {
     conn: Mutex<Option<Arc<Connection>>>,
+    /// Set with `send_replace`: `send` leaves the value as it was when nobody is
+    /// subscribed, and the session would read its own new connection as dropped.
     connected: watch::Sender<bool>,
     cursor: AtomicU64,
     connects: AtomicU64,
@@ -137,6 +139,12 @@ impl Device {
     /// How many times the device has connected (1 after the first connection).
     pub fn connects(&self) -> u64 {
         self.shared.connects.load(Ordering::Relaxed)
+    }
+
+    /// The gateway the device is connected to (`host:port` or a `ws://…` URL), if it is.
+    pub fn address(&self) -> Option<String> {
+        let conn = self.shared.conn.lock().unwrap();
+        conn.as_ref().map(|c| c.address.clone())
     }
 
     /// The next inbox entry, or `None` if none came within `wait`.
@@ -217,7 +225,7 @@ impl Device {
     /// Drops the current connection (as a network failure would); the device reconnects.
     pub fn drop_connection(&self) {
         self.shared.conn.lock().unwrap().take();
-        let _ = self.shared.connected.send(false);
+        self.shared.connected.send_replace(false);
     }
 
     pub fn stop(&self) {
@@ -265,7 +273,7 @@ impl Runner {
                 _ = stop.changed() => Ended::Stop,
             };
             self.shared.conn.lock().unwrap().take();
-            let _ = self.shared.connected.send(false);
+            self.shared.connected.send_replace(false);
             if matches!(ended, Ended::Stop) {
                 return;
             }
@@ -365,7 +373,7 @@ impl Runner {
         }
         *self.shared.conn.lock().unwrap() = Some(conn.clone());
         self.shared.connects.fetch_add(1, Ordering::Relaxed);
-        let _ = self.shared.connected.send(true);
+        self.shared.connected.send_replace(true);
         // A pull between connecting and publishing may have missed a signal: pull again.
         if self.pull(&conn).await.is_err() {
             return Ended::Retry;

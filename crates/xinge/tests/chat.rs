@@ -380,3 +380,34 @@ async fn typing_and_presence_reach_friends_as_signals() {
     );
     server.stop().await;
 }
+
+/// Waits (bounded) until `dev` has connected `n` times, without subscribing to its
+/// connection state the way `wait_connected` does.
+async fn connects_reach(dev: &Device, n: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dev.connects() < n {
+        assert!(tokio::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Regression: a device that nobody was waiting on (no `wait_connected`, no `send`) took
+/// its own new connection for a drop — its state stayed "disconnected" — and reconnected
+/// every 25-50 ms, delivering by pull only. Found by the chaos soak (tests/soak.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_nobody_waits_on_keeps_its_connection() {
+    let server = start(|_| {}).await;
+    let (alice, _) = server.login("alice", "laptop").await;
+    let dev = server.device(&alice, Transport::Tcp);
+    connects_reach(&dev, 1).await;
+    // A healthy connection is kept: the server's heartbeat timeout is 90 s.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(dev.connects(), 1, "no reconnection without a failure");
+    assert!(dev.wait_connected(Duration::ZERO).await);
+    // After a drop it reconnects once, and keeps that connection too.
+    dev.drop_connection();
+    connects_reach(&dev, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(dev.connects(), 2, "one reconnection per drop");
+    server.stop().await;
+}

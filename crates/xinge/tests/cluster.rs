@@ -7,197 +7,16 @@
 
 mod common;
 
-use common::{PASSWORD, SECRET, befriend};
-use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
+use common::delivery::{Acked, Seen, assert_stored, conv_has, sender};
+use common::procs::{Cluster, NATS, Proc, REDIS, engines_up, wait_gateways};
+use common::{PASSWORD, befriend};
+use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xinge_client::api::{Event, SendRequest};
+use xinge_client::api::SendRequest;
 use xinge_client::{Connection, Device, DeviceOptions, Http, Transport};
-use xinge_core::{ConvId, MsgId, UserId};
-
-fn pg_url() -> String {
-    std::env::var("XINGE_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-const REDIS: &str = "redis://127.0.0.1:6379";
-const NATS: &str = "nats://127.0.0.1:4222";
-
-/// True if PostgreSQL, Redis and NATS answer; under CI their absence fails the test.
-async fn engines_up(test: &str) -> bool {
-    let mut missing = Vec::new();
-    for (name, addr) in [
-        ("PostgreSQL", "127.0.0.1:5432"),
-        ("Redis", "127.0.0.1:6379"),
-        ("NATS", "127.0.0.1:4222"),
-    ] {
-        let ok = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if !ok {
-            missing.push(format!("{name} at {addr}"));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("not reachable: {}", missing.join(", "));
-    if std::env::var_os("CI").is_some() {
-        panic!("the distributed tests require the engines under CI; {msg}");
-    }
-    eprintln!("SKIPPED {test}: {msg}; CI requires them (scripts/engines.sh starts them)");
-    false
-}
-
-/// One role process, killed when dropped.
-struct Role {
-    child: Child,
-    http: String,
-    tcp: Option<String>,
-}
-
-impl Drop for Role {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Role {
-    fn kill9(&mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.http))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.split([' ', '{']).next() == Some(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    config: std::path::PathBuf,
-    schema: String,
-    prefix: String,
-    nats: String,
-}
-
-impl Cluster {
-    fn new() -> Self {
-        Self::on(NATS, REDIS, "")
-    }
-
-    /// On other engines; `extra` lines go into the `[cluster]` section.
-    fn on(nats: &str, redis: &str, extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let id = format!(
-            "{}{:x}",
-            std::process::id(),
-            xinge_core::now_ms() & 0xff_ffff
-        );
-        let (prefix, schema) = (format!("t{id}"), format!("xinge_cluster_{id}"));
-        let config = dir.path().join("xinge.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\ntoken_secret = \"{SECRET}\"\n\
-                 [store]\npostgres_url = \"{}\"\npostgres_schema = \"{schema}\"\npostgres_pool = 4\n\
-                 [gateway]\nheartbeat_timeout_secs = 10\n\
-                 [cluster]\nnats_url = \"{nats}\"\nredis_url = \"{redis}\"\nprefix = \"{prefix}\"\n\
-                 refresh_secs = 1\nsession_ttl_secs = 4\nrequest_timeout_ms = 2000\npush_ack_wait_ms = 1000\n{extra}\n",
-                pg_url()
-            ),
-        )
-        .unwrap();
-        Self {
-            dir,
-            config,
-            schema,
-            prefix,
-            nats: nats.to_owned(),
-        }
-    }
-
-    fn spawn(&self, role: &str, node: u16) -> Role {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xinge"))
-            .arg(role)
-            .arg("--config")
-            .arg(&self.config)
-            .args(["--node-id", &node.to_string(), "--http-addr", "127.0.0.1:0"])
-            .args(["--tcp-addr", "127.0.0.1:0"])
-            // XINGE_TEST_LOG=debug shows every role's trace lines.
-            .env(
-                "XINGE_LOG",
-                std::env::var("XINGE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .current_dir(self.dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start xinge");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        // "xinge ready role=R http=ADDR [tcp=ADDR]"
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|p| p.strip_prefix(k))
-                .map(str::to_owned)
-        };
-        let http = field("http=").unwrap_or_else(|| panic!("{role} did not start: {line:?}"));
-        Role {
-            child,
-            http,
-            tcp: field("tcp="),
-        }
-    }
-
-    /// Leaves the shared engines as they were: the test's tables and push stream go.
-    async fn clean_up(&self) {
-        let servers: Vec<&str> = self.nats.split(',').collect();
-        let nats = async_nats::connect(servers).await.unwrap();
-        let stream = xinge_cluster::Names::new(&self.prefix).push_stream();
-        let _ = async_nats::jetstream::new(nats).delete_stream(stream).await;
-        let store = xinge_store::pg::PgStore::connect(&xinge_store::pg::PgOptions {
-            url: pg_url(),
-            schema: self.schema.clone(),
-            pool_size: 1,
-            node_id: 9,
-        })
-        .await
-        .unwrap();
-        store.drop_schema(&self.schema).await.unwrap();
-    }
-}
-
-/// Waits until the route service offers `n` gateways (over TCP).
-async fn wait_gateways(route: &Role, n: usize) {
-    let http = Http::new(format!("http://{}", route.http));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let list = http.route().await.map(|r| r.gateways).unwrap_or_default();
-        if list.iter().filter(|g| g.transport == "tcp").count() == n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "route never offered {n} gateways: {list:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use xinge_core::{MsgId, UserId};
 
 /// Repair pulls at the SDK's default pace, or every 2 s where an engine outage may drop
 /// signals on purpose.
@@ -205,7 +24,7 @@ const REPAIR_DEFAULT: Duration = Duration::from_secs(20);
 const REPAIR_FAST: Duration = Duration::from_secs(2);
 
 /// A device that asks `route` for its gateway.
-fn device(route: &Role, http: &Http, transport: Transport, repair: Duration) -> Arc<Device> {
+fn device(route: &Proc, http: &Http, transport: Transport, repair: Duration) -> Arc<Device> {
     Arc::new(Device::start(
         http.clone(),
         DeviceOptions {
@@ -222,32 +41,6 @@ async fn login(api: &str, name: &str, device: &str) -> (Http, UserId) {
     let _ = http.register(name, PASSWORD).await;
     let (authed, resp) = http.login(name, PASSWORD, device).await.unwrap();
     (authed, resp.user_id)
-}
-
-/// Every acknowledged message: (conversation, msg_id, conv_seq).
-type Acked = Arc<Mutex<Vec<(ConvId, MsgId, u64)>>>;
-
-async fn sender(dev: Arc<Device>, to: SendRequest, tag: &str, n: usize, acked: Acked) {
-    for i in 0..n {
-        let req = SendRequest {
-            client_msg_id: format!("{tag}{i}"),
-            content: serde_json::json!({"i": i}),
-            ..to.clone()
-        };
-        let r = dev
-            .send(&req)
-            .await
-            .unwrap_or_else(|e| panic!("{tag}{i}: {e}"));
-        acked.lock().unwrap().push((r.conv, r.msg_id, r.conv_seq));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn conv_has(conv: &ConvId, user: UserId) -> bool {
-    match conv {
-        ConvId::Direct(x, y) => *x == user || *y == user,
-        ConvId::Group(_) => true,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,30 +140,13 @@ async fn roles_survive_kill_9_of_a_gateway_an_api_and_a_push_process() {
             .filter(|(conv, _, _)| conv_has(conv, *user))
             .map(|m| m.1)
             .collect();
-        let mut seen = HashSet::new();
-        let mut last_seq = 0;
-        let mut conv_seq: HashMap<ConvId, u64> = HashMap::new();
-        while !mine.is_subset(&seen) {
-            let e = dev
-                .next_event(Duration::from_secs(30))
-                .await
-                .unwrap_or_else(|| panic!("user {user}: {} of {} arrived", seen.len(), mine.len()));
-            assert_eq!(e.seq, last_seq + 1, "inbox without gaps");
-            last_seq = e.seq;
-            if let Event::Message { message } = e.event {
-                let last = conv_seq.entry(message.conv).or_default();
-                assert!(message.conv_seq > *last, "in conv_seq order");
-                *last = message.conv_seq;
-                assert!(seen.insert(message.msg_id), "exactly once");
-            }
-        }
+        Seen::default()
+            .until_has(dev, &mine, &format!("user {user}"))
+            .await;
     }
-    // And the store has every acknowledged message where it was acknowledged.
-    for (conv, msg, seq) in &acked {
-        // Alice is in every conversation of the traffic.
-        let page = alice.history(*conv, None, Some(seq - 1), 1).await.unwrap();
-        assert_eq!(page.messages.first().map(|m| m.msg_id), Some(*msg));
-    }
+    // And the store has every acknowledged message where it was acknowledged (Alice is in
+    // every conversation of the traffic).
+    assert_stored(&acked, |_| &alice).await;
     for (_, d) in &devices {
         d.stop();
     }
@@ -503,28 +279,6 @@ impl Drop for Engine {
     }
 }
 
-/// What one device has been handed: each message once, in conv_seq order per conversation.
-#[derive(Default)]
-struct Seen {
-    msgs: HashSet<MsgId>,
-    last: HashMap<ConvId, u64>,
-}
-
-impl Seen {
-    async fn next(&mut self, dev: &Device) {
-        let e = dev
-            .next_event(Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|| panic!("nothing more arrived after {}", self.msgs.len()));
-        if let Event::Message { message } = e.event {
-            let last = self.last.entry(message.conv).or_default();
-            assert!(message.conv_seq > *last, "in conv_seq order");
-            *last = message.conv_seq;
-            assert!(self.msgs.insert(message.msg_id), "exactly once");
-        }
-    }
-}
-
 /// Sends one probe from `from` to `to` and waits until `to` has it: the time the whole path
 /// (gateway → api → store → stream → push → gateway) takes to work again.
 async fn recovery(
@@ -588,7 +342,7 @@ async fn the_roles_recover_by_themselves_from_redis_and_nats_restarts() {
     let c = Cluster::on(
         &format!("nats://127.0.0.1:{}", nats.port),
         &format!("redis://127.0.0.1:{}", redis.port),
-        "",
+        |_| {},
     );
     let route = c.spawn("route", 1);
     let gateways = [c.spawn("gateway", 10), c.spawn("gateway", 11)];
@@ -641,9 +395,7 @@ async fn the_roles_recover_by_themselves_from_redis_and_nats_restarts() {
     assert_eq!(all.len(), n + 2);
     for (dev, mut seen) in [(&da, seen_a), (&db, Seen::default())] {
         let started = Instant::now();
-        while !all.is_subset(&seen.msgs) {
-            seen.next(dev).await;
-        }
+        seen.until_has(dev, &all, "a device").await;
         eprintln!(
             "{test}: a device had everything {:?} later",
             started.elapsed()
@@ -730,7 +482,7 @@ async fn roles_on_a_nats_cluster_and_a_redis_cluster_survive_losing_a_node_of_ea
     let c = Cluster::on(
         &Clusters::urls("nats", clusters.nats, 3),
         &Clusters::urls("redis", clusters.redis, 3),
-        "stream_replicas = 3",
+        |c| c.cluster.stream_replicas = 3,
     );
     let route = c.spawn("route", 1);
     let gateways = [c.spawn("gateway", 10), c.spawn("gateway", 11)];
@@ -786,10 +538,9 @@ async fn roles_on_a_nats_cluster_and_a_redis_cluster_survive_losing_a_node_of_ea
             .filter(|(conv, _, _)| conv_has(conv, *user))
             .map(|m| m.1)
             .collect();
-        let mut seen = Seen::default();
-        while !mine.is_subset(&seen.msgs) {
-            seen.next(dev).await;
-        }
+        Seen::default()
+            .until_has(dev, &mine, &format!("user {user}"))
+            .await;
     }
     for (_, d) in &devices {
         d.stop();
@@ -804,11 +555,10 @@ async fn the_send_limit_is_shared_by_every_api_process() {
     if !engines_up(test).await {
         return;
     }
-    let c = Cluster::on(
-        NATS,
-        REDIS,
-        "[limits]\nsends_burst = 3.0\nsends_per_sec = 0.5",
-    );
+    let c = Cluster::on(NATS, REDIS, |c| {
+        c.limits.sends_burst = 3.0;
+        c.limits.sends_per_sec = 0.5;
+    });
     let apis = [c.spawn("api", 20), c.spawn("api", 21)];
     let (alice, a) = login(&apis[0].http, "alice", "laptop").await;
     let (bob, b) = login(&apis[1].http, "bob", "laptop").await;

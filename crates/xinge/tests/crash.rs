@@ -3,60 +3,18 @@
 
 mod common;
 
-use common::{PASSWORD, SECRET};
+use common::PASSWORD;
+use common::procs::Proc;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use xinge_client::api::{Event, SendRequest, SendResponse};
 use xinge_client::{Device, DeviceOptions, Http, Transport};
 use xinge_core::ConvId;
 
-struct Proc {
-    child: Child,
-    http: String,
-    tcp: String,
-}
-
+/// `xinge serve` on `dir` (same dir, same store) at the given addresses.
 fn spawn(dir: &std::path::Path, http: &str, tcp: &str) -> Proc {
-    let config = dir.join("xinge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\ntoken_secret = \"{SECRET}\"\n\
-             [limits]\nsends_burst = 1000000.0\n"
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xinge"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--http-addr", http, "--tcp-addr", tcp])
-        .env("XINGE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start xinge");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    // "xinge ready http=ADDR tcp=ADDR"
-    let mut parts = line.split_whitespace().skip(2);
-    let http = parts
-        .next()
-        .and_then(|p| p.strip_prefix("http="))
-        .expect("ready line")
-        .to_owned();
-    let tcp = parts
-        .next()
-        .and_then(|p| p.strip_prefix("tcp="))
-        .expect("ready line")
-        .to_owned();
-    Proc { child, http, tcp }
+    common::procs::serve(dir, &common::test_config(dir), http, tcp)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,8 +69,7 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_and_sequences_continue(
     while acked.lock().unwrap().len() < 200 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    p1.child.kill().unwrap(); // SIGKILL
-    p1.child.wait().unwrap();
+    p1.kill9();
     for s in senders {
         s.await.unwrap();
     }
@@ -121,7 +78,7 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_and_sequences_continue(
     assert!(acked.len() >= 200);
 
     // Same data dir, same ports: clients find the server where it was.
-    let mut p2 = spawn(dir.path(), &p1.http, &p1.tcp);
+    let mut p2 = spawn(dir.path(), &p1.http, p1.tcp.as_deref().unwrap());
     let mut stored: HashMap<String, (u64, u64)> = HashMap::new();
     let mut after = 0;
     loop {
@@ -202,6 +159,5 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_and_sequences_continue(
     assert!(bob_dev.connects() >= 2, "the device reconnected");
     let sync = bob.sync(0, Some(500)).await.unwrap();
     assert!(sync.entries.windows(2).all(|w| w[1].seq == w[0].seq + 1));
-    p2.child.kill().unwrap();
-    p2.child.wait().unwrap();
+    p2.kill9();
 }

@@ -2,6 +2,9 @@
 //! through the SDK over real sockets.
 #![allow(dead_code)]
 
+pub mod delivery;
+pub mod procs;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
