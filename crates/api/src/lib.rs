@@ -96,6 +96,18 @@ pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandl
         let handle = recorder.handle();
         // Fails only if another recorder was installed first; then this one stays empty.
         let _ = metrics::set_global_recorder(recorder);
+        // Histograms keep their samples until a render or an upkeep folds them into the
+        // buckets: without this, a process nobody scrapes would keep every sample.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let upkeep = handle.clone();
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+        }
         handle
     })
 }
