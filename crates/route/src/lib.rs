@@ -24,7 +24,8 @@ pub struct GatewayReport {
 }
 
 pub struct Route {
-    reports: Mutex<HashMap<GatewayId, GatewayReport>>,
+    /// Each gateway's last report, and how many clients were sent its way since.
+    reports: Mutex<HashMap<GatewayId, (GatewayReport, u64)>>,
     stale_after_ms: u64,
     max_gateways: usize,
     admission: Option<Admission>,
@@ -58,29 +59,37 @@ impl Route {
         let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
         if reports.len() >= self.max_gateways && !reports.contains_key(&r.id) {
             let cutoff = r.at_ms.saturating_sub(self.stale_after_ms);
-            reports.retain(|_, old| old.at_ms >= cutoff);
+            reports.retain(|_, (old, _)| old.at_ms >= cutoff);
             if reports.len() >= self.max_gateways {
                 return; // full of live gateways: refuse the newcomer rather than grow
             }
         }
-        reports.insert(r.id, r);
+        // The report counts the clients sent there since the last one (those that came).
+        reports.insert(r.id, (r, 0));
     }
 
-    /// Ranked endpoints for a client in `region`/`zone` (either may be empty).
+    /// Ranked endpoints for a client in `region`/`zone` (either may be empty). The load
+    /// of a gateway is its last report plus the clients sent its way since: in a reconnect
+    /// storm thousands ask within one report interval, and ranking by the report alone
+    /// would send them all to the same gateway.
     pub fn rank(&self, region: &str, zone: &str, now_ms: u64) -> Vec<GatewayEndpoint> {
-        let reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
-        let mut live: Vec<&GatewayReport> = reports
-            .values()
-            .filter(|r| now_ms.saturating_sub(r.at_ms) <= self.stale_after_ms)
+        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live: Vec<(&GatewayReport, &mut u64)> = reports
+            .values_mut()
+            .filter(|(r, _)| now_ms.saturating_sub(r.at_ms) <= self.stale_after_ms)
+            .map(|(r, handed)| (&*r, handed))
             .collect();
         let distance = |r: &GatewayReport| match (r.region == region, r.zone == zone) {
             (true, true) => 0,
             (true, false) => 1,
             _ => 2,
         };
-        live.sort_by_key(|r| (distance(r), r.connections, r.id));
+        live.sort_by_key(|(r, handed)| (distance(r), r.connections + **handed, r.id));
+        if let Some((_, handed)) = live.first_mut() {
+            **handed += 1;
+        }
         let mut out = Vec::new();
-        for r in live {
+        for (r, _) in live {
             let ep = |transport: &str, address: &String| GatewayEndpoint {
                 transport: transport.into(),
                 address: address.clone(),
@@ -128,5 +137,23 @@ mod tests {
             .map(|e| e.address)
             .collect();
         assert_eq!(order, vec!["10.0.0.2:1", "10.0.0.1:1", "10.0.0.3:1"]);
+    }
+
+    #[test]
+    fn a_crowd_asking_between_reports_is_spread() {
+        let route = Route::new(1_000);
+        route.report(rep(1, "a", 100, 10_000));
+        route.report(rep(2, "a", 0, 10_000));
+        let mut first = HashMap::new();
+        for _ in 0..300 {
+            let top = route.rank("eu", "a", 10_100).remove(0).address;
+            *first.entry(top).or_insert(0) += 1;
+        }
+        // The first 100 go to the empty one; after that they take turns.
+        assert_eq!(first["10.0.0.2:1"], 200);
+        assert_eq!(first["10.0.0.1:1"], 100);
+        // A fresh report replaces the guess.
+        route.report(rep(2, "a", 0, 10_200));
+        assert_eq!(route.rank("eu", "a", 10_300)[0].address, "10.0.0.2:1");
     }
 }
