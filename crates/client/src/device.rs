@@ -368,14 +368,14 @@ impl Runner {
         let hb = Duration::from_secs(u64::from(conn.auth.heartbeat_timeout_secs.max(3)) / 3);
         let mut tick = tokio::time::interval(self.opts.repair_interval.min(hb));
         tick.tick().await;
-        if self.pull(&conn).await.is_err() {
+        if self.pull_patiently(&conn).await.is_err() {
             return Ended::Retry;
         }
         *self.shared.conn.lock().unwrap() = Some(conn.clone());
         self.shared.connects.fetch_add(1, Ordering::Relaxed);
         self.shared.connected.send_replace(true);
         // A pull between connecting and publishing may have missed a signal: pull again.
-        if self.pull(&conn).await.is_err() {
+        if self.pull_patiently(&conn).await.is_err() {
             return Ended::Retry;
         }
         let mut dropped = self.shared.connected.subscribe();
@@ -395,7 +395,7 @@ impl Runner {
                                 }
                             }
                             _ => {
-                                if self.pull(&conn).await.is_err() {
+                                if self.pull_patiently(&conn).await.is_err() {
                                     return Ended::Retry;
                                 }
                             }
@@ -411,7 +411,7 @@ impl Runner {
                     }
                 },
                 _ = tick.tick() => {
-                    if self.pull(&conn).await.is_err() {
+                    if self.pull_patiently(&conn).await.is_err() {
                         return Ended::Retry;
                     }
                 }
@@ -508,6 +508,34 @@ impl Runner {
 
     /// Pulls everything after the cursor, then (when handing out messages) the large groups
     /// that are ahead of us.
+    /// Pulls; when the server answers but cannot serve the pull now (`unavailable`,
+    /// `rate_limited`, `internal`: an overloaded api, a store hiccup), waits and tries again
+    /// on the same connection, a few times, rather than dropping a good connection and
+    /// adding a reconnection to the load.
+    async fn pull_patiently(&mut self, conn: &Connection) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            let e = match self.pull(conn).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let wait = match &e {
+                ClientError::Api(api)
+                    if attempt < 5
+                        && matches!(
+                            api.code,
+                            ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::Internal
+                        ) =>
+                {
+                    api.retry_after_ms.map(Duration::from_millis)
+                }
+                _ => return Err(e),
+            };
+            attempt += 1;
+            tokio::time::sleep(wait.unwrap_or_default() + self.backoff(attempt + 2)).await;
+        }
+    }
+
     async fn pull(&mut self, conn: &Connection) -> Result<()> {
         loop {
             let after = self.shared.cursor.load(Ordering::Acquire);
