@@ -187,7 +187,10 @@ impl Logic {
     /// Not an `async fn`: the commit moves straight into the store's call (boxed already),
     /// so the caller's future does not carry it as well. A send's future, boxed per call by
     /// the gateway's dispatch, then stays small enough for the allocator's per-thread cache.
-    pub(crate) fn commit(&self, c: Commit) -> impl Future<Output = Result<Committed>> + Send + use<'_> {
+    pub(crate) fn commit(
+        &self,
+        c: Commit,
+    ) -> impl Future<Output = Result<Committed>> + Send + use<'_> {
         let started = std::time::Instant::now();
         let call = self.store.commit(c);
         async move { self.signal_committed(started, call.await.map_err(store_err)?) }
