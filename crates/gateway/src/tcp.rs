@@ -109,15 +109,19 @@ impl Transport for Tcp {
                     Err(_) => return Poll::Ready(Err(ReadError::Gone)),
                 }
             }
+            // `poll_read`, not `try_read`: a read that does not fill the chunk tells tokio the
+            // socket is drained, so the next poll waits for readiness instead of making a
+            // read that only finds the socket empty (one system call per frame).
             let mut chunk = [0u8; READ_CHUNK];
-            let n = match self.stream.try_read(&mut chunk) {
-                Ok(0) => return Poll::Ready(Err(ReadError::Gone)),
-                Ok(n) => n,
-                // The readiness was stale; `try_read` cleared it, so the next poll waits.
-                Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
-                Err(_) => return Poll::Ready(Err(ReadError::Gone)),
-            };
-            if let Some(r) = take_read(&mut self.partial, &chunk[..n], max) {
+            let mut buf = ReadBuf::new(&mut chunk);
+            if ready!(Pin::new(&mut self.stream).poll_read(cx, &mut buf)).is_err() {
+                return Poll::Ready(Err(ReadError::Gone));
+            }
+            let got = buf.filled();
+            if got.is_empty() {
+                return Poll::Ready(Err(ReadError::Gone));
+            }
+            if let Some(r) = take_read(&mut self.partial, got, max) {
                 return Poll::Ready(r);
             }
         }

@@ -142,16 +142,20 @@ impl Logic {
             mentions: req.mentions,
             mention_all: req.mention_all && matches!(access, Access::Group(..)),
         };
-        self.append(caller, conv, &access, draft).await
+        let append = self.append(caller, conv, &access, draft);
+        drop(access); // not kept in this future while the commit runs
+        append.await
     }
 
-    async fn append(
+    /// Not an `async fn`, for the same reason as `Logic::commit`: the draft is turned into
+    /// the commit before the future is made, so the future holds neither.
+    fn append(
         &self,
         caller: &Caller,
         conv: ConvId,
         access: &Access,
         d: Draft,
-    ) -> Result<SendResponse> {
+    ) -> impl Future<Output = Result<SendResponse>> + Send + use<'_> {
         let me = caller.user;
         let (group, message_to, ops) = match access {
             Access::Direct(peer) => {
@@ -179,20 +183,23 @@ impl Logic {
             events: vec![],
             ops,
         };
-        let done = self.commit(c).await?;
-        let kind = if done.duplicate { "duplicate" } else { "new" };
-        metrics::counter!("xinge_messages_sent_total", "result" => kind).increment(1);
-        let m = done
-            .message
-            .ok_or_else(|| bad(ErrorCode::Internal, "internal error"))?;
-        Ok(SendResponse {
-            msg_id: m.msg_id,
-            conv: m.conv,
-            conv_seq: m.conv_seq,
-            inbox_seq: done.sender_seq,
-            sent_at_ms: m.sent_at_ms,
-            duplicate: done.duplicate,
-        })
+        let commit = self.commit(c);
+        async move {
+            let done = commit.await?;
+            let kind = if done.duplicate { "duplicate" } else { "new" };
+            metrics::counter!("xinge_messages_sent_total", "result" => kind).increment(1);
+            let m = done
+                .message
+                .ok_or_else(|| bad(ErrorCode::Internal, "internal error"))?;
+            Ok(SendResponse {
+                msg_id: m.msg_id,
+                conv: m.conv,
+                conv_seq: m.conv_seq,
+                inbox_seq: done.sender_seq,
+                sent_at_ms: m.sent_at_ms,
+                duplicate: done.duplicate,
+            })
+        }
     }
 
     /// Recalls the caller's own message: a tombstone appended to the same timelines.

@@ -183,9 +183,20 @@ impl Logic {
     /// Commits and then signals every new inbox entry to its owner's online devices —
     /// the calling connection included: its own entry, inline, keeps its cursor contiguous,
     /// where leaving it out would make the next signal look like a gap and cost a pull.
-    pub(crate) async fn commit(&self, c: Commit) -> Result<Committed> {
+    ///
+    /// Not an `async fn`: the commit moves straight into the store's call (boxed already),
+    /// so the caller's future does not carry it as well. A send's future, boxed per call by
+    /// the gateway's dispatch, then stays small enough for the allocator's per-thread cache.
+    pub(crate) fn commit(
+        &self,
+        c: Commit,
+    ) -> impl Future<Output = Result<Committed>> + Send + use<'_> {
         let started = std::time::Instant::now();
-        let done = self.store.commit(c).await.map_err(store_err)?;
+        let call = self.store.commit(c);
+        async move { self.signal_committed(started, call.await.map_err(store_err)?) }
+    }
+
+    fn signal_committed(&self, started: std::time::Instant, done: Committed) -> Result<Committed> {
         metrics::histogram!("xinge_store_commit_seconds").record(started.elapsed().as_secs_f64());
         // The message is serialised once: spliced into every recipient's signal, and the
         // size that decides whether it rides inline in a large group's signal.

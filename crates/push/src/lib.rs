@@ -232,14 +232,20 @@ impl Push {
     /// Sends `frame` to every online connection of `user`. Returns how many connections
     /// it was handed to.
     pub fn signal_user(&self, user: UserId, frame: &Frame) -> usize {
-        let sessions = self.sessions(user);
-        let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
-        for s in &sessions {
-            by_gateway.entry(s.gateway).or_default().push(s.conn);
-        }
+        // Where the sessions are, copied under the shard's lock (not the sessions: their
+        // device names are not needed), then grouped by gateway: this runs per signal.
+        let mut targets: Vec<(GatewayId, ConnId)> = match self.shard(user).get(&user) {
+            Some(e) if !e.sessions.is_empty() => {
+                e.sessions.iter().map(|s| (s.gateway, s.conn)).collect()
+            }
+            _ => return 0,
+        };
+        targets.sort_by_key(|t| t.0); // stable: a gateway's connections keep their order
         let mut sent = 0;
         let gateways = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
-        for (gw, conns) in by_gateway {
+        for group in targets.chunk_by(|a, b| a.0 == b.0) {
+            let gw = group[0].0;
+            let conns: Vec<ConnId> = group.iter().map(|t| t.1).collect();
             let n = conns.len();
             let ok = gateways.get(&gw).is_some_and(|tx| {
                 tx.try_send(Delivery {

@@ -6,7 +6,7 @@ use crate::{
     Commit, Committed, DedupRecord, GroupFanout, GroupRecord, MemberRecord, NewUser, Result,
     StoreError, UserRecord,
 };
-use fjall::{Keyspace, OwnedWriteBatch, PersistMode};
+use fjall::{Keyspace, OwnedWriteBatch, PersistMode, Slice};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -40,12 +40,17 @@ pub(crate) struct Writer {
     /// Last sequence of recently written timelines. The writer is the only writer, so the
     /// cache cannot go stale; it saves the reverse seek that finds a timeline's end (the
     /// largest cost of a commit without it). Cleared when full or when a batch fails.
-    heads: HashMap<(usize, Vec<u8>), u64>,
+    heads: Map<u64>,
     /// Read cursors and conversation memberships recently written (every send moves the
     /// sender's cursor and checks both memberships). Same argument: only the writer writes
     /// them, so this cannot go stale. Cleared when full or when a batch fails.
-    members: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    members: Map<Option<Slice>>,
 }
+
+/// The writer's maps are keyed by [`slot_key`]: the keyspace's slot, then the key. One flat
+/// byte string, so that a lookup borrows a stack buffer instead of allocating a key, and
+/// hashed with foldhash: these lookups are a large part of a commit's own cost.
+type Map<V> = HashMap<Vec<u8>, V, foldhash::fast::RandomState>;
 
 /// Timelines whose head the writer remembers (about 100 bytes each).
 const MAX_CACHED_HEADS: usize = 1_000_000;
@@ -53,15 +58,35 @@ const MAX_CACHED_HEADS: usize = 1_000_000;
 /// Which keyspace an overlay entry belongs to (keyspaces are not hashable).
 type Space = fn(&Spaces) -> &Keyspace;
 
+/// Calls `f` with `slot ++ key`, built on the stack when it fits.
+fn slot_key<R>(slot: u16, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut buf = [0u8; 96];
+    let n = 2 + key.len();
+    if n <= buf.len() {
+        buf[..2].copy_from_slice(&slot.to_be_bytes());
+        buf[2..n].copy_from_slice(key);
+        f(&buf[..n])
+    } else {
+        let mut v = Vec::with_capacity(n);
+        v.extend_from_slice(&slot.to_be_bytes());
+        v.extend_from_slice(key);
+        f(&v)
+    }
+}
+
+fn owned_slot_key(slot: u16, key: &[u8]) -> Vec<u8> {
+    slot_key(slot, key, <[u8]>::to_vec)
+}
+
 /// One group-commit batch in the making: the fjall batch plus an overlay of what it has
 /// written so far, so later commits of the same batch read their predecessors' writes.
 struct Tx<'a> {
     spaces: &'a Spaces,
-    cached_heads: &'a HashMap<(usize, Vec<u8>), u64>,
-    cached_members: &'a HashMap<Vec<u8>, Option<Vec<u8>>>,
+    cached_heads: &'a Map<u64>,
+    cached_members: &'a Map<Option<Slice>>,
     batch: OwnedWriteBatch,
-    overlay: HashMap<(usize, Vec<u8>), Option<Vec<u8>>>,
-    heads: HashMap<(usize, Vec<u8>), u64>,
+    overlay: Map<Option<Slice>>,
+    heads: Map<u64>,
 }
 
 impl Writer {
@@ -70,8 +95,8 @@ impl Writer {
             spaces,
             ids: IdGen::new(node_id),
             max_batch,
-            heads: HashMap::new(),
-            members: HashMap::new(),
+            heads: Map::default(),
+            members: Map::default(),
         }
     }
 
@@ -94,8 +119,8 @@ impl Writer {
                     .db
                     .batch()
                     .durability(Some(PersistMode::SyncData)),
-                overlay: HashMap::new(),
-                heads: HashMap::new(),
+                overlay: Map::default(),
+                heads: Map::default(),
             };
             let outs: Vec<Result<Out>> = reqs
                 .iter_mut()
@@ -118,10 +143,11 @@ impl Writer {
                 if self.members.len() + overlay.len() > MAX_CACHED_HEADS {
                     self.members.clear();
                 }
+                let members_slot = members_slot.to_be_bytes();
                 let members = overlay
                     .into_iter()
-                    .filter(|((slot, _), _)| *slot == members_slot);
-                self.members.extend(members.map(|((_, k), v)| (k, v)));
+                    .filter(|(k, _)| k.starts_with(&members_slot));
+                self.members.extend(members);
             } else {
                 self.heads.clear();
                 self.members.clear();
@@ -172,55 +198,65 @@ impl Writer {
 // === impl Tx ===
 
 impl Tx<'_> {
-    fn slot(&self, space: Space) -> usize {
-        space(self.spaces) as *const Keyspace as usize
+    /// The keyspace's place in `Spaces`: unique per keyspace, and small.
+    fn slot(&self, space: Space) -> u16 {
+        let at = space(self.spaces) as *const Keyspace as usize;
+        (at - self.spaces as *const Spaces as usize) as u16
     }
 
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Slice>> {
         let slot = self.slot(space);
-        if let Some(v) = self.overlay.get(&(slot, key.to_vec())) {
-            return Ok(v.clone());
+        let members = slot == self.slot(|s| &s.members);
+        let known = slot_key(slot, key, |k| {
+            self.overlay
+                .get(k)
+                .or_else(|| members.then(|| self.cached_members.get(k)).flatten())
+                .cloned()
+        });
+        match known {
+            Some(v) => Ok(v),
+            None => space(self.spaces).get(key).map_err(backend),
         }
-        if slot == self.slot(|s| &s.members)
-            && let Some(v) = self.cached_members.get(key)
-        {
-            return Ok(v.clone());
-        }
-        Ok(space(self.spaces)
-            .get(key)
-            .map_err(backend)?
-            .map(|v| v.to_vec()))
     }
 
     fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
-        self.batch
-            .insert(space(self.spaces), key.clone(), value.clone());
-        self.overlay.insert((self.slot(space), key), Some(value));
+        // A `Slice` is shared, not copied, between the batch and the overlay.
+        let value = Slice::from(value);
+        let slot = owned_slot_key(self.slot(space), &key);
+        self.batch.insert(space(self.spaces), key, value.clone());
+        self.overlay.insert(slot, Some(value));
     }
 
     fn delete(&mut self, space: Space, key: Vec<u8>) {
-        self.batch.remove(space(self.spaces), key.clone());
-        self.overlay.insert((self.slot(space), key), None);
+        let slot = owned_slot_key(self.slot(space), &key);
+        self.batch.remove(space(self.spaces), key);
+        self.overlay.insert(slot, None);
     }
 
     /// The next sequence under `prefix` (keys `prefix ++ seq`), counting this batch's
     /// earlier appends.
     fn next_seq(&mut self, space: Space, prefix: &[u8]) -> Result<u64> {
-        let cur = self.head(space, prefix)?;
-        self.heads
-            .insert((self.slot(space), prefix.to_vec()), cur + 1);
-        Ok(cur + 1)
+        let next = self.head(space, prefix)? + 1;
+        let slot = self.slot(space);
+        slot_key(slot, prefix, |k| match self.heads.get_mut(k) {
+            Some(v) => *v = next,
+            None => {
+                self.heads.insert(k.to_vec(), next);
+            }
+        });
+        Ok(next)
     }
 
     /// The last sequence under `prefix`, counting this batch's appends.
     fn head(&self, space: Space, prefix: &[u8]) -> Result<u64> {
-        let slot = (self.slot(space), prefix.to_vec());
-        match self
-            .heads
-            .get(&slot)
-            .or_else(|| self.cached_heads.get(&slot))
-        {
-            Some(v) => Ok(*v),
+        let known = slot_key(self.slot(space), prefix, |k| {
+            self.heads
+                .get(k)
+                .or_else(|| self.cached_heads.get(k))
+                .copied()
+        });
+        match known {
+            Some(v) => Ok(v),
             None => last_seq(space(self.spaces), prefix),
         }
     }
@@ -245,10 +281,10 @@ impl Tx<'_> {
             let k = kv.key().map_err(backend)?;
             ids.insert(read_u64(&k[8..])?);
         }
-        let slot = self.slot(|s| &s.gmembers);
-        for ((sl, k), v) in &self.overlay {
-            if *sl == slot && k.starts_with(&prefix) {
-                let uid = read_u64(&k[8..])?;
+        let within = owned_slot_key(self.slot(|s| &s.gmembers), &prefix);
+        for (k, v) in &self.overlay {
+            if k.starts_with(&within) {
+                let uid = read_u64(&k[within.len()..])?;
                 if v.is_some() {
                     ids.insert(uid);
                 } else {
