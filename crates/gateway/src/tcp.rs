@@ -299,6 +299,23 @@ mod tests {
         }
     }
 
+    /// The size of an idle session's future over `io`: what its task holds.
+    fn session_size<T: Transport>(gw: &Arc<Gateway>, io: T) -> usize {
+        let handle = Arc::new(ConnHandle {
+            user: UserId(1),
+            out: SendQueue::new(8),
+            last_seen: 0.into(),
+            close_reason: Default::default(),
+        });
+        let ctx = SessionCtx {
+            user: UserId(1),
+            device: DeviceId::try_from("laptop".to_owned()).unwrap(),
+            conn: ConnId(1),
+        };
+        let permit = gw.slots.clone().try_acquire_owned().unwrap();
+        std::mem::size_of_val(&conn::session(gw.clone(), io, handle, ctx, permit))
+    }
+
     /// An idle connection is one task; its future is most of what the connection costs
     /// (tokio rounds a task up to a multiple of 128 bytes, with ~96 bytes of its own).
     #[tokio::test]
@@ -321,20 +338,7 @@ mod tests {
             partial: None,
             max: 1024,
         };
-        let handle = Arc::new(ConnHandle {
-            user: UserId(1),
-            out: SendQueue::new(8),
-            last_seen: 0.into(),
-            close_reason: Default::default(),
-        });
-        let ctx = SessionCtx {
-            user: UserId(1),
-            device: DeviceId::try_from("laptop".to_owned()).unwrap(),
-            conn: ConnId(1),
-        };
-        let permit = gw.slots.clone().try_acquire_owned().unwrap();
-        let session = conn::session(gw.clone(), io, handle, ctx, permit);
-        let size = std::mem::size_of_val(&session);
+        let size = session_size(&gw, io);
         println!("idle TCP session future: {size} bytes");
         assert!(size <= 160, "the session future grew to {size} bytes");
     }
@@ -386,20 +390,7 @@ mod tests {
             partial: None,
             max: 1024,
         };
-        let handle = Arc::new(ConnHandle {
-            user: UserId(1),
-            out: SendQueue::new(8),
-            last_seen: 0.into(),
-            close_reason: Default::default(),
-        });
-        let ctx = SessionCtx {
-            user: UserId(1),
-            device: DeviceId::try_from("laptop".to_owned()).unwrap(),
-            conn: ConnId(1),
-        };
-        let permit = gw.slots.clone().try_acquire_owned().unwrap();
-        let session = conn::session(gw.clone(), io, handle, ctx, permit);
-        let size = std::mem::size_of_val(&session);
+        let size = session_size(&gw, io);
         println!("idle TLS session future: {size} bytes");
         assert!(size <= 160, "the TLS session future grew to {size} bytes");
     }
