@@ -112,16 +112,7 @@ impl Transport for Tcp {
             // `poll_read`, not `try_read`: a read that does not fill the chunk tells tokio the
             // socket is drained, so the next poll waits for readiness instead of making a
             // read that only finds the socket empty (one system call per frame).
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut chunk);
-            if ready!(Pin::new(&mut self.stream).poll_read(cx, &mut buf)).is_err() {
-                return Poll::Ready(Err(ReadError::Gone));
-            }
-            let got = buf.filled();
-            if got.is_empty() {
-                return Poll::Ready(Err(ReadError::Gone));
-            }
-            if let Some(r) = take_read(&mut self.partial, got, max) {
+            if let Some(r) = ready!(poll_chunk(&mut self.stream, &mut self.partial, max, cx)) {
                 return Poll::Ready(r);
             }
         }
@@ -147,6 +138,26 @@ fn refuse_now(stream: TcpStream, e: &xinge_core::error::ApiError) {
         let mut sink = [0u8; 1024];
         let _ = std::io::Read::read(&mut &s, &mut sink);
     }
+}
+
+/// Reads what `r` has into a stack chunk (kept only as far as a frame is unfinished) and
+/// takes a frame if one is complete; `Ready(None)`: nothing complete yet, read again.
+fn poll_chunk<R: AsyncRead + Unpin>(
+    r: &mut R,
+    partial: &mut Option<Box<BytesMut>>,
+    max: usize,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame, ReadError>>> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let mut buf = ReadBuf::new(&mut chunk);
+    if ready!(Pin::new(r).poll_read(cx, &mut buf)).is_err() {
+        return Poll::Ready(Some(Err(ReadError::Gone)));
+    }
+    let got = buf.filled();
+    if got.is_empty() {
+        return Poll::Ready(Some(Err(ReadError::Gone)));
+    }
+    Poll::Ready(take_read(partial, got, max))
 }
 
 /// Writes `frames` in one write (one frame: its own encoding, no copy) and flushes.
@@ -180,16 +191,7 @@ impl Transport for TlsTcp {
             if let Some(r) = take_frame(&mut self.partial, max) {
                 return Poll::Ready(r);
             }
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut chunk);
-            if ready!(Pin::new(&mut *self.stream).poll_read(cx, &mut buf)).is_err() {
-                return Poll::Ready(Err(ReadError::Gone));
-            }
-            let got = buf.filled();
-            if got.is_empty() {
-                return Poll::Ready(Err(ReadError::Gone));
-            }
-            if let Some(r) = take_read(&mut self.partial, got, max) {
+            if let Some(r) = ready!(poll_chunk(&mut *self.stream, &mut self.partial, max, cx)) {
                 return Poll::Ready(r);
             }
         }
