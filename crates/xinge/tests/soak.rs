@@ -343,6 +343,33 @@ fn connects_on(pop: &Population, gateway: &Proc) -> Vec<Option<u64>> {
 }
 
 /// Waits until the gateways' `xinge_connections` gauges add up to `n`; returns how long.
+/// Creates the devices (through `route` if given) and waits until all are connected and
+/// the gateways' gauges say so; the summary's first line says how long that took.
+async fn populate(
+    base: &str,
+    devices: usize,
+    route: Option<String>,
+    gateways: &[&Proc],
+) -> (Arc<Population>, Vec<String>) {
+    let began = Instant::now();
+    let pop = Arc::new(
+        Population::create(base, devices, |u, d| {
+            Population::device_options(u, d, route.clone())
+        })
+        .await,
+    );
+    let first = reconnected(&pop, &vec![Some(0); pop.devices.len()], began).await;
+    gauge_back(gateways, devices, began).await;
+    let summary = vec![format!(
+        "setup and first connection of {} devices ({} users): {:.1?} (p50 {:.1?})",
+        devices,
+        pop.users.len(),
+        first.all,
+        first.p50
+    )];
+    (pop, summary)
+}
+
 async fn gauge_back(gateways: &[&Proc], n: usize, started: Instant) -> Duration {
     loop {
         let mut sum = 0.0;
@@ -468,21 +495,7 @@ async fn soak_serve_reconnect_storms_and_kill_9_deliver_exactly_once() {
     let mut server = start();
     let base = format!("http://{}", server.http);
     let began = Instant::now();
-    let pop = Arc::new(
-        Population::create(&base, p.devices, |u, d| {
-            Population::device_options(u, d, None)
-        })
-        .await,
-    );
-    let first = reconnected(&pop, &vec![Some(0); pop.devices.len()], began).await;
-    gauge_back(&[&server], p.devices, began).await;
-    let mut summary = vec![format!(
-        "setup and first connection of {} devices ({} users): {:.1?} (p50 {:.1?})",
-        p.devices,
-        pop.users.len(),
-        first.all,
-        first.p50
-    )];
+    let (pop, mut summary) = populate(&base, p.devices, None, &[&server]).await;
 
     let traffic = Traffic::start(&pop, p.rate);
     tokio::time::sleep(period).await;
@@ -563,21 +576,13 @@ async fn soak_roles_survive_gateway_api_and_push_kills_and_reconnect_storms() {
     let base = format!("http://{}", apis[1].http);
     let route_url = format!("http://{}", route.http);
     let began = Instant::now();
-    let pop = Arc::new(
-        Population::create(&base, p.devices, |u, d| {
-            Population::device_options(u, d, Some(route_url.clone()))
-        })
-        .await,
-    );
-    let first = reconnected(&pop, &vec![Some(0); pop.devices.len()], began).await;
-    gauge_back(&[&gateways[0], &gateways[1]], p.devices, began).await;
-    let mut summary = vec![format!(
-        "setup and first connection of {} devices ({} users): {:.1?} (p50 {:.1?})",
+    let (pop, mut summary) = populate(
+        &base,
         p.devices,
-        pop.users.len(),
-        first.all,
-        first.p50
-    )];
+        Some(route_url.clone()),
+        &[&gateways[0], &gateways[1]],
+    )
+    .await;
 
     let traffic = Traffic::start(&pop, p.rate);
     tokio::time::sleep(period).await;
