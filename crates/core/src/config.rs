@@ -207,6 +207,11 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Embedded store: commits waiting for the writer; senders wait when it is full.
     pub queue: usize,
+    /// Embedded store: while commits overlap (the last durable write carried more than
+    /// one), the writer starts the next durable write no sooner than this many
+    /// microseconds after the last one began, so that more commits share one fdatasync.
+    /// A lone commit is written at once. 0 writes as soon as the writer is free.
+    pub commit_interval_us: u64,
     /// Use PostgreSQL instead of the embedded store, e.g.
     /// `postgres://postgres@127.0.0.1:5432/test` (also `XINGE_POSTGRES_URL`).
     pub postgres_url: Option<String>,
@@ -221,6 +226,7 @@ impl Default for StoreConfig {
         Self {
             max_batch: 256,
             queue: 4_096,
+            commit_interval_us: 2_000,
             postgres_url: None,
             postgres_schema: "xinge".into(),
             postgres_pool: 16,
@@ -387,6 +393,9 @@ impl Config {
         }
         if self.gateway.send_queue == 0 || self.store.max_batch == 0 || self.store.queue == 0 {
             return bad("queue sizes must be positive");
+        }
+        if self.store.commit_interval_us > 100_000 {
+            return bad("store.commit_interval_us must be at most 100000");
         }
         if self.gateway.heartbeat_timeout_secs == 0 || self.gateway.heartbeat_timeout_secs > 3600 {
             return bad("gateway.heartbeat_timeout_secs must be 1-3600");

@@ -95,6 +95,7 @@ pub async fn run(
                 node_id: cfg.server.node_id,
                 max_batch: cfg.store.max_batch,
                 queue: cfg.store.queue,
+                commit_interval: std::time::Duration::from_micros(cfg.store.commit_interval_us),
             },
         )?),
     };

@@ -59,6 +59,75 @@ pub(crate) enum StoredEvent {
     Other(Event),
 }
 
+/// The first byte of a value in the fixed binary layouts below. JSON text never starts
+/// with it, so a value is read by its first byte, and values written as JSON by earlier
+/// versions still read.
+const PACKED: u8 = 0x01;
+
+impl StoredEntry {
+    /// A message reference (nearly every inbox entry) as 34 fixed bytes — `PACKED`, at_ms,
+    /// the conversation's key, conv_seq — instead of about 70 bytes of JSON: written for
+    /// every recipient of every message, so its encoding is a visible part of a commit.
+    /// Other events stay JSON.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        match &self.ev {
+            StoredEvent::Message { conv, conv_seq } => {
+                let mut v = Vec::with_capacity(34);
+                v.push(PACKED);
+                v.extend_from_slice(&self.at_ms.to_be_bytes());
+                v.extend_from_slice(&conv.to_key());
+                v.extend_from_slice(&conv_seq.to_be_bytes());
+                v
+            }
+            StoredEvent::Other(_) => encode(self),
+        }
+    }
+
+    pub(crate) fn from_bytes(b: &[u8]) -> Result<Self> {
+        if b.first() != Some(&PACKED) {
+            return decode(b);
+        }
+        if b.len() != 34 {
+            return Err(backend("bad packed inbox entry"));
+        }
+        let conv = ConvId::from_key(&b[9..26]).ok_or_else(|| backend("bad conversation key"))?;
+        Ok(Self {
+            at_ms: read_u64(&b[1..9])?,
+            ev: StoredEvent::Message {
+                conv,
+                conv_seq: read_u64(&b[26..34])?,
+            },
+        })
+    }
+}
+
+/// A dedup record as 42 fixed bytes (`PACKED`, conversation key, conv_seq, msg_id,
+/// sender_seq): one is written with every message.
+pub(crate) fn pack_dedup(r: &DedupRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(42);
+    v.push(PACKED);
+    v.extend_from_slice(&r.conv.to_key());
+    v.extend_from_slice(&r.conv_seq.to_be_bytes());
+    v.extend_from_slice(&r.msg_id.0.to_be_bytes());
+    v.extend_from_slice(&r.sender_seq.to_be_bytes());
+    v
+}
+
+pub(crate) fn unpack_dedup(b: &[u8]) -> Result<DedupRecord> {
+    if b.first() != Some(&PACKED) {
+        return decode(b);
+    }
+    if b.len() != 42 {
+        return Err(backend("bad packed dedup record"));
+    }
+    Ok(DedupRecord {
+        conv: ConvId::from_key(&b[1..18]).ok_or_else(|| backend("bad conversation key"))?,
+        conv_seq: read_u64(&b[18..26])?,
+        msg_id: xinge_core::MsgId(read_u64(&b[26..34])?),
+        sender_seq: read_u64(&b[34..42])?,
+    })
+}
+
 pub(crate) fn backend<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -84,6 +153,9 @@ pub struct FjallOptions {
     pub node_id: u16,
     pub max_batch: usize,
     pub queue: usize,
+    /// When commits overlap, the least time between the starts of two durable writes
+    /// (see `store.commit_interval_us`).
+    pub commit_interval: std::time::Duration,
 }
 
 impl Default for FjallOptions {
@@ -92,6 +164,7 @@ impl Default for FjallOptions {
             node_id: 1,
             max_batch: 256,
             queue: 4096,
+            commit_interval: std::time::Duration::from_millis(2),
         }
     }
 }
@@ -128,7 +201,12 @@ impl FjallStore {
             db,
         });
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
-        let w = writer::Writer::new(spaces.clone(), opts.node_id, opts.max_batch.max(1));
+        let w = writer::Writer::new(
+            spaces.clone(),
+            opts.node_id,
+            opts.max_batch.max(1),
+            opts.commit_interval,
+        );
         std::thread::Builder::new()
             .name("xinge-store-writer".into())
             .spawn(move || w.run(rx))
@@ -285,7 +363,15 @@ impl Store for FjallStore {
     }
 
     async fn dedup(&self, sender: UserId, client_msg_id: &str) -> Result<Option<DedupRecord>> {
-        Self::get(&self.spaces.dedup, &dedup_key(sender, client_msg_id))
+        match self
+            .spaces
+            .dedup
+            .get(dedup_key(sender, client_msg_id))
+            .map_err(backend)?
+        {
+            Some(v) => unpack_dedup(&v).map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn inbox(
@@ -301,7 +387,11 @@ impl Store for FjallStore {
             let range = inbox_key(user, after.saturating_add(1))..=inbox_key(user, u64::MAX);
             for kv in s.inbox.range(range).take(limit) {
                 let (k, v) = kv.into_inner().map_err(backend)?;
-                out.push(Self::hydrate(s, read_u64(&k[8..])?, decode(&v)?)?);
+                out.push(Self::hydrate(
+                    s,
+                    read_u64(&k[8..])?,
+                    StoredEntry::from_bytes(&v)?,
+                )?);
             }
         }
         Ok((out, head))
@@ -454,6 +544,38 @@ mod tests {
 
     fn open(dir: &Path) -> FjallStore {
         FjallStore::open(dir, FjallOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn packed_values_read_back_and_json_ones_still_read() {
+        let conv = ConvId::direct(UserId(7), UserId(3));
+        let entry = StoredEntry {
+            at_ms: 1_700_000_000_123,
+            ev: StoredEvent::Message { conv, conv_seq: 42 },
+        };
+        for bytes in [entry.to_bytes(), encode(&entry)] {
+            let back = StoredEntry::from_bytes(&bytes).unwrap();
+            assert_eq!(back.at_ms, entry.at_ms);
+            assert!(matches!(back.ev, StoredEvent::Message { conv: c, conv_seq: 42 } if c == conv));
+        }
+        assert_eq!(entry.to_bytes().len(), 34);
+        let rec = DedupRecord {
+            conv: ConvId::Group(9),
+            conv_seq: 5,
+            msg_id: xinge_core::MsgId(1 << 40),
+            sender_seq: 77,
+        };
+        for bytes in [pack_dedup(&rec), encode(&rec)] {
+            let back = unpack_dedup(&bytes).unwrap();
+            assert_eq!(
+                (back.conv, back.conv_seq, back.msg_id, back.sender_seq),
+                (rec.conv, 5, rec.msg_id, 77)
+            );
+        }
+        // A truncated packed value is an error, not a panic.
+        assert!(StoredEntry::from_bytes(&entry.to_bytes()[..20]).is_err());
+        assert!(unpack_dedup(&pack_dedup(&rec)[..41]).is_err());
+        assert!(unpack_dedup(&[PACKED]).is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! The single writer: group commit and sequence assignment.
 
 use super::keys::*;
-use super::{Spaces, StoredEntry, StoredEvent, backend, decode, encode};
+use super::{Spaces, StoredEntry, StoredEvent, backend, decode, encode, pack_dedup, unpack_dedup};
 use crate::{
     Commit, Committed, DedupRecord, GroupFanout, GroupRecord, MemberRecord, NewUser, Result,
     StoreError, UserRecord,
@@ -9,6 +9,7 @@ use crate::{
 use fjall::{Keyspace, OwnedWriteBatch, PersistMode, Slice};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use xinge_core::idgen::IdGen;
 use xinge_core::{ConvId, DeviceId, MsgId, UserId};
@@ -37,6 +38,9 @@ pub(crate) struct Writer {
     spaces: Arc<Spaces>,
     ids: IdGen,
     max_batch: usize,
+    /// Under overlapping commits, the least time from one durable write's start to the
+    /// next's (`store.commit_interval_us`).
+    min_interval: Duration,
     /// Last sequence of recently written timelines. The writer is the only writer, so the
     /// cache cannot go stale; it saves the reverse seek that finds a timeline's end (the
     /// largest cost of a commit without it). Cleared when full or when a batch fails.
@@ -45,6 +49,10 @@ pub(crate) struct Writer {
     /// sender's cursor and checks both memberships). Same argument: only the writer writes
     /// them, so this cannot go stale. Cleared when full or when a batch fails.
     members: Map<Option<Slice>>,
+    /// A batch's overlay and heads, kept between batches so that their tables are not
+    /// grown again from nothing for every batch (see [`Tx`]).
+    overlay: Map<Option<Slice>>,
+    batch_heads: Map<u64>,
 }
 
 /// The writer's maps are keyed by [`slot_key`]: the keyspace's slot, then the key. One flat
@@ -54,6 +62,10 @@ type Map<V> = HashMap<Vec<u8>, V, foldhash::fast::RandomState>;
 
 /// Timelines whose head the writer remembers (about 100 bytes each).
 const MAX_CACHED_HEADS: usize = 1_000_000;
+
+/// Entries past which a batch's scratch maps are dropped rather than kept for the next
+/// batch (a batch of large-group commits can grow them; most batches hold a few dozen).
+const MAX_KEPT_SCRATCH: usize = 16_384;
 
 /// Which keyspace an overlay entry belongs to (keyspaces are not hashable).
 type Space = fn(&Spaces) -> &Keyspace;
@@ -79,7 +91,9 @@ fn owned_slot_key(slot: u16, key: &[u8]) -> Vec<u8> {
 }
 
 /// One group-commit batch in the making: the fjall batch plus an overlay of what it has
-/// written so far, so later commits of the same batch read their predecessors' writes.
+/// written so far that a later commit of the same batch may read (everything but inbox
+/// entries and mention marks, see [`Tx::put_unread`]), so later commits read their
+/// predecessors' writes.
 struct Tx<'a> {
     spaces: &'a Spaces,
     cached_heads: &'a Map<u64>,
@@ -90,19 +104,40 @@ struct Tx<'a> {
 }
 
 impl Writer {
-    pub fn new(spaces: Arc<Spaces>, node_id: u16, max_batch: usize) -> Self {
+    pub fn new(
+        spaces: Arc<Spaces>,
+        node_id: u16,
+        max_batch: usize,
+        min_interval: Duration,
+    ) -> Self {
         Self {
             spaces,
             ids: IdGen::new(node_id),
             max_batch,
+            min_interval,
             heads: Map::default(),
             members: Map::default(),
+            overlay: Map::default(),
+            batch_heads: Map::default(),
         }
     }
 
     pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut reqs = Vec::with_capacity(self.max_batch);
+        let mut last_start = Instant::now();
+        let mut last_len = 0;
         while let Some(first) = rx.blocking_recv() {
+            // Commits overlap (the last batch carried more than one): let more of them
+            // gather, so that they share one fdatasync, until `min_interval` after the
+            // last batch began. A lone committer never waits.
+            if last_len > 1 {
+                let wait =
+                    (last_start + self.min_interval).saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
+            }
+            last_start = Instant::now();
             reqs.push(first);
             while reqs.len() < self.max_batch {
                 match rx.try_recv() {
@@ -119,8 +154,8 @@ impl Writer {
                     .db
                     .batch()
                     .durability(Some(PersistMode::SyncData)),
-                overlay: Map::default(),
-                heads: Map::default(),
+                overlay: std::mem::take(&mut self.overlay),
+                heads: std::mem::take(&mut self.batch_heads),
             };
             let outs: Vec<Result<Out>> = reqs
                 .iter_mut()
@@ -129,28 +164,37 @@ impl Writer {
             let members_slot = tx.slot(|s| &s.members);
             let Tx {
                 batch,
-                heads,
-                overlay,
+                mut heads,
+                mut overlay,
                 ..
             } = tx;
             metrics::histogram!("xinge_store_batch_commits").record(reqs.len() as f64);
+            last_len = reqs.len();
             let committed = batch.commit();
             if committed.is_ok() {
                 if self.heads.len() + heads.len() > MAX_CACHED_HEADS {
                     self.heads.clear();
                 }
-                self.heads.extend(heads);
+                self.heads.extend(heads.drain());
                 if self.members.len() + overlay.len() > MAX_CACHED_HEADS {
                     self.members.clear();
                 }
                 let members_slot = members_slot.to_be_bytes();
                 let members = overlay
-                    .into_iter()
+                    .drain()
                     .filter(|(k, _)| k.starts_with(&members_slot));
                 self.members.extend(members);
             } else {
                 self.heads.clear();
                 self.members.clear();
+                heads.clear();
+                overlay.clear();
+            }
+            if heads.capacity() <= MAX_KEPT_SCRATCH {
+                self.batch_heads = heads;
+            }
+            if overlay.capacity() <= MAX_KEPT_SCRATCH {
+                self.overlay = overlay;
             }
             for (req, out) in reqs.drain(..).zip(outs) {
                 let out = match &committed {
@@ -225,6 +269,13 @@ impl Tx<'_> {
         let slot = owned_slot_key(self.slot(space), &key);
         self.batch.insert(space(self.spaces), key, value.clone());
         self.overlay.insert(slot, Some(value));
+    }
+
+    /// A write that no later commit of the batch reads back (inbox entries and mention
+    /// marks: sequences come from `heads`, not from reading the entries), so it is not
+    /// recorded in the overlay.
+    fn put_unread(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        self.batch.insert(space(self.spaces), key, value);
     }
 
     fn delete(&mut self, space: Space, key: Vec<u8>) {
@@ -354,10 +405,10 @@ impl Tx<'_> {
 
     fn append_inbox(&mut self, user: UserId, at_ms: u64, ev: StoredEvent) -> Result<u64> {
         let seq = self.next_seq(|s| &s.inbox, &u64_key(user.0))?;
-        self.put(
+        self.put_unread(
             |s| &s.inbox,
             inbox_key(user, seq),
-            encode(&StoredEntry { at_ms, ev }),
+            StoredEntry { at_ms, ev }.to_bytes(),
         );
         Ok(seq)
     }
@@ -366,7 +417,7 @@ impl Tx<'_> {
         if let Some((sender, cmid)) = &c.dedup
             && let Some(v) = self.get(|s| &s.dedup, &dedup_key(*sender, cmid))?
         {
-            let rec: DedupRecord = decode(&v)?;
+            let rec = unpack_dedup(&v)?;
             let message = match self.get(|s| &s.msgs, &msg_key(rec.conv, rec.conv_seq))? {
                 Some(m) => Some(decode::<Message>(&m)?),
                 None => None,
@@ -396,11 +447,11 @@ impl Tx<'_> {
             self.put(|s| &s.msgs, msg_key(msg.conv, conv_seq), encode(&msg));
             for &user in &msg.mentions {
                 let key = seq_key(&member_key(user, msg.conv), conv_seq);
-                self.put(|s| &s.mentions, key, Vec::new());
+                self.put_unread(|s| &s.mentions, key, Vec::new());
             }
             if msg.mention_all {
                 let key = seq_key(&msg.conv.to_key(), conv_seq);
-                self.put(|s| &s.gmentions, key, Vec::new());
+                self.put_unread(|s| &s.gmentions, key, Vec::new());
             }
             // Sending implies having read everything up to one's own message.
             self.op(crate::Op::AdvanceRead {
@@ -450,7 +501,7 @@ impl Tx<'_> {
                 msg_id: msg.msg_id,
                 sender_seq: out.sender_seq,
             };
-            self.put(|s| &s.dedup, dedup_key(*sender, cmid), encode(&rec));
+            self.put(|s| &s.dedup, dedup_key(*sender, cmid), pack_dedup(&rec));
         }
         Ok(out)
     }
