@@ -33,6 +33,22 @@ fn found(r: xinge_store::Result<Option<UserRecord>>) -> Result<Profile> {
 }
 
 impl Logic {
+    /// Runs a password hash or check on the blocking pool, at most one per core at a time.
+    /// Hashing is memory-hard and deliberately slow: a burst of logins (a reconnect storm,
+    /// a bench registering thousands of users) would otherwise start one blocking thread
+    /// per request, up to tokio's 512, each with the hash's memory, all competing for the
+    /// same cores, and exiting together ten seconds later, which stalled the process for
+    /// tens of milliseconds. Callers past the permits wait their turn; how many can wait
+    /// is bounded by the HTTP connection limit.
+    async fn hash_off_runtime<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let internal = || bad(ErrorCode::Internal, "internal error");
+        let _permit = self.hashing.acquire().await.map_err(|_| internal())?;
+        tokio::task::spawn_blocking(f).await.map_err(|_| internal())
+    }
+
     fn argon2(&self) -> Result<Argon2<'static>> {
         let a = &self.cfg.auth;
         let params = Params::new(a.argon2_memory_kib, a.argon2_iterations, 1, None)
@@ -72,15 +88,16 @@ impl Logic {
         let argon = self.argon2()?;
         let password = req.password;
         // Hashing is deliberately slow: keep it off the async workers.
-        let hash = tokio::task::spawn_blocking(move || {
-            let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).expect("16-byte salt");
-            argon
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-        })
-        .await
-        .map_err(|_| bad(ErrorCode::Internal, "internal error"))?
-        .map_err(|_| bad(ErrorCode::Internal, "internal error"))?;
+        let hash = self
+            .hash_off_runtime(move || {
+                let salt =
+                    SaltString::encode_b64(&rand::random::<[u8; 16]>()).expect("16-byte salt");
+                argon
+                    .hash_password(password.as_bytes(), &salt)
+                    .map(|h| h.to_string())
+            })
+            .await?
+            .map_err(|_| bad(ErrorCode::Internal, "internal error"))?;
         let user = self
             .store
             .create_user(NewUser {
@@ -114,12 +131,13 @@ impl Logic {
             .ok_or_else(wrong)?;
         let argon = self.argon2()?;
         let (hash, password) = (user.password_hash.clone(), req.password);
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
-        })
-        .await
-        .unwrap_or(false);
+        let ok = self
+            .hash_off_runtime(move || {
+                PasswordHash::new(&hash)
+                    .is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
+            })
+            .await
+            .unwrap_or(false);
         if !ok {
             return Err(wrong());
         }
@@ -188,4 +206,9 @@ impl Logic {
             .map_err(store_err)?;
         self.profile(caller.user).await
     }
+}
+
+/// One permit per core the process may run on (at least one).
+pub(crate) fn hashing_permits() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }

@@ -48,6 +48,8 @@ pub struct Logic {
     /// Group ids: time-ordered and unique across processes (node id inside).
     pub(crate) ids: xinge_core::idgen::IdGen,
     pub(crate) group_signals: group::GroupSignals,
+    /// Password hashes computed at once (see `Logic::hash_off_runtime`).
+    pub(crate) hashing: Arc<tokio::sync::Semaphore>,
 }
 
 /// What becomes of a signal when its user gets signals faster than the push layer's rate:
@@ -156,6 +158,7 @@ impl Logic {
             group_signals: group::GroupSignals::new(Duration::from_millis(
                 cfg.chat.group_signal_window_ms,
             )),
+            hashing: Arc::new(tokio::sync::Semaphore::new(account::hashing_permits())),
             cfg,
             tokens: token::TokenSigner::new(token_secret),
         })
