@@ -22,6 +22,7 @@ pub async fn run(store: &dyn Store) {
     read_cursors_are_monotonic(store).await;
     concurrent_commits_keep_sequences_continuous(store).await;
     groups_fan_out_by_size_atomically_with_membership(store).await;
+    recipients_follow_membership_changed_by_earlier_commits(store).await;
 }
 
 pub async fn user(store: &dyn Store, tag: &str) -> UserId {
@@ -765,4 +766,118 @@ async fn groups_fan_out_by_size_atomically_with_membership(store: &dyn Store) {
         None,
         "joining consumes the invitation"
     );
+}
+
+/// Who a write fan-out message reaches follows the membership as it was committed before
+/// it, whether the change came in an earlier batch or in the same one (commits racing to
+/// the writer together). A backend that remembers member lists must not serve a stale one.
+async fn recipients_follow_membership_changed_by_earlier_commits(store: &dyn Store) {
+    let owner = user(store, "l_owner").await;
+    let (a, b, c) = (
+        user(store, "l_a").await,
+        user(store, "l_b").await,
+        user(store, "l_c").await,
+    );
+    let gid = xinge_core::now_ms() * 1000 + UNIQUE.fetch_add(1, Ordering::Relaxed);
+    let add = |user| Op::AddMember {
+        group: gid,
+        user,
+        role: Role::Member,
+    };
+    let membership = |ops: Vec<Op>| Commit {
+        ops,
+        ..Commit::default()
+    };
+    let rec = GroupRecord {
+        id: gid,
+        name: "l".into(),
+        avatar: String::new(),
+        notice: String::new(),
+        owner,
+        created_at_ms: 1,
+        member_count: 0,
+        muted_all: false,
+        dismissed: false,
+    };
+    store
+        .commit(membership(vec![
+            Op::CreateGroup(rec),
+            Op::AddMember {
+                group: gid,
+                user: owner,
+                role: Role::Owner,
+            },
+            add(a),
+        ]))
+        .await
+        .unwrap();
+    let to = |c: &Committed| {
+        let mut users: Vec<UserId> = c.recipients.iter().map(|(u, _)| *u).collect();
+        users.sort();
+        users
+    };
+    let sorted = |mut v: Vec<UserId>| {
+        v.sort();
+        v
+    };
+    let first = store
+        .commit(group_send(gid, owner, "l1", 100))
+        .await
+        .unwrap();
+    assert_eq!(to(&first), sorted(vec![owner, a]));
+
+    // A member added by a later commit gets the next message.
+    store.commit(membership(vec![add(b)])).await.unwrap();
+    let second = store
+        .commit(group_send(gid, owner, "l2", 100))
+        .await
+        .unwrap();
+    assert_eq!(to(&second), sorted(vec![owner, a, b]));
+
+    // One removed does not.
+    store
+        .commit(membership(vec![Op::RemoveMember {
+            group: gid,
+            user: a,
+        }]))
+        .await
+        .unwrap();
+    let third = store
+        .commit(group_send(gid, owner, "l3", 100))
+        .await
+        .unwrap();
+    assert_eq!(to(&third), sorted(vec![owner, b]));
+
+    // Racing commits: a send, then an add and a send, submitted together (on the embedded
+    // store they usually land in one batch). Each send reaches the members committed
+    // before it, in sequence order.
+    let (x, y, z) = tokio::join!(
+        store.commit(group_send(gid, owner, "l4", 100)),
+        store.commit(membership(vec![add(c)])),
+        store.commit(group_send(gid, b, "l5", 100)),
+    );
+    let (x, z) = (x.unwrap(), z.unwrap());
+    y.unwrap();
+    let seq = |c: &Committed| c.message.as_ref().map_or(0, |m| m.conv_seq);
+    let before_c = sorted(vec![owner, b]);
+    let with_c = sorted(vec![owner, b, c]);
+    for m in [&x, &z] {
+        assert!(
+            to(m) == before_c || to(m) == with_c,
+            "message {} went to {:?}",
+            seq(m),
+            to(m)
+        );
+    }
+    // Sequence order is commit order: once one send included c, a later one does too.
+    let (early, late) = if seq(&x) < seq(&z) {
+        (&x, &z)
+    } else {
+        (&z, &x)
+    };
+    if to(early) == with_c {
+        assert_eq!(to(late), with_c);
+    }
+    let after = store.commit(group_send(gid, b, "l6", 100)).await.unwrap();
+    assert_eq!(to(&after), with_c);
 }
