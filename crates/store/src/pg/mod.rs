@@ -12,7 +12,7 @@ use crate::{
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde::de::DeserializeOwned;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{NoTls, Row};
 use xinge_core::idgen::IdGen;
 use xinge_core::{ConvId, DeviceId, MsgId, UserId};
@@ -58,6 +58,52 @@ fn role_of(s: &str) -> Role {
     }
 }
 
+/// Every statement through the connection's statement cache. tokio-postgres prepares a
+/// `&str` query afresh on every call — one more round trip, and a parse and plan in
+/// PostgreSQL, per statement; a commit runs about ten. Cached, each is prepared once per
+/// pooled connection. (The connection's `search_path` is fixed when it opens, so a cached
+/// statement always names the same tables.)
+#[async_trait]
+trait Cached: GenericClient {
+    async fn q(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query(&st, params).await
+    }
+
+    async fn q_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Option<Row>, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query_opt(&st, params).await
+    }
+
+    async fn q_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Row, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query_one(&st, params).await
+    }
+
+    async fn ex(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.execute(&st, params).await
+    }
+}
+
+impl<C: GenericClient> Cached for C {}
+
 fn member_of(row: &Row) -> MemberRecord {
     MemberRecord {
         role: role_of(row.get::<_, &str>("role")),
@@ -70,7 +116,7 @@ fn member_of(row: &Row) -> MemberRecord {
 /// A group member, read on a pooled connection or inside a transaction.
 async fn member<C: GenericClient>(c: &C, group: u64, user: UserId) -> Result<Option<MemberRecord>> {
     let row = c
-        .query_opt(
+        .q_opt(
             "SELECT * FROM gmembers WHERE group_id = $1 AND user_id = $2",
             &[&i(group), &i(user.0)],
         )
@@ -203,7 +249,7 @@ impl Tx<'_> {
     async fn next_inbox_seq(&self, user: UserId) -> Result<u64> {
         let row = self
             .tx
-            .query_one(
+            .q_one(
                 "INSERT INTO inbox_heads (user_id, head) VALUES ($1, 1) \
                  ON CONFLICT (user_id) DO UPDATE SET head = inbox_heads.head + 1 RETURNING head",
                 &[&i(user.0)],
@@ -216,7 +262,7 @@ impl Tx<'_> {
     async fn conv_head(&self, conv: &str) -> Result<u64> {
         let row = self
             .tx
-            .query_opt("SELECT head FROM conv_heads WHERE conv = $1", &[&conv])
+            .q_opt("SELECT head FROM conv_heads WHERE conv = $1", &[&conv])
             .await
             .map_err(db)?;
         Ok(row.map_or(0, |r| u(r.get(0))))
@@ -228,7 +274,7 @@ impl Tx<'_> {
         } else {
             "SELECT rec FROM groups WHERE id = $1"
         };
-        match self.tx.query_opt(sql, &[&i(id)]).await.map_err(db)? {
+        match self.tx.q_opt(sql, &[&i(id)]).await.map_err(db)? {
             Some(r) => Ok(Some(json(&r, "rec")?)),
             None => Ok(None),
         }
@@ -237,7 +283,7 @@ impl Tx<'_> {
     async fn put_group(&self, rec: &GroupRecord) -> Result<()> {
         let v = serde_json::to_value(rec).map_err(backend)?;
         self.tx
-            .execute(
+            .ex(
                 "INSERT INTO groups (id, rec) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET rec = EXCLUDED.rec",
                 &[&i(rec.id), &Json(v)],
             )
@@ -267,7 +313,7 @@ impl Tx<'_> {
             None => (None, None),
         };
         self.tx
-            .execute(
+            .ex(
                 "INSERT INTO inbox (user_id, seq, at_ms, conv, conv_seq, event) VALUES ($1, $2, $3, $4, $5, $6)",
                 &[&i(user.0), &i(seq), &i(at_ms), &conv, &conv_seq, &event],
             )
@@ -317,7 +363,7 @@ impl Tx<'_> {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<()> {
-        self.tx.execute(sql, params).await.map_err(db).map(drop)
+        self.tx.ex(sql, params).await.map_err(db).map(drop)
     }
 
     async fn op(&self, op: Op) -> Result<()> {
@@ -512,14 +558,14 @@ impl PgStore {
         if let Some((sender, cmid)) = &c.dedup {
             let row = tx
                 .tx
-                .query_opt("SELECT conv, conv_seq, sender_seq FROM dedup WHERE sender = $1 AND client_msg_id = $2", &[&i(sender.0), cmid])
+                .q_opt("SELECT conv, conv_seq, sender_seq FROM dedup WHERE sender = $1 AND client_msg_id = $2", &[&i(sender.0), cmid])
                 .await
                 .map_err(db)?;
             if let Some(row) = row {
                 let conv: String = row.get(0);
                 let msg = tx
                     .tx
-                    .query_opt(
+                    .q_opt(
                         "SELECT msg FROM messages WHERE conv = $1 AND conv_seq = $2",
                         &[&conv, &row.get::<_, i64>(1)],
                     )
@@ -560,7 +606,7 @@ impl PgStore {
             let conv = new.conv.to_string();
             let row = tx
                 .tx
-                .query_one(
+                .q_one(
                     "INSERT INTO conv_heads (conv, head) VALUES ($1, 1) \
                      ON CONFLICT (conv) DO UPDATE SET head = conv_heads.head + 1 RETURNING head",
                     &[&conv],
@@ -600,7 +646,7 @@ impl PgStore {
                 if count <= g.threshold {
                     let rows = tx
                         .tx
-                        .query(
+                        .q(
                             "SELECT user_id FROM gmembers WHERE group_id = $1",
                             &[&i(g.group)],
                         )
@@ -662,7 +708,7 @@ impl Store for PgStore {
     async fn create_user(&self, new: NewUser) -> Result<UserRecord> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .q_opt(
                 "INSERT INTO users (id, username, display_name, password_hash, created_at_ms) \
                  VALUES (nextval('user_ids'), $1, $2, $3, $4) ON CONFLICT (username) DO NOTHING RETURNING id",
                 &[&new.username, &new.display_name, &new.password_hash, &i(new.created_at_ms)],
@@ -684,7 +730,7 @@ impl Store for PgStore {
     async fn user(&self, id: UserId) -> Result<Option<UserRecord>> {
         let c = self.client().await?;
         let row = c
-            .query_opt("SELECT * FROM users WHERE id = $1", &[&i(id.0)])
+            .q_opt("SELECT * FROM users WHERE id = $1", &[&i(id.0)])
             .await
             .map_err(db)?;
         Ok(row.map(|r| user_of(&r)))
@@ -693,7 +739,7 @@ impl Store for PgStore {
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
         let c = self.client().await?;
         let row = c
-            .query_opt("SELECT * FROM users WHERE username = $1", &[&username])
+            .q_opt("SELECT * FROM users WHERE username = $1", &[&username])
             .await
             .map_err(db)?;
         Ok(row.map(|r| user_of(&r)))
@@ -702,7 +748,7 @@ impl Store for PgStore {
     async fn set_display_name(&self, id: UserId, display_name: &str) -> Result<()> {
         let c = self.client().await?;
         let n = c
-            .execute(
+            .ex(
                 "UPDATE users SET display_name = $2 WHERE id = $1",
                 &[&i(id.0), &display_name],
             )
@@ -717,7 +763,7 @@ impl Store for PgStore {
 
     async fn put_device(&self, user: UserId, device: &DeviceId, token_id: u64) -> Result<()> {
         let c = self.client().await?;
-        c.execute(
+        c.ex(
             "INSERT INTO devices (user_id, device, token_id) VALUES ($1, $2, $3) \
              ON CONFLICT (user_id, device) DO UPDATE SET token_id = EXCLUDED.token_id",
             &[&i(user.0), &device.as_str(), &i(token_id)],
@@ -730,7 +776,7 @@ impl Store for PgStore {
     async fn device_token(&self, user: UserId, device: &DeviceId) -> Result<Option<u64>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .q_opt(
                 "SELECT token_id FROM devices WHERE user_id = $1 AND device = $2",
                 &[&i(user.0), &device.as_str()],
             )
@@ -741,7 +787,7 @@ impl Store for PgStore {
 
     async fn remove_device(&self, user: UserId, device: &DeviceId) -> Result<()> {
         let c = self.client().await?;
-        c.execute(
+        c.ex(
             "DELETE FROM devices WHERE user_id = $1 AND device = $2",
             &[&i(user.0), &device.as_str()],
         )
@@ -753,7 +799,7 @@ impl Store for PgStore {
     async fn pair(&self, me: UserId, other: UserId) -> Result<Pair> {
         let c = self.client().await?;
         let row = c
-            .query_one(
+            .q_one(
                 "SELECT (SELECT since_ms FROM friends WHERE user_id = $1 AND peer_id = $2), \
                  EXISTS (SELECT 1 FROM blocks WHERE user_id = $1 AND peer_id = $2), \
                  EXISTS (SELECT 1 FROM blocks WHERE user_id = $2 AND peer_id = $1)",
@@ -772,14 +818,14 @@ impl Store for PgStore {
         let p = self.pair(me, other).await?;
         let c = self.client().await?;
         let out = c
-            .query_opt(
+            .q_opt(
                 "SELECT view FROM friend_requests_out WHERE user_id = $1 AND peer_id = $2",
                 &[&i(me.0), &i(other.0)],
             )
             .await
             .map_err(db)?;
         let inc = c
-            .query_opt(
+            .q_opt(
                 "SELECT view FROM friend_requests_in WHERE user_id = $1 AND peer_id = $2",
                 &[&i(me.0), &i(other.0)],
             )
@@ -797,7 +843,7 @@ impl Store for PgStore {
     async fn friends(&self, user: UserId, limit: usize) -> Result<Vec<Friend>> {
         let c = self.client().await?;
         let rows = c
-            .query("SELECT peer_id, since_ms FROM friends WHERE user_id = $1 ORDER BY peer_id LIMIT $2", &[&i(user.0), &(limit as i64)])
+            .q("SELECT peer_id, since_ms FROM friends WHERE user_id = $1 ORDER BY peer_id LIMIT $2", &[&i(user.0), &(limit as i64)])
             .await
             .map_err(db)?;
         Ok(rows
@@ -815,14 +861,14 @@ impl Store for PgStore {
             rows.iter().map(|r| json(r, "view")).collect()
         };
         let inc = c
-            .query(
+            .q(
                 "SELECT view FROM friend_requests_in WHERE user_id = $1 ORDER BY peer_id LIMIT $2",
                 &[&i(user.0), &(limit as i64)],
             )
             .await
             .map_err(db)?;
         let out = c
-            .query(
+            .q(
                 "SELECT view FROM friend_requests_out WHERE user_id = $1 ORDER BY peer_id LIMIT $2",
                 &[&i(user.0), &(limit as i64)],
             )
@@ -851,7 +897,7 @@ impl Store for PgStore {
     ) -> Result<Option<crate::DedupRecord>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .q_opt(
                 "SELECT conv, conv_seq, msg_id, sender_seq FROM dedup WHERE sender = $1 AND client_msg_id = $2",
                 &[&i(sender.0), &client_msg_id],
             )
@@ -876,7 +922,7 @@ impl Store for PgStore {
     ) -> Result<(Vec<InboxEntry>, u64)> {
         let c = self.client().await?;
         let head = c
-            .query_opt(
+            .q_opt(
                 "SELECT head FROM inbox_heads WHERE user_id = $1",
                 &[&i(user.0)],
             )
@@ -884,7 +930,7 @@ impl Store for PgStore {
             .map_err(db)?
             .map_or(0, |r| u(r.get(0)));
         let rows = c
-            .query(
+            .q(
                 "SELECT i.seq, i.at_ms, i.event, m.msg FROM inbox i \
                  LEFT JOIN messages m ON m.conv = i.conv AND m.conv_seq = i.conv_seq \
                  WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3",
@@ -923,7 +969,7 @@ impl Store for PgStore {
         let c = self.client().await?;
         let order = if newest_first { "DESC" } else { "ASC" };
         let rows = c
-            .query(
+            .q(
                 &format!("SELECT msg FROM messages WHERE conv = $1 AND conv_seq BETWEEN $2 AND $3 ORDER BY conv_seq {order} LIMIT $4"),
                 &[&conv.to_string(), &i(from.min(i64::MAX as u64)), &i(to.min(i64::MAX as u64)), &(limit as i64)],
             )
@@ -942,7 +988,7 @@ impl Store for PgStore {
     async fn conv_head(&self, conv: ConvId) -> Result<u64> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .q_opt(
                 "SELECT head FROM conv_heads WHERE conv = $1",
                 &[&conv.to_string()],
             )
@@ -954,7 +1000,7 @@ impl Store for PgStore {
     async fn memberships(&self, user: UserId, limit: usize) -> Result<Vec<Membership>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .q(
                 "SELECT conv, read_seq FROM members WHERE user_id = $1 LIMIT $2",
                 &[&i(user.0), &(limit as i64)],
             )
@@ -974,7 +1020,7 @@ impl Store for PgStore {
     async fn read_cursor(&self, user: UserId, conv: ConvId) -> Result<u64> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .q_opt(
                 "SELECT read_seq FROM members WHERE user_id = $1 AND conv = $2",
                 &[&i(user.0), &conv.to_string()],
             )
@@ -992,7 +1038,7 @@ impl Store for PgStore {
     ) -> Result<u64> {
         let c = self.client().await?;
         let row = c
-            .query_one(
+            .q_one(
                 "SELECT (SELECT count(*) FROM (SELECT 1 FROM mentions WHERE user_id = $1 AND conv = $2 AND seq > $3 LIMIT $4) a) + \
                         (SELECT count(*) FROM (SELECT 1 FROM gmentions WHERE conv = $2 AND seq > $3 LIMIT $4) b)",
                 &[&i(user.0), &conv.to_string(), &i(after_seq.min(i64::MAX as u64)), &i(cap)],
@@ -1005,7 +1051,7 @@ impl Store for PgStore {
     async fn group(&self, id: u64) -> Result<Option<GroupRecord>> {
         let c = self.client().await?;
         match c
-            .query_opt("SELECT rec FROM groups WHERE id = $1", &[&i(id)])
+            .q_opt("SELECT rec FROM groups WHERE id = $1", &[&i(id)])
             .await
             .map_err(db)?
         {
@@ -1027,7 +1073,7 @@ impl Store for PgStore {
         let c = self.client().await?;
         let after = after.map_or(-1, |a| i(a.0));
         let rows = c
-            .query("SELECT * FROM gmembers WHERE group_id = $1 AND user_id > $2 ORDER BY user_id LIMIT $3", &[&i(group), &after, &(limit as i64)])
+            .q("SELECT * FROM gmembers WHERE group_id = $1 AND user_id > $2 ORDER BY user_id LIMIT $3", &[&i(group), &after, &(limit as i64)])
             .await
             .map_err(db)?;
         Ok(rows
@@ -1039,7 +1085,7 @@ impl Store for PgStore {
     async fn former_member(&self, group: u64, user: UserId) -> Result<Option<(u64, u64)>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .q_opt(
                 "SELECT joined_seq, left_seq FROM gleft WHERE group_id = $1 AND user_id = $2",
                 &[&i(group), &i(user.0)],
             )
@@ -1051,7 +1097,7 @@ impl Store for PgStore {
     async fn invite(&self, group: u64, user: UserId) -> Result<Option<UserId>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .q_opt(
                 "SELECT by_id FROM invites WHERE group_id = $1 AND user_id = $2",
                 &[&i(group), &i(user.0)],
             )
