@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// Process id of the server given with --server, to sample its CPU and memory.
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
+    /// With --server on a cluster: the route service's base URL, where the bench asks for
+    /// gateways (the api processes do not answer `/v1/route`). Default: --server.
+    #[arg(long, global = true)]
+    pub route: Option<String>,
     /// CPUs to pin a spawned server to (taskset list, e.g. "0"). Pin the bench itself with
     /// `taskset -c 1 xinge bench …`.
     #[arg(long, global = true)]
@@ -203,7 +207,10 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
         _ => server::Limits::Raised,
     };
     let mut srv = match &args.server {
-        Some(url) => server::Server::attach(url.clone(), args.server_pid).await?,
+        Some(url) => {
+            let route = args.route.clone().unwrap_or_else(|| url.clone());
+            server::Server::attach(url.clone(), &route, args.server_pid).await?
+        }
         None => server::Server::spawn_with(args.server_cpus.as_deref(), limits).await?,
     };
     let result = match args.scenario.clone() {

@@ -157,11 +157,13 @@ impl Server {
         self.pid
     }
 
-    pub async fn attach(base: String, pid: Option<u32>) -> Result<Self, BenchError> {
-        let route = xinge_client::Http::new(&base)
+    /// A running server at `base` (accounts and HTTP calls), whose gateways the route
+    /// service at `route` names (the same URL for `xinge serve`).
+    pub async fn attach(base: String, route: &str, pid: Option<u32>) -> Result<Self, BenchError> {
+        let route = xinge_client::Http::new(route)
             .route()
             .await
-            .map_err(|e| BenchError::Server(format!("{base}: {e}")))?;
+            .map_err(|e| BenchError::Server(format!("{route}: {e}")))?;
         let find = |t: &str| {
             route
                 .gateways
