@@ -422,6 +422,21 @@ fn group_msg(gid: u64, sender: UserId, cmid: &str, body: MessageBody) -> NewMess
     }
 }
 
+/// A new group's record, before its members are added.
+fn new_group(gid: u64, owner: UserId, name: &str) -> GroupRecord {
+    GroupRecord {
+        id: gid,
+        name: name.into(),
+        avatar: String::new(),
+        notice: String::new(),
+        owner,
+        created_at_ms: 1,
+        member_count: 0,
+        muted_all: false,
+        dismissed: false,
+    }
+}
+
 /// A commit sending `text` to group `gid` as `sender`, with the given fan-out threshold.
 pub fn group_send(gid: u64, sender: UserId, cmid: &str, threshold: u64) -> Commit {
     Commit {
@@ -459,17 +474,7 @@ async fn groups_fan_out_by_size_atomically_with_membership(store: &dyn Store) {
         sender,
         max_members: max,
     };
-    let rec = GroupRecord {
-        id: gid,
-        name: "g".into(),
-        avatar: String::new(),
-        notice: String::new(),
-        owner,
-        created_at_ms: 1,
-        member_count: 0,
-        muted_all: false,
-        dismissed: false,
-    };
+    let rec = new_group(gid, owner, "g");
     let system = |event| MessageBody::System { event };
     let created = store
         .commit(Commit {
@@ -788,17 +793,7 @@ async fn recipients_follow_membership_changed_by_earlier_commits(store: &dyn Sto
         ops,
         ..Commit::default()
     };
-    let rec = GroupRecord {
-        id: gid,
-        name: "l".into(),
-        avatar: String::new(),
-        notice: String::new(),
-        owner,
-        created_at_ms: 1,
-        member_count: 0,
-        muted_all: false,
-        dismissed: false,
-    };
+    let rec = new_group(gid, owner, "l");
     store
         .commit(membership(vec![
             Op::CreateGroup(rec),
