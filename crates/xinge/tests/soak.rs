@@ -428,6 +428,34 @@ impl Memory {
     }
 }
 
+/// The end of a soak run: stops the traffic, checks every acknowledged message on every
+/// device and in the store, prints the storms' summary and the memory table, and fails if
+/// memory grew.
+async fn conclude(
+    name: &str,
+    traffic: Traffic,
+    pop: &Population,
+    mut summary: Vec<String>,
+    began: Instant,
+    memory: &Memory,
+) {
+    let acked = traffic.finish().await;
+    let checking = Instant::now();
+    let delivered = check_delivery(pop, &acked).await;
+    summary.push(format!(
+        "{} messages acknowledged, {delivered} handed to devices, all checked in {:.1?}; {:.0?} in all",
+        acked.len(),
+        checking.elapsed(),
+        began.elapsed()
+    ));
+    eprintln!(
+        "soak ({name}):\n  {}\n{}",
+        summary.join("\n  "),
+        memory.report()
+    );
+    memory.check();
+}
+
 /// The delivery checker over the whole population: every device has every acknowledged
 /// message of its user's conversations, exactly once, in order; the store has them all.
 /// Returns the messages handed to devices in all.
@@ -534,21 +562,7 @@ async fn soak_serve_reconnect_storms_and_kill_9_deliver_exactly_once() {
             kib as f64 / 1024.0
         ));
     }
-    let acked = traffic.finish().await;
-    let checking = Instant::now();
-    let delivered = check_delivery(&pop, &acked).await;
-    summary.push(format!(
-        "{} messages acknowledged, {delivered} handed to devices, all checked in {:.1?}; {:.0?} in all",
-        acked.len(),
-        checking.elapsed(),
-        began.elapsed()
-    ));
-    eprintln!(
-        "soak (xinge serve):\n  {}\n{}",
-        summary.join("\n  "),
-        memory.report()
-    );
-    memory.check();
+    conclude("xinge serve", traffic, &pop, summary, began, &memory).await;
     pop.stop();
 }
 
@@ -663,21 +677,7 @@ async fn soak_roles_survive_gateway_api_and_push_kills_and_reconnect_storms() {
             rss[1] as f64 / 1024.0
         ));
     }
-    let acked = traffic.finish().await;
-    let checking = Instant::now();
-    let delivered = check_delivery(&pop, &acked).await;
-    summary.push(format!(
-        "{} messages acknowledged, {delivered} handed to devices, all checked in {:.1?}; {:.0?} in all",
-        acked.len(),
-        checking.elapsed(),
-        began.elapsed()
-    ));
-    eprintln!(
-        "soak (roles):\n  {}\n{}",
-        summary.join("\n  "),
-        memory.report()
-    );
-    memory.check();
+    conclude("roles", traffic, &pop, summary, began, &memory).await;
     pop.stop();
     drop((route, gateways, apis, pushes));
     c.clean_up().await;
