@@ -154,6 +154,15 @@ export class Gateway extends EventTarget {
       } else if (f.cmd === CMD.CLOSE) {
         closeReason = f.body || null;
       } else if (f.flags & FLAG_RESPONSE) {
+        // A send's answer carries the sender's own inbox entry in place of a signal for
+        // it (PROTOCOL.md, "Sending"): applied as that signal, before the answer.
+        const own = (f.cmd === CMD.SEND || f.cmd === CMD.RECALL) && !(f.flags & FLAG_ERROR)
+          ? f.body?.entry : null;
+        if (own) {
+          this.dispatchEvent(new CustomEvent('signal', {
+            detail: { type: 'inbox', seq: own.seq, entry: own },
+          }));
+        }
         const p = this.pending.get(f.id);
         if (!p) return;
         this.pending.delete(f.id);

@@ -32,6 +32,7 @@ impl Upstream for Dispatch {
         let caller = Caller {
             user: s.user,
             device: s.device.clone(),
+            origin: Some(s.conn),
         };
         let l = &self.0;
         match command {

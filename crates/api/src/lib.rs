@@ -198,7 +198,11 @@ impl FromRequestParts<ApiState> for Auth {
         let token = bearer(parts)
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "missing bearer token"))?;
         let (user, device) = state.logic.authenticate(token).await?;
-        Ok(Auth(Caller { user, device }))
+        Ok(Auth(Caller {
+            user,
+            device,
+            origin: None,
+        }))
     }
 }
 

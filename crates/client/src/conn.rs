@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use xinge_core::error::ApiError;
-use xinge_proto::api::{AuthOk, AuthRequest, Signal};
+use xinge_proto::api::{AuthOk, AuthRequest, InboxEntry, Signal};
 use xinge_proto::{Frame, cmd};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,6 +234,13 @@ fn decode_reply<R: DeserializeOwned>(f: &Frame) -> Result<R> {
     serde_json::from_slice(&f.body).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
+/// The part of a send's answer that the reader looks at.
+#[derive(serde::Deserialize)]
+struct OwnEntry {
+    #[serde(default)]
+    entry: Option<Box<InboxEntry>>,
+}
+
 async fn route_incoming(
     mut rx: mpsc::Receiver<Frame>,
     pending: Pending,
@@ -248,6 +255,20 @@ async fn route_incoming(
                 let _ = a.send(f);
             }
         } else if f.is_response() {
+            // The answer to a send made on this connection carries the sender's own inbox
+            // entry in place of a signal for it: it joins the signals first, where it
+            // belongs in order (PROTOCOL.md, "Sending").
+            if (f.cmd == cmd::SEND || f.cmd == cmd::RECALL)
+                && !f.is_error()
+                && let Ok(OwnEntry { entry: Some(e) }) = serde_json::from_slice(&f.body)
+            {
+                let _ = signals
+                    .send(Signal::Inbox {
+                        seq: e.seq,
+                        entry: Some(e),
+                    })
+                    .await;
+            }
             if let Some(tx) = pending.lock().unwrap().remove(&f.req_id) {
                 let _ = tx.send(f);
             }

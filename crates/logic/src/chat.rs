@@ -183,9 +183,9 @@ impl Logic {
             events: vec![],
             ops,
         };
-        let commit = self.commit(c);
+        let commit = self.commit_from(c, caller.origin.map(|conn| (me, conn)));
         async move {
-            let done = commit.await?;
+            let (done, answered) = commit.await?;
             let kind = if done.duplicate { "duplicate" } else { "new" };
             metrics::counter!("xinge_messages_sent_total", "result" => kind).increment(1);
             let m = done
@@ -198,6 +198,13 @@ impl Logic {
                 inbox_seq: done.sender_seq,
                 sent_at_ms: m.sent_at_ms,
                 duplicate: done.duplicate,
+                entry: answered.then(|| {
+                    Box::new(InboxEntry {
+                        seq: done.sender_seq,
+                        at_ms: done.at_ms,
+                        event: Event::Message { message: m },
+                    })
+                }),
             })
         }
     }
@@ -241,6 +248,7 @@ impl Logic {
                 inbox_seq: done.sender_seq,
                 sent_at_ms: target.sent_at_ms,
                 duplicate: true,
+                entry: None,
             });
         }
         let window = self.cfg.chat.recall_window_secs * 1000;

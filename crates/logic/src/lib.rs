@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use xinge_core::config::Config;
 use xinge_core::error::ApiError;
-use xinge_core::{ErrorCode, UserId};
+use xinge_core::{ConnId, ErrorCode, UserId};
 use xinge_proto::api::{InboxEntry, Signal};
 use xinge_proto::{Frame, cmd};
 use xinge_push::{Coalesce, PresenceChange, Signals};
@@ -32,11 +32,13 @@ use xinge_store::{Commit, Committed, Refusal, Store, StoreError};
 
 pub type Result<T> = std::result::Result<T, ApiError>;
 
-/// Who is calling: the user and device from their token.
+/// Who is calling: the user and device from their token, and the long connection the
+/// request came on (none over HTTP).
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub user: UserId,
     pub device: xinge_core::DeviceId,
+    pub origin: Option<ConnId>,
 }
 
 pub struct Logic {
@@ -108,6 +110,12 @@ pub fn inbox_signal_body(entry: &InboxEntry, inline_max: usize) -> Vec<u8> {
     body
 }
 
+/// Whether the inbox entry of a message whose JSON is `len` bytes rides inline in its
+/// signal (the entry adds at most 64 bytes around the message).
+fn rides_inline(len: usize, inline_max: usize) -> bool {
+    len > 0 && len + 64 <= inline_max
+}
+
 /// The JSON of `Signal::Inbox` for the entry `seq` that holds `message` (already
 /// serialised), inline when the entry is at most `inline_max` bytes.
 pub fn message_signal_body(seq: u64, at_ms: u64, message: &[u8], inline_max: usize) -> Vec<u8> {
@@ -115,7 +123,7 @@ pub fn message_signal_body(seq: u64, at_ms: u64, message: &[u8], inline_max: usi
     body.extend_from_slice(b"{\"type\":\"inbox\",\"seq\":");
     body.extend_from_slice(seq.to_string().as_bytes());
     body.extend_from_slice(b",\"entry\":");
-    if !message.is_empty() && message.len() + 64 <= inline_max {
+    if rides_inline(message.len(), inline_max) {
         body.extend_from_slice(b"{\"seq\":");
         body.extend_from_slice(seq.to_string().as_bytes());
         body.extend_from_slice(b",\"at_ms\":");
@@ -194,12 +202,29 @@ impl Logic {
         &self,
         c: Commit,
     ) -> impl Future<Output = Result<Committed>> + Send + use<'_> {
-        let started = std::time::Instant::now();
-        let call = self.store.commit(c);
-        async move { self.signal_committed(started, call.await.map_err(store_err)?) }
+        let call = self.commit_from(c, None);
+        async move { call.await.map(|(done, _)| done) }
     }
 
-    fn signal_committed(&self, started: std::time::Instant, done: Committed) -> Result<Committed> {
+    /// [`Logic::commit`] of a message sent by `origin` (its user and connection): that
+    /// connection is not signalled its own inbox entry when the entry can ride in the
+    /// answer instead; the `bool` says whether it must (see `SendResponse::entry`).
+    pub(crate) fn commit_from(
+        &self,
+        c: Commit,
+        origin: Option<(UserId, ConnId)>,
+    ) -> impl Future<Output = Result<(Committed, bool)>> + Send + use<'_> {
+        let started = std::time::Instant::now();
+        let call = self.store.commit(c);
+        async move { self.signal_committed(started, call.await.map_err(store_err)?, origin) }
+    }
+
+    fn signal_committed(
+        &self,
+        started: std::time::Instant,
+        done: Committed,
+        origin: Option<(UserId, ConnId)>,
+    ) -> Result<(Committed, bool)> {
         metrics::histogram!("xinge_store_commit_seconds").record(started.elapsed().as_secs_f64());
         // The message is serialised once: spliced into every recipient's signal, and the
         // size that decides whether it rides inline in a large group's signal.
@@ -207,15 +232,22 @@ impl Logic {
             .message
             .as_ref()
             .map(|m| serde_json::to_vec(m).unwrap_or_default());
+        let mut answered = false;
         if let Some(json) = &message {
+            let inline = rides_inline(json.len(), self.cfg.chat.inline_max_bytes);
             for &(user, seq) in &done.recipients {
                 let body =
                     message_signal_body(seq, done.at_ms, json, self.cfg.chat.inline_max_bytes);
-                self.push.signal(
-                    &[user],
-                    &Frame::request(cmd::SIGNAL, 0, body),
-                    inbox_key(seq),
-                );
+                let frame = Frame::request(cmd::SIGNAL, 0, body);
+                match origin {
+                    // One write fewer per message: the sending connection gets its entry
+                    // in the answer it is waiting for anyway.
+                    Some((sender, conn)) if sender == user && inline => {
+                        self.push.signal_except(user, &frame, inbox_key(seq), conn);
+                        answered = true;
+                    }
+                    _ => self.push.signal(&[user], &frame, inbox_key(seq)),
+                }
             }
         }
         for (user, entry) in &done.entries {
@@ -229,7 +261,7 @@ impl Logic {
             self.group_signals
                 .mark(group, seq, done.message.clone().filter(|_| small));
         }
-        Ok(done)
+        Ok((done, answered))
     }
 
     fn signal_inbox(&self, user: UserId, entry: &InboxEntry) {

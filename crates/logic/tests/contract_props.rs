@@ -159,6 +159,7 @@ fn caller(u: UserId) -> Caller {
     Caller {
         user: u,
         device: DeviceId::parse("prop").unwrap(),
+        origin: None,
     }
 }
 

@@ -81,9 +81,12 @@ async fn a_burst_of_logins_hashes_one_password_per_core_at_a_time() {
 
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let grew = peak.load(Ordering::Relaxed).saturating_sub(before);
-    // One blocking thread per permit; one more may be starting while another ends.
+    // One blocking thread per permit, give or take the hand-over: a thread that finished a
+    // hash rejoins tokio's idle list only after its result is delivered, so the task that
+    // takes the freed permit may start a new thread meanwhile (seen: 4 with 2 cores in a
+    // full `cargo test --workspace`). Without the bound, 32 logins grow it by 31.
     assert!(
-        grew <= cores + 1,
+        grew <= 2 * cores + 1,
         "32 concurrent logins grew the process by {grew} threads ({cores} cores)"
     );
 }

@@ -186,7 +186,7 @@ pub struct SendRequest {
     pub mention_all: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SendResponse {
     pub msg_id: MsgId,
     pub conv: ConvId,
@@ -196,6 +196,12 @@ pub struct SendResponse {
     pub sent_at_ms: u64,
     /// True when this answers a retry of an already committed send.
     pub duplicate: bool,
+    /// On a long connection: the sender's inbox entry `inbox_seq`, in place of the signal
+    /// that would announce it to this connection (the connection gets no such signal). A
+    /// client applies it as it would that signal. Absent over HTTP, on a retry, and when
+    /// the message is too large to ride along (the connection is then signalled as usual).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<Box<InboxEntry>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]

@@ -58,6 +58,14 @@ pub trait Signals: Send + Sync + 'static {
     /// (the contract repairs that by pull), so this neither waits nor fails. `how` says
     /// what may become of it when a user is over the signal rate.
     fn signal(&self, users: &[UserId], frame: &Frame, how: Coalesce);
+    /// [`Signals::signal`] to one user's devices but connection `except`: the one whose
+    /// request made the entry, which gets the entry in its answer instead. Skipping it is
+    /// a saving, not a promise: an implementation may still signal it (this default does),
+    /// and a client ignores a signal for an entry it already has.
+    fn signal_except(&self, user: UserId, frame: &Frame, how: Coalesce, except: ConnId) {
+        let _ = except;
+        self.signal(&[user], frame, how);
+    }
     /// `(online, last_seen_ms)`; last seen is now for an online user, 0 if unknown.
     async fn presence(&self, user: UserId) -> (bool, u64);
 }
@@ -232,14 +240,25 @@ impl Push {
     /// Sends `frame` to every online connection of `user`. Returns how many connections
     /// it was handed to.
     pub fn signal_user(&self, user: UserId, frame: &Frame) -> usize {
+        self.signal_user_except(user, frame, None)
+    }
+
+    /// [`Push::signal_user`] but not to connection `except`.
+    pub fn signal_user_except(&self, user: UserId, frame: &Frame, except: Option<ConnId>) -> usize {
         // Where the sessions are, copied under the shard's lock (not the sessions: their
         // device names are not needed), then grouped by gateway: this runs per signal.
         let mut targets: Vec<(GatewayId, ConnId)> = match self.shard(user).get(&user) {
-            Some(e) if !e.sessions.is_empty() => {
-                e.sessions.iter().map(|s| (s.gateway, s.conn)).collect()
-            }
-            _ => return 0,
+            Some(e) => e
+                .sessions
+                .iter()
+                .filter(|s| Some(s.conn) != except)
+                .map(|s| (s.gateway, s.conn))
+                .collect(),
+            None => return 0,
         };
+        if targets.is_empty() {
+            return 0;
+        }
         targets.sort_by_key(|t| t.0); // stable: a gateway's connections keep their order
         let mut sent = 0;
         let gateways = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
@@ -281,6 +300,14 @@ impl Signals for Push {
             if self.throttle.admit(user, frame, how, now) {
                 self.signal_user(user, frame);
             }
+        }
+    }
+
+    fn signal_except(&self, user: UserId, frame: &Frame, how: Coalesce, except: ConnId) {
+        // A signal the throttle holds is released later to every connection, `except`'s
+        // too: harmless, it already has the entry.
+        if self.throttle.admit(user, frame, how, Instant::now()) {
+            self.signal_user_except(user, frame, Some(except));
         }
     }
 
@@ -339,6 +366,23 @@ mod tests {
         let (online, seen) = push.presence(UserId(7)).await;
         assert!(!online && seen > 0);
         assert!(!presence.recv().await.unwrap().online);
+    }
+
+    #[tokio::test]
+    async fn a_signal_can_skip_the_connection_that_made_it() {
+        let push = Push::new(PushConfig::default());
+        let mut g1 = push.attach_gateway(GatewayId(1));
+        let mut g2 = push.attach_gateway(GatewayId(2));
+        push.bind(UserId(7), session(10, 1));
+        push.bind(UserId(7), session(20, 2));
+        let f = Frame::request(4, 0, &b"{}"[..]);
+        push.signal_except(UserId(7), &f, Coalesce::Drop, ConnId(10));
+        assert_eq!(g2.recv().await.unwrap().conns, vec![ConnId(20)]);
+        assert!(g1.try_recv().is_err(), "the sending connection is skipped");
+        // Its only connection skipped, a user gets nothing at all.
+        push.unbind(UserId(7), ConnId(20));
+        assert_eq!(push.signal_user_except(UserId(7), &f, Some(ConnId(10))), 0);
+        assert!(g1.try_recv().is_err() && g2.try_recv().is_err());
     }
 
     #[test]

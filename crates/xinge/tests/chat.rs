@@ -411,3 +411,121 @@ async fn a_device_nobody_waits_on_keeps_its_connection() {
     assert_eq!(dev.connects(), 2, "one reconnection per drop");
     server.stop().await;
 }
+
+/// Reads one frame from a raw TCP connection (bounded wait).
+async fn read_frame(s: &mut tokio::net::TcpStream) -> xinge_proto::Frame {
+    use tokio::io::AsyncReadExt;
+    let len = tokio::time::timeout(WAIT, s.read_u32())
+        .await
+        .expect("a frame in time")
+        .unwrap() as usize;
+    let mut buf = vec![0; len];
+    s.read_exact(&mut buf).await.unwrap();
+    xinge_proto::Frame::decode(bytes::Bytes::from(buf), usize::MAX).unwrap()
+}
+
+/// A raw, authenticated TCP connection with `token`.
+async fn raw_connection(server: &Server, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    use xinge_proto::{Frame, cmd};
+    let mut s = tokio::net::TcpStream::connect(server.tcp).await.unwrap();
+    let body = serde_json::to_vec(&serde_json::json!({ "token": token })).unwrap();
+    s.write_all(&Frame::request(cmd::AUTH, 1, body).encode_prefixed())
+        .await
+        .unwrap();
+    let ok = read_frame(&mut s).await;
+    assert!(ok.is_response() && !ok.is_error(), "auth accepted");
+    s
+}
+
+/// The inbox signal in `f`, if it is one: `(seq, entry)`.
+fn inbox_signal(f: &xinge_proto::Frame) -> Option<(u64, Option<Box<InboxEntry>>)> {
+    use xinge_client::api::Signal;
+    if f.cmd != xinge_proto::cmd::SIGNAL {
+        return None;
+    }
+    match serde_json::from_slice(&f.body).unwrap() {
+        Signal::Inbox { seq, entry } => Some((seq, entry)),
+        _ => None,
+    }
+}
+
+/// The connection that sent a message gets its own inbox entry in the answer and no signal
+/// for it; the sender's other devices and the recipient are signalled; over HTTP the
+/// answer carries no entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sending_connection_gets_its_entry_in_the_answer_instead_of_a_signal() {
+    use tokio::io::AsyncWriteExt;
+    use xinge_client::api::SendResponse;
+    use xinge_proto::{Frame, cmd};
+    let server = start(|_| {}).await;
+    let (alice, a) = server.login("alice", "laptop").await;
+    let (phone, _) = server.login("alice", "phone").await;
+    let (bob, b) = server.login("bob", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    let mut laptop = raw_connection(&server, alice.token().unwrap()).await;
+    let mut phone = raw_connection(&server, phone.token().unwrap()).await;
+    let mut bob_conn = raw_connection(&server, bob.token().unwrap()).await;
+    // Befriending left entries in both inboxes; the next seqs follow them.
+    let alice_head = alice.sync(0, None).await.unwrap().head;
+    let bob_head = bob.sync(0, None).await.unwrap().head;
+
+    let body = serde_json::to_vec(&text(b, "c-1", "hello")).unwrap();
+    laptop
+        .write_all(&Frame::request(cmd::SEND, 7, body).encode_prefixed())
+        .await
+        .unwrap();
+    let answer = loop {
+        let f = read_frame(&mut laptop).await;
+        if f.is_response() && f.req_id == 7 {
+            break f;
+        }
+        assert!(
+            inbox_signal(&f).is_none(),
+            "no inbox signal before the answer"
+        );
+    };
+    let sent: SendResponse = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(sent.inbox_seq, alice_head + 1);
+    let entry = sent.entry.expect("the entry rides in the answer");
+    assert_eq!(entry.seq, sent.inbox_seq);
+    let Event::Message { message } = &entry.event else {
+        panic!("a message entry")
+    };
+    assert_eq!(
+        (message.msg_id, message.conv_seq),
+        (sent.msg_id, sent.conv_seq)
+    );
+    assert!(
+        matches!(&message.body, MessageBody::Content { content } if content["text"] == "hello")
+    );
+
+    // Her other device and Bob are signalled as before, the entry inline.
+    for (conn, seq) in [(&mut phone, sent.inbox_seq), (&mut bob_conn, bob_head + 1)] {
+        let (s, e) = loop {
+            if let Some(s) = inbox_signal(&read_frame(conn).await) {
+                break s;
+            }
+        };
+        assert_eq!(s, seq);
+        assert_eq!(e.unwrap().event, entry.event);
+    }
+
+    // Bob answers: the laptop's next inbox signal is that answer's entry, not its own.
+    bob.send(&text(a, "c-2", "hi")).await.unwrap();
+    let (s, _) = loop {
+        if let Some(s) = inbox_signal(&read_frame(&mut laptop).await) {
+            break s;
+        }
+    };
+    assert_eq!(
+        s,
+        sent.inbox_seq + 1,
+        "no signal for the laptop's own entry"
+    );
+
+    // Over HTTP there is no connection to spare a signal: no entry in the answer.
+    let over_http = alice.send(&text(b, "c-3", "by http")).await.unwrap();
+    assert!(over_http.entry.is_none());
+    server.stop().await;
+}
