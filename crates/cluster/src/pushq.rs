@@ -96,6 +96,18 @@ impl StreamSignals {
             registry,
         })
     }
+
+    fn publish(&self, users: &[UserId], frame: &Frame, how: Coalesce, except: Option<ConnId>) {
+        let bytes = frame.encode();
+        let (now, trace) = (xinge_core::now_ms(), crate::bus::current_trace());
+        for chunk in users.chunks(USERS_PER_EVENT) {
+            let event = encode_push(now, trace, how, chunk, except, &bytes);
+            if self.queue.try_send(event).is_err() {
+                metrics::counter!("xinge_signals_dropped_total").increment(chunk.len() as u64);
+            }
+        }
+        queue_depth("push_publish", &self.queue);
+    }
 }
 
 /// `xinge_queue_depth{queue}`: how full one of this process's bounded queues is.
@@ -112,15 +124,11 @@ fn refused(e: &dyn std::fmt::Display) {
 #[async_trait]
 impl Signals for StreamSignals {
     fn signal(&self, users: &[UserId], frame: &Frame, how: Coalesce) {
-        let bytes = frame.encode();
-        let (now, trace) = (xinge_core::now_ms(), crate::bus::current_trace());
-        for chunk in users.chunks(USERS_PER_EVENT) {
-            let event = encode_push(now, trace, how, chunk, &bytes);
-            if self.queue.try_send(event).is_err() {
-                metrics::counter!("xinge_signals_dropped_total").increment(chunk.len() as u64);
-            }
-        }
-        queue_depth("push_publish", &self.queue);
+        self.publish(users, frame, how, None);
+    }
+
+    fn signal_except(&self, user: UserId, frame: &Frame, how: Coalesce, except: ConnId) {
+        self.publish(&[user], frame, how, Some(except));
     }
 
     async fn presence(&self, user: UserId) -> (bool, u64) {
@@ -235,7 +243,15 @@ async fn route_batch(
         event
             .users
             .retain(|u| throttle.admit(*u, &event.frame, event.how, instant));
-        deliver(nats, names, registry, &event.users, &event.frame).await?;
+        deliver(
+            nats,
+            names,
+            registry,
+            &event.users,
+            event.except,
+            &event.frame,
+        )
+        .await?;
         metrics::counter!("xinge_push_events_total").increment(1);
         tracing::debug!(trace = %format_args!("{:016x}", event.trace), users = event.users.len(), "signals handed to gateways");
         metrics::histogram!("xinge_signal_seconds")
@@ -245,12 +261,14 @@ async fn route_batch(
     nats.flush().await.map_err(ClusterError::nats)
 }
 
-/// Publishes `frame` to the gateways holding `users`' sessions, one delivery per gateway.
+/// Publishes `frame` to the gateways holding `users`' sessions but `except`, one delivery
+/// per gateway.
 async fn deliver(
     nats: &async_nats::Client,
     names: &Names,
     registry: &Registry,
     users: &[UserId],
+    except: Option<ConnId>,
     frame: &Bytes,
 ) -> Result<(), ClusterError> {
     if users.is_empty() {
@@ -258,7 +276,9 @@ async fn deliver(
     }
     let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
     for (gw, conn) in registry.sessions(users).await? {
-        by_gateway.entry(gw).or_default().push(conn);
+        if Some(conn) != except {
+            by_gateway.entry(gw).or_default().push(conn);
+        }
     }
     for (gw, conns) in by_gateway {
         metrics::counter!("xinge_signals_total").increment(conns.len() as u64);
@@ -286,7 +306,7 @@ async fn release_held(
         }
         for (user, frames) in throttle.due(std::time::Instant::now()) {
             for f in &frames {
-                if let Err(e) = deliver(&nats, &names, &registry, &[user], f).await {
+                if let Err(e) = deliver(&nats, &names, &registry, &[user], None, f).await {
                     tracing::warn!(error = %e, "held signal not delivered; clients repair by pull");
                 }
             }

@@ -6,25 +6,45 @@ use xinge_core::{ConnId, UserId};
 use xinge_push::{Coalesce, PresenceChange};
 
 /// A push event (api → push): when it was made, the trace id of the command that caused it
-/// (0: none), how it may be coalesced, the users to signal, and the encoded frame for all
-/// of them.
+/// (0: none), how it may be coalesced, the users to signal, a connection not to signal,
+/// and the encoded frame for all of them.
 pub struct PushEvent {
     pub at_ms: u64,
     pub trace: u64,
     /// What the push process may do with it when a user is over the signal rate.
     pub how: Coalesce,
     pub users: Vec<UserId>,
+    /// The connection whose request made the entry: its answer carried it.
+    pub except: Option<ConnId>,
     pub frame: Bytes,
 }
 
-pub fn encode_push(at_ms: u64, trace: u64, how: Coalesce, users: &[UserId], frame: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(36 + users.len() * 8 + frame.len());
+/// Set in the user count when a connection to skip follows it.
+const EXCEPT: u32 = 1 << 31;
+
+pub fn encode_push(
+    at_ms: u64,
+    trace: u64,
+    how: Coalesce,
+    users: &[UserId],
+    except: Option<ConnId>,
+    frame: &[u8],
+) -> Bytes {
+    let mut b = BytesMut::with_capacity(44 + users.len() * 8 + frame.len());
     b.put_u64(at_ms);
     b.put_u64(trace);
     let (key, order) = how.to_wire();
     b.put_u64(key);
     b.put_u64(order);
-    b.put_u32(users.len() as u32);
+    // Events carry at most `USERS_PER_EVENT` users, far below the flag.
+    let n = users.len() as u32;
+    match except {
+        Some(c) => {
+            b.put_u32(n | EXCEPT);
+            b.put_u64(c.0);
+        }
+        None => b.put_u32(n),
+    }
     for u in users {
         b.put_u64(u.0);
     }
@@ -39,7 +59,16 @@ pub fn decode_push(mut b: Bytes) -> Option<PushEvent> {
     let at_ms = b.get_u64();
     let trace = b.get_u64();
     let how = Coalesce::from_wire(b.get_u64(), b.get_u64());
-    let n = b.get_u32() as usize;
+    let n = b.get_u32();
+    let except = if n & EXCEPT != 0 {
+        if b.len() < 8 {
+            return None;
+        }
+        Some(ConnId(b.get_u64()))
+    } else {
+        None
+    };
+    let n = (n & !EXCEPT) as usize;
     if b.len() < n.checked_mul(8)? {
         return None;
     }
@@ -49,6 +78,7 @@ pub fn decode_push(mut b: Bytes) -> Option<PushEvent> {
         trace,
         how,
         users,
+        except,
         frame: b,
     })
 }
@@ -102,15 +132,29 @@ mod tests {
     #[test]
     fn round_trips_and_truncations() {
         let how = Coalesce::newest(1, 42, 7);
-        let e = encode_push(5, 6, how, &[UserId(1), UserId(2)], b"frame");
+        let e = encode_push(5, 6, how, &[UserId(1), UserId(2)], None, b"frame");
         let d = decode_push(e.clone()).unwrap();
         assert_eq!(
-            (d.at_ms, d.trace, d.how, d.users, &d.frame[..]),
-            (5, 6, how, vec![UserId(1), UserId(2)], &b"frame"[..])
+            (d.at_ms, d.trace, d.how, d.users, d.except, &d.frame[..]),
+            (5, 6, how, vec![UserId(1), UserId(2)], None, &b"frame"[..])
         );
         assert!(decode_push(e.slice(..39)).is_none());
-        let drop = encode_push(5, 6, Coalesce::Drop, &[], b"");
+        let drop = encode_push(5, 6, Coalesce::Drop, &[], None, b"");
         assert_eq!(decode_push(drop).unwrap().how, Coalesce::Drop);
+        let skip = encode_push(5, 6, how, &[UserId(1)], Some(ConnId(77)), b"f");
+        let d = decode_push(skip.clone()).unwrap();
+        assert_eq!(
+            (d.users, d.except, &d.frame[..]),
+            (vec![UserId(1)], Some(ConnId(77)), &b"f"[..])
+        );
+        assert!(
+            decode_push(skip.slice(..40)).is_none(),
+            "the connection cut short"
+        );
+        assert!(
+            decode_push(skip.slice(..50)).is_none(),
+            "the users cut short"
+        );
         let d = encode_delivery(&[ConnId(9)], b"f");
         assert_eq!(decode_delivery(d.clone()).unwrap().0, vec![ConnId(9)]);
         assert!(decode_delivery(d.slice(..6)).is_none());
