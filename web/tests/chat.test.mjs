@@ -34,6 +34,11 @@ test('web client: friends, 1:1 chat, two devices, a group of three', { timeout: 
 async function scenario() {
   const alice = await person(browser, server);
   const bob = await person(browser, server);
+  // Every frame Alice's tab receives over its WebSocket (text mode: JSON).
+  const aliceFrames = [];
+  alice.on('websocket', (ws) => ws.on('framereceived', (f) => {
+    try { aliceFrames.push(JSON.parse(f.payload)); } catch { /* not JSON: not ours */ }
+  }));
   await shot(alice, 'login');
   await register(alice, 'alice', 'Alice');
   await register(bob, 'bob', 'Bob');
@@ -59,6 +64,12 @@ async function scenario() {
   await alice.locator('li[data-friend="2"]').getByRole('button', { name: 'Chat' }).click();
   await send(alice, 'hello bob');
   await expectBubbles(alice, ['hello bob']);
+  // Her own entry came in the send's answer (PROTOCOL.md, "Sending"), not as a signal.
+  const textOf = (entry) => entry?.event?.message?.content?.text;
+  const answered = aliceFrames.filter((f) => f.cmd === 100 && textOf(f.body?.entry) === 'hello bob');
+  const signalled = aliceFrames.filter((f) => f.cmd === 4 && textOf(f.body?.entry) === 'hello bob');
+  assert.equal(answered.length, 1, 'the send answer carries the entry');
+  assert.equal(signalled.length, 0, 'no signal for her own entry');
   await bob.getByRole('button', { name: /^Chats/ }).click();
   await conv(bob, ab).locator('.badge', { hasText: '1' }).waitFor();
   await conv(bob, ab).getByText('hello bob').waitFor();
