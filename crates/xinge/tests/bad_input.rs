@@ -43,26 +43,9 @@ async fn raw_tcp(server: &Server) -> TcpStream {
     TcpStream::connect(server.tcp).await.unwrap()
 }
 
-async fn raw_authed(server: &Server, token: &str) -> TcpStream {
-    let mut s = raw_tcp(server).await;
-    let body = serde_json::to_vec(&serde_json::json!({ "token": token })).unwrap();
-    s.write_all(&Frame::request(cmd::AUTH, 1, body).encode_prefixed())
-        .await
-        .unwrap();
-    let len = s.read_u32().await.unwrap() as usize;
-    let mut buf = vec![0; len];
-    s.read_exact(&mut buf).await.unwrap();
-    let f = Frame::decode(Bytes::from(buf), usize::MAX).unwrap();
-    assert!(f.is_response() && !f.is_error(), "auth accepted");
-    s
-}
-
 async fn request(s: &mut TcpStream, f: Frame) -> Frame {
     s.write_all(&f.encode_prefixed()).await.unwrap();
-    let len = s.read_u32().await.unwrap() as usize;
-    let mut buf = vec![0; len];
-    s.read_exact(&mut buf).await.unwrap();
-    Frame::decode(Bytes::from(buf), usize::MAX).unwrap()
+    read_frame(s).await
 }
 
 fn err_of(f: &Frame) -> ApiError {

@@ -412,32 +412,6 @@ async fn a_device_nobody_waits_on_keeps_its_connection() {
     server.stop().await;
 }
 
-/// Reads one frame from a raw TCP connection (bounded wait).
-async fn read_frame(s: &mut tokio::net::TcpStream) -> xinge_proto::Frame {
-    use tokio::io::AsyncReadExt;
-    let len = tokio::time::timeout(WAIT, s.read_u32())
-        .await
-        .expect("a frame in time")
-        .unwrap() as usize;
-    let mut buf = vec![0; len];
-    s.read_exact(&mut buf).await.unwrap();
-    xinge_proto::Frame::decode(bytes::Bytes::from(buf), usize::MAX).unwrap()
-}
-
-/// A raw, authenticated TCP connection with `token`.
-async fn raw_connection(server: &Server, token: &str) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    use xinge_proto::{Frame, cmd};
-    let mut s = tokio::net::TcpStream::connect(server.tcp).await.unwrap();
-    let body = serde_json::to_vec(&serde_json::json!({ "token": token })).unwrap();
-    s.write_all(&Frame::request(cmd::AUTH, 1, body).encode_prefixed())
-        .await
-        .unwrap();
-    let ok = read_frame(&mut s).await;
-    assert!(ok.is_response() && !ok.is_error(), "auth accepted");
-    s
-}
-
 /// The inbox signal in `f`, if it is one: `(seq, entry)`.
 fn inbox_signal(f: &xinge_proto::Frame) -> Option<(u64, Option<Box<InboxEntry>>)> {
     use xinge_client::api::Signal;
@@ -463,9 +437,9 @@ async fn the_sending_connection_gets_its_entry_in_the_answer_instead_of_a_signal
     let (phone, _) = server.login("alice", "phone").await;
     let (bob, b) = server.login("bob", "laptop").await;
     befriend(&alice, a, &bob, b).await;
-    let mut laptop = raw_connection(&server, alice.token().unwrap()).await;
-    let mut phone = raw_connection(&server, phone.token().unwrap()).await;
-    let mut bob_conn = raw_connection(&server, bob.token().unwrap()).await;
+    let mut laptop = raw_authed(&server, alice.token().unwrap()).await;
+    let mut phone = raw_authed(&server, phone.token().unwrap()).await;
+    let mut bob_conn = raw_authed(&server, bob.token().unwrap()).await;
     // Befriending left entries in both inboxes; the next seqs follow them.
     let alice_head = alice.sync(0, None).await.unwrap().head;
     let bob_head = bob.sync(0, None).await.unwrap().head;

@@ -114,3 +114,29 @@ pub async fn befriend(a: &Http, a_id: UserId, b: &Http, b_id: UserId) {
     a.request_friend(b_id, "hello").await.unwrap();
     b.accept_friend(a_id).await.unwrap();
 }
+
+/// Reads one length-prefixed frame from a raw TCP connection (bounded wait).
+pub async fn read_frame(s: &mut tokio::net::TcpStream) -> xinge_proto::Frame {
+    use tokio::io::AsyncReadExt;
+    let len = tokio::time::timeout(Duration::from_secs(30), s.read_u32())
+        .await
+        .expect("a frame in time")
+        .unwrap() as usize;
+    let mut buf = vec![0; len];
+    s.read_exact(&mut buf).await.unwrap();
+    xinge_proto::Frame::decode(bytes::Bytes::from(buf), usize::MAX).unwrap()
+}
+
+/// A raw TCP connection to `server`'s gateway, authenticated with `token` (AUTH accepted).
+pub async fn raw_authed(server: &Server, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    use xinge_proto::{Frame, cmd};
+    let mut s = tokio::net::TcpStream::connect(server.tcp).await.unwrap();
+    let body = serde_json::to_vec(&serde_json::json!({ "token": token })).unwrap();
+    s.write_all(&Frame::request(cmd::AUTH, 1, body).encode_prefixed())
+        .await
+        .unwrap();
+    let ok = read_frame(&mut s).await;
+    assert!(ok.is_response() && !ok.is_error(), "auth accepted");
+    s
+}
