@@ -143,7 +143,7 @@ impl Push {
                 let Some(push) = me.upgrade() else { return };
                 for (user, frames) in push.throttle.due(Instant::now()) {
                     for f in &frames {
-                        push.signal_user(user, f);
+                        push.signal_user(user, f, None);
                     }
                 }
             }
@@ -237,14 +237,9 @@ impl Push {
         }
     }
 
-    /// Sends `frame` to every online connection of `user`. Returns how many connections
-    /// it was handed to.
-    pub fn signal_user(&self, user: UserId, frame: &Frame) -> usize {
-        self.signal_user_except(user, frame, None)
-    }
-
-    /// [`Push::signal_user`] but not to connection `except`.
-    pub fn signal_user_except(&self, user: UserId, frame: &Frame, except: Option<ConnId>) -> usize {
+    /// Sends `frame` to every online connection of `user` but `except`. Returns how many
+    /// connections it was handed to.
+    pub fn signal_user(&self, user: UserId, frame: &Frame, except: Option<ConnId>) -> usize {
         // Where the sessions are, copied under the shard's lock (not the sessions: their
         // device names are not needed), then grouped by gateway: this runs per signal.
         let mut targets: Vec<(GatewayId, ConnId)> = match self.shard(user).get(&user) {
@@ -298,7 +293,7 @@ impl Signals for Push {
         let now = Instant::now();
         for &user in users {
             if self.throttle.admit(user, frame, how, now) {
-                self.signal_user(user, frame);
+                self.signal_user(user, frame, None);
             }
         }
     }
@@ -307,7 +302,7 @@ impl Signals for Push {
         // A signal the throttle holds is released later to every connection, `except`'s
         // too: harmless, it already has the entry.
         if self.throttle.admit(user, frame, how, Instant::now()) {
-            self.signal_user_except(user, frame, Some(except));
+            self.signal_user(user, frame, Some(except));
         }
     }
 
@@ -352,14 +347,14 @@ mod tests {
         push.bind(UserId(7), session(11, 1));
         assert!(presence.recv().await.unwrap().online);
         let f = Frame::request(4, 0, &b"{}"[..]);
-        assert_eq!(push.signal_user(UserId(7), &f), 2);
+        assert_eq!(push.signal_user(UserId(7), &f, None), 2);
         let d = g1.recv().await.unwrap();
         assert_eq!(d.conns, vec![ConnId(10), ConnId(11)]);
         assert!(
             g2.try_recv().is_err(),
             "gateway 2 holds nobody and gets nothing"
         );
-        assert_eq!(push.signal_user(UserId(8), &f), 0);
+        assert_eq!(push.signal_user(UserId(8), &f, None), 0);
         push.unbind(UserId(7), ConnId(10));
         assert!(push.presence(UserId(7)).await.0);
         push.unbind(UserId(7), ConnId(11));
@@ -381,7 +376,7 @@ mod tests {
         assert!(g1.try_recv().is_err(), "the sending connection is skipped");
         // Its only connection skipped, a user gets nothing at all.
         push.unbind(UserId(7), ConnId(20));
-        assert_eq!(push.signal_user_except(UserId(7), &f, Some(ConnId(10))), 0);
+        assert_eq!(push.signal_user(UserId(7), &f, Some(ConnId(10))), 0);
         assert!(g1.try_recv().is_err() && g2.try_recv().is_err());
     }
 
