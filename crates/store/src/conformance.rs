@@ -423,7 +423,7 @@ fn group_msg(gid: u64, sender: UserId, cmid: &str, body: MessageBody) -> NewMess
 }
 
 /// A new group's record, before its members are added.
-fn new_group(gid: u64, owner: UserId, name: &str) -> GroupRecord {
+pub(crate) fn new_group(gid: u64, owner: UserId, name: &str) -> GroupRecord {
     GroupRecord {
         id: gid,
         name: name.into(),

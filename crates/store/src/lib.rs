@@ -73,6 +73,13 @@ pub trait Store: Send + Sync + 'static {
     /// What a committed message with this (sender, client_msg_id) was, if any.
     async fn dedup(&self, sender: UserId, client_msg_id: &str) -> Result<Option<DedupRecord>>;
 
+    /// Makes durable what the backend keeps behind: the embedded store writes the read
+    /// cursors that sending moves in 1:1 conversations up to a second late (see
+    /// docs/ARCHITECTURE.md, "Read cursors"). Called on a clean shutdown.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
     // === timelines ===
     /// Inbox entries with seq > `after`, ascending, at most `limit`; and the inbox head.
     async fn inbox(&self, user: UserId, after: u64, limit: usize)

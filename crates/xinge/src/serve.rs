@@ -105,7 +105,7 @@ pub async fn run(
         ..PushConfig::default()
     }));
     push.start();
-    let logic = Logic::new(store, push.clone(), cfg.clone(), secret);
+    let logic = Logic::new(store.clone(), push.clone(), cfg.clone(), secret);
     let dispatch = Arc::new(Dispatch(logic.clone()));
     let gw_id = GatewayId(cfg.server.node_id);
     let deliveries = push.attach_gateway(gw_id);
@@ -145,6 +145,11 @@ pub async fn run(
     tracing::info!(http = %bound.http, tcp = %bound.tcp, tls = tls.is_some(), "xinge ready");
     ready(bound);
     xinge_api::server::serve(http, app, limits, tls, shutdown).await;
+    // What the store holds behind (read cursors moved by sending) is written before the
+    // process ends.
+    if let Err(e) = store.flush().await {
+        tracing::warn!(error = %e, "store flush at shutdown failed");
+    }
     Ok(())
 }
 

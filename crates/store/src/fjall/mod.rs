@@ -7,6 +7,7 @@
 //! can never be seen before it is durable. Reads go straight to fjall from the caller.
 
 mod keys;
+mod soft;
 mod writer;
 
 use crate::{
@@ -43,6 +44,8 @@ pub(crate) struct Spaces {
     pub gmentions: Keyspace,
     pub invites: Keyspace,
     pub gleft: Keyspace,
+    /// Read cursors moved by sending in 1:1 conversations, not yet in `members`.
+    pub soft: soft::SoftCursors,
 }
 
 /// How an inbox entry is kept: messages by reference (the message lives once, in its
@@ -198,6 +201,7 @@ impl FjallStore {
             gmentions: ks("gmentions")?,
             invites: ks("invites")?,
             gleft: ks("gleft")?,
+            soft: soft::SoftCursors::default(),
             db,
         });
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
@@ -210,6 +214,28 @@ impl FjallStore {
         std::thread::Builder::new()
             .name("xinge-store-writer".into())
             .spawn(move || w.run(rx))
+            .map_err(backend)?;
+        // Wakes the writer to flush held cursors when no commit comes to carry them. It
+        // holds neither the store nor the channel between ticks, so it does not keep them
+        // open; it ends at the first tick after the store is gone.
+        let (spaces_w, writes_w) = (Arc::downgrade(&spaces), tx.downgrade());
+        std::thread::Builder::new()
+            .name("xinge-store-tick".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(soft::FLUSH_EVERY);
+                    let (Some(spaces), Some(writes)) = (spaces_w.upgrade(), writes_w.upgrade())
+                    else {
+                        return;
+                    };
+                    if spaces.soft.len() > 0 {
+                        let (reply, _) = oneshot::channel();
+                        let op = writer::Op::FlushCursors;
+                        // A full queue will carry the held cursors with its own batches.
+                        let _ = writes.try_send(writer::Request { op, reply });
+                    }
+                }
+            })
             .map_err(backend)?;
         Ok(Self { spaces, writes: tx })
     }
@@ -436,13 +462,16 @@ impl Store for FjallStore {
     }
 
     async fn memberships(&self, user: UserId, limit: usize) -> Result<Vec<Membership>> {
+        // Held cursors first: the writer drops one only after fjall has it (soft.rs).
+        let held = self.spaces.soft.of(user);
         let mut out = Vec::new();
         for kv in self.spaces.members.prefix(u64_key(user.0)).take(limit) {
             let (k, v) = kv.into_inner().map_err(backend)?;
             let conv = ConvId::from_key(&k[8..]).ok_or_else(|| backend("bad member key"))?;
+            let held = held.iter().find(|(c, _)| *c == conv).map_or(0, |&(_, s)| s);
             out.push(Membership {
                 conv,
-                read_seq: read_u64(&v)?,
+                read_seq: read_u64(&v)?.max(held),
             });
         }
         Ok(out)
@@ -526,15 +555,21 @@ impl Store for FjallStore {
     }
 
     async fn read_cursor(&self, user: UserId, conv: ConvId) -> Result<u64> {
+        // Held cursor first: the writer drops one only after fjall has it (soft.rs).
+        let held = self.spaces.soft.get(user, conv).unwrap_or(0);
         match self
             .spaces
             .members
             .get(member_key(user, conv))
             .map_err(backend)?
         {
-            Some(v) => read_u64(&v),
-            None => Ok(0),
+            Some(v) => Ok(read_u64(&v)?.max(held)),
+            None => Ok(held),
         }
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.write(writer::Op::FlushCursors).await.map(|_| ())
     }
 }
 
@@ -603,8 +638,89 @@ mod tests {
         assert_eq!(s.conv_head(conv).await.unwrap(), 5);
         let (_, head) = s.inbox(a, 0, 100).await.unwrap();
         assert_eq!(head, 5);
+        // The cursor moves of the five sends were held, and written when the writer ended.
+        let stored = s.spaces.members.get(member_key(a, conv)).unwrap();
+        assert_eq!(read_u64(&stored.unwrap()).unwrap(), 5);
         let c = crate::conformance::send(&s, a, b, "after-reopen").await;
         assert_eq!(c.message.unwrap().conv_seq, 6);
         assert_eq!(c.sender_seq, 6);
+    }
+
+    fn stored_cursor(s: &FjallStore, user: UserId, conv: ConvId) -> u64 {
+        let v = s.spaces.members.get(member_key(user, conv)).unwrap();
+        v.map_or(0, |v| read_u64(&v).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cursors_moved_by_sending_are_held_then_written_and_never_go_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let (a, b) = crate::conformance::seed_chat(&s, 0).await;
+        let conv = ConvId::direct(a, b);
+        crate::conformance::send(&s, a, b, "one").await;
+        // Readers see the move at once; fjall does not hold it yet (the store's tick is a
+        // second away).
+        assert_eq!(s.read_cursor(a, conv).await.unwrap(), 1);
+        let listed = s.memberships(a, 10).await.unwrap();
+        assert_eq!(listed.iter().find(|m| m.conv == conv).unwrap().read_seq, 1);
+        assert_eq!(stored_cursor(&s, a, conv), 0);
+        // The tick writes it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while stored_cursor(&s, a, conv) != 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "held cursor never written"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(s.spaces.soft.len(), 0);
+
+        // B sends twice and A reads them (durable at once); A's next send is held again.
+        crate::conformance::send(&s, b, a, "two").await;
+        crate::conformance::send(&s, b, a, "three").await;
+        let read = |seq| Commit {
+            ops: vec![crate::Op::AdvanceRead { user: a, conv, seq }],
+            ..Commit::default()
+        };
+        s.commit(read(3)).await.unwrap();
+        assert_eq!(stored_cursor(&s, a, conv), 3);
+        crate::conformance::send(&s, a, b, "four").await;
+        assert_eq!(s.read_cursor(a, conv).await.unwrap(), 4);
+        assert_eq!(stored_cursor(&s, a, conv), 3);
+        // A read behind the held cursor moves nothing; the flush writes the held one.
+        s.commit(read(2)).await.unwrap();
+        assert_eq!(s.read_cursor(a, conv).await.unwrap(), 4);
+        s.flush().await.unwrap();
+        assert_eq!(stored_cursor(&s, a, conv), 4);
+        assert_eq!(s.read_cursor(a, conv).await.unwrap(), 4);
+        // B's cursor moved by B's own sends, and was written by the same flush.
+        assert_eq!(stored_cursor(&s, b, conv), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_sends_still_write_the_cursor_with_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let a = crate::conformance::user(&s, "g").await;
+        let gid = 4242;
+        let create = Commit {
+            ops: vec![
+                crate::Op::CreateGroup(crate::conformance::new_group(gid, a, "g")),
+                crate::Op::AddMember {
+                    group: gid,
+                    user: a,
+                    role: xinge_proto::api::Role::Owner,
+                },
+            ],
+            ..Commit::default()
+        };
+        s.commit(create).await.unwrap();
+        let c = s
+            .commit(crate::conformance::group_send(gid, a, "g1", 500))
+            .await
+            .unwrap();
+        let seq = c.message.unwrap().conv_seq;
+        assert_eq!(stored_cursor(&s, a, ConvId::Group(gid)), seq);
+        assert_eq!(s.spaces.soft.len(), 0);
     }
 }

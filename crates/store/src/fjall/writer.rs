@@ -1,6 +1,7 @@
 //! The single writer: group commit and sequence assignment.
 
 use super::keys::*;
+use super::soft::{FLUSH_EVERY, MAX_SOFT};
 use super::{Spaces, StoredEntry, StoredEvent, backend, decode, encode, pack_dedup, unpack_dedup};
 use crate::{
     Commit, Committed, DedupRecord, GroupFanout, GroupRecord, MemberRecord, NewUser, Result,
@@ -21,6 +22,8 @@ pub(crate) enum Op {
     PutDevice(UserId, DeviceId, u64),
     RemoveDevice(UserId, DeviceId),
     Commit(Box<Commit>),
+    /// Write the held read cursors now (the store's tick, or a clean shutdown).
+    FlushCursors,
 }
 
 pub(crate) enum Out {
@@ -119,6 +122,10 @@ struct Tx<'a> {
     changed_groups: Vec<u64>,
     /// Lists this batch read from fjall, for the cache once the batch is durable.
     loaded: Lists,
+    /// Held read cursors when the batch began (soft.rs).
+    held: usize,
+    /// Cursors this batch's 1:1 sends moved without writing them: held once it is durable.
+    moved: Vec<(UserId, ConvId, u64)>,
 }
 
 impl Writer {
@@ -145,6 +152,7 @@ impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut reqs = Vec::with_capacity(self.max_batch);
         let mut last_start = Instant::now();
+        let mut last_flush = Instant::now();
         let mut last_len = 0;
         while let Some(first) = rx.blocking_recv() {
             // Commits overlap (the last batch carried more than one): let more of them
@@ -165,89 +173,122 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let mut tx = Tx {
-                spaces: &self.spaces,
-                cached_heads: &self.heads,
-                cached_members: &self.members,
-                cached_lists: &self.lists,
-                batch: self
-                    .spaces
-                    .db
-                    .batch()
-                    .durability(Some(PersistMode::SyncData)),
-                overlay: std::mem::take(&mut self.overlay),
-                heads: std::mem::take(&mut self.batch_heads),
-                changed_groups: Vec::new(),
-                loaded: Lists::default(),
-            };
-            let outs: Vec<Result<Out>> = reqs
-                .iter_mut()
-                .map(|r| self.apply(&mut tx, &mut r.op))
-                .collect();
-            let members_slot = tx.slot(|s| &s.members);
-            let Tx {
-                batch,
-                mut heads,
-                mut overlay,
-                changed_groups,
-                loaded,
-                ..
-            } = tx;
-            metrics::histogram!("xinge_store_batch_commits").record(reqs.len() as f64);
+            let held = self.spaces.soft.len();
+            let flush = held > 0
+                && (held >= MAX_SOFT / 2
+                    || last_flush.elapsed() >= FLUSH_EVERY
+                    || reqs.iter().any(|r| matches!(r.op, Op::FlushCursors)));
+            if flush {
+                last_flush = Instant::now();
+            }
             last_len = reqs.len();
-            let committed = batch.commit();
-            if committed.is_ok() {
-                if self.heads.len() + heads.len() > MAX_CACHED_HEADS {
-                    self.heads.clear();
-                }
-                self.heads.extend(heads.drain());
-                if self.members.len() + overlay.len() > MAX_CACHED_HEADS {
-                    self.members.clear();
-                }
-                let members_slot = members_slot.to_be_bytes();
-                let members = overlay
-                    .drain()
-                    .filter(|(k, _)| k.starts_with(&members_slot));
-                self.members.extend(members);
-                for g in changed_groups {
-                    if let Some(gone) = self.lists.remove(&g) {
-                        self.list_ids -= gone.len();
-                    }
-                }
-                for (g, ids) in loaded {
-                    if self.list_ids + ids.len() > MAX_CACHED_LIST_IDS {
-                        self.lists.clear();
-                        self.list_ids = 0;
-                    }
-                    self.list_ids += ids.len();
-                    if let Some(old) = self.lists.insert(g, ids) {
-                        self.list_ids -= old.len();
-                    }
-                }
-            } else {
+            self.batch(&mut reqs, flush);
+        }
+        // Closed: the last handle is gone. What is still held is written before the
+        // thread ends.
+        if self.spaces.soft.len() > 0 {
+            self.batch(&mut reqs, true);
+        }
+    }
+
+    /// Applies `reqs` as one durable batch (with the held cursors first when `flush`), and
+    /// answers them.
+    fn batch(&mut self, reqs: &mut Vec<Request>, flush: bool) {
+        let mut tx = Tx {
+            spaces: &self.spaces,
+            cached_heads: &self.heads,
+            cached_members: &self.members,
+            cached_lists: &self.lists,
+            batch: self
+                .spaces
+                .db
+                .batch()
+                .durability(Some(PersistMode::SyncData)),
+            overlay: std::mem::take(&mut self.overlay),
+            heads: std::mem::take(&mut self.batch_heads),
+            changed_groups: Vec::new(),
+            loaded: Lists::default(),
+            held: self.spaces.soft.len(),
+            moved: Vec::new(),
+        };
+        let flushed = match flush {
+            true => tx.flush_cursors().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "held read cursors not written this time");
+                Vec::new()
+            }),
+            false => Vec::new(),
+        };
+        let outs: Vec<Result<Out>> = reqs
+            .iter_mut()
+            .map(|r| self.apply(&mut tx, &mut r.op))
+            .collect();
+        let members_slot = tx.slot(|s| &s.members);
+        let Tx {
+            batch,
+            mut heads,
+            mut overlay,
+            changed_groups,
+            loaded,
+            moved,
+            ..
+        } = tx;
+        metrics::histogram!("xinge_store_batch_commits").record(reqs.len() as f64);
+        let committed = batch.commit();
+        if committed.is_ok() {
+            // Raised before the answers go out, so that a reader who has an answer sees
+            // the cursor it moved; dropped only for what fjall now holds.
+            self.spaces.soft.raise(&moved);
+            self.spaces.soft.forget(&flushed);
+            if self.heads.len() + heads.len() > MAX_CACHED_HEADS {
                 self.heads.clear();
+            }
+            self.heads.extend(heads.drain());
+            if self.members.len() + overlay.len() > MAX_CACHED_HEADS {
                 self.members.clear();
-                self.lists.clear();
-                self.list_ids = 0;
-                heads.clear();
-                overlay.clear();
             }
-            if heads.capacity() <= MAX_KEPT_SCRATCH {
-                self.batch_heads = heads;
+            let members_slot = members_slot.to_be_bytes();
+            let members = overlay
+                .drain()
+                .filter(|(k, _)| k.starts_with(&members_slot));
+            self.members.extend(members);
+            for g in changed_groups {
+                if let Some(gone) = self.lists.remove(&g) {
+                    self.list_ids -= gone.len();
+                }
             }
-            if overlay.capacity() <= MAX_KEPT_SCRATCH {
-                self.overlay = overlay;
+            for (g, ids) in loaded {
+                if self.list_ids + ids.len() > MAX_CACHED_LIST_IDS {
+                    self.lists.clear();
+                    self.list_ids = 0;
+                }
+                self.list_ids += ids.len();
+                if let Some(old) = self.lists.insert(g, ids) {
+                    self.list_ids -= old.len();
+                }
             }
-            for (req, out) in reqs.drain(..).zip(outs) {
-                let out = match &committed {
-                    Ok(()) => out,
-                    Err(e) => {
-                        tracing::error!(error = %e, "store batch commit failed");
-                        Err(StoreError::Backend(e.to_string()))
-                    }
-                };
-                let _ = req.reply.send(out);
-            }
+        } else {
+            self.heads.clear();
+            self.members.clear();
+            self.lists.clear();
+            self.list_ids = 0;
+            heads.clear();
+            overlay.clear();
+        }
+        if heads.capacity() <= MAX_KEPT_SCRATCH {
+            self.batch_heads = heads;
+        }
+        if overlay.capacity() <= MAX_KEPT_SCRATCH {
+            self.overlay = overlay;
+        }
+        for (req, out) in reqs.drain(..).zip(outs) {
+            let out = match &committed {
+                Ok(()) => out,
+                Err(e) => {
+                    tracing::error!(error = %e, "store batch commit failed");
+                    Err(StoreError::Backend(e.to_string()))
+                }
+            };
+            let _ = req.reply.send(out);
         }
     }
 
@@ -277,6 +318,8 @@ impl Writer {
                 Ok(Out::Unit)
             }
             Op::Commit(c) => tx.commit(&self.ids, c).map(|c| Out::Committed(Box::new(c))),
+            // The batch flushed the held cursors before its first request (see `run`).
+            Op::FlushCursors => Ok(Out::Unit),
         }
     }
 }
@@ -468,6 +511,58 @@ impl Tx<'_> {
         Ok(user)
     }
 
+    /// A read cursor as this batch sees it: the batch's own moves, the writer's cache, else
+    /// the larger of fjall's and a held one (soft.rs). `None`: no membership.
+    fn cursor(&self, user: UserId, conv: ConvId) -> Result<Option<u64>> {
+        let key = member_key(user, conv);
+        let known = slot_key(self.slot(|s| &s.members), &key, |k| {
+            self.overlay
+                .get(k)
+                .or_else(|| self.cached_members.get(k))
+                .cloned()
+        });
+        if let Some(v) = known {
+            return v.map(|v| read_u64(&v)).transpose();
+        }
+        let held = self.spaces.soft.get(user, conv);
+        match self.spaces.members.get(&key).map_err(backend)? {
+            Some(v) => Ok(Some(read_u64(&v)?.max(held.unwrap_or(0)))),
+            None => Ok(held),
+        }
+    }
+
+    /// Sending implies having read up to one's own message. In a 1:1 conversation the
+    /// move is held in memory (soft.rs) instead of written with the message — unless the
+    /// membership is new or the table is full, when it is written as before.
+    fn advance_by_send(&mut self, user: UserId, conv: ConvId, seq: u64) -> Result<()> {
+        if matches!(conv, ConvId::Direct(..))
+            && self.held + self.moved.len() < MAX_SOFT
+            && let Some(cur) = self.cursor(user, conv)?
+        {
+            if seq > cur {
+                let key = owned_slot_key(self.slot(|s| &s.members), &member_key(user, conv));
+                // Later commits of this batch, and the cache, see it like a write.
+                self.overlay
+                    .insert(key, Some(Slice::from(&u64_key(seq)[..])));
+                self.moved.push((user, conv, seq));
+            }
+            return Ok(());
+        }
+        self.op(crate::Op::AdvanceRead { user, conv, seq })
+    }
+
+    /// Writes every held cursor (as the batch sees it, so never below a later explicit
+    /// read) and returns what it wrote, for `SoftCursors::forget` once that is durable.
+    fn flush_cursors(&mut self) -> Result<Vec<(UserId, ConvId, u64)>> {
+        let mut written = self.spaces.soft.all();
+        for (user, conv, seq) in &mut written {
+            *seq = self.cursor(*user, *conv)?.unwrap_or(0).max(*seq);
+            let key = member_key(*user, *conv);
+            self.put(|s| &s.members, key, u64_key(*seq).to_vec());
+        }
+        Ok(written)
+    }
+
     fn append_inbox(&mut self, user: UserId, at_ms: u64, ev: StoredEvent) -> Result<u64> {
         let seq = self.next_seq(|s| &s.inbox, &u64_key(user.0))?;
         self.put_unread(
@@ -518,12 +613,7 @@ impl Tx<'_> {
                 let key = seq_key(&msg.conv.to_key(), conv_seq);
                 self.put_unread(|s| &s.gmentions, key, Vec::new());
             }
-            // Sending implies having read everything up to one's own message.
-            self.op(crate::Op::AdvanceRead {
-                user: msg.sender,
-                conv: msg.conv,
-                seq: conv_seq,
-            })?;
+            self.advance_by_send(msg.sender, msg.conv, conv_seq)?;
             let mut recipients = std::mem::take(&mut c.message_to);
             if let Some(g) = &c.group {
                 let count = self.group_rec(g.group)?.map_or(0, |r| r.member_count);
@@ -606,12 +696,9 @@ impl Tx<'_> {
                 }
             }
             Op::AdvanceRead { user, conv, seq } => {
-                let key = member_key(user, conv);
-                let cur = match self.get(|s| &s.members, &key)? {
-                    Some(v) => read_u64(&v)?,
-                    None => 0,
-                };
+                let cur = self.cursor(user, conv)?.unwrap_or(0);
                 if seq > cur || cur == 0 {
+                    let key = member_key(user, conv);
                     self.put(|s| &s.members, key, u64_key(seq.max(cur)).to_vec());
                     // Groups keep the cursor with the member too, for "who read" scans.
                     if let ConvId::Group(g) = conv
