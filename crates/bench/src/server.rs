@@ -36,13 +36,18 @@ impl Server {
     pub async fn spawn_with(cpus: Option<&str>, limits: Limits) -> Result<Self, BenchError> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("xinge.toml");
+        // More of the spawned server's configuration, for A/B runs of a setting: TOML
+        // sections other than those written below (e.g. "[store]\ncommit_interval_us = 3000").
+        let extra = std::env::var("XINGE_BENCH_SERVER_TOML").unwrap_or_default();
         if limits == Limits::Defaults {
             // The default limits, but for admission per IP: every bench user connects from
             // 127.0.0.1.
             std::fs::write(
                 &config,
-                "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\n[gateway]\nmax_connections = 19500\n\
-                 [gateway.admission]\nper_ip_burst = 5000.0\n",
+                format!(
+                    "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\n[gateway]\nmax_connections = 19500\n\
+                 [gateway.admission]\nper_ip_burst = 5000.0\n{extra}\n"
+                ),
             )?;
             return Self::spawned(dir, cpus);
         }
@@ -52,10 +57,12 @@ impl Server {
         // 20,000/s over 1,000 users) sit at the default send limit.
         std::fs::write(
             &config,
-            "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\n[gateway]\nmax_connections = 19500\n\
+            format!(
+                "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\n[gateway]\nmax_connections = 19500\n\
              [limits]\nsends_per_sec = 1000000.0\nsends_burst = 1000000.0\n\
              pulls_per_sec = 1000000.0\npulls_burst = 1000000.0\n\
-             [gateway.admission]\nper_ip_per_sec = 1000000.0\nper_ip_burst = 1000000.0\n",
+             [gateway.admission]\nper_ip_per_sec = 1000000.0\nper_ip_burst = 1000000.0\n{extra}\n"
+            ),
         )?;
         Self::spawned(dir, cpus)
     }

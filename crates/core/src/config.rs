@@ -212,6 +212,10 @@ pub struct StoreConfig {
     /// microseconds after the last one began, so that more commits share one fdatasync.
     /// A lone commit is written at once. 0 writes as soon as the writer is free.
     pub commit_interval_us: u64,
+    /// Embedded store: a read cursor moved by a 1:1 send is held in memory and written at
+    /// most about this many milliseconds later (a crash loses at most that much of such
+    /// moves; docs/ARCHITECTURE.md, "Read state"). 0 writes it with its message.
+    pub cursor_flush_ms: u64,
     /// Use PostgreSQL instead of the embedded store, e.g.
     /// `postgres://postgres@127.0.0.1:5432/test` (also `XINGE_POSTGRES_URL`).
     pub postgres_url: Option<String>,
@@ -227,6 +231,7 @@ impl Default for StoreConfig {
             max_batch: 256,
             queue: 4_096,
             commit_interval_us: 2_000,
+            cursor_flush_ms: 1_000,
             postgres_url: None,
             postgres_schema: "xinge".into(),
             postgres_pool: 16,
@@ -396,6 +401,9 @@ impl Config {
         }
         if self.store.commit_interval_us > 100_000 {
             return bad("store.commit_interval_us must be at most 100000");
+        }
+        if self.store.cursor_flush_ms > 60_000 {
+            return bad("store.cursor_flush_ms must be at most 60000");
         }
         if self.gateway.heartbeat_timeout_secs == 0 || self.gateway.heartbeat_timeout_secs > 3600 {
             return bad("gateway.heartbeat_timeout_secs must be 1-3600");

@@ -73,10 +73,11 @@ pub trait Store: Send + Sync + 'static {
     /// What a committed message with this (sender, client_msg_id) was, if any.
     async fn dedup(&self, sender: UserId, client_msg_id: &str) -> Result<Option<DedupRecord>>;
 
-    /// Makes durable what the backend keeps behind: the embedded store writes the read
-    /// cursors that sending moves in 1:1 conversations up to a second late (see
-    /// docs/ARCHITECTURE.md, "Read cursors"). Called on a clean shutdown.
-    async fn flush(&self) -> Result<()> {
+    /// Makes durable what the backend keeps behind, and keeps nothing behind from then on
+    /// (writes go on working): the embedded store writes the read cursors that sending
+    /// moves in 1:1 conversations about a second late (docs/ARCHITECTURE.md, "Read
+    /// state"). For a clean shutdown.
+    async fn seal(&self) -> Result<()> {
         Ok(())
     }
 

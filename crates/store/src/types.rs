@@ -269,7 +269,7 @@ pub enum Op {
 /// 4. appends `message` to its conversation (next conv_seq, new msg_id), moves the
 ///    sender's read cursor to it (sending implies having read up to there; in a 1:1
 ///    conversation a backend may make that move durable up to a second later than the
-///    rest, see [`crate::Store::flush`]) and indexes its mentions;
+///    rest, see [`crate::Store::seal`]) and indexes its mentions;
 /// 5. appends an entry for that message to the inbox of every user in `message_to` and,
 ///    for a write fan-out group, of every member (each once), then every `(user, event)`
 ///    of `events`, each at the user's next inbox seq;

@@ -96,6 +96,7 @@ pub async fn run(
                 max_batch: cfg.store.max_batch,
                 queue: cfg.store.queue,
                 commit_interval: std::time::Duration::from_micros(cfg.store.commit_interval_us),
+                cursor_flush: std::time::Duration::from_millis(cfg.store.cursor_flush_ms),
             },
         )?),
     };
@@ -145,10 +146,10 @@ pub async fn run(
     tracing::info!(http = %bound.http, tcp = %bound.tcp, tls = tls.is_some(), "xinge ready");
     ready(bound);
     xinge_api::server::serve(http, app, limits, tls, shutdown).await;
-    // What the store holds behind (read cursors moved by sending) is written before the
-    // process ends.
-    if let Err(e) = store.flush().await {
-        tracing::warn!(error = %e, "store flush at shutdown failed");
+    // What the store holds behind (read cursors moved by sending) is written, and what
+    // the still open long connections send from here on is written with its commit.
+    if let Err(e) = store.seal().await {
+        tracing::warn!(error = %e, "sealing the store at shutdown failed");
     }
     Ok(())
 }

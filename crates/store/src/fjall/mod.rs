@@ -159,6 +159,10 @@ pub struct FjallOptions {
     /// When commits overlap, the least time between the starts of two durable writes
     /// (see `store.commit_interval_us`).
     pub commit_interval: std::time::Duration,
+    /// How long a read cursor moved by a 1:1 send may stay in memory before the writer
+    /// writes it (soft.rs); a tick checks four times as often. Zero: written with its
+    /// message.
+    pub cursor_flush: std::time::Duration,
 }
 
 impl Default for FjallOptions {
@@ -168,6 +172,7 @@ impl Default for FjallOptions {
             max_batch: 256,
             queue: 4096,
             commit_interval: std::time::Duration::from_millis(2),
+            cursor_flush: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -210,33 +215,38 @@ impl FjallStore {
             opts.node_id,
             opts.max_batch.max(1),
             opts.commit_interval,
+            opts.cursor_flush,
         );
         std::thread::Builder::new()
             .name("xinge-store-writer".into())
             .spawn(move || w.run(rx))
             .map_err(backend)?;
-        // Wakes the writer to flush held cursors when no commit comes to carry them. It
-        // holds neither the store nor the channel between ticks, so it does not keep them
-        // open; it ends at the first tick after the store is gone.
-        let (spaces_w, writes_w) = (Arc::downgrade(&spaces), tx.downgrade());
-        std::thread::Builder::new()
-            .name("xinge-store-tick".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(soft::FLUSH_EVERY);
-                    let (Some(spaces), Some(writes)) = (spaces_w.upgrade(), writes_w.upgrade())
-                    else {
-                        return;
-                    };
-                    if spaces.soft.len() > 0 {
-                        let (reply, _) = oneshot::channel();
-                        let op = writer::Op::FlushCursors;
-                        // A full queue will carry the held cursors with its own batches.
-                        let _ = writes.try_send(writer::Request { op, reply });
+        // Wakes the writer while it holds cursors and no commit comes to carry them; the
+        // writer decides whether a flush is due. The tick holds neither the store nor the
+        // channel between ticks, so it keeps neither open; it ends at the first tick after
+        // the store is gone.
+        if !opts.cursor_flush.is_zero() {
+            let every = (opts.cursor_flush / 4).max(std::time::Duration::from_millis(10));
+            let (spaces_w, writes_w) = (Arc::downgrade(&spaces), tx.downgrade());
+            std::thread::Builder::new()
+                .name("xinge-store-tick".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(every);
+                        let (Some(spaces), Some(writes)) = (spaces_w.upgrade(), writes_w.upgrade())
+                        else {
+                            return;
+                        };
+                        if spaces.soft.len() > 0 {
+                            let (reply, _) = oneshot::channel();
+                            let op = writer::Op::Tick;
+                            // A full queue carries the held cursors with its own batches.
+                            let _ = writes.try_send(writer::Request { op, reply });
+                        }
                     }
-                }
-            })
-            .map_err(backend)?;
+                })
+                .map_err(backend)?;
+        }
         Ok(Self { spaces, writes: tx })
     }
 
@@ -568,8 +578,8 @@ impl Store for FjallStore {
         }
     }
 
-    async fn flush(&self) -> Result<()> {
-        self.write(writer::Op::FlushCursors).await.map(|_| ())
+    async fn seal(&self) -> Result<()> {
+        self.write(writer::Op::Seal).await.map(|_| ())
     }
 }
 
@@ -651,31 +661,30 @@ mod tests {
         v.map_or(0, |v| read_u64(&v).unwrap())
     }
 
+    fn open_holding(dir: &Path, cursor_flush: std::time::Duration) -> FjallStore {
+        let opts = FjallOptions {
+            cursor_flush,
+            ..FjallOptions::default()
+        };
+        FjallStore::open(dir, opts).unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cursors_moved_by_sending_are_held_then_written_and_never_go_back() {
+    async fn cursors_moved_by_sending_are_held_and_never_go_back() {
         let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path());
+        // Held for an hour: nothing but the seal below writes them.
+        let s = open_holding(dir.path(), std::time::Duration::from_secs(3600));
         let (a, b) = crate::conformance::seed_chat(&s, 0).await;
         let conv = ConvId::direct(a, b);
         crate::conformance::send(&s, a, b, "one").await;
-        // Readers see the move at once; fjall does not hold it yet (the store's tick is a
-        // second away).
+        // Readers see the move at once; fjall does not hold it.
         assert_eq!(s.read_cursor(a, conv).await.unwrap(), 1);
         let listed = s.memberships(a, 10).await.unwrap();
         assert_eq!(listed.iter().find(|m| m.conv == conv).unwrap().read_seq, 1);
         assert_eq!(stored_cursor(&s, a, conv), 0);
-        // The tick writes it.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while stored_cursor(&s, a, conv) != 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "held cursor never written"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        assert_eq!(s.spaces.soft.len(), 0);
+        assert_eq!(s.spaces.soft.len(), 1);
 
-        // B sends twice and A reads them (durable at once); A's next send is held again.
+        // B sends twice and A reads them: a read that moves the cursor is written at once.
         crate::conformance::send(&s, b, a, "two").await;
         crate::conformance::send(&s, b, a, "three").await;
         let read = |seq| Commit {
@@ -684,17 +693,49 @@ mod tests {
         };
         s.commit(read(3)).await.unwrap();
         assert_eq!(stored_cursor(&s, a, conv), 3);
+        // A's next send is held again, and a read behind it moves nothing.
         crate::conformance::send(&s, a, b, "four").await;
         assert_eq!(s.read_cursor(a, conv).await.unwrap(), 4);
         assert_eq!(stored_cursor(&s, a, conv), 3);
-        // A read behind the held cursor moves nothing; the flush writes the held one.
         s.commit(read(2)).await.unwrap();
         assert_eq!(s.read_cursor(a, conv).await.unwrap(), 4);
-        s.flush().await.unwrap();
+
+        // The seal writes what is held (A at 4, B at 3 from B's own sends)...
+        s.seal().await.unwrap();
         assert_eq!(stored_cursor(&s, a, conv), 4);
-        assert_eq!(s.read_cursor(a, conv).await.unwrap(), 4);
-        // B's cursor moved by B's own sends, and was written by the same flush.
         assert_eq!(stored_cursor(&s, b, conv), 3);
+        assert_eq!(s.spaces.soft.len(), 0);
+        assert_eq!(s.read_cursor(a, conv).await.unwrap(), 4);
+        // ...and from then on a send writes its cursor with its message.
+        crate::conformance::send(&s, b, a, "five").await;
+        assert_eq!(stored_cursor(&s, b, conv), 5);
+        assert_eq!(s.spaces.soft.len(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_tick_writes_held_cursors_when_no_commit_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_holding(dir.path(), std::time::Duration::from_millis(100));
+        let (a, b) = crate::conformance::seed_chat(&s, 1).await;
+        let conv = ConvId::direct(a, b);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while stored_cursor(&s, a, conv) != 1 || s.spaces.soft.len() != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "held cursor never written"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(s.read_cursor(a, conv).await.unwrap(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_holding_off_a_send_writes_its_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_holding(dir.path(), std::time::Duration::ZERO);
+        let (a, b) = crate::conformance::seed_chat(&s, 2).await;
+        assert_eq!(stored_cursor(&s, a, ConvId::direct(a, b)), 2);
+        assert_eq!(s.spaces.soft.len(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! Read cursors moved by sending in 1:1 conversations, held in memory until the writer
-//! writes them to fjall (at most [`FLUSH_EVERY`] later, or on a clean shutdown).
+//! writes them to fjall (about a second later — `FjallOptions::cursor_flush` — or when the
+//! store is sealed for a clean shutdown).
 //!
 //! Sending implies having read up to one's own message, so every 1:1 send moved the
 //! sender's cursor in the same durable batch: a fifth key per message, rewritten thousands
@@ -8,18 +9,14 @@
 //! inbox entries and its dedup record stay durable before the ack; a crash loses at most
 //! the last second of such cursor moves, so the sender's own newest messages may count as
 //! unread once more, until their next send or read (see docs/ARCHITECTURE.md, "Read
-//! cursors"). Explicit reads (`READ`) stay durable before their answer.
+//! state"). A read that moves a cursor stays durable before its answer.
 //!
 //! Readers take a user's entries here before they read fjall, and the writer drops an entry
 //! only once fjall holds a value at least as large, so a reader never sees a cursor go back.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 use xinge_core::{ConvId, UserId};
-
-/// How late a cursor moved by sending may reach fjall.
-pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Entries held at most. Past it, sends move their sender's cursor durably again (as
 /// before this existed) until a flush has emptied the table.

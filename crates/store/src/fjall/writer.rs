@@ -1,7 +1,7 @@
 //! The single writer: group commit and sequence assignment.
 
 use super::keys::*;
-use super::soft::{FLUSH_EVERY, MAX_SOFT};
+use super::soft::MAX_SOFT;
 use super::{Spaces, StoredEntry, StoredEvent, backend, decode, encode, pack_dedup, unpack_dedup};
 use crate::{
     Commit, Committed, DedupRecord, GroupFanout, GroupRecord, MemberRecord, NewUser, Result,
@@ -22,8 +22,11 @@ pub(crate) enum Op {
     PutDevice(UserId, DeviceId, u64),
     RemoveDevice(UserId, DeviceId),
     Commit(Box<Commit>),
-    /// Write the held read cursors now (the store's tick, or a clean shutdown).
-    FlushCursors,
+    /// Wakes the writer while it holds read cursors (the store's tick): it writes them
+    /// if they are due.
+    Tick,
+    /// Write the held read cursors now and hold none from then on (`Store::seal`).
+    Seal,
 }
 
 pub(crate) enum Out {
@@ -48,8 +51,9 @@ pub(crate) struct Writer {
     /// cache cannot go stale; it saves the reverse seek that finds a timeline's end (the
     /// largest cost of a commit without it). Cleared when full or when a batch fails.
     heads: Map<u64>,
-    /// Read cursors and conversation memberships recently written (every send moves the
-    /// sender's cursor and checks both memberships). Same argument: only the writer writes
+    /// Read cursors and conversation memberships recently written or moved (every send
+    /// moves the sender's cursor and checks both memberships; a 1:1 send's move may be
+    /// held, soft.rs, and is here all the same). Same argument: only the writer writes
     /// them, so this cannot go stale. Cleared when full or when a batch fails.
     members: Map<Option<Slice>>,
     /// A batch's overlay and heads, kept between batches so that their tables are not
@@ -64,6 +68,10 @@ pub(crate) struct Writer {
     /// the `group` benchmark.
     lists: Lists,
     list_ids: usize,
+    /// How long a cursor moved by a 1:1 send may be held (zero: never held).
+    cursor_flush: Duration,
+    /// Set by `Op::Seal`: cursors are written with their commit from then on.
+    sealed: bool,
 }
 
 type Lists = HashMap<u64, Arc<[UserId]>, foldhash::fast::RandomState>;
@@ -108,7 +116,8 @@ fn owned_slot_key(slot: u16, key: &[u8]) -> Vec<u8> {
 
 /// One group-commit batch in the making: the fjall batch plus an overlay of what it has
 /// written so far that a later commit of the same batch may read (everything but inbox
-/// entries and mention marks, see [`Tx::put_unread`]), so later commits read their
+/// entries and mention marks, see [`Tx::put_unread`]; and the cursor moves it holds
+/// instead of writing, see [`Tx::advance_by_send`]), so later commits read their
 /// predecessors' writes.
 struct Tx<'a> {
     spaces: &'a Spaces,
@@ -122,7 +131,9 @@ struct Tx<'a> {
     changed_groups: Vec<u64>,
     /// Lists this batch read from fjall, for the cache once the batch is durable.
     loaded: Lists,
-    /// Held read cursors when the batch began (soft.rs).
+    /// Whether 1:1 sends may hold their cursor move (not sealed, holding on, table not
+    /// full), and how many cursors were held when the batch began.
+    hold: bool,
     held: usize,
     /// Cursors this batch's 1:1 sends moved without writing them: held once it is durable.
     moved: Vec<(UserId, ConvId, u64)>,
@@ -134,12 +145,15 @@ impl Writer {
         node_id: u16,
         max_batch: usize,
         min_interval: Duration,
+        cursor_flush: Duration,
     ) -> Self {
         Self {
             spaces,
             ids: IdGen::new(node_id),
             max_batch,
             min_interval,
+            cursor_flush,
+            sealed: false,
             heads: Map::default(),
             members: Map::default(),
             overlay: Map::default(),
@@ -174,13 +188,19 @@ impl Writer {
                 }
             }
             let held = self.spaces.soft.len();
-            let flush = held > 0
-                && (held >= MAX_SOFT / 2
-                    || last_flush.elapsed() >= FLUSH_EVERY
-                    || reqs.iter().any(|r| matches!(r.op, Op::FlushCursors)));
+            let seal = reqs.iter().any(|r| matches!(r.op, Op::Seal));
+            // Due a second after the table last was empty or written.
+            if held == 0 {
+                last_flush = Instant::now();
+            }
+            let flush = seal
+                || (held > 0
+                    && (held >= MAX_SOFT / 2 || last_flush.elapsed() >= self.cursor_flush));
             if flush {
                 last_flush = Instant::now();
             }
+            // Sealed from this batch on: its own sends write their cursor too.
+            self.sealed |= seal;
             last_len = reqs.len();
             self.batch(&mut reqs, flush);
         }
@@ -208,20 +228,33 @@ impl Writer {
             heads: std::mem::take(&mut self.batch_heads),
             changed_groups: Vec::new(),
             loaded: Lists::default(),
+            hold: !self.sealed && !self.cursor_flush.is_zero(),
             held: self.spaces.soft.len(),
             moved: Vec::new(),
         };
-        let flushed = match flush {
-            true => tx.flush_cursors().unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "held read cursors not written this time");
-                Vec::new()
-            }),
-            false => Vec::new(),
+        let (flushed, flush_failed) = if flush {
+            match tx.flush_cursors() {
+                Ok(written) => (written, None),
+                Err(e) => {
+                    tracing::warn!(error = %e, "held read cursors not written this time");
+                    (Vec::new(), Some(e))
+                }
+            }
+        } else {
+            (Vec::new(), None)
         };
-        let outs: Vec<Result<Out>> = reqs
+        let mut outs: Vec<Result<Out>> = reqs
             .iter_mut()
             .map(|r| self.apply(&mut tx, &mut r.op))
             .collect();
+        if let Some(e) = flush_failed {
+            // A seal answers that everything held is written: not so this time.
+            for (r, out) in reqs.iter().zip(outs.iter_mut()) {
+                if matches!(r.op, Op::Seal) {
+                    *out = Err(StoreError::Backend(e.to_string()));
+                }
+            }
+        }
         let members_slot = tx.slot(|s| &s.members);
         let Tx {
             batch,
@@ -318,8 +351,9 @@ impl Writer {
                 Ok(Out::Unit)
             }
             Op::Commit(c) => tx.commit(&self.ids, c).map(|c| Out::Committed(Box::new(c))),
-            // The batch flushed the held cursors before its first request (see `run`).
-            Op::FlushCursors => Ok(Out::Unit),
+            // The batch wrote the held cursors before its first request if they were due
+            // or sealed (see `run`).
+            Op::Tick | Op::Seal => Ok(Out::Unit),
         }
     }
 }
@@ -533,9 +567,11 @@ impl Tx<'_> {
 
     /// Sending implies having read up to one's own message. In a 1:1 conversation the
     /// move is held in memory (soft.rs) instead of written with the message — unless the
-    /// membership is new or the table is full, when it is written as before.
+    /// conversation is not in the sender's list at all (not even by a `Join` of this
+    /// batch), the table is full or the store is sealed: then it is written as before.
     fn advance_by_send(&mut self, user: UserId, conv: ConvId, seq: u64) -> Result<()> {
-        if matches!(conv, ConvId::Direct(..))
+        if self.hold
+            && matches!(conv, ConvId::Direct(..))
             && self.held + self.moved.len() < MAX_SOFT
             && let Some(cur) = self.cursor(user, conv)?
         {
