@@ -468,6 +468,9 @@ async fn mixed(
             + with.checks.out_of_order
             + group.checks.out_of_order,
         pulls: with.checks.pulls + group.checks.pulls,
+        failed_pulls: with.checks.failed_pulls + group.checks.failed_pulls,
+        reconnects: with.checks.reconnects + group.checks.reconnects,
+        repairs: with.checks.repairs + group.checks.repairs,
     };
     r.delivery_latency = with.delivery_latency.clone();
     r.ack_latency = with.ack_latency.clone();

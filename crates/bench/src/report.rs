@@ -36,6 +36,17 @@ pub struct Checks {
     pub out_of_order: u64,
     /// Pulls the receivers made (signals with a gap, or too large to ride inline).
     pub pulls: u64,
+    /// Pull requests that failed (a timeout or an error answer under overload) and were
+    /// made again from the receiver's cursor.
+    #[serde(default)]
+    pub failed_pulls: u64,
+    /// Times a receiver's connection was closed by the server and connected again (each
+    /// then catches up by pull, as a real client does).
+    #[serde(default)]
+    pub reconnects: u64,
+    /// Repair pulls the receivers made while the run drained (once a second each).
+    #[serde(default)]
+    pub repairs: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
@@ -189,10 +200,15 @@ impl BenchResult {
                 ),
             );
             row(
-                "send errors / generator overflow / pulls",
+                "send errors / generator overflow / pulls (failed, tried again) / reconnects / repair pulls while draining",
                 format!(
-                    "{} / {} / {}",
-                    self.send_errors, self.generator_overflow, self.checks.pulls
+                    "{} / {} / {} ({}) / {} / {}",
+                    self.send_errors,
+                    self.generator_overflow,
+                    self.checks.pulls,
+                    self.checks.failed_pulls,
+                    self.checks.reconnects,
+                    self.checks.repairs
                 ),
             );
             row(

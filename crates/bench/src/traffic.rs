@@ -152,6 +152,7 @@ pub async fn run(
         checks: Mutex::new(Checks::default()),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let mut conns: HashMap<usize, Arc<Connection>> = HashMap::new();
     let mut receivers = tokio::task::JoinSet::new();
     eprintln!("{}: connecting {} users", plan.scenario, plan.online.len());
@@ -173,8 +174,10 @@ pub async fn run(
                 follow: plan.follow,
                 counters: counters.clone(),
                 totals: totals.clone(),
+                redial: (transport, address.clone(), token.clone()),
             };
-            receivers.spawn(r.run(conn.clone(), signals, stop_rx.clone()));
+            let watches = (drain_rx.clone(), stop_rx.clone());
+            receivers.spawn(r.run(conn.clone(), signals, watches));
         }
         conns.insert(i, conn);
     }
@@ -247,6 +250,9 @@ pub async fn run(
     // worker cannot know the global count: it waits until deliveries stop for 2 s.
     let expected = || counters.acked.load(Ordering::Relaxed) * plan.fanout;
     let drain_start = Instant::now();
+    // Receivers now repair by pull as a real client does periodically (the server drops a
+    // signal at a full gateway queue under overload and counts on that pull).
+    let _ = drain_tx.send(true);
     if plan.start_at_ms.is_some() {
         loop {
             let before = counters.delivered.load(Ordering::Relaxed);
@@ -353,6 +359,9 @@ struct Receiver {
     follow: Option<ConvId>,
     counters: Arc<Counters>,
     totals: Arc<Totals>,
+    /// How to connect again when the server closes the connection (a slow consumer under
+    /// overload is disconnected by design and catches up by pull, as a real client does).
+    redial: (Transport, String, String),
 }
 
 struct RecvState {
@@ -366,10 +375,15 @@ struct RecvState {
 impl Receiver {
     async fn run(
         self,
-        conn: Arc<Connection>,
+        mut conn: Arc<Connection>,
         mut signals: mpsc::Receiver<Signal>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        (draining, mut stop): (
+            tokio::sync::watch::Receiver<bool>,
+            tokio::sync::watch::Receiver<bool>,
+        ),
     ) {
+        let mut repair = tokio::time::interval(Duration::from_secs(1));
+        repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut st = RecvState {
             cursor: 0,
             conv_cursor: 0,
@@ -405,7 +419,7 @@ impl Receiver {
                                 }
                             }
                             _ => {
-                                if self.pull(&conn, &mut st, true).await.is_err() {
+                                if !self.pull_again(&conn, &mut st, &stop, false).await {
                                     break;
                                 }
                             }
@@ -422,13 +436,37 @@ impl Receiver {
                                     self.check(&mut st, m);
                                 }
                             }
-                        } else if self.pull_group(&conn, &mut st, conv).await.is_err() {
+                        } else if !self.pull_again(&conn, &mut st, &stop, true).await {
                             break;
                         }
                     }
                     Some(_) => {}
-                    None => break,
+                    None => {
+                        // Closed by the server: connect again, then catch up from the cursor.
+                        let Some((c, s)) = self.redial(&stop).await else {
+                            break;
+                        };
+                        st.checks.reconnects += 1;
+                        (conn, signals) = (Arc::new(c), s);
+                        if !self.pull_again(&conn, &mut st, &stop, false).await {
+                            break;
+                        }
+                        if self.follow.is_some() && !self.pull_again(&conn, &mut st, &stop, true).await {
+                            break;
+                        }
+                    }
                 },
+                // Once a second while the run drains: a repair pull, as a real client makes
+                // periodically (`Device`'s repair interval).
+                _ = repair.tick(), if *draining.borrow() => {
+                    st.checks.repairs += 1;
+                    if !self.pull_again(&conn, &mut st, &stop, false).await {
+                        break;
+                    }
+                    if self.follow.is_some() && !self.pull_again(&conn, &mut st, &stop, true).await {
+                        break;
+                    }
+                }
                 _ = stop.changed() => break,
             }
         }
@@ -437,6 +475,58 @@ impl Receiver {
         c.duplicated += st.checks.duplicated;
         c.out_of_order += st.checks.out_of_order;
         c.pulls += st.checks.pulls;
+        c.failed_pulls += st.checks.failed_pulls;
+        c.reconnects += st.checks.reconnects;
+        c.repairs += st.checks.repairs;
+    }
+
+    /// A new connection, tried every 100 ms until the run stops.
+    async fn redial(
+        &self,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Option<(Connection, mpsc::Receiver<Signal>)> {
+        let (transport, address, token) = &self.redial;
+        while !*stop.borrow() {
+            if let Ok(pair) = Connection::connect(*transport, address, token).await {
+                return Some(pair);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// A pull (of the inbox, or of the followed group when `group`) made again after a
+    /// failure — a timeout or an error answer under overload — from the cursor, which a
+    /// failed pull leaves where the last applied entry put it; a receiver that gave up
+    /// instead would count everything after as lost. False when the run stopped first.
+    async fn pull_again(
+        &self,
+        conn: &Connection,
+        st: &mut RecvState,
+        stop: &tokio::sync::watch::Receiver<bool>,
+        group: bool,
+    ) -> bool {
+        loop {
+            let pulled = match (group, self.follow) {
+                (true, Some(conv)) => self.pull_group(conn, st, conv).await,
+                _ => self.pull(conn, st, true).await,
+            };
+            match pulled {
+                Ok(()) => return true,
+                Err(e) => {
+                    st.checks.failed_pulls += 1;
+                    static SAID: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    if !SAID.swap(true, Ordering::Relaxed) {
+                        eprintln!("a receiver's pull failed ({e}); trying again from its cursor");
+                    }
+                    if *stop.borrow() {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 
     /// One delivered message: from another user, exactly the next of that sender's count.
@@ -463,7 +553,12 @@ impl Receiver {
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn pull(&self, conn: &Connection, st: &mut RecvState, measure: bool) -> Result<(), ()> {
+    async fn pull(
+        &self,
+        conn: &Connection,
+        st: &mut RecvState,
+        measure: bool,
+    ) -> Result<(), String> {
         st.checks.pulls += 1;
         loop {
             let req = SyncRequest {
@@ -471,7 +566,10 @@ impl Receiver {
                 limit: Some(500),
                 groups: false,
             };
-            let resp: SyncResponse = conn.request(cmd::SYNC, &req).await.map_err(drop)?;
+            let resp: SyncResponse = conn
+                .request(cmd::SYNC, &req)
+                .await
+                .map_err(|e| e.to_string())?;
             for e in resp.entries {
                 if e.seq == st.cursor + 1 {
                     st.cursor = e.seq;
@@ -491,7 +589,7 @@ impl Receiver {
         conn: &Connection,
         st: &mut RecvState,
         conv: ConvId,
-    ) -> Result<(), ()> {
+    ) -> Result<(), String> {
         st.checks.pulls += 1;
         loop {
             let req = HistoryRequest {
@@ -500,7 +598,10 @@ impl Receiver {
                 after: Some(st.conv_cursor),
                 limit: Some(500),
             };
-            let resp: HistoryResponse = conn.request(cmd::HISTORY, &req).await.map_err(drop)?;
+            let resp: HistoryResponse = conn
+                .request(cmd::HISTORY, &req)
+                .await
+                .map_err(|e| e.to_string())?;
             for m in &resp.messages {
                 if m.conv_seq > st.conv_cursor {
                     st.conv_cursor = m.conv_seq;

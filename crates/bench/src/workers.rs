@@ -116,6 +116,9 @@ pub async fn drive(
         r.checks.duplicated += p.checks.duplicated;
         r.checks.out_of_order += p.checks.out_of_order;
         r.checks.pulls += p.checks.pulls;
+        r.checks.failed_pulls += p.checks.failed_pulls;
+        r.checks.reconnects += p.checks.reconnects;
+        r.checks.repairs += p.checks.repairs;
         r.offered_secs = r.offered_secs.max(p.offered_secs);
         for (acc, b64) in [
             (&mut ack, &p.ack_hist_b64),
