@@ -448,10 +448,7 @@ impl Receiver {
                         };
                         st.checks.reconnects += 1;
                         (conn, signals) = (Arc::new(c), s);
-                        if !self.pull_again(&conn, &mut st, &stop, false).await {
-                            break;
-                        }
-                        if self.follow.is_some() && !self.pull_again(&conn, &mut st, &stop, true).await {
+                        if !self.catch_up(&conn, &mut st, &stop).await {
                             break;
                         }
                     }
@@ -460,10 +457,7 @@ impl Receiver {
                 // periodically (`Device`'s repair interval).
                 _ = repair.tick(), if *draining.borrow() => {
                     st.checks.repairs += 1;
-                    if !self.pull_again(&conn, &mut st, &stop, false).await {
-                        break;
-                    }
-                    if self.follow.is_some() && !self.pull_again(&conn, &mut st, &stop, true).await {
+                    if !self.catch_up(&conn, &mut st, &stop).await {
                         break;
                     }
                 }
@@ -478,6 +472,18 @@ impl Receiver {
         c.failed_pulls += st.checks.failed_pulls;
         c.reconnects += st.checks.reconnects;
         c.repairs += st.checks.repairs;
+    }
+
+    /// Everything after the cursors: the inbox, then the followed group. False when the
+    /// run stopped first.
+    async fn catch_up(
+        &self,
+        conn: &Connection,
+        st: &mut RecvState,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        self.pull_again(conn, st, stop, false).await
+            && (self.follow.is_none() || self.pull_again(conn, st, stop, true).await)
     }
 
     /// A new connection, tried every 100 ms until the run stops.
