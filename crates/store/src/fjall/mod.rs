@@ -649,8 +649,7 @@ mod tests {
         let (_, head) = s.inbox(a, 0, 100).await.unwrap();
         assert_eq!(head, 5);
         // The cursor moves of the five sends were held, and written when the writer ended.
-        let stored = s.spaces.members.get(member_key(a, conv)).unwrap();
-        assert_eq!(read_u64(&stored.unwrap()).unwrap(), 5);
+        assert_eq!(stored_cursor(&s, a, conv), 5);
         let c = crate::conformance::send(&s, a, b, "after-reopen").await;
         assert_eq!(c.message.unwrap().conv_seq, 6);
         assert_eq!(c.sender_seq, 6);
