@@ -84,6 +84,9 @@ const MAX_CACHED_LIST_IDS: usize = 4_000_000;
 /// hashed with foldhash: these lookups are a large part of a commit's own cost.
 type Map<V> = HashMap<Vec<u8>, V, foldhash::fast::RandomState>;
 
+/// A durable write (the batch into fjall and its fdatasync) this slow is logged.
+const SLOW_WRITE: Duration = Duration::from_millis(100);
+
 /// Timelines whose head the writer remembers (about 100 bytes each).
 const MAX_CACHED_HEADS: usize = 1_000_000;
 
@@ -266,7 +269,14 @@ impl Writer {
             ..
         } = tx;
         metrics::histogram!("xinge_store_batch_commits").record(reqs.len() as f64);
+        let began = Instant::now();
         let committed = batch.commit();
+        let took = began.elapsed();
+        metrics::histogram!("xinge_store_write_seconds").record(took.as_secs_f64());
+        if took >= SLOW_WRITE {
+            // Every commit of the batch waited this long for its answer.
+            tracing::warn!(ms = took.as_millis() as u64, commits = reqs.len(), "slow durable write");
+        }
         if committed.is_ok() {
             // Raised before the answers go out, so that a reader who has an answer sees
             // the cursor it moved; dropped only for what fjall now holds.
