@@ -275,7 +275,11 @@ impl Writer {
         metrics::histogram!("xinge_store_write_seconds").record(took.as_secs_f64());
         if took >= SLOW_WRITE {
             // Every commit of the batch waited this long for its answer.
-            tracing::warn!(ms = took.as_millis() as u64, commits = reqs.len(), "slow durable write");
+            tracing::warn!(
+                ms = took.as_millis() as u64,
+                commits = reqs.len(),
+                "slow durable write"
+            );
         }
         if committed.is_ok() {
             // Raised before the answers go out, so that a reader who has an answer sees
