@@ -477,6 +477,8 @@ async fn mixed(
     r.direct_alone_latency = Some(alone.delivery_latency.clone());
     r.group_latency = Some(group.delivery_latency.clone());
     r.delivery_hist = with.delivery_hist.clone();
+    // The 1:1 and the group traffic ran at the same time against the same store.
+    r.durable_writes = with.durable_writes.max(group.durable_writes);
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         r.server_cpu_us = b.cpu_us - a.cpu_us;
         r.server_cpu_us_per_msg = r.server_cpu_us as f64 / r.delivered.max(1) as f64;

@@ -94,6 +94,45 @@ pub struct BenchResult {
     /// The server's CPU time (µs) when sending started and when deliveries were drained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_cpu_window_us: Option<(u64, u64)>,
+    /// The embedded store's durable writes over the same window, and how many of them took
+    /// over 100 ms (the disk's stalls, which every commit of the batch waits out). None
+    /// where the server has no embedded store or did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable_writes: Option<DurableWrites>,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub struct DurableWrites {
+    pub all: u64,
+    pub over_100ms: u64,
+}
+
+impl DurableWrites {
+    /// Read from the server's `xinge_store_write_seconds` histogram (Prometheus text).
+    pub fn parse(metrics: &str) -> Option<Self> {
+        let bucket = |le: &str| {
+            let name = format!("xinge_store_write_seconds_bucket{{le=\"{le}\"}}");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name.as_str()))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let (within, all) = (bucket("0.1")?, bucket("+Inf")?);
+        Some(Self {
+            all,
+            over_100ms: all.saturating_sub(within),
+        })
+    }
+
+    /// What happened between two readings of the same server.
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            all: self.all.saturating_sub(before.all),
+            over_100ms: self.over_100ms.saturating_sub(before.over_100ms),
+        }
+    }
 }
 
 fn ms(us: u64) -> String {
@@ -219,6 +258,12 @@ impl BenchResult {
                 "server RSS at end",
                 format!("{:.1} MiB", self.server_rss_after as f64 / 1048576.0),
             );
+            if let Some(w) = &self.durable_writes {
+                row(
+                    "server's durable writes / over 100 ms (the disk)",
+                    format!("{} / {}", w.all, w.over_100ms),
+                );
+            }
             if let Some(d) = &self.direct_alone_latency {
                 row(
                     "1:1 alone: send→delivered p50 / p99 / max (ms)",
@@ -320,4 +365,40 @@ pub fn hist_from_b64(s: &str) -> Option<Histogram<u64>> {
     hdrhistogram::serialization::Deserializer::new()
         .deserialize(&mut &bytes[..])
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DurableWrites;
+
+    #[test]
+    fn durable_writes_are_read_from_the_servers_histogram() {
+        let before = "# TYPE xinge_store_write_seconds histogram\n\
+            xinge_store_write_seconds_bucket{le=\"0.05\"} 90\n\
+            xinge_store_write_seconds_bucket{le=\"0.1\"} 98\n\
+            xinge_store_write_seconds_bucket{le=\"0.25\"} 99\n\
+            xinge_store_write_seconds_bucket{le=\"+Inf\"} 100\n\
+            xinge_store_write_seconds_count 100\n";
+        let after = before
+            .replace("\"0.1\"} 98", "\"0.1\"} 1098")
+            .replace("\"+Inf\"} 100", "\"+Inf\"} 1103");
+        let a = DurableWrites::parse(before).unwrap();
+        assert_eq!(
+            a,
+            DurableWrites {
+                all: 100,
+                over_100ms: 2
+            }
+        );
+        let b = DurableWrites::parse(&after).unwrap();
+        assert_eq!(
+            b.since(a),
+            DurableWrites {
+                all: 1003,
+                over_100ms: 3
+            }
+        );
+        // A server without an embedded store has no such metric.
+        assert_eq!(DurableWrites::parse("xinge_connections 3\n"), None);
+    }
 }

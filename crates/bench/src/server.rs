@@ -2,6 +2,7 @@
 //! sampled through /proc for CPU time and resident memory.
 
 use crate::BenchError;
+use crate::report::DurableWrites;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -186,6 +187,19 @@ impl Server {
             child: None,
             _dir: None,
         })
+    }
+
+    /// The embedded store's durable writes so far (see [`DurableWrites`]); None without
+    /// an answer or without the metric (the distributed roles).
+    pub async fn durable_writes(&self) -> Option<DurableWrites> {
+        let get = async {
+            let r = reqwest::get(format!("{}/metrics", self.base)).await.ok()?;
+            r.text().await.ok()
+        };
+        let text = tokio::time::timeout(std::time::Duration::from_secs(5), get)
+            .await
+            .ok()??;
+        DurableWrites::parse(&text)
     }
 
     pub fn sample(&self) -> Option<ProcSample> {

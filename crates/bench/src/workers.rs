@@ -157,6 +157,8 @@ pub async fn drive(
         r.server_cpu_us_per_msg = r.server_cpu_us as f64 / r.delivered.max(1) as f64;
     }
     r.server_rss_after = parts.iter().map(|p| p.server_rss_after).max().unwrap_or(0);
+    // Every worker read the same store over nearly the same window.
+    r.durable_writes = parts.iter().filter_map(|p| p.durable_writes).max();
     Ok(r)
 }
 
