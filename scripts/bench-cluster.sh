@@ -5,7 +5,8 @@
 # direct` against them, and each process's CPU (utime + stime from /proc) read over the
 # middle of the traffic (from 2 s after it starts to 2 s before it ends).
 #   scripts/bench-cluster.sh RATE SECS     (after cargo build --release)
-# Prints one line per process: CPU seconds in the window and microseconds per message.
+# Prints one line per process: CPU seconds in the window and microseconds per offered
+# message (a run that saturates, delivered/s below RATE, reads low).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-300}
@@ -73,11 +74,18 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 
-cpu_of() { # utime + stime in clock ticks, summed over the pids given
-  local t=0 p f
+ticks() { # utime + stime of one process, in clock ticks; nothing if it is gone
+  cut -d')' -f2- "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}'
+}
+declare -A base # clock ticks of every process measured, at the start of the window
+mark() { local p; for p in "$@"; do base[$p]=$(ticks "$p"); done; }
+# CPU ticks the given processes spent since `mark`: one that started in the window counts
+# whole; one that ended in it is lost (PostgreSQL keeps its pool's backends, so few do).
+spent() {
+  local t=0 p now
   for p in "$@"; do
-    f=$(cut -d')' -f2- "/proc/$p/stat" 2>/dev/null) || continue
-    t=$((t + $(echo "$f" | awk '{print $12 + $13}')))
+    now=$(ticks "$p")
+    [ -n "$now" ] && t=$((t + now - ${base[$p]:-0}))
   done
   echo "$t"
 }
@@ -89,24 +97,23 @@ taskset -c 1 "$bin" bench direct --server http://127.0.0.1:18680 --route http://
 bench=$!
 for _ in $(seq 1 600); do grep -q "offering" "$out" && break; sleep 0.2; done
 sleep 2
-declare -A before
-for i in "${!names[@]}"; do before[${names[$i]}]=$(cpu_of "${pids[$i]}"); done
-pg=$(engine_pids postgres); rd=$(engine_pids redis-server); nt=$(engine_pids nats-server)
-before[postgres]=$(cpu_of $pg); before[redis]=$(cpu_of $rd); before[nats]=$(cpu_of $nt)
+mark "${pids[@]}" $(engine_pids postgres) $(engine_pids redis-server) $(engine_pids nats-server)
 t0=$(date +%s.%N)
 sleep $((secs - 4))
 t1=$(date +%s.%N)
-declare -A after
-for i in "${!names[@]}"; do after[${names[$i]}]=$(cpu_of "${pids[$i]}"); done
-# PostgreSQL backends that began during the window count whole.
-after[postgres]=$(cpu_of $(engine_pids postgres)); after[redis]=$(cpu_of $rd); after[nats]=$(cpu_of $nt)
+declare -A used
+for i in "${!names[@]}"; do used[${names[$i]}]=$(spent "${pids[$i]}"); done
+used[postgres]=$(spent $(engine_pids postgres))
+used[redis]=$(spent $(engine_pids redis-server))
+used[nats]=$(spent $(engine_pids nats-server))
 wait "$bench" || true
 grep -E "delivered/s|p99|lost" "$out" || cat "$out"
 hz=$(getconf CLK_TCK)
 window=$(echo "$t1 - $t0" | bc -l)
 msgs=$(echo "$rate * $window" | bc -l)
+# Per offered message: a saturated run (delivered/s below the rate) reads low.
 for k in route gateway api push postgres redis nats; do
-  d=$((after[$k] - before[$k]))
+  d=${used[$k]}
   printf '%-8s %6.2f s CPU  %8.1f us/msg\n' "$k" "$(echo "$d / $hz" | bc -l)" \
     "$(echo "$d / $hz * 1000000 / $msgs" | bc -l)"
 done

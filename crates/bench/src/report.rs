@@ -110,19 +110,20 @@ pub struct DurableWrites {
 }
 
 impl DurableWrites {
-    /// Read from the server's `xinge_store_write_seconds` histogram (Prometheus text).
+    /// Read from the server's metrics (Prometheus text): the count of its
+    /// `xinge_store_write_seconds` histogram, and `xinge_store_slow_writes_total`, which
+    /// the store counts with the same threshold as its `slow durable write` log line (and
+    /// which is absent until the first one).
     pub fn parse(metrics: &str) -> Option<Self> {
-        let bucket = |le: &str| {
-            let name = format!("xinge_store_write_seconds_bucket{{le=\"{le}\"}}");
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(name.as_str()))
-                .and_then(|v| v.trim().parse::<u64>().ok())
+        let value = |name: &str| {
+            metrics.lines().find_map(|l| {
+                let v = l.strip_prefix(name)?.strip_prefix(' ')?;
+                v.trim().parse::<u64>().ok()
+            })
         };
-        let (within, all) = (bucket("0.1")?, bucket("+Inf")?);
         Some(Self {
-            all,
-            over_100ms: all.saturating_sub(within),
+            all: value("xinge_store_write_seconds_count")?,
+            over_100ms: value("xinge_store_slow_writes_total").unwrap_or(0),
         })
     }
 
@@ -372,16 +373,16 @@ mod tests {
     use super::DurableWrites;
 
     #[test]
-    fn durable_writes_are_read_from_the_servers_histogram() {
+    fn durable_writes_are_read_from_the_servers_metrics() {
         let before = "# TYPE xinge_store_write_seconds histogram\n\
-            xinge_store_write_seconds_bucket{le=\"0.05\"} 90\n\
             xinge_store_write_seconds_bucket{le=\"0.1\"} 98\n\
-            xinge_store_write_seconds_bucket{le=\"0.25\"} 99\n\
             xinge_store_write_seconds_bucket{le=\"+Inf\"} 100\n\
-            xinge_store_write_seconds_count 100\n";
+            xinge_store_write_seconds_sum 1.5\n\
+            xinge_store_write_seconds_count 100\n\
+            xinge_store_slow_writes_total 2\n";
         let after = before
-            .replace("\"0.1\"} 98", "\"0.1\"} 1098")
-            .replace("\"+Inf\"} 100", "\"+Inf\"} 1103");
+            .replace("_count 100", "_count 1103")
+            .replace("_total 2", "_total 5");
         let a = DurableWrites::parse(before).unwrap();
         assert_eq!(
             a,
@@ -397,6 +398,15 @@ mod tests {
                 all: 1003,
                 over_100ms: 3
             }
+        );
+        // No slow write yet: the counter is not rendered.
+        let none_slow = "xinge_store_write_seconds_count 7\n";
+        assert_eq!(
+            DurableWrites::parse(none_slow),
+            Some(DurableWrites {
+                all: 7,
+                over_100ms: 0
+            })
         );
         // A server without an embedded store has no such metric.
         assert_eq!(DurableWrites::parse("xinge_connections 3\n"), None);

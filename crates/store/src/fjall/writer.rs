@@ -275,6 +275,7 @@ impl Writer {
         metrics::histogram!("xinge_store_write_seconds").record(took.as_secs_f64());
         if took >= SLOW_WRITE {
             // Every commit of the batch waited this long for its answer.
+            metrics::counter!("xinge_store_slow_writes_total").increment(1);
             tracing::warn!(
                 ms = took.as_millis() as u64,
                 commits = reqs.len(),
