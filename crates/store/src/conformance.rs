@@ -21,6 +21,9 @@ pub async fn run(store: &dyn Store) {
     history_pages_both_ways(store).await;
     read_cursors_are_monotonic(store).await;
     concurrent_commits_keep_sequences_continuous(store).await;
+    // After the concurrent check, so that a pooling backend has its connections open and
+    // the repeats really race.
+    racing_repeats_commit_once(store).await;
     groups_fan_out_by_size_atomically_with_membership(store).await;
     recipients_follow_membership_changed_by_earlier_commits(store).await;
 }
@@ -310,6 +313,30 @@ async fn dedup_returns_the_original(store: &dyn Store) {
     let other = send(store, b, a, "same").await;
     assert!(!other.duplicate);
     assert_eq!(other.message.unwrap().conv_seq, 2);
+}
+
+/// The same send arriving several times at once (a client retrying over two connections):
+/// one commit, and every other answer is that same message.
+async fn racing_repeats_commit_once(store: &dyn Store) {
+    let a = user(store, "race_a").await;
+    let b = user(store, "race_b").await;
+    let tries = (0..8).map(|_| send(store, a, b, "raced"));
+    let results = futures_util::future::join_all(tries).await;
+    assert_eq!(results.iter().filter(|c| !c.duplicate).count(), 1);
+    let ids: std::collections::HashSet<_> = results
+        .iter()
+        .map(|c| {
+            let m = c
+                .message
+                .as_ref()
+                .expect("every answer carries the message");
+            (m.msg_id, m.conv_seq, c.sender_seq)
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "every answer names the one message: {ids:?}");
+    assert_eq!(store.conv_head(ConvId::direct(a, b)).await.unwrap(), 1);
+    let (entries, head) = store.inbox(b, 0, 10).await.unwrap();
+    assert_eq!((entries.len(), head), (1, 1));
 }
 
 async fn history_pages_both_ways(store: &dyn Store) {

@@ -6,8 +6,8 @@
 //! ascending user id — and a deadlock or a lost race on a unique key is retried.
 
 use crate::{
-    Commit, Committed, GroupRecord, MemberRecord, Membership, NewUser, Op, Pair, Relation, Result,
-    Store, StoreError, UserRecord,
+    Commit, Committed, GroupRecord, MemberRecord, Membership, NewMessage, NewUser, Op, Pair,
+    Relation, Result, Store, StoreError, UserRecord,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -21,7 +21,10 @@ use xinge_proto::api::{
 };
 
 /// Versioned migrations, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("0001_init.sql")),
+    (2, include_str!("0002_append.sql")),
+];
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -549,8 +552,119 @@ impl Tx<'_> {
     }
 }
 
+/// A message appended by `xinge_append` (0002_append.sql), or the original it repeats.
+enum Appended {
+    Duplicate(Committed),
+    New {
+        msg: Message,
+        sender_seq: u64,
+        recipients: Vec<(UserId, u64)>,
+    },
+}
+
+/// What `xinge_append` needs besides the message: the users whose conversation list it
+/// joins, the inbox owners (ascending, no repeats) and the dedup key.
+struct AppendArgs<'a> {
+    joins: Vec<i64>,
+    recipients: Vec<UserId>,
+    now: u64,
+    dedup: Option<(UserId, &'a str)>,
+}
+
+/// Appends a message in one statement: on a pooled connection it is its own transaction
+/// (one round trip); inside a transaction it is one step of it.
+async fn append<C: GenericClient>(
+    c: &C,
+    new: NewMessage,
+    msg_id: MsgId,
+    args: AppendArgs<'_>,
+) -> Result<Appended> {
+    let conv = new.conv.to_string();
+    let group = match new.conv {
+        ConvId::Group(g) => Some(i(g)),
+        ConvId::Direct(..) => None,
+    };
+    // conv_seq is given by the function (it sets the field in the stored JSON too).
+    let mut msg = new.into_message(msg_id, 0);
+    let v = Json(serde_json::to_value(&msg).map_err(backend)?);
+    let mentions: Vec<i64> = msg.mentions.iter().map(|m| i(m.0)).collect();
+    let recipients: Vec<i64> = args.recipients.iter().map(|r| i(r.0)).collect();
+    let row = c
+        .q_one(
+            "SELECT * FROM xinge_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &[
+                &conv,
+                &i(msg.sender.0),
+                &i(msg_id.0),
+                &v,
+                &args.joins,
+                &mentions,
+                &msg.mention_all,
+                &group,
+                &recipients,
+                &i(args.now),
+                &args.dedup.map(|(s, _)| i(s.0)),
+                &args.dedup.map(|(_, cmid)| cmid),
+            ],
+        )
+        .await
+        .map_err(db)?;
+    let conv_seq = u(row.get("o_conv_seq"));
+    let sender_seq = u(row.get("o_sender_seq"));
+    if row.get::<_, bool>("o_dup") {
+        let message = match row.get::<_, Option<Json<serde_json::Value>>>("o_msg") {
+            Some(Json(m)) => Some(serde_json::from_value(m).map_err(backend)?),
+            None => None,
+        };
+        return Ok(Appended::Duplicate(Committed {
+            duplicate: true,
+            message,
+            sender_seq,
+            ..Committed::default()
+        }));
+    }
+    let seqs: Vec<i64> = row.get("o_seqs");
+    msg.conv_seq = conv_seq;
+    Ok(Appended::New {
+        msg,
+        sender_seq,
+        recipients: args
+            .recipients
+            .into_iter()
+            .zip(seqs.into_iter().map(u))
+            .collect(),
+    })
+}
+
+/// The users a commit only adds to its message's conversation list, if that is all it does
+/// besides the message (a 1:1 send): such a commit is one `xinge_append` call.
+fn message_alone(c: &Commit) -> Option<Vec<i64>> {
+    let new = c.message.as_ref()?;
+    if c.group.is_some() || !c.events.is_empty() {
+        return None;
+    }
+    c.ops
+        .iter()
+        .map(|op| match op {
+            Op::Join { user, conv } if *conv == new.conv => Some(i(user.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Inbox owners in ascending user order, once each: concurrent commits that share
+/// recipients lock their inbox heads in the same order and cannot deadlock.
+fn in_lock_order(mut users: Vec<UserId>) -> Vec<UserId> {
+    users.sort_unstable();
+    users.dedup();
+    users
+}
+
 impl PgStore {
     async fn commit_once(&self, c: Commit) -> Result<Committed> {
+        if let Some(joins) = message_alone(&c) {
+            return self.commit_message_alone(c, joins).await;
+        }
         let mut client = self.client().await?;
         let tx = Tx {
             tx: client.transaction().await.map_err(db)?,
@@ -603,47 +717,16 @@ impl PgStore {
             ..Committed::default()
         };
         if let Some(new) = message {
-            let conv = new.conv.to_string();
-            let row = tx
-                .tx
-                .q_one(
-                    "INSERT INTO conv_heads (conv, head) VALUES ($1, 1) \
-                     ON CONFLICT (conv) DO UPDATE SET head = conv_heads.head + 1 RETURNING head",
-                    &[&conv],
-                )
-                .await
-                .map_err(db)?;
-            let conv_seq = u(row.get(0));
-            let msg = new.into_message(MsgId(self.ids.next()), conv_seq);
-            let v = Json(serde_json::to_value(&msg).map_err(backend)?);
-            tx.exec(
-                "INSERT INTO messages (conv, conv_seq, msg) VALUES ($1, $2, $3)",
-                &[&conv, &i(conv_seq), &v],
-            )
-            .await?;
-            for user in &msg.mentions {
-                tx.exec("INSERT INTO mentions (user_id, conv, seq) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", &[&i(user.0), &conv, &i(conv_seq)]).await?;
-            }
-            if msg.mention_all {
-                tx.exec(
-                    "INSERT INTO gmentions (conv, seq) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    &[&conv, &i(conv_seq)],
-                )
-                .await?;
-            }
-            tx.op(Op::AdvanceRead {
-                user: msg.sender,
-                conv: msg.conv,
-                seq: conv_seq,
-            })
-            .await?;
             let mut recipients = message_to;
+            let mut read_fanout = None;
             if let Some(g) = &group {
                 let count = tx
                     .group(g.group, false)
                     .await?
                     .map_or(0, |r| r.member_count);
-                if count <= g.threshold {
+                if count > g.threshold {
+                    read_fanout = Some(g.group);
+                } else {
                     let rows = tx
                         .tx
                         .q(
@@ -653,24 +736,29 @@ impl PgStore {
                         .await
                         .map_err(db)?;
                     recipients.extend(rows.iter().map(|r| UserId(u(r.get(0)))));
-                } else {
-                    out.group_advanced = Some((g.group, conv_seq));
                 }
             }
-            // Inbox heads are locked in ascending user order, so concurrent commits that
-            // share recipients cannot deadlock.
-            recipients.sort_unstable();
-            recipients.dedup();
-            for &user in &recipients {
-                let seq = tx
-                    .append_inbox(user, now, Some((&conv, conv_seq)), None)
-                    .await?;
-                if user == msg.sender {
-                    out.sender_seq = seq;
+            let args = AppendArgs {
+                joins: vec![],
+                recipients: in_lock_order(recipients),
+                now,
+                dedup: dedup.as_ref().map(|(s, cmid)| (*s, cmid.as_str())),
+            };
+            match append(&tx.tx, new, MsgId(self.ids.next()), args).await? {
+                // A racing send with the same key committed since the check above; this
+                // transaction is dropped, so its ops are rolled back with it.
+                Appended::Duplicate(d) => return Ok(d),
+                Appended::New {
+                    msg,
+                    sender_seq,
+                    recipients,
+                } => {
+                    out.group_advanced = read_fanout.map(|g| (g, msg.conv_seq));
+                    out.sender_seq = sender_seq;
+                    out.recipients = recipients;
+                    out.message = Some(msg);
                 }
-                out.recipients.push((user, seq));
             }
-            out.message = Some(msg);
         }
         let mut events = events;
         events.sort_by_key(|(u, _)| *u);
@@ -685,15 +773,44 @@ impl PgStore {
                 },
             ));
         }
-        if let (Some((sender, cmid)), Some(msg)) = (&dedup, &out.message) {
-            tx.exec(
-                "INSERT INTO dedup (sender, client_msg_id, conv, conv_seq, msg_id, sender_seq) VALUES ($1, $2, $3, $4, $5, $6)",
-                &[&i(sender.0), cmid, &msg.conv.to_string(), &i(msg.conv_seq), &i(msg.msg_id.0), &i(out.sender_seq)],
-            )
-            .await?;
-        }
         tx.tx.commit().await.map_err(db)?;
         Ok(out)
+    }
+
+    /// A commit that is a message and nothing else but conversation-list joins (every 1:1
+    /// send): one `xinge_append` call on a pooled connection, one round trip.
+    async fn commit_message_alone(&self, c: Commit, joins: Vec<i64>) -> Result<Committed> {
+        let Commit {
+            dedup,
+            message,
+            message_to,
+            ..
+        } = c;
+        let Some(new) = message else {
+            return Ok(Committed::default());
+        };
+        let now = xinge_core::now_ms();
+        let args = AppendArgs {
+            joins,
+            recipients: in_lock_order(message_to),
+            now,
+            dedup: dedup.as_ref().map(|(s, cmid)| (*s, cmid.as_str())),
+        };
+        let client = self.client().await?;
+        match append(&client, new, MsgId(self.ids.next()), args).await? {
+            Appended::Duplicate(d) => Ok(d),
+            Appended::New {
+                msg,
+                sender_seq,
+                recipients,
+            } => Ok(Committed {
+                at_ms: now,
+                sender_seq,
+                recipients,
+                message: Some(msg),
+                ..Committed::default()
+            }),
+        }
     }
 }
 
