@@ -3,7 +3,8 @@
 //! ```text
 //! gateway ── request <p>.cmd.<n> (queue group "api") ──▶ any api process ── reply ──▶
 //! gateway ── request <p>.auth    (queue group "api") ──▶ any api process ── reply ──▶
-//! push    ── publish <p>.gw.<id> ──▶ the one gateway holding the connections
+//! push    ── publish <p>.gw.<id> ──▶ the one gateway holding the connections (a pack of
+//!            deliveries: every one for that gateway in a push batch)
 //! gateway ── publish <p>.presence (queue group "api") ──▶ one api process tells friends
 //! ```
 //! A command carries the session in headers (`xinge-user`, `xinge-device`, `xinge-conn`)
@@ -14,7 +15,7 @@
 //! message as its payload.
 
 use crate::Names;
-use crate::wire::{decode_delivery, decode_presence};
+use crate::wire::{decode_delivery, decode_presence, unpack};
 use async_nats::{HeaderMap, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -140,17 +141,25 @@ pub async fn deliveries(
     let (tx, rx) = mpsc::channel(queue.max(1));
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
-            let Some((conns, frame)) = decode_delivery(msg.payload) else {
+            // A push process packs every delivery of a batch for this gateway into one
+            // message.
+            let Some(parts) = unpack(msg.payload) else {
                 metrics::counter!("xinge_bus_malformed_total").increment(1);
                 continue;
             };
-            let Ok(frame) = Frame::decode(frame, max_frame) else {
-                metrics::counter!("xinge_bus_malformed_total").increment(1);
-                continue;
-            };
-            metrics::counter!("xinge_deliveries_received_total").increment(conns.len() as u64);
-            if tx.try_send(Delivery { conns, frame }).is_err() {
-                metrics::counter!("xinge_signals_dropped_total").increment(1);
+            for part in parts {
+                let Some((conns, frame)) = decode_delivery(part) else {
+                    metrics::counter!("xinge_bus_malformed_total").increment(1);
+                    continue;
+                };
+                let Ok(frame) = Frame::decode(frame, max_frame) else {
+                    metrics::counter!("xinge_bus_malformed_total").increment(1);
+                    continue;
+                };
+                metrics::counter!("xinge_deliveries_received_total").increment(conns.len() as u64);
+                if tx.try_send(Delivery { conns, frame }).is_err() {
+                    metrics::counter!("xinge_signals_dropped_total").increment(1);
+                }
             }
             crate::pushq::queue_depth("deliveries", &tx);
         }

@@ -5,7 +5,8 @@
 //! ```text
 //! names.rs     every NATS subject, JetStream stream and Redis key, under one prefix
 //! engines.rs   connecting to NATS, and to Redis (one node, or a Redis Cluster)
-//! wire.rs      the bytes of a delivery, a push event and a presence change
+//! wire.rs      the bytes of a delivery, a push event and a presence change, and the
+//!              packs that carry several events or deliveries in one bus message
 //! registry.rs  Redis: sessions (user → conn@gateway, expiring unless refreshed),
 //!              presence, gateway load reports
 //! bus.rs       NATS: commands gateway → api (request/reply, load-balanced by a queue

@@ -1,11 +1,12 @@
 //! Signals from the api processes to the push processes, through a durable JetStream
 //! stream, and the push worker that routes them to gateways.
 //!
-//! The stream is a work queue: each event is taken by one push process, which acks it only
-//! after the deliveries it made were flushed to NATS. A push process that dies mid-batch
-//! leaves its un-acked events to be redelivered to another after `push_ack_wait_ms` (a
-//! repeated signal is harmless: clients apply by sequence). The stream is bounded
-//! (`stream_max_msgs`, discard new): when full, signals are refused and counted, and
+//! The stream is a work queue of packs (the events an api process had queued together):
+//! each message is taken by one push process, which acks it only after the deliveries it
+//! made were flushed to NATS. A push process that dies mid-batch leaves its un-acked
+//! messages to be redelivered to another after `push_ack_wait_ms` (a repeated signal is
+//! harmless: clients apply by sequence). The stream is bounded
+//! (`stream_max_msgs` and `stream_max_bytes`, discard new): when full, signals are refused and counted, and
 //! clients repair by pull.
 //!
 //! Each push process limits the signals per user (`[limits] signals_per_sec`) with push's
@@ -14,7 +15,7 @@
 //! it dies is lost — signals are hints, and the clients' periodic pull repairs that.
 
 use crate::registry::Registry;
-use crate::wire::{decode_push, encode_delivery, encode_push};
+use crate::wire::{Pack, decode_push, encode_delivery, encode_push, unpack};
 use crate::{ClusterError, Names};
 use async_nats::jetstream::{self, consumer, stream};
 use async_trait::async_trait;
@@ -32,12 +33,14 @@ use xinge_push::{Coalesce, Signals, Throttle, ThrottleConfig};
 
 /// Signals waiting in one api process to be published; past that they are dropped.
 const PUBLISH_QUEUE: usize = 65_536;
-/// Publishes awaiting JetStream's ack at once.
+/// Stream messages awaiting JetStream's ack at once.
 const PUBLISH_IN_FLIGHT: usize = 256;
-/// Push events one push process takes at a time.
-const BATCH: usize = 256;
+/// Stream messages one push process takes at a time (each up to `EVENTS_PER_MESSAGE`).
+const BATCH: usize = 64;
 /// Users per push event (a large group's signal is split).
 const USERS_PER_EVENT: usize = 1_000;
+/// Push events packed into one stream message at most (and at most `PACK_BYTES`).
+const EVENTS_PER_MESSAGE: usize = 64;
 
 /// Creates the push stream if it does not exist (every role that uses it calls this).
 pub async fn ensure_stream(
@@ -52,6 +55,7 @@ pub async fn ensure_stream(
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::New,
         max_messages: cfg.stream_max_msgs,
+        max_bytes: cfg.stream_max_bytes,
         num_replicas: cfg.stream_replicas,
         ..Default::default()
     })
@@ -74,18 +78,38 @@ impl StreamSignals {
         let subject = names.push_subject();
         tokio::spawn(async move {
             let mut acks = FuturesUnordered::new();
+            // The events queued when one is taken go into the same stream message (one
+            // publish, one ack, one stored message, one fetch for push); an event that
+            // does not fit waits here for the next message.
+            let mut pack = Pack::default();
+            let mut carry: Option<Bytes> = None;
             loop {
                 tokio::select! {
-                    event = rx.recv(), if acks.len() < PUBLISH_IN_FLIGHT => {
+                    event = async {
+                        match carry.take() {
+                            Some(e) => Some(e),
+                            None => rx.recv().await,
+                        }
+                    }, if acks.len() < PUBLISH_IN_FLIGHT => {
                         let Some(event) = event else { break };
-                        match js.publish(subject.clone(), event).await {
-                            Ok(ack) => acks.push(ack.into_future()),
-                            Err(e) => refused(&e),
+                        pack.push(&event);
+                        while pack.len() < EVENTS_PER_MESSAGE {
+                            let Ok(next) = rx.try_recv() else { break };
+                            if !pack.fits(&next) {
+                                carry = Some(next);
+                                break;
+                            }
+                            pack.push(&next);
+                        }
+                        let events = pack.len() as u64;
+                        match js.publish(subject.clone(), pack.take()).await {
+                            Ok(ack) => acks.push(async move { (ack.into_future().await, events) }),
+                            Err(e) => refused(&e, events),
                         }
                     }
-                    Some(r) = acks.next(), if !acks.is_empty() => {
+                    Some((r, events)) = acks.next(), if !acks.is_empty() => {
                         if let Err(e) = r {
-                            refused(&e);
+                            refused(&e, events);
                         }
                     }
                 }
@@ -116,9 +140,9 @@ pub(crate) fn queue_depth<T>(queue: &'static str, tx: &mpsc::Sender<T>) {
         .set((tx.max_capacity() - tx.capacity()) as f64);
 }
 
-fn refused(e: &dyn std::fmt::Display) {
-    metrics::counter!("xinge_signals_dropped_total").increment(1);
-    tracing::warn!(error = %e, "push event not stored; clients repair by pull");
+fn refused(e: &dyn std::fmt::Display, events: u64) {
+    metrics::counter!("xinge_signals_dropped_total").increment(events);
+    tracing::warn!(error = %e, events, "push events not stored; clients repair by pull");
 }
 
 #[async_trait]
@@ -180,14 +204,17 @@ pub async fn run_push_worker(
         if *shutdown.borrow() {
             return Ok(());
         }
-        let batch = consumer
-            .fetch()
-            .max_messages(BATCH)
-            .expires(Duration::from_millis(500))
+        // A continuous pull: JetStream sends events as they are stored (no polling when the
+        // stream is empty), and every event that has arrived when the worker is free is
+        // routed as one batch.
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(BATCH)
+            .heartbeat(Duration::from_secs(5))
             .messages()
             .await;
-        let mut batch = match batch {
-            Ok(b) => b,
+        let mut batches = match messages {
+            Ok(m) => m.ready_chunks(BATCH),
             Err(e) => {
                 tracing::warn!(error = %e, "push stream unavailable; retrying");
                 tokio::select! {
@@ -196,34 +223,44 @@ pub async fn run_push_worker(
                 }
             }
         };
-        let mut taken = Vec::new();
-        while let Some(m) = batch.next().await {
-            match m {
-                Ok(m) => taken.push(m),
-                Err(e) => tracing::debug!(error = %e, "fetch ended"),
-            }
-        }
-        if taken.is_empty() {
-            continue;
-        }
-        match route_batch(&nats, &names, &registry, &throttle, &taken).await {
-            Ok(()) => {
-                let mut acks = Vec::with_capacity(taken.len());
-                for m in &taken {
-                    acks.push(m.ack());
+        loop {
+            let batch = tokio::select! {
+                b = batches.next() => b,
+                _ = shutdown.changed() => return Ok(()),
+            };
+            // The pull ended (the server went away): start a new one.
+            let Some(batch) = batch else { break };
+            let mut taken = Vec::with_capacity(batch.len());
+            for m in batch {
+                match m {
+                    Ok(m) => taken.push(m),
+                    Err(e) => tracing::debug!(error = %e, "push stream hiccup"),
                 }
-                for r in futures_util::future::join_all(acks).await {
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "ack failed; the event will come again");
+            }
+            if taken.is_empty() {
+                continue;
+            }
+            match route_batch(&nats, &names, &registry, &throttle, &taken).await {
+                Ok(()) => {
+                    let mut acks = Vec::with_capacity(taken.len());
+                    for m in &taken {
+                        acks.push(m.ack());
+                    }
+                    for r in futures_util::future::join_all(acks).await {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "ack failed; the event will come again");
+                        }
                     }
                 }
+                // Not acked: JetStream gives the batch again after ack_wait.
+                Err(e) => tracing::warn!(error = %e, "push batch not routed; it will come again"),
             }
-            // Not acked: JetStream gives the batch again after ack_wait.
-            Err(e) => tracing::warn!(error = %e, "push batch not routed; it will come again"),
         }
     }
 }
 
+/// Routes a batch of stream messages: one session lookup for every user in it, and one
+/// publish per gateway carrying all of that gateway's deliveries, in event order.
 async fn route_batch(
     nats: &async_nats::Client,
     names: &Names,
@@ -233,60 +270,126 @@ async fn route_batch(
 ) -> Result<(), ClusterError> {
     let now = xinge_core::now_ms();
     let instant = std::time::Instant::now();
+    let mut events = Vec::new();
+    metrics::counter!("xinge_push_messages_total").increment(batch.len() as u64);
     for m in batch {
-        let Some(mut event) = decode_push(m.payload.clone()) else {
+        let Some(parts) = unpack(m.payload.clone()) else {
             metrics::counter!("xinge_bus_malformed_total").increment(1);
             continue;
         };
-        // A redelivered batch meets the throttle again: at worst a signal goes twice, which
-        // clients ignore by sequence.
-        event
-            .users
-            .retain(|u| throttle.admit(*u, &event.frame, event.how, instant));
-        deliver(
-            nats,
-            names,
-            registry,
-            &event.users,
-            event.except,
-            &event.frame,
-        )
-        .await?;
-        metrics::counter!("xinge_push_events_total").increment(1);
-        tracing::debug!(trace = %format_args!("{:016x}", event.trace), users = event.users.len(), "signals handed to gateways");
-        metrics::histogram!("xinge_signal_seconds")
-            .record(now.saturating_sub(event.at_ms) as f64 / 1000.0);
+        for part in parts {
+            match decode_push(part) {
+                Some(e) => events.push(e),
+                None => metrics::counter!("xinge_bus_malformed_total").increment(1),
+            }
+        }
     }
+    // A redelivered batch meets the throttle again: at worst a signal goes twice, which
+    // clients ignore by sequence.
+    for e in &mut events {
+        e.users
+            .retain(|u| throttle.admit(*u, &e.frame, e.how, instant));
+    }
+    let mut users: Vec<UserId> = events
+        .iter()
+        .flat_map(|e| e.users.iter().copied())
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    let mut sessions: HashMap<UserId, Vec<(GatewayId, ConnId)>> = HashMap::new();
+    for (user, gw, conn) in registry.sessions(&users).await? {
+        sessions.entry(user).or_default().push((gw, conn));
+    }
+    let mut out = Deliveries::default();
+    for e in &events {
+        out.add(nats, names, &sessions, &e.users, e.except, &e.frame)
+            .await?;
+        metrics::counter!("xinge_push_events_total").increment(1);
+        tracing::debug!(trace = %format_args!("{:016x}", e.trace), users = e.users.len(), "signals handed to gateways");
+        metrics::histogram!("xinge_signal_seconds")
+            .record(now.saturating_sub(e.at_ms) as f64 / 1000.0);
+    }
+    out.send(nats, names).await?;
     // Acks go only after the deliveries have left this process.
     nats.flush().await.map_err(ClusterError::nats)
 }
 
-/// Publishes `frame` to the gateways holding `users`' sessions but `except`, one delivery
-/// per gateway.
+/// Deliveries on their way to gateways, packed per gateway (at most `PACK_BYTES` a
+/// publish; a full pack is published before more is added, so each gateway gets its
+/// deliveries in the order they were added).
+#[derive(Default)]
+struct Deliveries {
+    packs: HashMap<GatewayId, Pack>,
+}
+
+impl Deliveries {
+    /// Adds `frame` for the connections of `users` (but `except`) in `sessions`.
+    async fn add(
+        &mut self,
+        nats: &async_nats::Client,
+        names: &Names,
+        sessions: &HashMap<UserId, Vec<(GatewayId, ConnId)>>,
+        users: &[UserId],
+        except: Option<ConnId>,
+        frame: &Bytes,
+    ) -> Result<(), ClusterError> {
+        let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
+        for u in users {
+            for &(gw, conn) in sessions.get(u).map_or(&[][..], Vec::as_slice) {
+                if Some(conn) != except {
+                    by_gateway.entry(gw).or_default().push(conn);
+                }
+            }
+        }
+        for (gw, conns) in by_gateway {
+            metrics::counter!("xinge_signals_total").increment(conns.len() as u64);
+            let delivery = encode_delivery(&conns, frame);
+            let pack = self.packs.entry(gw).or_default();
+            if !pack.fits(&delivery) {
+                publish(nats, names, gw, pack.take()).await?;
+            }
+            pack.push(&delivery);
+        }
+        Ok(())
+    }
+
+    async fn send(mut self, nats: &async_nats::Client, names: &Names) -> Result<(), ClusterError> {
+        for (gw, pack) in &mut self.packs {
+            if !pack.is_empty() {
+                publish(nats, names, *gw, pack.take()).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn publish(
+    nats: &async_nats::Client,
+    names: &Names,
+    gw: GatewayId,
+    pack: Bytes,
+) -> Result<(), ClusterError> {
+    nats.publish(names.gateway(gw), pack)
+        .await
+        .map_err(ClusterError::nats)
+}
+
+/// Publishes `frame` to the gateways holding `user`'s sessions.
 async fn deliver(
     nats: &async_nats::Client,
     names: &Names,
     registry: &Registry,
-    users: &[UserId],
-    except: Option<ConnId>,
+    user: UserId,
     frame: &Bytes,
 ) -> Result<(), ClusterError> {
-    if users.is_empty() {
-        return Ok(());
+    let mut sessions: HashMap<UserId, Vec<(GatewayId, ConnId)>> = HashMap::new();
+    for (u, gw, conn) in registry.sessions(&[user]).await? {
+        sessions.entry(u).or_default().push((gw, conn));
     }
-    let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
-    for (gw, conn) in registry.sessions(users).await? {
-        if Some(conn) != except {
-            by_gateway.entry(gw).or_default().push(conn);
-        }
-    }
-    for (gw, conns) in by_gateway {
-        metrics::counter!("xinge_signals_total").increment(conns.len() as u64);
-        nats.publish(names.gateway(gw), encode_delivery(&conns, frame))
-            .await
-            .map_err(ClusterError::nats)?;
-    }
-    Ok(())
+    let mut out = Deliveries::default();
+    out.add(nats, names, &sessions, &[user], None, frame)
+        .await?;
+    out.send(nats, names).await
 }
 
 /// Sends the signals the throttle held as users' rates allow, until `shutdown`.
@@ -306,7 +409,7 @@ async fn release_held(
         }
         for (user, frames) in throttle.due(std::time::Instant::now()) {
             for f in &frames {
-                if let Err(e) = deliver(&nats, &names, &registry, &[user], None, f).await {
+                if let Err(e) = deliver(&nats, &names, &registry, user, f).await {
                     tracing::warn!(error = %e, "held signal not delivered; clients repair by pull");
                 }
             }

@@ -130,7 +130,7 @@ impl Registry {
     pub async fn sessions(
         &self,
         users: &[UserId],
-    ) -> Result<Vec<(GatewayId, ConnId)>, ClusterError> {
+    ) -> Result<Vec<(UserId, GatewayId, ConnId)>, ClusterError> {
         let now = xinge_core::now_ms();
         let mut out = Vec::new();
         for chunk in users.chunks(IN_FLIGHT) {
@@ -145,10 +145,17 @@ impl Registry {
                         .arg("+inf")
                         .query_async::<Vec<String>>(&mut conn)
                         .await
+                        .map(|found| (u, found))
                 });
             }
             for r in futures_util::future::join_all(lookups).await {
-                out.extend(r?.iter().filter_map(|m| parse_member(m)));
+                let (u, found) = r?;
+                out.extend(
+                    found
+                        .iter()
+                        .filter_map(|m| parse_member(m))
+                        .map(|(gw, conn)| (u, gw, conn)),
+                );
             }
         }
         Ok(out)

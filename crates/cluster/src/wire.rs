@@ -83,6 +83,63 @@ pub fn decode_push(mut b: Bytes) -> Option<PushEvent> {
     })
 }
 
+/// Bytes one bus message packs at most when it carries several parts (push events in one
+/// stream message, deliveries to one gateway): a part is added while the message stays
+/// under this, and a message always takes at least one part. Well under NATS's default
+/// 1 MiB payload limit.
+pub const PACK_BYTES: usize = 256 * 1024;
+
+/// Parts (push events, deliveries) packed into one bus message, each behind its length:
+/// one stream message or one gateway publish carries what would otherwise be many.
+#[derive(Default)]
+pub struct Pack {
+    buf: BytesMut,
+    parts: usize,
+}
+
+impl Pack {
+    /// Whether `part` still fits (an empty pack takes any part).
+    pub fn fits(&self, part: &[u8]) -> bool {
+        self.parts == 0 || self.buf.len() + 4 + part.len() <= PACK_BYTES
+    }
+
+    pub fn push(&mut self, part: &[u8]) {
+        self.buf.put_u32(part.len() as u32);
+        self.buf.put_slice(part);
+        self.parts += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts == 0
+    }
+
+    /// The packed bytes; the pack is empty again.
+    pub fn take(&mut self) -> Bytes {
+        self.parts = 0;
+        self.buf.split().freeze()
+    }
+}
+
+/// The parts of a [`Pack`], or `None` if a length runs past the end.
+pub fn unpack(mut b: Bytes) -> Option<Vec<Bytes>> {
+    let mut parts = Vec::new();
+    while !b.is_empty() {
+        if b.len() < 4 {
+            return None;
+        }
+        let n = b.get_u32() as usize;
+        if b.len() < n {
+            return None;
+        }
+        parts.push(b.split_to(n));
+    }
+    Some(parts)
+}
+
 /// A delivery (push → one gateway): the connections, then the encoded frame.
 pub fn encode_delivery(conns: &[ConnId], frame: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(4 + conns.len() * 8 + frame.len());
@@ -168,5 +225,33 @@ mod tests {
         };
         assert_eq!(decode_presence(encode_presence(&p)), Some(p));
         assert!(decode_presence(Bytes::from_static(b"x")).is_none());
+    }
+
+    #[test]
+    fn packs_round_trip_and_stop_at_their_budget() {
+        let mut p = Pack::default();
+        assert!(
+            p.is_empty() && p.fits(&vec![0; PACK_BYTES * 2]),
+            "an empty pack takes any part"
+        );
+        p.push(b"one");
+        p.push(b"");
+        p.push(b"three");
+        assert_eq!(p.len(), 3);
+        let b = p.take();
+        assert!(p.is_empty());
+        assert_eq!(
+            unpack(b.clone()).unwrap(),
+            vec![
+                Bytes::from_static(b"one"),
+                Bytes::new(),
+                Bytes::from_static(b"three")
+            ]
+        );
+        assert!(unpack(b.slice(..b.len() - 1)).is_none(), "a part cut short");
+        assert!(unpack(b.slice(..2)).is_none(), "a length cut short");
+        assert_eq!(unpack(Bytes::new()).unwrap(), Vec::<Bytes>::new());
+        p.push(&vec![1; PACK_BYTES - 100]);
+        assert!(p.fits(&[0; 90]) && !p.fits(&[0; 100]));
     }
 }

@@ -328,9 +328,12 @@ pub struct ClusterConfig {
     pub max_inflight: usize,
     /// JetStream replicas of the push stream (3 on a 3-node NATS cluster).
     pub stream_replicas: usize,
-    /// Push events the stream holds at most; past that new signals are refused and counted
-    /// (clients repair by pull).
+    /// Stream messages (each a pack of up to 64 push events) the stream holds at most; past
+    /// that, or past `stream_max_bytes`, new signals are refused and counted (clients
+    /// repair by pull).
     pub stream_max_msgs: i64,
+    /// Bytes the push stream holds at most.
+    pub stream_max_bytes: i64,
     /// How long the push role has to hand a push event on before JetStream redelivers it.
     pub push_ack_wait_ms: u64,
 }
@@ -347,6 +350,7 @@ impl Default for ClusterConfig {
             max_inflight: 1_024,
             stream_replicas: 1,
             stream_max_msgs: 1_000_000,
+            stream_max_bytes: 1 << 30,
             push_ack_wait_ms: 5_000,
         }
     }
@@ -450,7 +454,11 @@ impl Config {
         if c.refresh_secs == 0 || c.session_ttl_secs <= c.refresh_secs {
             return bad("cluster.session_ttl_secs must be longer than cluster.refresh_secs > 0");
         }
-        if c.max_inflight == 0 || c.stream_replicas == 0 || c.stream_max_msgs <= 0 {
+        if c.max_inflight == 0
+            || c.stream_replicas == 0
+            || c.stream_max_msgs <= 0
+            || c.stream_max_bytes <= 0
+        {
             return bad("cluster sizes must be positive");
         }
         Ok(())

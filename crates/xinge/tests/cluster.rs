@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xinge_client::api::SendRequest;
+use xinge_client::api::{SendRequest, Signal};
 use xinge_client::{Connection, Device, DeviceOptions, Http, Transport};
 use xinge_core::{MsgId, UserId};
 
@@ -166,7 +166,7 @@ async fn signals_reach_only_the_gateways_holding_the_users() {
         c.spawn("gateway", 12),
     ];
     let api = c.spawn("api", 20);
-    let _push = c.spawn("push", 30);
+    let push = c.spawn("push", 30);
     let (alice, a) = login(&api.http, "alice", "laptop").await;
     let (bob, b) = login(&api.http, "bob", "laptop").await;
     befriend(&alice, a, &bob, b).await;
@@ -217,12 +217,62 @@ async fn signals_reach_only_the_gateways_holding_the_users() {
         "the sending connection is not signalled its own entries"
     );
     assert!(gateways[1].metric("xinge_deliveries_received_total").await >= 20.0);
+    // A burst of concurrent sends: the api packs the events queued together into one
+    // stream message and push packs a batch's deliveries for a gateway into one publish;
+    // Bob still gets one signal per entry, each once.
+    let burst = (0..200).map(|i| {
+        let ca = &ca;
+        async move {
+            let _: serde_json::Value = ca
+                .request(
+                    xinge_proto::cmd::SEND,
+                    &SendRequest {
+                        to: Some(b),
+                        client_msg_id: format!("burst{i}"),
+                        content: serde_json::json!({}),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    });
+    futures_util::future::join_all(burst).await;
+    let mut seqs = HashSet::new();
+    let mut repeats = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seqs.len() < 200 && Instant::now() < deadline {
+        tokio::select! {
+            Some(s) = sb.recv() => {
+                if let Signal::Inbox { seq, .. } = s
+                    && !seqs.insert(seq)
+                {
+                    repeats += 1;
+                }
+            }
+            Some(_) = sa.recv() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    assert_eq!(
+        (seqs.len(), repeats),
+        (200, 0),
+        "every burst entry signalled once"
+    );
+    let (events, messages) = (
+        push.metric("xinge_push_events_total").await,
+        push.metric("xinge_push_messages_total").await,
+    );
+    assert!(
+        events > messages,
+        "the burst's events shared stream messages: {events} events in {messages} messages"
+    );
     assert_eq!(
         gateways[2].metric("xinge_deliveries_received_total").await,
         0.0,
         "the third gateway holds neither user and is never sent anything"
     );
-    drop((gateways, api));
+    drop((gateways, api, push));
     c.clean_up().await;
 }
 
