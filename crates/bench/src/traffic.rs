@@ -224,8 +224,8 @@ pub async fn run(
     let mut last_report = Instant::now();
     while scheduled < total {
         tick.tick().await;
-        let due = ((now_us() - start) as u128 * rate as u128 / 1_000_000) as u64;
-        while scheduled < due.min(total) {
+        let due = due(now_us() - start, rate, total);
+        while scheduled < due {
             let t = start + (scheduled as u128 * 1_000_000 / rate as u128) as u64;
             if senders[(scheduled % senders.len() as u64) as usize]
                 .try_send(t)
@@ -314,6 +314,15 @@ struct Sender {
     padding: String,
     counters: Arc<Counters>,
     totals: Arc<Totals>,
+}
+
+/// How many of `total` messages are due `elapsed_us` after the start: message k is due at
+/// `k / rate`, so message 0 at once. (Counting only those due strictly before — one fewer —
+/// sent each message one interval late and added `1 / rate` to every latency: 50 ms at
+/// 20 messages/s, 3.3 ms at 300/s.)
+fn due(elapsed_us: u64, rate: u64, total: u64) -> u64 {
+    let before = (elapsed_us as u128 * rate as u128 / 1_000_000) as u64;
+    before.saturating_add(1).min(total)
 }
 
 impl Sender {
@@ -621,5 +630,20 @@ impl Receiver {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::due;
+
+    #[test]
+    fn a_message_is_due_at_its_scheduled_time() {
+        // 20 messages/s: message k at k × 50 ms.
+        assert_eq!(due(0, 20, 100), 1, "message 0 goes at the start");
+        assert_eq!(due(49_999, 20, 100), 1);
+        assert_eq!(due(50_000, 20, 100), 2, "message 1 at 50 ms, not 100");
+        assert_eq!(due(10_000_000, 20, 100), 100, "never past the total");
+        assert_eq!(due(999, 10_000, 1_000_000), 10);
     }
 }
