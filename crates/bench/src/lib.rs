@@ -479,6 +479,7 @@ async fn mixed(
     r.delivery_hist = with.delivery_hist.clone();
     // The 1:1 and the group traffic ran at the same time against the same store.
     r.durable_writes = with.durable_writes.max(group.durable_writes);
+    r.server_send = with.server_send.clone();
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         r.server_cpu_us = b.cpu_us - a.cpu_us;
         r.server_cpu_us_per_msg = r.server_cpu_us as f64 / r.delivered.max(1) as f64;

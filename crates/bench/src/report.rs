@@ -99,6 +99,75 @@ pub struct BenchResult {
     /// where the server has no embedded store or did not answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durable_writes: Option<DurableWrites>,
+    /// How long the server itself took to answer the run's sends (from reading the request
+    /// to its answer being ready: `xinge_command_seconds{cmd="send"}`), apart from the
+    /// time they spent in sockets, run queues and the load generator. None where the
+    /// server did not answer or has no such metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_send: Option<Handling>,
+}
+
+/// A server-side latency histogram as the server exports it: cumulative counts by upper
+/// bound (seconds), so a quantile is known to within its bucket.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Handling {
+    pub count: u64,
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl Handling {
+    /// `xinge_command_seconds{cmd="<cmd>"}` from the server's metrics (Prometheus text).
+    pub fn parse(metrics: &str, cmd: &str) -> Option<Self> {
+        let bucket = format!("xinge_command_seconds_bucket{{cmd=\"{cmd}\",le=\"");
+        let count = format!("xinge_command_seconds_count{{cmd=\"{cmd}\"}} ");
+        let mut h = Self::default();
+        for l in metrics.lines() {
+            if let Some(rest) = l.strip_prefix(&bucket) {
+                let (le, n) = rest.split_once("\"} ")?;
+                // The +Inf bucket is the count (and JSON has no infinity).
+                if le != "+Inf" {
+                    h.buckets.push((le.parse().ok()?, n.trim().parse().ok()?));
+                }
+            } else if let Some(n) = l.strip_prefix(&count) {
+                h.count = n.trim().parse().ok()?;
+            }
+        }
+        (!h.buckets.is_empty()).then_some(h)
+    }
+
+    /// What was recorded between two readings of the same server.
+    pub fn since(&self, before: &Self) -> Self {
+        let earlier = |le: f64| {
+            before
+                .buckets
+                .iter()
+                .find(|(b, _)| *b == le)
+                .map_or(0, |(_, n)| *n)
+        };
+        Self {
+            count: self.count.saturating_sub(before.count),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|&(le, n)| (le, n.saturating_sub(earlier(le))))
+                .collect(),
+        }
+    }
+
+    /// The upper bound (ms) of the bucket holding quantile `q` (infinite past the last
+    /// bucket); None with nothing recorded.
+    pub fn bound_ms(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let want = (q * self.count as f64).ceil() as u64;
+        Some(
+            self.buckets
+                .iter()
+                .find(|(_, n)| *n >= want)
+                .map_or(f64::INFINITY, |(le, _)| le * 1000.0),
+        )
+    }
 }
 
 #[derive(
@@ -265,6 +334,17 @@ impl BenchResult {
                     format!("{} / {}", w.all, w.over_100ms),
                 );
             }
+            if let Some(h) = &self.server_send {
+                let b = |q| match h.bound_ms(q) {
+                    Some(v) if v.is_finite() => format!("≤ {v}"),
+                    Some(_) => "over the last bucket".into(),
+                    None => "—".into(),
+                };
+                row(
+                    "server's own send handling p50 / p99 (ms, to its bucket)",
+                    format!("{} / {}", b(0.5), b(0.99)),
+                );
+            }
             if let Some(d) = &self.direct_alone_latency {
                 row(
                     "1:1 alone: send→delivered p50 / p99 / max (ms)",
@@ -370,7 +450,33 @@ pub fn hist_from_b64(s: &str) -> Option<Histogram<u64>> {
 
 #[cfg(test)]
 mod tests {
-    use super::DurableWrites;
+    use super::{DurableWrites, Handling};
+
+    #[test]
+    fn send_handling_is_read_from_the_servers_histogram() {
+        let text = |a: u64, b: u64, c: u64| {
+            format!(
+                "xinge_command_seconds_bucket{{cmd=\"sync\",le=\"0.001\"}} 7\n\
+                 xinge_command_seconds_bucket{{cmd=\"send\",le=\"0.001\"}} {a}\n\
+                 xinge_command_seconds_bucket{{cmd=\"send\",le=\"0.005\"}} {b}\n\
+                 xinge_command_seconds_bucket{{cmd=\"send\",le=\"+Inf\"}} {c}\n\
+                 xinge_command_seconds_sum{{cmd=\"send\"}} 0.5\n\
+                 xinge_command_seconds_count{{cmd=\"send\"}} {c}\n"
+            )
+        };
+        let before = Handling::parse(&text(10, 10, 10), "send").unwrap();
+        let after = Handling::parse(&text(60, 108, 110), "send").unwrap();
+        let run = after.since(&before);
+        assert_eq!(run.count, 100);
+        assert_eq!(run.bound_ms(0.5), Some(1.0));
+        assert_eq!(run.bound_ms(0.98), Some(5.0));
+        assert_eq!(run.bound_ms(0.99), Some(f64::INFINITY));
+        // Workers hand their results to the coordinator as JSON.
+        let json = serde_json::to_string(&run).unwrap();
+        assert_eq!(serde_json::from_str::<Handling>(&json).unwrap(), run);
+        assert_eq!(Handling::default().bound_ms(0.5), None);
+        assert_eq!(Handling::parse("xinge_connections 3\n", "send"), None);
+    }
 
     #[test]
     fn durable_writes_are_read_from_the_servers_metrics() {

@@ -2,7 +2,7 @@
 //! sampled through /proc for CPU time and resident memory.
 
 use crate::BenchError;
-use crate::report::DurableWrites;
+use crate::report::{DurableWrites, Handling};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -189,17 +189,18 @@ impl Server {
         })
     }
 
-    /// The embedded store's durable writes so far (see [`DurableWrites`]); None without
-    /// an answer or without the metric (the distributed roles).
-    pub async fn durable_writes(&self) -> Option<DurableWrites> {
+    /// The server's counters that a run reports the difference of: the embedded store's
+    /// durable writes (see [`DurableWrites`]; None for the distributed roles) and its own
+    /// send handling times. Both None without an answer.
+    pub async fn counters(&self) -> (Option<DurableWrites>, Option<Handling>) {
         let get = async {
             let r = reqwest::get(format!("{}/metrics", self.base)).await.ok()?;
             r.text().await.ok()
         };
-        let text = tokio::time::timeout(std::time::Duration::from_secs(5), get)
-            .await
-            .ok()??;
-        DurableWrites::parse(&text)
+        match tokio::time::timeout(std::time::Duration::from_secs(5), get).await {
+            Ok(Some(text)) => (DurableWrites::parse(&text), Handling::parse(&text, "send")),
+            _ => (None, None),
+        }
     }
 
     pub fn sample(&self) -> Option<ProcSample> {

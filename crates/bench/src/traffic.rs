@@ -217,7 +217,7 @@ pub async fn run(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let cpu0 = srv.sample();
-    let writes0 = srv.durable_writes().await;
+    let (writes0, sends0) = srv.counters().await;
     let start = now_us();
     let mut scheduled = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -272,7 +272,7 @@ pub async fn run(
     }
     let elapsed = (now_us() - start) as f64 / 1e6;
     let cpu1 = srv.sample();
-    let writes1 = srv.durable_writes().await;
+    let (writes1, sends1) = srv.counters().await;
     bar.finish_and_clear();
     let _ = stop_tx.send(true);
     while receivers.join_next().await.is_some() {}
@@ -298,6 +298,12 @@ pub async fn run(
     r.delivery_hist = Some(lock(&totals.delivery).clone());
     r.ack_hist = Some(lock(&totals.ack).clone());
     r.durable_writes = writes0.zip(writes1).map(|(a, b)| b.since(a));
+    r.server_send = match (sends0, sends1) {
+        (Some(a), Some(b)) => Some(b.since(&a)),
+        // No send handled before the run: the histogram appeared with it.
+        (None, b) => b,
+        (Some(_), None) => None,
+    };
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         r.server_cpu_us = b.cpu_us - a.cpu_us;
         r.server_cpu_window_us = Some((a.cpu_us, b.cpu_us));

@@ -159,6 +159,10 @@ pub async fn drive(
     r.server_rss_after = parts.iter().map(|p| p.server_rss_after).max().unwrap_or(0);
     // Every worker read the same store over nearly the same window.
     r.durable_writes = parts.iter().filter_map(|p| p.durable_writes).max();
+    r.server_send = parts
+        .iter()
+        .filter_map(|p| p.server_send.clone())
+        .max_by_key(|h| h.count);
     Ok(r)
 }
 

@@ -355,6 +355,7 @@ async fn answer<T: Transport>(
             &ApiError::new(ErrorCode::Conflict, "already authenticated"),
         ),
         c if c >= cmd::FIRST_BUSINESS => {
+            let started = std::time::Instant::now();
             // async_trait already boxes the call.
             let mut call = gw.upstream.handle(ctx, c, frame.body.clone());
             let result = loop {
@@ -378,6 +379,8 @@ async fn answer<T: Transport>(
                     }
                 }
             };
+            metrics::histogram!("xinge_command_seconds", "cmd" => cmd::name(c))
+                .record(started.elapsed().as_secs_f64());
             match result {
                 Ok(body) => frame.reply(body),
                 Err(e) => {

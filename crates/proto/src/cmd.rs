@@ -22,6 +22,23 @@ pub const HISTORY: u16 = 106;
 pub const READ_STATE: u16 = 107;
 pub const PRESENCE: u16 = 108;
 
+/// A business command's name, for metrics labels ("other" for a number this build does not
+/// know).
+pub fn name(cmd: u16) -> &'static str {
+    match cmd {
+        SEND => "send",
+        SYNC => "sync",
+        READ => "read",
+        RECALL => "recall",
+        TYPING => "typing",
+        CONVERSATIONS => "conversations",
+        HISTORY => "history",
+        READ_STATE => "read_state",
+        PRESENCE => "presence",
+        _ => "other",
+    }
+}
+
 /// Frame flag: this frame answers the request with the same `req_id`.
 pub const FLAG_RESPONSE: u8 = 0x01;
 /// Frame flag (with `FLAG_RESPONSE`): the body is an error `{code, message}`.
