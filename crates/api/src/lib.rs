@@ -86,10 +86,18 @@ pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandl
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ];
         let counts = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+        // Finer where a client's latency is told apart from the server's share of it.
+        let commands = [
+            0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02,
+            0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
         let recorder = PrometheusBuilder::new()
             .set_buckets(&seconds)
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full("xinge_store_batch_commits".into()), &counts)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full("xinge_command_seconds".into()), &commands)
             })
             .expect("static buckets are valid")
             .build_recorder();

@@ -252,10 +252,6 @@ async fn step<T: Transport>(
 ) -> Option<End> {
     let frame = match work {
         Work::Write => {
-            // Let the tasks already woken run first: an answer's own signals (the sender's
-            // inbox signal, handed on by the gateway's delivery task) then join it in the
-            // same write, one system call instead of two. It costs one more poll.
-            tokio::task::yield_now().await;
             return (!write_queued(io, &handle.out).await).then_some(End::WriteFailed);
         }
         Work::Frame(f) => f,
@@ -318,9 +314,11 @@ async fn close<T: Transport>(
 }
 
 /// Writes what is queued (and what the transport owes); false if the peer stopped taking
-/// data. Whatever is queued goes out in one write: an answer and the signal that follows
-/// it cost one system call, not two. The batch is allocated per write, so an idle
-/// connection keeps no buffer.
+/// data. Whatever is queued when the session runs goes out in one write (frames pushed
+/// while it waited in the run queue join it). It does not yield first to gather more: that
+/// sent every answer to the back of the run queue once more, and under a large group's
+/// burst of deliveries that was milliseconds per answer (docs/BENCHMARKS.md, "mixed").
+/// The batch is allocated per write, so an idle connection keeps no buffer.
 async fn write_queued<T: Transport>(io: &mut T, out: &SendQueue) -> bool {
     let batch = out.take_batch().unwrap_or_default();
     matches!(
