@@ -154,6 +154,22 @@ async fn roles_survive_kill_9_of_a_gateway_an_api_and_a_push_process() {
     c.clean_up().await;
 }
 
+/// A 1:1 send over a long connection, which must succeed.
+async fn send_over(conn: &Connection, to: UserId, client_msg_id: String) {
+    let _: serde_json::Value = conn
+        .request(
+            xinge_proto::cmd::SEND,
+            &SendRequest {
+                to: Some(to),
+                client_msg_id,
+                content: serde_json::json!({}),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_reach_only_the_gateways_holding_the_users() {
     if !engines_up("signals_reach_only_the_gateways_holding_the_users").await {
@@ -182,18 +198,7 @@ async fn signals_reach_only_the_gateways_holding_the_users() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let alice_gw_before = gateways[0].metric("xinge_deliveries_received_total").await;
     for i in 0..20 {
-        let _: serde_json::Value = ca
-            .request(
-                xinge_proto::cmd::SEND,
-                &SendRequest {
-                    to: Some(b),
-                    client_msg_id: format!("m{i}"),
-                    content: serde_json::json!({}),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        send_over(&ca, b, format!("m{i}")).await;
     }
     // Bob's gateway delivered his signals; Alice's own entries rode in her answers (her
     // connection hands them out as signals), so her gateway was sent nothing; the third
@@ -220,24 +225,7 @@ async fn signals_reach_only_the_gateways_holding_the_users() {
     // A burst of concurrent sends: the api packs the events queued together into one
     // stream message and push packs a batch's deliveries for a gateway into one publish;
     // Bob still gets one signal per entry, each once.
-    let burst = (0..200).map(|i| {
-        let ca = &ca;
-        async move {
-            let _: serde_json::Value = ca
-                .request(
-                    xinge_proto::cmd::SEND,
-                    &SendRequest {
-                        to: Some(b),
-                        client_msg_id: format!("burst{i}"),
-                        content: serde_json::json!({}),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
-        }
-    });
-    futures_util::future::join_all(burst).await;
+    futures_util::future::join_all((0..200).map(|i| send_over(&ca, b, format!("burst{i}")))).await;
     let mut seqs = HashSet::new();
     let mut repeats = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
