@@ -1244,6 +1244,28 @@ mod tests {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
     }
 
+    /// A client of the test PostgreSQL, or None (having said so) where there is none and
+    /// this is not CI.
+    async fn reachable(test: &str) -> Option<tokio_postgres::Client> {
+        match tokio_postgres::connect(&url(), NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                Some(client)
+            }
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!(
+                    "SKIPPED {test}: PostgreSQL is not reachable at {} ({e}); CI requires it",
+                    url()
+                );
+                None
+            }
+            Err(e) => panic!(
+                "PostgreSQL is required under CI and is not reachable at {}: {e}",
+                url()
+            ),
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance_suite_passes_on_postgres() {
         let schema = format!("xinge_test_{}", std::process::id());
@@ -1253,24 +1275,100 @@ mod tests {
             pool_size: 8,
             node_id: 3,
         };
-        if let Err(e) = tokio_postgres::connect(&opts.url, NoTls).await {
-            if std::env::var_os("CI").is_none() {
-                eprintln!(
-                    "SKIPPED conformance_suite_passes_on_postgres: PostgreSQL is not reachable at {} ({e}); CI requires it",
-                    opts.url
-                );
-                return;
-            }
-            panic!(
-                "PostgreSQL is required under CI and is not reachable at {}: {e}",
-                opts.url
-            );
+        if reachable("conformance_suite_passes_on_postgres")
+            .await
+            .is_none()
+        {
+            return;
         }
         let store = PgStore::connect(&opts).await.unwrap();
         crate::conformance::run(&store).await;
         // Migrations are idempotent: connecting again applies nothing and keeps the data.
         let again = PgStore::connect(&opts).await.unwrap();
         assert!(again.user(UserId(1)).await.unwrap().is_some());
+        store.drop_schema(&schema).await.unwrap();
+    }
+
+    /// A schema made by an earlier release (migration 1 only, a message already sent) is
+    /// upgraded in place when a new process connects: the message's retry is still
+    /// recognised, and sequences go on from where they were.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_1_schema_is_upgraded_in_place() {
+        let Some(raw) = reachable("a_version_1_schema_is_upgraded_in_place").await else {
+            return;
+        };
+        let schema = format!("xinge_test_up_{}", std::process::id());
+        raw.batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path = {schema}; \
+             CREATE TABLE schema_migrations (version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now()); \
+             {} \
+             INSERT INTO schema_migrations (version) VALUES (1);",
+            MIGRATIONS[0].1
+        ))
+        .await
+        .unwrap();
+        // What release 1 wrote for a first message from 1 to 2 (client_msg_id "old").
+        let (a, b) = (UserId(1), UserId(2));
+        let conv = ConvId::direct(a, b);
+        let old = NewMessage {
+            conv,
+            sender: a,
+            sender_device: None,
+            client_msg_id: "old".into(),
+            sent_at_ms: 1,
+            mentions: vec![],
+            mention_all: false,
+            body: xinge_proto::api::MessageBody::Content {
+                content: serde_json::json!({ "text": "old" }),
+            },
+        }
+        .into_message(MsgId(77), 1);
+        let c = conv.to_string();
+        raw.execute(
+            "INSERT INTO messages (conv, conv_seq, msg) VALUES ($1, 1, $2)",
+            &[&c, &Json(serde_json::to_value(&old).unwrap())],
+        )
+        .await
+        .unwrap();
+        raw.batch_execute(&format!(
+            "INSERT INTO conv_heads VALUES ('{c}', 1); INSERT INTO inbox_heads VALUES (1, 1), (2, 1); \
+             INSERT INTO inbox (user_id, seq, at_ms, conv, conv_seq) VALUES (1, 1, 1, '{c}', 1), (2, 1, 1, '{c}', 1); \
+             INSERT INTO members VALUES (1, '{c}', 1), (2, '{c}', 0); \
+             INSERT INTO dedup VALUES (1, 'old', '{c}', 1, 77, 1);"
+        ))
+        .await
+        .unwrap();
+        let opts = PgOptions {
+            url: url(),
+            schema: schema.clone(),
+            pool_size: 2,
+            node_id: 4,
+        };
+        let store = PgStore::connect(&opts).await.unwrap();
+        let again = crate::conformance::send(&store, a, b, "old").await;
+        assert!(again.duplicate);
+        assert_eq!(
+            again.message.map(|m| (m.msg_id, m.conv_seq)),
+            Some((MsgId(77), 1))
+        );
+        let new = crate::conformance::send(&store, a, b, "new").await;
+        assert!(!new.duplicate);
+        assert_eq!(new.message.map(|m| m.conv_seq), Some(2));
+        assert_eq!(new.recipients, vec![(a, 2), (b, 2)]);
+        let versions = raw
+            .query(
+                &format!("SELECT version FROM {schema}.schema_migrations ORDER BY version"),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            versions
+                .iter()
+                .map(|r| r.get::<_, i32>(0))
+                .collect::<Vec<_>>(),
+            MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<_>>()
+        );
         store.drop_schema(&schema).await.unwrap();
     }
 }
