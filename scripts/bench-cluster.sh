@@ -6,7 +6,8 @@
 # middle of the traffic (from 2 s after it starts to 2 s before it ends).
 #   scripts/bench-cluster.sh RATE SECS     (after cargo build --release)
 # Prints one line per process: CPU seconds in the window and microseconds per offered
-# message (a run that saturates, delivered/s below RATE, reads low).
+# message (a run that saturates, delivered/s below RATE, reads low), and for each role the
+# NATS messages its client sent and received per offered message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-300}
@@ -90,6 +91,10 @@ spent() {
   echo "$t"
 }
 engine_pids() { pgrep -x "$1" | tr '\n' ' '; }
+ports=(18600 18601 18680 18670) # each role's HTTP port, in the order of `names`
+nats_msgs() { # NATS messages (in + out) one role's client has counted (updated every 250 ms)
+  curl -sf "http://127.0.0.1:$1/metrics" | awk '/^xinge_nats_messages_total/ {s += $2} END {print s + 0}'
+}
 
 out=$dir/bench.out
 taskset -c 1 "$bin" bench direct --server http://127.0.0.1:18680 --route http://127.0.0.1:18600 \
@@ -98,11 +103,14 @@ bench=$!
 for _ in $(seq 1 600); do grep -q "offering" "$out" && break; sleep 0.2; done
 sleep 2
 mark "${pids[@]}" $(engine_pids postgres) $(engine_pids redis-server) $(engine_pids nats-server)
+declare -A bus0 bus
+for i in "${!names[@]}"; do bus0[${names[$i]}]=$(nats_msgs "${ports[$i]}"); done
 t0=$(date +%s.%N)
 sleep $((secs - 4))
 t1=$(date +%s.%N)
 declare -A used
 for i in "${!names[@]}"; do used[${names[$i]}]=$(spent "${pids[$i]}"); done
+for i in "${!names[@]}"; do bus[${names[$i]}]=$(( $(nats_msgs "${ports[$i]}") - ${bus0[${names[$i]}]} )); done
 used[postgres]=$(spent $(engine_pids postgres))
 used[redis]=$(spent $(engine_pids redis-server))
 used[nats]=$(spent $(engine_pids nats-server))
@@ -114,6 +122,10 @@ msgs=$(echo "$rate * $window" | bc -l)
 # Per offered message: a saturated run (delivered/s below the rate) reads low.
 for k in route gateway api push postgres redis nats; do
   d=${used[$k]}
-  printf '%-8s %6.2f s CPU  %8.1f us/msg\n' "$k" "$(echo "$d / $hz" | bc -l)" \
+  printf '%-8s %6.2f s CPU  %8.1f us/msg' "$k" "$(echo "$d / $hz" | bc -l)" \
     "$(echo "$d / $hz * 1000000 / $msgs" | bc -l)"
+  # The NATS messages each role's client sent and received, per message (JetStream's
+  # acks and the server's own internal traffic are in them only as the client sees them).
+  [ -n "${bus[$k]:-}" ] && printf '  %5.1f NATS msgs/msg' "$(echo "${bus[$k]} / $msgs" | bc -l)"
+  printf '\n'
 done

@@ -19,6 +19,34 @@ pub async fn nats(cfg: &ClusterConfig, name: &str) -> Result<async_nats::Client,
         .connect(servers)
         .await
         .map_err(ClusterError::nats)
+        .inspect(|client| {
+            tokio::spawn(count_traffic(client.statistics()));
+        })
+}
+
+/// Adds what the client's own counters gained, four times a second, to `xinge_nats_messages_total`
+/// and `xinge_nats_bytes_total` (by `dir`, in or out): the bus traffic a role causes,
+/// which says what a message costs NATS. Runs for the process's life; it holds the
+/// counters, not the client.
+async fn count_traffic(stats: std::sync::Arc<async_nats::Statistics>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last = [0u64; 4];
+    loop {
+        tick.tick().await;
+        let now = [
+            stats.in_messages.load(Relaxed),
+            stats.out_messages.load(Relaxed),
+            stats.in_bytes.load(Relaxed),
+            stats.out_bytes.load(Relaxed),
+        ];
+        let gained = |i: usize| now[i].saturating_sub(last[i]);
+        metrics::counter!("xinge_nats_messages_total", "dir" => "in").increment(gained(0));
+        metrics::counter!("xinge_nats_messages_total", "dir" => "out").increment(gained(1));
+        metrics::counter!("xinge_nats_bytes_total", "dir" => "in").increment(gained(2));
+        metrics::counter!("xinge_nats_bytes_total", "dir" => "out").increment(gained(3));
+        last = now;
+    }
 }
 
 /// One Redis node, or a Redis Cluster (several URLs).
