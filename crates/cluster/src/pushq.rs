@@ -5,8 +5,8 @@
 //! each message is taken by one push process, which acks it only after the deliveries it
 //! made were flushed to NATS. A push process that dies mid-batch leaves its un-acked
 //! messages to be redelivered to another after `push_ack_wait_ms` (a repeated signal is
-//! harmless: clients apply by sequence). The stream is bounded
-//! (`stream_max_msgs` and `stream_max_bytes`, discard new): when full, signals are refused and counted, and
+//! harmless: clients apply by sequence). The stream is bounded (`stream_max_msgs` and
+//! `stream_max_bytes`, discard new): when full, signals are refused and counted, and
 //! clients repair by pull.
 //!
 //! Each push process limits the signals per user (`[limits] signals_per_sec`) with push's
@@ -14,7 +14,7 @@
 //! limit is per push process (events are spread over them), and what a process holds when
 //! it dies is lost — signals are hints, and the clients' periodic pull repairs that.
 
-use crate::registry::Registry;
+use crate::registry::{Live, Registry};
 use crate::wire::{Pack, decode_push, encode_delivery, encode_push, unpack};
 use crate::{ClusterError, Names};
 use async_nats::jetstream::{self, consumer, stream};
@@ -296,10 +296,7 @@ async fn route_batch(
         .collect();
     users.sort_unstable();
     users.dedup();
-    let mut sessions: HashMap<UserId, Vec<(GatewayId, ConnId)>> = HashMap::new();
-    for (user, gw, conn) in registry.sessions(&users).await? {
-        sessions.entry(user).or_default().push((gw, conn));
-    }
+    let sessions = registry.sessions(&users).await?;
     let mut out = Deliveries::default();
     for e in &events {
         out.add(nats, names, &sessions, &e.users, e.except, &e.frame)
@@ -328,7 +325,7 @@ impl Deliveries {
         &mut self,
         nats: &async_nats::Client,
         names: &Names,
-        sessions: &HashMap<UserId, Vec<(GatewayId, ConnId)>>,
+        sessions: &Live,
         users: &[UserId],
         except: Option<ConnId>,
         frame: &Bytes,
@@ -374,24 +371,6 @@ async fn publish(
         .map_err(ClusterError::nats)
 }
 
-/// Publishes `frame` to the gateways holding `user`'s sessions.
-async fn deliver(
-    nats: &async_nats::Client,
-    names: &Names,
-    registry: &Registry,
-    user: UserId,
-    frame: &Bytes,
-) -> Result<(), ClusterError> {
-    let mut sessions: HashMap<UserId, Vec<(GatewayId, ConnId)>> = HashMap::new();
-    for (u, gw, conn) in registry.sessions(&[user]).await? {
-        sessions.entry(u).or_default().push((gw, conn));
-    }
-    let mut out = Deliveries::default();
-    out.add(nats, names, &sessions, &[user], None, frame)
-        .await?;
-    out.send(nats, names).await
-}
-
 /// Sends the signals the throttle held as users' rates allow, until `shutdown`.
 async fn release_held(
     nats: async_nats::Client,
@@ -407,12 +386,24 @@ async fn release_held(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        for (user, frames) in throttle.due(std::time::Instant::now()) {
-            for f in &frames {
-                if let Err(e) = deliver(&nats, &names, &registry, user, f).await {
-                    tracing::warn!(error = %e, "held signal not delivered; clients repair by pull");
+        let due = throttle.due(std::time::Instant::now());
+        if due.is_empty() {
+            continue;
+        }
+        // One session lookup and one publish per gateway for everything due, as a batch.
+        let users: Vec<UserId> = due.iter().map(|(u, _)| *u).collect();
+        let sent = async {
+            let sessions = registry.sessions(&users).await?;
+            let mut out = Deliveries::default();
+            for (user, frames) in &due {
+                for f in frames {
+                    out.add(&nats, &names, &sessions, &[*user], None, f).await?;
                 }
             }
+            out.send(&nats, &names).await
+        };
+        if let Err(e) = sent.await {
+            tracing::warn!(error = %e, "held signals not delivered; clients repair by pull");
         }
     }
 }

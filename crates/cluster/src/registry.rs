@@ -68,6 +68,9 @@ fn parse_member(m: &str) -> Option<(GatewayId, ConnId)> {
     Some((GatewayId(gw), ConnId(conn)))
 }
 
+/// Users' live connections, by user: where each is, gateway and connection.
+pub type Live = HashMap<UserId, Vec<(GatewayId, ConnId)>>;
+
 impl Registry {
     pub fn new(redis: Redis, names: Names, ttl: Duration) -> Self {
         Self {
@@ -126,13 +129,10 @@ impl Registry {
         Ok(())
     }
 
-    /// The live connections of each user, by gateway.
-    pub async fn sessions(
-        &self,
-        users: &[UserId],
-    ) -> Result<Vec<(UserId, GatewayId, ConnId)>, ClusterError> {
+    /// The live connections of each user (users without one are absent).
+    pub async fn sessions(&self, users: &[UserId]) -> Result<Live, ClusterError> {
         let now = xinge_core::now_ms();
-        let mut out = Vec::new();
+        let mut out = Live::new();
         for chunk in users.chunks(IN_FLIGHT) {
             let mut lookups = Vec::with_capacity(chunk.len());
             for &u in chunk {
@@ -150,12 +150,10 @@ impl Registry {
             }
             for r in futures_util::future::join_all(lookups).await {
                 let (u, found) = r?;
-                out.extend(
-                    found
-                        .iter()
-                        .filter_map(|m| parse_member(m))
-                        .map(|(gw, conn)| (u, gw, conn)),
-                );
+                let live: Vec<_> = found.iter().filter_map(|m| parse_member(m)).collect();
+                if !live.is_empty() {
+                    out.insert(u, live);
+                }
             }
         }
         Ok(out)

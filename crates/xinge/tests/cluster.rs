@@ -264,6 +264,60 @@ async fn signals_reach_only_the_gateways_holding_the_users() {
     c.clean_up().await;
 }
 
+/// Over a user's signal rate, push holds the signals (coalesced: an inbox signal stands for
+/// everything before it) and releases them as the rate allows, through the same packed
+/// deliveries: the receiver's newest entry is still signalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_over_a_users_rate_are_held_and_released_by_push() {
+    if !engines_up("signals_over_a_users_rate_are_held_and_released_by_push").await {
+        return;
+    }
+    let c = Cluster::on(NATS, REDIS, |cfg| {
+        cfg.limits.signals_per_sec = 5.0;
+        cfg.limits.signals_burst = 2.0;
+    });
+    let gateway = c.spawn("gateway", 10);
+    let api = c.spawn("api", 20);
+    let push = c.spawn("push", 30);
+    let (alice, a) = login(&api.http, "alice", "laptop").await;
+    let (bob, b) = login(&api.http, "bob", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    let tcp = gateway.tcp.clone().unwrap();
+    let (ca, _sa) = Connection::connect(Transport::Tcp, &tcp, alice.token().unwrap())
+        .await
+        .unwrap();
+    let (_cb, mut sb) = Connection::connect(Transport::Tcp, &tcp, bob.token().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..20 {
+        send_over(&ca, b, format!("h{i}")).await;
+    }
+    let head = bob.sync(0, Some(1)).await.unwrap().head;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut newest = 0;
+    while newest < head && Instant::now() < deadline {
+        tokio::select! {
+            Some(s) = sb.recv() => {
+                if let Signal::Inbox { seq, .. } = s {
+                    newest = newest.max(seq);
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    assert_eq!(
+        newest, head,
+        "bob's newest entry is signalled once his rate allows"
+    );
+    assert!(
+        push.metric("xinge_signals_throttled_total").await > 0.0,
+        "twenty signals in a moment are over a rate of 5/s with a burst of 2"
+    );
+    drop((gateway, api, push));
+    c.clean_up().await;
+}
+
 // === Redis and NATS restarts ===
 
 /// A private engine process on a free loopback port, so restarting it touches no other test.
