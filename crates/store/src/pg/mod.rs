@@ -636,20 +636,51 @@ async fn append<C: GenericClient>(
     })
 }
 
-/// The users a commit only adds to its message's conversation list, if that is all it does
-/// besides the message (a 1:1 send): such a commit is one `xinge_append` call.
-fn message_alone(c: &Commit) -> Option<Vec<i64>> {
-    let new = c.message.as_ref()?;
-    if c.group.is_some() || !c.events.is_empty() {
-        return None;
+/// A commit that is a message and nothing else but conversation-list joins (every 1:1
+/// send): one `xinge_append` call.
+struct MessageAlone {
+    new: NewMessage,
+    joins: Vec<i64>,
+    message_to: Vec<UserId>,
+    dedup: Option<(UserId, String)>,
+}
+
+/// How a commit is written: one call, or a transaction.
+enum Shape {
+    Alone(MessageAlone),
+    Transaction(Commit),
+}
+
+/// The commit as a [`MessageAlone`] if it is one.
+fn shape(c: Commit) -> Shape {
+    let joins: Option<Vec<i64>> = match &c.message {
+        Some(new) if c.group.is_none() && c.events.is_empty() => c
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Join { user, conv } if *conv == new.conv => Some(i(user.0)),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    };
+    match (joins, c) {
+        (
+            Some(joins),
+            Commit {
+                message: Some(new),
+                message_to,
+                dedup,
+                ..
+            },
+        ) => Shape::Alone(MessageAlone {
+            new,
+            joins,
+            message_to,
+            dedup,
+        }),
+        (_, c) => Shape::Transaction(c),
     }
-    c.ops
-        .iter()
-        .map(|op| match op {
-            Op::Join { user, conv } if *conv == new.conv => Some(i(user.0)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Inbox owners in ascending user order, once each: concurrent commits that share
@@ -662,9 +693,10 @@ fn in_lock_order(mut users: Vec<UserId>) -> Vec<UserId> {
 
 impl PgStore {
     async fn commit_once(&self, c: Commit) -> Result<Committed> {
-        if let Some(joins) = message_alone(&c) {
-            return self.commit_message_alone(c, joins).await;
-        }
+        let c = match shape(c) {
+            Shape::Alone(alone) => return self.commit_message_alone(alone).await,
+            Shape::Transaction(c) => c,
+        };
         let mut client = self.client().await?;
         let tx = Tx {
             tx: client.transaction().await.map_err(db)?,
@@ -777,18 +809,14 @@ impl PgStore {
         Ok(out)
     }
 
-    /// A commit that is a message and nothing else but conversation-list joins (every 1:1
-    /// send): one `xinge_append` call on a pooled connection, one round trip.
-    async fn commit_message_alone(&self, c: Commit, joins: Vec<i64>) -> Result<Committed> {
-        let Commit {
-            dedup,
-            message,
+    /// One `xinge_append` call on a pooled connection: one round trip.
+    async fn commit_message_alone(&self, alone: MessageAlone) -> Result<Committed> {
+        let MessageAlone {
+            new,
+            joins,
             message_to,
-            ..
-        } = c;
-        let Some(new) = message else {
-            return Ok(Committed::default());
-        };
+            dedup,
+        } = alone;
         let now = xinge_core::now_ms();
         let args = AppendArgs {
             joins,
