@@ -191,14 +191,17 @@ impl Server {
 
     /// The server's counters that a run reports the difference of: the embedded store's
     /// durable writes (see [`DurableWrites`]; None for the distributed roles) and its own
-    /// send handling times. Both None without an answer.
+    /// send handling times (empty until its first send). Both None without an answer.
     pub async fn counters(&self) -> (Option<DurableWrites>, Option<Handling>) {
         let get = async {
             let r = reqwest::get(format!("{}/metrics", self.base)).await.ok()?;
             r.text().await.ok()
         };
         match tokio::time::timeout(std::time::Duration::from_secs(5), get).await {
-            Ok(Some(text)) => (DurableWrites::parse(&text), Handling::parse(&text, "send")),
+            Ok(Some(text)) => (
+                DurableWrites::parse(&text),
+                Some(Handling::parse(&text, "send").unwrap_or_default()),
+            ),
             _ => (None, None),
         }
     }

@@ -298,12 +298,10 @@ pub async fn run(
     r.delivery_hist = Some(lock(&totals.delivery).clone());
     r.ack_hist = Some(lock(&totals.ack).clone());
     r.durable_writes = writes0.zip(writes1).map(|(a, b)| b.since(a));
-    r.server_send = match (sends0, sends1) {
-        (Some(a), Some(b)) => Some(b.since(&a)),
-        // No send handled before the run: the histogram appeared with it.
-        (None, b) => b,
-        (Some(_), None) => None,
-    };
+    r.server_send = sends0
+        .zip(sends1)
+        .map(|(a, b)| b.since(&a))
+        .filter(|h| h.count > 0);
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         r.server_cpu_us = b.cpu_us - a.cpu_us;
         r.server_cpu_window_us = Some((a.cpu_us, b.cpu_us));

@@ -251,9 +251,7 @@ async fn step<T: Transport>(
     work: Work,
 ) -> Option<End> {
     let frame = match work {
-        Work::Write => {
-            return (!write_queued(io, &handle.out).await).then_some(End::WriteFailed);
-        }
+        Work::Write => return (!write_queued(io, &handle.out).await).then_some(End::WriteFailed),
         Work::Frame(f) => f,
     };
     handle.last_seen.store(gw.now_secs(), Ordering::Relaxed);
