@@ -147,8 +147,10 @@ fn refused(e: &dyn std::fmt::Display, events: u64) {
 
 #[async_trait]
 impl Signals for StreamSignals {
-    fn signal(&self, users: &[UserId], frame: &Frame, how: Coalesce) {
+    fn signal(&self, users: &[UserId], frame: &Frame, how: Coalesce) -> usize {
+        // Who is online is the push role's to find out: the work here is per user.
         self.publish(users, frame, how, None);
+        users.len()
     }
 
     fn signal_except(&self, user: UserId, frame: &Frame, how: Coalesce, except: ConnId) {

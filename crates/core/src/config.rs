@@ -143,6 +143,10 @@ pub struct ChatConfig {
     pub group_full_history: bool,
     /// "Group advanced" signals of large groups are coalesced over this window.
     pub group_signal_window_ms: u64,
+    /// Large groups' signals sent per second at most, over all groups (0: as fast as the
+    /// process can). A fan-out faster than this is spread out, and what a member misses
+    /// meanwhile rides in its next signal.
+    pub group_signal_rate: u64,
 }
 
 impl Default for ChatConfig {
@@ -158,6 +162,7 @@ impl Default for ChatConfig {
             max_group_members: 100_000,
             group_full_history: false,
             group_signal_window_ms: 50,
+            group_signal_rate: 50_000,
         }
     }
 }

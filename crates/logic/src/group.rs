@@ -19,7 +19,7 @@ const MAX_BATCH: usize = 1_000;
 /// their periodic `sync groups=true`).
 const MAX_PENDING_GROUPS: usize = 100_000;
 
-/// Signals sent between yields to the scheduler.
+/// Signals sent at once, between waits of the pace (or yields to the scheduler).
 const SIGNAL_BATCH: usize = 64;
 /// Messages carried inline in one "group advanced" signal, at most.
 const INLINE_MESSAGES: usize = 16;
@@ -45,14 +45,17 @@ pub(crate) struct GroupSignals {
     pending: Mutex<HashMap<u64, Advanced>>,
     members: Mutex<HashMap<u64, CachedMembers>>,
     window: Duration,
+    /// Signals per second at most (0: unpaced).
+    rate: u64,
 }
 
 impl GroupSignals {
-    pub fn new(window: Duration) -> Self {
+    pub fn new(window: Duration, rate: u64) -> Self {
         Self {
             pending: Mutex::new(HashMap::new()),
             members: Mutex::new(HashMap::new()),
             window: window.max(Duration::from_millis(1)),
+            rate,
         }
     }
 
@@ -131,13 +134,54 @@ fn info(g: &GroupRecord, threshold: u64) -> GroupInfo {
     }
 }
 
+/// Lag behind its rate that a [`Pace`] catches up.
+const PACE_SLACK: Duration = Duration::from_millis(2);
+
+/// Spreads a fan-out to at most `rate` signals a second. Quiet time is not saved up
+/// (beyond [`PACE_SLACK`]), so the largest burst is a few batches: a 2,000-member signal sent at once held the 1:1 traffic
+/// of the same process behind it for the ~15 ms it took (docs/BENCHMARKS.md, "mixed").
+struct Pace {
+    /// Time per signal; `None`: unpaced.
+    per: Option<Duration>,
+    next: tokio::time::Instant,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Self {
+        Self {
+            per: (rate > 0).then(|| Duration::from_secs(1) / rate.min(1_000_000_000) as u32),
+            next: tokio::time::Instant::now(),
+        }
+    }
+
+    /// `n` signals went out: waits until the rate allows more (yields at least, so the
+    /// connections that write them, and everyone else, run).
+    async fn sent(&mut self, n: usize) {
+        let Some(per) = self.per else {
+            tokio::task::yield_now().await;
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        // The timer wakes up to a millisecond late: so much lag is caught up (else the
+        // rate kept would be far below the one set); more is quiet time, not saved up.
+        self.next = self.next.max(now - PACE_SLACK) + per * n as u32;
+        if self.next > now {
+            tokio::time::sleep_until(self.next).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 impl Logic {
     /// Sends every online member of each large group that advanced one signal per window.
-    /// One task for all groups, yielding between pages, so a busy 100,000-member group
-    /// cannot starve the rest (seed 002, items 6-7).
+    /// One task for all groups, paced ([`Pace`], `chat.group_signal_rate`) so that a busy
+    /// 100,000-member group cannot starve the rest (seed 002, items 6-7); what a member
+    /// misses while its turn comes rides in its next signal.
     pub async fn run_group_signals(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.group_signals.window);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pace = Pace::new(self.group_signals.rate);
         loop {
             tick.tick().await;
             for (group, advanced) in self.group_signals.take() {
@@ -168,11 +212,11 @@ impl Logic {
                     serde_json::to_vec(&signal).unwrap_or_default(),
                 );
                 for users in members.chunks(SIGNAL_BATCH) {
-                    self.push
-                        .signal(users, &frame, crate::group_key(group, advanced.seq));
-                    // Yield often: a 100,000-member fan-out must not hold the worker that
-                    // 1:1 traffic needs for more than a moment at a time.
-                    tokio::task::yield_now().await;
+                    // Paced by the signals sent, not the members: offline ones cost little.
+                    let sent =
+                        self.push
+                            .signal(users, &frame, crate::group_key(group, advanced.seq));
+                    pace.sent(sent).await;
                 }
             }
         }
@@ -720,5 +764,31 @@ impl Logic {
         )
         .await
         .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pace;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn a_paced_fan_out_keeps_to_its_rate() {
+        // 64,000 a second: ten batches of 64 are due over 10 ms; the first goes at once.
+        let mut pace = Pace::new(64_000);
+        let began = Instant::now();
+        for _ in 0..10 {
+            pace.sent(64).await;
+        }
+        assert!(began.elapsed() >= Duration::from_millis(10));
+        // Quiet time is not saved up: after a pause, no more than the slack's worth goes
+        // at once (2 ms: two batches), and then the rate again.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let again = Instant::now();
+        for _ in 0..6 {
+            pace.sent(64).await;
+        }
+        assert!(again.elapsed() >= Duration::from_millis(4));
+        assert!(Pace::new(0).per.is_none(), "rate 0 is unpaced");
     }
 }

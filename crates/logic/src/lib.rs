@@ -163,9 +163,10 @@ impl Logic {
             limiter,
             push,
             ids: xinge_core::idgen::IdGen::new(cfg.server.node_id),
-            group_signals: group::GroupSignals::new(Duration::from_millis(
-                cfg.chat.group_signal_window_ms,
-            )),
+            group_signals: group::GroupSignals::new(
+                Duration::from_millis(cfg.chat.group_signal_window_ms),
+                cfg.chat.group_signal_rate,
+            ),
             hashing: Arc::new(tokio::sync::Semaphore::new(account::hashing_permits())),
             cfg,
             tokens: token::TokenSigner::new(token_secret),
@@ -246,7 +247,9 @@ impl Logic {
                         self.push.signal_except(user, &frame, inbox_key(seq), conn);
                         answered = true;
                     }
-                    _ => self.push.signal(&[user], &frame, inbox_key(seq)),
+                    _ => {
+                        self.push.signal(&[user], &frame, inbox_key(seq));
+                    }
                 }
             }
         }

@@ -56,15 +56,17 @@ pub struct PresenceChange {
 pub trait Signals: Send + Sync + 'static {
     /// Hands `frame` to every online device of each of `users`. A hint: it may be lost
     /// (the contract repairs that by pull), so this neither waits nor fails. `how` says
-    /// what may become of it when a user is over the signal rate.
-    fn signal(&self, users: &[UserId], frame: &Frame, how: Coalesce);
+    /// what may become of it when a user is over the signal rate. Returns the work it made
+    /// here: the connections it was handed to where this process holds them (one process),
+    /// else the users it was passed on for — what a caller paces a large fan-out by.
+    fn signal(&self, users: &[UserId], frame: &Frame, how: Coalesce) -> usize;
     /// [`Signals::signal`] to one user's devices but connection `except`: the one whose
     /// request made the entry, which gets the entry in its answer instead. Skipping it is
     /// a saving, not a promise: an implementation may still signal it (this default does),
     /// and a client ignores a signal for an entry it already has.
     fn signal_except(&self, user: UserId, frame: &Frame, how: Coalesce, except: ConnId) {
         let _ = except;
-        self.signal(&[user], frame, how);
+        let _ = self.signal(&[user], frame, how);
     }
     /// `(online, last_seen_ms)`; last seen is now for an online user, 0 if unknown.
     async fn presence(&self, user: UserId) -> (bool, u64);
@@ -289,13 +291,15 @@ impl Push {
 
 #[async_trait]
 impl Signals for Push {
-    fn signal(&self, users: &[UserId], frame: &Frame, how: Coalesce) {
+    fn signal(&self, users: &[UserId], frame: &Frame, how: Coalesce) -> usize {
         let now = Instant::now();
+        let mut sent = 0;
         for &user in users {
             if self.throttle.admit(user, frame, how, now) {
-                self.signal_user(user, frame, None);
+                sent += self.signal_user(user, frame, None);
             }
         }
+        sent
     }
 
     fn signal_except(&self, user: UserId, frame: &Frame, how: Coalesce, except: ConnId) {
