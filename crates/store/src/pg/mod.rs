@@ -3,7 +3,8 @@
 //! that the transaction locks (`INSERT … ON CONFLICT DO UPDATE … RETURNING`), so they are
 //! continuous and never reused, and a transaction that does not commit assigned nothing
 //! anyone saw. Locks are taken in one order — group row, conversation head, inbox heads by
-//! ascending user id — and a deadlock or a lost race on a unique key is retried.
+//! ascending user id (conversation-list joins too) — and a deadlock or a lost race on a
+//! unique key is retried (and counted: `xinge_store_retries_total{why}`).
 
 use crate::{
     Commit, Committed, GroupRecord, MemberRecord, Membership, NewMessage, NewUser, Op, Pair,
@@ -137,6 +138,9 @@ fn json<T: DeserializeOwned>(row: &Row, col: &str) -> Result<T> {
 pub struct PgStore {
     pool: Pool,
     ids: std::sync::Arc<IdGen>,
+    /// Commits retried after PostgreSQL broke a deadlock (each had waited
+    /// `deadlock_timeout`, 1 s by default, first): the lock order is meant to make this 0.
+    deadlocks: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone, Debug)]
@@ -162,6 +166,11 @@ impl PgOptions {
 }
 
 impl PgStore {
+    /// Commits retried because PostgreSQL broke a deadlock they were in, since connecting.
+    pub fn deadlocks(&self) -> u64 {
+        self.deadlocks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Connects, creates the schema if needed and applies pending migrations.
     pub async fn connect(opts: &PgOptions) -> Result<Self> {
         if !opts
@@ -187,6 +196,7 @@ impl PgStore {
         let store = Self {
             pool,
             ids: std::sync::Arc::new(IdGen::new(opts.node_id)),
+            deadlocks: Default::default(),
         };
         store.migrate(&opts.schema).await?;
         Ok(store)
@@ -666,19 +676,26 @@ fn shape(c: Commit) -> Shape {
     };
     match (joins, c) {
         (
-            Some(joins),
+            Some(mut joins),
             Commit {
                 message: Some(new),
                 message_to,
                 dedup,
                 ..
             },
-        ) => Shape::Alone(MessageAlone {
-            new,
-            joins,
-            message_to,
-            dedup,
-        }),
+        ) => {
+            // Ascending, like every other lock: two first messages of one conversation
+            // sent at once from both ends inserted the two membership rows in opposite
+            // orders and deadlocked (each waiting 1 s for PostgreSQL to notice).
+            joins.sort_unstable();
+            joins.dedup();
+            Shape::Alone(MessageAlone {
+                new,
+                joins,
+                message_to,
+                dedup,
+            })
+        }
         (_, c) => Shape::Transaction(c),
     }
 }
@@ -1029,7 +1046,17 @@ impl Store for PgStore {
         let mut attempt = 0;
         loop {
             match self.commit_once(commit.clone()).await {
-                Err(e) if attempt < 5 && retryable(&e) => attempt += 1,
+                Err(e) if attempt < 5 && retryable(&e) => {
+                    let why = if matches!(&e, StoreError::Backend(m) if m.contains("deadlock")) {
+                        self.deadlocks
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        "deadlock"
+                    } else {
+                        "race"
+                    };
+                    metrics::counter!("xinge_store_retries_total", "why" => why).increment(1);
+                    attempt += 1;
+                }
                 other => return other,
             }
         }
@@ -1397,6 +1424,61 @@ mod tests {
                 .collect::<Vec<_>>(),
             MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<_>>()
         );
+        store.drop_schema(&schema).await.unwrap();
+    }
+
+    /// Two users who have never talked send each other their first message at the same
+    /// moment: neither may deadlock (PostgreSQL would break it, and the retry would hide
+    /// it, but only after `deadlock_timeout` — a second). A transaction holding one of the
+    /// two membership rows makes both sends wait at their first join, then lets go, so
+    /// that they meet inside the function; with the joins taken in the caller's order
+    /// (sender first) half of such meetings deadlocked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn first_messages_from_both_ends_do_not_deadlock() {
+        let Some(raw) = reachable("first_messages_from_both_ends_do_not_deadlock").await else {
+            return;
+        };
+        let schema = format!("xinge_test_dl_{}", std::process::id());
+        const PAIRS: u64 = 8;
+        let opts = PgOptions {
+            url: url(),
+            schema: schema.clone(),
+            pool_size: 2 * PAIRS as usize,
+            node_id: 5,
+        };
+        let store = std::sync::Arc::new(PgStore::connect(&opts).await.unwrap());
+        let pairs: Vec<_> = (0..PAIRS)
+            .map(|p| (UserId(1_000 + 2 * p), UserId(1_001 + 2 * p)))
+            .collect();
+        raw.batch_execute(&format!("SET search_path = {schema}; BEGIN"))
+            .await
+            .unwrap();
+        for (a, b) in &pairs {
+            raw.execute(
+                "INSERT INTO members (user_id, conv, read_seq) VALUES ($1, $2, 0)",
+                &[&i(b.0), &ConvId::direct(*a, *b).to_string()],
+            )
+            .await
+            .unwrap();
+        }
+        let mut sends = tokio::task::JoinSet::new();
+        for (a, b) in pairs {
+            for (from, to) in [(a, b), (b, a)] {
+                let store = store.clone();
+                sends.spawn(
+                    async move { crate::conformance::send(&*store, from, to, "first").await },
+                );
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        raw.batch_execute("ROLLBACK").await.unwrap();
+        let mut sent = 0;
+        while let Some(done) = sends.join_next().await {
+            assert!(!done.unwrap().duplicate);
+            sent += 1;
+        }
+        assert_eq!(sent, 2 * PAIRS);
+        assert_eq!(store.deadlocks(), 0, "first messages deadlocked");
         store.drop_schema(&schema).await.unwrap();
     }
 }
