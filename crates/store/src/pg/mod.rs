@@ -382,6 +382,9 @@ impl Tx<'_> {
     async fn op(&self, op: Op) -> Result<()> {
         match op {
             Op::SetFriends { a, b, since_ms } => {
+                // The lower id's row first, whichever side accepted: two acceptances of
+                // one pair at once cannot lock the rows in opposite orders.
+                let (a, b) = (a.min(b), a.max(b));
                 for (x, y) in [(a, b), (b, a)] {
                     self.exec(
                         "INSERT INTO friends (user_id, peer_id, since_ms) VALUES ($1, $2, $3) \
