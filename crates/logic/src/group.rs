@@ -138,8 +138,9 @@ fn info(g: &GroupRecord, threshold: u64) -> GroupInfo {
 const PACE_SLACK: Duration = Duration::from_millis(2);
 
 /// Spreads a fan-out to at most `rate` signals a second. Quiet time is not saved up
-/// (beyond [`PACE_SLACK`]), so the largest burst is a few batches: a 2,000-member signal sent at once held the 1:1 traffic
-/// of the same process behind it for the ~15 ms it took (docs/BENCHMARKS.md, "mixed").
+/// (beyond [`PACE_SLACK`]), so the largest burst is a few batches: a 2,000-member signal
+/// sent at once held the 1:1 traffic of the same process behind it for the ~15 ms it took
+/// (docs/BENCHMARKS.md, "mixed").
 struct Pace {
     /// Time per signal; `None`: unpaced.
     per: Option<Duration>,

@@ -66,7 +66,7 @@ pub trait Signals: Send + Sync + 'static {
     /// and a client ignores a signal for an entry it already has.
     fn signal_except(&self, user: UserId, frame: &Frame, how: Coalesce, except: ConnId) {
         let _ = except;
-        let _ = self.signal(&[user], frame, how);
+        self.signal(&[user], frame, how);
     }
     /// `(online, last_seen_ms)`; last seen is now for an online user, 0 if unknown.
     async fn presence(&self, user: UserId) -> (bool, u64);
