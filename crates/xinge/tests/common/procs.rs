@@ -176,6 +176,7 @@ pub struct Cluster {
     pub schema: String,
     pub prefix: String,
     pub nats: String,
+    pub redis: String,
 }
 
 impl Cluster {
@@ -214,6 +215,7 @@ impl Cluster {
             schema,
             prefix,
             nats: nats.to_owned(),
+            redis: redis.to_owned(),
         }
     }
 
@@ -228,7 +230,9 @@ impl Cluster {
         )
     }
 
-    /// Leaves the shared engines as they were: the test's tables and push stream go.
+    /// Leaves the shared engines as they were: the test's tables, push stream and Redis
+    /// keys go (a rate-limit window under the tests' raised limits lasts hours). On an
+    /// engine cluster of a test's own (several URLs), the keys go with the cluster.
     pub async fn clean_up(&self) {
         let servers: Vec<&str> = self.nats.split(',').collect();
         let nats = async_nats::connect(servers).await.unwrap();
@@ -243,6 +247,22 @@ impl Cluster {
         .await
         .unwrap();
         store.drop_schema(&self.schema).await.unwrap();
+        if !self.redis.contains(',') {
+            let redis = redis::Client::open(self.redis.as_str()).unwrap();
+            let mut con = redis.get_multiplexed_async_connection().await.unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.prefix))
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            for some in keys.chunks(1_000) {
+                let () = redis::cmd("DEL")
+                    .arg(some)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+            }
+        }
     }
 }
 
