@@ -165,7 +165,8 @@ impl Pace {
         let now = tokio::time::Instant::now();
         // The timer wakes up to a millisecond late: so much lag is caught up (else the
         // rate kept would be far below the one set); more is quiet time, not saved up.
-        self.next = self.next.max(now - PACE_SLACK) + per * n as u32;
+        let behind = now.checked_sub(PACE_SLACK).unwrap_or(now);
+        self.next = self.next.max(behind) + per * n as u32;
         if self.next > now {
             tokio::time::sleep_until(self.next).await;
         } else {

@@ -862,10 +862,19 @@ impl PgStore {
     }
 }
 
-/// Deadlocks, serialization failures and unique violations (two commits racing on the same
-/// dedup key or head row) are retried; the retry sees the winner's work.
-fn retryable(e: &StoreError) -> bool {
-    matches!(e, StoreError::Backend(m) if m.contains("deadlock") || m.contains("could not serialize") || m.contains("duplicate key"))
+/// Why a failed commit is worth retrying, if it is: a deadlock PostgreSQL broke, or a race —
+/// a serialization failure or a unique violation (two commits on the same dedup key or
+/// head row). The retry sees the winner's work.
+fn retry_reason(e: &StoreError) -> Option<&'static str> {
+    match e {
+        StoreError::Backend(m) if m.contains("deadlock") => Some("deadlock"),
+        StoreError::Backend(m)
+            if m.contains("could not serialize") || m.contains("duplicate key") =>
+        {
+            Some("race")
+        }
+        _ => None,
+    }
 }
 
 #[async_trait]
@@ -1048,20 +1057,18 @@ impl Store for PgStore {
     async fn commit(&self, commit: Commit) -> Result<Committed> {
         let mut attempt = 0;
         loop {
-            match self.commit_once(commit.clone()).await {
-                Err(e) if attempt < 5 && retryable(&e) => {
-                    let why = if matches!(&e, StoreError::Backend(m) if m.contains("deadlock")) {
-                        self.deadlocks
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        "deadlock"
-                    } else {
-                        "race"
-                    };
-                    metrics::counter!("xinge_store_retries_total", "why" => why).increment(1);
-                    attempt += 1;
-                }
-                other => return other,
+            let result = self.commit_once(commit.clone()).await;
+            let why = match &result {
+                Err(e) if attempt < 5 => retry_reason(e),
+                _ => None,
+            };
+            let Some(why) = why else { return result };
+            if why == "deadlock" {
+                self.deadlocks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
+            metrics::counter!("xinge_store_retries_total", "why" => why).increment(1);
+            attempt += 1;
         }
     }
 
@@ -1302,6 +1309,16 @@ mod tests {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
     }
 
+    /// Options for a test's own schema on the test PostgreSQL.
+    fn options(schema: &str, pool_size: usize, node_id: u16) -> PgOptions {
+        PgOptions {
+            url: url(),
+            schema: schema.into(),
+            pool_size,
+            node_id,
+        }
+    }
+
     /// A client of the test PostgreSQL, or None (having said so) where there is none and
     /// this is not CI.
     async fn reachable(test: &str) -> Option<tokio_postgres::Client> {
@@ -1327,12 +1344,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance_suite_passes_on_postgres() {
         let schema = format!("xinge_test_{}", std::process::id());
-        let opts = PgOptions {
-            url: url(),
-            schema: schema.clone(),
-            pool_size: 8,
-            node_id: 3,
-        };
+        let opts = options(&schema, 8, 3);
         if reachable("conformance_suite_passes_on_postgres")
             .await
             .is_none()
@@ -1396,12 +1408,7 @@ mod tests {
         ))
         .await
         .unwrap();
-        let opts = PgOptions {
-            url: url(),
-            schema: schema.clone(),
-            pool_size: 2,
-            node_id: 4,
-        };
+        let opts = options(&schema, 2, 4);
         let store = PgStore::connect(&opts).await.unwrap();
         let again = crate::conformance::send(&store, a, b, "old").await;
         assert!(again.duplicate);
@@ -1443,12 +1450,7 @@ mod tests {
         };
         let schema = format!("xinge_test_dl_{}", std::process::id());
         const PAIRS: u64 = 8;
-        let opts = PgOptions {
-            url: url(),
-            schema: schema.clone(),
-            pool_size: 2 * PAIRS as usize,
-            node_id: 5,
-        };
+        let opts = options(&schema, 2 * PAIRS as usize, 5);
         let store = std::sync::Arc::new(PgStore::connect(&opts).await.unwrap());
         let pairs: Vec<_> = (0..PAIRS)
             .map(|p| (UserId(1_000 + 2 * p), UserId(1_001 + 2 * p)))
