@@ -56,6 +56,6 @@ impl Upstream for Dispatch {
 #[async_trait]
 impl Authenticator for Dispatch {
     async fn authenticate(&self, token: &str) -> Result<(UserId, DeviceId), ApiError> {
-        self.0.authenticate(token).await
+        Ok(self.0.authenticate(token).await?)
     }
 }

@@ -129,6 +129,12 @@ impl From<ApiError> for HttpError {
     }
 }
 
+impl From<xinge_logic::Error> for HttpError {
+    fn from(e: xinge_logic::Error) -> Self {
+        Self(e.into())
+    }
+}
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         metrics::counter!("xinge_errors_total", "code" => self.0.code.as_str(), "via" => "http")

@@ -1,10 +1,9 @@
 //! Accounts and devices.
 
 use crate::token::Claims;
-use crate::{Caller, Logic, Result, bad, store_err};
+use crate::{Caller, Logic, Result, error::bad};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use xinge_core::error::ApiError;
 use xinge_core::{DeviceId, ErrorCode, UserId};
 use xinge_proto::api::{LoginRequest, LoginResponse, Profile, RegisterRequest};
 use xinge_store::{NewUser, UserRecord};
@@ -22,9 +21,7 @@ fn valid_display_name(s: &str) -> bool {
 
 /// The public face of a looked-up user, or `not_found`.
 fn found(r: xinge_store::Result<Option<UserRecord>>) -> Result<Profile> {
-    let u = r
-        .map_err(store_err)?
-        .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
+    let u = r?.ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
     Ok(Profile {
         user_id: u.id,
         username: u.username,
@@ -76,13 +73,7 @@ impl Logic {
                 "display name must be 1-64 printable characters",
             ));
         }
-        if self
-            .store
-            .user_by_name(&req.username)
-            .await
-            .map_err(store_err)?
-            .is_some()
-        {
+        if self.store.user_by_name(&req.username).await?.is_some() {
             return Err(bad(ErrorCode::Conflict, "username is taken"));
         }
         let argon = self.argon2()?;
@@ -109,7 +100,7 @@ impl Logic {
             .await
             .map_err(|e| match e {
                 xinge_store::StoreError::Conflict => bad(ErrorCode::Conflict, "username is taken"),
-                e => store_err(e),
+                e => e.into(),
             })?;
         Ok(Profile {
             user_id: user.id,
@@ -126,8 +117,7 @@ impl Logic {
         let user = self
             .store
             .user_by_name(&req.username)
-            .await
-            .map_err(store_err)?
+            .await?
             .ok_or_else(wrong)?;
         let argon = self.argon2()?;
         let (hash, password) = (user.password_hash.clone(), req.password);
@@ -143,10 +133,7 @@ impl Logic {
         }
         let tid = rand::random::<u64>();
         let exp = xinge_core::now_ms() + self.cfg.auth.token_ttl_secs * 1000;
-        self.store
-            .put_device(user.id, &req.device, tid)
-            .await
-            .map_err(store_err)?;
+        self.store.put_device(user.id, &req.device, tid).await?;
         let token = self.tokens.sign(&Claims {
             uid: user.id,
             dev: req.device.clone(),
@@ -164,17 +151,9 @@ impl Logic {
     /// Verifies a token: signature, expiry, and that its device has not logged out since.
     pub async fn authenticate(&self, token: &str) -> Result<(UserId, DeviceId)> {
         let claims = self.tokens.verify(token, xinge_core::now_ms())?;
-        match self
-            .store
-            .device_token(claims.uid, &claims.dev)
-            .await
-            .map_err(store_err)?
-        {
+        match self.store.device_token(claims.uid, &claims.dev).await? {
             Some(tid) if tid == claims.tid => Ok((claims.uid, claims.dev)),
-            _ => Err(ApiError::new(
-                ErrorCode::TokenRevoked,
-                "token revoked: log in again",
-            )),
+            _ => Err(bad(ErrorCode::TokenRevoked, "token revoked: log in again")),
         }
     }
 
@@ -182,7 +161,7 @@ impl Logic {
         self.store
             .remove_device(caller.user, &caller.device)
             .await
-            .map_err(store_err)
+            .map_err(Into::into)
     }
 
     pub async fn profile(&self, user: UserId) -> Result<Profile> {
@@ -200,10 +179,7 @@ impl Logic {
                 "display name must be 1-64 printable characters",
             ));
         }
-        self.store
-            .set_display_name(caller.user, name)
-            .await
-            .map_err(store_err)?;
+        self.store.set_display_name(caller.user, name).await?;
         self.profile(caller.user).await
     }
 }

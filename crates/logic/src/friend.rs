@@ -1,7 +1,7 @@
 //! Friends: requests with a note, accept, decline, remove, block. Every change is an inbox
 //! event for both sides (the blocked side excepted), so it is signalled and stays pullable.
 
-use crate::{Caller, Logic, Result, bad, store_err};
+use crate::{Caller, Logic, Result, error::bad};
 use xinge_core::{ErrorCode, UserId};
 use xinge_proto::api::{Event, Friend, FriendRequestView, FriendRequests};
 use xinge_store::{Commit, Op};
@@ -33,7 +33,7 @@ impl Logic {
         me: UserId,
         from: UserId,
     ) -> Result<xinge_store::Relation> {
-        let rel = self.store.relation(me, from).await.map_err(store_err)?;
+        let rel = self.store.relation(me, from).await?;
         if rel.request_in.is_none() {
             return Err(bad(
                 ErrorCode::NotFound,
@@ -47,7 +47,7 @@ impl Logic {
         if me == peer {
             return Err(bad(ErrorCode::InvalidArgument, "that is yourself"));
         }
-        match self.store.user(peer).await.map_err(store_err)? {
+        match self.store.user(peer).await? {
             Some(_) => Ok(()),
             None => Err(bad(ErrorCode::NotFound, "no such user")),
         }
@@ -62,7 +62,7 @@ impl Logic {
             ));
         }
         self.existing_peer(me, to).await?;
-        let rel = self.store.relation(me, to).await.map_err(store_err)?;
+        let rel = self.store.relation(me, to).await?;
         if rel.i_blocked || rel.blocked_me {
             return Err(bad(ErrorCode::Blocked, "one of you has blocked the other"));
         }
@@ -114,7 +114,7 @@ impl Logic {
 
     pub async fn remove_friend(&self, caller: &Caller, peer: UserId) -> Result<()> {
         let me = caller.user;
-        let rel = self.store.relation(me, peer).await.map_err(store_err)?;
+        let rel = self.store.relation(me, peer).await?;
         if rel.friends_since_ms.is_none() {
             return Err(bad(ErrorCode::NotFound, "not friends"));
         }
@@ -135,7 +135,7 @@ impl Logic {
         }];
         let mut events = vec![];
         if blocked {
-            let rel = self.store.relation(me, peer).await.map_err(store_err)?;
+            let rel = self.store.relation(me, peer).await?;
             if rel.friends_since_ms.is_some() {
                 ops.push(Op::RemoveFriends { a: me, b: peer });
             }
@@ -158,13 +158,13 @@ impl Logic {
         self.store
             .friends(caller.user, MAX_LIST)
             .await
-            .map_err(store_err)
+            .map_err(Into::into)
     }
 
     pub async fn friend_requests(&self, caller: &Caller) -> Result<FriendRequests> {
         self.store
             .friend_requests(caller.user, MAX_LIST)
             .await
-            .map_err(store_err)
+            .map_err(Into::into)
     }
 }

@@ -1,4 +1,4 @@
-//! Sends and pulls per user (seed 000 Q7: the api's own rate limit). In one process the
+//! Sends and pulls per user (the api's own limit, so that one user cannot take a server's capacity). In one process the
 //! buckets are in memory ([`LocalLimiter`]); the distributed api processes share counters
 //! in Redis (crate `cluster`), so a user cannot multiply the limit by spreading over them.
 
@@ -68,5 +68,23 @@ impl Limiter for LocalLimiter {
             Limited::Pull => &self.pulls,
         };
         keyed.take(user, Instant::now())
+    }
+}
+
+impl crate::Logic {
+    /// Refuses `user` with `rate_limited` when over the limit for `what`.
+    pub(crate) async fn limit(&self, user: UserId, what: Limited) -> crate::Result<()> {
+        self.limiter.check(user, what).await.map_err(|wait| {
+            metrics::counter!("xinge_rate_limited_total", "what" => what.as_str()).increment(1);
+            xinge_core::error::ApiError::rate_limited(
+                format!(
+                    "too many {}s: retry in {} ms",
+                    what.as_str(),
+                    wait.as_millis().max(1)
+                ),
+                wait,
+            )
+            .into()
+        })
     }
 }

@@ -1,5 +1,5 @@
-//! Property test of the message contract (DESIGN.md §2) at the IM layer over the embedded
-//! store: any interleaving of sends, retries of a send, reads, group membership changes
+//! Property test of the message contract (nothing lost, nothing twice, in order) at the IM
+//! layer over the embedded store: any interleaving of sends, retries of a send, reads, group membership changes
 //! (crossing the fan-out threshold both ways) and crashes (the store closed and reopened on
 //! the same directory) keeps
 //! - every user's inbox seqs continuous 1..=head, no gaps or repeats;
@@ -109,7 +109,7 @@ struct Model {
 }
 
 impl Model {
-    /// A user's own message counts as read by them (DESIGN.md §2: unread excludes own
+    /// A user's own message counts as read by them (unread never counts one's own
     /// messages), so writing one moves their cursor to it.
     fn read_own(&mut self, user: usize, conv: ConvId, seq: u64) {
         let cur = self.cursors.entry((user, conv)).or_default();
