@@ -21,8 +21,14 @@ fn state(dir: &std::path::Path) -> AppState {
     let push = Arc::new(Push::new(PushConfig::default()));
     let logic = xinge_logic::Logic::new(store, push.clone(), cfg.clone(), b"k".repeat(32));
     let dispatch = Arc::new(Dispatch(logic.clone()));
-    let gateway =
-        xinge_gateway::Gateway::new(GatewayId(1), cfg.gateway, dispatch.clone(), dispatch, push);
+    let gateway = xinge_gateway::Gateway::new(
+        GatewayId(1),
+        cfg.gateway,
+        dispatch.clone(),
+        dispatch,
+        push,
+        cfg.clock,
+    );
     AppState {
         logic,
         gateway,

@@ -19,6 +19,10 @@ pub struct Config {
     pub route: AdmissionConfig,
     pub limits: LimitsConfig,
     pub tls: TlsConfig,
+    /// The time every layer reads (not configurable: a test that starts a server shares
+    /// one with it and moves it forward instead of waiting out a window).
+    #[serde(skip)]
+    pub clock: crate::clock::Clock,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

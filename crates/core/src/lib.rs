@@ -7,9 +7,11 @@
 //! error.rs   ErrorCode: the stable strings on the wire and their HTTP statuses
 //! config.rs  Config: one typed struct, TOML file then XINGE_* variables
 //! ratelimit.rs  token buckets, one per key in a bounded table
+//! clock.rs   the server's time, which a test may move forward
 //! ```
 //! Nothing here does I/O beyond reading a config file; every other crate may depend on it.
 
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod idgen;

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
+use xinge_core::clock::Clock;
 use xinge_core::config::GatewayConfig;
 use xinge_core::error::ApiError;
 use xinge_core::idgen::IdGen;
@@ -133,6 +134,8 @@ pub struct Gateway {
     conns: Vec<Mutex<HashMap<ConnId, Arc<ConnHandle>>>>,
     ids: IdGen,
     started: Instant,
+    /// Heartbeat deadlines and the per-IP and per-user budgets read this time.
+    clock: Clock,
     pub(crate) wheel: wheel::Wheel,
     pub(crate) slots: Arc<Semaphore>,
     count: AtomicU64,
@@ -148,6 +151,7 @@ impl Gateway {
         auth: Arc<dyn Authenticator>,
         upstream: Arc<dyn Upstream>,
         push: Arc<dyn Sessions>,
+        clock: Clock,
     ) -> Arc<Self> {
         let wheel = wheel::Wheel::new(cfg.heartbeat_timeout_secs);
         // Present (at 0) from the start, not only after the first connection.
@@ -169,7 +173,8 @@ impl Gateway {
             push,
             conns: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             ids: IdGen::new(id.0),
-            started: Instant::now(),
+            started: clock.now(),
+            clock,
             wheel,
             count: AtomicU64::new(0),
         })
@@ -213,7 +218,7 @@ impl Gateway {
     /// Admits a new connection from `ip` (before it costs an authentication), or refuses
     /// it with `rate_limited` and the time until it may try again.
     pub fn admit(&self, ip: std::net::IpAddr) -> Result<(), ApiError> {
-        self.admission.admit(ip, Instant::now()).map_err(|wait| {
+        self.admission.admit(ip, self.clock.now()).map_err(|wait| {
             metrics::counter!("xinge_connections_refused_total", "reason" => "rate_limited")
                 .increment(1);
             ApiError::rate_limited("too many new connections: retry after the time given", wait)
@@ -222,7 +227,7 @@ impl Gateway {
 
     /// Charges one frame to `user`; past their rate, how long to stop reading them.
     pub(crate) fn frame_budget(&self, user: UserId) -> Result<(), std::time::Duration> {
-        self.frames.take(user, Instant::now()).inspect_err(|_| {
+        self.frames.take(user, self.clock.now()).inspect_err(|_| {
             metrics::counter!("xinge_frames_throttled_total").increment(1);
         })
     }
@@ -233,7 +238,10 @@ impl Gateway {
     }
 
     pub(crate) fn now_secs(&self) -> u32 {
-        self.started.elapsed().as_secs() as u32
+        self.clock
+            .now()
+            .saturating_duration_since(self.started)
+            .as_secs() as u32
     }
 
     pub(crate) fn next_conn_id(&self) -> ConnId {

@@ -329,6 +329,7 @@ mod tests {
             Arc::new(Nobody),
             Arc::new(Nobody),
             push,
+            Default::default(),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap())
@@ -374,6 +375,7 @@ mod tests {
             Arc::new(Nobody),
             Arc::new(Nobody),
             push,
+            Default::default(),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -95,7 +95,7 @@ impl Logic {
                 username: req.username,
                 display_name,
                 password_hash: hash,
-                created_at_ms: xinge_core::now_ms(),
+                created_at_ms: self.cfg.clock.now_ms(),
             })
             .await
             .map_err(|e| match e {
@@ -132,7 +132,7 @@ impl Logic {
             return Err(wrong());
         }
         let tid = rand::random::<u64>();
-        let exp = xinge_core::now_ms() + self.cfg.auth.token_ttl_secs * 1000;
+        let exp = self.cfg.clock.now_ms() + self.cfg.auth.token_ttl_secs * 1000;
         self.store.put_device(user.id, &req.device, tid).await?;
         let token = self.tokens.sign(&Claims {
             uid: user.id,
@@ -150,7 +150,7 @@ impl Logic {
 
     /// Verifies a token: signature, expiry, and that its device has not logged out since.
     pub async fn authenticate(&self, token: &str) -> Result<(UserId, DeviceId)> {
-        let claims = self.tokens.verify(token, xinge_core::now_ms())?;
+        let claims = self.tokens.verify(token, self.cfg.clock.now_ms())?;
         match self.store.device_token(claims.uid, &claims.dev).await? {
             Some(tid) if tid == claims.tid => Ok((claims.uid, claims.dev)),
             _ => Err(bad(ErrorCode::TokenRevoked, "token revoked: log in again")),

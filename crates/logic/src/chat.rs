@@ -128,7 +128,7 @@ impl Logic {
                 sender: me,
                 sender_device: Some(caller.device.clone()),
                 client_msg_id: d.client_msg_id,
-                sent_at_ms: xinge_core::now_ms(),
+                sent_at_ms: self.cfg.clock.now_ms(),
                 mentions: d.mentions,
                 mention_all: d.mention_all,
                 body: d.body,
@@ -200,7 +200,7 @@ impl Logic {
             });
         }
         let window = self.cfg.chat.recall_window_secs * 1000;
-        if xinge_core::now_ms().saturating_sub(target.sent_at_ms) > window {
+        if self.cfg.clock.now_ms().saturating_sub(target.sent_at_ms) > window {
             return Err(bad(
                 ErrorCode::RecallWindowPassed,
                 "too late to recall this message",

@@ -77,7 +77,7 @@ impl Logic {
             from: me,
             to,
             note: note.clone(),
-            created_at_ms: xinge_core::now_ms(),
+            created_at_ms: self.cfg.clock.now_ms(),
         };
         let ev = Event::FriendRequest { from: me, to, note };
         self.tell_both(caller, to, ev, vec![Op::PutRequest(view)])
@@ -98,7 +98,7 @@ impl Logic {
             vec![Op::SetFriends {
                 a: me,
                 b: from,
-                since_ms: xinge_core::now_ms(),
+                since_ms: self.cfg.clock.now_ms(),
             }],
         )
         .await

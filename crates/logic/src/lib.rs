@@ -75,7 +75,7 @@ impl Logic {
         cfg: Config,
         token_secret: Vec<u8>,
     ) -> Arc<Self> {
-        let limiter = Arc::new(limits::LocalLimiter::new(&cfg.limits));
+        let limiter = Arc::new(limits::LocalLimiter::new(&cfg.limits, cfg.clock.clone()));
         Self::with_limiter(store, push, limiter, cfg, token_secret)
     }
 

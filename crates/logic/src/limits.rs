@@ -1,10 +1,12 @@
-//! Sends and pulls per user (the api's own limit, so that one user cannot take a server's capacity). In one process the
-//! buckets are in memory ([`LocalLimiter`]); the distributed api processes share counters
-//! in Redis (crate `cluster`), so a user cannot multiply the limit by spreading over them.
+//! Sends and pulls per user: the api's own limit, so that one user cannot take a server's
+//! capacity. In one process the buckets are in memory ([`LocalLimiter`]); the distributed
+//! api processes share counters in Redis (crate `cluster`), so a user cannot multiply the
+//! limit by spreading over them.
 
 use async_trait::async_trait;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use xinge_core::UserId;
+use xinge_core::clock::Clock;
 use xinge_core::config::LimitsConfig;
 use xinge_core::ratelimit::{Keyed, Rate};
 
@@ -49,13 +51,15 @@ pub trait Limiter: Send + Sync + 'static {
 pub struct LocalLimiter {
     sends: Keyed<UserId>,
     pulls: Keyed<UserId>,
+    clock: Clock,
 }
 
 impl LocalLimiter {
-    pub fn new(cfg: &LimitsConfig) -> Self {
+    pub fn new(cfg: &LimitsConfig, clock: Clock) -> Self {
         Self {
             sends: Keyed::new(Limited::Send.rate(cfg), cfg.max_users),
             pulls: Keyed::new(Limited::Pull.rate(cfg), cfg.max_users),
+            clock,
         }
     }
 }
@@ -67,7 +71,7 @@ impl Limiter for LocalLimiter {
             Limited::Send => &self.sends,
             Limited::Pull => &self.pulls,
         };
-        keyed.take(user, Instant::now())
+        keyed.take(user, self.clock.now())
     }
 }
 
@@ -86,5 +90,30 @@ impl crate::Logic {
             )
             .into()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_user_over_the_burst_waits_one_token_and_others_not_at_all() {
+        let cfg = LimitsConfig::default();
+        let clock = Clock::default();
+        let limiter = LocalLimiter::new(&cfg, clock.clone());
+        let (alice, bob) = (UserId(1), UserId(2));
+        for _ in 0..cfg.sends_burst as usize {
+            assert!(limiter.check(alice, Limited::Send).await.is_ok());
+        }
+        let wait = limiter.check(alice, Limited::Send).await.unwrap_err();
+        let token = Duration::from_secs_f64(1.0 / cfg.sends_per_sec);
+        assert!(wait > Duration::ZERO && wait <= token, "{wait:?}");
+        assert!(limiter.check(bob, Limited::Send).await.is_ok());
+        assert!(limiter.check(alice, Limited::Pull).await.is_ok(), "pulls have their own");
+        // One token's time later (on the limiter's clock, not the test's), one more send.
+        clock.advance(token);
+        assert!(limiter.check(alice, Limited::Send).await.is_ok());
+        assert!(limiter.check(alice, Limited::Send).await.is_err());
     }
 }

@@ -154,6 +154,7 @@ pub async fn run_gateway(
         upstream.clone(),
         upstream,
         sessions,
+        cfg.clock.clone(),
     );
     let deliveries = bus::deliveries(
         &e.nats,

@@ -111,7 +111,14 @@ pub async fn run(
     let gw_id = GatewayId(cfg.server.node_id);
     let deliveries = push.attach_gateway(gw_id);
     let presence = push.presence_changes();
-    let gateway = Gateway::new(gw_id, cfg.gateway.clone(), dispatch.clone(), dispatch, push);
+    let gateway = Gateway::new(
+        gw_id,
+        cfg.gateway.clone(),
+        dispatch.clone(),
+        dispatch,
+        push,
+        cfg.clock.clone(),
+    );
     gateway.start(deliveries, shutdown.clone());
     if let Some(presence) = presence {
         tokio::spawn(logic.clone().run_presence(presence));

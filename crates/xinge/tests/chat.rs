@@ -312,9 +312,11 @@ async fn strangers_may_talk_when_the_server_allows_it_and_recall_works_in_its_wi
     assert_eq!(page.messages[1].body, MessageBody::Recall { target: 1 });
     server.stop().await;
 
+    // The window is passed by moving the server's clock, not by waiting it out.
+    let clock = xinge_core::clock::Clock::default();
     let server = start(|c| {
         c.chat.allow_strangers = true;
-        c.chat.recall_window_secs = 1;
+        c.clock = clock.clone();
     })
     .await;
     let (alice, _) = server.login("alice", "laptop").await;
@@ -333,9 +335,18 @@ async fn strangers_may_talk_when_the_server_allows_it_and_recall_works_in_its_wi
         .send(&text(b, "m2", "too late to take back"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let window = Duration::from_secs(xinge_core::config::ChatConfig::default().recall_window_secs);
+    clock.advance(window - Duration::from_secs(1));
+    let just_in_time = alice
+        .send(&text(b, "m3", "still mine to take back"))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(2));
     let err = alice.recall(&recall_of(&late)).await.unwrap_err();
     assert_eq!(err.code().unwrap().as_str(), "recall_window_passed");
+    // Two seconds old, well inside the window.
+    let recalled = alice.recall(&recall_of(&just_in_time)).await.unwrap();
+    assert!(!recalled.duplicate);
     // A retry of a recall that went through still gets its answer after the window.
     let retry = alice.recall(&recall_of(&taken_back)).await.unwrap();
     assert!(retry.duplicate);

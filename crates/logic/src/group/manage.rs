@@ -1,6 +1,6 @@
 //! Group management: every operation a member, an admin or the owner may do.
 
-use super::{info, system_message, valid_name};
+use super::{info, valid_name};
 use crate::access::MEMBER_PAGE;
 use crate::{Caller, Logic, Result, error::bad};
 use xinge_core::{ConvId, ErrorCode, UserId};
@@ -28,7 +28,7 @@ impl Logic {
             avatar: String::new(),
             notice: String::new(),
             owner: me,
-            created_at_ms: xinge_core::now_ms(),
+            created_at_ms: self.cfg.clock.now_ms(),
             member_count: 0,
             muted_all: false,
             dismissed: false,
@@ -54,7 +54,7 @@ impl Logic {
         let c = Commit {
             group: Some(self.fanout(id, None)),
             ops,
-            message: Some(system_message(caller, id, event)),
+            message: Some(self.system_message(caller, id, event)),
             message_to: vec![me],
             ..Commit::default()
         };
@@ -169,7 +169,7 @@ impl Logic {
         let c = Commit {
             group: Some(self.fanout(group, None)),
             ops,
-            message: Some(system_message(
+            message: Some(self.system_message(
                 caller,
                 group,
                 GroupEvent::Joined {

@@ -22,17 +22,19 @@ use xinge_store::{Commit, GroupRecord, NewMessage, Op};
 
 const MAX_BATCH: usize = 1_000;
 
-/// A group change as a message of the group's timeline, from the caller.
-fn system_message(caller: &Caller, group: u64, event: GroupEvent) -> NewMessage {
-    NewMessage {
-        conv: ConvId::Group(group),
-        sender: caller.user,
-        sender_device: Some(caller.device.clone()),
-        client_msg_id: String::new(),
-        sent_at_ms: xinge_core::now_ms(),
-        mentions: vec![],
-        mention_all: false,
-        body: MessageBody::System { event },
+impl Logic {
+    /// A group change as a message of the group's timeline, from the caller.
+    fn system_message(&self, caller: &Caller, group: u64, event: GroupEvent) -> NewMessage {
+        NewMessage {
+            conv: ConvId::Group(group),
+            sender: caller.user,
+            sender_device: Some(caller.device.clone()),
+            client_msg_id: String::new(),
+            sent_at_ms: self.cfg.clock.now_ms(),
+            mentions: vec![],
+            mention_all: false,
+            body: MessageBody::System { event },
+        }
     }
 }
 
@@ -116,7 +118,7 @@ impl Logic {
         let c = Commit {
             group: Some(self.fanout(group, Some((me, false)))),
             ops,
-            message: Some(system_message(caller, group, event)),
+            message: Some(self.system_message(caller, group, event)),
             message_to,
             ..Commit::default()
         };
