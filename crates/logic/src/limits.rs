@@ -110,7 +110,10 @@ mod tests {
         let token = Duration::from_secs_f64(1.0 / cfg.sends_per_sec);
         assert!(wait > Duration::ZERO && wait <= token, "{wait:?}");
         assert!(limiter.check(bob, Limited::Send).await.is_ok());
-        assert!(limiter.check(alice, Limited::Pull).await.is_ok(), "pulls have their own");
+        assert!(
+            limiter.check(alice, Limited::Pull).await.is_ok(),
+            "pulls have their own"
+        );
         // One token's time later (on the limiter's clock, not the test's), one more send.
         clock.advance(token);
         assert!(limiter.check(alice, Limited::Send).await.is_ok());
