@@ -248,9 +248,9 @@ impl Default for StoreConfig {
     }
 }
 
-/// Per-user rate limits at the api (seed 000 Q7): token buckets, a burst then a rate. A
-/// caller over the limit gets `rate_limited` (HTTP 429 with `retry-after`); the SDK waits
-/// and retries with the same `client_msg_id`.
+/// Per-user rate limits at the api, so that one user cannot take the server's capacity:
+/// token buckets, a burst then a rate. A caller over the limit gets `rate_limited` (HTTP
+/// 429 with `retry-after`); the SDK waits and retries with the same `client_msg_id`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -283,8 +283,8 @@ impl Default for LimitsConfig {
     }
 }
 
-/// Connection admission (seed 000 Q7), at the route service (`[route]`) and at each
-/// gateway (`[gateway.admission]`): token buckets per source IP and in all; a refused
+/// Connection admission, so that a reconnect storm cannot swamp a process, at the route
+/// service (`[route]`) and at each gateway (`[gateway.admission]`): token buckets per source IP and in all; a refused
 /// client gets `rate_limited` and a retry-after. Per-IP limits are generous because many
 /// mobile clients share a carrier's NAT address; the global burst lets a whole gateway's
 /// clients come back at once after a restart.

@@ -105,8 +105,8 @@ impl<K: Hash + Eq + Copy> Keyed<K> {
     }
 }
 
-/// Connection admission (seed 000 Q7): how many clients may connect, per source IP and in
-/// all. The per-IP table is bounded (`max_ips`): when it is full, idle IPs are forgotten;
+/// Connection admission, so a reconnect storm or one abusive address cannot swamp a
+/// process: how many clients may connect, per source IP and in all. The per-IP table is bounded (`max_ips`): when it is full, idle IPs are forgotten;
 /// if none is idle, a new IP is judged by the global bucket alone.
 pub struct Admission {
     global_rate: Rate,

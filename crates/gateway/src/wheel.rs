@@ -1,4 +1,4 @@
-//! The heartbeat timing wheel (seed 002, 时间轮): one slot per second, one ticking task for
+//! The heartbeat timing wheel: one slot per second, one ticking task for
 //! every connection. A heartbeat only stores "last seen" in the connection's atomic; the
 //! wheel re-files a connection lazily when its slot comes up and it turns out to have been
 //! active. So a heartbeat costs one relaxed store, and a connection costs no timer.

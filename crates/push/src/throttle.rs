@@ -1,4 +1,5 @@
-//! Signals per user per second (seed 000 Q7), with coalescing rather than dropping.
+//! Signals per user per second, so one busy user cannot flood a gateway, with coalescing
+//! rather than dropping.
 //!
 //! Within the rate (a token bucket per user) a signal passes as it is. Over it, the user's
 //! signals are held: a signal that a newer one supersedes (an inbox or group sequence, a

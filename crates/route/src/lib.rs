@@ -1,4 +1,4 @@
-//! The route service: which gateways a client should use, best first (seed 000 Q2).
+//! The route service: which gateways a client should use, best first (the nearest, then the least loaded).
 //! Gateways report themselves (address, region, zone, live connections) periodically;
 //! a client is offered those in its own region and zone first, then the least loaded.
 //! A gateway that has not reported within `stale_after_ms` is no longer offered.
