@@ -50,6 +50,31 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order.
+    pub const ALL: [ErrorCode; 21] = [
+        ErrorCode::BadRequest,
+        ErrorCode::InvalidArgument,
+        ErrorCode::TooLarge,
+        ErrorCode::UnknownCommand,
+        ErrorCode::Unauthenticated,
+        ErrorCode::TokenExpired,
+        ErrorCode::TokenRevoked,
+        ErrorCode::BadCredentials,
+        ErrorCode::Forbidden,
+        ErrorCode::Blocked,
+        ErrorCode::NotFriends,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::RecallWindowPassed,
+        ErrorCode::Muted,
+        ErrorCode::LimitReached,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::SlowConsumer,
+        ErrorCode::HeartbeatTimeout,
+        ErrorCode::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
@@ -145,15 +170,47 @@ impl ApiError {
 mod tests {
     use super::*;
 
+    /// Its place in `ALL`. The match has no wildcard, so a new code cannot compile until
+    /// it is given a place, and the test below then fails until `ALL` holds it there.
+    fn place(code: ErrorCode) -> usize {
+        use ErrorCode::*;
+        match code {
+            BadRequest => 0,
+            InvalidArgument => 1,
+            TooLarge => 2,
+            UnknownCommand => 3,
+            Unauthenticated => 4,
+            TokenExpired => 5,
+            TokenRevoked => 6,
+            BadCredentials => 7,
+            Forbidden => 8,
+            Blocked => 9,
+            NotFriends => 10,
+            NotFound => 11,
+            Conflict => 12,
+            RecallWindowPassed => 13,
+            Muted => 14,
+            LimitReached => 15,
+            RateLimited => 16,
+            Unavailable => 17,
+            SlowConsumer => 18,
+            HeartbeatTimeout => 19,
+            Internal => 20,
+        }
+    }
+
     #[test]
-    fn serde_form_is_the_stable_string() {
-        for code in [
-            ErrorCode::BadRequest,
-            ErrorCode::RecallWindowPassed,
-            ErrorCode::Internal,
-        ] {
+    fn every_code_serialises_as_its_stable_string_and_back() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
+            assert_eq!(place(code), i, "{code:?} out of place in ALL");
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+            assert_eq!(code.to_string(), code.as_str());
+            assert!(seen.insert(code.as_str()), "{} twice", code.as_str());
+            let status = code.http_status();
+            assert!((400..600).contains(&status), "{code:?}: {status}");
         }
     }
 }
