@@ -247,22 +247,46 @@ async fn a_group_crossing_the_threshold_mid_burst_stays_complete_ordered_and_dup
     for d in &devices {
         assert!(d.wait_connected(WAIT).await);
     }
+    // Each sender sends 10, says so, goes on to 30 and waits there until the shrink has
+    // begun, then sends its last 10: so both changes happen with sends before, while and
+    // after them, whatever the machine's speed.
+    let (said, mut progress) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let (shrink, shrinking) = tokio::sync::watch::channel(false);
     let mut senders = Vec::new();
     for (s, (http, _)) in users.iter().enumerate().take(4).skip(1) {
         let http = http.clone();
+        let said = said.clone();
+        let mut shrinking = shrinking.clone();
         senders.push(tokio::spawn(async move {
             for k in 0..40 {
+                if k == 30 {
+                    let _ = said.send(30);
+                    shrinking.wait_for(|s| *s).await.unwrap();
+                }
                 http.send(&text(conv, &format!("s{s}-{k}"))).await.unwrap();
+                if k == 9 {
+                    let _ = said.send(10);
+                }
             }
         }));
     }
+    /// Until all three senders have said `n`.
+    async fn reached(progress: &mut tokio::sync::mpsc::UnboundedReceiver<usize>, n: usize) {
+        let mut count = 0;
+        while count < 3 {
+            if progress.recv().await == Some(n) {
+                count += 1;
+            }
+        }
+    }
     // Grow past the threshold (read fan-out) and shrink back (write fan-out) mid-burst.
     let grown: Vec<UserId> = users[4..8].iter().map(|u| u.1).collect();
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    reached(&mut progress, 10).await;
     owner.add_members(g.group_id, &grown[..2]).await.unwrap();
     owner.add_members(g.group_id, &grown[2..]).await.unwrap();
     assert_eq!(owner.group(g.group_id).await.unwrap().fanout, "read");
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    reached(&mut progress, 30).await;
+    shrink.send(true).unwrap();
     owner.remove_member(g.group_id, grown[0]).await.unwrap();
     owner.remove_member(g.group_id, grown[1]).await.unwrap();
     owner.remove_member(g.group_id, grown[2]).await.unwrap();
