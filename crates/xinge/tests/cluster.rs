@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::delivery::{Acked, Seen, assert_stored, conv_has, sender};
+use common::delivery::{Acked, Seen, assert_stored, conv_has, sender, until_acked};
 use common::procs::{Cluster, NATS, Proc, REDIS, engines_up, wait_gateways};
 use common::{PASSWORD, befriend};
 use std::collections::HashSet;
@@ -103,8 +103,9 @@ async fn roles_survive_kill_9_of_a_gateway_an_api_and_a_push_process() {
         }
     });
 
-    // Faults, in turn, while the traffic runs.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Faults, in turn, while the traffic runs (of its 180 sends: after a quarter, half and
+    // two thirds).
+    until_acked(&acked, 45).await;
     let mut busiest = 0;
     if gateways[1].metric("xinge_connections").await > gateways[0].metric("xinge_connections").await
     {
@@ -112,9 +113,9 @@ async fn roles_survive_kill_9_of_a_gateway_an_api_and_a_push_process() {
     }
     gateways[busiest].kill9();
     let connects: Vec<u64> = devices.iter().map(|(_, d)| d.connects()).collect();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    until_acked(&acked, 90).await;
     apis[0].kill9();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    until_acked(&acked, 120).await;
     pushes[0].kill9();
     traffic.await.unwrap();
     let survivor = &gateways[1 - busiest];
@@ -155,6 +156,27 @@ async fn roles_survive_kill_9_of_a_gateway_an_api_and_a_push_process() {
 }
 
 /// A 1:1 send over a long connection, which must succeed.
+/// Until `signals` (the connection of a friend of `user`'s, bound before `user` connected)
+/// hears that `user` came online: from then on both are bound in the registry.
+async fn until_online(signals: &mut tokio::sync::mpsc::Receiver<Signal>, user: UserId) {
+    let wait = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(s) = signals.recv().await {
+            if let Signal::Presence {
+                user: u,
+                online: true,
+                ..
+            } = s
+                && u == user
+            {
+                return;
+            }
+        }
+        panic!("the connection closed before {user} came online");
+    });
+    wait.await
+        .unwrap_or_else(|_| panic!("{user} not seen online within 20 s"));
+}
+
 async fn send_over(conn: &Connection, to: UserId, client_msg_id: String) {
     let _: serde_json::Value = conn
         .request(
@@ -193,9 +215,8 @@ async fn signals_reach_only_the_gateways_holding_the_users() {
     let (_cb, mut sb) = Connection::connect(Transport::Tcp, &tcp(1), bob.token().unwrap())
         .await
         .unwrap();
-    // Both bound in the registry before the first send (and Bob's coming online signalled
-    // to Alice).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both bound in the registry before the first send.
+    until_online(&mut sa, b).await;
     let alice_gw_before = gateways[0].metric("xinge_deliveries_received_total").await;
     for i in 0..20 {
         send_over(&ca, b, format!("m{i}")).await;
@@ -283,13 +304,13 @@ async fn signals_over_a_users_rate_are_held_and_released_by_push() {
     let (bob, b) = login(&api.http, "bob", "laptop").await;
     befriend(&alice, a, &bob, b).await;
     let tcp = gateway.tcp.clone().unwrap();
-    let (ca, _sa) = Connection::connect(Transport::Tcp, &tcp, alice.token().unwrap())
+    let (ca, mut sa) = Connection::connect(Transport::Tcp, &tcp, alice.token().unwrap())
         .await
         .unwrap();
     let (_cb, mut sb) = Connection::connect(Transport::Tcp, &tcp, bob.token().unwrap())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_online(&mut sa, b).await;
     for i in 0..20 {
         send_over(&ca, b, format!("h{i}")).await;
     }
@@ -471,7 +492,7 @@ async fn the_roles_recover_by_themselves_from_redis_and_nats_restarts() {
     // probe from Bob measures how long until a message reaches Alice again.
     let mut seen_a = Seen::default();
     let path = (&*db, &*da, a);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_acked(&acked, 10).await;
     redis.kill9();
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.restart();
@@ -624,9 +645,10 @@ async fn roles_on_a_nats_cluster_and_a_redis_cluster_survive_losing_a_node_of_ea
             );
         }
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Of the 120 sends: one node of each engine lost after a quarter and after half.
+    until_acked(&acked, 30).await;
     clusters.kill9(&format!("nats-{}", clusters.nats));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    until_acked(&acked, 60).await;
     clusters.kill9(&format!("redis-{}", clusters.redis)); // a master: its replica takes over
     traffic.await.unwrap();
 

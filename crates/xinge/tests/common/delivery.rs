@@ -29,6 +29,19 @@ pub async fn sender(dev: Arc<Device>, to: SendRequest, tag: &str, n: usize, acke
     }
 }
 
+/// Until at least `k` sends have been acknowledged: a fault injected after it lands while
+/// the traffic is under way, however fast the machine. Panics after 60 s.
+pub async fn until_acked(acked: &Acked, k: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < k {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{k} sends were not acknowledged within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Whether `user` is in `conv`, for tests where every user is in every group.
 pub fn conv_has(conv: &ConvId, user: UserId) -> bool {
     match conv {
