@@ -358,3 +358,32 @@ async fn outsiders_removed_members_and_blocked_users_are_refused_everywhere() {
     assert!(h.messages.iter().all(|m| m.sender == a), "only Alice wrote");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_stops_working_when_its_lifetime_has_passed() {
+    let clock = xinge_core::clock::Clock::default();
+    let server = start(|c| c.clock = clock.clone()).await;
+    let (alice, _) = server.login("alice", "laptop").await;
+    let token = alice.token().unwrap().to_owned();
+    let ttl =
+        std::time::Duration::from_secs(xinge_core::config::AuthConfig::default().token_ttl_secs);
+    let base = server.base.clone();
+    let me = |t: String| {
+        let base = base.clone();
+        async move { call(&base, Some(&t), "GET", "/v1/me", &Value::Null).await }
+    };
+    clock.advance(ttl - std::time::Duration::from_secs(5));
+    assert_eq!(
+        me(token.clone()).await,
+        (200, String::new()),
+        "still valid just before"
+    );
+    clock.advance(std::time::Duration::from_secs(10));
+    assert_eq!(me(token.clone()).await, (401, "token_expired".to_owned()));
+    let refused = Connection::connect(Transport::Tcp, &server.tcp.to_string(), &token).await;
+    assert!(refused.is_err(), "a new connection is refused too");
+    // A new login is good for a full lifetime from the server's now.
+    let (again, _) = server.login("alice", "laptop").await;
+    assert_eq!(me(again.token().unwrap().to_owned()).await.0, 200);
+    server.stop().await;
+}
