@@ -4,9 +4,10 @@
 //!
 //! ```text
 //! lib.rs       AppState, the router, auth extraction, errors on the wire
-//! http.rs      one handler per endpoint (annotated for OpenAPI)
+//! http/        one handler per endpoint, one file per resource, each registered with its
+//!              OpenAPI annotation
 //! dispatch.rs  the gateway's Upstream/Authenticator: command number → Logic
-//! openapi.rs   the OpenAPI document served at /openapi.json
+//! openapi.rs   the OpenAPI document served at /openapi.json, read off http/'s routers
 //! server.rs    the HTTP accept loop: bounded connections, header deadline, shutdown
 //! web.rs       the browser client (web/ at the repository root), embedded, served at /
 //! ```
@@ -48,31 +49,51 @@ pub struct ApiState {
 /// Every endpoint of every role, for `xinge serve`, and the web client at `/` (it needs the
 /// API and the WebSocket gateway on one origin, which only this all-in-one router has).
 pub fn app(state: AppState) -> axum::Router {
-    http::api_routes(ApiState { logic: state.logic })
-        .merge(http::route_routes(state.route))
-        .merge(http::gateway_routes(state.gateway))
+    api_routes(ApiState { logic: state.logic })
+        .merge(route_routes(state.route))
+        .merge(http::gateway::routes(state.gateway))
         .merge(web::routes())
-        .merge(http::common())
+        .merge(common())
 }
 
 /// `xinge api`: the business API.
 pub fn api_app(logic: Arc<Logic>) -> axum::Router {
-    http::api_routes(ApiState { logic }).merge(http::common())
+    api_routes(ApiState { logic }).merge(common())
 }
 
 /// `xinge route`: which gateway to use.
 pub fn route_app(route: Arc<Route>) -> axum::Router {
-    http::route_routes(route).merge(http::common())
+    route_routes(route).merge(common())
 }
 
 /// `xinge push`: health and metrics only.
 pub fn health_app() -> axum::Router {
-    http::common()
+    common()
 }
 
 /// `xinge gateway`: the WebSocket endpoint (the TCP gateway has its own listener).
 pub fn gateway_app(gateway: Arc<Gateway>) -> axum::Router {
-    http::gateway_routes(gateway).merge(http::common())
+    http::gateway::routes(gateway).merge(common())
+}
+
+/// The business API and its OpenAPI document, bodies limited to the configured size.
+fn api_routes(state: ApiState) -> axum::Router {
+    let max_body = state.logic.config().server.max_body_bytes;
+    axum::Router::from(http::api_routes())
+        .route(
+            "/openapi.json",
+            axum::routing::get(|| async { Json(openapi::served()) }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+fn route_routes(route: Arc<Route>) -> axum::Router {
+    axum::Router::from(http::route::routes()).with_state(route)
+}
+
+fn common() -> axum::Router {
+    http::common::routes().into()
 }
 
 /// The process's Prometheus recorder, installed on first use. Every crate records through
