@@ -3,7 +3,6 @@
 //! answer's key fields.
 
 mod accounts;
-mod app;
 mod friends;
 mod groups;
 mod messages;

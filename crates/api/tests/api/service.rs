@@ -18,7 +18,7 @@ async fn route() {
     assert_eq!(none["gateways"], json!([]));
 
     for (id, zone) in [(1, "a"), (2, "b")] {
-        app.state.route.report(GatewayReport {
+        app.route.report(GatewayReport {
             id: GatewayId(id),
             region: "eu".into(),
             zone: zone.into(),
@@ -48,11 +48,18 @@ async fn healthz_and_metrics() {
         ok(app.call("GET", "/healthz", None, None).await),
         json!({"ok": true})
     );
+    let refused_here = app.call("GET", "/v1/friends", None, None).await;
+    refused(&refused_here, StatusCode::UNAUTHORIZED, "unauthenticated");
     let resp = app.raw(request("GET", "/metrics", None, None)).await;
     assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
     let text = resp.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8(text.to_vec()).unwrap();
-    assert!(text.contains("# TYPE xinge_connections gauge"), "{text}");
+    assert!(text.contains("# TYPE xinge_errors_total counter"), "{text}");
+    assert!(
+        text.contains("xinge_errors_total{code=\"unauthenticated\",via=\"http\"}"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

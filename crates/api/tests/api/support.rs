@@ -1,6 +1,7 @@
 //! One app over an embedded fjall store in a temp dir, and requests to it through
 //! `oneshot`: the real router, no sockets.
 
+use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::response::Response;
@@ -8,14 +9,17 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use std::sync::Arc;
 use tower::ServiceExt;
-use xinge_api::{AppState, Dispatch, app};
-use xinge_core::GatewayId;
 use xinge_core::config::Config;
+use xinge_logic::Logic;
 use xinge_push::{Push, PushConfig};
+use xinge_route::Route;
 use xinge_store::fjall::{FjallOptions, FjallStore};
 
+/// The business API and the route service over one store. (`app()`, which merges them
+/// with the WebSocket gateway and the web client, is tested in tests/app.rs.)
 pub struct App {
-    pub state: AppState,
+    pub logic: Arc<Logic>,
+    pub route: Arc<Route>,
     _dir: tempfile::TempDir,
 }
 
@@ -33,7 +37,7 @@ impl App {
     /// With the configuration changed by `f` (after the test defaults: cheap password
     /// hashing).
     pub fn with(f: impl FnOnce(&mut Config)) -> Self {
-        // The recorder first, as `xinge serve` does, so gauges set at start are recorded.
+        // The recorder first, as `xinge serve` does, so what the app records is kept.
         xinge_api::metrics_handle();
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::default();
@@ -42,26 +46,28 @@ impl App {
         f(&mut cfg);
         let store = Arc::new(FjallStore::open(dir.path(), FjallOptions::default()).unwrap());
         let push = Arc::new(Push::new(PushConfig::default()));
-        let logic = xinge_logic::Logic::new(store, push.clone(), cfg.clone(), b"k".repeat(32));
-        let dispatch = Arc::new(Dispatch(logic.clone()));
-        let gateway = xinge_gateway::Gateway::new(
-            GatewayId(1),
-            cfg.gateway,
-            dispatch.clone(),
-            dispatch,
-            push,
-        );
-        let route = xinge_route::Route::new(15_000).with_admission(&cfg.route);
-        let state = AppState {
+        let logic = Logic::new(store, push, cfg.clone(), b"k".repeat(32));
+        let route = Arc::new(Route::new(15_000).with_admission(&cfg.route));
+        Self {
             logic,
-            gateway,
-            route: Arc::new(route),
-        };
-        Self { state, _dir: dir }
+            route,
+            _dir: dir,
+        }
+    }
+
+    /// The role that serves `path`, as `xinge route` and `xinge api` do: the route service
+    /// for `/v1/route`, the business API for everything else.
+    pub fn router(&self, path: &str) -> Router {
+        if path == "/v1/route" {
+            xinge_api::route_app(self.route.clone())
+        } else {
+            xinge_api::api_app(self.logic.clone())
+        }
     }
 
     pub async fn raw(&self, req: Request<Body>) -> Response {
-        app(self.state.clone()).oneshot(req).await.unwrap()
+        let router = self.router(req.uri().path());
+        router.oneshot(req).await.unwrap()
     }
 
     /// Sends `req` and answers its status and JSON body (`Null` when the body is not JSON).

@@ -1,17 +1,49 @@
-//! Health, the document, the error shape and the web client, through `app()`.
+//! In-process API tests through `app()` and `oneshot`: no sockets, the real router.
 
-use crate::support::App;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use std::sync::Arc;
+use tower::ServiceExt;
+use xinge_api::{AppState, Dispatch, app};
+use xinge_core::GatewayId;
+use xinge_core::config::Config;
+use xinge_push::{Push, PushConfig};
+use xinge_store::fjall::{FjallOptions, FjallStore};
 
-async fn call(app: &App, req: Request<Body>) -> (StatusCode, serde_json::Value) {
-    app.send(req).await
+fn state(dir: &std::path::Path) -> AppState {
+    // The recorder first, as `xinge serve` does, so gauges set at start are recorded.
+    xinge_api::metrics_handle();
+    let mut cfg = Config::default();
+    cfg.auth.argon2_memory_kib = 256;
+    cfg.auth.argon2_iterations = 1;
+    let store = Arc::new(FjallStore::open(dir, FjallOptions::default()).unwrap());
+    let push = Arc::new(Push::new(PushConfig::default()));
+    let logic = xinge_logic::Logic::new(store, push.clone(), cfg.clone(), b"k".repeat(32));
+    let dispatch = Arc::new(Dispatch(logic.clone()));
+    let gateway =
+        xinge_gateway::Gateway::new(GatewayId(1), cfg.gateway, dispatch.clone(), dispatch, push);
+    AppState {
+        logic,
+        gateway,
+        route: Arc::new(xinge_route::Route::new(15_000)),
+    }
+}
+
+async fn call(state: &AppState, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let resp = app(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 #[tokio::test]
 async fn health_openapi_and_errors_in_our_shape() {
-    let s = App::new();
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(dir.path());
     let (status, body) = call(&s, Request::get("/healthz").body(Body::empty()).unwrap()).await;
     assert_eq!((status, body["ok"].as_bool()), (StatusCode::OK, Some(true)));
 
@@ -78,9 +110,10 @@ async fn health_openapi_and_errors_in_our_shape() {
 
     // Prometheus metrics: errors by code, as Prometheus text.
     let _ = call(&s, Request::get("/v1/me").body(Body::empty()).unwrap()).await;
-    let resp = s
-        .raw(Request::get("/metrics").body(Body::empty()).unwrap())
-        .await;
+    let resp = app(s.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8(bytes.to_vec()).unwrap();
@@ -93,13 +126,14 @@ async fn health_openapi_and_errors_in_our_shape() {
 
 #[tokio::test]
 async fn web_client_is_served_from_the_binary() {
-    let s = App::new();
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(dir.path());
     let get = |path: &str, etag: Option<&str>| {
         let mut r = Request::get(path);
         if let Some(t) = etag {
             r = r.header("if-none-match", t);
         }
-        s.raw(r.body(Body::empty()).unwrap())
+        app(s.clone()).oneshot(r.body(Body::empty()).unwrap())
     };
     let header = |resp: &axum::response::Response, name: &str| {
         resp.headers()
@@ -107,7 +141,7 @@ async fn web_client_is_served_from_the_binary() {
             .map(|v| v.to_str().unwrap().to_owned())
     };
 
-    let resp = get("/", None).await;
+    let resp = get("/", None).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
         header(&resp, "content-type").as_deref(),
@@ -127,12 +161,12 @@ async fn web_client_is_served_from_the_binary() {
         ("/web/style.css", "text/css; charset=utf-8"),
         ("/web/icon.svg", "image/svg+xml"),
     ] {
-        let resp = get(path, None).await;
+        let resp = get(path, None).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
         assert_eq!(header(&resp, "content-type").as_deref(), Some(ty), "{path}");
         // Revalidation: the same bytes answer 304 without a body.
         let tag = header(&resp, "etag").expect("an etag");
-        let again = get(path, Some(&tag)).await;
+        let again = get(path, Some(&tag)).await.unwrap();
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
         let body = again.into_body().collect().await.unwrap().to_bytes();
         assert!(body.is_empty());
@@ -153,7 +187,8 @@ async fn web_client_is_served_from_the_binary() {
 /// or query string were `text/plain`, not our `{code, message}`.
 #[tokio::test]
 async fn malformed_path_and_query_are_answered_in_our_shape() {
-    let s = App::new();
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(dir.path());
     let post = |uri: &str, body: &str| {
         Request::post(uri)
             .header("content-type", "application/json")
