@@ -4,9 +4,10 @@
 //!
 //! ```text
 //! lib.rs       AppState, the router, auth extraction, errors on the wire
-//! http.rs      one handler per endpoint (annotated for OpenAPI)
+//! http/        one handler per endpoint, one file per resource, each registered with its
+//!              OpenAPI annotation
 //! dispatch.rs  the gateway's Upstream/Authenticator: command number → Logic
-//! openapi.rs   the OpenAPI document served at /openapi.json
+//! openapi.rs   the OpenAPI document served at /openapi.json, read off http/'s routers
 //! server.rs    the HTTP accept loop: bounded connections, header deadline, shutdown
 //! web.rs       the browser client (web/ at the repository root), embedded, served at /
 //! ```
@@ -48,31 +49,51 @@ pub struct ApiState {
 /// Every endpoint of every role, for `xinge serve`, and the web client at `/` (it needs the
 /// API and the WebSocket gateway on one origin, which only this all-in-one router has).
 pub fn app(state: AppState) -> axum::Router {
-    http::api_routes(ApiState { logic: state.logic })
-        .merge(http::route_routes(state.route))
-        .merge(http::gateway_routes(state.gateway))
+    api_routes(ApiState { logic: state.logic })
+        .merge(route_routes(state.route))
+        .merge(http::gateway::routes(state.gateway))
         .merge(web::routes())
-        .merge(http::common())
+        .merge(common())
 }
 
 /// `xinge api`: the business API.
 pub fn api_app(logic: Arc<Logic>) -> axum::Router {
-    http::api_routes(ApiState { logic }).merge(http::common())
+    api_routes(ApiState { logic }).merge(common())
 }
 
 /// `xinge route`: which gateway to use.
 pub fn route_app(route: Arc<Route>) -> axum::Router {
-    http::route_routes(route).merge(http::common())
+    route_routes(route).merge(common())
 }
 
 /// `xinge push`: health and metrics only.
 pub fn health_app() -> axum::Router {
-    http::common()
+    common()
 }
 
 /// `xinge gateway`: the WebSocket endpoint (the TCP gateway has its own listener).
 pub fn gateway_app(gateway: Arc<Gateway>) -> axum::Router {
-    http::gateway_routes(gateway).merge(http::common())
+    http::gateway::routes(gateway).merge(common())
+}
+
+/// The business API and its OpenAPI document, bodies limited to the configured size.
+fn api_routes(state: ApiState) -> axum::Router {
+    let max_body = state.logic.config().server.max_body_bytes;
+    axum::Router::from(http::api_routes())
+        .route(
+            "/openapi.json",
+            axum::routing::get(|| async { Json(openapi::served()) }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+fn route_routes(route: Arc<Route>) -> axum::Router {
+    axum::Router::from(http::route::routes()).with_state(route)
+}
+
+fn common() -> axum::Router {
+    http::common::routes().into()
 }
 
 /// The process's Prometheus recorder, installed on first use. Every crate records through
@@ -141,10 +162,16 @@ impl IntoResponse for HttpError {
             .increment(1);
         let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (status, Json(&self.0)).into_response();
-        if self.0.code == ErrorCode::RateLimited {
-            // Whole seconds, rounded up; the body has the milliseconds.
-            let secs = self.0.retry_after_ms.unwrap_or(1000).div_ceil(1000).max(1);
+        let mut err = self.0;
+        // One wait, said twice: the body's `retry_after_ms`, and `Retry-After` in whole
+        // seconds rounded up, so a client obeying either never comes back too early. A
+        // refusal made without a wait says one second in both.
+        let retry_after = (err.code == ErrorCode::RateLimited).then(|| {
+            let ms = *err.retry_after_ms.get_or_insert(1000);
+            ms.div_ceil(1000).max(1)
+        });
+        let mut resp = (status, Json(&err)).into_response();
+        if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from(secs));
         }
@@ -227,4 +254,53 @@ pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
         .to_str()
         .ok()?
         .strip_prefix("Bearer ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The `retry-after` header and the body's `retry_after_ms` of one refusal.
+    fn waits(e: ApiError) -> (String, Option<u64>) {
+        let resp = HttpError(e).into_response();
+        let header = resp.headers()["retry-after"].to_str().unwrap().to_owned();
+        let body = json_body(resp);
+        (header, body["retry_after_ms"].as_u64())
+    }
+
+    fn json_body(resp: Response) -> serde_json::Value {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = rt
+            .block_on(axum::body::to_bytes(resp.into_body(), 1 << 16))
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn retry_after_is_the_body_wait_rounded_up_to_seconds() {
+        let limited = |ms| ApiError::rate_limited("slow down", Duration::from_millis(ms));
+        for (ms, secs) in [
+            (1, "1"),
+            (999, "1"),
+            (1_000, "1"),
+            (1_001, "2"),
+            (2_500, "3"),
+        ] {
+            assert_eq!(waits(limited(ms)), (secs.to_owned(), Some(ms)), "{ms} ms");
+        }
+        // A refusal made without a wait says one second in both places.
+        let bare = ApiError::new(ErrorCode::RateLimited, "slow down");
+        assert_eq!(waits(bare), ("1".to_owned(), Some(1_000)));
+    }
+
+    #[test]
+    fn only_a_rate_limit_has_a_wait() {
+        let resp = HttpError(ApiError::new(ErrorCode::Forbidden, "no")).into_response();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert!(resp.headers().get("retry-after").is_none());
+        assert!(json_body(resp).get("retry_after_ms").is_none());
+    }
 }

@@ -1,0 +1,87 @@
+//! Accounts, sessions, the caller's own profile, and looking users up.
+
+use super::{DONE, Done};
+use crate::{ApiState, Auth, Body, HttpResult, Path, Query};
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use xinge_core::UserId;
+use xinge_core::error::ApiError;
+use xinge_proto::api::*;
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login, logout))
+        .routes(routes!(me, update_me))
+        .routes(routes!(find_user))
+        .routes(routes!(user))
+}
+
+#[utoipa::path(post, path = "/v1/accounts", request_body = RegisterRequest,
+    responses((status = 200, body = Profile), (status = 409, body = ApiError), (status = 400, body = ApiError)))]
+pub async fn register(
+    State(s): State<ApiState>,
+    Body(req): Body<RegisterRequest>,
+) -> HttpResult<Profile> {
+    Ok(Json(s.logic.register(req).await?))
+}
+
+/// Log in one device; the token names user and device.
+#[utoipa::path(post, path = "/v1/sessions", request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse), (status = 401, body = ApiError)))]
+pub async fn login(
+    State(s): State<ApiState>,
+    Body(req): Body<LoginRequest>,
+) -> HttpResult<LoginResponse> {
+    Ok(Json(s.logic.login(req).await?))
+}
+
+/// Log out this device: its token stops working at once.
+#[utoipa::path(delete, path = "/v1/sessions", responses((status = 200, body = Done), (status = 401, body = ApiError)))]
+pub async fn logout(State(s): State<ApiState>, Auth(c): Auth) -> HttpResult<Done> {
+    s.logic.logout(&c).await?;
+    Ok(Json(DONE))
+}
+
+#[utoipa::path(get, path = "/v1/me", responses((status = 200, body = Profile), (status = 401, body = ApiError)))]
+pub async fn me(State(s): State<ApiState>, Auth(c): Auth) -> HttpResult<Profile> {
+    Ok(Json(s.logic.profile(c.user).await?))
+}
+
+#[utoipa::path(put, path = "/v1/me", request_body = ProfileUpdate, responses((status = 200, body = Profile)))]
+pub async fn update_me(
+    State(s): State<ApiState>,
+    Auth(c): Auth,
+    Body(req): Body<ProfileUpdate>,
+) -> HttpResult<Profile> {
+    Ok(Json(s.logic.set_display_name(&c, &req.display_name).await?))
+}
+
+#[derive(Deserialize)]
+pub struct FindQuery {
+    username: String,
+}
+
+/// Find a user by exact username.
+#[utoipa::path(get, path = "/v1/users", params(("username" = String, Query)),
+    responses((status = 200, body = Profile), (status = 404, body = ApiError)))]
+pub async fn find_user(
+    State(s): State<ApiState>,
+    Auth(_): Auth,
+    Query(q): Query<FindQuery>,
+) -> HttpResult<Profile> {
+    Ok(Json(s.logic.find_user(&q.username).await?))
+}
+
+#[utoipa::path(get, path = "/v1/users/{id}", params(("id" = u64, Path)),
+    responses((status = 200, body = Profile), (status = 404, body = ApiError)))]
+pub async fn user(
+    State(s): State<ApiState>,
+    Auth(_): Auth,
+    Path(id): Path<u64>,
+) -> HttpResult<Profile> {
+    Ok(Json(s.logic.profile(UserId(id)).await?))
+}

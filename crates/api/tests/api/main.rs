@@ -1,0 +1,10 @@
+//! In-process tests of the HTTP API through `app()` and `oneshot`, one module per resource:
+//! each endpoint's success path and its main refusals, with status, error code and the
+//! answer's key fields.
+
+mod accounts;
+mod friends;
+mod groups;
+mod messages;
+mod service;
+mod support;
