@@ -54,26 +54,41 @@ pub fn app(state: AppState) -> axum::Router {
         .merge(http::gateway::routes(state.gateway))
         .merge(web::routes())
         .merge(common())
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 /// `xinge api`: the business API.
 pub fn api_app(logic: Arc<Logic>) -> axum::Router {
-    api_routes(ApiState { logic }).merge(common())
+    api_routes(ApiState { logic })
+        .merge(common())
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 /// `xinge route`: which gateway to use.
 pub fn route_app(route: Arc<Route>) -> axum::Router {
-    route_routes(route).merge(common())
+    route_routes(route)
+        .merge(common())
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 /// `xinge push`: health and metrics only.
 pub fn health_app() -> axum::Router {
-    common()
+    common().method_not_allowed_fallback(method_not_allowed)
 }
 
 /// `xinge gateway`: the WebSocket endpoint (the TCP gateway has its own listener).
 pub fn gateway_app(gateway: Arc<Gateway>) -> axum::Router {
-    http::gateway::routes(gateway).merge(common())
+    http::gateway::routes(gateway)
+        .merge(common())
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// A known path with a method it does not take: our error shape, not an empty 405.
+async fn method_not_allowed() -> HttpError {
+    HttpError(ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this path does not take that method",
+    ))
 }
 
 /// The business API and its OpenAPI document, bodies limited to the configured size.

@@ -47,11 +47,13 @@ pub enum ErrorCode {
     HeartbeatTimeout,
     /// Something went wrong inside; the log has the cause, the client gets only this.
     Internal,
+    /// The HTTP path exists but not with this method.
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidArgument,
         ErrorCode::TooLarge,
@@ -73,6 +75,7 @@ impl ErrorCode {
         ErrorCode::SlowConsumer,
         ErrorCode::HeartbeatTimeout,
         ErrorCode::Internal,
+        ErrorCode::MethodNotAllowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +101,7 @@ impl ErrorCode {
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::HeartbeatTimeout => "heartbeat_timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -122,6 +126,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::SlowConsumer | ErrorCode::HeartbeatTimeout => 408,
             ErrorCode::Internal => 500,
+            ErrorCode::MethodNotAllowed => 405,
         }
     }
 }
@@ -196,6 +201,7 @@ mod tests {
             SlowConsumer => 18,
             HeartbeatTimeout => 19,
             Internal => 20,
+            MethodNotAllowed => 21,
         }
     }
 

@@ -128,6 +128,23 @@ async fn every_documented_operation_is_served() {
 }
 
 #[tokio::test]
+async fn a_known_path_with_the_wrong_method_answers_in_our_shape() {
+    let app = App::new();
+    for (method, uri) in [
+        ("PATCH", "/v1/messages"),
+        ("DELETE", "/v1/accounts"),
+        ("POST", "/healthz"),
+    ] {
+        let answer = app.call(method, uri, None, None).await;
+        refused(
+            &answer,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        );
+    }
+}
+
+#[tokio::test]
 async fn unknown_paths_in_our_shape() {
     let app = App::new();
     for uri in ["/v2/messages", "/v1/messages/x/y", "/v1"] {
