@@ -5,12 +5,14 @@
 //! types.rs        records and the Commit/Op vocabulary the IM layer writes with
 //! fjall/          the embedded backend: one writer thread with group commit over fjall
 //! pg/             the PostgreSQL backend (feature `postgres`): one transaction per commit
-//! conformance.rs  the suite; `conformance::run(&store)` is called once per backend
+//! conformance/    the suite (tests only); `conformance::run(&store)` is called once per
+//!                 backend: accounts.rs, chat.rs, groups.rs, lists.rs hold its checks
 //! ```
 //! The IM layer decides *what* to write; a backend makes each [`Commit`] atomic and durable
 //! and hands out the sequence numbers, so sequences never repeat or skip, even across a
 //! crash: a commit that did not reach the disk assigned nothing that anyone saw.
 
+#[cfg(test)]
 pub mod conformance;
 pub mod fjall;
 #[cfg(feature = "postgres")]
