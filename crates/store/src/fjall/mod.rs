@@ -84,6 +84,14 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 pub struct FjallStore {
     spaces: Arc<Spaces>,
     writes: mpsc::Sender<writer::Request>,
+    /// The store's threads, for `close` to wait on; taken by the first `close`.
+    threads: Arc<std::sync::Mutex<Option<Threads>>>,
+}
+
+/// The writer thread, and the tick thread with the sender whose drop stops it.
+struct Threads {
+    writer: std::thread::JoinHandle<()>,
+    tick: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -115,7 +123,7 @@ impl Default for FjallOptions {
 
 impl FjallStore {
     /// Opens (or creates) the store in `dir` and starts its writer thread. The thread ends
-    /// when the last handle is dropped.
+    /// when the last handle is dropped, or at [`FjallStore::close`].
     pub fn open(dir: &Path, opts: FjallOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let db = Database::builder(dir).open().map_err(backend)?;
@@ -153,22 +161,29 @@ impl FjallStore {
             opts.commit_interval,
             opts.cursor_flush,
         );
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("xinge-store-writer".into())
             .spawn(move || w.run(rx))
             .map_err(backend)?;
         // Wakes the writer while it holds cursors and no commit comes to carry them; the
         // writer decides whether a flush is due. The tick holds neither the store nor the
-        // channel between ticks, so it keeps neither open; it ends at the first tick after
-        // the store is gone.
+        // channel between ticks, so it keeps neither open; it ends when its stop sender is
+        // dropped (by `close`, or with the last handle), or at the first tick after the
+        // store is gone.
+        let mut tick = None;
         if !opts.cursor_flush.is_zero() {
             let every = (opts.cursor_flush / 4).max(std::time::Duration::from_millis(10));
             let (spaces_w, writes_w) = (Arc::downgrade(&spaces), tx.downgrade());
-            std::thread::Builder::new()
+            let (stop, stopped) = std::sync::mpsc::sync_channel::<()>(1);
+            let thread = std::thread::Builder::new()
                 .name("xinge-store-tick".into())
                 .spawn(move || {
                     loop {
-                        std::thread::sleep(every);
+                        if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                            stopped.recv_timeout(every)
+                        {
+                            return;
+                        }
                         let (Some(spaces), Some(writes)) = (spaces_w.upgrade(), writes_w.upgrade())
                         else {
                             return;
@@ -182,8 +197,62 @@ impl FjallStore {
                     }
                 })
                 .map_err(backend)?;
+            tick = Some((stop, thread));
         }
-        Ok(Self { spaces, writes: tx })
+        Ok(Self {
+            spaces,
+            writes: tx,
+            threads: Arc::new(std::sync::Mutex::new(Some(Threads { writer, tick }))),
+        })
+    }
+
+    /// Closes the store for every handle: the writer finishes the batch it is in, writes
+    /// the read cursors it holds (as [`Store::seal`] does) and ends; writes through any
+    /// handle fail with [`StoreError::Closed`] from then on. Returns once the writer and
+    /// tick threads have ended and, if this was the last handle, fjall has released the
+    /// directory, so that it can be opened again at once (a dropped store lets go of it
+    /// some time later, on its writer thread). If clones of this handle are still alive,
+    /// the directory stays open until the last is dropped and this returns
+    /// `StoreError::Backend` saying so.
+    pub async fn close(self) -> Result<()> {
+        let sealed = match self.write(writer::Op::Close).await {
+            Ok(_) | Err(StoreError::Closed) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let threads = self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Self { spaces, writes, .. } = self;
+        drop(writes);
+        // Joining threads and dropping fjall (which joins its own workers and syncs its
+        // journal) block: not on the runtime's threads.
+        let released = tokio::task::spawn_blocking(move || {
+            if let Some(Threads { writer, tick }) = threads {
+                if let Some((stop, thread)) = tick {
+                    drop(stop);
+                    thread
+                        .join()
+                        .map_err(|_| backend("store tick thread panicked"))?;
+                }
+                writer
+                    .join()
+                    .map_err(|_| backend("store writer thread panicked"))?;
+            }
+            match Arc::into_inner(spaces) {
+                Some(spaces) => {
+                    drop(spaces);
+                    Ok(())
+                }
+                None => Err(backend(
+                    "store closed, but other handles still hold its directory open",
+                )),
+            }
+        })
+        .await
+        .map_err(backend)?;
+        sealed.and(released)
     }
 
     async fn write(&self, op: writer::Op) -> Result<writer::Out> {

@@ -49,23 +49,16 @@ async fn conformance_suite_passes_on_fjall() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequences_continue_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = {
-        let s = open(dir.path());
-        crate::conformance::seed_chat(&s, 5).await
-    };
-    // The first store's writer thread ends when its handles are gone; fjall's lock is
-    // released with the database, so give the thread a moment to drop it.
-    let s = loop {
-        match FjallStore::open(dir.path(), FjallOptions::default()) {
-            Ok(s) => break s,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
-    };
+    let first = open(dir.path());
+    let (a, b) = crate::conformance::seed_chat(&first, 5).await;
+    // Closed, the directory is free at once.
+    first.close().await.unwrap();
+    let s = open(dir.path());
     let conv = ConvId::direct(a, b);
     assert_eq!(s.conv_head(conv).await.unwrap(), 5);
     let (_, head) = s.inbox(a, 0, 100).await.unwrap();
     assert_eq!(head, 5);
-    // The cursor moves of the five sends were held, and written when the writer ended.
+    // The cursor moves of the five sends were held, and written when the store closed.
     assert_eq!(stored_cursor(&s, a, conv), 5);
     let c = crate::conformance::send(&s, a, b, "after-reopen").await;
     assert_eq!(c.message.unwrap().conv_seq, 6);
@@ -179,4 +172,27 @@ async fn group_sends_still_write_the_cursor_with_the_message() {
     let seq = c.message.unwrap().conv_seq;
     assert_eq!(stored_cursor(&s, a, ConvId::Group(gid)), seq);
     assert_eq!(s.spaces.soft.len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_with_a_clone_alive_stops_writes_and_says_the_directory_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let (a, b) = crate::conformance::seed_chat(&s, 1).await;
+    let clone = s.clone();
+    assert!(matches!(
+        s.close().await,
+        Err(crate::StoreError::Backend(_))
+    ));
+    // Reads still work through the clone; writes are refused.
+    assert_eq!(clone.conv_head(ConvId::direct(a, b)).await.unwrap(), 1);
+    assert!(matches!(
+        clone.set_display_name(a, "late").await,
+        Err(crate::StoreError::Closed)
+    ));
+    assert!(FjallStore::open(dir.path(), FjallOptions::default()).is_err());
+    // The last handle closes cleanly; the directory opens again at once.
+    clone.close().await.unwrap();
+    let again = open(dir.path());
+    assert_eq!(again.conv_head(ConvId::direct(a, b)).await.unwrap(), 1);
 }

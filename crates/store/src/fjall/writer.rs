@@ -24,6 +24,8 @@ pub(crate) enum Op {
     Tick,
     /// Write the held read cursors now and hold none from then on (`Store::seal`).
     Seal,
+    /// Like `Seal`, then end the thread after this batch (`FjallStore::close`).
+    Close,
 }
 
 pub(crate) enum Out {
@@ -135,7 +137,8 @@ impl Writer {
                 }
             }
             let held = self.spaces.soft.len();
-            let seal = reqs.iter().any(|r| matches!(r.op, Op::Seal));
+            let close = reqs.iter().any(|r| matches!(r.op, Op::Close));
+            let seal = close || reqs.iter().any(|r| matches!(r.op, Op::Seal));
             // Due a second after the table last was empty or written.
             if held == 0 {
                 last_flush = Instant::now();
@@ -150,9 +153,13 @@ impl Writer {
             self.sealed |= seal;
             last_len = reqs.len();
             self.batch(&mut reqs, flush);
+            if close {
+                break;
+            }
         }
-        // Closed: the last handle is gone. What is still held is written before the
-        // thread ends.
+        // Closed (the last handle is gone, or `close` asked): what is still held is written
+        // before the thread ends. Requests still queued are dropped with the channel, and
+        // their callers get `StoreError::Closed`.
         if self.spaces.soft.len() > 0 {
             self.batch(&mut reqs, true);
         }
@@ -197,7 +204,7 @@ impl Writer {
         if let Some(e) = flush_failed {
             // A seal answers that everything held is written: not so this time.
             for (r, out) in reqs.iter().zip(outs.iter_mut()) {
-                if matches!(r.op, Op::Seal) {
+                if matches!(r.op, Op::Seal | Op::Close) {
                     *out = Err(StoreError::Backend(e.to_string()));
                 }
             }
@@ -312,7 +319,7 @@ impl Writer {
             Op::Commit(c) => tx.commit(&self.ids, c).map(|c| Out::Committed(Box::new(c))),
             // The batch wrote the held cursors before its first request if they were due
             // or sealed (see `run`).
-            Op::Tick | Op::Seal => Ok(Out::Unit),
+            Op::Tick | Op::Seal | Op::Close => Ok(Out::Unit),
         }
     }
 }
