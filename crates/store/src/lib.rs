@@ -101,6 +101,12 @@ pub trait Store: Send + Sync + 'static {
     async fn conv_head(&self, conv: ConvId) -> Result<u64>;
     /// The conversations a user takes part in, with their read cursor (unordered).
     async fn memberships(&self, user: UserId, limit: usize) -> Result<Vec<Membership>>;
+    /// The user's conversation list, each with what a list shows of it: one row per
+    /// membership of `memberships(user, limit)` (unordered, like it), except groups the
+    /// user is no longer a member of and did not leave (no former-member record), which are
+    /// left out. A backend answers it with a number of reads that does not grow with the
+    /// number of conversations. See [`ConversationRow`].
+    async fn conversation_list(&self, user: UserId, limit: usize) -> Result<Vec<ConversationRow>>;
     /// A member's read cursor in a conversation (0 if none).
     async fn read_cursor(&self, user: UserId, conv: ConvId) -> Result<u64>;
     /// Messages of `conv` after `after_seq` that mention `user` or everyone, counting at

@@ -4,6 +4,7 @@
 mod accounts;
 mod chat;
 mod groups;
+mod lists;
 
 use crate::{
     Commit, Committed, GroupFanout, GroupPatch, GroupRecord, NewMessage, NewUser, Op, Refusal,
@@ -30,6 +31,7 @@ pub async fn run(store: &dyn Store) {
     chat::racing_repeats_commit_once(store).await;
     groups::groups_fan_out_by_size_atomically_with_membership(store).await;
     groups::recipients_follow_membership_changed_by_earlier_commits(store).await;
+    lists::conversation_list_matches_the_reads_one_by_one(store).await;
 }
 
 pub async fn user(store: &dyn Store, tag: &str) -> UserId {

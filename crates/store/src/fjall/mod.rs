@@ -30,8 +30,8 @@ mod tx;
 mod writer;
 
 use crate::{
-    Commit, Committed, DedupRecord, GroupRecord, MemberRecord, Membership, NewUser, Pair, Relation,
-    Result, Store, StoreError, UserRecord,
+    Commit, Committed, ConversationRow, DedupRecord, GroupRecord, MemberRecord, Membership,
+    NewUser, Pair, Relation, Result, Store, StoreError, UserRecord,
 };
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -392,6 +392,10 @@ impl Store for FjallStore {
 
     async fn invite(&self, group: u64, user: UserId) -> Result<Option<UserId>> {
         reads::invite(&self.spaces, group, user)
+    }
+
+    async fn conversation_list(&self, user: UserId, limit: usize) -> Result<Vec<ConversationRow>> {
+        reads::conversation_list(&self.spaces, user, limit)
     }
 
     async fn read_cursor(&self, user: UserId, conv: ConvId) -> Result<u64> {

@@ -4,7 +4,8 @@
 use super::keys::*;
 use super::{Spaces, StoredEntry, StoredEvent, backend, decode};
 use crate::{
-    DedupRecord, GroupRecord, MemberRecord, Membership, Pair, Relation, Result, UserRecord,
+    ConversationRow, DedupRecord, GroupRecord, LIST_MENTIONS_CAP, MemberRecord, Membership, Pair,
+    Relation, Result, UserRecord,
 };
 use fjall::Keyspace;
 use serde::Deserialize;
@@ -271,4 +272,47 @@ pub(super) fn invite(s: &Spaces, group: u64, user: UserId) -> Result<Option<User
         Some(v) => Ok(Some(UserId(read_u64(&v)?))),
         None => Ok(None),
     }
+}
+
+/// In process, the per-conversation reads cost no round trip: the same reads as one would
+/// make for each membership, in turn.
+pub(super) fn conversation_list(
+    s: &Spaces,
+    user: UserId,
+    limit: usize,
+) -> Result<Vec<ConversationRow>> {
+    let members = memberships(s, user, limit)?;
+    let mut out = Vec::with_capacity(members.len());
+    for m in members {
+        let mut head = conv_head(s, m.conv)?;
+        let group = match m.conv {
+            ConvId::Group(g) => Some(g),
+            ConvId::Direct(..) => None,
+        };
+        if let Some(g) = group
+            && group_member(s, g, user)?.is_none()
+        {
+            match former_member(s, g, user)? {
+                Some((_, left)) => head = head.min(left),
+                None => continue,
+            }
+        }
+        let last_message = messages(s, m.conv, head, head, 1, false)?.pop();
+        let (name, unread_mentions) = match group {
+            Some(g) => (
+                self::group(s, g)?.map(|r| r.name),
+                mention_count(s, user, m.conv, m.read_seq, LIST_MENTIONS_CAP)?,
+            ),
+            None => (None, 0),
+        };
+        out.push(ConversationRow {
+            conv: m.conv,
+            read_seq: m.read_seq,
+            head,
+            last_message,
+            name,
+            unread_mentions,
+        });
+    }
+    Ok(out)
 }

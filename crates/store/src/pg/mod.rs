@@ -26,8 +26,8 @@ mod sql;
 mod tests;
 
 use crate::{
-    Commit, Committed, DedupRecord, GroupRecord, MemberRecord, Membership, NewUser, Pair, Relation,
-    Result, Store, UserRecord,
+    Commit, Committed, ConversationRow, DedupRecord, GroupRecord, MemberRecord, Membership,
+    NewUser, Pair, Relation, Result, Store, UserRecord,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -190,6 +190,10 @@ impl Store for PgStore {
 
     async fn memberships(&self, user: UserId, limit: usize) -> Result<Vec<Membership>> {
         reads::memberships(self, user, limit).await
+    }
+
+    async fn conversation_list(&self, user: UserId, limit: usize) -> Result<Vec<ConversationRow>> {
+        reads::conversation_list(self, user, limit).await
     }
 
     async fn read_cursor(&self, user: UserId, conv: ConvId) -> Result<u64> {
