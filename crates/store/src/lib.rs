@@ -5,6 +5,10 @@
 //! types.rs        records and the Commit/Op vocabulary the IM layer writes with
 //! fjall/          the embedded backend: one writer thread with group commit over fjall
 //! pg/             the PostgreSQL backend (feature `postgres`): one transaction per commit
+//!                 Both split along one seam (each mod.rs lists its files): what an Op does
+//!                 is in ops.rs, a read in reads.rs, a commit's steps in commit.rs, the
+//!                 backend's tests in tests.rs; a new Op or read is written in both files
+//!                 of that name, and checked in conformance/.
 //! conformance/    the suite (tests only); `conformance::run(&store)` is called once per
 //!                 backend: accounts.rs, chat.rs, groups.rs, lists.rs hold its checks
 //! ```

@@ -1,4 +1,6 @@
-//! The single writer: group commit and sequence assignment.
+//! The single writer thread: it gathers requests into group-commit batches, paces them,
+//! makes each durable with one fdatasync, keeps the caches later batches read through, and
+//! answers every request once its batch is durable (the batch itself is tx.rs).
 
 use super::keys::*;
 use super::soft::MAX_SOFT;
