@@ -137,19 +137,7 @@ fn config() -> Config {
 }
 
 async fn open(dir: &Path) -> (Arc<FjallStore>, Arc<Logic>) {
-    // A closed store's writer thread releases fjall's directory lock when it ends, which no
-    // event tells us; retry the open a bounded number of times.
-    let mut tries = 0;
-    let store = loop {
-        match FjallStore::open(dir, FjallOptions::default()) {
-            Ok(s) => break Arc::new(s),
-            Err(e) => {
-                tries += 1;
-                assert!(tries < 500, "store did not reopen: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
-    };
+    let store = Arc::new(FjallStore::open(dir, FjallOptions::default()).unwrap());
     let push = Arc::new(Push::new(PushConfig::default()));
     let logic = Logic::new(store.clone(), push, config(), b"k".repeat(32));
     (store, logic)
@@ -225,7 +213,9 @@ impl System {
             group,
         } = self;
         drop(logic);
-        drop(store);
+        // The last handle: closing it releases the directory before the reopen.
+        let store = Arc::into_inner(store).expect("the logic held the only other handle");
+        store.close().await.unwrap();
         let (store, logic) = open(dir.path()).await;
         Self {
             dir,

@@ -5,12 +5,18 @@
 //! types.rs        records and the Commit/Op vocabulary the IM layer writes with
 //! fjall/          the embedded backend: one writer thread with group commit over fjall
 //! pg/             the PostgreSQL backend (feature `postgres`): one transaction per commit
-//! conformance.rs  the suite; `conformance::run(&store)` is called once per backend
+//!                 Both split along one seam (each mod.rs lists its files): what an Op does
+//!                 is in ops.rs, a read in reads.rs, a commit's steps in commit.rs, the
+//!                 backend's tests in tests.rs; a new Op or read is written in both files
+//!                 of that name, and checked in conformance/.
+//! conformance/    the suite (tests only); `conformance::run(&store)` is called once per
+//!                 backend: accounts.rs, chat.rs, groups.rs, lists.rs hold its checks
 //! ```
 //! The IM layer decides *what* to write; a backend makes each [`Commit`] atomic and durable
 //! and hands out the sequence numbers, so sequences never repeat or skip, even across a
 //! crash: a commit that did not reach the disk assigned nothing that anyone saw.
 
+#[cfg(test)]
 pub mod conformance;
 pub mod fjall;
 #[cfg(feature = "postgres")]
@@ -99,6 +105,12 @@ pub trait Store: Send + Sync + 'static {
     async fn conv_head(&self, conv: ConvId) -> Result<u64>;
     /// The conversations a user takes part in, with their read cursor (unordered).
     async fn memberships(&self, user: UserId, limit: usize) -> Result<Vec<Membership>>;
+    /// The user's conversation list, each with what a list shows of it: one row per
+    /// membership of `memberships(user, limit)` (unordered, like it), except groups the
+    /// user is no longer a member of and did not leave (no former-member record), which are
+    /// left out. A backend answers it with a number of reads that does not grow with the
+    /// number of conversations. See [`ConversationRow`].
+    async fn conversation_list(&self, user: UserId, limit: usize) -> Result<Vec<ConversationRow>>;
     /// A member's read cursor in a conversation (0 if none).
     async fn read_cursor(&self, user: UserId, conv: ConvId) -> Result<u64>;
     /// Messages of `conv` after `after_seq` that mention `user` or everyone, counting at

@@ -44,6 +44,28 @@ pub struct Membership {
     pub read_seq: u64,
 }
 
+/// Unread mentions a conversation list counts at most, per conversation.
+pub const LIST_MENTIONS_CAP: u64 = 99;
+
+/// One conversation of a user's list with what the list shows of it, read in one go
+/// ([`crate::Store::conversation_list`]) rather than with five reads per conversation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConversationRow {
+    pub conv: ConvId,
+    /// The user's read cursor, as [`crate::Store::memberships`] gives it (not capped).
+    pub read_seq: u64,
+    /// The last conv_seq the user may read: the conversation's head; for a group the user
+    /// has left, the smaller of the head and the seq at which they left.
+    pub head: u64,
+    /// The message at `head`, if there is one.
+    pub last_message: Option<Message>,
+    /// A group's name (`None` for a 1:1 conversation, or a group whose record is gone).
+    pub name: Option<String>,
+    /// A group's messages after `read_seq` that mention the user or everyone, at most
+    /// [`LIST_MENTIONS_CAP`] (0 for a 1:1 conversation).
+    pub unread_mentions: u64,
+}
+
 /// A message about to be appended to its conversation timeline; the store assigns
 /// `msg_id` and `conv_seq`.
 #[derive(Clone, Debug)]

@@ -1,10 +1,13 @@
-//! Key layouts. Integers are big-endian so that byte order is numeric order and a prefix
-//! scan walks a user's or a conversation's entries in sequence.
+//! Key layouts, and the packed layouts of the values written with every message. Integers
+//! are big-endian so that byte order is numeric order and a prefix scan walks a user's or a
+//! conversation's entries in sequence.
 
-use super::backend;
-use crate::Result;
+use super::{backend, decode, encode};
+use crate::{DedupRecord, Result};
 use fjall::Keyspace;
+use serde::{Deserialize, Serialize};
 use xinge_core::{ConvId, DeviceId, UserId};
+use xinge_proto::api::Event;
 
 pub(crate) fn u64_key(v: u64) -> [u8; 8] {
     v.to_be_bytes()
@@ -73,4 +76,87 @@ pub(crate) fn last_seq(ks: &Keyspace, prefix: &[u8]) -> Result<u64> {
         }
         None => Ok(0),
     }
+}
+
+/// How an inbox entry is kept: messages by reference (the message lives once, in its
+/// conversation), everything else inline.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredEntry {
+    pub at_ms: u64,
+    pub ev: StoredEvent,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) enum StoredEvent {
+    Message { conv: ConvId, conv_seq: u64 },
+    Other(Event),
+}
+
+/// The first byte of a value in the fixed binary layouts below. JSON text never starts
+/// with it, so a value is read by its first byte, and values written as JSON by earlier
+/// versions still read.
+pub(crate) const PACKED: u8 = 0x01;
+
+impl StoredEntry {
+    /// A message reference (nearly every inbox entry) as 34 fixed bytes — `PACKED`, at_ms,
+    /// the conversation's key, conv_seq — instead of about 70 bytes of JSON: written for
+    /// every recipient of every message, so its encoding is a visible part of a commit.
+    /// Other events stay JSON.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        match &self.ev {
+            StoredEvent::Message { conv, conv_seq } => {
+                let mut v = Vec::with_capacity(34);
+                v.push(PACKED);
+                v.extend_from_slice(&self.at_ms.to_be_bytes());
+                v.extend_from_slice(&conv.to_key());
+                v.extend_from_slice(&conv_seq.to_be_bytes());
+                v
+            }
+            StoredEvent::Other(_) => encode(self),
+        }
+    }
+
+    pub(crate) fn from_bytes(b: &[u8]) -> Result<Self> {
+        if b.first() != Some(&PACKED) {
+            return decode(b);
+        }
+        if b.len() != 34 {
+            return Err(backend("bad packed inbox entry"));
+        }
+        let conv = ConvId::from_key(&b[9..26]).ok_or_else(|| backend("bad conversation key"))?;
+        Ok(Self {
+            at_ms: read_u64(&b[1..9])?,
+            ev: StoredEvent::Message {
+                conv,
+                conv_seq: read_u64(&b[26..34])?,
+            },
+        })
+    }
+}
+
+/// A dedup record as 42 fixed bytes (`PACKED`, conversation key, conv_seq, msg_id,
+/// sender_seq): one is written with every message.
+pub(crate) fn pack_dedup(r: &DedupRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(42);
+    v.push(PACKED);
+    v.extend_from_slice(&r.conv.to_key());
+    v.extend_from_slice(&r.conv_seq.to_be_bytes());
+    v.extend_from_slice(&r.msg_id.0.to_be_bytes());
+    v.extend_from_slice(&r.sender_seq.to_be_bytes());
+    v
+}
+
+pub(crate) fn unpack_dedup(b: &[u8]) -> Result<DedupRecord> {
+    if b.first() != Some(&PACKED) {
+        return decode(b);
+    }
+    if b.len() != 42 {
+        return Err(backend("bad packed dedup record"));
+    }
+    Ok(DedupRecord {
+        conv: ConvId::from_key(&b[1..18]).ok_or_else(|| backend("bad conversation key"))?,
+        conv_seq: read_u64(&b[18..26])?,
+        msg_id: xinge_core::MsgId(read_u64(&b[26..34])?),
+        sender_seq: read_u64(&b[34..42])?,
+    })
 }

@@ -5,14 +5,33 @@
 //! durable with a single `fdatasync` — group commit — before it answers any of them.
 //! Because one thread hands out every sequence number, no locks are needed and a sequence
 //! can never be seen before it is durable. Reads go straight to fjall from the caller.
+//!
+//! ```text
+//! mod.rs     the store handle and its options, opening (the writer and tick threads); the
+//!            Store impl: reads call reads.rs, writes go to the writer
+//! writer.rs  the writer thread: group commit, pacing, its caches, answering each request
+//! tx.rs      one batch in the making: write batch, overlay, cached heads, member lists
+//! commit.rs  a Commit's steps inside the batch (dedup, group check, message, inboxes)
+//! ops.rs     what each Op does to the keyspaces; creating a user
+//! reads.rs   every read
+//! keys.rs    key layouts and the packed value layouts
+//! soft.rs    read cursors moved by 1:1 sends, held in memory until written
+//! tests.rs   the conformance suite on fjall, reopening, held cursors
+//! ```
 
+mod commit;
 mod keys;
+mod ops;
+mod reads;
 mod soft;
+#[cfg(test)]
+mod tests;
+mod tx;
 mod writer;
 
 use crate::{
-    Commit, Committed, DedupRecord, GroupRecord, MemberRecord, Membership, NewUser, Pair, Relation,
-    Result, Store, StoreError, UserRecord,
+    Commit, Committed, ConversationRow, DedupRecord, GroupRecord, MemberRecord, Membership,
+    NewUser, Pair, Relation, Result, Store, StoreError, UserRecord,
 };
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -22,7 +41,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use xinge_core::{ConvId, DeviceId, UserId};
-use xinge_proto::api::{Event, Friend, FriendRequestView, FriendRequests, InboxEntry, Message};
+use xinge_proto::api::{Friend, FriendRequests, InboxEntry, Message};
 
 pub(crate) struct Spaces {
     pub db: Database,
@@ -48,89 +67,6 @@ pub(crate) struct Spaces {
     pub soft: soft::SoftCursors,
 }
 
-/// How an inbox entry is kept: messages by reference (the message lives once, in its
-/// conversation), everything else inline.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct StoredEntry {
-    pub at_ms: u64,
-    pub ev: StoredEvent,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(crate) enum StoredEvent {
-    Message { conv: ConvId, conv_seq: u64 },
-    Other(Event),
-}
-
-/// The first byte of a value in the fixed binary layouts below. JSON text never starts
-/// with it, so a value is read by its first byte, and values written as JSON by earlier
-/// versions still read.
-const PACKED: u8 = 0x01;
-
-impl StoredEntry {
-    /// A message reference (nearly every inbox entry) as 34 fixed bytes — `PACKED`, at_ms,
-    /// the conversation's key, conv_seq — instead of about 70 bytes of JSON: written for
-    /// every recipient of every message, so its encoding is a visible part of a commit.
-    /// Other events stay JSON.
-    pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        match &self.ev {
-            StoredEvent::Message { conv, conv_seq } => {
-                let mut v = Vec::with_capacity(34);
-                v.push(PACKED);
-                v.extend_from_slice(&self.at_ms.to_be_bytes());
-                v.extend_from_slice(&conv.to_key());
-                v.extend_from_slice(&conv_seq.to_be_bytes());
-                v
-            }
-            StoredEvent::Other(_) => encode(self),
-        }
-    }
-
-    pub(crate) fn from_bytes(b: &[u8]) -> Result<Self> {
-        if b.first() != Some(&PACKED) {
-            return decode(b);
-        }
-        if b.len() != 34 {
-            return Err(backend("bad packed inbox entry"));
-        }
-        let conv = ConvId::from_key(&b[9..26]).ok_or_else(|| backend("bad conversation key"))?;
-        Ok(Self {
-            at_ms: read_u64(&b[1..9])?,
-            ev: StoredEvent::Message {
-                conv,
-                conv_seq: read_u64(&b[26..34])?,
-            },
-        })
-    }
-}
-
-/// A dedup record as 42 fixed bytes (`PACKED`, conversation key, conv_seq, msg_id,
-/// sender_seq): one is written with every message.
-pub(crate) fn pack_dedup(r: &DedupRecord) -> Vec<u8> {
-    let mut v = Vec::with_capacity(42);
-    v.push(PACKED);
-    v.extend_from_slice(&r.conv.to_key());
-    v.extend_from_slice(&r.conv_seq.to_be_bytes());
-    v.extend_from_slice(&r.msg_id.0.to_be_bytes());
-    v.extend_from_slice(&r.sender_seq.to_be_bytes());
-    v
-}
-
-pub(crate) fn unpack_dedup(b: &[u8]) -> Result<DedupRecord> {
-    if b.first() != Some(&PACKED) {
-        return decode(b);
-    }
-    if b.len() != 42 {
-        return Err(backend("bad packed dedup record"));
-    }
-    Ok(DedupRecord {
-        conv: ConvId::from_key(&b[1..18]).ok_or_else(|| backend("bad conversation key"))?,
-        conv_seq: read_u64(&b[18..26])?,
-        msg_id: xinge_core::MsgId(read_u64(&b[26..34])?),
-        sender_seq: read_u64(&b[34..42])?,
-    })
-}
-
 pub(crate) fn backend<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -148,6 +84,14 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 pub struct FjallStore {
     spaces: Arc<Spaces>,
     writes: mpsc::Sender<writer::Request>,
+    /// The store's threads, for `close` to wait on; taken by the first `close`.
+    threads: Arc<std::sync::Mutex<Option<Threads>>>,
+}
+
+/// The writer thread, and the tick thread with the sender whose drop stops it.
+struct Threads {
+    writer: std::thread::JoinHandle<()>,
+    tick: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -179,7 +123,7 @@ impl Default for FjallOptions {
 
 impl FjallStore {
     /// Opens (or creates) the store in `dir` and starts its writer thread. The thread ends
-    /// when the last handle is dropped.
+    /// when the last handle is dropped, or at [`FjallStore::close`].
     pub fn open(dir: &Path, opts: FjallOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let db = Database::builder(dir).open().map_err(backend)?;
@@ -217,22 +161,29 @@ impl FjallStore {
             opts.commit_interval,
             opts.cursor_flush,
         );
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("xinge-store-writer".into())
             .spawn(move || w.run(rx))
             .map_err(backend)?;
         // Wakes the writer while it holds cursors and no commit comes to carry them; the
         // writer decides whether a flush is due. The tick holds neither the store nor the
-        // channel between ticks, so it keeps neither open; it ends at the first tick after
-        // the store is gone.
+        // channel between ticks, so it keeps neither open; it ends when its stop sender is
+        // dropped (by `close`, or with the last handle), or at the first tick after the
+        // store is gone.
+        let mut tick = None;
         if !opts.cursor_flush.is_zero() {
             let every = (opts.cursor_flush / 4).max(std::time::Duration::from_millis(10));
             let (spaces_w, writes_w) = (Arc::downgrade(&spaces), tx.downgrade());
-            std::thread::Builder::new()
+            let (stop, stopped) = std::sync::mpsc::sync_channel::<()>(1);
+            let thread = std::thread::Builder::new()
                 .name("xinge-store-tick".into())
                 .spawn(move || {
                     loop {
-                        std::thread::sleep(every);
+                        if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                            stopped.recv_timeout(every)
+                        {
+                            return;
+                        }
                         let (Some(spaces), Some(writes)) = (spaces_w.upgrade(), writes_w.upgrade())
                         else {
                             return;
@@ -246,8 +197,62 @@ impl FjallStore {
                     }
                 })
                 .map_err(backend)?;
+            tick = Some((stop, thread));
         }
-        Ok(Self { spaces, writes: tx })
+        Ok(Self {
+            spaces,
+            writes: tx,
+            threads: Arc::new(std::sync::Mutex::new(Some(Threads { writer, tick }))),
+        })
+    }
+
+    /// Closes the store for every handle: the writer finishes the batch it is in, writes
+    /// the read cursors it holds (as [`Store::seal`] does) and ends; writes through any
+    /// handle fail with [`StoreError::Closed`] from then on. Returns once the writer and
+    /// tick threads have ended and, if this was the last handle, fjall has released the
+    /// directory, so that it can be opened again at once (a dropped store lets go of it
+    /// some time later, on its writer thread). If clones of this handle are still alive,
+    /// the directory stays open until the last is dropped and this returns
+    /// `StoreError::Backend` saying so.
+    pub async fn close(self) -> Result<()> {
+        let sealed = match self.write(writer::Op::Close).await {
+            Ok(_) | Err(StoreError::Closed) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let threads = self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Self { spaces, writes, .. } = self;
+        drop(writes);
+        // Joining threads and dropping fjall (which joins its own workers and syncs its
+        // journal) block: not on the runtime's threads.
+        let released = tokio::task::spawn_blocking(move || {
+            if let Some(Threads { writer, tick }) = threads {
+                if let Some((stop, thread)) = tick {
+                    drop(stop);
+                    thread
+                        .join()
+                        .map_err(|_| backend("store tick thread panicked"))?;
+                }
+                writer
+                    .join()
+                    .map_err(|_| backend("store writer thread panicked"))?;
+            }
+            match Arc::into_inner(spaces) {
+                Some(spaces) => {
+                    drop(spaces);
+                    Ok(())
+                }
+                None => Err(backend(
+                    "store closed, but other handles still hold its directory open",
+                )),
+            }
+        })
+        .await
+        .map_err(backend)?;
+        sealed.and(released)
     }
 
     async fn write(&self, op: writer::Op) -> Result<writer::Out> {
@@ -257,29 +262,6 @@ impl FjallStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
-    }
-
-    fn get<T: for<'de> Deserialize<'de>>(ks: &Keyspace, key: &[u8]) -> Result<Option<T>> {
-        match ks.get(key).map_err(backend)? {
-            Some(v) => Ok(Some(decode(&v)?)),
-            None => Ok(None),
-        }
-    }
-
-    pub(crate) fn hydrate(spaces: &Spaces, seq: u64, stored: StoredEntry) -> Result<InboxEntry> {
-        let event = match stored.ev {
-            StoredEvent::Other(ev) => ev,
-            StoredEvent::Message { conv, conv_seq } => {
-                let message: Message = Self::get(&spaces.msgs, &msg_key(conv, conv_seq))?
-                    .ok_or_else(|| backend(format!("inbox refers to missing {conv}#{conv_seq}")))?;
-                Event::Message { message }
-            }
-        };
-        Ok(InboxEntry {
-            seq,
-            at_ms: stored.at_ms,
-            event,
-        })
     }
 }
 
@@ -293,19 +275,11 @@ impl Store for FjallStore {
     }
 
     async fn user(&self, id: UserId) -> Result<Option<UserRecord>> {
-        Self::get(&self.spaces.users, &u64_key(id.0))
+        reads::user(&self.spaces, id)
     }
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
-        match self
-            .spaces
-            .usernames
-            .get(username.as_bytes())
-            .map_err(backend)?
-        {
-            Some(id) => self.user(UserId(read_u64(&id)?)).await,
-            None => Ok(None),
-        }
+        reads::user_by_name(&self.spaces, username)
     }
 
     async fn set_display_name(&self, id: UserId, display_name: &str) -> Result<()> {
@@ -321,15 +295,7 @@ impl Store for FjallStore {
     }
 
     async fn device_token(&self, user: UserId, device: &DeviceId) -> Result<Option<u64>> {
-        match self
-            .spaces
-            .devices
-            .get(device_key(user, device))
-            .map_err(backend)?
-        {
-            Some(v) => Ok(Some(read_u64(&v)?)),
-            None => Ok(None),
-        }
+        reads::device_token(&self.spaces, user, device)
     }
 
     async fn remove_device(&self, user: UserId, device: &DeviceId) -> Result<()> {
@@ -339,56 +305,19 @@ impl Store for FjallStore {
     }
 
     async fn pair(&self, me: UserId, other: UserId) -> Result<Pair> {
-        let s = &self.spaces;
-        let friends_since_ms = match s.friends.get(pair_key(me, other)).map_err(backend)? {
-            Some(v) => Some(read_u64(&v)?),
-            None => None,
-        };
-        let blocked = |a, b| s.blocks.contains_key(pair_key(a, b)).map_err(backend);
-        Ok(Pair {
-            friends_since_ms,
-            i_blocked: blocked(me, other)?,
-            blocked_me: blocked(other, me)?,
-        })
+        reads::pair(&self.spaces, me, other)
     }
 
     async fn relation(&self, me: UserId, other: UserId) -> Result<Relation> {
-        let s = &self.spaces;
-        let p = self.pair(me, other).await?;
-        Ok(Relation {
-            friends_since_ms: p.friends_since_ms,
-            i_blocked: p.i_blocked,
-            blocked_me: p.blocked_me,
-            request_out: Self::get(&s.requests_out, &pair_key(me, other))?,
-            request_in: Self::get(&s.requests_in, &pair_key(me, other))?,
-        })
+        reads::relation(&self.spaces, me, other)
     }
 
     async fn friends(&self, user: UserId, limit: usize) -> Result<Vec<Friend>> {
-        let mut out = Vec::new();
-        for kv in self.spaces.friends.prefix(u64_key(user.0)).take(limit) {
-            let (k, v) = kv.into_inner().map_err(backend)?;
-            out.push(Friend {
-                user_id: UserId(read_u64(&k[8..])?),
-                since_ms: read_u64(&v)?,
-            });
-        }
-        Ok(out)
+        reads::friends(&self.spaces, user, limit)
     }
 
     async fn friend_requests(&self, user: UserId, limit: usize) -> Result<FriendRequests> {
-        let list = |ks: &Keyspace| -> Result<Vec<FriendRequestView>> {
-            let mut out = Vec::new();
-            for kv in ks.prefix(u64_key(user.0)).take(limit) {
-                let (_, v) = kv.into_inner().map_err(backend)?;
-                out.push(decode(&v)?);
-            }
-            Ok(out)
-        };
-        Ok(FriendRequests {
-            incoming: list(&self.spaces.requests_in)?,
-            outgoing: list(&self.spaces.requests_out)?,
-        })
+        reads::friend_requests(&self.spaces, user, limit)
     }
 
     async fn commit(&self, commit: Commit) -> Result<Committed> {
@@ -399,15 +328,7 @@ impl Store for FjallStore {
     }
 
     async fn dedup(&self, sender: UserId, client_msg_id: &str) -> Result<Option<DedupRecord>> {
-        match self
-            .spaces
-            .dedup
-            .get(dedup_key(sender, client_msg_id))
-            .map_err(backend)?
-        {
-            Some(v) => unpack_dedup(&v).map(Some),
-            None => Ok(None),
-        }
+        reads::dedup(&self.spaces, sender, client_msg_id)
     }
 
     async fn inbox(
@@ -416,21 +337,7 @@ impl Store for FjallStore {
         after: u64,
         limit: usize,
     ) -> Result<(Vec<InboxEntry>, u64)> {
-        let s = &self.spaces;
-        let head = last_seq(&s.inbox, &u64_key(user.0))?;
-        let mut out = Vec::new();
-        if after < head {
-            let range = inbox_key(user, after.saturating_add(1))..=inbox_key(user, u64::MAX);
-            for kv in s.inbox.range(range).take(limit) {
-                let (k, v) = kv.into_inner().map_err(backend)?;
-                out.push(Self::hydrate(
-                    s,
-                    read_u64(&k[8..])?,
-                    StoredEntry::from_bytes(&v)?,
-                )?);
-            }
-        }
-        Ok((out, head))
+        reads::inbox(&self.spaces, user, after, limit)
     }
 
     async fn messages(
@@ -441,50 +348,15 @@ impl Store for FjallStore {
         limit: usize,
         newest_first: bool,
     ) -> Result<Vec<Message>> {
-        if from > to || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let iter = self
-            .spaces
-            .msgs
-            .range(msg_key(conv, from)..=msg_key(conv, to));
-        let mut out = Vec::new();
-        let mut push = |kv: fjall::Guard| -> Result<()> {
-            let (_, v) = kv.into_inner().map_err(backend)?;
-            out.push(decode::<Message>(&v)?);
-            Ok(())
-        };
-        if newest_first {
-            for kv in iter.rev().take(limit) {
-                push(kv)?;
-            }
-            out.reverse();
-        } else {
-            for kv in iter.take(limit) {
-                push(kv)?;
-            }
-        }
-        Ok(out)
+        reads::messages(&self.spaces, conv, from, to, limit, newest_first)
     }
 
     async fn conv_head(&self, conv: ConvId) -> Result<u64> {
-        last_seq(&self.spaces.msgs, &conv.to_key())
+        reads::conv_head(&self.spaces, conv)
     }
 
     async fn memberships(&self, user: UserId, limit: usize) -> Result<Vec<Membership>> {
-        // Held cursors first: the writer drops one only after fjall has it (soft.rs).
-        let held = self.spaces.soft.of(user);
-        let mut out = Vec::new();
-        for kv in self.spaces.members.prefix(u64_key(user.0)).take(limit) {
-            let (k, v) = kv.into_inner().map_err(backend)?;
-            let conv = ConvId::from_key(&k[8..]).ok_or_else(|| backend("bad member key"))?;
-            let held = held.iter().find(|(c, _)| *c == conv).map_or(0, |&(_, s)| s);
-            out.push(Membership {
-                conv,
-                read_seq: read_u64(&v)?.max(held),
-            });
-        }
-        Ok(out)
+        reads::memberships(&self.spaces, user, limit)
     }
 
     async fn mention_count(
@@ -494,29 +366,15 @@ impl Store for FjallStore {
         after_seq: u64,
         cap: u64,
     ) -> Result<u64> {
-        let s = &self.spaces;
-        let from = after_seq.saturating_add(1);
-        let mut prefix = member_key(user, conv);
-        let mine = s
-            .mentions
-            .range(seq_key(&prefix, from)..=seq_key(&prefix, u64::MAX))
-            .take(cap as usize)
-            .count();
-        prefix = conv.to_key().to_vec();
-        let all = s
-            .gmentions
-            .range(seq_key(&prefix, from)..=seq_key(&prefix, u64::MAX))
-            .take(cap as usize)
-            .count();
-        Ok(((mine + all) as u64).min(cap))
+        reads::mention_count(&self.spaces, user, conv, after_seq, cap)
     }
 
     async fn group(&self, id: u64) -> Result<Option<GroupRecord>> {
-        Self::get(&self.spaces.groups, &u64_key(id))
+        reads::group(&self.spaces, id)
     }
 
     async fn group_member(&self, group: u64, user: UserId) -> Result<Option<MemberRecord>> {
-        Self::get(&self.spaces.gmembers, &pair_key(UserId(group), user))
+        reads::group_member(&self.spaces, group, user)
     }
 
     async fn group_members(
@@ -525,242 +383,26 @@ impl Store for FjallStore {
         after: Option<UserId>,
         limit: usize,
     ) -> Result<Vec<(UserId, MemberRecord)>> {
-        let from = after.map_or(0, |u| u.0.saturating_add(1));
-        let range =
-            pair_key(UserId(group), UserId(from))..=pair_key(UserId(group), UserId(u64::MAX));
-        let mut out = Vec::new();
-        if after.is_some_and(|u| u.0 == u64::MAX) {
-            return Ok(out);
-        }
-        for kv in self.spaces.gmembers.range(range).take(limit) {
-            let (k, v) = kv.into_inner().map_err(backend)?;
-            out.push((UserId(read_u64(&k[8..])?), decode(&v)?));
-        }
-        Ok(out)
+        reads::group_members(&self.spaces, group, after, limit)
     }
 
     async fn former_member(&self, group: u64, user: UserId) -> Result<Option<(u64, u64)>> {
-        match self
-            .spaces
-            .gleft
-            .get(pair_key(UserId(group), user))
-            .map_err(backend)?
-        {
-            Some(v) if v.len() == 16 => Ok(Some((read_u64(&v[..8])?, read_u64(&v[8..])?))),
-            Some(_) => Err(backend("bad former-member value")),
-            None => Ok(None),
-        }
+        reads::former_member(&self.spaces, group, user)
     }
 
     async fn invite(&self, group: u64, user: UserId) -> Result<Option<UserId>> {
-        match self
-            .spaces
-            .invites
-            .get(pair_key(UserId(group), user))
-            .map_err(backend)?
-        {
-            Some(v) => Ok(Some(UserId(read_u64(&v)?))),
-            None => Ok(None),
-        }
+        reads::invite(&self.spaces, group, user)
+    }
+
+    async fn conversation_list(&self, user: UserId, limit: usize) -> Result<Vec<ConversationRow>> {
+        reads::conversation_list(&self.spaces, user, limit)
     }
 
     async fn read_cursor(&self, user: UserId, conv: ConvId) -> Result<u64> {
-        // Held cursor first: the writer drops one only after fjall has it (soft.rs).
-        let held = self.spaces.soft.get(user, conv).unwrap_or(0);
-        match self
-            .spaces
-            .members
-            .get(member_key(user, conv))
-            .map_err(backend)?
-        {
-            Some(v) => Ok(read_u64(&v)?.max(held)),
-            None => Ok(held),
-        }
+        reads::read_cursor(&self.spaces, user, conv)
     }
 
     async fn seal(&self) -> Result<()> {
         self.write(writer::Op::Seal).await.map(|_| ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn open(dir: &Path) -> FjallStore {
-        FjallStore::open(dir, FjallOptions::default()).unwrap()
-    }
-
-    #[test]
-    fn packed_values_read_back_and_json_ones_still_read() {
-        let conv = ConvId::direct(UserId(7), UserId(3));
-        let entry = StoredEntry {
-            at_ms: 1_700_000_000_123,
-            ev: StoredEvent::Message { conv, conv_seq: 42 },
-        };
-        for bytes in [entry.to_bytes(), encode(&entry)] {
-            let back = StoredEntry::from_bytes(&bytes).unwrap();
-            assert_eq!(back.at_ms, entry.at_ms);
-            assert!(matches!(back.ev, StoredEvent::Message { conv: c, conv_seq: 42 } if c == conv));
-        }
-        assert_eq!(entry.to_bytes().len(), 34);
-        let rec = DedupRecord {
-            conv: ConvId::Group(9),
-            conv_seq: 5,
-            msg_id: xinge_core::MsgId(1 << 40),
-            sender_seq: 77,
-        };
-        for bytes in [pack_dedup(&rec), encode(&rec)] {
-            let back = unpack_dedup(&bytes).unwrap();
-            assert_eq!(
-                (back.conv, back.conv_seq, back.msg_id, back.sender_seq),
-                (rec.conv, 5, rec.msg_id, 77)
-            );
-        }
-        // A truncated packed value is an error, not a panic.
-        assert!(StoredEntry::from_bytes(&entry.to_bytes()[..20]).is_err());
-        assert!(unpack_dedup(&pack_dedup(&rec)[..41]).is_err());
-        assert!(unpack_dedup(&[PACKED]).is_err());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn conformance_suite_passes_on_fjall() {
-        let dir = tempfile::tempdir().unwrap();
-        crate::conformance::run(&open(dir.path())).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sequences_continue_after_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = {
-            let s = open(dir.path());
-            crate::conformance::seed_chat(&s, 5).await
-        };
-        // The first store's writer thread ends when its handles are gone; fjall's lock is
-        // released with the database, so give the thread a moment to drop it.
-        let s = loop {
-            match FjallStore::open(dir.path(), FjallOptions::default()) {
-                Ok(s) => break s,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-        };
-        let conv = ConvId::direct(a, b);
-        assert_eq!(s.conv_head(conv).await.unwrap(), 5);
-        let (_, head) = s.inbox(a, 0, 100).await.unwrap();
-        assert_eq!(head, 5);
-        // The cursor moves of the five sends were held, and written when the writer ended.
-        assert_eq!(stored_cursor(&s, a, conv), 5);
-        let c = crate::conformance::send(&s, a, b, "after-reopen").await;
-        assert_eq!(c.message.unwrap().conv_seq, 6);
-        assert_eq!(c.sender_seq, 6);
-    }
-
-    fn stored_cursor(s: &FjallStore, user: UserId, conv: ConvId) -> u64 {
-        let v = s.spaces.members.get(member_key(user, conv)).unwrap();
-        v.map_or(0, |v| read_u64(&v).unwrap())
-    }
-
-    fn open_holding(dir: &Path, cursor_flush: std::time::Duration) -> FjallStore {
-        let opts = FjallOptions {
-            cursor_flush,
-            ..FjallOptions::default()
-        };
-        FjallStore::open(dir, opts).unwrap()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cursors_moved_by_sending_are_held_and_never_go_back() {
-        let dir = tempfile::tempdir().unwrap();
-        // Held for an hour: nothing but the seal below writes them.
-        let s = open_holding(dir.path(), std::time::Duration::from_secs(3600));
-        let (a, b) = crate::conformance::seed_chat(&s, 0).await;
-        let conv = ConvId::direct(a, b);
-        crate::conformance::send(&s, a, b, "one").await;
-        // Readers see the move at once; fjall does not hold it.
-        assert_eq!(s.read_cursor(a, conv).await.unwrap(), 1);
-        let listed = s.memberships(a, 10).await.unwrap();
-        assert_eq!(listed.iter().find(|m| m.conv == conv).unwrap().read_seq, 1);
-        assert_eq!(stored_cursor(&s, a, conv), 0);
-        assert_eq!(s.spaces.soft.len(), 1);
-
-        // B sends twice and A reads them: a read that moves the cursor is written at once.
-        crate::conformance::send(&s, b, a, "two").await;
-        crate::conformance::send(&s, b, a, "three").await;
-        let read = |seq| Commit {
-            ops: vec![crate::Op::AdvanceRead { user: a, conv, seq }],
-            ..Commit::default()
-        };
-        s.commit(read(3)).await.unwrap();
-        assert_eq!(stored_cursor(&s, a, conv), 3);
-        // A's next send is held again, and a read behind it moves nothing.
-        crate::conformance::send(&s, a, b, "four").await;
-        assert_eq!(s.read_cursor(a, conv).await.unwrap(), 4);
-        assert_eq!(stored_cursor(&s, a, conv), 3);
-        s.commit(read(2)).await.unwrap();
-        assert_eq!(s.read_cursor(a, conv).await.unwrap(), 4);
-
-        // The seal writes what is held (A at 4, B at 3 from B's own sends)...
-        s.seal().await.unwrap();
-        assert_eq!(stored_cursor(&s, a, conv), 4);
-        assert_eq!(stored_cursor(&s, b, conv), 3);
-        assert_eq!(s.spaces.soft.len(), 0);
-        assert_eq!(s.read_cursor(a, conv).await.unwrap(), 4);
-        // ...and from then on a send writes its cursor with its message.
-        crate::conformance::send(&s, b, a, "five").await;
-        assert_eq!(stored_cursor(&s, b, conv), 5);
-        assert_eq!(s.spaces.soft.len(), 0);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_tick_writes_held_cursors_when_no_commit_comes() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open_holding(dir.path(), std::time::Duration::from_millis(100));
-        let (a, b) = crate::conformance::seed_chat(&s, 1).await;
-        let conv = ConvId::direct(a, b);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while stored_cursor(&s, a, conv) != 1 || s.spaces.soft.len() != 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "held cursor never written"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        assert_eq!(s.read_cursor(a, conv).await.unwrap(), 1);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn with_holding_off_a_send_writes_its_cursor() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open_holding(dir.path(), std::time::Duration::ZERO);
-        let (a, b) = crate::conformance::seed_chat(&s, 2).await;
-        assert_eq!(stored_cursor(&s, a, ConvId::direct(a, b)), 2);
-        assert_eq!(s.spaces.soft.len(), 0);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn group_sends_still_write_the_cursor_with_the_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path());
-        let a = crate::conformance::user(&s, "g").await;
-        let gid = 4242;
-        let create = Commit {
-            ops: vec![
-                crate::Op::CreateGroup(crate::conformance::new_group(gid, a, "g")),
-                crate::Op::AddMember {
-                    group: gid,
-                    user: a,
-                    role: xinge_proto::api::Role::Owner,
-                },
-            ],
-            ..Commit::default()
-        };
-        s.commit(create).await.unwrap();
-        let c = s
-            .commit(crate::conformance::group_send(gid, a, "g1", 500))
-            .await
-            .unwrap();
-        let seq = c.message.unwrap().conv_seq;
-        assert_eq!(stored_cursor(&s, a, ConvId::Group(gid)), seq);
-        assert_eq!(s.spaces.soft.len(), 0);
     }
 }

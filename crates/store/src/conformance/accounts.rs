@@ -1,0 +1,162 @@
+//! Accounts, devices, profiles and relations.
+
+use super::*;
+
+pub(super) async fn users_are_unique_and_sequential(store: &dyn Store) {
+    let a = user(store, "uniq").await;
+    let b = user(store, "uniq").await;
+    assert!(b > a, "user ids increase");
+    let rec = store.user(a).await.unwrap().expect("user exists");
+    let same = store
+        .user_by_name(&rec.username)
+        .await
+        .unwrap()
+        .expect("by name");
+    assert_eq!(rec, same);
+    let dup = store
+        .create_user(NewUser {
+            username: rec.username.clone(),
+            display_name: "again".into(),
+            password_hash: "y".into(),
+            created_at_ms: 2,
+        })
+        .await;
+    assert!(
+        matches!(dup, Err(StoreError::Conflict)),
+        "username is unique"
+    );
+    assert!(store.user(UserId(u64::MAX)).await.unwrap().is_none());
+    assert!(
+        store
+            .user_by_name("no-such-user-anywhere")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub(super) async fn devices_and_profiles(store: &dyn Store) {
+    let a = user(store, "dev").await;
+    let phone = xinge_core::DeviceId::parse("phone").unwrap();
+    assert_eq!(store.device_token(a, &phone).await.unwrap(), None);
+    store.put_device(a, &phone, 7).await.unwrap();
+    store.put_device(a, &phone, 8).await.unwrap();
+    assert_eq!(store.device_token(a, &phone).await.unwrap(), Some(8));
+    store.remove_device(a, &phone).await.unwrap();
+    assert_eq!(store.device_token(a, &phone).await.unwrap(), None);
+    store.set_display_name(a, "New Name").await.unwrap();
+    assert_eq!(
+        store.user(a).await.unwrap().unwrap().display_name,
+        "New Name"
+    );
+    assert!(matches!(
+        store.set_display_name(UserId(u64::MAX), "x").await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub(super) async fn relations(store: &dyn Store) {
+    let a = user(store, "rel_a").await;
+    let b = user(store, "rel_b").await;
+    let req = FriendRequestView {
+        from: a,
+        to: b,
+        note: "hi".into(),
+        created_at_ms: 5,
+    };
+    let c = store
+        .commit(Commit {
+            events: vec![(
+                b,
+                Event::FriendRequest {
+                    from: a,
+                    to: b,
+                    note: "hi".into(),
+                },
+            )],
+            ops: vec![Op::PutRequest(req.clone())],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.entries.len(), 1);
+    assert_eq!(
+        store.relation(a, b).await.unwrap().request_out,
+        Some(req.clone())
+    );
+    assert_eq!(
+        store.relation(b, a).await.unwrap().request_in,
+        Some(req.clone())
+    );
+    let reqs = store.friend_requests(b, 10).await.unwrap();
+    assert_eq!((reqs.incoming, reqs.outgoing.len()), (vec![req.clone()], 0));
+    assert_eq!(
+        store.friend_requests(a, 10).await.unwrap().outgoing,
+        vec![req]
+    );
+
+    store
+        .commit(Commit {
+            ops: vec![Op::SetFriends {
+                a: b,
+                b: a,
+                since_ms: 9,
+            }],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let rel = store.relation(a, b).await.unwrap();
+    assert_eq!(rel.friends_since_ms, Some(9));
+    assert_eq!(store.pair(b, a).await.unwrap().friends_since_ms, Some(9));
+    assert!(
+        rel.request_out.is_none() && rel.request_in.is_none(),
+        "accept clears requests"
+    );
+    assert!(
+        store
+            .friend_requests(b, 10)
+            .await
+            .unwrap()
+            .incoming
+            .is_empty()
+    );
+    assert_eq!(store.friends(a, 10).await.unwrap()[0].user_id, b);
+    assert_eq!(store.friends(b, 10).await.unwrap()[0].user_id, a);
+
+    store
+        .commit(Commit {
+            ops: vec![
+                Op::RemoveFriends { a, b },
+                Op::SetBlock {
+                    by: b,
+                    peer: a,
+                    blocked: true,
+                },
+            ],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let rel = store.relation(a, b).await.unwrap();
+    assert_eq!(rel.friends_since_ms, None);
+    assert!(rel.blocked_me && !rel.i_blocked);
+    let pair = store.pair(a, b).await.unwrap();
+    assert_eq!(
+        (pair.friends_since_ms, pair.i_blocked, pair.blocked_me),
+        (None, false, true)
+    );
+    assert!(store.relation(b, a).await.unwrap().i_blocked);
+    store
+        .commit(Commit {
+            ops: vec![Op::SetBlock {
+                by: b,
+                peer: a,
+                blocked: false,
+            }],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.relation(a, b).await.unwrap(), Default::default());
+}

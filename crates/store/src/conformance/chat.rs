@@ -1,0 +1,192 @@
+//! Messages: sequences, dedup, history pages, read cursors, concurrent commits.
+
+use super::*;
+
+pub(super) async fn messages_get_continuous_sequences(store: &dyn Store) {
+    let (a, b) = seed_chat(store, 3).await;
+    let conv = ConvId::direct(a, b);
+    assert_eq!(store.conv_head(conv).await.unwrap(), 3);
+    let (entries, head) = store.inbox(b, 0, 100).await.unwrap();
+    assert_eq!(head, 3);
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    for (i, e) in entries.iter().enumerate() {
+        let Event::Message { message } = &e.event else {
+            panic!("not a message")
+        };
+        assert_eq!(message.conv_seq, i as u64 + 1);
+        assert_eq!(message.client_msg_id, format!("seed-{i}"));
+        assert_eq!(message.sender, a);
+    }
+    // A non-message event takes the next inbox seq, and after/limit page correctly.
+    store
+        .commit(Commit {
+            events: vec![(b, Event::FriendRemoved { by: a, peer: b })],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let (page, head) = store.inbox(b, 2, 1).await.unwrap();
+    assert_eq!((page.len(), page[0].seq, head), (1, 3, 4));
+    let (rest, _) = store.inbox(b, 3, 10).await.unwrap();
+    assert!(matches!(rest[0].event, Event::FriendRemoved { .. }));
+    assert!(store.inbox(b, 4, 10).await.unwrap().0.is_empty());
+    assert!(store.inbox(b, u64::MAX, 10).await.unwrap().0.is_empty());
+    // Message ids are time-ordered along the conversation.
+    let msgs = store.messages(conv, 1, 3, 10, false).await.unwrap();
+    assert!(msgs.windows(2).all(|w| w[0].msg_id < w[1].msg_id));
+    let mut ms = store.memberships(a, 10).await.unwrap();
+    ms.retain(|m| m.conv == conv);
+    assert_eq!(ms.len(), 1);
+}
+
+pub(super) async fn dedup_returns_the_original(store: &dyn Store) {
+    let a = user(store, "dup_a").await;
+    let b = user(store, "dup_b").await;
+    let first = send(store, a, b, "same").await;
+    let again = send(store, a, b, "same").await;
+    assert!(!first.duplicate && again.duplicate);
+    assert!(again.entries.is_empty() && again.recipients.is_empty());
+    let (m1, m2) = (first.message.unwrap(), again.message.unwrap());
+    assert_eq!((m1.msg_id, m1.conv_seq), (m2.msg_id, m2.conv_seq));
+    assert_eq!(first.sender_seq, again.sender_seq);
+    let rec = store
+        .dedup(a, "same")
+        .await
+        .unwrap()
+        .expect("the dedup key is readable");
+    assert_eq!(
+        (rec.msg_id, rec.conv_seq, rec.sender_seq),
+        (m1.msg_id, m1.conv_seq, first.sender_seq)
+    );
+    assert!(store.dedup(a, "never-sent").await.unwrap().is_none());
+    assert_eq!(store.conv_head(ConvId::direct(a, b)).await.unwrap(), 1);
+    assert_eq!(store.inbox(b, 0, 10).await.unwrap().1, 1);
+    // The key is per sender: b may use the same client_msg_id.
+    let other = send(store, b, a, "same").await;
+    assert!(!other.duplicate);
+    assert_eq!(other.message.unwrap().conv_seq, 2);
+}
+
+/// The same send arriving several times at once (a client retrying over two connections):
+/// one commit, and every other answer is that same message.
+pub(super) async fn racing_repeats_commit_once(store: &dyn Store) {
+    let a = user(store, "race_a").await;
+    let b = user(store, "race_b").await;
+    let tries = (0..8).map(|_| send(store, a, b, "raced"));
+    let results = futures_util::future::join_all(tries).await;
+    assert_eq!(results.iter().filter(|c| !c.duplicate).count(), 1);
+    let ids: std::collections::HashSet<_> = results
+        .iter()
+        .map(|c| {
+            let m = c
+                .message
+                .as_ref()
+                .expect("every answer carries the message");
+            (m.msg_id, m.conv_seq, c.sender_seq)
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "every answer names the one message: {ids:?}");
+    assert_eq!(store.conv_head(ConvId::direct(a, b)).await.unwrap(), 1);
+    let (entries, head) = store.inbox(b, 0, 10).await.unwrap();
+    assert_eq!((entries.len(), head), (1, 1));
+}
+
+pub(super) async fn history_pages_both_ways(store: &dyn Store) {
+    let (a, b) = seed_chat(store, 10).await;
+    let conv = ConvId::direct(a, b);
+    let newest = store.messages(conv, 1, u64::MAX, 3, true).await.unwrap();
+    assert_eq!(
+        newest.iter().map(|m| m.conv_seq).collect::<Vec<_>>(),
+        vec![8, 9, 10]
+    );
+    let older = store.messages(conv, 1, 7, 3, true).await.unwrap();
+    assert_eq!(
+        older.iter().map(|m| m.conv_seq).collect::<Vec<_>>(),
+        vec![5, 6, 7]
+    );
+    let fwd = store.messages(conv, 4, u64::MAX, 2, false).await.unwrap();
+    assert_eq!(
+        fwd.iter().map(|m| m.conv_seq).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    assert!(
+        store
+            .messages(conv, 11, u64::MAX, 5, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .messages(conv, 5, 4, 5, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let other = ConvId::direct(a, UserId(u64::MAX));
+    assert!(
+        store
+            .messages(other, 1, u64::MAX, 5, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub(super) async fn read_cursors_are_monotonic(store: &dyn Store) {
+    let (a, b) = seed_chat(store, 4).await;
+    let conv = ConvId::direct(a, b);
+    assert_eq!(store.read_cursor(b, conv).await.unwrap(), 0);
+    let adv = |seq| Commit {
+        ops: vec![Op::AdvanceRead { user: b, conv, seq }],
+        ..Commit::default()
+    };
+    store.commit(adv(3)).await.unwrap();
+    assert_eq!(store.read_cursor(b, conv).await.unwrap(), 3);
+    store.commit(adv(2)).await.unwrap();
+    assert_eq!(
+        store.read_cursor(b, conv).await.unwrap(),
+        3,
+        "never moves back"
+    );
+    store.commit(adv(4)).await.unwrap();
+    let m = store.memberships(b, 100).await.unwrap();
+    assert_eq!(m.iter().find(|m| m.conv == conv).unwrap().read_seq, 4);
+}
+
+pub(super) async fn concurrent_commits_keep_sequences_continuous(store: &dyn Store) {
+    let hub = user(store, "hub").await;
+    let mut peers = Vec::new();
+    for _ in 0..4 {
+        peers.push(user(store, "spoke").await);
+    }
+    // Many concurrent senders into one inbox: the hub's sequence must be 1..=N with no gap.
+    let mut tasks = Vec::new();
+    for (i, &p) in peers.iter().enumerate() {
+        for j in 0..25 {
+            tasks.push(async move { send(store, p, hub, &format!("c{i}-{j}")).await });
+        }
+    }
+    let results = futures_util::future::join_all(tasks).await;
+    assert!(results.iter().all(|c| !c.duplicate));
+    let (entries, head) = store.inbox(hub, 0, 1000).await.unwrap();
+    assert_eq!(head, 100);
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=100).collect::<Vec<_>>()
+    );
+    for &p in &peers {
+        let conv = ConvId::direct(p, hub);
+        let msgs = store
+            .messages(conv, 1, u64::MAX, 1000, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            msgs.iter().map(|m| m.conv_seq).collect::<Vec<_>>(),
+            (1..=25).collect::<Vec<_>>()
+        );
+    }
+}

@@ -1,0 +1,318 @@
+//! The reads: straight to fjall from the caller's thread, never through the writer. A
+//! read cursor is the larger of fjall's and the one held in memory (soft.rs).
+
+use super::keys::*;
+use super::{Spaces, StoredEntry, StoredEvent, backend, decode};
+use crate::{
+    ConversationRow, DedupRecord, GroupRecord, LIST_MENTIONS_CAP, MemberRecord, Membership, Pair,
+    Relation, Result, UserRecord,
+};
+use fjall::Keyspace;
+use serde::Deserialize;
+use xinge_core::{ConvId, DeviceId, UserId};
+use xinge_proto::api::{Event, Friend, FriendRequestView, FriendRequests, InboxEntry, Message};
+
+pub(super) fn get<T: for<'de> Deserialize<'de>>(ks: &Keyspace, key: &[u8]) -> Result<Option<T>> {
+    match ks.get(key).map_err(backend)? {
+        Some(v) => Ok(Some(decode(&v)?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn hydrate(spaces: &Spaces, seq: u64, stored: StoredEntry) -> Result<InboxEntry> {
+    let event = match stored.ev {
+        StoredEvent::Other(ev) => ev,
+        StoredEvent::Message { conv, conv_seq } => {
+            let message: Message = get(&spaces.msgs, &msg_key(conv, conv_seq))?
+                .ok_or_else(|| backend(format!("inbox refers to missing {conv}#{conv_seq}")))?;
+            Event::Message { message }
+        }
+    };
+    Ok(InboxEntry {
+        seq,
+        at_ms: stored.at_ms,
+        event,
+    })
+}
+
+pub(super) fn user(s: &Spaces, id: UserId) -> Result<Option<UserRecord>> {
+    get(&s.users, &u64_key(id.0))
+}
+
+pub(super) fn user_by_name(s: &Spaces, username: &str) -> Result<Option<UserRecord>> {
+    match s.usernames.get(username.as_bytes()).map_err(backend)? {
+        Some(id) => user(s, UserId(read_u64(&id)?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn device_token(s: &Spaces, user: UserId, device: &DeviceId) -> Result<Option<u64>> {
+    match s.devices.get(device_key(user, device)).map_err(backend)? {
+        Some(v) => Ok(Some(read_u64(&v)?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn pair(s: &Spaces, me: UserId, other: UserId) -> Result<Pair> {
+    let friends_since_ms = match s.friends.get(pair_key(me, other)).map_err(backend)? {
+        Some(v) => Some(read_u64(&v)?),
+        None => None,
+    };
+    let blocked = |a, b| s.blocks.contains_key(pair_key(a, b)).map_err(backend);
+    Ok(Pair {
+        friends_since_ms,
+        i_blocked: blocked(me, other)?,
+        blocked_me: blocked(other, me)?,
+    })
+}
+
+pub(super) fn relation(s: &Spaces, me: UserId, other: UserId) -> Result<Relation> {
+    let p = pair(s, me, other)?;
+    Ok(Relation {
+        friends_since_ms: p.friends_since_ms,
+        i_blocked: p.i_blocked,
+        blocked_me: p.blocked_me,
+        request_out: get(&s.requests_out, &pair_key(me, other))?,
+        request_in: get(&s.requests_in, &pair_key(me, other))?,
+    })
+}
+
+pub(super) fn friends(s: &Spaces, user: UserId, limit: usize) -> Result<Vec<Friend>> {
+    let mut out = Vec::new();
+    for kv in s.friends.prefix(u64_key(user.0)).take(limit) {
+        let (k, v) = kv.into_inner().map_err(backend)?;
+        out.push(Friend {
+            user_id: UserId(read_u64(&k[8..])?),
+            since_ms: read_u64(&v)?,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn friend_requests(s: &Spaces, user: UserId, limit: usize) -> Result<FriendRequests> {
+    let list = |ks: &Keyspace| -> Result<Vec<FriendRequestView>> {
+        let mut out = Vec::new();
+        for kv in ks.prefix(u64_key(user.0)).take(limit) {
+            let (_, v) = kv.into_inner().map_err(backend)?;
+            out.push(decode(&v)?);
+        }
+        Ok(out)
+    };
+    Ok(FriendRequests {
+        incoming: list(&s.requests_in)?,
+        outgoing: list(&s.requests_out)?,
+    })
+}
+
+pub(super) fn dedup(
+    s: &Spaces,
+    sender: UserId,
+    client_msg_id: &str,
+) -> Result<Option<DedupRecord>> {
+    match s
+        .dedup
+        .get(dedup_key(sender, client_msg_id))
+        .map_err(backend)?
+    {
+        Some(v) => unpack_dedup(&v).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn inbox(
+    s: &Spaces,
+    user: UserId,
+    after: u64,
+    limit: usize,
+) -> Result<(Vec<InboxEntry>, u64)> {
+    let head = last_seq(&s.inbox, &u64_key(user.0))?;
+    let mut out = Vec::new();
+    if after < head {
+        let range = inbox_key(user, after.saturating_add(1))..=inbox_key(user, u64::MAX);
+        for kv in s.inbox.range(range).take(limit) {
+            let (k, v) = kv.into_inner().map_err(backend)?;
+            out.push(hydrate(
+                s,
+                read_u64(&k[8..])?,
+                StoredEntry::from_bytes(&v)?,
+            )?);
+        }
+    }
+    Ok((out, head))
+}
+
+pub(super) fn messages(
+    s: &Spaces,
+    conv: ConvId,
+    from: u64,
+    to: u64,
+    limit: usize,
+    newest_first: bool,
+) -> Result<Vec<Message>> {
+    if from > to || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let iter = s.msgs.range(msg_key(conv, from)..=msg_key(conv, to));
+    let mut out = Vec::new();
+    let mut push = |kv: fjall::Guard| -> Result<()> {
+        let (_, v) = kv.into_inner().map_err(backend)?;
+        out.push(decode::<Message>(&v)?);
+        Ok(())
+    };
+    if newest_first {
+        for kv in iter.rev().take(limit) {
+            push(kv)?;
+        }
+        out.reverse();
+    } else {
+        for kv in iter.take(limit) {
+            push(kv)?;
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn conv_head(s: &Spaces, conv: ConvId) -> Result<u64> {
+    last_seq(&s.msgs, &conv.to_key())
+}
+
+pub(super) fn memberships(s: &Spaces, user: UserId, limit: usize) -> Result<Vec<Membership>> {
+    // Held cursors first: the writer drops one only after fjall has it (soft.rs).
+    let held = s.soft.of(user);
+    let mut out = Vec::new();
+    for kv in s.members.prefix(u64_key(user.0)).take(limit) {
+        let (k, v) = kv.into_inner().map_err(backend)?;
+        let conv = ConvId::from_key(&k[8..]).ok_or_else(|| backend("bad member key"))?;
+        let held = held.iter().find(|(c, _)| *c == conv).map_or(0, |&(_, s)| s);
+        out.push(Membership {
+            conv,
+            read_seq: read_u64(&v)?.max(held),
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn read_cursor(s: &Spaces, user: UserId, conv: ConvId) -> Result<u64> {
+    // Held cursor first: the writer drops one only after fjall has it (soft.rs).
+    let held = s.soft.get(user, conv).unwrap_or(0);
+    match s.members.get(member_key(user, conv)).map_err(backend)? {
+        Some(v) => Ok(read_u64(&v)?.max(held)),
+        None => Ok(held),
+    }
+}
+
+pub(super) fn mention_count(
+    s: &Spaces,
+    user: UserId,
+    conv: ConvId,
+    after_seq: u64,
+    cap: u64,
+) -> Result<u64> {
+    let from = after_seq.saturating_add(1);
+    let mut prefix = member_key(user, conv);
+    let mine = s
+        .mentions
+        .range(seq_key(&prefix, from)..=seq_key(&prefix, u64::MAX))
+        .take(cap as usize)
+        .count();
+    prefix = conv.to_key().to_vec();
+    let all = s
+        .gmentions
+        .range(seq_key(&prefix, from)..=seq_key(&prefix, u64::MAX))
+        .take(cap as usize)
+        .count();
+    Ok(((mine + all) as u64).min(cap))
+}
+
+pub(super) fn group(s: &Spaces, id: u64) -> Result<Option<GroupRecord>> {
+    get(&s.groups, &u64_key(id))
+}
+
+pub(super) fn group_member(s: &Spaces, group: u64, user: UserId) -> Result<Option<MemberRecord>> {
+    get(&s.gmembers, &pair_key(UserId(group), user))
+}
+
+pub(super) fn group_members(
+    s: &Spaces,
+    group: u64,
+    after: Option<UserId>,
+    limit: usize,
+) -> Result<Vec<(UserId, MemberRecord)>> {
+    let from = after.map_or(0, |u| u.0.saturating_add(1));
+    let range = pair_key(UserId(group), UserId(from))..=pair_key(UserId(group), UserId(u64::MAX));
+    let mut out = Vec::new();
+    if after.is_some_and(|u| u.0 == u64::MAX) {
+        return Ok(out);
+    }
+    for kv in s.gmembers.range(range).take(limit) {
+        let (k, v) = kv.into_inner().map_err(backend)?;
+        out.push((UserId(read_u64(&k[8..])?), decode(&v)?));
+    }
+    Ok(out)
+}
+
+pub(super) fn former_member(s: &Spaces, group: u64, user: UserId) -> Result<Option<(u64, u64)>> {
+    match s
+        .gleft
+        .get(pair_key(UserId(group), user))
+        .map_err(backend)?
+    {
+        Some(v) if v.len() == 16 => Ok(Some((read_u64(&v[..8])?, read_u64(&v[8..])?))),
+        Some(_) => Err(backend("bad former-member value")),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn invite(s: &Spaces, group: u64, user: UserId) -> Result<Option<UserId>> {
+    match s
+        .invites
+        .get(pair_key(UserId(group), user))
+        .map_err(backend)?
+    {
+        Some(v) => Ok(Some(UserId(read_u64(&v)?))),
+        None => Ok(None),
+    }
+}
+
+/// In process, the per-conversation reads cost no round trip: the same reads as one would
+/// make for each membership, in turn.
+pub(super) fn conversation_list(
+    s: &Spaces,
+    user: UserId,
+    limit: usize,
+) -> Result<Vec<ConversationRow>> {
+    let members = memberships(s, user, limit)?;
+    let mut out = Vec::with_capacity(members.len());
+    for m in members {
+        let mut head = conv_head(s, m.conv)?;
+        let group = match m.conv {
+            ConvId::Group(g) => Some(g),
+            ConvId::Direct(..) => None,
+        };
+        if let Some(g) = group
+            && group_member(s, g, user)?.is_none()
+        {
+            match former_member(s, g, user)? {
+                Some((_, left)) => head = head.min(left),
+                None => continue,
+            }
+        }
+        let last_message = messages(s, m.conv, head, head, 1, false)?.pop();
+        let (name, unread_mentions) = match group {
+            Some(g) => (
+                self::group(s, g)?.map(|r| r.name),
+                mention_count(s, user, m.conv, m.read_seq, LIST_MENTIONS_CAP)?,
+            ),
+            None => (None, 0),
+        };
+        out.push(ConversationRow {
+            conv: m.conv,
+            read_seq: m.read_seq,
+            head,
+            last_message,
+            name,
+            unread_mentions,
+        });
+    }
+    Ok(out)
+}

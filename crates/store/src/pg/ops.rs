@@ -1,0 +1,268 @@
+//! What each [`Op`] does to the tables, inside the commit's transaction; and the account
+//! and device writes, which are single statements outside any [`crate::Commit`].
+
+use super::PgStore;
+use super::commit::Tx;
+use super::sql::{Cached, backend, db, i, role_str, u};
+use crate::{NewUser, Op, Result, StoreError, UserRecord};
+use tokio_postgres::types::Json;
+use xinge_core::{ConvId, DeviceId, UserId};
+
+impl Tx<'_> {
+    pub(super) async fn op(&self, op: Op) -> Result<()> {
+        match op {
+            Op::SetFriends { a, b, since_ms } => {
+                // The lower id's row first, whichever side accepted: two acceptances of
+                // one pair at once cannot lock the rows in opposite orders.
+                let (a, b) = (a.min(b), a.max(b));
+                for (x, y) in [(a, b), (b, a)] {
+                    self.exec(
+                        "INSERT INTO friends (user_id, peer_id, since_ms) VALUES ($1, $2, $3) \
+                         ON CONFLICT (user_id, peer_id) DO UPDATE SET since_ms = EXCLUDED.since_ms",
+                        &[&i(x.0), &i(y.0), &i(since_ms)],
+                    )
+                    .await?;
+                    self.exec(
+                        "DELETE FROM friend_requests_in WHERE user_id = $1 AND peer_id = $2",
+                        &[&i(x.0), &i(y.0)],
+                    )
+                    .await?;
+                    self.exec(
+                        "DELETE FROM friend_requests_out WHERE user_id = $1 AND peer_id = $2",
+                        &[&i(x.0), &i(y.0)],
+                    )
+                    .await?;
+                }
+            }
+            Op::RemoveFriends { a, b } => {
+                self.exec(
+                    "DELETE FROM friends WHERE (user_id = $1 AND peer_id = $2) OR (user_id = $2 AND peer_id = $1)",
+                    &[&i(a.0), &i(b.0)],
+                )
+                .await?;
+            }
+            Op::PutRequest(view) => {
+                let v = Json(serde_json::to_value(&view).map_err(backend)?);
+                self.exec(
+                    "INSERT INTO friend_requests_in (user_id, peer_id, view) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id, peer_id) DO UPDATE SET view = EXCLUDED.view",
+                    &[&i(view.to.0), &i(view.from.0), &v],
+                )
+                .await?;
+                self.exec(
+                    "INSERT INTO friend_requests_out (user_id, peer_id, view) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id, peer_id) DO UPDATE SET view = EXCLUDED.view",
+                    &[&i(view.from.0), &i(view.to.0), &v],
+                )
+                .await?;
+            }
+            Op::DeleteRequest { from, to } => {
+                self.exec(
+                    "DELETE FROM friend_requests_in WHERE user_id = $1 AND peer_id = $2",
+                    &[&i(to.0), &i(from.0)],
+                )
+                .await?;
+                self.exec(
+                    "DELETE FROM friend_requests_out WHERE user_id = $1 AND peer_id = $2",
+                    &[&i(from.0), &i(to.0)],
+                )
+                .await?;
+            }
+            Op::SetBlock { by, peer, blocked } => {
+                if blocked {
+                    self.exec("INSERT INTO blocks (user_id, peer_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&i(by.0), &i(peer.0)]).await?;
+                } else {
+                    self.exec(
+                        "DELETE FROM blocks WHERE user_id = $1 AND peer_id = $2",
+                        &[&i(by.0), &i(peer.0)],
+                    )
+                    .await?;
+                }
+            }
+            Op::Join { user, conv } => {
+                self.exec(
+                    "INSERT INTO members (user_id, conv, read_seq) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
+                    &[&i(user.0), &conv.to_string()],
+                )
+                .await?;
+            }
+            Op::AdvanceRead { user, conv, seq } => {
+                self.exec(
+                    "INSERT INTO members (user_id, conv, read_seq) VALUES ($1, $2, $3) ON CONFLICT (user_id, conv) \
+                     DO UPDATE SET read_seq = GREATEST(members.read_seq, EXCLUDED.read_seq)",
+                    &[&i(user.0), &conv.to_string(), &i(seq)],
+                )
+                .await?;
+                if let ConvId::Group(g) = conv {
+                    self.exec(
+                        "UPDATE gmembers SET read_seq = GREATEST(read_seq, $3) WHERE group_id = $1 AND user_id = $2",
+                        &[&i(g), &i(user.0), &i(seq)],
+                    )
+                    .await?;
+                }
+            }
+            Op::CreateGroup(rec) => self.put_group(&rec).await?,
+            Op::UpdateGroup { group, patch } => {
+                if let Some(mut rec) = self.group(group, true).await? {
+                    patch.apply(&mut rec);
+                    self.put_group(&rec).await?;
+                }
+            }
+            Op::AddMember { group, user, role } => {
+                if self.member(group, user).await?.is_some() {
+                    return Ok(());
+                }
+                let conv = ConvId::Group(group).to_string();
+                let head = self.conv_head(&conv).await?;
+                self.exec(
+                    "INSERT INTO gmembers (group_id, user_id, role, joined_seq, muted, read_seq) VALUES ($1, $2, $3, $4, false, $4)",
+                    &[&i(group), &i(user.0), &role_str(role), &i(head)],
+                )
+                .await?;
+                self.exec(
+                    "INSERT INTO members (user_id, conv, read_seq) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id, conv) DO UPDATE SET read_seq = EXCLUDED.read_seq",
+                    &[&i(user.0), &conv, &i(head)],
+                )
+                .await?;
+                self.exec(
+                    "DELETE FROM invites WHERE group_id = $1 AND user_id = $2",
+                    &[&i(group), &i(user.0)],
+                )
+                .await?;
+                self.exec(
+                    "DELETE FROM gleft WHERE group_id = $1 AND user_id = $2",
+                    &[&i(group), &i(user.0)],
+                )
+                .await?;
+                self.count_members(group, 1).await?;
+            }
+            Op::RemoveMember { group, user } => {
+                let Some(m) = self.member(group, user).await? else {
+                    return Ok(());
+                };
+                let conv = ConvId::Group(group).to_string();
+                let left = self.conv_head(&conv).await?;
+                self.exec(
+                    "INSERT INTO gleft (group_id, user_id, joined_seq, left_seq) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (group_id, user_id) DO UPDATE SET joined_seq = EXCLUDED.joined_seq, left_seq = EXCLUDED.left_seq",
+                    &[&i(group), &i(user.0), &i(m.joined_seq), &i(left)],
+                )
+                .await?;
+                self.exec(
+                    "DELETE FROM gmembers WHERE group_id = $1 AND user_id = $2",
+                    &[&i(group), &i(user.0)],
+                )
+                .await?;
+                self.exec(
+                    "DELETE FROM members WHERE user_id = $1 AND conv = $2",
+                    &[&i(user.0), &conv],
+                )
+                .await?;
+                self.count_members(group, -1).await?;
+            }
+            Op::SetRole { group, user, role } => {
+                self.exec(
+                    "UPDATE gmembers SET role = $3 WHERE group_id = $1 AND user_id = $2",
+                    &[&i(group), &i(user.0), &role_str(role)],
+                )
+                .await?;
+            }
+            Op::SetMuted { group, user, muted } => {
+                self.exec(
+                    "UPDATE gmembers SET muted = $3 WHERE group_id = $1 AND user_id = $2",
+                    &[&i(group), &i(user.0), &muted],
+                )
+                .await?;
+            }
+            Op::PutInvite { group, user, by } => {
+                self.exec(
+                    "INSERT INTO invites (group_id, user_id, by_id) VALUES ($1, $2, $3) \
+                     ON CONFLICT (group_id, user_id) DO UPDATE SET by_id = EXCLUDED.by_id",
+                    &[&i(group), &i(user.0), &i(by.0)],
+                )
+                .await?;
+            }
+            Op::DeleteInvite { group, user } => {
+                self.exec(
+                    "DELETE FROM invites WHERE group_id = $1 AND user_id = $2",
+                    &[&i(group), &i(user.0)],
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// === writes outside a commit ===
+
+pub(super) async fn create_user(store: &PgStore, new: NewUser) -> Result<UserRecord> {
+    let c = store.client().await?;
+    let row = c
+        .q_opt(
+            "INSERT INTO users (id, username, display_name, password_hash, created_at_ms) \
+             VALUES (nextval('user_ids'), $1, $2, $3, $4) ON CONFLICT (username) DO NOTHING RETURNING id",
+            &[&new.username, &new.display_name, &new.password_hash, &i(new.created_at_ms)],
+        )
+        .await
+        .map_err(db)?;
+    let Some(row) = row else {
+        return Err(StoreError::Conflict);
+    };
+    Ok(UserRecord {
+        id: UserId(u(row.get(0))),
+        username: new.username,
+        display_name: new.display_name,
+        password_hash: new.password_hash,
+        created_at_ms: new.created_at_ms,
+    })
+}
+
+pub(super) async fn set_display_name(
+    store: &PgStore,
+    id: UserId,
+    display_name: &str,
+) -> Result<()> {
+    let c = store.client().await?;
+    let n = c
+        .ex(
+            "UPDATE users SET display_name = $2 WHERE id = $1",
+            &[&i(id.0), &display_name],
+        )
+        .await
+        .map_err(db)?;
+    if n == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
+pub(super) async fn put_device(
+    store: &PgStore,
+    user: UserId,
+    device: &DeviceId,
+    token_id: u64,
+) -> Result<()> {
+    let c = store.client().await?;
+    c.ex(
+        "INSERT INTO devices (user_id, device, token_id) VALUES ($1, $2, $3) \
+         ON CONFLICT (user_id, device) DO UPDATE SET token_id = EXCLUDED.token_id",
+        &[&i(user.0), &device.as_str(), &i(token_id)],
+    )
+    .await
+    .map_err(db)
+    .map(drop)
+}
+
+pub(super) async fn remove_device(store: &PgStore, user: UserId, device: &DeviceId) -> Result<()> {
+    let c = store.client().await?;
+    c.ex(
+        "DELETE FROM devices WHERE user_id = $1 AND device = $2",
+        &[&i(user.0), &device.as_str()],
+    )
+    .await
+    .map_err(db)
+    .map(drop)
+}
