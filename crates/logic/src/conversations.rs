@@ -3,59 +3,34 @@
 
 use crate::limits::Limited;
 use crate::{Caller, Logic, Result, error::bad};
-use xinge_core::{ConvId, ErrorCode};
+use xinge_core::ErrorCode;
 use xinge_proto::api::*;
 
 impl Logic {
+    /// The caller's conversations, newest activity first. One store read for the whole
+    /// list (a former group member's row is capped where they left: they read only the
+    /// part they were a member for).
     pub async fn conversations(&self, caller: &Caller) -> Result<ConversationList> {
-        let members = self
+        let rows = self
             .store
-            .memberships(caller.user, self.cfg.chat.max_conversations)
+            .conversation_list(caller.user, self.cfg.chat.max_conversations)
             .await?;
-        let mut out = Vec::with_capacity(members.len());
-        for m in members {
-            let mut head = self.store.conv_head(m.conv).await?;
-            if let ConvId::Group(g) = m.conv
-                && self.store.group_member(g, caller.user).await?.is_none()
-            {
-                // A former member keeps the conversation but reads only the part they were a
-                // member for: without this cap the list showed them the group's newest
-                // message, sent after they left (found by tests/contract_props.rs).
-                match self.store.former_member(g, caller.user).await? {
-                    Some((_, left)) => head = head.min(left),
-                    None => continue,
-                }
-            }
-            let last_message = self
-                .store
-                .messages(m.conv, head, head, 1, false)
-                .await?
-                .pop();
-            let (name, unread_mentions) = match m.conv {
-                ConvId::Group(g) => {
-                    let name = self.store.group(g).await?.map(|g| g.name);
-                    let mentions = self
-                        .store
-                        .mention_count(caller.user, m.conv, m.read_seq, 99)
-                        .await?;
-                    (name, mentions)
-                }
-                ConvId::Direct(..) => (None, 0),
-            };
-            out.push(Conversation {
-                conv: m.conv,
-                peer: m.conv.peer_of(caller.user),
-                last_seq: head,
+        let mut out: Vec<Conversation> = rows
+            .into_iter()
+            .map(|r| Conversation {
+                conv: r.conv,
+                peer: r.conv.peer_of(caller.user),
+                last_seq: r.head,
                 // Capped like the head: a former member's cursor may sit on their own
                 // leave event, past the part they may read.
-                read_seq: m.read_seq.min(head),
-                unread: head.saturating_sub(m.read_seq),
-                unread_mentions,
-                name,
-                last_activity_ms: last_message.as_ref().map_or(0, |m| m.sent_at_ms),
-                last_message,
-            });
-        }
+                read_seq: r.read_seq.min(r.head),
+                unread: r.head.saturating_sub(r.read_seq),
+                unread_mentions: r.unread_mentions,
+                name: r.name,
+                last_activity_ms: r.last_message.as_ref().map_or(0, |m| m.sent_at_ms),
+                last_message: r.last_message,
+            })
+            .collect();
         out.sort_by(|a, b| {
             b.last_activity_ms
                 .cmp(&a.last_activity_ms)
