@@ -3,9 +3,12 @@
 //!
 //! Each stream message is taken by one push process, which acks it only after the
 //! deliveries it made were flushed to NATS; one that dies mid-batch leaves its un-acked
-//! messages to be redelivered to another after `push_ack_wait_ms`. Signals of a user over
-//! `[limits] signals_per_sec` are held back (coalesced) by push's [`Throttle`], per push
-//! process, and released as the rate allows.
+//! messages to be redelivered to another after `push_ack_wait_ms`.
+//!
+//! Each push process limits the signals per user (`[limits] signals_per_sec`) with push's
+//! [`Throttle`]: over the rate, signals are coalesced and released as the rate allows. The
+//! limit is per push process (events are spread over them), and what a process holds when
+//! it dies is lost — signals are hints, and the clients' periodic pull repairs that.
 
 use crate::pushq::ensure_stream;
 use crate::registry::{Live, Registry};

@@ -8,11 +8,6 @@
 //! harmless: clients apply by sequence). The stream is bounded (`stream_max_msgs` and
 //! `stream_max_bytes`, discard new): when full, signals are refused and counted, and
 //! clients repair by pull.
-//!
-//! Each push process limits the signals per user (`[limits] signals_per_sec`) with push's
-//! [`Throttle`]: over the rate, signals are coalesced and released as the rate allows. The
-//! limit is per push process (events are spread over them), and what a process holds when
-//! it dies is lost — signals are hints, and the clients' periodic pull repairs that.
 
 use crate::queues::queue_depth;
 use crate::registry::Registry;
