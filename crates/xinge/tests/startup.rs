@@ -78,7 +78,10 @@ fn a_second_server_names_the_data_dir_and_the_address_it_cannot_have() {
 
     drop(first);
     let logs = std::fs::read_to_string(&first_log).unwrap();
-    assert!(logs.contains("xinge ready"), "the first server logged: {logs}");
+    assert!(
+        logs.contains("xinge ready"),
+        "the first server logged: {logs}"
+    );
     assert_plain("a log written to a file", &logs);
 }
 
@@ -91,7 +94,10 @@ fn a_data_dir_that_cannot_be_made_is_named() {
     let log = dir.path().join("log");
     let err = refused(serve(dir.path(), &data, "127.0.0.1:0", &log), &log);
     assert!(
-        err.contains(&format!("cannot create the data directory {}", data.display())),
+        err.contains(&format!(
+            "cannot create the data directory {}",
+            data.display()
+        )),
         "names the path: {err}"
     );
 }
