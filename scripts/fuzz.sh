@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target of crates/proto/fuzz for a bounded time each and fails on the
-# first crash. Usage: scripts/fuzz.sh [seconds per target, default 60].
+# Runs every cargo-fuzz target of fuzz/ (the frames and JSON bodies, the gateway's WebSocket
+# reader, the cluster's wire formats) for a bounded time each and fails on the first crash.
+# Usage: scripts/fuzz.sh [seconds per target, default 60].
 #
 # libFuzzer's instrumentation needs nightly-only compiler flags; the machine has one stable
 # toolchain, so RUSTC_BOOTSTRAP=1 unlocks them (only for this build, in its own target dir).
@@ -9,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
-fuzz_dir=crates/proto/fuzz
+fuzz_dir=fuzz
 export RUSTC_BOOTSTRAP=1
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
 

@@ -14,8 +14,10 @@
 //! when it hands the signals to gateways. One send can be followed across all three. An error answer has `xinge-error: <code>` and the
 //! message as its payload.
 
-use crate::Names;
+use crate::queues::queue_depth;
+use crate::trace::{self, TRACE};
 use crate::wire::{decode_delivery, decode_presence, unpack};
+use crate::{ClusterError, Names};
 use async_nats::{HeaderMap, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -39,14 +41,72 @@ fn unavailable(what: &str) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, what)
 }
 
-tokio::task_local! {
-    /// The trace id of the command being handled on this task (0: none).
-    pub static TRACE: u64;
+/// The headers that carry a command's session and trace id.
+fn session_headers(s: &SessionCtx, trace: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(H_USER, s.user.0.to_string().as_str());
+    h.insert(H_DEVICE, s.device.as_str());
+    h.insert(H_CONN, s.conn.0.to_string().as_str());
+    h.insert(H_TRACE, trace);
+    h
 }
 
-/// The trace id of the command this task is handling, if any.
-pub fn current_trace() -> u64 {
-    TRACE.try_with(|t| *t).unwrap_or(0)
+fn header<T: std::str::FromStr>(h: Option<&HeaderMap>, name: &str) -> Option<T> {
+    h?.get(name)?.as_str().parse().ok()
+}
+
+/// The session of a command, from [`session_headers`]; `None` if one is missing or bad.
+fn session_of(h: Option<&HeaderMap>) -> Option<SessionCtx> {
+    let user: u64 = header(h, H_USER)?;
+    let conn: u64 = header(h, H_CONN)?;
+    let device: String = header(h, H_DEVICE)?;
+    Some(SessionCtx {
+        user: UserId(user),
+        device: DeviceId::parse(&device)?,
+        conn: ConnId(conn),
+    })
+}
+
+/// The business command a subject `<p>.cmd.<n>` carries.
+fn command_of(subject: &str) -> Option<u16> {
+    subject.rsplit('.').next()?.parse().ok()
+}
+
+/// An error answer's headers: its stable code (the message is the payload).
+fn error_headers(e: &ApiError) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(H_ERROR, e.code.as_str());
+    h
+}
+
+/// The error an answer carries, if it is one; a code this process does not know is
+/// `internal`.
+fn error_of(h: Option<&HeaderMap>, payload: &[u8]) -> Option<ApiError> {
+    let code = h?.get(H_ERROR)?;
+    let code = serde_json::from_value(serde_json::Value::String(code.to_string()))
+        .unwrap_or(ErrorCode::Internal);
+    Some(ApiError::new(
+        code,
+        String::from_utf8_lossy(payload).into_owned(),
+    ))
+}
+
+/// The deliveries in one message from a push process (a pack: every delivery of a batch
+/// for this gateway), and how many of its parts were malformed (dropped).
+fn deliveries_in(payload: Bytes, max_frame: usize) -> (Vec<Delivery>, u64) {
+    let Some(parts) = unpack(payload) else {
+        return (Vec::new(), 1);
+    };
+    let (mut out, mut malformed) = (Vec::with_capacity(parts.len()), 0);
+    for part in parts {
+        let frame = decode_delivery(part)
+            .and_then(|(conns, frame)| Some((conns, Frame::decode(frame, max_frame).ok()?)));
+        match frame {
+            Some((conns, frame)) => out.push(Delivery { conns, frame }),
+            None => malformed += 1,
+        }
+    }
+    (out, malformed)
 }
 
 // === the gateway's side ===
@@ -82,28 +142,19 @@ impl NatsUpstream {
                 }
                 _ => unavailable("the bus is unavailable"),
             })?;
-        if let Some(code) = msg.headers.as_ref().and_then(|h| h.get(H_ERROR)) {
-            let code = serde_json::from_value(serde_json::Value::String(code.to_string()))
-                .unwrap_or(ErrorCode::Internal);
-            return Err(ApiError::new(
-                code,
-                String::from_utf8_lossy(&msg.payload).into_owned(),
-            ));
+        match error_of(msg.headers.as_ref(), &msg.payload) {
+            Some(e) => Err(e),
+            None => Ok(msg.payload),
         }
-        Ok(msg.payload)
     }
 }
 
 #[async_trait]
 impl Upstream for NatsUpstream {
     async fn handle(&self, s: &SessionCtx, cmd: u16, body: Bytes) -> Result<Bytes, ApiError> {
-        let trace = format!("{:016x}", rand::random::<u64>());
-        let mut h = HeaderMap::new();
-        h.insert(H_USER, s.user.0.to_string().as_str());
-        h.insert(H_DEVICE, s.device.as_str());
-        h.insert(H_CONN, s.conn.0.to_string().as_str());
-        h.insert(H_TRACE, trace.as_str());
+        let trace = trace::format(rand::random::<u64>());
         tracing::debug!(trace = %trace, user = %s.user, cmd, "command to api");
+        let h = session_headers(s, &trace);
         self.request(self.names.command(cmd), h, body).await
     }
 }
@@ -133,45 +184,29 @@ pub async fn deliveries(
     subject: String,
     queue: usize,
     max_frame: usize,
-) -> Result<mpsc::Receiver<Delivery>, crate::ClusterError> {
-    let mut sub = nats
-        .subscribe(subject)
-        .await
-        .map_err(crate::ClusterError::nats)?;
+) -> Result<mpsc::Receiver<Delivery>, ClusterError> {
+    let mut sub = nats.subscribe(subject).await.map_err(ClusterError::nats)?;
     let (tx, rx) = mpsc::channel(queue.max(1));
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
-            // A push process packs every delivery of a batch for this gateway into one
-            // message.
-            let Some(parts) = unpack(msg.payload) else {
-                metrics::counter!("xinge_bus_malformed_total").increment(1);
-                continue;
-            };
-            for part in parts {
-                let Some((conns, frame)) = decode_delivery(part) else {
-                    metrics::counter!("xinge_bus_malformed_total").increment(1);
-                    continue;
-                };
-                let Ok(frame) = Frame::decode(frame, max_frame) else {
-                    metrics::counter!("xinge_bus_malformed_total").increment(1);
-                    continue;
-                };
-                metrics::counter!("xinge_deliveries_received_total").increment(conns.len() as u64);
-                if tx.try_send(Delivery { conns, frame }).is_err() {
+            let (deliveries, malformed) = deliveries_in(msg.payload, max_frame);
+            if malformed > 0 {
+                metrics::counter!("xinge_bus_malformed_total").increment(malformed);
+            }
+            for d in deliveries {
+                metrics::counter!("xinge_deliveries_received_total")
+                    .increment(d.conns.len() as u64);
+                if tx.try_send(d).is_err() {
                     metrics::counter!("xinge_signals_dropped_total").increment(1);
                 }
             }
-            crate::pushq::queue_depth("deliveries", &tx);
+            queue_depth("deliveries", &tx);
         }
     });
     Ok(rx)
 }
 
 // === the api's side ===
-
-fn header<T: std::str::FromStr>(h: Option<&HeaderMap>, name: &str) -> Option<T> {
-    h?.get(name)?.as_str().parse().ok()
-}
 
 /// Answers commands and token checks from every gateway, in the "api" queue group: NATS
 /// gives each request to one api process. At most `max_inflight` are handled at once;
@@ -183,8 +218,8 @@ pub async fn serve_commands(
     auth: Arc<dyn Authenticator>,
     max_inflight: usize,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), crate::ClusterError> {
-    let err = crate::ClusterError::nats;
+) -> Result<(), ClusterError> {
+    let err = ClusterError::nats;
     let mut cmds: Subscriber = nats
         .queue_subscribe(names.all_commands(), API_GROUP.into())
         .await
@@ -221,8 +256,7 @@ pub async fn serve_commands(
                 let sent = match answer {
                     Ok(body) => nats.publish(reply, body).await,
                     Err(e) => {
-                        let mut h = HeaderMap::new();
-                        h.insert(H_ERROR, e.code.as_str());
+                        let h = error_headers(&e);
                         nats.publish_with_headers(reply, h, e.message.into_bytes().into())
                             .await
                     }
@@ -243,23 +277,11 @@ async fn handle_command(
 ) -> Result<Bytes, ApiError> {
     let h = msg.headers.as_ref();
     let bad = || ApiError::new(ErrorCode::BadRequest, "command without a session");
-    let cmd: u16 = msg
-        .subject
-        .rsplit('.')
-        .next()
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(bad)?;
-    let user: u64 = header(h, H_USER).ok_or_else(bad)?;
-    let conn: u64 = header(h, H_CONN).ok_or_else(bad)?;
-    let device: String = header(h, H_DEVICE).ok_or_else(bad)?;
-    let device = DeviceId::parse(&device).ok_or_else(bad)?;
+    let cmd = command_of(&msg.subject).ok_or_else(bad)?;
+    let session = session_of(h).ok_or_else(bad)?;
+    let user = session.user.0;
     let trace: String = header(h, H_TRACE).unwrap_or_default();
-    let trace_id = u64::from_str_radix(&trace, 16).unwrap_or(0);
-    let session = SessionCtx {
-        user: UserId(user),
-        device,
-        conn: ConnId(conn),
-    };
+    let trace_id = trace::parse(&trace);
     let started = std::time::Instant::now();
     let r = TRACE
         .scope(
@@ -275,11 +297,11 @@ async fn handle_command(
 pub async fn presence_changes(
     nats: &async_nats::Client,
     names: &Names,
-) -> Result<mpsc::Receiver<PresenceChange>, crate::ClusterError> {
+) -> Result<mpsc::Receiver<PresenceChange>, ClusterError> {
     let mut sub = nats
         .queue_subscribe(names.presence(), API_GROUP.into())
         .await
-        .map_err(crate::ClusterError::nats)?;
+        .map_err(ClusterError::nats)?;
     let (tx, rx) = mpsc::channel(4_096);
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
@@ -289,4 +311,96 @@ pub async fn presence_changes(
         }
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Pack, encode_delivery};
+
+    fn session() -> SessionCtx {
+        SessionCtx {
+            user: UserId(42),
+            device: DeviceId::parse("laptop").unwrap(),
+            conn: ConnId(7),
+        }
+    }
+
+    #[test]
+    fn a_commands_session_and_trace_travel_in_its_headers() {
+        let h = session_headers(&session(), "00000000000000ff");
+        let back = session_of(Some(&h)).expect("the session comes back");
+        assert_eq!(
+            (back.user, back.device.as_str(), back.conn),
+            (UserId(42), "laptop", ConnId(7))
+        );
+        assert_eq!(
+            header::<String>(Some(&h), H_TRACE).unwrap(),
+            "00000000000000ff"
+        );
+        assert!(session_of(None).is_none(), "no headers");
+        for (name, bad) in [(H_USER, "x"), (H_CONN, "-1"), (H_DEVICE, "")] {
+            let mut h = session_headers(&session(), "");
+            h.insert(name, bad);
+            assert!(session_of(Some(&h)).is_none(), "{name}: {bad:?}");
+        }
+        let mut partial = HeaderMap::new();
+        partial.insert(H_USER, "1");
+        assert!(session_of(Some(&partial)).is_none(), "a header missing");
+    }
+
+    #[test]
+    fn the_command_is_the_last_part_of_its_subject() {
+        let names = Names::new("x-1");
+        assert_eq!(command_of(&names.command(30)), Some(30));
+        assert_eq!(command_of(&names.command(u16::MAX)), Some(u16::MAX));
+        assert_eq!(command_of("x-1.cmd.65536"), None, "past u16");
+        assert_eq!(command_of("x-1.cmd."), None);
+        assert_eq!(command_of(&names.auth()), None);
+    }
+
+    #[test]
+    fn an_error_answer_keeps_its_code_and_message() {
+        let e = ApiError::new(ErrorCode::RateLimited, "slow down");
+        let back = error_of(Some(&error_headers(&e)), e.message.as_bytes()).unwrap();
+        assert_eq!((back.code, back.message.as_str()), (e.code, "slow down"));
+        assert!(error_of(None, b"fine").is_none(), "no headers: an answer");
+        assert!(error_of(Some(&HeaderMap::new()), b"fine").is_none());
+        let mut h = HeaderMap::new();
+        h.insert(H_ERROR, "no_such_code");
+        let unknown = error_of(Some(&h), b"\xff?").unwrap();
+        assert_eq!(
+            unknown.code,
+            ErrorCode::Internal,
+            "a code from a newer peer"
+        );
+        assert_eq!(unknown.message, "\u{fffd}?");
+    }
+
+    #[test]
+    fn a_pack_of_deliveries_is_read_part_by_part() {
+        let f = Frame::request(5, 0, &b"{}"[..]);
+        let mut pack = Pack::default();
+        pack.push(&encode_delivery(&[ConnId(1), ConnId(2)], &f.encode()));
+        pack.push(b"\0\0\0\x09short"); // nine connections announced, none there
+        pack.push(&encode_delivery(&[ConnId(3)], b"not a frame"));
+        pack.push(&encode_delivery(&[ConnId(4)], &f.encode()));
+        let (got, malformed) = deliveries_in(pack.take(), 1024);
+        let conns: Vec<_> = got.iter().map(|d| d.conns.clone()).collect();
+        assert_eq!(conns, vec![vec![ConnId(1), ConnId(2)], vec![ConnId(4)]]);
+        assert!(got.iter().all(|d| d.frame == f));
+        assert_eq!(malformed, 2);
+        // A frame over this gateway's limit is malformed here.
+        let mut pack = Pack::default();
+        pack.push(&encode_delivery(&[ConnId(1)], &f.encode()));
+        assert_eq!(deliveries_in(pack.take(), 4).1, 1);
+        // A pack cut short is dropped whole.
+        let (got, malformed) = deliveries_in(Bytes::from_static(b"\0\0\0\x05ab"), 1024);
+        assert!(got.is_empty() && malformed == 1);
+        assert_eq!(
+            deliveries_in(Bytes::new(), 1024).0.len(),
+            0,
+            "an empty pack"
+        );
+    }
 }

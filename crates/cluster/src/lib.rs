@@ -13,8 +13,10 @@
 //!              group), deliveries push → the one gateway holding the connection,
 //!              presence changes gateway → api
 //! limits.rs    Redis: per-user send and pull limits shared by every api process
-//! pushq.rs     JetStream: signals api → push on a durable stream with explicit acks,
-//!              and the push worker
+//! pushq.rs     JetStream: signals api → push on a durable stream with explicit acks
+//! push_worker.rs  the push role: stream → session lookup → one delivery per gateway
+//! trace.rs     the trace id a command carries from gateway to api to push
+//! queues.rs    how full the bounded queues are (one gauge for all)
 //! ```
 //! Each adapter implements a trait of the layer it serves — the push layer's `Signals`
 //! and `Sessions`, the gateway's `Upstream` and `Authenticator` — so the IM layer and
@@ -24,8 +26,11 @@ pub mod bus;
 pub mod engines;
 pub mod limits;
 pub mod names;
+pub mod push_worker;
 pub mod pushq;
+mod queues;
 pub mod registry;
+pub mod trace;
 pub mod wire;
 
 pub use engines::Redis;

@@ -15,6 +15,13 @@ local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n";
 
+/// The window a call at `now` counts in: `burst / per_sec` long (at least 1 ms), and its
+/// number since the epoch. Every api process agrees on it by the clock alone.
+fn window_of(burst: f64, per_sec: f64, now: u64) -> (u64, u64) {
+    let window_ms = ((burst / per_sec) * 1000.0).max(1.0) as u64;
+    (window_ms, now / window_ms)
+}
+
 /// Per-user limits shared by every api process: a counter per user, kind and window in
 /// Redis. The window is `burst / rate` long and allows `burst` calls, so the long-run rate
 /// and the largest burst match the one-process token buckets. If Redis cannot answer, the
@@ -42,9 +49,8 @@ impl SharedLimiter {
 impl Limiter for SharedLimiter {
     async fn check(&self, user: UserId, what: Limited) -> Result<(), Duration> {
         let rate = what.rate(&self.cfg);
-        let window_ms = ((rate.burst / rate.per_sec) * 1000.0).max(1.0) as u64;
         let now = xinge_core::now_ms();
-        let window = now / window_ms;
+        let (window_ms, window) = window_of(rate.burst, rate.per_sec, now);
         let key = self.names.limit_key(user, what.as_str(), window);
         let mut conn = self.redis.clone();
         let n = tokio::time::timeout(
@@ -72,5 +78,24 @@ impl Limiter for SharedLimiter {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_allows_the_burst_at_the_long_run_rate() {
+        // 5 calls a window at 1 a second: a 5 s window.
+        assert_eq!(window_of(5.0, 1.0, 12_345), (5_000, 2));
+        assert_eq!(window_of(5.0, 1.0, 14_999).1, 2);
+        assert_eq!(
+            window_of(5.0, 1.0, 15_000).1,
+            3,
+            "the next window starts on time"
+        );
+        assert_eq!(window_of(10.0, 20.0, 1_000), (500, 2));
+        assert_eq!(window_of(1.0, 1e9, 7).0, 1, "never shorter than 1 ms");
     }
 }

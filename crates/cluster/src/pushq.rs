@@ -1,5 +1,5 @@
 //! Signals from the api processes to the push processes, through a durable JetStream
-//! stream, and the push worker that routes them to gateways.
+//! stream (the push processes' side is [`crate::push_worker`]).
 //!
 //! The stream is a work queue of packs (the events an api process had queued together):
 //! each message is taken by one push process, which acks it only after the deliveries it
@@ -8,35 +8,27 @@
 //! harmless: clients apply by sequence). The stream is bounded (`stream_max_msgs` and
 //! `stream_max_bytes`, discard new): when full, signals are refused and counted, and
 //! clients repair by pull.
-//!
-//! Each push process limits the signals per user (`[limits] signals_per_sec`) with push's
-//! [`Throttle`]: over the rate, signals are coalesced and released as the rate allows. The
-//! limit is per push process (events are spread over them), and what a process holds when
-//! it dies is lost — signals are hints, and the clients' periodic pull repairs that.
 
-use crate::registry::{Live, Registry};
-use crate::wire::{Pack, decode_push, encode_delivery, encode_push, unpack};
+use crate::queues::queue_depth;
+use crate::registry::Registry;
+use crate::wire::{Pack, encode_push};
 use crate::{ClusterError, Names};
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use xinge_core::config::ClusterConfig;
-use xinge_core::{ConnId, GatewayId, UserId};
+use xinge_core::{ConnId, UserId};
 use xinge_proto::Frame;
-use xinge_push::{Coalesce, Signals, Throttle, ThrottleConfig};
+use xinge_push::{Coalesce, Signals};
 
 /// Signals waiting in one api process to be published; past that they are dropped.
 const PUBLISH_QUEUE: usize = 65_536;
 /// Stream messages awaiting JetStream's ack at once.
 const PUBLISH_IN_FLIGHT: usize = 256;
-/// Stream messages one push process takes at a time (each up to `EVENTS_PER_MESSAGE`).
-const BATCH: usize = 64;
 /// Users per push event (a large group's signal is split).
 const USERS_PER_EVENT: usize = 1_000;
 /// Push events packed into one stream message at most (and at most `PACK_BYTES`).
@@ -48,7 +40,14 @@ pub async fn ensure_stream(
     names: &Names,
     cfg: &ClusterConfig,
 ) -> Result<stream::Stream, ClusterError> {
-    js.get_or_create_stream(stream::Config {
+    js.get_or_create_stream(stream_config(names, cfg))
+        .await
+        .map_err(ClusterError::nats)
+}
+
+/// The push stream: a work queue on disk that refuses new signals when full.
+fn stream_config(names: &Names, cfg: &ClusterConfig) -> stream::Config {
+    stream::Config {
         name: names.push_stream(),
         subjects: vec![names.push_subject()],
         retention: stream::RetentionPolicy::WorkQueue,
@@ -58,9 +57,39 @@ pub async fn ensure_stream(
         max_bytes: cfg.stream_max_bytes,
         num_replicas: cfg.stream_replicas,
         ..Default::default()
+    }
+}
+
+/// Packs `first` and the events queued behind it now into `pack`, up to
+/// `EVENTS_PER_MESSAGE` and the pack's byte budget; returns the event that did not fit
+/// (it goes first into the next message).
+fn fill(pack: &mut Pack, first: Bytes, rx: &mut mpsc::Receiver<Bytes>) -> Option<Bytes> {
+    pack.push(&first);
+    while pack.len() < EVENTS_PER_MESSAGE {
+        let Ok(next) = rx.try_recv() else { break };
+        if !pack.fits(&next) {
+            return Some(next);
+        }
+        pack.push(&next);
+    }
+    None
+}
+
+/// The push events for a signal to `users`: at most `USERS_PER_EVENT` users each.
+fn push_events(
+    at_ms: u64,
+    trace: u64,
+    how: Coalesce,
+    users: &[UserId],
+    except: Option<ConnId>,
+    frame: &[u8],
+) -> impl Iterator<Item = (usize, Bytes)> {
+    users.chunks(USERS_PER_EVENT).map(move |chunk| {
+        (
+            chunk.len(),
+            encode_push(at_ms, trace, how, chunk, except, frame),
+        )
     })
-    .await
-    .map_err(ClusterError::nats)
 }
 
 // === the api's side ===
@@ -92,15 +121,7 @@ impl StreamSignals {
                         }
                     }, if acks.len() < PUBLISH_IN_FLIGHT => {
                         let Some(event) = event else { break };
-                        pack.push(&event);
-                        while pack.len() < EVENTS_PER_MESSAGE {
-                            let Ok(next) = rx.try_recv() else { break };
-                            if !pack.fits(&next) {
-                                carry = Some(next);
-                                break;
-                            }
-                            pack.push(&next);
-                        }
+                        carry = fill(&mut pack, event, &mut rx);
                         let events = pack.len() as u64;
                         match js.publish(subject.clone(), pack.take()).await {
                             Ok(ack) => acks.push(async move { (ack.into_future().await, events) }),
@@ -123,21 +144,14 @@ impl StreamSignals {
 
     fn publish(&self, users: &[UserId], frame: &Frame, how: Coalesce, except: Option<ConnId>) {
         let bytes = frame.encode();
-        let (now, trace) = (xinge_core::now_ms(), crate::bus::current_trace());
-        for chunk in users.chunks(USERS_PER_EVENT) {
-            let event = encode_push(now, trace, how, chunk, except, &bytes);
+        let (now, trace) = (xinge_core::now_ms(), crate::trace::current_trace());
+        for (users, event) in push_events(now, trace, how, users, except, &bytes) {
             if self.queue.try_send(event).is_err() {
-                metrics::counter!("xinge_signals_dropped_total").increment(chunk.len() as u64);
+                metrics::counter!("xinge_signals_dropped_total").increment(users as u64);
             }
         }
         queue_depth("push_publish", &self.queue);
     }
-}
-
-/// `xinge_queue_depth{queue}`: how full one of this process's bounded queues is.
-pub(crate) fn queue_depth<T>(queue: &'static str, tx: &mpsc::Sender<T>) {
-    metrics::gauge!("xinge_queue_depth", "queue" => queue)
-        .set((tx.max_capacity() - tx.capacity()) as f64);
 }
 
 fn refused(e: &dyn std::fmt::Display, events: u64) {
@@ -165,247 +179,98 @@ impl Signals for StreamSignals {
     }
 }
 
-// === the push role ===
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{PACK_BYTES, decode_push, unpack};
 
-/// Takes push events from the stream (durable consumer "push", shared by every push
-/// process), looks up each user's sessions, and publishes one delivery per gateway on that
-/// gateway's own subject, holding back (coalescing) the signals of users over `throttle`'s
-/// rate. Runs until `shutdown`.
-pub async fn run_push_worker(
-    js: jetstream::Context,
-    nats: async_nats::Client,
-    names: Names,
-    cfg: ClusterConfig,
-    throttle: ThrottleConfig,
-    registry: Arc<Registry>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), ClusterError> {
-    let throttle = Arc::new(Throttle::<Bytes>::new(throttle));
-    tokio::spawn(release_held(
-        nats.clone(),
-        names.clone(),
-        registry.clone(),
-        throttle.clone(),
-        shutdown.clone(),
-    ));
-    let stream = ensure_stream(&js, &names, &cfg).await?;
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            "push",
-            consumer::pull::Config {
-                durable_name: Some("push".into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_millis(cfg.push_ack_wait_ms),
-                max_ack_pending: (BATCH * 16) as i64,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(ClusterError::nats)?;
-    loop {
-        if *shutdown.borrow() {
-            return Ok(());
-        }
-        // A continuous pull: JetStream sends events as they are stored (no polling when the
-        // stream is empty), and every event that has arrived when the worker is free is
-        // routed as one batch.
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(BATCH)
-            .heartbeat(Duration::from_secs(5))
-            .messages()
-            .await;
-        let mut batches = match messages {
-            Ok(m) => m.ready_chunks(BATCH),
-            Err(e) => {
-                tracing::warn!(error = %e, "push stream unavailable; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                    _ = shutdown.changed() => return Ok(()),
-                }
-            }
-        };
-        loop {
-            let batch = tokio::select! {
-                b = batches.next() => b,
-                _ = shutdown.changed() => return Ok(()),
-            };
-            // The pull ended (the server went away): start a new one.
-            let Some(batch) = batch else { break };
-            let mut taken = Vec::with_capacity(batch.len());
-            for m in batch {
-                match m {
-                    Ok(m) => taken.push(m),
-                    Err(e) => tracing::debug!(error = %e, "push stream hiccup"),
-                }
-            }
-            if taken.is_empty() {
-                continue;
-            }
-            match route_batch(&nats, &names, &registry, &throttle, &taken).await {
-                Ok(()) => {
-                    let mut acks = Vec::with_capacity(taken.len());
-                    for m in &taken {
-                        acks.push(m.ack());
-                    }
-                    for r in futures_util::future::join_all(acks).await {
-                        if let Err(e) = r {
-                            tracing::warn!(error = %e, "ack failed; the event will come again");
-                        }
-                    }
-                }
-                // Not acked: JetStream gives the batch again after ack_wait.
-                Err(e) => tracing::warn!(error = %e, "push batch not routed; it will come again"),
-            }
-        }
-    }
-}
-
-/// Routes a batch of stream messages: one session lookup for every user in it, and one
-/// publish per gateway carrying all of that gateway's deliveries, in event order.
-async fn route_batch(
-    nats: &async_nats::Client,
-    names: &Names,
-    registry: &Registry,
-    throttle: &Throttle<Bytes>,
-    batch: &[jetstream::Message],
-) -> Result<(), ClusterError> {
-    let now = xinge_core::now_ms();
-    let instant = std::time::Instant::now();
-    let mut events = Vec::new();
-    metrics::counter!("xinge_push_messages_total").increment(batch.len() as u64);
-    for m in batch {
-        let Some(parts) = unpack(m.payload.clone()) else {
-            metrics::counter!("xinge_bus_malformed_total").increment(1);
-            continue;
-        };
-        for part in parts {
-            match decode_push(part) {
-                Some(e) => events.push(e),
-                None => metrics::counter!("xinge_bus_malformed_total").increment(1),
-            }
-        }
-    }
-    // A redelivered batch meets the throttle again: at worst a signal goes twice, which
-    // clients ignore by sequence.
-    for e in &mut events {
-        e.users
-            .retain(|u| throttle.admit(*u, &e.frame, e.how, instant));
-    }
-    let mut users: Vec<UserId> = events
-        .iter()
-        .flat_map(|e| e.users.iter().copied())
-        .collect();
-    users.sort_unstable();
-    users.dedup();
-    let sessions = registry.sessions(&users).await?;
-    let mut out = Deliveries::default();
-    for e in &events {
-        out.add(nats, names, &sessions, &e.users, e.except, &e.frame)
-            .await?;
-        metrics::counter!("xinge_push_events_total").increment(1);
-        tracing::debug!(trace = %format_args!("{:016x}", e.trace), users = e.users.len(), "signals handed to gateways");
-        metrics::histogram!("xinge_signal_seconds")
-            .record(now.saturating_sub(e.at_ms) as f64 / 1000.0);
-    }
-    out.send(nats, names).await?;
-    // Acks go only after the deliveries have left this process.
-    nats.flush().await.map_err(ClusterError::nats)
-}
-
-/// Deliveries on their way to gateways, packed per gateway (at most `PACK_BYTES` a
-/// publish; a full pack is published before more is added, so each gateway gets its
-/// deliveries in the order they were added).
-#[derive(Default)]
-struct Deliveries {
-    packs: HashMap<GatewayId, Pack>,
-}
-
-impl Deliveries {
-    /// Adds `frame` for the connections of `users` (but `except`) in `sessions`.
-    async fn add(
-        &mut self,
-        nats: &async_nats::Client,
-        names: &Names,
-        sessions: &Live,
-        users: &[UserId],
-        except: Option<ConnId>,
-        frame: &Bytes,
-    ) -> Result<(), ClusterError> {
-        let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
-        for u in users {
-            for &(gw, conn) in sessions.get(u).map_or(&[][..], Vec::as_slice) {
-                if Some(conn) != except {
-                    by_gateway.entry(gw).or_default().push(conn);
-                }
-            }
-        }
-        for (gw, conns) in by_gateway {
-            metrics::counter!("xinge_signals_total").increment(conns.len() as u64);
-            let delivery = encode_delivery(&conns, frame);
-            let pack = self.packs.entry(gw).or_default();
-            if !pack.fits(&delivery) {
-                publish(nats, names, gw, pack.take()).await?;
-            }
-            pack.push(&delivery);
-        }
-        Ok(())
+    #[test]
+    fn the_stream_is_a_bounded_work_queue_under_the_prefix() {
+        let cfg = ClusterConfig::default();
+        let c = stream_config(&Names::new("t-9"), &cfg);
+        assert_eq!(
+            (c.name.as_str(), c.subjects),
+            ("T_9_PUSH", vec!["t-9.push".to_owned()])
+        );
+        assert_eq!(c.retention, stream::RetentionPolicy::WorkQueue);
+        assert_eq!(
+            c.discard,
+            stream::DiscardPolicy::New,
+            "full: new signals are refused"
+        );
+        assert_eq!(c.storage, stream::StorageType::File);
+        assert_eq!(
+            (c.max_messages, c.max_bytes, c.num_replicas),
+            (
+                cfg.stream_max_msgs,
+                cfg.stream_max_bytes,
+                cfg.stream_replicas
+            )
+        );
+        assert!(c.max_messages > 0 && c.max_bytes > 0, "bounded by default");
     }
 
-    async fn send(mut self, nats: &async_nats::Client, names: &Names) -> Result<(), ClusterError> {
-        for (gw, pack) in &mut self.packs {
-            if !pack.is_empty() {
-                publish(nats, names, *gw, pack.take()).await?;
-            }
+    #[test]
+    fn a_large_signal_is_split_into_events_of_bounded_users() {
+        let users: Vec<_> = (0..2 * USERS_PER_EVENT as u64 + 5).map(UserId).collect();
+        let events: Vec<_> =
+            push_events(9, 3, Coalesce::Drop, &users, Some(ConnId(4)), b"f").collect();
+        let sizes: Vec<_> = events.iter().map(|(n, _)| *n).collect();
+        assert_eq!(sizes, vec![USERS_PER_EVENT, USERS_PER_EVENT, 5]);
+        let mut back = Vec::new();
+        for (n, e) in events {
+            let e = decode_push(e).unwrap();
+            assert_eq!(
+                (e.users.len(), e.at_ms, e.trace, e.except, &e.frame[..]),
+                (n, 9, 3, Some(ConnId(4)), &b"f"[..])
+            );
+            back.extend(e.users);
         }
-        Ok(())
+        assert_eq!(back, users, "every user once, in order");
+        assert_eq!(push_events(1, 0, Coalesce::Drop, &[], None, b"").count(), 0);
     }
-}
 
-async fn publish(
-    nats: &async_nats::Client,
-    names: &Names,
-    gw: GatewayId,
-    pack: Bytes,
-) -> Result<(), ClusterError> {
-    nats.publish(names.gateway(gw), pack)
-        .await
-        .map_err(ClusterError::nats)
-}
+    #[test]
+    fn queued_events_share_a_message_up_to_its_count_and_bytes() {
+        let (tx, mut rx) = mpsc::channel(1_000);
+        for i in 0..100u8 {
+            tx.try_send(Bytes::from(vec![i; 10])).unwrap();
+        }
+        let mut pack = Pack::default();
+        let first = rx.try_recv().unwrap();
+        assert!(fill(&mut pack, first, &mut rx).is_none());
+        assert_eq!(pack.len(), EVENTS_PER_MESSAGE);
+        let parts = unpack(pack.take()).unwrap();
+        assert_eq!(parts[0][0], 0);
+        assert_eq!(
+            parts[EVENTS_PER_MESSAGE - 1][0],
+            EVENTS_PER_MESSAGE as u8 - 1,
+            "in queue order"
+        );
+        assert_eq!(
+            rx.len(),
+            100 - EVENTS_PER_MESSAGE,
+            "the rest waits for the next message"
+        );
 
-/// Sends the signals the throttle held as users' rates allow, until `shutdown`.
-async fn release_held(
-    nats: async_nats::Client,
-    names: Names,
-    registry: Arc<Registry>,
-    throttle: Arc<Throttle<Bytes>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(xinge_push::RELEASE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+        // Over the byte budget, the event that does not fit is carried over.
+        let big = || Bytes::from(vec![7; PACK_BYTES / 3]);
+        let (tx, mut rx) = mpsc::channel(10);
+        for _ in 0..3 {
+            tx.try_send(big()).unwrap();
         }
-        let due = throttle.due(std::time::Instant::now());
-        if due.is_empty() {
-            continue;
-        }
-        // One session lookup and one publish per gateway for everything due, as a batch.
-        let users: Vec<UserId> = due.iter().map(|(u, _)| *u).collect();
-        let sent = async {
-            let sessions = registry.sessions(&users).await?;
-            let mut out = Deliveries::default();
-            for (user, frames) in &due {
-                for f in frames {
-                    out.add(&nats, &names, &sessions, &[*user], None, f).await?;
-                }
-            }
-            out.send(&nats, &names).await
-        };
-        if let Err(e) = sent.await {
-            tracing::warn!(error = %e, "held signals not delivered; clients repair by pull");
-        }
+        let carried = fill(&mut pack, big(), &mut rx).expect("the third does not fit");
+        assert_eq!(
+            (pack.len(), carried.len(), rx.len()),
+            (2, PACK_BYTES / 3, 1)
+        );
+        // An event larger than the budget still goes, alone.
+        pack.take();
+        let huge = Bytes::from(vec![1; PACK_BYTES + 1]);
+        assert_eq!(
+            fill(&mut pack, huge, &mut rx).map(|b| b.len()),
+            Some(PACK_BYTES / 3)
+        );
+        assert_eq!(pack.len(), 1);
     }
 }

@@ -333,7 +333,7 @@ impl GatewaySessions {
         if self.writes.try_send(w).is_err() {
             metrics::counter!("xinge_registry_dropped_total").increment(1);
         }
-        crate::pushq::queue_depth("registry_writes", &self.writes);
+        crate::queues::queue_depth("registry_writes", &self.writes);
     }
 }
 
@@ -354,6 +354,60 @@ impl Sessions for GatewaySessions {
             .remove(&conn);
         if let Some((_, session)) = removed {
             self.write(Write::Unbind(user, session));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xinge_core::DeviceId;
+
+    fn session(gw: u16, conn: u64, device: &str) -> Session {
+        Session {
+            conn: ConnId(conn),
+            gateway: GatewayId(gw),
+            device: DeviceId::parse(device).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_session_member_names_where_the_connection_is() {
+        let s = session(3, 77, "laptop");
+        assert_eq!(member(&s), "3:77:laptop");
+        assert_eq!(parse_member(&member(&s)), Some((GatewayId(3), ConnId(77))));
+        let top = session(u16::MAX, u64::MAX, "d");
+        assert_eq!(
+            parse_member(&member(&top)),
+            Some((GatewayId(u16::MAX), ConnId(u64::MAX)))
+        );
+        assert_eq!(
+            parse_member("3:77"),
+            Some((GatewayId(3), ConnId(77))),
+            "no device"
+        );
+        for bad in ["", "3", "x:1:d", "3:y:d", "65536:1:d", "-1:1:d", "3::d"] {
+            assert_eq!(parse_member(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_scripts_touch_only_the_keys_they_are_given() {
+        // One script, one slot: each names its keys as KEYS[n] (a user's sessions, and for
+        // UNBIND the same user's last-seen key), never a key built inside the script.
+        for (script, keys, args) in [(BIND, 1, 4), (UNBIND, 2, 3), (REFRESH, 1, 3)] {
+            let highest = |what: &str| {
+                (1..=9)
+                    .filter(|i| script.contains(&format!("{what}[{i}]")))
+                    .max()
+                    .unwrap_or(0)
+            };
+            assert_eq!(highest("KEYS"), keys, "{script}");
+            assert_eq!(highest("ARGV"), args, "{script}");
+            assert!(
+                !script.contains(".."),
+                "no key built by concatenation: {script}"
+            );
         }
     }
 }

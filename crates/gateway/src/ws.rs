@@ -109,8 +109,9 @@ impl Busy {
     }
 }
 
-struct Ws {
-    io: Upgraded,
+/// `IO` is hyper's upgraded connection; [`decode`] runs the same parser with none.
+struct Ws<IO = Upgraded> {
+    io: IO,
     /// `None` while idle: an idle connection holds 8 bytes here and no allocation.
     busy: Option<Box<Busy>>,
     /// `max_frame_bytes` (a u32, like a TCP length prefix: with the two flags below the
@@ -137,7 +138,7 @@ fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     p
 }
 
-impl Ws {
+impl<IO> Ws<IO> {
     fn busy(&mut self) -> &mut Busy {
         self.busy.get_or_insert_with(Default::default)
     }
@@ -275,6 +276,13 @@ impl Ws {
         owed.unwrap_or_default()
     }
 
+    /// Appends bytes read from the peer.
+    fn received(&mut self, got: &[u8]) {
+        self.busy().partial.extend_from_slice(got);
+    }
+}
+
+impl Ws<Upgraded> {
     async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         let mut buf = buf;
         while !buf.is_empty() {
@@ -305,11 +313,7 @@ impl Transport for Ws {
             if buf.filled().is_empty() {
                 return Poll::Ready(Err(ReadError::Gone));
             }
-            let got = buf.filled();
-            self.busy
-                .get_or_insert_with(Default::default)
-                .partial
-                .extend_from_slice(got);
+            self.received(buf.filled());
         }
     }
 
@@ -348,6 +352,60 @@ impl Transport for Ws {
     }
 }
 
+/// What [`decode`] made of the bytes a client sent after the upgrade.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Decoded {
+    /// The messages, in order.
+    pub frames: Vec<Frame>,
+    /// Where reading stopped, if it did: `Some(None)` for a protocol violation or the peer's
+    /// close (the connection just ends), `Some(Some(e))` for a message refused with a
+    /// reason (too large, not a frame).
+    pub end: Option<Option<FrameError>>,
+    /// Control frames owed to the peer (pongs, the close reply), encoded.
+    pub owed: Vec<u8>,
+    /// The client spoke text: answers go in text.
+    pub text: bool,
+    /// Bytes held for a frame not complete yet (0 once reading stopped: the connection
+    /// drops them).
+    pub held: usize,
+}
+
+/// The connection's parser on `chunks` as if each arrived in one read, with
+/// `max_frame_bytes` = `max`: the transport's own code, without a connection (for fuzzing
+/// and tests). Reading stops at the first error, as the connection does.
+pub fn decode(chunks: &[&[u8]], max: u32) -> Decoded {
+    let mut ws = Ws {
+        io: (),
+        busy: None,
+        max,
+        text: false,
+        peer_closed: false,
+    };
+    let mut out = Decoded::default();
+    'read: for chunk in chunks {
+        ws.received(chunk);
+        loop {
+            match ws.parse() {
+                Ok(Some(f)) => out.frames.push(f),
+                Ok(None) => break,
+                Err(e) => {
+                    out.end = Some(match e {
+                        ReadError::Gone => None,
+                        ReadError::Bad(e) => Some(e),
+                    });
+                    break 'read;
+                }
+            }
+        }
+    }
+    if out.end.is_none() {
+        out.held = ws.busy.as_ref().map_or(0, |b| b.partial.len());
+    }
+    out.owed = ws.take_owed();
+    out.text = ws.text;
+    out
+}
+
 /// Answers the upgrade request and serves the connection once hyper hands it over.
 /// `text` asks for text mode from the start (`?mode=text`), so the greeting of a
 /// connection authenticated at the upgrade is already JSON.
@@ -378,6 +436,87 @@ pub fn upgrade(gw: Arc<Gateway>, up: WsUpgrade, token: Option<String>, text: boo
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A client's frame: FIN as given, `opcode`, masked with a fixed key.
+    fn client(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126, "a short frame");
+        let mask = [1, 2, 3, 4];
+        let mut b = vec![u8::from(fin) << 7 | opcode, 0x80 | payload.len() as u8];
+        b.extend_from_slice(&mask);
+        b.extend(payload.iter().enumerate().map(|(i, p)| p ^ mask[i & 3]));
+        b
+    }
+
+    #[test]
+    fn decode_reads_messages_across_reads_and_fragments() {
+        let ping = Frame::request(xinge_proto::cmd::PING, 7, Bytes::new());
+        let whole = client(true, 2, &ping.encode());
+        let (a, b) = whole.split_at(5);
+        let d = decode(&[a, b], 1024);
+        assert_eq!((d.frames, d.end, d.held), (vec![ping.clone()], None, 0));
+        let d = decode(&[a], 1024);
+        assert_eq!((d.frames.len(), d.held), (0, 5), "half a frame waits");
+
+        let bytes = ping.encode();
+        let mut two = client(false, 2, &bytes[..3]);
+        two.extend(client(true, 9, b"hi")); // a ping between the fragments
+        two.extend(client(true, 0, &bytes[3..]));
+        let d = decode(&[&two], 1024);
+        assert_eq!(d.frames, vec![ping]);
+        assert_eq!(
+            d.owed,
+            [0x8a, 2, b'h', b'i'],
+            "the pong carries the ping's payload"
+        );
+
+        let text = client(true, 1, br#"{"cmd":1,"id":2}"#);
+        let d = decode(&[&text], 1024);
+        assert!(d.text && d.frames.len() == 1 && d.end.is_none());
+    }
+
+    #[test]
+    fn decode_stops_at_what_ends_a_connection() {
+        let unmasked = [0x82, 0];
+        assert_eq!(
+            decode(&[&unmasked], 1024).end,
+            Some(None),
+            "clients must mask"
+        );
+        let close = client(true, 8, &1001u16.to_be_bytes());
+        let d = decode(&[&close, &client(true, 9, b"")], 1024);
+        assert_eq!(d.end, Some(None));
+        assert_eq!(
+            d.owed,
+            [0x88, 2, 0x03, 0xe9],
+            "the close is answered with its code"
+        );
+        let big = client(true, 2, &[0; 100]);
+        assert_eq!(
+            decode(&[&big], 99).end,
+            Some(Some(FrameError::TooLarge(100)))
+        );
+        // Refused from its header, before its bytes arrive.
+        assert_eq!(
+            decode(&[&big[..6]], 99).end,
+            Some(Some(FrameError::TooLarge(100)))
+        );
+        assert_eq!(
+            decode(&[&client(true, 2, b"abc")], 99).end,
+            Some(Some(FrameError::Truncated))
+        );
+        assert_eq!(
+            decode(&[&client(true, 3, b"")], 99).end,
+            Some(None),
+            "a reserved opcode"
+        );
+        assert_eq!(
+            decode(&[&client(true, 0, b"x")], 99).end,
+            Some(None),
+            "a continuation of nothing"
+        );
+    }
+
     /// The WebSocket transport is 8 bytes larger than the TCP one (hyper's upgraded stream
     /// is 48 bytes), so its session future still fits the cell the TCP test checks.
     #[test]

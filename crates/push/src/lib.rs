@@ -256,12 +256,9 @@ impl Push {
         if targets.is_empty() {
             return 0;
         }
-        targets.sort_by_key(|t| t.0); // stable: a gateway's connections keep their order
         let mut sent = 0;
         let gateways = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
-        for group in targets.chunk_by(|a, b| a.0 == b.0) {
-            let gw = group[0].0;
-            let conns: Vec<ConnId> = group.iter().map(|t| t.1).collect();
+        for (gw, conns) in by_gateway(&mut targets) {
             let n = conns.len();
             let ok = gateways.get(&gw).is_some_and(|tx| {
                 tx.try_send(Delivery {
@@ -313,6 +310,19 @@ impl Signals for Push {
     async fn presence(&self, user: UserId) -> (bool, u64) {
         self.presence_now(user)
     }
+}
+
+/// `targets` (where each connection is) grouped by gateway: every gateway once, with its
+/// connections in the order given, so that each gets one delivery for all of them. Sorts
+/// `targets` by gateway. The in-process push and the cluster's push worker both route
+/// through this.
+pub fn by_gateway(
+    targets: &mut [(GatewayId, ConnId)],
+) -> impl Iterator<Item = (GatewayId, Vec<ConnId>)> + '_ {
+    targets.sort_by_key(|t| t.0); // stable: a gateway's connections keep their order
+    targets
+        .chunk_by(|a, b| a.0 == b.0)
+        .map(|group| (group[0].0, group.iter().map(|t| t.1).collect()))
 }
 
 /// How often held signals are looked at ([`Throttle::due`]); a held signal waits at most
@@ -382,6 +392,23 @@ mod tests {
         push.unbind(UserId(7), ConnId(20));
         assert_eq!(push.signal_user(UserId(7), &f, Some(ConnId(10))), 0);
         assert!(g1.try_recv().is_err() && g2.try_recv().is_err());
+    }
+
+    #[test]
+    fn connections_are_grouped_by_gateway_in_their_order() {
+        let t = |gw, conn| (GatewayId(gw), ConnId(conn));
+        let mut targets = vec![t(2, 5), t(1, 9), t(2, 3), t(1, 1), t(3, 7)];
+        let groups: Vec<_> = by_gateway(&mut targets).collect();
+        let conns = |c: &[u64]| c.iter().copied().map(ConnId).collect::<Vec<_>>();
+        assert_eq!(
+            groups,
+            vec![
+                (GatewayId(1), conns(&[9, 1])),
+                (GatewayId(2), conns(&[5, 3])),
+                (GatewayId(3), conns(&[7])),
+            ]
+        );
+        assert_eq!(by_gateway(&mut []).count(), 0);
     }
 
     #[test]

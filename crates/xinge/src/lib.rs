@@ -2,5 +2,6 @@
 //! flags; tests bind port 0 and call [`serve::run`] directly. [`roles`] runs one role of a
 //! distributed deployment per process.
 
+mod common;
 pub mod roles;
 pub mod serve;

@@ -39,21 +39,21 @@ enum Cmd {
     Bench(xinge_bench::BenchArgs),
 }
 
+/// What every subcommand that runs a server reads: the config file and the flags that
+/// override its fields. Every address defaults to the config file's.
 #[derive(clap::Args)]
-struct ServeArgs {
+struct ConfigArgs {
     /// TOML config file (every field optional).
     #[arg(long, env = "XINGE_CONFIG")]
     config: Option<PathBuf>,
-    /// Data directory of the embedded store [default: ./data].
-    #[arg(long, env = "XINGE_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// HTTP API, route and WebSocket gateway address [default: 127.0.0.1:8080].
+    /// HTTP address: API, route and WebSocket gateway (`serve`, `api`, `route`,
+    /// `gateway`), health and metrics (`push`) [default: 127.0.0.1:8080].
     #[arg(long, env = "XINGE_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
-    /// TCP gateway address [default: 127.0.0.1:8090].
+    /// TCP gateway address (`serve` and `gateway`) [default: 127.0.0.1:8090].
     #[arg(long, env = "XINGE_TCP_ADDR")]
     tcp_addr: Option<SocketAddr>,
-    /// Keep data in PostgreSQL instead of the embedded store.
+    /// Keep data in PostgreSQL (`api` must; `serve` may, instead of the embedded store).
     #[arg(long, env = "XINGE_POSTGRES_URL")]
     postgres_url: Option<String>,
     /// PEM certificate chain: with --tls-key, the HTTP (and WebSocket) and TCP ports
@@ -65,70 +65,90 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
 }
 
-/// One role of a distributed deployment. Every address defaults to the config file's.
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: ConfigArgs,
+    /// Data directory of the embedded store [default: ./data].
+    #[arg(long, env = "XINGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// One role of a distributed deployment.
 #[derive(clap::Args)]
 struct RoleArgs {
-    /// TOML config file (every field optional).
-    #[arg(long, env = "XINGE_CONFIG")]
-    config: Option<PathBuf>,
-    /// HTTP address (API, route, WebSocket, or health and metrics for push).
-    #[arg(long, env = "XINGE_HTTP_ADDR")]
-    http_addr: Option<SocketAddr>,
-    /// TCP gateway address (gateway only).
-    #[arg(long, env = "XINGE_TCP_ADDR")]
-    tcp_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    common: ConfigArgs,
     /// This process's node id (0-1023), unique in the deployment: it names a gateway and
     /// keeps the ids a process makes apart from every other's.
     #[arg(long, env = "XINGE_NODE_ID")]
     node_id: Option<u16>,
-    /// PostgreSQL (api only).
-    #[arg(long, env = "XINGE_POSTGRES_URL")]
-    postgres_url: Option<String>,
     /// NATS server(s), comma-separated.
     #[arg(long, env = "XINGE_NATS_URL")]
     nats_url: Option<String>,
     /// Redis: one URL, or several comma-separated for a Redis Cluster.
     #[arg(long, env = "XINGE_REDIS_URL")]
     redis_url: Option<String>,
-    /// PEM certificate chain: with --tls-key, the HTTP (and WebSocket) and TCP ports
-    /// speak TLS only.
-    #[arg(long, env = "XINGE_TLS_CERT")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "XINGE_TLS_KEY")]
-    tls_key: Option<PathBuf>,
+}
+
+/// A flag that was given replaces the config file's value.
+fn set<T>(field: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *field = v;
+    }
+}
+
+impl ConfigArgs {
+    /// The config file with these flags applied, then `more` (a subcommand's own flags),
+    /// validated once everything is in.
+    fn load(self, more: impl FnOnce(&mut Config)) -> Result<Config, Box<dyn std::error::Error>> {
+        let mut cfg = Config::load(self.config.as_deref())?;
+        set(&mut cfg.server.http_addr, self.http_addr);
+        set(&mut cfg.server.tcp_addr, self.tcp_addr);
+        set(&mut cfg.store.postgres_url, self.postgres_url.map(Some));
+        set(&mut cfg.tls.cert, self.tls_cert.map(Some));
+        set(&mut cfg.tls.key, self.tls_key.map(Some));
+        more(&mut cfg);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+impl ServeArgs {
+    fn config(self) -> Result<Config, Box<dyn std::error::Error>> {
+        let data_dir = self.data_dir;
+        self.common
+            .load(|cfg| set(&mut cfg.server.data_dir, data_dir))
+    }
 }
 
 impl RoleArgs {
     fn config(self) -> Result<Config, Box<dyn std::error::Error>> {
-        let mut cfg = Config::load(self.config.as_deref())?;
-        if let Some(a) = self.http_addr {
-            cfg.server.http_addr = a;
-        }
-        if let Some(a) = self.tcp_addr {
-            cfg.server.tcp_addr = a;
-        }
-        if let Some(n) = self.node_id {
-            cfg.server.node_id = n;
-        }
-        if let Some(u) = self.postgres_url {
-            cfg.store.postgres_url = Some(u);
-        }
-        if let Some(u) = self.nats_url {
-            cfg.cluster.nats_url = u;
-        }
-        if let Some(u) = self.redis_url {
-            cfg.cluster.redis_url = u;
-        }
-        if let Some(p) = self.tls_cert {
-            cfg.tls.cert = Some(p);
-        }
-        if let Some(p) = self.tls_key {
-            cfg.tls.key = Some(p);
-        }
-        cfg.validate()?;
-        Ok(cfg)
+        let Self {
+            common,
+            node_id,
+            nats_url,
+            redis_url,
+        } = self;
+        common.load(|cfg| {
+            set(&mut cfg.server.node_id, node_id);
+            set(&mut cfg.cluster.nats_url, nats_url);
+            set(&mut cfg.cluster.redis_url, redis_url);
+        })
     }
+}
+
+/// Binds `addr`, or says which address could not be had and why.
+async fn listen(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "address in use (is another xinge running?)".into(),
+            std::io::ErrorKind::AddrNotAvailable => "no such address on this machine".into(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+            _ => e.to_string(),
+        };
+        format!("cannot listen on {addr}: {why}")
+    })
 }
 
 /// A watch that turns true on Ctrl-C or SIGTERM.
@@ -158,35 +178,21 @@ async fn terminated() {
 async fn role(name: &str, args: RoleArgs) -> Result<(), Box<dyn std::error::Error>> {
     use xinge::roles;
     let cfg = args.config()?;
-    let http = TcpListener::bind(cfg.server.http_addr).await?;
+    let http = listen(cfg.server.http_addr).await?;
     let stop = shutdown_signal();
     // One machine-readable line on stdout, for scripts and tests that use port 0.
+    let ready = |a| println!("xinge ready role={name} http={a}");
     match name {
         "gateway" => {
-            let tcp = TcpListener::bind(cfg.server.tcp_addr).await?;
+            let tcp = listen(cfg.server.tcp_addr).await?;
             roles::run_gateway(cfg, http, tcp, stop, |b| {
                 println!("xinge ready role=gateway http={} tcp={}", b.http, b.tcp);
             })
             .await?
         }
-        "api" => {
-            roles::run_api(cfg, http, stop, |a| {
-                println!("xinge ready role=api http={a}")
-            })
-            .await?
-        }
-        "push" => {
-            roles::run_push(cfg, http, stop, |a| {
-                println!("xinge ready role=push http={a}")
-            })
-            .await?
-        }
-        _ => {
-            roles::run_route(cfg, http, stop, |a| {
-                println!("xinge ready role=route http={a}")
-            })
-            .await?
-        }
+        "api" => roles::run_api(cfg, http, stop, ready).await?,
+        "push" => roles::run_push(cfg, http, stop, ready).await?,
+        _ => roles::run_route(cfg, http, stop, ready).await?,
     }
     Ok(())
 }
@@ -204,7 +210,9 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("XINGE_LOG")
                 .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
         )
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // One JSON object per line for log collectors; key=value text otherwise.
     if std::env::var("XINGE_LOG_FORMAT").as_deref() == Ok("json") {
         logs.json().init();
@@ -239,28 +247,9 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let mut cfg = Config::load(args.config.as_deref())?;
-    if let Some(d) = args.data_dir {
-        cfg.server.data_dir = d;
-    }
-    if let Some(a) = args.http_addr {
-        cfg.server.http_addr = a;
-    }
-    if let Some(a) = args.tcp_addr {
-        cfg.server.tcp_addr = a;
-    }
-    if let Some(u) = args.postgres_url {
-        cfg.store.postgres_url = Some(u);
-    }
-    if let Some(p) = args.tls_cert {
-        cfg.tls.cert = Some(p);
-    }
-    if let Some(p) = args.tls_key {
-        cfg.tls.key = Some(p);
-    }
-    cfg.validate()?;
-    let http = TcpListener::bind(cfg.server.http_addr).await?;
-    let tcp = TcpListener::bind(cfg.server.tcp_addr).await?;
+    let cfg = args.config()?;
+    let http = listen(cfg.server.http_addr).await?;
+    let tcp = listen(cfg.server.tcp_addr).await?;
     xinge::serve::run(cfg, http, tcp, shutdown_signal(), |b| {
         // One machine-readable line on stdout, for scripts and tests that use port 0.
         println!("xinge ready http={} tcp={}", b.http, b.tcp);

@@ -4,7 +4,8 @@
 //! JetStream stream — all through `xinge_cluster`'s adapters behind the same traits
 //! `xinge serve` fills in memory.
 
-use crate::serve::{Bound, Reporter, ServeError, token_secret};
+use crate::common::{Bound, Reporter, every};
+use crate::serve::{ServeError, token_secret};
 use async_nats::jetstream;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use xinge_api::Dispatch;
 use xinge_cluster::registry::{GatewaySessions, Registry};
-use xinge_cluster::{Names, Redis, bus, engines, pushq};
+use xinge_cluster::{Names, Redis, bus, engines, push_worker, pushq};
 use xinge_core::GatewayId;
 use xinge_core::config::Config;
 use xinge_gateway::Gateway;
@@ -49,23 +50,6 @@ async fn engines(cfg: &Config, role: &str) -> Result<Engines, ServeError> {
         nats,
         registry,
     })
-}
-
-/// Runs `work` now and then every `period` until `shutdown`.
-pub(crate) fn every<F, Fut>(period: Duration, mut shutdown: watch::Receiver<bool>, mut work: F)
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    tokio::spawn(async move {
-        loop {
-            work().await;
-            tokio::select! {
-                _ = tokio::time::sleep(period) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    });
 }
 
 async fn serve_http(
@@ -202,7 +186,7 @@ pub async fn run_push(
     let tls = Tls::from_config(&cfg.tls)?;
     let e = engines(&cfg, "push").await?;
     let js = jetstream::new(e.nats.clone());
-    let worker = pushq::run_push_worker(
+    let worker = push_worker::run(
         js,
         e.nats.clone(),
         e.names.clone(),

@@ -1,8 +1,8 @@
 //! `xinge serve`: every role in one process — HTTP API and route service, WebSocket
 //! gateway on the HTTP port (`/ws`), TCP gateway, in-process push and bus, embedded store.
 
+use crate::common::{Reporter, every};
 use base64::Engine;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,9 @@ use xinge_gateway::Gateway;
 use xinge_gateway::tls::Tls;
 use xinge_logic::Logic;
 use xinge_push::{Push, PushConfig, ThrottleConfig};
-use xinge_route::{GatewayReport, Route};
+use xinge_route::Route;
+
+pub use crate::common::Bound;
 use xinge_store::fjall::{FjallOptions, FjallStore};
 use xinge_store::pg::{PgOptions, PgStore};
 
@@ -31,13 +33,6 @@ pub enum ServeError {
     Config(String),
     #[error("{0}")]
     Tls(#[from] xinge_gateway::tls::TlsError),
-}
-
-/// The addresses a running server listens on.
-#[derive(Clone, Copy, Debug)]
-pub struct Bound {
-    pub http: SocketAddr,
-    pub tcp: SocketAddr,
 }
 
 /// Reads the token secret from the config, or from `<data_dir>/token.key`, creating it once.
@@ -86,19 +81,26 @@ pub async fn run(
     xinge_api::metrics_handle();
     // First: a bad certificate stops the start before anything else is opened.
     let tls = Tls::from_config(&cfg.tls)?;
-    std::fs::create_dir_all(&cfg.server.data_dir)?;
+    let dir = &cfg.server.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        ServeError::Config(format!(
+            "cannot create the data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
     let store: Arc<dyn xinge_store::Store> = match PgOptions::from_config(&cfg) {
         Some(opts) => Arc::new(PgStore::connect(&opts).await?),
-        None => Arc::new(FjallStore::open(
-            &cfg.server.data_dir.join("store"),
-            FjallOptions {
+        None => {
+            let path = dir.join("store");
+            let opts = FjallOptions {
                 node_id: cfg.server.node_id,
                 max_batch: cfg.store.max_batch,
                 queue: cfg.store.queue,
                 commit_interval: std::time::Duration::from_micros(cfg.store.commit_interval_us),
                 cursor_flush: std::time::Duration::from_millis(cfg.store.cursor_flush_ms),
-            },
-        )?),
+            };
+            Arc::new(FjallStore::open(&path, opts).map_err(|e| store_unopened(&path, e))?)
+        }
     };
     let secret = token_secret(&cfg)?;
     let push = Arc::new(Push::new(PushConfig {
@@ -161,6 +163,23 @@ pub async fn run(
     Ok(())
 }
 
+/// Why the embedded store in `path` did not open, naming the path; when its lock file is
+/// held, says so: another process (a second `xinge serve` on the same data directory) has
+/// it open, and two writers would corrupt it.
+fn store_unopened(path: &Path, e: xinge_store::StoreError) -> ServeError {
+    let lock = path.join("lock");
+    let held = std::fs::File::open(&lock)
+        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+    ServeError::Config(match held {
+        true => format!(
+            "cannot open the store in {}: another xinge process is using it (it holds {})",
+            path.display(),
+            lock.display()
+        ),
+        false => format!("cannot open the store in {}: {e}", path.display()),
+    })
+}
+
 /// In one process the route service offers this process's own gateway; it reports like a
 /// remote gateway would, so ranking and staleness work the same way.
 fn spawn_self_report(
@@ -171,47 +190,8 @@ fn spawn_self_report(
     shutdown: watch::Receiver<bool>,
 ) {
     let report = Reporter::new(cfg, bound);
-    crate::roles::every(Duration::from_secs(5), shutdown, move || {
+    every(Duration::from_secs(5), shutdown, move || {
         route.report(report.now(&gw));
         std::future::ready(())
     });
-}
-
-/// What a gateway tells the route service about itself.
-pub(crate) struct Reporter {
-    region: String,
-    zone: String,
-    ws_url: String,
-    tcp_addr: String,
-}
-
-impl Reporter {
-    pub(crate) fn new(cfg: &Config, bound: Bound) -> Self {
-        let host = |a: SocketAddr| match &cfg.server.public_host {
-            Some(h) => format!("{h}:{}", a.port()),
-            None => a.to_string(),
-        };
-        Self {
-            region: cfg.server.region.clone(),
-            zone: cfg.server.zone.clone(),
-            // TLS covers both ports: `wss://`, and the TCP gateway speaks TLS too.
-            ws_url: match cfg.tls.enabled() {
-                true => format!("wss://{}/ws", host(bound.http)),
-                false => format!("ws://{}/ws", host(bound.http)),
-            },
-            tcp_addr: host(bound.tcp),
-        }
-    }
-
-    pub(crate) fn now(&self, gw: &Gateway) -> GatewayReport {
-        GatewayReport {
-            id: gw.id,
-            region: self.region.clone(),
-            zone: self.zone.clone(),
-            ws_url: Some(self.ws_url.clone()),
-            tcp_addr: Some(self.tcp_addr.clone()),
-            connections: gw.connections(),
-            at_ms: xinge_core::now_ms(),
-        }
-    }
 }

@@ -139,40 +139,9 @@ async fn malformed_and_oversized_frames_close_the_connection_with_a_reason() {
 async fn bad_bodies_and_unknown_commands_get_errors_and_the_connection_lives_on() {
     let server = start(|_| {}).await;
     let (alice, _) = server.login("alice", "laptop").await;
+    let (bob, b) = server.login("bob", "laptop").await;
+    befriend(&alice, UserId(1), &bob, b).await;
     let mut s = raw_authed(&server, alice.token().unwrap()).await;
-    let e = err_of(&request(&mut s, Frame::request(999, 5, &b"{}"[..])).await);
-    assert_eq!(e.code.as_str(), "unknown_command");
-    let e = err_of(&request(&mut s, Frame::request(50, 6, &b""[..])).await);
-    assert_eq!(e.code.as_str(), "unknown_command");
-    let f = request(&mut s, Frame::request(cmd::SEND, 7, &b"{\"to\": oops"[..])).await;
-    assert_eq!((f.req_id, err_of(&f).code.as_str()), (7, "bad_request"));
-    let f = request(
-        &mut s,
-        Frame::request(
-            cmd::SEND,
-            8,
-            &b"{\"to\":2,\"client_msg_id\":\"x\",\"content\":{},\"extra\":1}"[..],
-        ),
-    )
-    .await;
-    assert_eq!(
-        err_of(&f).code.as_str(),
-        "bad_request",
-        "unknown fields are refused"
-    );
-    let f = request(&mut s, Frame::request(cmd::SYNC, 9, &b"\xff\xfe"[..])).await;
-    assert_eq!(err_of(&f).code.as_str(), "bad_request", "invalid UTF-8");
-    let f = request(
-        &mut s,
-        Frame::request(cmd::AUTH, 10, &b"{\"token\":\"x\"}"[..]),
-    )
-    .await;
-    assert_eq!(err_of(&f).code.as_str(), "conflict");
-    // Still alive and answering.
-    let f = request(&mut s, Frame::request(cmd::PING, 11, Bytes::new())).await;
-    assert!(f.is_response() && !f.is_error() && f.req_id == 11);
-
-    // HTTP: invalid JSON, wrong types, oversized bodies, unknown paths.
     let client = reqwest::Client::new();
     let post = |path: &str, body: Vec<u8>| {
         client
@@ -181,34 +150,6 @@ async fn bad_bodies_and_unknown_commands_get_errors_and_the_connection_lives_on(
             .header("content-type", "application/json")
             .body(body)
     };
-    for (body, status, code) in [
-        (b"{bad".to_vec(), 400, "bad_request"),
-        (
-            b"{\"to\":\"x\",\"client_msg_id\":\"1\",\"content\":{}}".to_vec(),
-            400,
-            "bad_request",
-        ),
-        (vec![b' '; 100 * 1024], 413, "too_large"),
-    ] {
-        let r = post("/v1/messages", body).send().await.unwrap();
-        assert_eq!(r.status().as_u16(), status);
-        let e: ApiError = r.json().await.unwrap();
-        assert_eq!(e.code.as_str(), code);
-    }
-    let r = client
-        .get(format!("{}/v1/nope", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 404);
-    assert_eq!(
-        r.json::<ApiError>().await.unwrap().code.as_str(),
-        "not_found"
-    );
-
-    // Content rules: must be an object, not too large; client_msg_id bounded.
-    let (bob, b) = server.login("bob", "laptop").await;
-    befriend(&alice, UserId(1), &bob, b).await;
     let send = |cmid: &str, content: serde_json::Value| SendRequest {
         to: Some(b),
         conv: None,
@@ -216,91 +157,255 @@ async fn bad_bodies_and_unknown_commands_get_errors_and_the_connection_lives_on(
         content,
         ..Default::default()
     };
-    assert_eq!(
-        code(
-            alice
-                .send(&send("a", serde_json::json!("just a string")))
-                .await
+    let tcp = |cmd, id, body: &'static [u8]| Via::Tcp(Frame::request(cmd, id, body));
+    // Each row: what it checks, the request, the HTTP status (for plain HTTP requests), and
+    // the error code it must get.
+    let cases = [
+        // The long connection: the error answers the request, and the connection lives on.
+        Case::new(
+            "tcp: an unknown command",
+            tcp(999, 5, b"{}"),
+            None,
+            "unknown_command",
         ),
-        "invalid_argument"
-    );
-    assert_eq!(
-        code(
-            alice
-                .send(&send("b", serde_json::json!({ "t": "x".repeat(20_000) })))
-                .await
+        Case::new(
+            "tcp: a reserved command",
+            tcp(50, 6, b""),
+            None,
+            "unknown_command",
         ),
-        "too_large"
-    );
-    assert_eq!(
-        code(alice.send(&send("", serde_json::json!({}))).await),
-        "invalid_argument"
-    );
-    assert_eq!(
-        code(
-            alice
-                .send(&send(&"c".repeat(65), serde_json::json!({})))
-                .await
+        Case::new(
+            "tcp: invalid JSON",
+            tcp(cmd::SEND, 7, b"{\"to\": oops"),
+            None,
+            "bad_request",
         ),
-        "invalid_argument"
-    );
-    assert_eq!(
-        code(
-            alice
-                .send(&SendRequest {
+        Case::new(
+            "tcp: unknown fields are refused",
+            tcp(
+                cmd::SEND,
+                8,
+                b"{\"to\":2,\"client_msg_id\":\"x\",\"content\":{},\"extra\":1}",
+            ),
+            None,
+            "bad_request",
+        ),
+        Case::new(
+            "tcp: invalid UTF-8",
+            tcp(cmd::SYNC, 9, b"\xff\xfe"),
+            None,
+            "bad_request",
+        ),
+        Case::new(
+            "tcp: AUTH twice",
+            tcp(cmd::AUTH, 10, b"{\"token\":\"x\"}"),
+            None,
+            "conflict",
+        ),
+        // HTTP: invalid JSON, wrong types, oversized bodies, unknown paths.
+        Case::new(
+            "http: invalid JSON",
+            Via::http(post("/v1/messages", b"{bad".to_vec())),
+            Some(400),
+            "bad_request",
+        ),
+        Case::new(
+            "http: a wrong type",
+            Via::http(post(
+                "/v1/messages",
+                b"{\"to\":\"x\",\"client_msg_id\":\"1\",\"content\":{}}".to_vec(),
+            )),
+            Some(400),
+            "bad_request",
+        ),
+        Case::new(
+            "http: a body over the limit",
+            Via::http(post("/v1/messages", vec![b' '; 100 * 1024])),
+            Some(413),
+            "too_large",
+        ),
+        Case::new(
+            "http: an unknown path",
+            Via::http(client.get(format!("{}/v1/nope", server.base))),
+            Some(404),
+            "not_found",
+        ),
+        Case::new(
+            "http: a conversation id that is not one",
+            Via::http(
+                client
+                    .get(format!("{}/v1/conversations/zzz/messages", server.base))
+                    .bearer_auth(alice.token().unwrap()),
+            ),
+            None,
+            "invalid_argument",
+        ),
+        // Content rules: must be an object, not too large; client_msg_id bounded.
+        Case::sdk(
+            "content that is not an object",
+            async {
+                code(
+                    alice
+                        .send(&send("a", serde_json::json!("just a string")))
+                        .await,
+                )
+            },
+            "invalid_argument",
+        ),
+        Case::sdk(
+            "content over the limit",
+            async {
+                code(
+                    alice
+                        .send(&send("b", serde_json::json!({ "t": "x".repeat(20_000) })))
+                        .await,
+                )
+            },
+            "too_large",
+        ),
+        Case::sdk(
+            "an empty client_msg_id",
+            async { code(alice.send(&send("", serde_json::json!({}))).await) },
+            "invalid_argument",
+        ),
+        Case::sdk(
+            "a client_msg_id over 64 bytes",
+            async {
+                code(
+                    alice
+                        .send(&send(&"c".repeat(65), serde_json::json!({})))
+                        .await,
+                )
+            },
+            "invalid_argument",
+        ),
+        Case::sdk(
+            "a message to oneself",
+            async {
+                let to_self = SendRequest {
                     to: Some(UserId(1)),
                     ..send("d", serde_json::json!({}))
-                })
-                .await
+                };
+                code(alice.send(&to_self).await)
+            },
+            "invalid_argument",
         ),
-        "invalid_argument"
-    );
-    assert_eq!(
-        code(
-            alice
-                .send(&SendRequest {
+        Case::sdk(
+            "a message to nobody",
+            async {
+                let to_nobody = SendRequest {
                     to: Some(UserId(777)),
                     ..send("e", serde_json::json!({}))
-                })
-                .await
+                };
+                code(alice.send(&to_nobody).await)
+            },
+            "not_found",
         ),
-        "not_found"
-    );
-    assert_eq!(
-        code(alice.history("g1".parse().unwrap(), None, None, 5).await),
-        "not_found"
-    );
-    let r = client
-        .get(format!("{}/v1/conversations/zzz/messages", server.base))
-        .bearer_auth(alice.token().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.json::<ApiError>().await.unwrap().code.as_str(),
-        "invalid_argument"
-    );
-    assert_eq!(
-        code(server.http().register("Bad Name!", PASSWORD).await),
-        "invalid_argument"
-    );
-    assert_eq!(
-        code(server.http().register("shorty", "short").await),
-        "invalid_argument"
-    );
-    assert_eq!(
-        code(server.http().register("alice", PASSWORD).await),
-        "conflict"
-    );
-    assert_eq!(
-        code(server.http().login("alice", "wrong password", "x").await),
-        "bad_credentials"
-    );
-    assert_eq!(
-        code(server.http().login("nobody", PASSWORD, "x").await),
-        "bad_credentials"
-    );
+        Case::sdk(
+            "the history of a group that does not exist",
+            async { code(alice.history("g1".parse().unwrap(), None, None, 5).await) },
+            "not_found",
+        ),
+        // Accounts.
+        Case::sdk(
+            "a username with bad characters",
+            async { code(server.http().register("Bad Name!", PASSWORD).await) },
+            "invalid_argument",
+        ),
+        Case::sdk(
+            "a password too short",
+            async { code(server.http().register("shorty", "short").await) },
+            "invalid_argument",
+        ),
+        Case::sdk(
+            "a username taken",
+            async { code(server.http().register("alice", PASSWORD).await) },
+            "conflict",
+        ),
+        Case::sdk(
+            "a wrong password",
+            async { code(server.http().login("alice", "wrong password", "x").await) },
+            "bad_credentials",
+        ),
+        Case::sdk(
+            "a user who does not exist",
+            async { code(server.http().login("nobody", PASSWORD, "x").await) },
+            "bad_credentials",
+        ),
+    ];
+    for Case {
+        what,
+        via,
+        status,
+        code,
+    } in cases
+    {
+        let got = match via {
+            Via::Tcp(f) => {
+                let id = f.req_id;
+                let answer = request(&mut s, f).await;
+                assert_eq!(answer.req_id, id, "{what}: the answer to its request");
+                err_of(&answer).code.as_str()
+            }
+            Via::Http(req) => {
+                let r = req.send().await.unwrap();
+                if let Some(status) = status {
+                    assert_eq!(r.status().as_u16(), status, "{what}: the HTTP status");
+                }
+                r.json::<ApiError>().await.unwrap().code.as_str()
+            }
+            Via::Sdk(call) => call.await,
+        };
+        assert_eq!(got, code, "{what}");
+    }
+    // Still alive and answering after every bad frame.
+    let f = request(&mut s, Frame::request(cmd::PING, 11, Bytes::new())).await;
+    assert!(f.is_response() && !f.is_error() && f.req_id == 11);
     server.stop().await;
+}
+
+/// How a [`Case`]'s request is made.
+enum Via<'a> {
+    /// A frame on a raw, authenticated TCP connection.
+    Tcp(Frame),
+    /// A plain HTTP request (boxed: a builder is large, and a table holds many).
+    Http(Box<reqwest::RequestBuilder>),
+    /// A call through the SDK, giving the code of its answer.
+    Sdk(std::pin::Pin<Box<dyn std::future::Future<Output = &'static str> + 'a>>),
+}
+
+/// A bad request, and the error it must get back.
+struct Case<'a> {
+    what: &'static str,
+    via: Via<'a>,
+    /// The HTTP status, checked where given.
+    status: Option<u16>,
+    code: &'static str,
+}
+
+impl Via<'_> {
+    fn http(req: reqwest::RequestBuilder) -> Self {
+        Self::Http(Box::new(req))
+    }
+}
+
+impl<'a> Case<'a> {
+    fn new(what: &'static str, via: Via<'a>, status: Option<u16>, code: &'static str) -> Self {
+        Self {
+            what,
+            via,
+            status,
+            code,
+        }
+    }
+
+    fn sdk(
+        what: &'static str,
+        call: impl std::future::Future<Output = &'static str> + 'a,
+        code: &'static str,
+    ) -> Self {
+        Self::new(what, Via::Sdk(Box::pin(call)), None, code)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

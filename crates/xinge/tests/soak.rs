@@ -27,10 +27,13 @@
 mod common;
 
 use common::delivery::{Acked, Seen, assert_stored};
-use common::procs::{Cluster, NATS, Proc, REDIS, engines_up, wait_gateways};
+use common::procs::{Cluster, NATS, Proc, REDIS, config_toml, engines_up, wait_gateways, xinge};
 use common::{PASSWORD, test_config};
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use xinge_client::api::SendRequest;
@@ -482,20 +485,58 @@ async fn check_delivery(pop: &Population, acked: &[(ConvId, MsgId, u64)]) -> usi
     delivered.iter().sum()
 }
 
-/// Ports for a server that is restarted on the same addresses: below Linux's ephemeral
-/// range, so that none of the thousands of reconnection attempts while it is down can get
-/// the port as its own source port (a TCP self-connect) and keep the server from binding.
-fn fixed_ports() -> (String, String) {
+/// `xinge serve` with `cfg` in `dir` on two ports below Linux's ephemeral range, so that
+/// none of the thousands of reconnection attempts while it is down can get a port as its
+/// own source port (a TCP self-connect) and keep it from binding again when it restarts
+/// on the same addresses. Whether a pair is free is the server's own bind: a pair another
+/// process holds makes it exit naming the address, and another pair is tried. (A probe
+/// that binds and lets go would leave the port to anyone in between.)
+fn serve_on_fixed_ports(dir: &Path, cfg: &Config) -> Proc {
     let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(32768);
-    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-    for _ in 0..1000 {
+    let config = dir.join("xinge.toml");
+    std::fs::write(&config, config_toml(cfg)).unwrap();
+    for _ in 0..100 {
         let p = rand::random_range(10_000..ephemeral_low - 1);
-        if free(p) && free(p + 1) {
-            return (format!("127.0.0.1:{p}"), format!("127.0.0.1:{}", p + 1));
+        let (http, tcp) = (format!("127.0.0.1:{p}"), format!("127.0.0.1:{}", p + 1));
+        let mut child = xinge(dir)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--http-addr", &http, "--tcp-addr", &tcp])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start xinge");
+        // The server's stderr goes on to the test's, and is kept until it is ready.
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, said) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let _ = tx.send(line);
+            }
+        });
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        if ready.starts_with("xinge ready") {
+            return Proc {
+                child,
+                http,
+                tcp: Some(tcp),
+            };
         }
+        child.wait().unwrap();
+        let said: Vec<String> = said.iter().collect();
+        assert!(
+            said.iter().any(|l| l.contains("cannot listen on")),
+            "xinge did not start: {said:?}"
+        );
     }
     panic!("no two free ports below {ephemeral_low}");
 }
@@ -510,17 +551,12 @@ async fn soak_serve_reconnect_storms_and_kill_9_deliver_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path());
     soak_config(&mut cfg);
-    let (http, tcp) = fixed_ports();
-    let start = {
-        let (dir, cfg, http, tcp) = (
-            dir.path().to_owned(),
-            cfg.clone(),
-            http.clone(),
-            tcp.clone(),
-        );
+    let mut server = serve_on_fixed_ports(dir.path(), &cfg);
+    let restart = {
+        let (dir, cfg) = (dir.path().to_owned(), cfg.clone());
+        let (http, tcp) = (server.http.clone(), server.tcp.clone().unwrap());
         move || common::procs::serve(&dir, &cfg, &http, &tcp)
     };
-    let mut server = start();
     let base = format!("http://{}", server.http);
     let began = Instant::now();
     let (pop, mut summary) = populate(&base, p.devices, None, &[&server]).await;
@@ -536,7 +572,7 @@ async fn soak_serve_reconnect_storms_and_kill_9_deliver_exactly_once() {
         let started = Instant::now();
         if kill {
             server.kill9();
-            server = tokio::task::spawn_blocking(start.clone()).await.unwrap();
+            server = tokio::task::spawn_blocking(restart.clone()).await.unwrap();
         } else {
             for (_, d) in &pop.devices {
                 d.drop_connection();
