@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use xinge_core::error::ApiError;
-use xinge_core::{ConvId, DeviceId, UserId};
+use xinge_core::{ConvId, DeviceId, GroupId, UserId};
 use xinge_proto::api::*;
 
 #[derive(Clone)]
@@ -318,16 +318,16 @@ impl Http {
         .await
     }
 
-    pub async fn group(&self, id: u64) -> Result<GroupInfo> {
+    pub async fn group(&self, id: GroupId) -> Result<GroupInfo> {
         self.get(&format!("/v1/groups/{id}")).await
     }
 
-    pub async fn update_group(&self, id: u64, req: &UpdateGroupRequest) -> Result<GroupInfo> {
+    pub async fn update_group(&self, id: GroupId, req: &UpdateGroupRequest) -> Result<GroupInfo> {
         self.call(Method::PATCH, &format!("/v1/groups/{id}"), Some(req))
             .await
     }
 
-    pub async fn dismiss_group(&self, id: u64) -> Result<()> {
+    pub async fn dismiss_group(&self, id: GroupId) -> Result<()> {
         self.call::<(), Done>(Method::DELETE, &format!("/v1/groups/{id}"), None)
             .await
             .map(drop)
@@ -335,7 +335,7 @@ impl Http {
 
     pub async fn group_members(
         &self,
-        id: u64,
+        id: GroupId,
         after: Option<UserId>,
         limit: usize,
     ) -> Result<GroupMembers> {
@@ -344,7 +344,7 @@ impl Http {
             .await
     }
 
-    pub async fn add_members(&self, id: u64, users: &[UserId]) -> Result<()> {
+    pub async fn add_members(&self, id: GroupId, users: &[UserId]) -> Result<()> {
         self.post::<_, Done>(
             &format!("/v1/groups/{id}/members"),
             &UsersRequest {
@@ -355,7 +355,7 @@ impl Http {
         .map(drop)
     }
 
-    pub async fn remove_member(&self, id: u64, user: UserId) -> Result<()> {
+    pub async fn remove_member(&self, id: GroupId, user: UserId) -> Result<()> {
         self.call::<(), Done>(
             Method::DELETE,
             &format!("/v1/groups/{id}/members/{user}"),
@@ -365,19 +365,19 @@ impl Http {
         .map(drop)
     }
 
-    pub async fn join_group(&self, id: u64) -> Result<()> {
+    pub async fn join_group(&self, id: GroupId) -> Result<()> {
         self.post::<_, Done>(&format!("/v1/groups/{id}/join"), &())
             .await
             .map(drop)
     }
 
-    pub async fn leave_group(&self, id: u64) -> Result<()> {
+    pub async fn leave_group(&self, id: GroupId) -> Result<()> {
         self.post::<_, Done>(&format!("/v1/groups/{id}/leave"), &())
             .await
             .map(drop)
     }
 
-    pub async fn transfer_group(&self, id: u64, to: UserId) -> Result<()> {
+    pub async fn transfer_group(&self, id: GroupId, to: UserId) -> Result<()> {
         self.post::<_, Done>(
             &format!("/v1/groups/{id}/transfer"),
             &TransferRequest { to },
@@ -386,7 +386,7 @@ impl Http {
         .map(drop)
     }
 
-    pub async fn set_admin(&self, id: u64, user: UserId, on: bool) -> Result<()> {
+    pub async fn set_admin(&self, id: GroupId, user: UserId, on: bool) -> Result<()> {
         self.post::<_, Done>(
             &format!("/v1/groups/{id}/admins"),
             &MemberFlagRequest { user, on },
@@ -395,7 +395,7 @@ impl Http {
         .map(drop)
     }
 
-    pub async fn mute_member(&self, id: u64, user: UserId, on: bool) -> Result<()> {
+    pub async fn mute_member(&self, id: GroupId, user: UserId, on: bool) -> Result<()> {
         self.post::<_, Done>(
             &format!("/v1/groups/{id}/mutes"),
             &MemberFlagRequest { user, on },
@@ -404,7 +404,7 @@ impl Http {
         .map(drop)
     }
 
-    pub async fn mute_all(&self, id: u64, on: bool) -> Result<()> {
+    pub async fn mute_all(&self, id: GroupId, on: bool) -> Result<()> {
         self.post::<_, Done>(&format!("/v1/groups/{id}/mute-all"), &FlagRequest { on })
             .await
             .map(drop)

@@ -27,6 +27,14 @@ pub struct MsgId(pub u64);
 #[serde(transparent)]
 pub struct ConnId(pub u64);
 
+/// A group: time-ordered and unique across processes (see [`crate::idgen`]). Its
+/// conversation is `ConvId::Group(id)`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(transparent)]
+pub struct GroupId(pub u64);
+
 /// A gateway process, by its configured node id.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
@@ -43,7 +51,7 @@ macro_rules! display_u64 {
         }
     )*};
 }
-display_u64!(UserId, MsgId, ConnId, GatewayId);
+display_u64!(UserId, MsgId, ConnId, GatewayId, GroupId);
 
 /// A device of a user, named by the client at login ("phone", "laptop-2", a uuid, …).
 /// At most 64 characters of `[A-Za-z0-9_.-]`, so it is safe in keys, logs and subjects.
@@ -94,7 +102,7 @@ impl fmt::Display for DeviceId {
 #[serde(try_from = "String", into = "String")]
 pub enum ConvId {
     Direct(UserId, UserId),
-    Group(u64),
+    Group(GroupId),
 }
 
 impl utoipa::PartialSchema for ConvId {
@@ -140,7 +148,7 @@ impl ConvId {
             }
             ConvId::Group(g) => {
                 k[0] = b'g';
-                k[1..9].copy_from_slice(&g.to_be_bytes());
+                k[1..9].copy_from_slice(&g.0.to_be_bytes());
             }
         }
         k
@@ -154,7 +162,7 @@ impl ConvId {
         let b = u64::from_be_bytes(k[9..17].try_into().ok()?);
         match k[0] {
             b'd' => Some(ConvId::Direct(UserId(a), UserId(b))),
-            b'g' => Some(ConvId::Group(a)),
+            b'g' => Some(ConvId::Group(GroupId(a))),
             _ => None,
         }
     }
@@ -183,7 +191,7 @@ impl FromStr for ConvId {
             }
             Ok(ConvId::Direct(a, b))
         } else if let Some(rest) = s.strip_prefix('g') {
-            Ok(ConvId::Group(num(rest)?))
+            Ok(ConvId::Group(GroupId(num(rest)?)))
         } else {
             Err(BAD)
         }
@@ -225,7 +233,7 @@ mod tests {
         ] {
             assert!(s.parse::<ConvId>().is_err(), "{s:?} parsed");
         }
-        assert_eq!("g42".parse::<ConvId>().unwrap(), ConvId::Group(42));
+        assert_eq!("g42".parse::<ConvId>().unwrap(), ConvId::Group(GroupId(42)));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the stable error codes clients match on, and the typed configuration.
 //!
 //! ```text
-//! ids.rs     UserId, DeviceId, ConvId, MsgId, ConnId, GatewayId
+//! ids.rs     UserId, GroupId, DeviceId, ConvId, MsgId, ConnId, GatewayId
 //! idgen.rs   time-ordered 64-bit ids (snowflake: time, node, counter)
 //! error.rs   ErrorCode: the stable strings on the wire and their HTTP statuses
 //! config.rs  Config: one typed struct, TOML file then XINGE_* variables
@@ -19,7 +19,7 @@ pub mod ids;
 pub mod ratelimit;
 
 pub use error::ErrorCode;
-pub use ids::{ConnId, ConvId, DeviceId, GatewayId, MsgId, UserId};
+pub use ids::{ConnId, ConvId, DeviceId, GatewayId, GroupId, MsgId, UserId};
 
 /// Milliseconds since the Unix epoch, the timestamp unit used on the wire and in storage.
 pub fn now_ms() -> u64 {

@@ -3,7 +3,7 @@
 //! the part of the timeline they were a member for.
 
 use crate::{Caller, Logic, Result, error::bad};
-use xinge_core::{ConvId, ErrorCode, UserId};
+use xinge_core::{ConvId, ErrorCode, GroupId, UserId};
 use xinge_store::{GroupFanout, GroupRecord, MemberRecord};
 
 /// Members read per page when scanning a group.
@@ -39,7 +39,7 @@ impl Logic {
         }
     }
 
-    pub(crate) fn fanout(&self, group: u64, sender: Option<(UserId, bool)>) -> GroupFanout {
+    pub(crate) fn fanout(&self, group: GroupId, sender: Option<(UserId, bool)>) -> GroupFanout {
         GroupFanout {
             group,
             threshold: self.cfg.chat.fanout_threshold,

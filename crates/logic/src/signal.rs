@@ -3,7 +3,7 @@
 //! signal when a user gets them faster than the push layer's rate (the coalescing keys).
 
 use crate::{Logic, Result};
-use xinge_core::{ConnId, UserId};
+use xinge_core::{ConnId, GroupId, UserId};
 use xinge_proto::api::{InboxEntry, Signal};
 use xinge_proto::{Frame, cmd};
 use xinge_push::Coalesce;
@@ -16,8 +16,8 @@ pub(crate) fn inbox_key(seq: u64) -> Coalesce {
     Coalesce::newest(0, 0, seq)
 }
 
-pub(crate) fn group_key(group: u64, seq: u64) -> Coalesce {
-    Coalesce::newest(1, group, seq)
+pub(crate) fn group_key(group: GroupId, seq: u64) -> Coalesce {
+    Coalesce::newest(1, group.0, seq)
 }
 
 pub(crate) fn presence_key(user: UserId, at_ms: u64) -> Coalesce {
@@ -199,7 +199,7 @@ mod tests {
         // The message form, spliced from the message's own JSON, is the same signal.
         let message = xinge_proto::api::Message {
             msg_id: xinge_core::MsgId(9),
-            conv: xinge_core::ConvId::Group(4),
+            conv: xinge_core::ConvId::Group(xinge_core::GroupId(4)),
             conv_seq: 3,
             sender: UserId(1),
             sender_device: None,

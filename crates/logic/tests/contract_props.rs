@@ -122,7 +122,7 @@ struct System {
     store: Arc<FjallStore>,
     logic: Arc<Logic>,
     users: Vec<UserId>,
-    group: u64,
+    group: xinge_core::GroupId,
 }
 
 fn config() -> Config {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
-use xinge_core::{ConvId, DeviceId, MsgId, UserId};
+use xinge_core::{ConvId, DeviceId, GroupId, MsgId, UserId};
 
 // === accounts ===
 
@@ -484,7 +484,7 @@ pub struct CreateGroupRequest {
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct GroupInfo {
-    pub group_id: u64,
+    pub group_id: GroupId,
     pub conv: ConvId,
     pub name: String,
     pub avatar: String,

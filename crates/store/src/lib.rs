@@ -26,7 +26,7 @@ mod types;
 pub use types::*;
 
 use async_trait::async_trait;
-use xinge_core::{ConvId, DeviceId, UserId};
+use xinge_core::{ConvId, DeviceId, GroupId, UserId};
 use xinge_proto::api::{Friend, FriendRequests, InboxEntry, Message};
 
 #[derive(Debug, thiserror::Error)]
@@ -124,18 +124,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<u64>;
 
     // === groups ===
-    async fn group(&self, id: u64) -> Result<Option<GroupRecord>>;
-    async fn group_member(&self, group: u64, user: UserId) -> Result<Option<MemberRecord>>;
+    async fn group(&self, id: GroupId) -> Result<Option<GroupRecord>>;
+    async fn group_member(&self, group: GroupId, user: UserId) -> Result<Option<MemberRecord>>;
     /// Members in user id order, after `after`, at most `limit`.
     async fn group_members(
         &self,
-        group: u64,
+        group: GroupId,
         after: Option<UserId>,
         limit: usize,
     ) -> Result<Vec<(UserId, MemberRecord)>>;
     /// For a user removed from (or who left) a group: `(joined_seq, left_seq)`, the part of
     /// the timeline they were a member for.
-    async fn former_member(&self, group: u64, user: UserId) -> Result<Option<(u64, u64)>>;
+    async fn former_member(&self, group: GroupId, user: UserId) -> Result<Option<(u64, u64)>>;
     /// Who invited `user` to `group`, if an invitation is pending.
-    async fn invite(&self, group: u64, user: UserId) -> Result<Option<UserId>>;
+    async fn invite(&self, group: GroupId, user: UserId) -> Result<Option<UserId>>;
 }

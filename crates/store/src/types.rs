@@ -1,5 +1,5 @@
 use serde::{Deserialize, Serialize};
-use xinge_core::{ConvId, DeviceId, MsgId, UserId};
+use xinge_core::{ConvId, DeviceId, GroupId, MsgId, UserId};
 use xinge_proto::api::{Event, FriendRequestView, InboxEntry, Message, MessageBody, Role};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,7 +82,7 @@ pub struct NewMessage {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupRecord {
-    pub id: u64,
+    pub id: GroupId,
     pub name: String,
     pub avatar: String,
     pub notice: String,
@@ -183,7 +183,7 @@ pub enum Refusal {
 /// none (read fan-out: members pull the group timeline).
 #[derive(Clone, Debug)]
 pub struct GroupFanout {
-    pub group: u64,
+    pub group: GroupId,
     pub threshold: u64,
     /// Refuse unless this user is a member (and, with `talk`, may talk: not muted, and
     /// not a plain member of a group muted for all).
@@ -215,38 +215,38 @@ impl NewMessage {
 pub enum Op {
     CreateGroup(GroupRecord),
     UpdateGroup {
-        group: u64,
+        group: GroupId,
         patch: GroupPatch,
     },
     /// Adds a member (no-op if present): they see the timeline from the current head on,
     /// and the group joins their conversation list.
     AddMember {
-        group: u64,
+        group: GroupId,
         user: UserId,
         role: Role,
     },
     /// Removes a member (no-op if absent) and the group from their conversation list.
     RemoveMember {
-        group: u64,
+        group: GroupId,
         user: UserId,
     },
     SetRole {
-        group: u64,
+        group: GroupId,
         user: UserId,
         role: Role,
     },
     SetMuted {
-        group: u64,
+        group: GroupId,
         user: UserId,
         muted: bool,
     },
     PutInvite {
-        group: u64,
+        group: GroupId,
         user: UserId,
         by: UserId,
     },
     DeleteInvite {
-        group: u64,
+        group: GroupId,
         user: UserId,
     },
     /// Makes `a` and `b` friends (both directions) and clears requests between them.
@@ -322,7 +322,7 @@ pub struct Committed {
     pub at_ms: u64,
     /// For a message to a read fan-out group: the group and the message's conv_seq, for
     /// the coalesced "group advanced" signal.
-    pub group_advanced: Option<(u64, u64)>,
+    pub group_advanced: Option<(GroupId, u64)>,
 }
 
 /// What a dedup key remembers.

@@ -163,7 +163,7 @@ async fn outsiders_removed_members_and_blocked_users_are_refused_everywhere() {
     assert_eq!(s, 200);
 
     let direct = ConvId::direct(a, b);
-    let group_ops = |gid: u64| {
+    let group_ops = |gid: xinge_core::GroupId| {
         vec![
             (
                 "POST",

@@ -6,8 +6,8 @@ use axum::Json;
 use axum::extract::State;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use xinge_core::UserId;
 use xinge_core::error::ApiError;
+use xinge_core::{GroupId, UserId};
 use xinge_proto::api::*;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
@@ -39,7 +39,7 @@ pub async fn create_group(
 pub async fn group_info(
     State(s): State<ApiState>,
     Auth(c): Auth,
-    Path(id): Path<u64>,
+    Path(id): Path<GroupId>,
 ) -> HttpResult<GroupInfo> {
     Ok(Json(s.logic.group_info(&c, id).await?))
 }
@@ -50,7 +50,7 @@ pub async fn group_info(
 pub async fn update_group(
     State(s): State<ApiState>,
     Auth(c): Auth,
-    Path(id): Path<u64>,
+    Path(id): Path<GroupId>,
     Body(req): Body<UpdateGroupRequest>,
 ) -> HttpResult<GroupInfo> {
     Ok(Json(s.logic.update_group(&c, id, req).await?))
@@ -61,7 +61,7 @@ pub async fn update_group(
 pub async fn dismiss_group(
     State(s): State<ApiState>,
     Auth(c): Auth,
-    Path(id): Path<u64>,
+    Path(id): Path<GroupId>,
 ) -> HttpResult<Done> {
     s.logic.dismiss_group(&c, id).await?;
     Ok(Json(DONE))
@@ -72,7 +72,7 @@ pub async fn dismiss_group(
 pub async fn group_members(
     State(s): State<ApiState>,
     Auth(c): Auth,
-    Path(id): Path<u64>,
+    Path(id): Path<GroupId>,
     Query(q): Query<PageQuery>,
 ) -> HttpResult<GroupMembers> {
     Ok(Json(
@@ -88,7 +88,7 @@ pub async fn group_members(
 pub async fn add_members(
     State(s): State<ApiState>,
     Auth(c): Auth,
-    Path(id): Path<u64>,
+    Path(id): Path<GroupId>,
     Body(req): Body<UsersRequest>,
 ) -> HttpResult<Done> {
     s.logic.add_members(&c, id, &req.users).await?;
@@ -101,7 +101,7 @@ pub async fn add_members(
 pub async fn remove_member(
     State(s): State<ApiState>,
     Auth(c): Auth,
-    Path((id, user)): Path<(u64, u64)>,
+    Path((id, user)): Path<(GroupId, u64)>,
 ) -> HttpResult<Done> {
     s.logic.remove_member(&c, id, UserId(user)).await?;
     Ok(Json(DONE))
@@ -112,7 +112,7 @@ pub async fn remove_member(
 pub async fn join_group(
     State(s): State<ApiState>,
     Auth(c): Auth,
-    Path(id): Path<u64>,
+    Path(id): Path<GroupId>,
 ) -> HttpResult<Done> {
     s.logic.join_group(&c, id).await?;
     Ok(Json(DONE))
@@ -122,7 +122,7 @@ pub async fn join_group(
 pub async fn leave_group(
     State(s): State<ApiState>,
     Auth(c): Auth,
-    Path(id): Path<u64>,
+    Path(id): Path<GroupId>,
 ) -> HttpResult<Done> {
     s.logic.leave_group(&c, id).await?;
     Ok(Json(DONE))
@@ -132,7 +132,7 @@ pub async fn leave_group(
 pub async fn transfer_group(
     State(s): State<ApiState>,
     Auth(c): Auth,
-    Path(id): Path<u64>,
+    Path(id): Path<GroupId>,
     Body(req): Body<TransferRequest>,
 ) -> HttpResult<Done> {
     s.logic.transfer_group(&c, id, req.to).await?;
@@ -144,7 +144,7 @@ pub async fn transfer_group(
 pub async fn set_admin(
     State(s): State<ApiState>,
     Auth(c): Auth,
-    Path(id): Path<u64>,
+    Path(id): Path<GroupId>,
     Body(req): Body<MemberFlagRequest>,
 ) -> HttpResult<Done> {
     s.logic.set_admin(&c, id, req.user, req.on).await?;
@@ -156,7 +156,7 @@ pub async fn set_admin(
 pub async fn mute_member(
     State(s): State<ApiState>,
     Auth(c): Auth,
-    Path(id): Path<u64>,
+    Path(id): Path<GroupId>,
     Body(req): Body<MemberFlagRequest>,
 ) -> HttpResult<Done> {
     s.logic.mute_member(&c, id, req.user, req.on).await?;
@@ -168,7 +168,7 @@ pub async fn mute_member(
 pub async fn mute_all(
     State(s): State<ApiState>,
     Auth(c): Auth,
-    Path(id): Path<u64>,
+    Path(id): Path<GroupId>,
     Body(req): Body<FlagRequest>,
 ) -> HttpResult<Done> {
     s.logic.mute_all(&c, id, req.on).await?;

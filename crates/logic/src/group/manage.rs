@@ -3,7 +3,7 @@
 use super::{info, valid_name};
 use crate::access::MEMBER_PAGE;
 use crate::{Caller, Logic, Result, error::bad};
-use xinge_core::{ConvId, ErrorCode, UserId};
+use xinge_core::{ConvId, ErrorCode, GroupId, UserId};
 use xinge_proto::api::*;
 use xinge_store::{Commit, GroupPatch, GroupRecord, Op};
 
@@ -21,7 +21,7 @@ impl Logic {
         }
         let me = caller.user;
         let members = self.existing_users(&req.members, me).await?;
-        let id = self.ids.next();
+        let id = GroupId(self.ids.next());
         let rec = GroupRecord {
             id,
             name: req.name.clone(),
@@ -62,7 +62,7 @@ impl Logic {
         self.group_info(caller, id).await
     }
 
-    pub async fn group_info(&self, caller: &Caller, group: u64) -> Result<GroupInfo> {
+    pub async fn group_info(&self, caller: &Caller, group: GroupId) -> Result<GroupInfo> {
         let (g, _) = self.group_access(caller, group).await?;
         Ok(info(&g, self.cfg.chat.fanout_threshold))
     }
@@ -70,7 +70,7 @@ impl Logic {
     pub async fn group_members(
         &self,
         caller: &Caller,
-        group: u64,
+        group: GroupId,
         after: Option<UserId>,
         limit: Option<usize>,
     ) -> Result<GroupMembers> {
@@ -97,7 +97,12 @@ impl Logic {
     }
 
     /// Admins add members directly; other members invite them (the invitee joins).
-    pub async fn add_members(&self, caller: &Caller, group: u64, users: &[UserId]) -> Result<()> {
+    pub async fn add_members(
+        &self,
+        caller: &Caller,
+        group: GroupId,
+        users: &[UserId],
+    ) -> Result<()> {
         let me = caller.user;
         let (g, role) = self.group_access(caller, group).await?;
         let users = self.existing_users(users, me).await?;
@@ -152,7 +157,7 @@ impl Logic {
     }
 
     /// Joins a group one was invited to.
-    pub async fn join_group(&self, caller: &Caller, group: u64) -> Result<()> {
+    pub async fn join_group(&self, caller: &Caller, group: GroupId) -> Result<()> {
         let me = caller.user;
         let Some(by) = self.store.invite(group, me).await? else {
             return Err(bad(ErrorCode::NotFound, "no invitation to that group"));
@@ -183,7 +188,7 @@ impl Logic {
         self.commit(c).await.map(drop)
     }
 
-    pub async fn remove_member(&self, caller: &Caller, group: u64, user: UserId) -> Result<()> {
+    pub async fn remove_member(&self, caller: &Caller, group: GroupId, user: UserId) -> Result<()> {
         let me = caller.user;
         if user == me {
             return self.leave_group(caller, group).await;
@@ -203,7 +208,7 @@ impl Logic {
         .map(drop)
     }
 
-    pub async fn leave_group(&self, caller: &Caller, group: u64) -> Result<()> {
+    pub async fn leave_group(&self, caller: &Caller, group: GroupId) -> Result<()> {
         let me = caller.user;
         let (g, role) = self.group_access(caller, group).await?;
         if role == Role::Owner && g.member_count > 1 {
@@ -227,7 +232,7 @@ impl Logic {
             .map(drop)
     }
 
-    pub async fn transfer_group(&self, caller: &Caller, group: u64, to: UserId) -> Result<()> {
+    pub async fn transfer_group(&self, caller: &Caller, group: GroupId, to: UserId) -> Result<()> {
         let me = caller.user;
         let (_, role) = self.group_access(caller, group).await?;
         if role != Role::Owner {
@@ -275,7 +280,7 @@ impl Logic {
     pub async fn set_admin(
         &self,
         caller: &Caller,
-        group: u64,
+        group: GroupId,
         user: UserId,
         admin: bool,
     ) -> Result<()> {
@@ -314,7 +319,7 @@ impl Logic {
     pub async fn mute_member(
         &self,
         caller: &Caller,
-        group: u64,
+        group: GroupId,
         user: UserId,
         muted: bool,
     ) -> Result<()> {
@@ -337,7 +342,7 @@ impl Logic {
         .map(drop)
     }
 
-    pub async fn mute_all(&self, caller: &Caller, group: u64, muted: bool) -> Result<()> {
+    pub async fn mute_all(&self, caller: &Caller, group: GroupId, muted: bool) -> Result<()> {
         self.admin_access(caller, group).await?;
         let patch = GroupPatch {
             muted_all: Some(muted),
@@ -361,7 +366,7 @@ impl Logic {
     pub async fn update_group(
         &self,
         caller: &Caller,
-        group: u64,
+        group: GroupId,
         req: UpdateGroupRequest,
     ) -> Result<GroupInfo> {
         self.admin_access(caller, group).await?;
@@ -401,7 +406,7 @@ impl Logic {
         self.group_info(caller, group).await
     }
 
-    pub async fn dismiss_group(&self, caller: &Caller, group: u64) -> Result<()> {
+    pub async fn dismiss_group(&self, caller: &Caller, group: GroupId) -> Result<()> {
         let (_, role) = self.group_access(caller, group).await?;
         if role != Role::Owner {
             return Err(bad(

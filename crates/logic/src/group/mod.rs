@@ -16,7 +16,7 @@ pub(crate) use signals::GroupSignals;
 
 use crate::access::Access;
 use crate::{Caller, Logic, Result, error::bad};
-use xinge_core::{ConvId, ErrorCode, UserId};
+use xinge_core::{ConvId, ErrorCode, GroupId, UserId};
 use xinge_proto::api::*;
 use xinge_store::{Commit, GroupRecord, NewMessage, Op};
 
@@ -24,7 +24,7 @@ const MAX_BATCH: usize = 1_000;
 
 impl Logic {
     /// A group change as a message of the group's timeline, from the caller.
-    fn system_message(&self, caller: &Caller, group: u64, event: GroupEvent) -> NewMessage {
+    fn system_message(&self, caller: &Caller, group: GroupId, event: GroupEvent) -> NewMessage {
         NewMessage {
             conv: ConvId::Group(group),
             sender: caller.user,
@@ -64,14 +64,14 @@ fn info(g: &GroupRecord, threshold: u64) -> GroupInfo {
 }
 
 impl Logic {
-    async fn group_access(&self, caller: &Caller, group: u64) -> Result<(GroupRecord, Role)> {
+    async fn group_access(&self, caller: &Caller, group: GroupId) -> Result<(GroupRecord, Role)> {
         match self.access(caller, ConvId::Group(group)).await? {
             Access::Group(g, m) => Ok((g, m.role)),
             Access::Direct(_) => Err(bad(ErrorCode::NotFound, "no such conversation")),
         }
     }
 
-    async fn admin_access(&self, caller: &Caller, group: u64) -> Result<(GroupRecord, Role)> {
+    async fn admin_access(&self, caller: &Caller, group: GroupId) -> Result<(GroupRecord, Role)> {
         let (g, role) = self.group_access(caller, group).await?;
         if role == Role::Member {
             return Err(bad(
@@ -86,7 +86,7 @@ impl Logic {
     async fn outranks(
         &self,
         caller: &Caller,
-        group: u64,
+        group: GroupId,
         user: UserId,
         refusal: &str,
     ) -> Result<()> {
@@ -107,7 +107,7 @@ impl Logic {
     async fn change(
         &self,
         caller: &Caller,
-        group: u64,
+        group: GroupId,
         event: GroupEvent,
         ops: Vec<Op>,
         also_to: Vec<UserId>,

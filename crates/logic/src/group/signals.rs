@@ -7,7 +7,7 @@ use crate::access::MEMBER_PAGE;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use xinge_core::{ConvId, UserId};
+use xinge_core::{ConvId, GroupId, UserId};
 use xinge_proto::api::*;
 use xinge_proto::{Frame, cmd};
 
@@ -38,8 +38,8 @@ struct Advanced {
 /// and the member lists the signals go to, cached briefly (signals are hints: a member
 /// list a second old only decides who is told, never who may read).
 pub(crate) struct GroupSignals {
-    pending: Mutex<HashMap<u64, Advanced>>,
-    members: Mutex<HashMap<u64, CachedMembers>>,
+    pending: Mutex<HashMap<GroupId, Advanced>>,
+    members: Mutex<HashMap<GroupId, CachedMembers>>,
     window: Duration,
     /// Signals per second at most (0: unpaced).
     rate: u64,
@@ -55,7 +55,7 @@ impl GroupSignals {
         }
     }
 
-    pub fn mark(&self, group: u64, seq: u64, message: Option<Message>) {
+    pub fn mark(&self, group: GroupId, seq: u64, message: Option<Message>) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.len() >= MAX_PENDING_GROUPS && !p.contains_key(&group) {
             return;
@@ -70,18 +70,18 @@ impl GroupSignals {
         }
     }
 
-    fn take(&self) -> HashMap<u64, Advanced> {
+    fn take(&self) -> HashMap<GroupId, Advanced> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn cached_members(&self, group: u64) -> Option<Arc<Vec<UserId>>> {
+    fn cached_members(&self, group: GroupId) -> Option<Arc<Vec<UserId>>> {
         let m = self.members.lock().unwrap_or_else(|e| e.into_inner());
         m.get(&group)
             .filter(|(at, _)| at.elapsed() < MEMBER_CACHE_TTL)
             .map(|(_, ids)| ids.clone())
     }
 
-    fn cache_members(&self, group: u64, ids: Arc<Vec<UserId>>) {
+    fn cache_members(&self, group: GroupId, ids: Arc<Vec<UserId>>) {
         let mut m = self.members.lock().unwrap_or_else(|e| e.into_inner());
         m.retain(|_, (at, _)| at.elapsed() < MEMBER_CACHE_TTL);
         let held: usize = m.values().map(|(_, v)| v.len()).sum();
@@ -183,7 +183,7 @@ impl Logic {
     }
 
     /// The members of a group to signal (all of them: push skips those offline).
-    async fn signal_targets(&self, group: u64) -> Option<Arc<Vec<UserId>>> {
+    async fn signal_targets(&self, group: GroupId) -> Option<Arc<Vec<UserId>>> {
         if let Some(ids) = self.group_signals.cached_members(group) {
             return Some(ids);
         }

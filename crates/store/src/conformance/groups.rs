@@ -8,7 +8,8 @@ pub(super) async fn groups_fan_out_by_size_atomically_with_membership(store: &dy
     for _ in 0..5 {
         others.push(user(store, "g_member").await);
     }
-    let gid = xinge_core::now_ms() * 1000 + UNIQUE.fetch_add(1, Ordering::Relaxed);
+    let gid =
+        xinge_core::GroupId(xinge_core::now_ms() * 1000 + UNIQUE.fetch_add(1, Ordering::Relaxed));
     let conv = ConvId::Group(gid);
     let fan = |sender: Option<(UserId, bool)>, max: u64| GroupFanout {
         group: gid,
@@ -325,7 +326,8 @@ pub(super) async fn recipients_follow_membership_changed_by_earlier_commits(stor
         user(store, "l_b").await,
         user(store, "l_c").await,
     );
-    let gid = xinge_core::now_ms() * 1000 + UNIQUE.fetch_add(1, Ordering::Relaxed);
+    let gid =
+        xinge_core::GroupId(xinge_core::now_ms() * 1000 + UNIQUE.fetch_add(1, Ordering::Relaxed));
     let add = |user| Op::AddMember {
         group: gid,
         user,

@@ -4,12 +4,17 @@ use super::*;
 use crate::ConversationRow;
 
 /// A fresh group id.
-fn gid() -> u64 {
-    xinge_core::now_ms() * 1000 + UNIQUE.fetch_add(1, Ordering::Relaxed)
+fn gid() -> xinge_core::GroupId {
+    xinge_core::GroupId(xinge_core::now_ms() * 1000 + UNIQUE.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Creates group `gid` owned by `owner`, with `members` as plain members.
-async fn create_group(store: &dyn Store, gid: u64, owner: UserId, members: &[UserId]) {
+async fn create_group(
+    store: &dyn Store,
+    gid: xinge_core::GroupId,
+    owner: UserId,
+    members: &[UserId],
+) {
     let mut ops = vec![
         Op::CreateGroup(new_group(gid, owner, &format!("list group {gid}"))),
         Op::AddMember {
@@ -33,7 +38,13 @@ async fn create_group(store: &dyn Store, gid: u64, owner: UserId, members: &[Use
 }
 
 /// A message to group `gid` from `sender`, mentioning `mentions` (and everyone, with `all`).
-async fn group_say(store: &dyn Store, gid: u64, sender: UserId, mentions: &[UserId], all: bool) {
+async fn group_say(
+    store: &dyn Store,
+    gid: xinge_core::GroupId,
+    sender: UserId,
+    mentions: &[UserId],
+    all: bool,
+) {
     let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
     let mut c = group_send(gid, sender, &format!("list-{gid}-{n}"), 500);
     if let Some(m) = &mut c.message {

@@ -94,7 +94,12 @@ pub async fn seed_chat(store: &dyn Store, n: usize) -> (UserId, UserId) {
     (a, b)
 }
 
-fn group_msg(gid: u64, sender: UserId, cmid: &str, body: MessageBody) -> NewMessage {
+fn group_msg(
+    gid: xinge_core::GroupId,
+    sender: UserId,
+    cmid: &str,
+    body: MessageBody,
+) -> NewMessage {
     NewMessage {
         conv: ConvId::Group(gid),
         sender,
@@ -108,7 +113,7 @@ fn group_msg(gid: u64, sender: UserId, cmid: &str, body: MessageBody) -> NewMess
 }
 
 /// A new group's record, before its members are added.
-pub(crate) fn new_group(gid: u64, owner: UserId, name: &str) -> GroupRecord {
+pub(crate) fn new_group(gid: xinge_core::GroupId, owner: UserId, name: &str) -> GroupRecord {
     GroupRecord {
         id: gid,
         name: name.into(),
@@ -123,7 +128,7 @@ pub(crate) fn new_group(gid: u64, owner: UserId, name: &str) -> GroupRecord {
 }
 
 /// A commit sending `text` to group `gid` as `sender`, with the given fan-out threshold.
-pub fn group_send(gid: u64, sender: UserId, cmid: &str, threshold: u64) -> Commit {
+pub fn group_send(gid: xinge_core::GroupId, sender: UserId, cmid: &str, threshold: u64) -> Commit {
     Commit {
         dedup: Some((sender, cmid.to_owned())),
         group: Some(GroupFanout {

@@ -6,7 +6,7 @@ use super::{backend, decode, encode};
 use crate::{DedupRecord, Result};
 use fjall::Keyspace;
 use serde::{Deserialize, Serialize};
-use xinge_core::{ConvId, DeviceId, UserId};
+use xinge_core::{ConvId, DeviceId, GroupId, UserId};
 use xinge_proto::api::Event;
 
 pub(crate) fn u64_key(v: u64) -> [u8; 8] {
@@ -24,6 +24,15 @@ pub(crate) fn pair_key(a: UserId, b: UserId) -> Vec<u8> {
     let mut k = Vec::with_capacity(16);
     k.extend_from_slice(&a.0.to_be_bytes());
     k.extend_from_slice(&b.0.to_be_bytes());
+    k
+}
+
+/// A group's row about one user (membership, invitation, former membership): the same
+/// 16-byte layout as a pair of users, group first, so one group's rows are one range.
+pub(crate) fn group_user_key(group: GroupId, user: UserId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&group.0.to_be_bytes());
+    k.extend_from_slice(&user.0.to_be_bytes());
     k
 }
 

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
-use xinge_core::{ConvId, DeviceId, UserId};
+use xinge_core::{ConvId, DeviceId, GroupId, UserId};
 use xinge_proto::api::{Friend, FriendRequests, InboxEntry, Message};
 
 pub(crate) struct Spaces {
@@ -369,28 +369,28 @@ impl Store for FjallStore {
         reads::mention_count(&self.spaces, user, conv, after_seq, cap)
     }
 
-    async fn group(&self, id: u64) -> Result<Option<GroupRecord>> {
+    async fn group(&self, id: GroupId) -> Result<Option<GroupRecord>> {
         reads::group(&self.spaces, id)
     }
 
-    async fn group_member(&self, group: u64, user: UserId) -> Result<Option<MemberRecord>> {
+    async fn group_member(&self, group: GroupId, user: UserId) -> Result<Option<MemberRecord>> {
         reads::group_member(&self.spaces, group, user)
     }
 
     async fn group_members(
         &self,
-        group: u64,
+        group: GroupId,
         after: Option<UserId>,
         limit: usize,
     ) -> Result<Vec<(UserId, MemberRecord)>> {
         reads::group_members(&self.spaces, group, after, limit)
     }
 
-    async fn former_member(&self, group: u64, user: UserId) -> Result<Option<(u64, u64)>> {
+    async fn former_member(&self, group: GroupId, user: UserId) -> Result<Option<(u64, u64)>> {
         reads::former_member(&self.spaces, group, user)
     }
 
-    async fn invite(&self, group: u64, user: UserId) -> Result<Option<UserId>> {
+    async fn invite(&self, group: GroupId, user: UserId) -> Result<Option<UserId>> {
         reads::invite(&self.spaces, group, user)
     }
 

@@ -4,7 +4,7 @@ use super::encode;
 use super::keys::*;
 use super::tx::Tx;
 use crate::{MemberRecord, NewUser, Result, StoreError, UserRecord};
-use xinge_core::{ConvId, UserId};
+use xinge_core::{ConvId, GroupId, UserId};
 
 impl Tx<'_> {
     pub(super) fn create_user(&mut self, new: &NewUser) -> Result<UserRecord> {
@@ -80,19 +80,19 @@ impl Tx<'_> {
                         && seq > m.read_seq
                     {
                         m.read_seq = seq;
-                        self.put(|s| &s.gmembers, pair_key(UserId(g), user), encode(&m));
+                        self.put(|s| &s.gmembers, group_user_key(g, user), encode(&m));
                     }
                 }
             }
             Op::CreateGroup(rec) => {
-                self.put(|s| &s.groups, u64_key(rec.id).to_vec(), encode(&rec));
+                self.put(|s| &s.groups, u64_key(rec.id.0).to_vec(), encode(&rec));
             }
             Op::UpdateGroup { group, patch } => {
                 let Some(mut rec) = self.group_rec(group)? else {
                     return Ok(());
                 };
                 patch.apply(&mut rec);
-                self.put(|s| &s.groups, u64_key(group).to_vec(), encode(&rec));
+                self.put(|s| &s.groups, u64_key(group.0).to_vec(), encode(&rec));
             }
             Op::AddMember { group, user, role } => {
                 if self.member_rec(group, user)?.is_some() {
@@ -107,14 +107,14 @@ impl Tx<'_> {
                     muted: false,
                     read_seq: head,
                 };
-                self.put(|s| &s.gmembers, pair_key(UserId(group), user), encode(&m));
+                self.put(|s| &s.gmembers, group_user_key(group, user), encode(&m));
                 self.put(
                     |s| &s.members,
                     member_key(user, conv),
                     u64_key(head).to_vec(),
                 );
-                self.delete(|s| &s.invites, pair_key(UserId(group), user));
-                self.delete(|s| &s.gleft, pair_key(UserId(group), user));
+                self.delete(|s| &s.invites, group_user_key(group, user));
+                self.delete(|s| &s.gleft, group_user_key(group, user));
                 self.count_members(group, 1)?;
             }
             Op::RemoveMember { group, user } => {
@@ -127,41 +127,41 @@ impl Tx<'_> {
                 let left = self.head(|s| &s.msgs, &conv.to_key())?;
                 let mut span = u64_key(m.joined_seq).to_vec();
                 span.extend_from_slice(&u64_key(left));
-                self.put(|s| &s.gleft, pair_key(UserId(group), user), span);
-                self.delete(|s| &s.gmembers, pair_key(UserId(group), user));
+                self.put(|s| &s.gleft, group_user_key(group, user), span);
+                self.delete(|s| &s.gmembers, group_user_key(group, user));
                 self.delete(|s| &s.members, member_key(user, ConvId::Group(group)));
                 self.count_members(group, -1)?;
             }
             Op::SetRole { group, user, role } => {
                 if let Some(mut m) = self.member_rec(group, user)? {
                     m.role = role;
-                    self.put(|s| &s.gmembers, pair_key(UserId(group), user), encode(&m));
+                    self.put(|s| &s.gmembers, group_user_key(group, user), encode(&m));
                 }
             }
             Op::SetMuted { group, user, muted } => {
                 if let Some(mut m) = self.member_rec(group, user)? {
                     m.muted = muted;
-                    self.put(|s| &s.gmembers, pair_key(UserId(group), user), encode(&m));
+                    self.put(|s| &s.gmembers, group_user_key(group, user), encode(&m));
                 }
             }
             Op::PutInvite { group, user, by } => {
                 self.put(
                     |s| &s.invites,
-                    pair_key(UserId(group), user),
+                    group_user_key(group, user),
                     u64_key(by.0).to_vec(),
                 );
             }
             Op::DeleteInvite { group, user } => {
-                self.delete(|s| &s.invites, pair_key(UserId(group), user));
+                self.delete(|s| &s.invites, group_user_key(group, user));
             }
         }
         Ok(())
     }
 
-    fn count_members(&mut self, group: u64, delta: i64) -> Result<()> {
+    fn count_members(&mut self, group: GroupId, delta: i64) -> Result<()> {
         if let Some(mut rec) = self.group_rec(group)? {
             rec.member_count = rec.member_count.saturating_add_signed(delta);
-            self.put(|s| &s.groups, u64_key(group).to_vec(), encode(&rec));
+            self.put(|s| &s.groups, u64_key(group.0).to_vec(), encode(&rec));
         }
         Ok(())
     }

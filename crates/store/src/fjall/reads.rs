@@ -9,7 +9,7 @@ use crate::{
 };
 use fjall::Keyspace;
 use serde::Deserialize;
-use xinge_core::{ConvId, DeviceId, UserId};
+use xinge_core::{ConvId, DeviceId, GroupId, UserId};
 use xinge_proto::api::{Event, Friend, FriendRequestView, FriendRequests, InboxEntry, Message};
 
 pub(super) fn get<T: for<'de> Deserialize<'de>>(ks: &Keyspace, key: &[u8]) -> Result<Option<T>> {
@@ -224,22 +224,26 @@ pub(super) fn mention_count(
     Ok(((mine + all) as u64).min(cap))
 }
 
-pub(super) fn group(s: &Spaces, id: u64) -> Result<Option<GroupRecord>> {
-    get(&s.groups, &u64_key(id))
+pub(super) fn group(s: &Spaces, id: GroupId) -> Result<Option<GroupRecord>> {
+    get(&s.groups, &u64_key(id.0))
 }
 
-pub(super) fn group_member(s: &Spaces, group: u64, user: UserId) -> Result<Option<MemberRecord>> {
-    get(&s.gmembers, &pair_key(UserId(group), user))
+pub(super) fn group_member(
+    s: &Spaces,
+    group: GroupId,
+    user: UserId,
+) -> Result<Option<MemberRecord>> {
+    get(&s.gmembers, &group_user_key(group, user))
 }
 
 pub(super) fn group_members(
     s: &Spaces,
-    group: u64,
+    group: GroupId,
     after: Option<UserId>,
     limit: usize,
 ) -> Result<Vec<(UserId, MemberRecord)>> {
     let from = after.map_or(0, |u| u.0.saturating_add(1));
-    let range = pair_key(UserId(group), UserId(from))..=pair_key(UserId(group), UserId(u64::MAX));
+    let range = group_user_key(group, UserId(from))..=group_user_key(group, UserId(u64::MAX));
     let mut out = Vec::new();
     if after.is_some_and(|u| u.0 == u64::MAX) {
         return Ok(out);
@@ -251,22 +255,22 @@ pub(super) fn group_members(
     Ok(out)
 }
 
-pub(super) fn former_member(s: &Spaces, group: u64, user: UserId) -> Result<Option<(u64, u64)>> {
-    match s
-        .gleft
-        .get(pair_key(UserId(group), user))
-        .map_err(backend)?
-    {
+pub(super) fn former_member(
+    s: &Spaces,
+    group: GroupId,
+    user: UserId,
+) -> Result<Option<(u64, u64)>> {
+    match s.gleft.get(group_user_key(group, user)).map_err(backend)? {
         Some(v) if v.len() == 16 => Ok(Some((read_u64(&v[..8])?, read_u64(&v[8..])?))),
         Some(_) => Err(backend("bad former-member value")),
         None => Ok(None),
     }
 }
 
-pub(super) fn invite(s: &Spaces, group: u64, user: UserId) -> Result<Option<UserId>> {
+pub(super) fn invite(s: &Spaces, group: GroupId, user: UserId) -> Result<Option<UserId>> {
     match s
         .invites
-        .get(pair_key(UserId(group), user))
+        .get(group_user_key(group, user))
         .map_err(backend)?
     {
         Some(v) => Ok(Some(UserId(read_u64(&v)?))),

@@ -22,7 +22,7 @@ fn packed_values_read_back_and_json_ones_still_read() {
     }
     assert_eq!(entry.to_bytes().len(), 34);
     let rec = DedupRecord {
-        conv: ConvId::Group(9),
+        conv: ConvId::Group(xinge_core::GroupId(9)),
         conv_seq: 5,
         msg_id: xinge_core::MsgId(1 << 40),
         sender_seq: 77,
@@ -152,7 +152,7 @@ async fn group_sends_still_write_the_cursor_with_the_message() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     let a = crate::conformance::user(&s, "g").await;
-    let gid = 4242;
+    let gid = xinge_core::GroupId(4242);
     let create = Commit {
         ops: vec![
             crate::Op::CreateGroup(crate::conformance::new_group(gid, a, "g")),

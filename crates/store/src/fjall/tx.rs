@@ -9,7 +9,7 @@ use crate::{GroupRecord, MemberRecord, Result};
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 use std::collections::HashMap;
 use std::sync::Arc;
-use xinge_core::{ConvId, UserId};
+use xinge_core::{ConvId, GroupId, UserId};
 
 /// The writer's maps are keyed by [`slot_key`]: the keyspace's slot, then the key. One flat
 /// byte string, so that a lookup borrows a stack buffer instead of allocating a key, and
@@ -53,7 +53,7 @@ pub(super) struct Tx<'a> {
     pub(super) overlay: Map<Option<Slice>>,
     pub(super) heads: Map<u64>,
     /// Groups whose membership this batch changes: their lists are read, not cached.
-    pub(super) changed_groups: Vec<u64>,
+    pub(super) changed_groups: Vec<GroupId>,
     /// Lists this batch read from fjall, for the cache once the batch is durable.
     pub(super) loaded: Lists,
     /// Whether 1:1 sends may hold their cursor move (not sealed, holding on, table not
@@ -135,21 +135,21 @@ impl Tx<'_> {
         }
     }
 
-    pub(super) fn group_rec(&self, id: u64) -> Result<Option<GroupRecord>> {
-        self.get(|s| &s.groups, &u64_key(id))?
+    pub(super) fn group_rec(&self, id: GroupId) -> Result<Option<GroupRecord>> {
+        self.get(|s| &s.groups, &u64_key(id.0))?
             .map(|v| decode(&v))
             .transpose()
     }
 
-    pub(super) fn member_rec(&self, group: u64, user: UserId) -> Result<Option<MemberRecord>> {
-        self.get(|s| &s.gmembers, &pair_key(UserId(group), user))?
+    pub(super) fn member_rec(&self, group: GroupId, user: UserId) -> Result<Option<MemberRecord>> {
+        self.get(|s| &s.gmembers, &group_user_key(group, user))?
             .map(|v| decode(&v))
             .transpose()
     }
 
     /// Every member of a group, counting this batch's adds and removes. The list of a group
     /// whose membership no commit of this batch changes comes from the writer's cache.
-    pub(super) fn member_ids(&mut self, group: u64) -> Result<Arc<[UserId]>> {
+    pub(super) fn member_ids(&mut self, group: GroupId) -> Result<Arc<[UserId]>> {
         let changed = self.changed_groups.contains(&group);
         if !changed
             && let Some(ids) = self
@@ -159,7 +159,7 @@ impl Tx<'_> {
         {
             return Ok(ids.clone());
         }
-        let prefix = u64_key(group);
+        let prefix = u64_key(group.0);
         let mut ids = std::collections::BTreeSet::new();
         for kv in self.spaces.gmembers.prefix(prefix) {
             let k = kv.key().map_err(backend)?;
@@ -185,7 +185,7 @@ impl Tx<'_> {
 
     /// Notes that this batch changes `group`'s membership: its list is read afresh for the
     /// rest of the batch and dropped from the cache when the batch is durable.
-    pub(super) fn membership_changes(&mut self, group: u64) {
+    pub(super) fn membership_changes(&mut self, group: GroupId) {
         if !self.changed_groups.contains(&group) {
             self.changed_groups.push(group);
         }

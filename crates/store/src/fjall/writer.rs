@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use xinge_core::idgen::IdGen;
-use xinge_core::{DeviceId, UserId};
+use xinge_core::{DeviceId, GroupId, UserId};
 
 pub(crate) enum Op {
     CreateUser(NewUser),
@@ -75,7 +75,7 @@ pub(crate) struct Writer {
     sealed: bool,
 }
 
-pub(super) type Lists = HashMap<u64, Arc<[UserId]>, foldhash::fast::RandomState>;
+pub(super) type Lists = HashMap<GroupId, Arc<[UserId]>, foldhash::fast::RandomState>;
 
 /// Member ids the writer's list cache holds at most, in all (8 bytes each).
 const MAX_CACHED_LIST_IDS: usize = 4_000_000;

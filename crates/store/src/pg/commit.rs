@@ -6,7 +6,7 @@ use super::sql::{Cached, backend, db, i, json, member, u};
 use crate::{Commit, Committed, GroupRecord, MemberRecord, NewMessage, Op, Result, StoreError};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::Json;
-use xinge_core::{ConvId, MsgId, UserId};
+use xinge_core::{ConvId, GroupId, MsgId, UserId};
 use xinge_proto::api::{Event, InboxEntry, Message};
 
 pub(super) struct Tx<'a> {
@@ -36,13 +36,13 @@ impl Tx<'_> {
         Ok(row.map_or(0, |r| u(r.get(0))))
     }
 
-    pub(super) async fn group(&self, id: u64, lock: bool) -> Result<Option<GroupRecord>> {
+    pub(super) async fn group(&self, id: GroupId, lock: bool) -> Result<Option<GroupRecord>> {
         let sql = if lock {
             "SELECT rec FROM groups WHERE id = $1 FOR UPDATE"
         } else {
             "SELECT rec FROM groups WHERE id = $1"
         };
-        match self.tx.q_opt(sql, &[&i(id)]).await.map_err(db)? {
+        match self.tx.q_opt(sql, &[&i(id.0)]).await.map_err(db)? {
             Some(r) => Ok(Some(json(&r, "rec")?)),
             None => Ok(None),
         }
@@ -53,14 +53,18 @@ impl Tx<'_> {
         self.tx
             .ex(
                 "INSERT INTO groups (id, rec) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET rec = EXCLUDED.rec",
-                &[&i(rec.id), &Json(v)],
+                &[&i(rec.id.0), &Json(v)],
             )
             .await
             .map_err(db)
             .map(drop)
     }
 
-    pub(super) async fn member(&self, group: u64, user: UserId) -> Result<Option<MemberRecord>> {
+    pub(super) async fn member(
+        &self,
+        group: GroupId,
+        user: UserId,
+    ) -> Result<Option<MemberRecord>> {
         member(&self.tx, group, user).await
     }
 
@@ -118,7 +122,7 @@ impl Tx<'_> {
         }
     }
 
-    pub(super) async fn count_members(&self, group: u64, delta: i64) -> Result<()> {
+    pub(super) async fn count_members(&self, group: GroupId, delta: i64) -> Result<()> {
         if let Some(mut rec) = self.group(group, true).await? {
             rec.member_count = rec.member_count.saturating_add_signed(delta);
             self.put_group(&rec).await?;
@@ -164,7 +168,7 @@ async fn append<C: GenericClient>(
 ) -> Result<Appended> {
     let conv = new.conv.to_string();
     let group = match new.conv {
-        ConvId::Group(g) => Some(i(g)),
+        ConvId::Group(g) => Some(i(g.0)),
         ConvId::Direct(..) => None,
     };
     // conv_seq is given by the function (it sets the field in the stored JSON too).
@@ -353,7 +357,7 @@ impl PgStore {
                         .tx
                         .q(
                             "SELECT user_id FROM gmembers WHERE group_id = $1",
-                            &[&i(g.group)],
+                            &[&i(g.group.0)],
                         )
                         .await
                         .map_err(db)?;

@@ -34,7 +34,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use sql::{backend, db};
 use tokio_postgres::NoTls;
 use xinge_core::idgen::IdGen;
-use xinge_core::{ConvId, DeviceId, UserId};
+use xinge_core::{ConvId, DeviceId, GroupId, UserId};
 use xinge_proto::api::{Friend, FriendRequests, InboxEntry, Message};
 
 #[derive(Clone)]
@@ -210,28 +210,28 @@ impl Store for PgStore {
         reads::mention_count(self, user, conv, after_seq, cap).await
     }
 
-    async fn group(&self, id: u64) -> Result<Option<GroupRecord>> {
+    async fn group(&self, id: GroupId) -> Result<Option<GroupRecord>> {
         reads::group(self, id).await
     }
 
-    async fn group_member(&self, group: u64, user: UserId) -> Result<Option<MemberRecord>> {
+    async fn group_member(&self, group: GroupId, user: UserId) -> Result<Option<MemberRecord>> {
         reads::group_member(self, group, user).await
     }
 
     async fn group_members(
         &self,
-        group: u64,
+        group: GroupId,
         after: Option<UserId>,
         limit: usize,
     ) -> Result<Vec<(UserId, MemberRecord)>> {
         reads::group_members(self, group, after, limit).await
     }
 
-    async fn former_member(&self, group: u64, user: UserId) -> Result<Option<(u64, u64)>> {
+    async fn former_member(&self, group: GroupId, user: UserId) -> Result<Option<(u64, u64)>> {
         reads::former_member(self, group, user).await
     }
 
-    async fn invite(&self, group: u64, user: UserId) -> Result<Option<UserId>> {
+    async fn invite(&self, group: GroupId, user: UserId) -> Result<Option<UserId>> {
         reads::invite(self, group, user).await
     }
 }

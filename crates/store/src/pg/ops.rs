@@ -96,7 +96,7 @@ impl Tx<'_> {
                 if let ConvId::Group(g) = conv {
                     self.exec(
                         "UPDATE gmembers SET read_seq = GREATEST(read_seq, $3) WHERE group_id = $1 AND user_id = $2",
-                        &[&i(g), &i(user.0), &i(seq)],
+                        &[&i(g.0), &i(user.0), &i(seq)],
                     )
                     .await?;
                 }
@@ -116,7 +116,7 @@ impl Tx<'_> {
                 let head = self.conv_head(&conv).await?;
                 self.exec(
                     "INSERT INTO gmembers (group_id, user_id, role, joined_seq, muted, read_seq) VALUES ($1, $2, $3, $4, false, $4)",
-                    &[&i(group), &i(user.0), &role_str(role), &i(head)],
+                    &[&i(group.0), &i(user.0), &role_str(role), &i(head)],
                 )
                 .await?;
                 self.exec(
@@ -127,12 +127,12 @@ impl Tx<'_> {
                 .await?;
                 self.exec(
                     "DELETE FROM invites WHERE group_id = $1 AND user_id = $2",
-                    &[&i(group), &i(user.0)],
+                    &[&i(group.0), &i(user.0)],
                 )
                 .await?;
                 self.exec(
                     "DELETE FROM gleft WHERE group_id = $1 AND user_id = $2",
-                    &[&i(group), &i(user.0)],
+                    &[&i(group.0), &i(user.0)],
                 )
                 .await?;
                 self.count_members(group, 1).await?;
@@ -146,12 +146,12 @@ impl Tx<'_> {
                 self.exec(
                     "INSERT INTO gleft (group_id, user_id, joined_seq, left_seq) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (group_id, user_id) DO UPDATE SET joined_seq = EXCLUDED.joined_seq, left_seq = EXCLUDED.left_seq",
-                    &[&i(group), &i(user.0), &i(m.joined_seq), &i(left)],
+                    &[&i(group.0), &i(user.0), &i(m.joined_seq), &i(left)],
                 )
                 .await?;
                 self.exec(
                     "DELETE FROM gmembers WHERE group_id = $1 AND user_id = $2",
-                    &[&i(group), &i(user.0)],
+                    &[&i(group.0), &i(user.0)],
                 )
                 .await?;
                 self.exec(
@@ -164,14 +164,14 @@ impl Tx<'_> {
             Op::SetRole { group, user, role } => {
                 self.exec(
                     "UPDATE gmembers SET role = $3 WHERE group_id = $1 AND user_id = $2",
-                    &[&i(group), &i(user.0), &role_str(role)],
+                    &[&i(group.0), &i(user.0), &role_str(role)],
                 )
                 .await?;
             }
             Op::SetMuted { group, user, muted } => {
                 self.exec(
                     "UPDATE gmembers SET muted = $3 WHERE group_id = $1 AND user_id = $2",
-                    &[&i(group), &i(user.0), &muted],
+                    &[&i(group.0), &i(user.0), &muted],
                 )
                 .await?;
             }
@@ -179,14 +179,14 @@ impl Tx<'_> {
                 self.exec(
                     "INSERT INTO invites (group_id, user_id, by_id) VALUES ($1, $2, $3) \
                      ON CONFLICT (group_id, user_id) DO UPDATE SET by_id = EXCLUDED.by_id",
-                    &[&i(group), &i(user.0), &i(by.0)],
+                    &[&i(group.0), &i(user.0), &i(by.0)],
                 )
                 .await?;
             }
             Op::DeleteInvite { group, user } => {
                 self.exec(
                     "DELETE FROM invites WHERE group_id = $1 AND user_id = $2",
-                    &[&i(group), &i(user.0)],
+                    &[&i(group.0), &i(user.0)],
                 )
                 .await?;
             }

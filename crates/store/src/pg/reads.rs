@@ -8,7 +8,7 @@ use crate::{
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::Json;
-use xinge_core::{ConvId, DeviceId, MsgId, UserId};
+use xinge_core::{ConvId, DeviceId, GroupId, MsgId, UserId};
 use xinge_proto::api::{Event, Friend, FriendRequestView, FriendRequests, InboxEntry, Message};
 
 pub(super) async fn user(store: &PgStore, id: UserId) -> Result<Option<UserRecord>> {
@@ -298,10 +298,10 @@ pub(super) async fn mention_count(
     Ok(u(row.get(0)).min(cap))
 }
 
-pub(super) async fn group(store: &PgStore, id: u64) -> Result<Option<GroupRecord>> {
+pub(super) async fn group(store: &PgStore, id: GroupId) -> Result<Option<GroupRecord>> {
     let c = store.client().await?;
     match c
-        .q_opt("SELECT rec FROM groups WHERE id = $1", &[&i(id)])
+        .q_opt("SELECT rec FROM groups WHERE id = $1", &[&i(id.0)])
         .await
         .map_err(db)?
     {
@@ -312,7 +312,7 @@ pub(super) async fn group(store: &PgStore, id: u64) -> Result<Option<GroupRecord
 
 pub(super) async fn group_member(
     store: &PgStore,
-    group: u64,
+    group: GroupId,
     user: UserId,
 ) -> Result<Option<MemberRecord>> {
     member(&store.client().await?, group, user).await
@@ -320,7 +320,7 @@ pub(super) async fn group_member(
 
 pub(super) async fn group_members(
     store: &PgStore,
-    group: u64,
+    group: GroupId,
     after: Option<UserId>,
     limit: usize,
 ) -> Result<Vec<(UserId, MemberRecord)>> {
@@ -329,7 +329,7 @@ pub(super) async fn group_members(
     let rows = c
         .q(
             "SELECT * FROM gmembers WHERE group_id = $1 AND user_id > $2 ORDER BY user_id LIMIT $3",
-            &[&i(group), &after, &(limit as i64)],
+            &[&i(group.0), &after, &(limit as i64)],
         )
         .await
         .map_err(db)?;
@@ -341,26 +341,30 @@ pub(super) async fn group_members(
 
 pub(super) async fn former_member(
     store: &PgStore,
-    group: u64,
+    group: GroupId,
     user: UserId,
 ) -> Result<Option<(u64, u64)>> {
     let c = store.client().await?;
     let row = c
         .q_opt(
             "SELECT joined_seq, left_seq FROM gleft WHERE group_id = $1 AND user_id = $2",
-            &[&i(group), &i(user.0)],
+            &[&i(group.0), &i(user.0)],
         )
         .await
         .map_err(db)?;
     Ok(row.map(|r| (u(r.get(0)), u(r.get(1)))))
 }
 
-pub(super) async fn invite(store: &PgStore, group: u64, user: UserId) -> Result<Option<UserId>> {
+pub(super) async fn invite(
+    store: &PgStore,
+    group: GroupId,
+    user: UserId,
+) -> Result<Option<UserId>> {
     let c = store.client().await?;
     let row = c
         .q_opt(
             "SELECT by_id FROM invites WHERE group_id = $1 AND user_id = $2",
-            &[&i(group), &i(user.0)],
+            &[&i(group.0), &i(user.0)],
         )
         .await
         .map_err(db)?;

@@ -7,7 +7,7 @@ use deadpool_postgres::GenericClient;
 use serde::de::DeserializeOwned;
 use tokio_postgres::Row;
 use tokio_postgres::types::{Json, ToSql};
-use xinge_core::UserId;
+use xinge_core::{GroupId, UserId};
 use xinge_proto::api::Role;
 
 pub(super) fn backend<E: std::fmt::Display>(e: E) -> StoreError {
@@ -103,13 +103,13 @@ pub(super) fn member_of(row: &Row) -> MemberRecord {
 /// A group member, read on a pooled connection or inside a transaction.
 pub(super) async fn member<C: GenericClient>(
     c: &C,
-    group: u64,
+    group: GroupId,
     user: UserId,
 ) -> Result<Option<MemberRecord>> {
     let row = c
         .q_opt(
             "SELECT * FROM gmembers WHERE group_id = $1 AND user_id = $2",
-            &[&i(group), &i(user.0)],
+            &[&i(group.0), &i(user.0)],
         )
         .await
         .map_err(db)?;
