@@ -581,29 +581,36 @@ async fn nobody_touches_a_conversation_that_is_not_theirs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_unauthenticated_connections_are_cut_off_in_bounded_time() {
+    // The heartbeat timeout keeps its default; the server's clock is moved past it.
+    let clock = xinge_core::clock::Clock::default();
     let server = start(|c| {
-        c.gateway.heartbeat_timeout_secs = 1;
         c.gateway.auth_timeout_secs = 1;
+        c.clock = clock.clone();
     })
     .await;
+    let timeout = xinge_core::config::GatewayConfig::default().heartbeat_timeout_secs;
+    let secs = |s: u64| Duration::from_secs(s);
     let (alice, _) = server.login("alice", "laptop").await;
-    let mut s = raw_authed(&server, alice.token().unwrap()).await;
+    let mut silent = raw_authed(&server, alice.token().unwrap()).await;
+    let mut talking = raw_authed(&server, alice.token().unwrap()).await;
+    // Two thirds of the timeout pass; one connection heartbeats, the other says nothing.
+    clock.advance(secs(u64::from(timeout) * 2 / 3));
+    let f = request(&mut talking, Frame::request(cmd::PING, 1, Bytes::new())).await;
+    assert!(f.is_response());
+    // Past the silent one's timeout (but not the other's): the next tick of the wheel
+    // closes it, within about a second of real time.
+    clock.advance(secs(u64::from(timeout) / 3 + 2));
     let started = std::time::Instant::now();
-    let (close, _) = read_until_closed(&mut s).await;
+    let (close, _) = read_until_closed(&mut silent).await;
     assert_eq!(close.unwrap().code.as_str(), "heartbeat_timeout");
     assert!(started.elapsed() < Duration::from_secs(5));
+    // The tick that closed it looked at the other one too and kept it.
+    let f = request(&mut talking, Frame::request(cmd::PING, 2, Bytes::new())).await;
+    assert!(f.is_response(), "a connection that heartbeats stays");
 
     let mut s = raw_tcp(&server).await;
     let (close, _) = read_until_closed(&mut s).await;
     assert_eq!(close.unwrap().code.as_str(), "unauthenticated");
-
-    // A connection that heartbeats stays.
-    let mut s = raw_authed(&server, alice.token().unwrap()).await;
-    for i in 0..6 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let f = request(&mut s, Frame::request(cmd::PING, i, Bytes::new())).await;
-        assert!(f.is_response());
-    }
     server.stop().await;
 }
 
@@ -711,7 +718,9 @@ async fn the_route_service_rate_limits_connection_admission_per_ip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_user_is_rate_limited_and_nobody_else_is() {
+    let clock = xinge_core::clock::Clock::default();
     let server = start(|c| {
+        c.clock = clock.clone();
         c.limits.sends_burst = 5.0;
         c.limits.sends_per_sec = 1.0;
         c.limits.pulls_burst = 3.0;
@@ -752,8 +761,9 @@ async fn a_flooding_user_is_rate_limited_and_nobody_else_is() {
     assert_eq!(code(r), "rate_limited");
     // Bob is not held back by Alice's flood.
     assert_eq!(code(bob.send(&send(a, 0)).await), "ok");
-    // A retry of an accepted send after the window is answered as the original.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // A retry of an accepted send once the bucket has refilled (the server's clock moved
+    // on by two tokens' time) is answered as the original.
+    clock.advance(std::time::Duration::from_secs(2));
     let again = alice.send(&send(b, 0)).await.unwrap();
     assert!(again.duplicate);
     // Pulls have their own limit.
