@@ -1,5 +1,5 @@
-//! The engines under the distributed roles (DESIGN.md §1): what `xinge serve` does in
-//! memory, done on Redis and NATS JetStream so that any number of `xinge route`,
+//! The engines under the distributed roles (one role per process): what `xinge serve`
+//! does in memory, done on Redis and NATS JetStream so that any number of `xinge route`,
 //! `gateway`, `api` and `push` processes can share no memory and still work as one.
 //!
 //! ```text

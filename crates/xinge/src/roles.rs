@@ -1,5 +1,5 @@
-//! The distributed roles, one per process: `xinge route`, `gateway`, `api` and `push`
-//! (DESIGN.md §1). They share no memory: data in PostgreSQL, sessions, presence and
+//! The distributed roles, one per process, so that each grows by adding machines of its
+//! own kind: `xinge route`, `gateway`, `api` and `push`. They share no memory: data in PostgreSQL, sessions, presence and
 //! gateway load in Redis, commands, deliveries and presence changes on NATS, signals on a
 //! JetStream stream — all through `xinge_cluster`'s adapters behind the same traits
 //! `xinge serve` fills in memory.
