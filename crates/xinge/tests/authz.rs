@@ -260,7 +260,7 @@ async fn outsiders_removed_members_and_blocked_users_are_refused_everywhere() {
         }
     }
     // History: nothing for an outsider; a removed member keeps exactly the span they were a
-    // member for (DESIGN: visibility), so nothing after the removal.
+    // member for, so nothing after the removal.
     let history = format!("/v1/conversations/g{gid}/messages?after=0&limit=100");
     let got = call(&server.base, dave.token(), "GET", &history, &json!({})).await;
     assert!(refused(&got), "an outsider reads no history: {got:?}");
