@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-60}"
 fuzz_dir=fuzz
 export RUSTC_BOOTSTRAP=1
-export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-$(nproc)}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "== installing cargo-fuzz"

@@ -1,6 +1,6 @@
 //! The HTTP accept loop every role serves its router with. axum's own `serve` keeps every
-//! connection for as long as the peer likes; this one bounds them (STYLE.md 9: backpressure
-//! lives in the accept loop):
+//! connection for as long as the peer likes; this one bounds them, because backpressure
+//! belongs in the accept loop, before a connection costs anything:
 //! - at most `max_connections` at once — past that it stops accepting, and new clients
 //!   wait in the kernel's backlog instead of exhausting the process's files;
 //! - a client has `header_timeout` to send a request's headers, also between requests on
