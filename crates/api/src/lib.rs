@@ -263,18 +263,40 @@ impl FromRequestParts<ApiState> for Auth {
 }
 
 pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
+    bearer_token(&parts.headers)
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is matched without
+/// regard to case (RFC 9110 §11.1: `bearer` and `BEARER` are the same scheme).
+pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_whatever_its_case() {
+        let with = |v: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(axum::http::header::AUTHORIZATION, v.parse().unwrap());
+            bearer_token(&h).map(str::to_owned)
+        };
+        for v in ["Bearer t0k", "bearer t0k", "BEARER t0k", "Bearer  t0k"] {
+            assert_eq!(with(v).as_deref(), Some("t0k"), "{v}");
+        }
+        for v in ["Basic dTpw", "Bearer", "Bearer ", "Bearert0k", "t0k"] {
+            assert_eq!(with(v), None, "{v}");
+        }
+    }
 
     /// The `retry-after` header and the body's `retry_after_ms` of one refusal.
     fn waits(e: ApiError) -> (String, Option<u64>) {

@@ -49,11 +49,13 @@ pub enum ErrorCode {
     Internal,
     /// The HTTP path exists but not with this method.
     MethodNotAllowed,
+    /// AUTH named a protocol version this server does not speak.
+    UnsupportedProtocol,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidArgument,
         ErrorCode::TooLarge,
@@ -76,6 +78,7 @@ impl ErrorCode {
         ErrorCode::HeartbeatTimeout,
         ErrorCode::Internal,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::UnsupportedProtocol,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +105,7 @@ impl ErrorCode {
             ErrorCode::HeartbeatTimeout => "heartbeat_timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UnsupportedProtocol => "unsupported_protocol",
         }
     }
 
@@ -127,6 +131,7 @@ impl ErrorCode {
             ErrorCode::SlowConsumer | ErrorCode::HeartbeatTimeout => 408,
             ErrorCode::Internal => 500,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::UnsupportedProtocol => 400,
         }
     }
 }
@@ -202,6 +207,7 @@ mod tests {
             HeartbeatTimeout => 19,
             Internal => 20,
             MethodNotAllowed => 21,
+            UnsupportedProtocol => 22,
         }
     }
 

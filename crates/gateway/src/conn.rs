@@ -118,6 +118,20 @@ pub(crate) async fn serve_admitted<T: Transport>(
                 return refuse(io, Some(&f), e).await;
             }
             Ok(Ok(f)) => match serde_json::from_slice::<AuthRequest>(&f.body) {
+                Ok(req)
+                    if req
+                        .protocol
+                        .is_some_and(|p| p != xinge_proto::PROTOCOL_VERSION) =>
+                {
+                    let e = ApiError::new(
+                        ErrorCode::UnsupportedProtocol,
+                        format!(
+                            "this server speaks protocol {}",
+                            xinge_proto::PROTOCOL_VERSION
+                        ),
+                    );
+                    return refuse(io, Some(&f), e).await;
+                }
                 Ok(req) => (Some(f), req.token),
                 Err(e) => {
                     let e = ApiError::new(ErrorCode::BadRequest, format!("auth body: {e}"));
@@ -262,7 +276,6 @@ async fn step<T: Transport>(
         tokio::time::sleep(wait).await;
     }
     match answer(gw, io, handle, ctx, frame).await {
-        Answer::None => None,
         Answer::WriteFailed => Some(End::WriteFailed),
         Answer::Reply(reply) => handle.out.push(reply).is_err().then(|| {
             End::Error(ApiError::new(
@@ -326,12 +339,11 @@ async fn write_queued<T: Transport>(io: &mut T, out: &SendQueue) -> bool {
 }
 
 enum Answer {
-    None,
     Reply(Frame),
     WriteFailed,
 }
 
-/// The reply to one frame from the client, if it needs one. A business command is passed
+/// The reply to one frame from the client (every frame gets one). A business command is passed
 /// up; while it runs, frames queued for the connection (signals) keep going out.
 async fn answer<T: Transport>(
     gw: &Gateway,
@@ -341,7 +353,16 @@ async fn answer<T: Transport>(
     frame: Frame,
 ) -> Answer {
     if frame.is_response() {
-        return Answer::None; // clients have nothing to answer; tolerate and ignore
+        // The server asks clients nothing, so a response from one is a client's bug: said
+        // so (the connection lives on) instead of dropped without a word.
+        return Answer::Reply(Frame::error(
+            frame.cmd,
+            frame.req_id,
+            &ApiError::new(
+                ErrorCode::BadRequest,
+                "clients send requests: this frame has the response flag set",
+            ),
+        ));
     }
     Answer::Reply(match frame.cmd {
         cmd::PING => frame.reply(bytes::Bytes::new()),

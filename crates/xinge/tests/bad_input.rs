@@ -1077,3 +1077,46 @@ async fn a_user_past_the_frame_rate_is_slowed_by_not_being_read() {
     assert!(t.elapsed() < Duration::from_millis(500));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_is_told_of_an_unknown_protocol_a_stray_response_and_any_case_of_bearer() {
+    let server = start(|_| {}).await;
+    let (alice, _) = server.login("alice", "laptop").await;
+    let token = alice.token().unwrap().to_owned();
+
+    // AUTH naming a protocol this server does not speak is refused, not taken as 1.
+    let mut s = raw_tcp(&server).await;
+    let body = serde_json::to_vec(&serde_json::json!({ "token": token, "protocol": 2 })).unwrap();
+    s.write_all(&Frame::request(cmd::AUTH, 1, body).encode_prefixed())
+        .await
+        .unwrap();
+    let (close, frames) = read_until_closed(&mut s).await;
+    let said = close.or_else(|| frames.iter().find(|f| f.is_error()).map(err_of));
+    assert_eq!(said.unwrap().code.as_str(), "unsupported_protocol");
+    // Protocol 1, said or left out, is accepted (raw_authed leaves it out).
+    let mut s = raw_tcp(&server).await;
+    let body = serde_json::to_vec(&serde_json::json!({ "token": token, "protocol": 1 })).unwrap();
+    let ok = request(&mut s, Frame::request(cmd::AUTH, 1, body)).await;
+    assert!(ok.is_response() && !ok.is_error());
+
+    // A frame with the response flag set gets an error in its place; the connection lives.
+    let mut s = raw_authed(&server, &token).await;
+    let stray = Frame::request(cmd::PING, 5, Bytes::new()).reply(Bytes::new());
+    let f = request(&mut s, stray).await;
+    assert_eq!((f.cmd, f.req_id), (cmd::PING, 5));
+    assert_eq!(err_of(&f).code.as_str(), "bad_request");
+    let f = request(&mut s, Frame::request(cmd::PING, 6, Bytes::new())).await;
+    assert!(f.is_response() && !f.is_error() && f.req_id == 6);
+
+    // The Authorization scheme is case-insensitive.
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let r = reqwest::Client::new()
+            .get(format!("{}/v1/me", server.base))
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{scheme}");
+    }
+    server.stop().await;
+}

@@ -33,11 +33,7 @@ pub async fn ws(
     if let Some(Err(e)) = peer_ip(&ext).map(|ip| gateway.admit(ip)) {
         return HttpError(e).into_response();
     }
-    let header_token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
+    let header_token = crate::bearer_token(&headers).map(str::to_owned);
     let text = q.mode.as_deref() == Some("text");
     xinge_gateway::ws::upgrade(gateway, up, q.token.or(header_token), text).into_response()
 }
