@@ -1,5 +1,9 @@
 //! In-process API tests through `app()` and `oneshot`: no sockets, the real router.
 
+// Test code, helpers outside `#[test]` functions included: a failed setup step should stop
+// the test where it happened.
+#![allow(clippy::unwrap_used)]
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;

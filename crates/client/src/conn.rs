@@ -28,6 +28,12 @@ pub enum Transport {
 
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
 
+/// Locks a mutex of the SDK's, poisoned or not: each one guards a map or an `Option` that a
+/// panicking holder cannot leave half-changed, so the next caller can go on using it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub struct Connection {
     out: mpsc::Sender<Frame>,
     pending: Pending,
@@ -145,7 +151,7 @@ impl Connection {
         let reply = tokio::time::timeout(Duration::from_secs(10), auth_rx)
             .await
             .map_err(|_| terr("auth timed out".into()))?
-            .map_err(|_| match close_reason.lock().unwrap().clone() {
+            .map_err(|_| match lock(&close_reason).clone() {
                 Some(e) => ClientError::Api(e),
                 None => terr("connection closed during auth".into()),
             })?;
@@ -168,17 +174,17 @@ impl Connection {
     pub async fn request_raw(&self, command: u16, body: Bytes) -> Result<Frame> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(id, tx);
+        lock(&self.pending).insert(id, tx);
         let sent = self.out.send(Frame::request(command, id, body)).await;
         if sent.is_err() {
-            self.pending.lock().unwrap().remove(&id);
+            lock(&self.pending).remove(&id);
             return Err(self.gone());
         }
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(f)) => Ok(f),
             Ok(Err(_)) => Err(self.gone()),
             Err(_) => {
-                self.pending.lock().unwrap().remove(&id);
+                lock(&self.pending).remove(&id);
                 Err(ClientError::Transport("request timed out".into()))
             }
         }
@@ -203,7 +209,7 @@ impl Connection {
     }
 
     fn gone(&self) -> ClientError {
-        match self.close_reason.lock().unwrap().clone() {
+        match lock(&self.close_reason).clone() {
             Some(e) => ClientError::Api(e),
             None => ClientError::Transport("connection closed".into()),
         }
@@ -269,7 +275,7 @@ async fn route_incoming(
                     })
                     .await;
             }
-            if let Some(tx) = pending.lock().unwrap().remove(&f.req_id) {
+            if let Some(tx) = lock(&pending).remove(&f.req_id) {
                 let _ = tx.send(f);
             }
         } else if f.cmd == cmd::SIGNAL {
@@ -279,11 +285,11 @@ async fn route_incoming(
                 // Nobody listens for signals; requests still work.
             }
         } else if f.cmd == cmd::CLOSE {
-            *close_reason.lock().unwrap() = serde_json::from_slice(&f.body).ok();
+            *lock(&close_reason) = serde_json::from_slice(&f.body).ok();
         }
     }
     // Fail everything still waiting.
-    pending.lock().unwrap().clear();
+    lock(&pending).clear();
 }
 
 async fn tcp_write<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Frame>) {

@@ -6,7 +6,7 @@
 //! heartbeat and repairs any lost signal. Entries are handed to the app strictly in seq
 //! order, each once, whatever the network does.
 
-use crate::conn::{Connection, Transport};
+use crate::conn::{Connection, Transport, lock};
 use crate::{ClientError, Http, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -143,7 +143,7 @@ impl Device {
 
     /// The gateway the device is connected to (`host:port` or a `ws://…` URL), if it is.
     pub fn address(&self) -> Option<String> {
-        let conn = self.shared.conn.lock().unwrap();
+        let conn = lock(&self.shared.conn);
         conn.as_ref().map(|c| c.address.clone())
     }
 
@@ -186,7 +186,7 @@ impl Device {
         command: u16,
         body: &B,
     ) -> Result<R> {
-        let conn = self.shared.conn.lock().unwrap().clone();
+        let conn = lock(&self.shared.conn).clone();
         match conn {
             Some(c) => c.request(command, body).await,
             None => Err(ClientError::Transport("not connected".into())),
@@ -198,7 +198,7 @@ impl Device {
     pub async fn send(&self, req: &SendRequest) -> Result<SendResponse> {
         let deadline = tokio::time::Instant::now() + self.opts.send_deadline;
         loop {
-            if let Some(e) = self.shared.fatal.lock().unwrap().clone() {
+            if let Some(e) = lock(&self.shared.fatal).clone() {
                 return Err(e);
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -224,7 +224,7 @@ impl Device {
 
     /// Drops the current connection (as a network failure would); the device reconnects.
     pub fn drop_connection(&self) {
-        self.shared.conn.lock().unwrap().take();
+        lock(&self.shared.conn).take();
         self.shared.connected.send_replace(false);
     }
 
@@ -272,7 +272,7 @@ impl Runner {
                 e = self.session() => e,
                 _ = stop.changed() => Ended::Stop,
             };
-            self.shared.conn.lock().unwrap().take();
+            lock(&self.shared.conn).take();
             self.shared.connected.send_replace(false);
             if matches!(ended, Ended::Stop) {
                 return;
@@ -355,7 +355,7 @@ impl Runner {
                     ErrorCode::Unauthenticated | ErrorCode::TokenExpired | ErrorCode::TokenRevoked
                 ) =>
             {
-                *self.shared.fatal.lock().unwrap() = Some(ClientError::Api(e));
+                *lock(&self.shared.fatal) = Some(ClientError::Api(e));
                 return Ended::Stop;
             }
             Err(e) => {
@@ -371,7 +371,7 @@ impl Runner {
         if self.pull_patiently(&conn).await.is_err() {
             return Ended::Retry;
         }
-        *self.shared.conn.lock().unwrap() = Some(conn.clone());
+        *lock(&self.shared.conn) = Some(conn.clone());
         self.shared.connects.fetch_add(1, Ordering::Relaxed);
         self.shared.connected.send_replace(true);
         // A pull between connecting and publishing may have missed a signal: pull again.

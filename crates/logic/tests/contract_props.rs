@@ -14,6 +14,10 @@
 //! the system under test is checked against it after every step. Failures shrink and their
 //! seeds are kept in tests/contract_props.proptest-regressions.
 
+// Test code, helpers outside `#[test]` functions included: a failed setup step should stop
+// the test where it happened.
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -142,7 +142,7 @@ impl Frame {
             .ok()
             .filter(|s| !s.is_empty())
             .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or_else(|| serde_json::from_str("null").unwrap());
+            .unwrap_or(RawValue::NULL);
         let env = TextEnvelope {
             cmd: self.cmd,
             id: self.req_id,

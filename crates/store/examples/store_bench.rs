@@ -52,13 +52,16 @@ fn cpu_us() -> u64 {
     ticks * 10_000
 }
 
+/// What ends the run early: the store refusing an operation, or a committer task dying.
+type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
 #[tokio::main]
-async fn main() {
+async fn main() -> Result<(), BenchError> {
     let mut args = std::env::args().skip(1);
     let users: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000);
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FjallStore::open(dir.path(), FjallOptions::default()).unwrap());
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(FjallStore::open(dir.path(), FjallOptions::default())?);
     let mut ids = Vec::new();
     for i in 0..users {
         let u = store
@@ -68,8 +71,7 @@ async fn main() {
                 password_hash: "h".into(),
                 created_at_ms: 0,
             })
-            .await
-            .unwrap();
+            .await?;
         ids.push(u.id);
     }
     let pick = |i: u64| {
@@ -83,7 +85,7 @@ async fn main() {
     let t = Instant::now();
     for i in 0..seq_n {
         let (a, b) = pick(i);
-        store.commit(commit(a, b, format!("s{i}"))).await.unwrap();
+        store.commit(commit(a, b, format!("s{i}"))).await?;
     }
     let one = seq_n as f64 / t.elapsed().as_secs_f64();
     println!("one committer:   {seq_n} messages, {one:.0} msgs/s (one fdatasync per message)");
@@ -104,14 +106,14 @@ async fn main() {
                     );
                     store
                         .commit(commit(a, b, format!("c{concurrency}-{i}")))
-                        .await
-                        .unwrap();
+                        .await?;
                     i += concurrency;
                 }
+                Ok::<(), xinge_store::StoreError>(())
             }));
         }
         for t in tasks {
-            t.await.unwrap();
+            t.await??;
         }
         let rate = n as f64 / t.elapsed().as_secs_f64();
         let per = (cpu_us() - cpu) as f64 / n as f64;
@@ -125,7 +127,7 @@ async fn main() {
     for &u in &ids {
         let mut after = 0;
         loop {
-            let (page, head) = store.inbox(u, after, 500).await.unwrap();
+            let (page, head) = store.inbox(u, after, 500).await?;
             rows += page.len();
             after = page.last().map_or(head, |e| e.seq);
             if after >= head {
@@ -135,4 +137,5 @@ async fn main() {
     }
     let rate = rows as f64 / t.elapsed().as_secs_f64();
     println!("inbox range reads: {rows} entries, {rate:.0} entries/s (each with its message)");
+    Ok(())
 }

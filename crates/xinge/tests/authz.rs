@@ -3,6 +3,10 @@
 //! belong to — an outsider, a removed member, a blocked user — over HTTP and over the long
 //! connection. All refused with a stable code; nothing of anyone else's is shown or changed.
 
+// Test code, helpers outside `#[test]` functions included: a failed setup step should stop
+// the test where it happened.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

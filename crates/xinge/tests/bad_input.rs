@@ -1,6 +1,10 @@
 //! Bad input and authorization: every case gets a stable error code, nothing panics, and
 //! nobody else's data is touched or shown.
 
+// Test code, helpers outside `#[test]` functions included: a failed setup step should stop
+// the test where it happened.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use bytes::{Bytes, BytesMut};

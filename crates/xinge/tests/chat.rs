@@ -1,5 +1,9 @@
 //! End-to-end 1:1 chat through a real server and real sockets.
 
+// Test code, helpers outside `#[test]` functions included: a failed setup step should stop
+// the test where it happened.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

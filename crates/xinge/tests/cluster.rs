@@ -5,6 +5,10 @@
 //! them all. And with three gateways, traffic between two never touches the third.
 //! Requires the engines under CI; elsewhere skips, saying so.
 
+// Test code, helpers outside `#[test]` functions included: a failed setup step should stop
+// the test where it happened.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::delivery::{Acked, Seen, assert_stored, conv_has, sender, until_acked};

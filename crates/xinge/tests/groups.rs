@@ -1,6 +1,10 @@
 //! Groups end to end: fan-out in both modes, the switch between them, membership changes
 //! at their place in the timeline, who-read lists, and authorization.
 
+// Test code, helpers outside `#[test]` functions included: a failed setup step should stop
+// the test where it happened.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

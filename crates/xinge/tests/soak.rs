@@ -24,6 +24,10 @@
 //! with `--nocapture` for the summary. The two tests take turns (one lock), so that their
 //! timings and memory figures do not disturb each other. docs/RELIABILITY.md has figures.
 
+// Test code, helpers outside `#[test]` functions included: a failed setup step should stop
+// the test where it happened.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::delivery::{Acked, Seen, assert_stored};

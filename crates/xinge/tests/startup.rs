@@ -2,6 +2,10 @@
 //! another process holds. And what a server writes to a file or a pipe is plain text,
 //! without a terminal's colour codes.
 
+// Test code, helpers outside `#[test]` functions included: a failed setup step should stop
+// the test where it happened.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::procs::{Proc, xinge};

@@ -4,6 +4,10 @@
 //! made here, at test time (a CA and a server certificate for 127.0.0.1): no key is
 //! committed.
 
+// Test code, helpers outside `#[test]` functions included: a failed setup step should stop
+// the test where it happened.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

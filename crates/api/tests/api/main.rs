@@ -2,6 +2,10 @@
 //! each endpoint's success path and its main refusals, with status, error code and the
 //! answer's key fields.
 
+// Test code, helpers outside `#[test]` functions included: a failed setup step should stop
+// the test where it happened.
+#![allow(clippy::unwrap_used)]
+
 mod accounts;
 mod friends;
 mod groups;

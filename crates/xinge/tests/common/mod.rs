@@ -1,6 +1,8 @@
 //! The test harness: a real server on port 0 in a temp dir, and helpers that drive it
 //! through the SDK over real sockets.
 #![allow(dead_code)]
+// Test-only helpers: a failed setup step should stop the test where it happened.
+#![allow(clippy::unwrap_used)]
 
 pub mod delivery;
 pub mod procs;
