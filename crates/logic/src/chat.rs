@@ -187,20 +187,12 @@ impl Logic {
             ));
         }
         let key = format!("recall:{}:{}", req.conv, req.conv_seq);
-        // A retry of a recall that went through answers with it, even after the window.
-        if let Some(done) = self.store.dedup(caller.user, &key).await? {
-            return Ok(SendResponse {
-                msg_id: done.msg_id,
-                conv: done.conv,
-                conv_seq: done.conv_seq,
-                inbox_seq: done.sender_seq,
-                sent_at_ms: target.sent_at_ms,
-                duplicate: true,
-                entry: None,
-            });
-        }
+        // A retry of a recall that went through is let past the window: the append below
+        // finds its dedup key and answers exactly as the first time (the recall's own
+        // time and sequence numbers), like any retried send.
+        let retry = self.store.dedup(caller.user, &key).await?.is_some();
         let window = self.cfg.chat.recall_window_secs * 1000;
-        if self.cfg.clock.now_ms().saturating_sub(target.sent_at_ms) > window {
+        if !retry && self.cfg.clock.now_ms().saturating_sub(target.sent_at_ms) > window {
             return Err(bad(
                 ErrorCode::RecallWindowPassed,
                 "too late to recall this message",

@@ -334,7 +334,10 @@ async fn strangers_may_talk_when_the_server_allows_it_and_recall_works_in_its_wi
         .send(&text(b, "m1", "taken back in time"))
         .await
         .unwrap();
+    // Recalled ten seconds after it was sent: the recall's time is its own.
+    clock.advance(Duration::from_secs(10));
     let first = alice.recall(&recall_of(&taken_back)).await.unwrap();
+    assert!(first.sent_at_ms >= taken_back.sent_at_ms + 10_000);
     let late = alice
         .send(&text(b, "m2", "too late to take back"))
         .await
@@ -355,8 +358,19 @@ async fn strangers_may_talk_when_the_server_allows_it_and_recall_works_in_its_wi
     let retry = alice.recall(&recall_of(&taken_back)).await.unwrap();
     assert!(retry.duplicate);
     assert_eq!(
-        (retry.msg_id, retry.conv_seq),
-        (first.msg_id, first.conv_seq)
+        (
+            retry.msg_id,
+            retry.conv_seq,
+            retry.inbox_seq,
+            retry.sent_at_ms
+        ),
+        (
+            first.msg_id,
+            first.conv_seq,
+            first.inbox_seq,
+            first.sent_at_ms
+        ),
+        "a retried recall answers exactly as the first time"
     );
     server.stop().await;
 }
