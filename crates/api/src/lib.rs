@@ -49,36 +49,39 @@ pub struct ApiState {
 /// Every endpoint of every role, for `xinge serve`, and the web client at `/` (it needs the
 /// API and the WebSocket gateway on one origin, which only this all-in-one router has).
 pub fn app(state: AppState) -> axum::Router {
-    api_routes(ApiState { logic: state.logic })
-        .merge(route_routes(state.route))
-        .merge(http::gateway::routes(state.gateway))
-        .merge(web::routes())
-        .merge(common())
-        .method_not_allowed_fallback(method_not_allowed)
+    served(
+        api_routes(ApiState { logic: state.logic })
+            .merge(route_routes(state.route))
+            .merge(http::gateway::routes(state.gateway))
+            .merge(web::routes()),
+    )
 }
 
 /// `xinge api`: the business API.
 pub fn api_app(logic: Arc<Logic>) -> axum::Router {
-    api_routes(ApiState { logic })
-        .merge(common())
-        .method_not_allowed_fallback(method_not_allowed)
+    served(api_routes(ApiState { logic }))
 }
 
 /// `xinge route`: which gateway to use.
 pub fn route_app(route: Arc<Route>) -> axum::Router {
-    route_routes(route)
-        .merge(common())
-        .method_not_allowed_fallback(method_not_allowed)
+    served(route_routes(route))
 }
 
 /// `xinge push`: health and metrics only.
 pub fn health_app() -> axum::Router {
-    common().method_not_allowed_fallback(method_not_allowed)
+    served(axum::Router::new())
 }
 
 /// `xinge gateway`: the WebSocket endpoint (the TCP gateway has its own listener).
 pub fn gateway_app(gateway: Arc<Gateway>) -> axum::Router {
-    http::gateway::routes(gateway)
+    served(http::gateway::routes(gateway))
+}
+
+/// A role's routes as every role serves them: with `/healthz`, `/metrics`, and our error
+/// shape for unknown paths and for a known path's wrong method (axum applies the latter
+/// only to routes already there, so it comes last).
+fn served(routes: axum::Router) -> axum::Router {
+    routes
         .merge(common())
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -251,7 +254,7 @@ impl FromRequestParts<ApiState> for Auth {
         parts: &mut Parts,
         state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)
+        let token = bearer_token(&parts.headers)
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "missing bearer token"))?;
         let (user, device) = state.logic.authenticate(token).await?;
         Ok(Auth(Caller {
@@ -260,10 +263,6 @@ impl FromRequestParts<ApiState> for Auth {
             origin: None,
         }))
     }
-}
-
-pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
-    bearer_token(&parts.headers)
 }
 
 /// The token of an `Authorization: Bearer <token>` header. The scheme is matched without

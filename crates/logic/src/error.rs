@@ -18,16 +18,6 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-impl Error {
-    /// The stable code the caller will see.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Error::Refused(e) => e.code,
-            Error::Store(e) => store_answer(e).0,
-        }
-    }
-}
-
 /// What the caller is told of a store error.
 fn store_answer(e: &StoreError) -> (ErrorCode, &'static str) {
     match e {
@@ -78,7 +68,6 @@ mod tests {
     #[test]
     fn a_store_failure_reaches_the_client_only_as_its_code() {
         let e = Error::from(StoreError::Backend("disk on fire at /var/lib/x".into()));
-        assert_eq!(e.code(), ErrorCode::Internal);
         let wire = ApiError::from(e);
         assert_eq!(wire.code, ErrorCode::Internal);
         assert!(!wire.message.contains("disk"), "{}", wire.message);
