@@ -50,6 +50,7 @@ sends_per_sec = 1000000.0
 sends_burst = 1000000.0
 pulls_per_sec = 1000000.0
 pulls_burst = 1000000.0
+registrations_per_ip_burst = 1000000.0
 [gateway]
 max_connections = 19500
 [gateway.admission]

@@ -47,6 +47,9 @@ sends_per_sec = 1000000.0
 sends_burst = 1000000.0
 pulls_per_sec = 1000000.0
 pulls_burst = 1000000.0
+registrations_per_ip_burst = 1000000.0
+login_failures_per_ip_burst = 1000000.0
+login_failures_per_account_burst = 1000000.0
 
 [route]
 per_ip_per_sec = 1000000.0

@@ -6,8 +6,9 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
+use xinge_core::ErrorCode;
+use xinge_core::auth::Authenticated;
 use xinge_core::error::ApiError;
-use xinge_core::{DeviceId, ErrorCode, UserId};
 use xinge_gateway::{Authenticator, SessionCtx, Upstream};
 use xinge_logic::{Caller, Logic};
 use xinge_proto::cmd;
@@ -33,6 +34,7 @@ impl Upstream for Dispatch {
             user: s.user,
             device: s.device.clone(),
             origin: Some(s.conn),
+            token: s.token,
         };
         let l = &self.0;
         match command {
@@ -55,7 +57,7 @@ impl Upstream for Dispatch {
 
 #[async_trait]
 impl Authenticator for Dispatch {
-    async fn authenticate(&self, token: &str) -> Result<(UserId, DeviceId), ApiError> {
+    async fn authenticate(&self, token: &str) -> Result<Authenticated, ApiError> {
         Ok(self.0.authenticate(token).await?)
     }
 }

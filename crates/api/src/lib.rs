@@ -256,11 +256,12 @@ impl FromRequestParts<ApiState> for Auth {
     ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers)
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "missing bearer token"))?;
-        let (user, device) = state.logic.authenticate(token).await?;
+        let who = state.logic.authenticate(token).await?;
         Ok(Auth(Caller {
-            user,
-            device,
+            user: who.user,
+            device: who.device,
             origin: None,
+            token: who.token,
         }))
     }
 }

@@ -41,12 +41,13 @@ impl Server {
         // sections other than those written below (e.g. "[store]\ncommit_interval_us = 3000").
         let extra = std::env::var("XINGE_BENCH_SERVER_TOML").unwrap_or_default();
         if limits == Limits::Defaults {
-            // The default limits, but for admission per IP: every bench user connects from
-            // 127.0.0.1.
+            // The default limits, but for admission and new accounts per IP: every bench
+            // user registers and connects from 127.0.0.1.
             std::fs::write(
                 &config,
                 format!(
                     "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\n[gateway]\nmax_connections = 19500\n\
+                 [limits]\nregistrations_per_ip_burst = 1000000.0\n\
                  [gateway.admission]\nper_ip_burst = 5000.0\n{extra}\n"
                 ),
             )?;
@@ -62,6 +63,7 @@ impl Server {
                 "[auth]\nargon2_memory_kib = 256\nargon2_iterations = 1\n[gateway]\nmax_connections = 19500\n\
              [limits]\nsends_per_sec = 1000000.0\nsends_burst = 1000000.0\n\
              pulls_per_sec = 1000000.0\npulls_burst = 1000000.0\n\
+             registrations_per_ip_burst = 1000000.0\n\
              [gateway.admission]\nper_ip_per_sec = 1000000.0\nper_ip_burst = 1000000.0\n{extra}\n"
             ),
         )?;

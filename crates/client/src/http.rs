@@ -154,6 +154,29 @@ impl Http {
             .map(drop)
     }
 
+    /// Changes the password; every other device of the account is logged out.
+    pub async fn change_password(&self, current: &str, new: &str) -> Result<()> {
+        let req = PasswordChange {
+            current_password: current.into(),
+            new_password: new.into(),
+        };
+        self.call::<_, Done>(Method::PUT, "/v1/me/password", Some(&req))
+            .await
+            .map(drop)
+    }
+
+    /// The account's logged-in devices.
+    pub async fn devices(&self) -> Result<Devices> {
+        self.get("/v1/me/devices").await
+    }
+
+    /// Logs out another of the account's devices.
+    pub async fn log_out_device(&self, device: &str) -> Result<()> {
+        self.call::<(), Done>(Method::DELETE, &format!("/v1/me/devices/{device}"), None)
+            .await
+            .map(drop)
+    }
+
     pub async fn me(&self) -> Result<Profile> {
         self.get("/v1/me").await
     }

@@ -24,6 +24,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, watch};
+use xinge_core::auth::Authenticated;
 use xinge_core::error::ApiError;
 use xinge_core::{ConnId, DeviceId, ErrorCode, UserId};
 use xinge_gateway::{Authenticator, SessionCtx, Upstream};
@@ -33,6 +34,7 @@ use xinge_push::{Delivery, PresenceChange};
 const H_USER: &str = "xinge-user";
 const H_DEVICE: &str = "xinge-device";
 const H_CONN: &str = "xinge-conn";
+const H_TOKEN: &str = "xinge-token";
 const H_TRACE: &str = "xinge-trace";
 const H_ERROR: &str = "xinge-error";
 const API_GROUP: &str = "api";
@@ -47,6 +49,7 @@ fn session_headers(s: &SessionCtx, trace: &str) -> HeaderMap {
     h.insert(H_USER, s.user.0.to_string().as_str());
     h.insert(H_DEVICE, s.device.as_str());
     h.insert(H_CONN, s.conn.0.to_string().as_str());
+    h.insert(H_TOKEN, s.token.to_string().as_str());
     h.insert(H_TRACE, trace);
     h
 }
@@ -60,10 +63,12 @@ fn session_of(h: Option<&HeaderMap>) -> Option<SessionCtx> {
     let user: u64 = header(h, H_USER)?;
     let conn: u64 = header(h, H_CONN)?;
     let device: String = header(h, H_DEVICE)?;
+    let token: u64 = header(h, H_TOKEN)?;
     Some(SessionCtx {
         user: UserId(user),
         device: DeviceId::parse(&device)?,
         conn: ConnId(conn),
+        token,
     })
 }
 
@@ -107,6 +112,23 @@ fn deliveries_in(payload: Bytes, max_frame: usize) -> (Vec<Delivery>, u64) {
         }
     }
     (out, malformed)
+}
+
+/// An auth answer: `[user, device, token, expires_at_ms]` in JSON.
+fn encode_auth(a: &Authenticated) -> Bytes {
+    let v = (a.user.0, a.device.as_str(), a.token, a.expires_at_ms);
+    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+fn decode_auth(b: &[u8]) -> Option<Authenticated> {
+    let (user, device, token, expires_at_ms): (u64, String, u64, u64) =
+        serde_json::from_slice(b).ok()?;
+    Some(Authenticated {
+        user: UserId(user),
+        device: DeviceId::parse(&device)?,
+        token,
+        expires_at_ms,
+    })
 }
 
 // === the gateway's side ===
@@ -161,7 +183,7 @@ impl Upstream for NatsUpstream {
 
 #[async_trait]
 impl Authenticator for NatsUpstream {
-    async fn authenticate(&self, token: &str) -> Result<(UserId, DeviceId), ApiError> {
+    async fn authenticate(&self, token: &str) -> Result<Authenticated, ApiError> {
         let reply = self
             .request(
                 self.names.auth(),
@@ -169,11 +191,7 @@ impl Authenticator for NatsUpstream {
                 Bytes::copy_from_slice(token.as_bytes()),
             )
             .await?;
-        let (user, device): (u64, String) = serde_json::from_slice(&reply)
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "bad auth answer"))?;
-        let device = DeviceId::parse(&device)
-            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "bad auth answer"))?;
-        Ok((UserId(user), device))
+        decode_auth(&reply).ok_or_else(|| ApiError::new(ErrorCode::Internal, "bad auth answer"))
     }
 }
 
@@ -196,7 +214,12 @@ pub async fn deliveries(
             for d in deliveries {
                 metrics::counter!("xinge_deliveries_received_total")
                     .increment(d.conns.len() as u64);
-                if tx.try_send(d).is_err() {
+                // A session end waits for room where a signal would be dropped.
+                if d.frame.cmd == xinge_proto::cmd::END_SESSIONS {
+                    if tx.send(d).await.is_err() {
+                        break;
+                    }
+                } else if tx.try_send(d).is_err() {
                     metrics::counter!("xinge_signals_dropped_total").increment(1);
                 }
             }
@@ -247,9 +270,7 @@ pub async fn serve_commands(
             tokio::spawn(async move {
                 let answer = if is_auth {
                     let token = String::from_utf8_lossy(&msg.payload).into_owned();
-                    auth.authenticate(&token).await.map(|(u, d)| {
-                        Bytes::from(serde_json::to_vec(&(u.0, d.as_str())).unwrap_or_default())
-                    })
+                    auth.authenticate(&token).await.map(|a| encode_auth(&a))
                 } else {
                     handle_command(&*upstream, &msg).await
                 };
@@ -323,6 +344,7 @@ mod tests {
             user: UserId(42),
             device: DeviceId::parse("laptop").unwrap(),
             conn: ConnId(7),
+            token: 99,
         }
     }
 
@@ -331,15 +353,20 @@ mod tests {
         let h = session_headers(&session(), "00000000000000ff");
         let back = session_of(Some(&h)).expect("the session comes back");
         assert_eq!(
-            (back.user, back.device.as_str(), back.conn),
-            (UserId(42), "laptop", ConnId(7))
+            (back.user, back.device.as_str(), back.conn, back.token),
+            (UserId(42), "laptop", ConnId(7), 99)
         );
         assert_eq!(
             header::<String>(Some(&h), H_TRACE).unwrap(),
             "00000000000000ff"
         );
         assert!(session_of(None).is_none(), "no headers");
-        for (name, bad) in [(H_USER, "x"), (H_CONN, "-1"), (H_DEVICE, "")] {
+        for (name, bad) in [
+            (H_USER, "x"),
+            (H_CONN, "-1"),
+            (H_DEVICE, ""),
+            (H_TOKEN, "t"),
+        ] {
             let mut h = session_headers(&session(), "");
             h.insert(name, bad);
             assert!(session_of(Some(&h)).is_none(), "{name}: {bad:?}");
@@ -347,6 +374,20 @@ mod tests {
         let mut partial = HeaderMap::new();
         partial.insert(H_USER, "1");
         assert!(session_of(Some(&partial)).is_none(), "a header missing");
+    }
+
+    #[test]
+    fn an_auth_answer_names_the_token_and_its_expiry() {
+        let a = Authenticated {
+            user: UserId(u64::MAX),
+            device: DeviceId::parse("phone").unwrap(),
+            token: u64::MAX - 1,
+            expires_at_ms: 1_800_000_000_000,
+        };
+        assert_eq!(decode_auth(&encode_auth(&a)), Some(a));
+        for bad in [&b""[..], b"[1,\"phone\",2]", b"[1,\"\",2,3]", b"{}"] {
+            assert_eq!(decode_auth(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

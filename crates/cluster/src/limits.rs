@@ -15,6 +15,11 @@ local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n";
 
+/// Takes back one call from a counter, if its window is still there.
+const GIVE_BACK: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECR', KEYS[1]) end
+return 0";
+
 /// The window a call at `now` counts in: `burst / per_sec` long (at least 1 ms), and its
 /// number since the epoch. Every api process agrees on it by the clock alone.
 fn window_of(burst: f64, per_sec: f64, now: u64) -> (u64, u64) {
@@ -32,6 +37,7 @@ pub struct SharedLimiter {
     names: Names,
     cfg: LimitsConfig,
     script: redis::Script,
+    give_back: redis::Script,
 }
 
 impl SharedLimiter {
@@ -41,22 +47,21 @@ impl SharedLimiter {
             names,
             cfg,
             script: redis::Script::new(LIMIT),
+            give_back: redis::Script::new(GIVE_BACK),
         }
     }
-}
 
-#[async_trait::async_trait]
-impl Limiter for SharedLimiter {
-    async fn check(&self, user: UserId, what: Limited) -> Result<(), Duration> {
+    /// Counts one call of `what` in `key`'s counter (named by `name(window)`): `Ok`, or how
+    /// long until the next window.
+    async fn count(&self, what: Limited, name: impl Fn(u64) -> String) -> Result<(), Duration> {
         let rate = what.rate(&self.cfg);
         let now = xinge_core::now_ms();
         let (window_ms, window) = window_of(rate.burst, rate.per_sec, now);
-        let key = self.names.limit_key(user, what.as_str(), window);
         let mut conn = self.redis.clone();
         let n = tokio::time::timeout(
             ANSWER_WITHIN,
             self.script
-                .key(key)
+                .key(name(window))
                 .arg(window_ms * 2)
                 .invoke_async::<u64>(&mut conn),
         )
@@ -77,6 +82,38 @@ impl Limiter for SharedLimiter {
                 tracing::warn!(error = %e, "rate limit unknown: allowed");
                 Ok(())
             }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Limiter for SharedLimiter {
+    async fn check(&self, user: UserId, what: Limited) -> Result<(), Duration> {
+        self.count(what, |window| {
+            self.names.limit_key(user, what.as_str(), window)
+        })
+        .await
+    }
+
+    async fn check_key(&self, key: &str, what: Limited) -> Result<(), Duration> {
+        self.count(what, |window| {
+            self.names.key_limit_key(key, what.as_str(), window)
+        })
+        .await
+    }
+
+    async fn give_back(&self, key: &str, what: Limited) {
+        let rate = what.rate(&self.cfg);
+        let (_, window) = window_of(rate.burst, rate.per_sec, xinge_core::now_ms());
+        let name = self.names.key_limit_key(key, what.as_str(), window);
+        let mut conn = self.redis.clone();
+        let done = tokio::time::timeout(
+            ANSWER_WITHIN,
+            self.give_back.key(name).invoke_async::<u64>(&mut conn),
+        )
+        .await;
+        if !matches!(done, Ok(Ok(_))) {
+            metrics::counter!("xinge_registry_errors_total").increment(1);
         }
     }
 }

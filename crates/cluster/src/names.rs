@@ -58,9 +58,24 @@ impl Names {
         format!("{}:{{u{user}}}:seen", self.prefix)
     }
 
+    /// When each of a user's devices last disconnected (a hash, same slot as the sessions).
+    pub fn devices_seen_key(&self, user: UserId) -> String {
+        format!("{}:{{u{user}}}:devseen", self.prefix)
+    }
+
     /// A user's counter of `what` in rate-limit window `window`.
     pub fn limit_key(&self, user: UserId, what: &str, window: u64) -> String {
         format!("{}:{{u{user}}}:rl:{what}:{window}", self.prefix)
+    }
+
+    /// The counter of `what` for `key` (an account's name, an address) in window
+    /// `window`. Keys past 64 bytes are cut there: names that long are no account's.
+    pub fn key_limit_key(&self, key: &str, what: &str, window: u64) -> String {
+        let mut end = key.len().min(64);
+        while !key.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}:{{k:{}}}:rl:{what}:{window}", self.prefix, &key[..end])
     }
 
     pub fn gateway_key(&self, id: GatewayId) -> String {

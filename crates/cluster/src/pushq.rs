@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use xinge_core::config::ClusterConfig;
 use xinge_core::{ConnId, UserId};
 use xinge_proto::Frame;
-use xinge_push::{Coalesce, Signals};
+use xinge_push::{Coalesce, DeviceSeen, SessionEnd, Signals};
 
 /// Signals waiting in one api process to be published; past that they are dropped.
 const PUBLISH_QUEUE: usize = 65_536;
@@ -99,12 +99,16 @@ fn push_events(
 pub struct StreamSignals {
     queue: mpsc::Sender<Bytes>,
     registry: Arc<Registry>,
+    /// For session ends, which are published one by one and waited on.
+    js: jetstream::Context,
+    subject: String,
 }
 
 impl StreamSignals {
     pub fn start(js: jetstream::Context, names: &Names, registry: Arc<Registry>) -> Arc<Self> {
         let (tx, mut rx) = mpsc::channel::<Bytes>(PUBLISH_QUEUE);
         let subject = names.push_subject();
+        let (js_ends, subject_ends) = (js.clone(), subject.clone());
         tokio::spawn(async move {
             let mut acks = FuturesUnordered::new();
             // The events queued when one is taken go into the same stream message (one
@@ -139,6 +143,8 @@ impl StreamSignals {
         Arc::new(Self {
             queue: tx,
             registry,
+            js: js_ends,
+            subject: subject_ends,
         })
     }
 
@@ -177,7 +183,52 @@ impl Signals for StreamSignals {
             (false, 0)
         })
     }
+
+    /// Not through the signal queue (which drops when full): its own stream message,
+    /// stored before this returns, then routed by a push process like any event but never
+    /// held by the rate. Retried a few times if the stream refuses it.
+    async fn end_sessions(&self, end: &SessionEnd) {
+        let frame = end.frame().encode();
+        let event = encode_push(
+            xinge_core::now_ms(),
+            crate::trace::current_trace(),
+            Coalesce::Never,
+            &[end.user],
+            None,
+            &frame,
+        );
+        let mut pack = Pack::default();
+        pack.push(&event);
+        let pack = pack.take();
+        for attempt in 1..=END_ATTEMPTS {
+            let stored = match self.js.publish(self.subject.clone(), pack.clone()).await {
+                Ok(ack) => ack.into_future().await.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match stored {
+                Ok(()) => return,
+                Err(e) if attempt == END_ATTEMPTS => {
+                    metrics::counter!("xinge_session_ends_dropped_total").increment(1);
+                    tracing::error!(error = %e, user = %end.user, "a session end was not stored");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "a session end was not stored; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                }
+            }
+        }
+    }
+
+    async fn devices(&self, user: UserId) -> Vec<DeviceSeen> {
+        self.registry.devices(user).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "devices unknown: registry unreachable");
+            Vec::new()
+        })
+    }
 }
+
+/// Tries to store one session end in the push stream.
+const END_ATTEMPTS: u64 = 3;
 
 #[cfg(test)]
 mod tests {

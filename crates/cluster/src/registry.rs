@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use xinge_core::{ConnId, GatewayId, UserId};
-use xinge_push::{PresenceChange, Session, Sessions};
+use xinge_core::{ConnId, DeviceId, GatewayId, UserId};
+use xinge_push::{DeviceSeen, PresenceChange, Session, Sessions};
 use xinge_route::GatewayReport;
 
 /// Last-seen times are kept this long after a user goes offline.
@@ -33,9 +33,19 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return before";
 
+/// Devices whose last disconnection a user's hash remembers; past that it starts afresh.
+const DEVICES_SEEN: usize = 64;
+
 const UNBIND: &str = r"
 local removed = redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if removed == 1 then
+  if redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[5]) then
+    redis.call('DEL', KEYS[3])
+  end
+  redis.call('HSET', KEYS[3], ARGV[4], ARGV[1])
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
 local left = redis.call('ZCARD', KEYS[1])
 if removed == 1 and left == 0 then
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
@@ -109,9 +119,12 @@ impl Registry {
             .unbind
             .key(self.names.sessions_key(user))
             .key(self.names.seen_key(user))
+            .key(self.names.devices_seen_key(user))
             .arg(xinge_core::now_ms())
             .arg(member(s))
             .arg(SEEN_TTL_MS)
+            .arg(s.device.as_str())
+            .arg(DEVICES_SEEN)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(gone == 1)
@@ -177,6 +190,48 @@ impl Registry {
             .query_async(&mut conn)
             .await?;
         Ok((false, seen.unwrap_or(0)))
+    }
+
+    /// The user's devices connected now, then those that were (from when each last
+    /// disconnected), each once: what the push layer's `Signals::devices` answers.
+    pub async fn devices(&self, user: UserId) -> Result<Vec<DeviceSeen>, ClusterError> {
+        let now = xinge_core::now_ms();
+        let mut conn = self.redis.clone();
+        let (live, seen): (Vec<String>, HashMap<String, u64>) = redis::pipe()
+            .cmd("ZRANGEBYSCORE")
+            .arg(self.names.sessions_key(user))
+            .arg(now)
+            .arg("+inf")
+            .cmd("HGETALL")
+            .arg(self.names.devices_seen_key(user))
+            .query_async(&mut conn)
+            .await?;
+        let mut out: Vec<DeviceSeen> = Vec::new();
+        for device in live.iter().filter_map(|m| m.splitn(3, ':').nth(2)) {
+            let Some(device) = DeviceId::parse(device) else {
+                continue;
+            };
+            if !out.iter().any(|d| d.device == device) {
+                out.push(DeviceSeen {
+                    device,
+                    online: true,
+                    last_seen_ms: now,
+                });
+            }
+        }
+        for (device, at) in seen {
+            let Some(device) = DeviceId::parse(&device) else {
+                continue;
+            };
+            if !out.iter().any(|d| d.device == device) {
+                out.push(DeviceSeen {
+                    device,
+                    online: false,
+                    last_seen_ms: at,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// A gateway's load report, kept for three refresh periods.
@@ -361,7 +416,6 @@ impl Sessions for GatewaySessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xinge_core::DeviceId;
 
     fn session(gw: u16, conn: u64, device: &str) -> Session {
         Session {
@@ -394,8 +448,8 @@ mod tests {
     #[test]
     fn the_scripts_touch_only_the_keys_they_are_given() {
         // One script, one slot: each names its keys as KEYS[n] (a user's sessions, and for
-        // UNBIND the same user's last-seen key), never a key built inside the script.
-        for (script, keys, args) in [(BIND, 1, 4), (UNBIND, 2, 3), (REFRESH, 1, 3)] {
+        // UNBIND the same user's last-seen keys), never a key built inside the script.
+        for (script, keys, args) in [(BIND, 1, 4), (UNBIND, 3, 5), (REFRESH, 1, 3)] {
             let highest = |what: &str| {
                 (1..=9)
                     .filter(|i| script.contains(&format!("{what}[{i}]")))

@@ -110,6 +110,9 @@ pub struct AuthConfig {
     pub argon2_memory_kib: u32,
     /// Argon2id passes.
     pub argon2_iterations: u32,
+    /// Devices one account may be logged in on at once; a login on one more logs out the
+    /// device whose login is oldest (its connections are closed).
+    pub max_devices: usize,
 }
 
 impl Default for AuthConfig {
@@ -119,6 +122,7 @@ impl Default for AuthConfig {
             token_ttl_secs: 7 * 24 * 3600,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
+            max_devices: 32,
         }
     }
 }
@@ -264,8 +268,21 @@ pub struct LimitsConfig {
     /// dropped — and released as the rate allows.
     pub signals_per_sec: f64,
     pub signals_burst: f64,
+    /// Failed logins for one account, from every address together: a burst, then this
+    /// rate. Past it the account's logins are refused with `rate_limited` until a token is
+    /// there — the right password too, or guessing would go on. One address alone cannot
+    /// empty it: its own limit (below) is slower than this one refills.
+    pub login_failures_per_account_per_sec: f64,
+    pub login_failures_per_account_burst: f64,
+    /// Failed logins from one address, for any accounts.
+    pub login_failures_per_ip_per_sec: f64,
+    pub login_failures_per_ip_burst: f64,
+    /// New accounts from one address.
+    pub registrations_per_ip_per_sec: f64,
+    pub registrations_per_ip_burst: f64,
     /// Users tracked at once per process; past that, idle ones are forgotten, and if none
-    /// is idle a new user is not limited until room frees up.
+    /// is idle a new user is not limited until room frees up. The same bound holds for
+    /// the accounts and addresses the login and registration limits track.
     pub max_users: usize,
 }
 
@@ -278,6 +295,16 @@ impl Default for LimitsConfig {
             pulls_burst: 200.0,
             signals_per_sec: 200.0,
             signals_burst: 400.0,
+            // 20 wrong passwords at once, then one every 6 s (600 an hour).
+            login_failures_per_account_per_sec: 1.0 / 6.0,
+            login_failures_per_account_burst: 20.0,
+            // 10 at once, then one every 10 s: fewer than an account holds, and slower than
+            // it refills, so that one stranger cannot lock anybody out.
+            login_failures_per_ip_per_sec: 0.1,
+            login_failures_per_ip_burst: 10.0,
+            // 20 accounts at once, then one a minute.
+            registrations_per_ip_per_sec: 1.0 / 60.0,
+            registrations_per_ip_burst: 20.0,
             max_users: 1_000_000,
         }
     }

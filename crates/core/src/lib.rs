@@ -2,6 +2,7 @@
 //! the stable error codes clients match on, and the typed configuration.
 //!
 //! ```text
+//! auth.rs    Authenticated: who a valid token names, until when
 //! ids.rs     UserId, GroupId, DeviceId, ConvId, MsgId, ConnId, GatewayId
 //! idgen.rs   time-ordered 64-bit ids (snowflake: time, node, counter)
 //! error.rs   ErrorCode: the stable strings on the wire and their HTTP statuses
@@ -11,6 +12,7 @@
 //! ```
 //! Nothing here does I/O beyond reading a config file; every other crate may depend on it.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -96,6 +96,16 @@ impl<K: Hash + Eq + Copy> Keyed<K> {
             .take(self.rate, now)
     }
 
+    /// Returns a token taken for `key` (capped at the burst): the call it was taken for
+    /// turned out not to count (a login whose password was right).
+    pub fn give_back(&self, key: K, now: Instant) {
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bucket) = b.get_mut(&key) {
+            bucket.refill(self.rate, now);
+            bucket.tokens = (bucket.tokens + 1.0).min(self.rate.burst);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -163,6 +173,14 @@ mod tests {
             "{wait:?}"
         );
         assert!(k.take(2, t0).is_ok(), "another key is not held back");
+        k.give_back(1, t0);
+        assert!(k.take(1, t0).is_ok(), "a token given back is there again");
+        assert!(k.take(1, t0).is_err());
+        for _ in 0..10 {
+            k.give_back(2, t0);
+        }
+        let taken = (0..10).filter(|_| k.take(2, t0).is_ok()).count();
+        assert_eq!(taken, 3, "never more than the burst");
         assert!(
             k.take(1, t0 + Duration::from_millis(500)).is_ok(),
             "refilled at 2/s"

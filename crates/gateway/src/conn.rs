@@ -140,15 +140,19 @@ pub(crate) async fn serve_admitted<T: Transport>(
             },
         },
     };
-    let (user, device) = match gw.auth.authenticate(&token).await {
+    let who = match gw.auth.authenticate(&token).await {
         Ok(v) => v,
         Err(e) => return refuse(io, auth_frame.as_ref(), e).await,
     };
+    let (user, device) = (who.user, who.device);
 
     let conn = gw.next_conn_id();
 
     let handle = Arc::new(ConnHandle {
         user,
+        device: device.clone(),
+        token: who.token,
+        token_expires: gw.expiry_secs(who.expires_at_ms),
         out: SendQueue::new(gw.cfg.send_queue),
         last_seen: gw.now_secs().into(),
         close_reason: Default::default(),
@@ -174,7 +178,12 @@ pub(crate) async fn serve_admitted<T: Transport>(
     gw.register(conn, handle.clone(), device.clone());
     tracing::debug!(%conn, %user, %device, "connection authenticated");
 
-    let ctx = SessionCtx { user, device, conn };
+    let ctx = SessionCtx {
+        user,
+        device,
+        conn,
+        token: who.token,
+    };
     // The session runs as a task of its own, so the long-lived task holds only the
     // session's state, not the authentication phase's.
     tokio::spawn(session(gw, io, handle, ctx, permit));
@@ -310,7 +319,14 @@ async fn close<T: Transport>(
     if let Some(err) = &reason {
         tracing::debug!(%conn, code = %err.code, "closing connection");
     }
-    handle.out.close_with(reason.as_ref().map(close_frame));
+    // A session whose access ended is handed nothing more, not even what was queued.
+    if matches!(handle.kicked(), Some(Kick::Ended(_) | Kick::TokenExpired)) {
+        handle
+            .out
+            .close_discarding(reason.as_ref().map(close_frame));
+    } else {
+        handle.out.close_with(reason.as_ref().map(close_frame));
+    }
     if write_failed {
         return;
     }

@@ -28,12 +28,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
+use xinge_core::auth::Authenticated;
 use xinge_core::clock::Clock;
 use xinge_core::config::GatewayConfig;
 use xinge_core::error::ApiError;
 use xinge_core::idgen::IdGen;
 use xinge_core::{ConnId, DeviceId, ErrorCode, GatewayId, UserId};
-use xinge_push::{Delivery, Sessions};
+use xinge_push::{Delivery, EndReason, SessionEnd, Sessions};
 
 /// Who is on the other end of an authenticated connection.
 #[derive(Clone, Debug)]
@@ -41,12 +42,14 @@ pub struct SessionCtx {
     pub user: UserId,
     pub device: DeviceId,
     pub conn: ConnId,
+    /// The id of the token the connection was opened with.
+    pub token: u64,
 }
 
-/// Checks a login token.
+/// Checks a login token: who it names, and until when.
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
-    async fn authenticate(&self, token: &str) -> Result<(UserId, DeviceId), ApiError>;
+    async fn authenticate(&self, token: &str) -> Result<Authenticated, ApiError>;
 }
 
 /// Receives the business commands (number >= 100) that the gateway does not understand.
@@ -60,6 +63,11 @@ const SHARDS: usize = 64;
 /// What the gateway keeps per live connection (besides its task's state).
 pub(crate) struct ConnHandle {
     pub user: UserId,
+    pub device: DeviceId,
+    /// The id of the token it was opened with, and when that token expires (seconds since
+    /// gateway start, as `last_seen`): the wheel closes it then.
+    pub token: u64,
+    pub token_expires: u32,
     pub out: queue::SendQueue,
     /// Seconds since gateway start of the last frame received.
     pub last_seen: AtomicU32,
@@ -67,24 +75,43 @@ pub(crate) struct ConnHandle {
     pub close_reason: std::sync::atomic::AtomicU8,
 }
 
-/// Why the gateway itself closes a connection. A byte, not an `ApiError`, in every
-/// connection's handle.
+/// Why the gateway closes a connection. A byte, not an `ApiError`, in every connection's
+/// handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
 pub(crate) enum Kick {
-    SlowConsumer = 1,
-    HeartbeatTimeout = 2,
-    ShuttingDown = 3,
-    WriteFailed = 4,
+    SlowConsumer,
+    HeartbeatTimeout,
+    ShuttingDown,
+    WriteFailed,
+    /// The token it was opened with expired.
+    TokenExpired,
+    /// The server ended the session (logout, a newer login, ...).
+    Ended(EndReason),
 }
 
+/// `Kick::Ended(r)` is this plus the reason's byte.
+const ENDED: u8 = 16;
+
 impl Kick {
+    fn to_u8(self) -> u8 {
+        match self {
+            Kick::SlowConsumer => 1,
+            Kick::HeartbeatTimeout => 2,
+            Kick::ShuttingDown => 3,
+            Kick::WriteFailed => 4,
+            Kick::TokenExpired => 5,
+            Kick::Ended(r) => ENDED + r as u8,
+        }
+    }
+
     fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(Kick::SlowConsumer),
             2 => Some(Kick::HeartbeatTimeout),
             3 => Some(Kick::ShuttingDown),
             4 => Some(Kick::WriteFailed),
+            5 => Some(Kick::TokenExpired),
+            v if v > ENDED => EndReason::from_u8(v - ENDED).map(Kick::Ended),
             _ => None,
         }
     }
@@ -103,6 +130,10 @@ impl Kick {
                 ErrorCode::SlowConsumer,
                 "the connection stopped taking data",
             ),
+            Kick::TokenExpired => {
+                ApiError::new(ErrorCode::TokenExpired, "token expired: log in again")
+            }
+            Kick::Ended(r) => r.error(),
         }
     }
 }
@@ -110,9 +141,12 @@ impl Kick {
 impl ConnHandle {
     /// Asks the connection to close; the first reason given wins.
     pub fn kick(&self, why: Kick) {
-        let first =
-            self.close_reason
-                .compare_exchange(0, why as u8, Ordering::Relaxed, Ordering::Relaxed);
+        let first = self.close_reason.compare_exchange(
+            0,
+            why.to_u8(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         if first.is_ok() {
             metrics::counter!("xinge_connections_kicked_total", "reason" => why.error().code.as_str()).increment(1);
         }
@@ -256,11 +290,11 @@ impl Gateway {
     }
 
     pub(crate) fn register(&self, id: ConnId, h: Arc<ConnHandle>, device: DeviceId) {
-        let user = h.user;
+        let (user, h_expires) = (h.user, h.token_expires);
         self.shard(id).insert(id, h);
         self.count.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("xinge_connections").increment(1.0);
-        self.wheel.insert(id, self.now_secs());
+        self.wheel.insert(id, self.now_secs(), h_expires);
         self.push.bind(
             user,
             xinge_push::Session {
@@ -284,6 +318,9 @@ impl Gateway {
     }
 
     fn deliver(&self, d: Delivery) {
+        if d.frame.cmd == xinge_proto::cmd::END_SESSIONS {
+            return self.end_sessions(&d);
+        }
         for id in d.conns {
             let Some(h) = self.get(id) else { continue };
             if h.out.push(d.frame.clone()).is_err() {
@@ -292,10 +329,30 @@ impl Gateway {
         }
     }
 
+    /// Closes the connections a [`SessionEnd`] names among those it was routed to (the
+    /// user's on this gateway). The connection's task writes CLOSE with the reason and
+    /// unregisters, which unbinds the session.
+    fn end_sessions(&self, d: &Delivery) {
+        let Some(end) = SessionEnd::from_frame(&d.frame) else {
+            metrics::counter!("xinge_bus_malformed_total").increment(1);
+            return;
+        };
+        for &id in &d.conns {
+            let Some(h) = self.get(id) else { continue };
+            if end.applies_to(h.user, &h.device, h.token) {
+                h.kick(Kick::Ended(end.why));
+            }
+        }
+    }
+
     /// Called by the wheel for a connection whose slot came up: `Some(deadline)` if it is
     /// still alive and must be looked at again then.
     fn expire(&self, id: ConnId, now: u32) -> Option<u32> {
         let h = self.get(id)?;
+        if h.token_expires <= now {
+            h.kick(Kick::TokenExpired);
+            return None;
+        }
         // Times are whole seconds; the extra second makes the timeout at least the full
         // configured time (between T and T+1 seconds), never less.
         let deadline = h.last_seen.load(Ordering::Relaxed) + self.cfg.heartbeat_timeout_secs + 1;
@@ -303,8 +360,17 @@ impl Gateway {
             h.kick(Kick::HeartbeatTimeout);
             None
         } else {
-            Some(deadline)
+            // The token's expiry, when it comes before the heartbeat's deadline.
+            Some(deadline.min(h.token_expires))
         }
+    }
+
+    /// A token's expiry (ms since the epoch) in the wheel's seconds since gateway start,
+    /// rounded up: a connection is closed within the second after its token expires.
+    pub(crate) fn expiry_secs(&self, expires_at_ms: u64) -> u32 {
+        let left_ms = expires_at_ms.saturating_sub(self.clock.now_ms());
+        let left = left_ms.div_ceil(1000).min(u64::from(u32::MAX / 2)) as u32;
+        self.now_secs().saturating_add(left)
     }
 
     fn close_all(&self, why: Kick) {

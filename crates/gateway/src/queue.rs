@@ -64,8 +64,21 @@ impl SendQueue {
 
     /// Queues a last frame even past the bound (a CLOSE), then closes the queue.
     pub fn close_with(&self, last: Option<Frame>) {
+        self.close(last, false);
+    }
+
+    /// [`Self::close_with`], dropping what is still queued: for a session whose access
+    /// ended, which must not be handed anything more.
+    pub fn close_discarding(&self, last: Option<Frame>) {
+        self.close(last, true);
+    }
+
+    fn close(&self, last: Option<Frame>, discard: bool) {
         {
             let mut inner = self.lock();
+            if discard {
+                inner.frames.clear();
+            }
             if let Some(f) = last
                 && !inner.closed
             {

@@ -289,7 +289,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Authenticator for Nobody {
-        async fn authenticate(&self, _: &str) -> Result<(UserId, DeviceId), ApiError> {
+        async fn authenticate(&self, _: &str) -> Result<xinge_core::auth::Authenticated, ApiError> {
             Err(ApiError::new(ErrorCode::Unauthenticated, "test"))
         }
     }
@@ -305,6 +305,9 @@ mod tests {
     fn session_size<T: Transport>(gw: &Arc<Gateway>, io: T) -> usize {
         let handle = Arc::new(ConnHandle {
             user: UserId(1),
+            device: DeviceId::try_from("laptop".to_owned()).unwrap(),
+            token: 1,
+            token_expires: u32::MAX,
             out: SendQueue::new(8),
             last_seen: 0.into(),
             close_reason: Default::default(),
@@ -313,6 +316,7 @@ mod tests {
             user: UserId(1),
             device: DeviceId::try_from("laptop".to_owned()).unwrap(),
             conn: ConnId(1),
+            token: 1,
         };
         let permit = gw.slots.clone().try_acquire_owned().unwrap();
         std::mem::size_of_val(&conn::session(gw.clone(), io, handle, ctx, permit))

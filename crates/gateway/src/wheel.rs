@@ -27,9 +27,10 @@ impl Wheel {
         self.timeout + 2
     }
 
-    /// Files a new connection, seen at `now`.
-    pub fn insert(&self, id: ConnId, now: u32) {
-        self.file(id, now + self.timeout + 1);
+    /// Files a new connection, seen at `now`, to be looked at by its heartbeat deadline or
+    /// at `until` (its token's expiry) if that comes first.
+    pub fn insert(&self, id: ConnId, now: u32, until: u32) {
+        self.file(id, (now + self.timeout + 1).min(until.max(now + 1)));
     }
 
     fn file(&self, id: ConnId, deadline: u32) {
@@ -63,8 +64,8 @@ mod tests {
     fn idle_connections_expire_after_the_timeout_and_active_ones_do_not() {
         let w = Wheel::new(3);
         let mut last_seen: HashMap<u64, u32> = HashMap::from([(1, 0), (2, 0)]);
-        w.insert(ConnId(1), 0);
-        w.insert(ConnId(2), 0);
+        w.insert(ConnId(1), 0, u32::MAX);
+        w.insert(ConnId(2), 0, u32::MAX);
         let mut expired = Vec::new();
         for now in 0..=10u32 {
             last_seen.insert(2, now); // connection 2 heartbeats every second

@@ -1,11 +1,15 @@
 //! Accounts and devices.
 
+use crate::limits::Limited;
 use crate::token::Claims;
 use crate::{Caller, Logic, Result, error::bad};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use std::net::IpAddr;
+use xinge_core::auth::Authenticated;
 use xinge_core::{DeviceId, ErrorCode, UserId};
 use xinge_proto::api::{LoginRequest, LoginResponse, Profile, RegisterRequest};
+use xinge_push::EndReason;
 use xinge_store::{NewUser, UserRecord};
 
 fn valid_username(s: &str) -> bool {
@@ -46,6 +50,46 @@ impl Logic {
         tokio::task::spawn_blocking(f).await.map_err(|_| internal())
     }
 
+    /// A new password's hash (salted, Argon2id), computed off the async workers.
+    pub(crate) async fn hash_password(&self, password: String) -> Result<String> {
+        let argon = self.argon2()?;
+        self.hash_off_runtime(move || {
+            let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).expect("16-byte salt");
+            argon
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+        })
+        .await?
+        .map_err(|_| bad(ErrorCode::Internal, "internal error"))
+    }
+
+    /// Whether `password` is the one `hash` was made from (false for a hash that does not
+    /// parse, or if the check could not run).
+    pub(crate) async fn password_matches(&self, hash: &str, password: String) -> bool {
+        let Ok(argon) = self.argon2() else {
+            return false;
+        };
+        let hash = hash.to_owned();
+        self.hash_off_runtime(move || {
+            PasswordHash::new(&hash)
+                .is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// A hash of a random password with this server's parameters, made once: what a login
+    /// for an unknown username is checked against.
+    async fn decoy_hash(&self) -> Result<String> {
+        self.decoy
+            .get_or_try_init(|| async {
+                let random: [u8; 16] = rand::random();
+                self.hash_password(format!("{random:x?}")).await
+            })
+            .await
+            .cloned()
+    }
+
     fn argon2(&self) -> Result<Argon2<'static>> {
         let a = &self.cfg.auth;
         let params = Params::new(a.argon2_memory_kib, a.argon2_iterations, 1, None)
@@ -53,7 +97,9 @@ impl Logic {
         Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
     }
 
-    pub async fn register(&self, req: RegisterRequest) -> Result<Profile> {
+    /// Creates an account. `from` is the caller's address, when known: new accounts per
+    /// address are limited (`limits.registrations_per_ip_*`).
+    pub async fn register(&self, req: RegisterRequest, from: Option<IpAddr>) -> Result<Profile> {
         if !valid_username(&req.username) {
             return Err(bad(
                 ErrorCode::InvalidArgument,
@@ -73,22 +119,16 @@ impl Logic {
                 "display name must be 1-64 printable characters",
             ));
         }
+        // Counted once the request is well-formed: a name that is taken counts too, so
+        // that trying names is limited like creating accounts.
+        if let Some(ip) = from {
+            self.limit_keys(&[(&ip.to_string(), Limited::Register)])
+                .await?;
+        }
         if self.store.user_by_name(&req.username).await?.is_some() {
             return Err(bad(ErrorCode::Conflict, "username is taken"));
         }
-        let argon = self.argon2()?;
-        let password = req.password;
-        // Hashing is deliberately slow: keep it off the async workers.
-        let hash = self
-            .hash_off_runtime(move || {
-                let salt =
-                    SaltString::encode_b64(&rand::random::<[u8; 16]>()).expect("16-byte salt");
-                argon
-                    .hash_password(password.as_bytes(), &salt)
-                    .map(|h| h.to_string())
-            })
-            .await?
-            .map_err(|_| bad(ErrorCode::Internal, "internal error"))?;
+        let hash = self.hash_password(req.password).await?;
         let user = self
             .store
             .create_user(NewUser {
@@ -109,59 +149,99 @@ impl Logic {
         })
     }
 
-    pub async fn login(&self, req: LoginRequest) -> Result<LoginResponse> {
+    /// Logs a device in. Failed logins are limited per account and per address (`from`,
+    /// when known): each attempt takes a token of both, and a right password gives them
+    /// back, so only failures count. An account out of tokens refuses even the right
+    /// password until one is there — a guesser must not learn that they found it.
+    pub async fn login(&self, req: LoginRequest, from: Option<IpAddr>) -> Result<LoginResponse> {
+        let ip = from.map(|ip| ip.to_string());
+        let mut keys = vec![(req.username.as_str(), Limited::LoginAccount)];
+        if let Some(ip) = &ip {
+            keys.insert(0, (ip.as_str(), Limited::LoginIp));
+        }
+        self.limit_keys(&keys).await?;
+        match self.check_login(&req).await {
+            Ok(user) => {
+                self.give_back(&keys).await;
+                self.log_in_device(user, &req.device).await
+            }
+            Err(e) => {
+                if matches!(&e, crate::Error::Refused(r) if r.code == ErrorCode::BadCredentials) {
+                    metrics::counter!("xinge_login_failures_total").increment(1);
+                } else {
+                    // Not a guess (the store failed): it does not count.
+                    self.give_back(&keys).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The user `req` names, if its password is theirs.
+    async fn check_login(&self, req: &LoginRequest) -> Result<UserRecord> {
         let wrong = || bad(ErrorCode::BadCredentials, "wrong username or password");
         if req.password.len() > 256 {
             return Err(wrong());
         }
-        let user = self
-            .store
-            .user_by_name(&req.username)
-            .await?
-            .ok_or_else(wrong)?;
-        let argon = self.argon2()?;
-        let (hash, password) = (user.password_hash.clone(), req.password);
-        let ok = self
-            .hash_off_runtime(move || {
-                PasswordHash::new(&hash)
-                    .is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
-            })
-            .await
-            .unwrap_or(false);
-        if !ok {
-            return Err(wrong());
+        let user = self.store.user_by_name(&req.username).await?;
+        // An unknown username is checked against a hash too, so that its answer takes as
+        // long as a wrong password's: the time does not tell which usernames exist.
+        let hash = match &user {
+            Some(u) => u.password_hash.clone(),
+            None => self.decoy_hash().await?,
+        };
+        let ok = self.password_matches(&hash, req.password.clone()).await;
+        match user {
+            Some(u) if ok => Ok(u),
+            _ => Err(wrong()),
         }
+    }
+
+    /// A new token for `user`'s `device`; the device's older sessions end.
+    pub(crate) async fn log_in_device(
+        &self,
+        user: UserRecord,
+        device: &DeviceId,
+    ) -> Result<LoginResponse> {
         let tid = rand::random::<u64>();
-        let exp = self.cfg.clock.now_ms() + self.cfg.auth.token_ttl_secs * 1000;
-        self.store.put_device(user.id, &req.device, tid).await?;
+        let now = self.cfg.clock.now_ms();
+        let exp = now + self.cfg.auth.token_ttl_secs * 1000;
+        self.make_room_for_device(user.id, device).await?;
+        self.store.put_device(user.id, device, tid, now).await?;
+        // The device's sessions with an older token end; the new one's are yet to open.
+        self.end_sessions(user.id, Some(device), Some(tid), EndReason::LoggedInAgain)
+            .await;
         let token = self.tokens.sign(&Claims {
             uid: user.id,
-            dev: req.device.clone(),
+            dev: device.clone(),
             tid,
             exp,
         });
         Ok(LoginResponse {
             token,
             user_id: user.id,
-            device: req.device,
+            device: device.clone(),
             expires_at_ms: exp,
         })
     }
 
     /// Verifies a token: signature, expiry, and that its device has not logged out since.
-    pub async fn authenticate(&self, token: &str) -> Result<(UserId, DeviceId)> {
+    pub async fn authenticate(&self, token: &str) -> Result<Authenticated> {
         let claims = self.tokens.verify(token, self.cfg.clock.now_ms())?;
         match self.store.device_token(claims.uid, &claims.dev).await? {
-            Some(tid) if tid == claims.tid => Ok((claims.uid, claims.dev)),
+            Some(tid) if tid == claims.tid => Ok(Authenticated {
+                user: claims.uid,
+                device: claims.dev,
+                token: claims.tid,
+                expires_at_ms: claims.exp,
+            }),
             _ => Err(bad(ErrorCode::TokenRevoked, "token revoked: log in again")),
         }
     }
 
+    /// Logs out the caller's device: its token stops working and its connections close.
     pub async fn logout(&self, caller: &Caller) -> Result<()> {
-        self.store
-            .remove_device(caller.user, &caller.device)
-            .await
-            .map_err(Into::into)
+        self.log_out_device(caller.user, &caller.device).await
     }
 
     pub async fn profile(&self, user: UserId) -> Result<Profile> {

@@ -9,6 +9,8 @@
 //! signal.rs         commit, then signal each new inbox entry; coalescing keys
 //! access.rs         who may see which conversation, and which part of its timeline
 //! account.rs        register, login, logout, profile, authenticate
+//! devices.rs        a user's devices: list, log one out, change the password; ending the
+//!                   long connections of a device whose access ended
 //! friend.rs         requests, accept/decline, remove, block
 //! chat.rs           send and recall: drafts appended idempotently by client_msg_id
 //! inbox.rs          sync: a device's pull of its inbox (and large groups' heads)
@@ -25,6 +27,7 @@ mod access;
 mod account;
 mod chat;
 mod conversations;
+mod devices;
 mod error;
 mod friend;
 mod group;
@@ -52,6 +55,8 @@ pub struct Caller {
     pub user: UserId,
     pub device: xinge_core::DeviceId,
     pub origin: Option<ConnId>,
+    /// The id of the caller's token (a password changed on this device keeps it valid).
+    pub token: u64,
 }
 
 pub struct Logic {
@@ -65,6 +70,8 @@ pub struct Logic {
     pub(crate) group_signals: group::GroupSignals,
     /// Password hashes computed at once (see `Logic::hash_off_runtime`).
     pub(crate) hashing: Arc<tokio::sync::Semaphore>,
+    /// What a login for an unknown username is checked against (see `Logic::login`).
+    pub(crate) decoy: tokio::sync::OnceCell<String>,
 }
 
 impl Logic {
@@ -97,6 +104,7 @@ impl Logic {
                 cfg.chat.group_signal_rate,
             ),
             hashing: Arc::new(tokio::sync::Semaphore::new(account::hashing_permits())),
+            decoy: tokio::sync::OnceCell::new(),
             cfg,
             tokens: token::TokenSigner::new(token_secret),
         })

@@ -10,11 +10,19 @@ use xinge_core::clock::Clock;
 use xinge_core::config::LimitsConfig;
 use xinge_core::ratelimit::{Keyed, Rate};
 
-/// What is being limited.
+/// What is being limited (its number is its table in [`LocalLimiter`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limited {
+    /// A user's sends.
     Send,
+    /// A user's inbox syncs and history pages.
     Pull,
+    /// Failed logins for one account (keyed by the username asked for).
+    LoginAccount,
+    /// Failed logins from one address.
+    LoginIp,
+    /// New accounts from one address.
+    Register,
 }
 
 impl Limited {
@@ -22,6 +30,9 @@ impl Limited {
         match self {
             Limited::Send => "send",
             Limited::Pull => "pull",
+            Limited::LoginAccount => "login_account",
+            Limited::LoginIp => "login_ip",
+            Limited::Register => "register",
         }
     }
 
@@ -36,6 +47,18 @@ impl Limited {
                 per_sec: cfg.pulls_per_sec,
                 burst: cfg.pulls_burst,
             },
+            Limited::LoginAccount => Rate {
+                per_sec: cfg.login_failures_per_account_per_sec,
+                burst: cfg.login_failures_per_account_burst,
+            },
+            Limited::LoginIp => Rate {
+                per_sec: cfg.login_failures_per_ip_per_sec,
+                burst: cfg.login_failures_per_ip_burst,
+            },
+            Limited::Register => Rate {
+                per_sec: cfg.registrations_per_ip_per_sec,
+                burst: cfg.registrations_per_ip_burst,
+            },
         }
     }
 }
@@ -44,52 +67,106 @@ impl Limited {
 pub trait Limiter: Send + Sync + 'static {
     /// `Ok`, or how long until `user` may do `what` again.
     async fn check(&self, user: UserId, what: Limited) -> Result<(), Duration>;
+    /// The same for a key that is not a user: an account's name, an address.
+    async fn check_key(&self, key: &str, what: Limited) -> Result<(), Duration>;
+    /// Returns what a `check_key` that let a call through took: the call did not count
+    /// (a login whose password was right).
+    async fn give_back(&self, key: &str, what: Limited);
 }
 
-/// Token buckets per user in this process, at most `limits.max_users` of each kind
-/// (idle users are forgotten first).
+/// Token buckets in this process, one table per kind, each of at most `limits.max_users`
+/// keys (idle ones are forgotten first). Users are keyed by id; other keys (names,
+/// addresses) by a hash seeded per process, so the tables hold no names.
 pub struct LocalLimiter {
-    sends: Keyed<UserId>,
-    pulls: Keyed<UserId>,
+    tables: [Keyed<u64>; 5],
+    hasher: std::collections::hash_map::RandomState,
     clock: Clock,
 }
 
 impl LocalLimiter {
     pub fn new(cfg: &LimitsConfig, clock: Clock) -> Self {
+        let keyed = |what: Limited| Keyed::new(what.rate(cfg), cfg.max_users);
         Self {
-            sends: Keyed::new(Limited::Send.rate(cfg), cfg.max_users),
-            pulls: Keyed::new(Limited::Pull.rate(cfg), cfg.max_users),
+            tables: [
+                Limited::Send,
+                Limited::Pull,
+                Limited::LoginAccount,
+                Limited::LoginIp,
+                Limited::Register,
+            ]
+            .map(keyed),
+            hasher: Default::default(),
             clock,
         }
+    }
+
+    fn table(&self, what: Limited) -> &Keyed<u64> {
+        &self.tables[what as usize]
+    }
+
+    fn hash(&self, key: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(key)
     }
 }
 
 #[async_trait]
 impl Limiter for LocalLimiter {
     async fn check(&self, user: UserId, what: Limited) -> Result<(), Duration> {
-        let keyed = match what {
-            Limited::Send => &self.sends,
-            Limited::Pull => &self.pulls,
-        };
-        keyed.take(user, self.clock.now())
+        self.table(what).take(user.0, self.clock.now())
     }
+
+    async fn check_key(&self, key: &str, what: Limited) -> Result<(), Duration> {
+        self.table(what).take(self.hash(key), self.clock.now())
+    }
+
+    async fn give_back(&self, key: &str, what: Limited) {
+        self.table(what).give_back(self.hash(key), self.clock.now());
+    }
+}
+
+/// The `rate_limited` answer to a caller over the limit for `what`, counted.
+fn limited(what: Limited, wait: Duration) -> crate::error::Error {
+    metrics::counter!("xinge_rate_limited_total", "what" => what.as_str()).increment(1);
+    let message = match what {
+        Limited::Send | Limited::Pull => format!("too many {}s", what.as_str()),
+        Limited::LoginAccount => "too many failed logins for this account".to_owned(),
+        Limited::LoginIp => "too many failed logins from this address".to_owned(),
+        Limited::Register => "too many new accounts from this address".to_owned(),
+    };
+    xinge_core::error::ApiError::rate_limited(
+        format!("{message}: retry in {} ms", wait.as_millis().max(1)),
+        wait,
+    )
+    .into()
 }
 
 impl crate::Logic {
     /// Refuses `user` with `rate_limited` when over the limit for `what`.
     pub(crate) async fn limit(&self, user: UserId, what: Limited) -> crate::Result<()> {
-        self.limiter.check(user, what).await.map_err(|wait| {
-            metrics::counter!("xinge_rate_limited_total", "what" => what.as_str()).increment(1);
-            xinge_core::error::ApiError::rate_limited(
-                format!(
-                    "too many {}s: retry in {} ms",
-                    what.as_str(),
-                    wait.as_millis().max(1)
-                ),
-                wait,
-            )
-            .into()
-        })
+        self.limiter
+            .check(user, what)
+            .await
+            .map_err(|wait| limited(what, wait))
+    }
+
+    /// Takes a token of each of `keys`' buckets, in order; if one is empty, gives back
+    /// those already taken and refuses with `rate_limited`.
+    pub(crate) async fn limit_keys(&self, keys: &[(&str, Limited)]) -> crate::Result<()> {
+        for (i, (key, what)) in keys.iter().enumerate() {
+            if let Err(wait) = self.limiter.check_key(key, *what).await {
+                self.give_back(&keys[..i]).await;
+                return Err(limited(*what, wait));
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns the tokens [`Self::limit_keys`] took: what they were taken for did not count.
+    pub(crate) async fn give_back(&self, keys: &[(&str, Limited)]) {
+        for (key, what) in keys {
+            self.limiter.give_back(key, *what).await;
+        }
     }
 }
 

@@ -152,6 +152,7 @@ fn caller(u: UserId) -> Caller {
         user: u,
         device: DeviceId::parse("prop").unwrap(),
         origin: None,
+        token: 0,
     }
 }
 

@@ -35,6 +35,34 @@ pub struct LoginResponse {
     pub expires_at_ms: u64,
 }
 
+/// Change the password: the current one proves it is the user; every other device is
+/// logged out (this one stays).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+/// One of the caller's logged-in devices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceView {
+    pub device: DeviceId,
+    pub logged_in_at_ms: u64,
+    /// Whether it holds a long connection now.
+    pub online: bool,
+    /// Now for an online device; when its last connection ended otherwise (0: not known,
+    /// e.g. it never connected since the server started).
+    pub last_seen_ms: u64,
+    /// The device this request came from.
+    pub current: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Devices {
+    pub devices: Vec<DeviceView>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Profile {
     pub user_id: UserId,

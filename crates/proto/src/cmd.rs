@@ -9,6 +9,9 @@ pub const PING: u16 = 2;
 pub const CLOSE: u16 = 3;
 /// Server → client, unsolicited: a [`crate::api::Signal`].
 pub const SIGNAL: u16 = 4;
+/// Push → gateway only, never on a client's connection: end some of a user's sessions
+/// (the push layer's `SessionEnd`). A client that sends it gets `unknown_command`.
+pub const END_SESSIONS: u16 = 5;
 
 /// Lowest business command number.
 pub const FIRST_BUSINESS: u16 = 100;

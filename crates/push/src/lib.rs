@@ -3,7 +3,7 @@
 //! Two narrow traits are all the other layers see of it:
 //!
 //! ```text
-//! Signals    (the IM layer)  signal(users, frame), presence(user)
+//! Signals    (the IM layer)  signal(users, frame), presence(user), end_sessions(end)
 //! Sessions   (a gateway)     bind(user, session), unbind(user, conn)
 //! ```
 //! [`Push`] implements both in one process (`xinge serve`): a sharded in-memory registry,
@@ -16,8 +16,10 @@
 //! Signals may be lost (a full gateway queue, a gateway that just died): the
 //! push-then-pull contract makes that harmless, since the next pull repairs it.
 
+mod end;
 pub mod throttle;
 
+pub use end::{EndReason, SessionEnd};
 pub use throttle::{Coalesce, Throttle, ThrottleConfig};
 
 use async_trait::async_trait;
@@ -42,6 +44,15 @@ pub struct Session {
     pub conn: ConnId,
     pub gateway: GatewayId,
     pub device: DeviceId,
+}
+
+/// One of a user's devices as the push layer knows it: connected now, or when it last was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceSeen {
+    pub device: DeviceId,
+    pub online: bool,
+    /// Now for a connected device; when its last connection ended otherwise (0: unknown).
+    pub last_seen_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +81,13 @@ pub trait Signals: Send + Sync + 'static {
     }
     /// `(online, last_seen_ms)`; last seen is now for an online user, 0 if unknown.
     async fn presence(&self, user: UserId) -> (bool, u64);
+    /// Closes the sessions `end` names, on whichever gateways hold them. Unlike a signal it
+    /// is never coalesced or dropped by the rate; it is lost only with the gateway that
+    /// held the connections (which closes them anyway).
+    async fn end_sessions(&self, end: &SessionEnd);
+    /// The user's devices that are connected now or were lately (at most the sessions a
+    /// user may have, each device once).
+    async fn devices(&self, user: UserId) -> Vec<DeviceSeen>;
 }
 
 /// The push layer as a gateway sees it: sessions come and go.
@@ -82,6 +100,9 @@ pub trait Sessions: Send + Sync + 'static {
 struct Entry {
     sessions: Vec<Session>,
     last_seen_ms: u64,
+    /// When each device's last connection ended, newest last; at most
+    /// `max_sessions_per_user` devices (the longest unseen is forgotten).
+    devices_seen: Vec<(DeviceId, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -211,7 +232,14 @@ impl Push {
                 return;
             };
             let before = e.sessions.len();
-            e.sessions.retain(|s| s.conn != conn);
+            if let Some(i) = e.sessions.iter().position(|s| s.conn == conn) {
+                let device = e.sessions.remove(i).device;
+                e.devices_seen.retain(|(d, _)| *d != device);
+                if e.devices_seen.len() >= self.cfg.max_sessions_per_user.max(1) {
+                    e.devices_seen.remove(0);
+                }
+                e.devices_seen.push((device, now));
+            }
             e.last_seen_ms = now;
             before > 0 && e.sessions.is_empty()
         };
@@ -310,7 +338,75 @@ impl Signals for Push {
     async fn presence(&self, user: UserId) -> (bool, u64) {
         self.presence_now(user)
     }
+
+    async fn end_sessions(&self, end: &SessionEnd) {
+        let mut targets: Vec<(GatewayId, ConnId)> = match self.shard(end.user).get(&end.user) {
+            Some(e) => e
+                .sessions
+                .iter()
+                .filter(|s| end.device.as_ref().is_none_or(|d| *d == s.device))
+                .map(|s| (s.gateway, s.conn))
+                .collect(),
+            None => return,
+        };
+        let frame = end.frame();
+        let mut sends = Vec::new();
+        {
+            let gateways = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
+            for (gw, conns) in by_gateway(&mut targets) {
+                if let Some(tx) = gateways.get(&gw) {
+                    sends.push((
+                        tx.clone(),
+                        Delivery {
+                            conns,
+                            frame: frame.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+        // Waits for room in a full gateway queue (a signal would be dropped there), but
+        // not forever: a gateway that takes nothing for this long is stuck, and its
+        // connections are being closed as slow consumers anyway.
+        for (tx, d) in sends {
+            if tokio::time::timeout(END_WAIT, tx.send(d)).await.is_err() {
+                metrics::counter!("xinge_session_ends_dropped_total").increment(1);
+                tracing::warn!(user = %end.user, "a session end found its gateway's queue full");
+            }
+        }
+    }
+
+    async fn devices(&self, user: UserId) -> Vec<DeviceSeen> {
+        let now = xinge_core::now_ms();
+        let shard = self.shard(user);
+        let Some(e) = shard.get(&user) else {
+            return Vec::new();
+        };
+        let mut out: Vec<DeviceSeen> = Vec::with_capacity(e.sessions.len() + e.devices_seen.len());
+        for s in &e.sessions {
+            if !out.iter().any(|d| d.device == s.device) {
+                out.push(DeviceSeen {
+                    device: s.device.clone(),
+                    online: true,
+                    last_seen_ms: now,
+                });
+            }
+        }
+        for (device, at) in &e.devices_seen {
+            if !out.iter().any(|d| d.device == *device) {
+                out.push(DeviceSeen {
+                    device: device.clone(),
+                    online: false,
+                    last_seen_ms: *at,
+                });
+            }
+        }
+        out
+    }
 }
+
+/// How long a session end waits for room in a full gateway queue.
+const END_WAIT: Duration = Duration::from_secs(1);
 
 /// `targets` (where each connection is) grouped by gateway: every gateway once, with its
 /// connections in the order given, so that each gets one delivery for all of them. Sorts
@@ -409,6 +505,57 @@ mod tests {
             ]
         );
         assert_eq!(by_gateway(&mut []).count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_session_end_reaches_the_gateways_of_the_named_device_only() {
+        let push = Push::new(PushConfig::default());
+        let mut g1 = push.attach_gateway(GatewayId(1));
+        let mut g2 = push.attach_gateway(GatewayId(2));
+        let at = |conn, gw, dev: &str| Session {
+            conn: ConnId(conn),
+            gateway: GatewayId(gw),
+            device: DeviceId::parse(dev).unwrap(),
+        };
+        push.bind(UserId(7), at(10, 1, "phone"));
+        push.bind(UserId(7), at(20, 2, "laptop"));
+        let end = SessionEnd {
+            user: UserId(7),
+            device: DeviceId::parse("phone"),
+            keep: None,
+            why: EndReason::LoggedOut,
+        };
+        push.end_sessions(&end).await;
+        let d = g1.recv().await.unwrap();
+        assert_eq!(d.conns, vec![ConnId(10)]);
+        assert_eq!(SessionEnd::from_frame(&d.frame), Some(end.clone()));
+        assert!(g2.try_recv().is_err(), "the laptop's gateway is not told");
+        // A full gateway queue is waited on, not skipped.
+        let small = Arc::new(Push::new(PushConfig {
+            gateway_queue: 1,
+            ..Default::default()
+        }));
+        let mut q = small.attach_gateway(GatewayId(1));
+        small.bind(UserId(7), at(10, 1, "phone"));
+        small.signal_user(UserId(7), &Frame::request(4, 0, &b"{}"[..]), None);
+        let waiting = tokio::spawn({
+            let small = small.clone();
+            let end = end.clone();
+            async move { small.end_sessions(&end).await }
+        });
+        assert_eq!(q.recv().await.unwrap().frame.cmd, 4);
+        assert_eq!(
+            q.recv().await.unwrap().frame.cmd,
+            xinge_proto::cmd::END_SESSIONS
+        );
+        waiting.await.unwrap();
+        // The devices: both were connected; the phone's connection ended.
+        push.unbind(UserId(7), ConnId(10));
+        let seen = push.devices(UserId(7)).await;
+        let names: Vec<_> = seen.iter().map(|d| (d.device.as_str(), d.online)).collect();
+        assert_eq!(names, vec![("laptop", true), ("phone", false)]);
+        assert!(seen[1].last_seen_ms > 0);
+        assert!(push.devices(UserId(8)).await.is_empty());
     }
 
     #[test]

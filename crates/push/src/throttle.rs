@@ -33,6 +33,8 @@ pub enum Coalesce {
     /// time): over the limit only the newest per key is kept. By `order`, not by arrival:
     /// concurrent commits hand their signals over in any order.
     Newest { key: u64, order: u64 },
+    /// Control (a session ended): never held, never dropped by the rate.
+    Never,
 }
 
 impl Coalesce {
@@ -44,10 +46,12 @@ impl Coalesce {
         }
     }
 
-    /// As two numbers on the bus (key `u64::MAX` is `Drop`, which no key reaches).
+    /// As two numbers on the bus (key `u64::MAX` is `Drop` and `u64::MAX - 1` is `Never`,
+    /// which no key of [`Coalesce::newest`] reaches: kinds are small).
     pub fn to_wire(self) -> (u64, u64) {
         match self {
             Coalesce::Drop => (u64::MAX, 0),
+            Coalesce::Never => (u64::MAX - 1, 0),
             Coalesce::Newest { key, order } => (key, order),
         }
     }
@@ -55,6 +59,7 @@ impl Coalesce {
     pub fn from_wire(key: u64, order: u64) -> Self {
         match key {
             u64::MAX => Coalesce::Drop,
+            k if k == u64::MAX - 1 => Coalesce::Never,
             key => Coalesce::Newest { key, order },
         }
     }
@@ -142,6 +147,9 @@ impl<T: Clone> Throttle<T> {
 
     /// `true`: send `frame` to `user` now. `false`: it was held (or dropped) instead.
     pub fn admit(&self, user: UserId, frame: &T, how: Coalesce, now: Instant) -> bool {
+        if how == Coalesce::Never {
+            return true;
+        }
         let rate = self.cfg.rate;
         let mut shard = self.shard(user);
         let shard = &mut *shard;

@@ -58,10 +58,28 @@ pub trait Store: Send + Sync + 'static {
     async fn user(&self, id: UserId) -> Result<Option<UserRecord>>;
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>>;
     async fn set_display_name(&self, id: UserId, display_name: &str) -> Result<()>;
-    /// Records the token id currently valid for a device (replacing an older one).
-    async fn put_device(&self, user: UserId, device: &DeviceId, token_id: u64) -> Result<()>;
+    /// Records the token id currently valid for a device, which logged in at `at_ms`
+    /// (replacing an older one).
+    async fn put_device(
+        &self,
+        user: UserId,
+        device: &DeviceId,
+        token_id: u64,
+        at_ms: u64,
+    ) -> Result<()>;
     async fn device_token(&self, user: UserId, device: &DeviceId) -> Result<Option<u64>>;
     async fn remove_device(&self, user: UserId, device: &DeviceId) -> Result<()>;
+    /// The user's devices that hold a valid token, at most `limit`, by device name.
+    async fn devices(&self, user: UserId, limit: usize) -> Result<Vec<DeviceRecord>>;
+    /// Sets the user's password hash and removes every device of theirs but `keep`, in one
+    /// write: no token from before the change outlives it (but `keep`'s). `NotFound` if
+    /// there is no such user.
+    async fn set_password(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        keep: Option<&DeviceId>,
+    ) -> Result<()>;
 
     // === relations ===
     /// `me`'s relation with `other`.

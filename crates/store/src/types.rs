@@ -11,6 +11,14 @@ pub struct UserRecord {
     pub created_at_ms: u64,
 }
 
+/// A device holding a valid token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub device: DeviceId,
+    pub token_id: u64,
+    pub logged_in_at_ms: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct NewUser {
     pub username: String,

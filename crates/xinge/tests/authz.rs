@@ -82,7 +82,8 @@ async fn every_endpoint_refuses_missing_forged_expired_and_revoked_tokens() {
                 .replace("{id}", "1")
                 .replace("{user}", "1")
                 .replace("{from}", "1")
-                .replace("{seq}", "1");
+                .replace("{seq}", "1")
+                .replace("{device}", "phone");
             let m = method.to_uppercase();
             for (token, want) in [
                 (None, "unauthenticated"),

@@ -708,3 +708,111 @@ async fn the_send_limit_is_shared_by_every_api_process() {
     drop(apis);
     c.clean_up().await;
 }
+
+/// Whether the connection whose signals these are closes within a second.
+async fn closed_within_a_second(signals: &mut tokio::sync::mpsc::Receiver<Signal>) -> bool {
+    let wait = async { while signals.recv().await.is_some() {} };
+    tokio::time::timeout(Duration::from_secs(1), wait)
+        .await
+        .is_ok()
+}
+
+/// Access that ends ends on every gateway: Alice's phone (WebSocket, gateway 11) is logged
+/// out from her laptop (TCP, gateway 10) over an api process; then her laptop's password
+/// change ends her tablet's connection on gateway 11 while the laptop's own goes on. Each
+/// within a second, told over the bus to the gateway that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_access_closes_connections_on_every_gateway_within_a_second() {
+    if !engines_up("ended_access_closes_connections_on_every_gateway_within_a_second").await {
+        return;
+    }
+    let c = Cluster::new();
+    let gateways = [c.spawn("gateway", 10), c.spawn("gateway", 11)];
+    let api = c.spawn("api", 20);
+    let _push = c.spawn("push", 30);
+    let (laptop, a) = login(&api.http, "alice", "laptop").await;
+    let (phone, _) = login(&api.http, "alice", "phone").await;
+    let (tablet, _) = login(&api.http, "alice", "tablet").await;
+    let (bob, b) = login(&api.http, "bob", "laptop").await;
+    befriend(&laptop, a, &bob, b).await;
+    let tcp = gateways[0].tcp.clone().unwrap();
+    let ws = format!("ws://{}/ws", gateways[1].http);
+    let (on_laptop, _laptop_signals) =
+        Connection::connect(Transport::Tcp, &tcp, laptop.token().unwrap())
+            .await
+            .unwrap();
+    let (on_phone, mut phone_signals) =
+        Connection::connect(Transport::Ws, &ws, phone.token().unwrap())
+            .await
+            .unwrap();
+    let (on_tablet, mut tablet_signals) = Connection::connect(
+        Transport::Tcp,
+        &gateways[1].tcp.clone().unwrap(),
+        tablet.token().unwrap(),
+    )
+    .await
+    .unwrap();
+    // Bob connected too, so that Alice's online changes are signalled somewhere.
+    let (_on_bob, _bob_signals) = Connection::connect(Transport::Tcp, &tcp, bob.token().unwrap())
+        .await
+        .unwrap();
+    let listed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let devices = laptop.devices().await.unwrap().devices;
+            if devices.iter().filter(|d| d.online).count() == 3 {
+                return devices;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the three devices are seen online");
+    assert_eq!(listed.len(), 3);
+
+    let reason = |conn: &Connection| conn.close_reason.lock().unwrap().clone().map(|e| e.code);
+
+    let started = Instant::now();
+    laptop.log_out_device("phone").await.unwrap();
+    assert!(
+        closed_within_a_second(&mut phone_signals).await,
+        "the phone's connection closed within 1 s"
+    );
+    assert_eq!(reason(&on_phone), Some(xinge_core::ErrorCode::TokenRevoked));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(common::code(phone.me().await), "token_revoked");
+    on_laptop.ping().await.unwrap();
+    on_tablet.ping().await.unwrap();
+
+    laptop
+        .change_password(PASSWORD, "another password entirely")
+        .await
+        .unwrap();
+    assert!(
+        closed_within_a_second(&mut tablet_signals).await,
+        "the tablet's connection closed within 1 s"
+    );
+    assert_eq!(
+        reason(&on_tablet),
+        Some(xinge_core::ErrorCode::TokenRevoked)
+    );
+    on_laptop.ping().await.unwrap();
+    // The registry forgot the ended sessions: only the laptop is online.
+    let online = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let devices = laptop.devices().await.unwrap().devices;
+            if devices.iter().filter(|d| d.online).count() == 1 {
+                return devices;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("only the laptop is left online");
+    assert_eq!(
+        online.len(),
+        1,
+        "only the laptop is still logged in: {online:?}"
+    );
+    drop((gateways, api));
+    c.clean_up().await;
+}

@@ -1,9 +1,10 @@
 //! Accounts, sessions, the caller's own profile, and looking users up.
 
-use super::{DONE, Done};
+use super::{DONE, Done, peer_ip};
 use crate::{ApiState, Auth, Body, HttpResult, Path, Query};
 use axum::Json;
 use axum::extract::State;
+use axum::http::Extensions;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -16,27 +17,35 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(register))
         .routes(routes!(login, logout))
         .routes(routes!(me, update_me))
+        .routes(routes!(change_password))
+        .routes(routes!(devices))
+        .routes(routes!(log_out_device))
         .routes(routes!(find_user))
         .routes(routes!(user))
 }
 
+/// Create an account. New accounts per address are limited (429 `rate_limited`).
 #[utoipa::path(post, path = "/v1/accounts", request_body = RegisterRequest,
-    responses((status = 200, body = Profile), (status = 409, body = ApiError), (status = 400, body = ApiError)))]
+    responses((status = 200, body = Profile), (status = 409, body = ApiError), (status = 400, body = ApiError),
+        (status = 429, body = ApiError)))]
 pub async fn register(
     State(s): State<ApiState>,
+    ext: Extensions,
     Body(req): Body<RegisterRequest>,
 ) -> HttpResult<Profile> {
-    Ok(Json(s.logic.register(req).await?))
+    Ok(Json(s.logic.register(req, peer_ip(&ext)).await?))
 }
 
-/// Log in one device; the token names user and device.
+/// Log in one device; the token names user and device. Failed logins are limited per
+/// account and per address (429 `rate_limited` with `retry_after_ms`).
 #[utoipa::path(post, path = "/v1/sessions", request_body = LoginRequest,
-    responses((status = 200, body = LoginResponse), (status = 401, body = ApiError)))]
+    responses((status = 200, body = LoginResponse), (status = 401, body = ApiError), (status = 429, body = ApiError)))]
 pub async fn login(
     State(s): State<ApiState>,
+    ext: Extensions,
     Body(req): Body<LoginRequest>,
 ) -> HttpResult<LoginResponse> {
-    Ok(Json(s.logic.login(req).await?))
+    Ok(Json(s.logic.login(req, peer_ip(&ext)).await?))
 }
 
 /// Log out this device: its token stops working at once.
@@ -58,6 +67,38 @@ pub async fn update_me(
     Body(req): Body<ProfileUpdate>,
 ) -> HttpResult<Profile> {
     Ok(Json(s.logic.set_display_name(&c, &req.display_name).await?))
+}
+
+/// Change the password. Every other device of the account is logged out at once (its
+/// token revoked, its long connections closed); this one stays logged in.
+#[utoipa::path(put, path = "/v1/me/password", request_body = PasswordChange,
+    responses((status = 200, body = Done), (status = 401, body = ApiError), (status = 400, body = ApiError)))]
+pub async fn change_password(
+    State(s): State<ApiState>,
+    Auth(c): Auth,
+    Body(req): Body<PasswordChange>,
+) -> HttpResult<Done> {
+    s.logic.change_password(&c, req).await?;
+    Ok(Json(DONE))
+}
+
+/// The caller's logged-in devices: when each logged in, whether it is connected.
+#[utoipa::path(get, path = "/v1/me/devices", responses((status = 200, body = Devices), (status = 401, body = ApiError)))]
+pub async fn devices(State(s): State<ApiState>, Auth(c): Auth) -> HttpResult<Devices> {
+    Ok(Json(s.logic.devices(&c).await?))
+}
+
+/// Log out one of the caller's devices: its token stops working and its long connections
+/// close at once.
+#[utoipa::path(delete, path = "/v1/me/devices/{device}", params(("device" = String, Path)),
+    responses((status = 200, body = Done), (status = 404, body = ApiError), (status = 401, body = ApiError)))]
+pub async fn log_out_device(
+    State(s): State<ApiState>,
+    Auth(c): Auth,
+    Path(device): Path<String>,
+) -> HttpResult<Done> {
+    s.logic.log_out_other_device(&c, &device).await?;
+    Ok(Json(DONE))
 }
 
 #[derive(Deserialize)]

@@ -67,7 +67,7 @@ async fn openapi_document() {
     let app = App::new();
     let doc = ok(app.call("GET", "/openapi.json", None, None).await);
     assert_eq!(doc["info"]["title"], "xinge HTTP API");
-    assert_eq!(doc["paths"].as_object().unwrap().len(), 32);
+    assert_eq!(doc["paths"].as_object().unwrap().len(), 35);
     let op = &doc["paths"]["/v1/groups/{id}"]["patch"];
     assert_eq!(
         (&op["operationId"], &op["tags"]),
@@ -104,6 +104,7 @@ async fn every_documented_operation_is_served() {
             ("id", "1"),
             ("from", "1"),
             ("user", "1"),
+            ("device", "phone"),
         ] {
             uri = uri.replace(&format!("{{{param}}}"), value);
         }
@@ -124,7 +125,7 @@ async fn every_documented_operation_is_served() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 39);
+    assert_eq!(operations, 42);
 }
 
 #[tokio::test]

@@ -37,13 +37,65 @@ pub(super) async fn users_are_unique_and_sequential(store: &dyn Store) {
 
 pub(super) async fn devices_and_profiles(store: &dyn Store) {
     let a = user(store, "dev").await;
-    let phone = xinge_core::DeviceId::parse("phone").unwrap();
+    let dev = |n: &str| xinge_core::DeviceId::parse(n).unwrap();
+    let (phone, laptop, tablet) = (dev("phone"), dev("laptop"), dev("tablet"));
     assert_eq!(store.device_token(a, &phone).await.unwrap(), None);
-    store.put_device(a, &phone, 7).await.unwrap();
-    store.put_device(a, &phone, 8).await.unwrap();
+    assert!(store.devices(a, 10).await.unwrap().is_empty());
+    store.put_device(a, &phone, 7, 1_000).await.unwrap();
+    store.put_device(a, &phone, 8, 2_000).await.unwrap();
     assert_eq!(store.device_token(a, &phone).await.unwrap(), Some(8));
+    store.put_device(a, &laptop, 9, 3_000).await.unwrap();
+    let record = |device: &crate::DeviceRecord| {
+        (
+            device.device.as_str().to_owned(),
+            device.token_id,
+            device.logged_in_at_ms,
+        )
+    };
+    let listed: Vec<_> = store
+        .devices(a, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(record)
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("laptop".into(), 9, 3_000), ("phone".into(), 8, 2_000)],
+        "by name, the newer login of the phone"
+    );
+    assert_eq!(
+        store.devices(a, 1).await.unwrap().len(),
+        1,
+        "at most the limit"
+    );
     store.remove_device(a, &phone).await.unwrap();
     assert_eq!(store.device_token(a, &phone).await.unwrap(), None);
+    // A password change keeps one device's token and ends every other one's.
+    store.put_device(a, &phone, 10, 4_000).await.unwrap();
+    store.put_device(a, &tablet, 11, 5_000).await.unwrap();
+    store
+        .set_password(a, "new-hash", Some(&phone))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.user(a).await.unwrap().unwrap().password_hash,
+        "new-hash"
+    );
+    let left: Vec<_> = store
+        .devices(a, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(record)
+        .collect();
+    assert_eq!(left, vec![("phone".into(), 10, 4_000)]);
+    store.set_password(a, "newer-hash", None).await.unwrap();
+    assert!(store.devices(a, 10).await.unwrap().is_empty(), "none kept");
+    assert!(matches!(
+        store.set_password(UserId(u64::MAX), "x", None).await,
+        Err(StoreError::NotFound)
+    ));
     store.set_display_name(a, "New Name").await.unwrap();
     assert_eq!(
         store.user(a).await.unwrap().unwrap().display_name,

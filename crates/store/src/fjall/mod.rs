@@ -30,8 +30,8 @@ mod tx;
 mod writer;
 
 use crate::{
-    Commit, Committed, ConversationRow, DedupRecord, GroupRecord, MemberRecord, Membership,
-    NewUser, Pair, Relation, Result, Store, StoreError, UserRecord,
+    Commit, Committed, ConversationRow, DedupRecord, DeviceRecord, GroupRecord, MemberRecord,
+    Membership, NewUser, Pair, Relation, Result, Store, StoreError, UserRecord,
 };
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -288,10 +288,43 @@ impl Store for FjallStore {
             .map(drop)
     }
 
-    async fn put_device(&self, user: UserId, device: &DeviceId, token_id: u64) -> Result<()> {
-        self.write(writer::Op::PutDevice(user, device.clone(), token_id))
+    async fn put_device(
+        &self,
+        user: UserId,
+        device: &DeviceId,
+        token_id: u64,
+        at_ms: u64,
+    ) -> Result<()> {
+        self.write(writer::Op::PutDevice(user, device.clone(), token_id, at_ms))
             .await
             .map(drop)
+    }
+
+    async fn devices(&self, user: UserId, limit: usize) -> Result<Vec<DeviceRecord>> {
+        reads::devices(&self.spaces, user, limit)
+    }
+
+    async fn set_password(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        keep: Option<&DeviceId>,
+    ) -> Result<()> {
+        // The devices are read before the write: one that logs in between the two keeps
+        // its new token, as if it had logged in just after the change (with the new
+        // password, it would have had to).
+        let ended = reads::devices(&self.spaces, user, usize::MAX)?
+            .into_iter()
+            .map(|d| d.device)
+            .filter(|d| Some(d) != keep)
+            .collect();
+        self.write(writer::Op::SetPassword(
+            user,
+            password_hash.to_owned(),
+            ended,
+        ))
+        .await
+        .map(drop)
     }
 
     async fn device_token(&self, user: UserId, device: &DeviceId) -> Result<Option<u64>> {

@@ -4,8 +4,8 @@
 use super::keys::*;
 use super::{Spaces, StoredEntry, StoredEvent, backend, decode};
 use crate::{
-    ConversationRow, DedupRecord, GroupRecord, LIST_MENTIONS_CAP, MemberRecord, Membership, Pair,
-    Relation, Result, UserRecord,
+    ConversationRow, DedupRecord, DeviceRecord, GroupRecord, LIST_MENTIONS_CAP, MemberRecord,
+    Membership, Pair, Relation, Result, UserRecord,
 };
 use fjall::Keyspace;
 use serde::Deserialize;
@@ -51,6 +51,22 @@ pub(super) fn device_token(s: &Spaces, user: UserId, device: &DeviceId) -> Resul
         Some(v) => Ok(Some(read_u64(&v)?)),
         None => Ok(None),
     }
+}
+
+pub(super) fn devices(s: &Spaces, user: UserId, limit: usize) -> Result<Vec<DeviceRecord>> {
+    let mut out = Vec::new();
+    for kv in s.devices.prefix(u64_key(user.0)).take(limit) {
+        let (k, v) = kv.into_inner().map_err(backend)?;
+        let name = std::str::from_utf8(&k[8..]).ok().and_then(DeviceId::parse);
+        let Some(device) = name else { continue };
+        out.push(DeviceRecord {
+            device,
+            token_id: read_u64(&v)?,
+            // Records written before login times were kept have none.
+            logged_in_at_ms: v.get(8..).map_or(Ok(0), read_u64)?,
+        });
+    }
+    Ok(out)
 }
 
 pub(super) fn pair(s: &Spaces, me: UserId, other: UserId) -> Result<Pair> {

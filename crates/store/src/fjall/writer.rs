@@ -18,7 +18,10 @@ use xinge_core::{DeviceId, GroupId, UserId};
 pub(crate) enum Op {
     CreateUser(NewUser),
     SetName(UserId, String),
-    PutDevice(UserId, DeviceId, u64),
+    /// A device's token id and when it logged in.
+    PutDevice(UserId, DeviceId, u64, u64),
+    /// A new password hash, and the devices whose tokens end with the old one.
+    SetPassword(UserId, String, Vec<DeviceId>),
     RemoveDevice(UserId, DeviceId),
     Commit(Box<Commit>),
     /// Wakes the writer while it holds read cursors (the store's tick): it writes them
@@ -306,12 +309,25 @@ impl Writer {
                 tx.put(|s| &s.users, key.to_vec(), encode(&user));
                 Ok(Out::Unit)
             }
-            Op::PutDevice(user, device, token) => {
+            Op::PutDevice(user, device, token, at_ms) => {
                 tx.put(
                     |s| &s.devices,
                     device_key(*user, device),
-                    u64_key(*token).to_vec(),
+                    [u64_key(*token), u64_key(*at_ms)].concat(),
                 );
+                Ok(Out::Unit)
+            }
+            Op::SetPassword(id, hash, ended) => {
+                let key = u64_key(id.0);
+                let mut user: UserRecord = match tx.get(|s| &s.users, &key)? {
+                    Some(v) => decode(&v)?,
+                    None => return Err(StoreError::NotFound),
+                };
+                user.password_hash = std::mem::take(hash);
+                tx.put(|s| &s.users, key.to_vec(), encode(&user));
+                for device in ended.iter() {
+                    tx.delete(|s| &s.devices, device_key(*id, device));
+                }
                 Ok(Out::Unit)
             }
             Op::RemoveDevice(user, device) => {

@@ -26,8 +26,8 @@ mod sql;
 mod tests;
 
 use crate::{
-    Commit, Committed, ConversationRow, DedupRecord, GroupRecord, MemberRecord, Membership,
-    NewUser, Pair, Relation, Result, Store, UserRecord,
+    Commit, Committed, ConversationRow, DedupRecord, DeviceRecord, GroupRecord, MemberRecord,
+    Membership, NewUser, Pair, Relation, Result, Store, UserRecord,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -128,8 +128,27 @@ impl Store for PgStore {
         ops::set_display_name(self, id, display_name).await
     }
 
-    async fn put_device(&self, user: UserId, device: &DeviceId, token_id: u64) -> Result<()> {
-        ops::put_device(self, user, device, token_id).await
+    async fn put_device(
+        &self,
+        user: UserId,
+        device: &DeviceId,
+        token_id: u64,
+        at_ms: u64,
+    ) -> Result<()> {
+        ops::put_device(self, user, device, token_id, at_ms).await
+    }
+
+    async fn devices(&self, user: UserId, limit: usize) -> Result<Vec<DeviceRecord>> {
+        reads::devices(self, user, limit).await
+    }
+
+    async fn set_password(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        keep: Option<&DeviceId>,
+    ) -> Result<()> {
+        ops::set_password(self, user, password_hash, keep).await
     }
 
     async fn device_token(&self, user: UserId, device: &DeviceId) -> Result<Option<u64>> {

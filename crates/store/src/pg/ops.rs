@@ -244,12 +244,14 @@ pub(super) async fn put_device(
     user: UserId,
     device: &DeviceId,
     token_id: u64,
+    at_ms: u64,
 ) -> Result<()> {
     let c = store.client().await?;
     c.ex(
-        "INSERT INTO devices (user_id, device, token_id) VALUES ($1, $2, $3) \
-         ON CONFLICT (user_id, device) DO UPDATE SET token_id = EXCLUDED.token_id",
-        &[&i(user.0), &device.as_str(), &i(token_id)],
+        "INSERT INTO devices (user_id, device, token_id, logged_in_at_ms) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (user_id, device) DO UPDATE SET token_id = EXCLUDED.token_id, \
+         logged_in_at_ms = EXCLUDED.logged_in_at_ms",
+        &[&i(user.0), &device.as_str(), &i(token_id), &i(at_ms)],
     )
     .await
     .map_err(db)
@@ -265,4 +267,32 @@ pub(super) async fn remove_device(store: &PgStore, user: UserId, device: &Device
     .await
     .map_err(db)
     .map(drop)
+}
+
+pub(super) async fn set_password(
+    store: &PgStore,
+    user: UserId,
+    password_hash: &str,
+    keep: Option<&DeviceId>,
+) -> Result<()> {
+    let mut c = store.client().await?;
+    let tx = c.transaction().await.map_err(db)?;
+    let n = tx
+        .ex(
+            "UPDATE users SET password_hash = $2 WHERE id = $1",
+            &[&i(user.0), &password_hash],
+        )
+        .await
+        .map_err(db)?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    // `IS DISTINCT FROM`: with no device to keep ($2 NULL), every device goes.
+    tx.ex(
+        "DELETE FROM devices WHERE user_id = $1 AND device IS DISTINCT FROM $2",
+        &[&i(user.0), &keep.map(DeviceId::as_str)],
+    )
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)
 }

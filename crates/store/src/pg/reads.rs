@@ -3,8 +3,8 @@
 use super::PgStore;
 use super::sql::{Cached, backend, db, i, json, member, member_of, u, user_of};
 use crate::{
-    ConversationRow, DedupRecord, GroupRecord, LIST_MENTIONS_CAP, MemberRecord, Membership, Pair,
-    Relation, Result, UserRecord,
+    ConversationRow, DedupRecord, DeviceRecord, GroupRecord, LIST_MENTIONS_CAP, MemberRecord,
+    Membership, Pair, Relation, Result, UserRecord,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::Json;
@@ -43,6 +43,32 @@ pub(super) async fn device_token(
         .await
         .map_err(db)?;
     Ok(row.map(|r| u(r.get(0))))
+}
+
+pub(super) async fn devices(
+    store: &PgStore,
+    user: UserId,
+    limit: usize,
+) -> Result<Vec<DeviceRecord>> {
+    let c = store.client().await?;
+    let rows = c
+        .q(
+            "SELECT device, token_id, logged_in_at_ms FROM devices WHERE user_id = $1 \
+             ORDER BY device LIMIT $2",
+            &[&i(user.0), &(limit as i64)],
+        )
+        .await
+        .map_err(db)?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            Some(DeviceRecord {
+                device: DeviceId::parse(r.get(0))?,
+                token_id: u(r.get(1)),
+                logged_in_at_ms: u(r.get(2)),
+            })
+        })
+        .collect())
 }
 
 pub(super) async fn pair(store: &PgStore, me: UserId, other: UserId) -> Result<Pair> {

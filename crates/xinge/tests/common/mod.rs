@@ -28,9 +28,9 @@ pub struct Server {
 }
 
 /// A config that keeps tests fast: cheap (but still Argon2id) password hashing, per-user
-/// limits out of the way of tests that send in bursts, and route and gateway admission out
-/// of the way of a hundred devices all coming from 127.0.0.1 (the limit tests set their
-/// own). The signal rate keeps its default: coalescing is part of normal delivery.
+/// limits out of the way of tests that send in bursts, and route and gateway admission and
+/// new accounts per address out of the way of a hundred devices all coming from 127.0.0.1
+/// (the limit tests set their own). The signal rate keeps its default: coalescing is part of normal delivery.
 pub fn test_config(dir: &std::path::Path) -> Config {
     let mut cfg = Config::default();
     cfg.server.data_dir = dir.to_path_buf();
@@ -41,6 +41,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     cfg.limits.pulls_burst = 1e6;
     cfg.route.per_ip_burst = 1e6;
     cfg.gateway.admission.per_ip_burst = 1e6;
+    cfg.limits.registrations_per_ip_burst = 1e6;
     cfg
 }
 
