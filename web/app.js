@@ -381,7 +381,7 @@ function preview(c) {
 
 function messageText(m, short) {
   if (m.kind === 'content') return contentText(m.content);
-  if (m.kind === 'recall') return short ? 'recalled a message' : 'A message was recalled';
+  if (m.kind === 'recall' || m.kind === 'recalled') return short ? 'recalled a message' : 'A message was recalled';
   if (m.kind === 'system') return systemText(m.event);
   return '';
 }
@@ -956,7 +956,9 @@ function renderChat() {
       continue;
     }
     const mine = m.sender === S.me.user_id;
-    const recalled = o.recalled.has(m.conv_seq);
+    // A recalled message comes from the server without its content (kind 'recalled');
+    // one this page already held is dropped when its recall arrives.
+    const recalled = m.kind === 'recalled' || o.recalled.has(m.conv_seq);
     let status = null;
     if (mine && !recalled) {
       if (o.group) {

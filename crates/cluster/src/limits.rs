@@ -15,11 +15,6 @@ local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n";
 
-/// Takes back one call from a counter, if its window is still there.
-const GIVE_BACK: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECR', KEYS[1]) end
-return 0";
-
 /// The window a call at `now` counts in: `burst / per_sec` long (at least 1 ms), and its
 /// number since the epoch. Every api process agrees on it by the clock alone.
 fn window_of(burst: f64, per_sec: f64, now: u64) -> (u64, u64) {
@@ -37,7 +32,6 @@ pub struct SharedLimiter {
     names: Names,
     cfg: LimitsConfig,
     script: redis::Script,
-    give_back: redis::Script,
 }
 
 impl SharedLimiter {
@@ -47,7 +41,6 @@ impl SharedLimiter {
             names,
             cfg,
             script: redis::Script::new(LIMIT),
-            give_back: redis::Script::new(GIVE_BACK),
         }
     }
 
@@ -102,18 +95,28 @@ impl Limiter for SharedLimiter {
         .await
     }
 
-    async fn give_back(&self, key: &str, what: Limited) {
+    async fn peek_key(&self, key: &str, what: Limited) -> Result<(), Duration> {
         let rate = what.rate(&self.cfg);
-        let (_, window) = window_of(rate.burst, rate.per_sec, xinge_core::now_ms());
+        let now = xinge_core::now_ms();
+        let (window_ms, window) = window_of(rate.burst, rate.per_sec, now);
         let name = self.names.key_limit_key(key, what.as_str(), window);
         let mut conn = self.redis.clone();
-        let done = tokio::time::timeout(
+        let n = tokio::time::timeout(
             ANSWER_WITHIN,
-            self.give_back.key(name).invoke_async::<u64>(&mut conn),
+            redis::cmd("GET")
+                .arg(name)
+                .query_async::<Option<u64>>(&mut conn),
         )
         .await;
-        if !matches!(done, Ok(Ok(_))) {
-            metrics::counter!("xinge_registry_errors_total").increment(1);
+        match n {
+            Ok(Ok(n)) if n.unwrap_or(0) as f64 >= rate.burst => {
+                Err(Duration::from_millis((window + 1) * window_ms - now))
+            }
+            Ok(Ok(_)) => Ok(()),
+            _ => {
+                metrics::counter!("xinge_registry_errors_total").increment(1);
+                Ok(())
+            }
         }
     }
 }

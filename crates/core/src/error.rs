@@ -168,7 +168,11 @@ impl ApiError {
 
     /// `rate_limited`, with the time until a retry may succeed.
     pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
-        let ms = wait.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+        // Rounded up: a client that waits exactly this long finds its token there.
+        let ms = wait
+            .as_nanos()
+            .div_ceil(1_000_000)
+            .clamp(1, u128::from(u64::MAX)) as u64;
         Self {
             retry_after_ms: Some(ms),
             ..Self::new(ErrorCode::RateLimited, message)

@@ -96,13 +96,17 @@ impl<K: Hash + Eq + Copy> Keyed<K> {
             .take(self.rate, now)
     }
 
-    /// Returns a token taken for `key` (capped at the burst): the call it was taken for
-    /// turned out not to count (a login whose password was right).
-    pub fn give_back(&self, key: K, now: Instant) {
+    /// Whether a `take` for `key` now would succeed (or how long until it would), taking
+    /// nothing: for limits that count only some outcomes (failed logins), checked before
+    /// the call and taken after it if it counts.
+    pub fn peek(&self, key: K, now: Instant) -> Result<(), Duration> {
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(bucket) = b.get_mut(&key) {
-            bucket.refill(self.rate, now);
-            bucket.tokens = (bucket.tokens + 1.0).min(self.rate.burst);
+        match b.get_mut(&key) {
+            Some(bucket) => {
+                let mut probe = *bucket;
+                probe.take(self.rate, now)
+            }
+            None => Ok(()),
         }
     }
 
@@ -173,14 +177,19 @@ mod tests {
             "{wait:?}"
         );
         assert!(k.take(2, t0).is_ok(), "another key is not held back");
-        k.give_back(1, t0);
-        assert!(k.take(1, t0).is_ok(), "a token given back is there again");
-        assert!(k.take(1, t0).is_err());
+        assert_eq!(
+            k.peek(1, t0),
+            k.take(1, t0),
+            "a peek says what a take would"
+        );
+        assert!(
+            k.peek(2, t0).is_ok() && k.peek(3, t0).is_ok(),
+            "a new key has its burst"
+        );
         for _ in 0..10 {
-            k.give_back(2, t0);
+            assert!(k.peek(2, t0).is_ok(), "a peek takes nothing");
         }
-        let taken = (0..10).filter(|_| k.take(2, t0).is_ok()).count();
-        assert_eq!(taken, 3, "never more than the burst");
+        assert_eq!(k.len(), 2, "and remembers no new key");
         assert!(
             k.take(1, t0 + Duration::from_millis(500)).is_ok(),
             "refilled at 2/s"

@@ -45,9 +45,22 @@ impl Logic {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T> {
-        let internal = || bad(ErrorCode::Internal, "internal error");
-        let _permit = self.hashing.acquire().await.map_err(|_| internal())?;
-        tokio::task::spawn_blocking(f).await.map_err(|_| internal())
+        let _turn = self.hashing_turn().await?;
+        Self::blocking(f).await
+    }
+
+    /// A turn at hashing: one of the permits [`Self::hash_off_runtime`] waits for.
+    async fn hashing_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        self.hashing
+            .acquire()
+            .await
+            .map_err(|_| bad(ErrorCode::Internal, "internal error"))
+    }
+
+    async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|_| bad(ErrorCode::Internal, "internal error"))
     }
 
     /// A new password's hash (salted, Argon2id), computed off the async workers.
@@ -66,11 +79,23 @@ impl Logic {
     /// Whether `password` is the one `hash` was made from (false for a hash that does not
     /// parse, or if the check could not run).
     pub(crate) async fn password_matches(&self, hash: &str, password: String) -> bool {
+        match self.hashing_turn().await {
+            Ok(turn) => self.verify_in_turn(&turn, hash.to_owned(), password).await,
+            Err(_) => false,
+        }
+    }
+
+    /// [`Self::password_matches`] for a caller that holds its turn at hashing.
+    async fn verify_in_turn(
+        &self,
+        _turn: &tokio::sync::SemaphorePermit<'_>,
+        hash: String,
+        password: String,
+    ) -> bool {
         let Ok(argon) = self.argon2() else {
             return false;
         };
-        let hash = hash.to_owned();
-        self.hash_off_runtime(move || {
+        Self::blocking(move || {
             PasswordHash::new(&hash)
                 .is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
         })
@@ -150,38 +175,15 @@ impl Logic {
     }
 
     /// Logs a device in. Failed logins are limited per account and per address (`from`,
-    /// when known): each attempt takes a token of both, and a right password gives them
-    /// back, so only failures count. An account out of tokens refuses even the right
-    /// password until one is there — a guesser must not learn that they found it.
+    /// when known); only failures count. An account or address out of tokens is refused
+    /// even the right password until one is there — a guesser must not learn that they
+    /// found it.
     pub async fn login(&self, req: LoginRequest, from: Option<IpAddr>) -> Result<LoginResponse> {
+        let wrong = || bad(ErrorCode::BadCredentials, "wrong username or password");
         let ip = from.map(|ip| ip.to_string());
         let mut keys = vec![(req.username.as_str(), Limited::LoginAccount)];
         if let Some(ip) = &ip {
             keys.insert(0, (ip.as_str(), Limited::LoginIp));
-        }
-        self.limit_keys(&keys).await?;
-        match self.check_login(&req).await {
-            Ok(user) => {
-                self.give_back(&keys).await;
-                self.log_in_device(user, &req.device).await
-            }
-            Err(e) => {
-                if matches!(&e, crate::Error::Refused(r) if r.code == ErrorCode::BadCredentials) {
-                    metrics::counter!("xinge_login_failures_total").increment(1);
-                } else {
-                    // Not a guess (the store failed): it does not count.
-                    self.give_back(&keys).await;
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// The user `req` names, if its password is theirs.
-    async fn check_login(&self, req: &LoginRequest) -> Result<UserRecord> {
-        let wrong = || bad(ErrorCode::BadCredentials, "wrong username or password");
-        if req.password.len() > 256 {
-            return Err(wrong());
         }
         let user = self.store.user_by_name(&req.username).await?;
         // An unknown username is checked against a hash too, so that its answer takes as
@@ -190,9 +192,24 @@ impl Logic {
             Some(u) => u.password_hash.clone(),
             None => self.decoy_hash().await?,
         };
-        let ok = self.password_matches(&hash, req.password.clone()).await;
+        let ok = {
+            // The limits are looked at and a failure counted while this login holds its
+            // turn at the hashing (one per core): guesses sent all at once cannot all
+            // pass the look before the first of them has counted — at most one per core
+            // (and api process) beyond the limit — while right passwords, which count
+            // nothing, never wait for each other's tokens.
+            let turn = self.hashing_turn().await?;
+            self.limits_allow(&keys).await?;
+            let ok =
+                req.password.len() <= 256 && self.verify_in_turn(&turn, hash, req.password).await;
+            if !ok {
+                metrics::counter!("xinge_login_failures_total").increment(1);
+                let _ = self.limit_keys(&keys).await;
+            }
+            ok
+        };
         match user {
-            Some(u) if ok => Ok(u),
+            Some(u) if ok => self.log_in_device(u, &req.device).await,
             _ => Err(wrong()),
         }
     }

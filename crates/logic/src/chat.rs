@@ -95,6 +95,7 @@ impl Logic {
             },
             mentions: req.mentions,
             mention_all: req.mention_all && matches!(access, Access::Group(..)),
+            ops: vec![],
         };
         let append = self.append(caller, conv, &access, draft);
         drop(access); // not kept in this future while the commit runs
@@ -111,7 +112,7 @@ impl Logic {
         d: Draft,
     ) -> impl Future<Output = Result<SendResponse>> + Send + use<'_> {
         let me = caller.user;
-        let (group, message_to, ops) = match access {
+        let (group, message_to, mut ops) = match access {
             Access::Direct(peer) => {
                 let ops = vec![Op::Join { user: me, conv }, Op::Join { user: *peer, conv }];
                 (None, vec![me, *peer], ops)
@@ -120,6 +121,7 @@ impl Logic {
             // checks the sender's membership and mute, atomically with the append.
             Access::Group(g, _) => (Some(self.fanout(g.id, Some((me, true)))), vec![me], vec![]),
         };
+        ops.extend(d.ops);
         let c = Commit {
             dedup: Some((me, d.client_msg_id.clone())),
             group,
@@ -163,9 +165,14 @@ impl Logic {
         }
     }
 
-    /// Recalls the caller's own message: a tombstone appended to the same timelines.
-    /// Idempotent: recalling twice answers with the first recall.
+    /// Recalls the caller's own message: its content is gone from every read of it from
+    /// then on (history, sync, the conversation list show a `recalled` message: who and
+    /// when), and a tombstone is appended to the same timelines so that devices holding
+    /// the content drop it. `client_msg_id` is the recall's idempotency key: a retry
+    /// answers exactly as the first time, even past the window; recalling a message that
+    /// is already recalled is refused.
     pub async fn recall(&self, caller: &Caller, req: RecallRequest) -> Result<SendResponse> {
+        Self::check_client_msg_id(&req.client_msg_id)?;
         let access = self.access(caller, req.conv).await?;
         let target = self
             .store
@@ -180,31 +187,48 @@ impl Logic {
                 "only the sender may recall a message",
             ));
         }
-        if !matches!(target.body, MessageBody::Content { .. }) {
-            return Err(bad(
-                ErrorCode::InvalidArgument,
-                "that is not a message one can recall",
-            ));
-        }
-        let key = format!("recall:{}:{}", req.conv, req.conv_seq);
-        // A retry of a recall that went through is let past the window: the append below
+        // A retry of a recall that went through is let past the checks: the append below
         // finds its dedup key and answers exactly as the first time (the recall's own
         // time and sequence numbers), like any retried send.
-        let retry = self.store.dedup(caller.user, &key).await?.is_some();
-        let window = self.cfg.chat.recall_window_secs * 1000;
-        if !retry && self.cfg.clock.now_ms().saturating_sub(target.sent_at_ms) > window {
-            return Err(bad(
-                ErrorCode::RecallWindowPassed,
-                "too late to recall this message",
-            ));
+        let retry = self
+            .store
+            .dedup(caller.user, &req.client_msg_id)
+            .await?
+            .is_some();
+        if !retry {
+            match target.body {
+                MessageBody::Content { .. } => {}
+                MessageBody::Recalled { .. } => {
+                    return Err(bad(ErrorCode::Conflict, "the message is already recalled"));
+                }
+                _ => {
+                    return Err(bad(
+                        ErrorCode::InvalidArgument,
+                        "that is not a message one can recall",
+                    ));
+                }
+            }
+            let window = self.cfg.chat.recall_window_secs * 1000;
+            if self.cfg.clock.now_ms().saturating_sub(target.sent_at_ms) > window {
+                return Err(bad(
+                    ErrorCode::RecallWindowPassed,
+                    "too late to recall this message",
+                ));
+            }
         }
         let draft = Draft {
-            client_msg_id: key,
+            client_msg_id: req.client_msg_id,
             body: MessageBody::Recall {
                 target: req.conv_seq,
             },
             mentions: vec![],
             mention_all: false,
+            ops: vec![Op::Recall {
+                conv: req.conv,
+                conv_seq: req.conv_seq,
+                by: caller.user,
+                at_ms: self.cfg.clock.now_ms(),
+            }],
         };
         self.append(caller, req.conv, &access, draft).await
     }
@@ -216,4 +240,6 @@ pub(crate) struct Draft {
     pub body: MessageBody,
     pub mentions: Vec<UserId>,
     pub mention_all: bool,
+    /// Changes made in the same commit, before the append (a recall's rewrite).
+    pub ops: Vec<Op>,
 }

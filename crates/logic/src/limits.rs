@@ -69,9 +69,9 @@ pub trait Limiter: Send + Sync + 'static {
     async fn check(&self, user: UserId, what: Limited) -> Result<(), Duration>;
     /// The same for a key that is not a user: an account's name, an address.
     async fn check_key(&self, key: &str, what: Limited) -> Result<(), Duration>;
-    /// Returns what a `check_key` that let a call through took: the call did not count
-    /// (a login whose password was right).
-    async fn give_back(&self, key: &str, what: Limited);
+    /// Whether `check_key` would let a call through now, counting nothing: for limits on
+    /// some outcomes only (failed logins), which `check_key` counts once they are known.
+    async fn peek_key(&self, key: &str, what: Limited) -> Result<(), Duration>;
 }
 
 /// Token buckets in this process, one table per kind, each of at most `limits.max_users`
@@ -120,8 +120,8 @@ impl Limiter for LocalLimiter {
         self.table(what).take(self.hash(key), self.clock.now())
     }
 
-    async fn give_back(&self, key: &str, what: Limited) {
-        self.table(what).give_back(self.hash(key), self.clock.now());
+    async fn peek_key(&self, key: &str, what: Limited) -> Result<(), Duration> {
+        self.table(what).peek(self.hash(key), self.clock.now())
     }
 }
 
@@ -134,11 +134,13 @@ fn limited(what: Limited, wait: Duration) -> crate::error::Error {
         Limited::LoginIp => "too many failed logins from this address".to_owned(),
         Limited::Register => "too many new accounts from this address".to_owned(),
     };
-    xinge_core::error::ApiError::rate_limited(
-        format!("{message}: retry in {} ms", wait.as_millis().max(1)),
-        wait,
-    )
-    .into()
+    let mut e = xinge_core::error::ApiError::rate_limited(message, wait);
+    e.message = format!(
+        "{}: retry in {} ms",
+        e.message,
+        e.retry_after_ms.unwrap_or(1)
+    );
+    e.into()
 }
 
 impl crate::Logic {
@@ -150,23 +152,26 @@ impl crate::Logic {
             .map_err(|wait| limited(what, wait))
     }
 
-    /// Takes a token of each of `keys`' buckets, in order; if one is empty, gives back
-    /// those already taken and refuses with `rate_limited`.
+    /// Takes a token of each of `keys`' buckets; refuses with `rate_limited` if one is
+    /// empty (the tokens of the others are spent all the same: the call was made).
     pub(crate) async fn limit_keys(&self, keys: &[(&str, Limited)]) -> crate::Result<()> {
-        for (i, (key, what)) in keys.iter().enumerate() {
+        let mut refused = None;
+        for (key, what) in keys {
             if let Err(wait) = self.limiter.check_key(key, *what).await {
-                self.give_back(&keys[..i]).await;
+                refused.get_or_insert((*what, wait));
+            }
+        }
+        refused.map_or(Ok(()), |(what, wait)| Err(limited(what, wait)))
+    }
+
+    /// Refuses with `rate_limited` if one of `keys`' buckets is empty, taking nothing.
+    pub(crate) async fn limits_allow(&self, keys: &[(&str, Limited)]) -> crate::Result<()> {
+        for (key, what) in keys {
+            if let Err(wait) = self.limiter.peek_key(key, *what).await {
                 return Err(limited(*what, wait));
             }
         }
         Ok(())
-    }
-
-    /// Returns the tokens [`Self::limit_keys`] took: what they were taken for did not count.
-    pub(crate) async fn give_back(&self, keys: &[(&str, Limited)]) {
-        for (key, what) in keys {
-            self.limiter.give_back(key, *what).await;
-        }
     }
 }
 

@@ -116,6 +116,9 @@ pub enum MessageBody {
     Content { content: Value },
     /// A tombstone: the message at `target` (conv_seq) was recalled by its sender.
     Recall { target: u64 },
+    /// What a recalled message reads as from then on, in every history, sync and
+    /// conversation list: its content is gone; who recalled it and when remain.
+    Recalled { by: UserId, at_ms: u64 },
     /// A change to a group, at its place in the group's timeline.
     System { event: GroupEvent },
 }
@@ -191,6 +194,16 @@ pub struct Message {
     pub mention_all: bool,
     #[serde(flatten)]
     pub body: MessageBody,
+}
+
+impl Message {
+    /// Makes this the recalled message (by `by`, at `at_ms`): its content, and whom it
+    /// mentioned, gone.
+    pub fn recalled(&mut self, by: UserId, at_ms: u64) {
+        self.body = MessageBody::Recalled { by, at_ms };
+        self.mentions.clear();
+        self.mention_all = false;
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]

@@ -288,6 +288,16 @@ pub enum Op {
         conv: ConvId,
         seq: u64,
     },
+    /// Replaces the content of the message at `conv_seq` with
+    /// [`xinge_proto::api::MessageBody::Recalled`] (and forgets whom it mentioned): every
+    /// later read of it, however it is read, has no content. No-op if there is no such
+    /// message.
+    Recall {
+        conv: ConvId,
+        conv_seq: u64,
+        by: UserId,
+        at_ms: u64,
+    },
 }
 
 /// One atomic write. In order, a backend:

@@ -302,18 +302,42 @@ async fn strangers_may_talk_when_the_server_allows_it_and_recall_works_in_its_wi
     assert_eq!(err.code().unwrap().as_str(), "forbidden");
     let r = alice.recall(&recall("r1")).await.unwrap();
     assert_eq!(r.conv_seq, 2);
-    let again = alice.recall(&recall("r2")).await.unwrap();
-    assert!(
-        again.duplicate,
-        "recalling twice answers with the first recall"
+    let again = alice.recall(&recall("r1")).await.unwrap();
+    assert!(again.duplicate, "a retried recall answers as the first");
+    assert_eq!((again.msg_id, again.sent_at_ms), (r.msg_id, r.sent_at_ms));
+    assert_eq!(
+        code(alice.recall(&recall("r2")).await),
+        "conflict",
+        "another recall of a recalled message"
     );
     let page = bob.history(conv, None, None, 10).await.unwrap();
     assert_eq!(
         page.messages.len(),
         2,
-        "a recall is a tombstone event, not a delete"
+        "the recalled message keeps its place"
     );
+    match page.messages[0].body {
+        MessageBody::Recalled { by, at_ms } => {
+            assert_eq!(by, _a);
+            assert!(at_ms >= page.messages[0].sent_at_ms && at_ms <= r.sent_at_ms);
+        }
+        ref other => panic!("the recalled message still reads as {other:?}"),
+    }
+    assert!(page.messages[0].mentions.is_empty());
     assert_eq!(page.messages[1].body, MessageBody::Recall { target: 1 });
+    assert_eq!(page.messages[1].client_msg_id, "r1", "the recall's own id");
+    // Its text is gone from every read, the sender's and the receiver's: history, sync
+    // and the conversation list.
+    for who in [&alice, &bob] {
+        let reads = [
+            serde_json::to_string(&who.history(conv, None, None, 10).await.unwrap()).unwrap(),
+            serde_json::to_string(&who.sync(0, None).await.unwrap()).unwrap(),
+            serde_json::to_string(&who.conversations().await.unwrap()).unwrap(),
+        ];
+        for read in reads {
+            assert!(!read.contains("hi stranger"), "{read}");
+        }
+    }
     server.stop().await;
 
     // The window is passed by moving the server's clock, not by waiting it out.
@@ -325,10 +349,11 @@ async fn strangers_may_talk_when_the_server_allows_it_and_recall_works_in_its_wi
     .await;
     let (alice, _) = server.login("alice", "laptop").await;
     let (_, b) = server.login("bob", "laptop").await;
+    // Each recall with an id of its own (the id is its idempotency key).
     let recall_of = |sent: &xinge_client::api::SendResponse| xinge_client::api::RecallRequest {
         conv: sent.conv,
         conv_seq: sent.conv_seq,
-        client_msg_id: "r".into(),
+        client_msg_id: format!("recall-{}", sent.conv_seq),
     };
     let taken_back = alice
         .send(&text(b, "m1", "taken back in time"))

@@ -676,14 +676,16 @@ async fn roles_on_a_nats_cluster_and_a_redis_cluster_survive_losing_a_node_of_ea
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_send_limit_is_shared_by_every_api_process() {
-    let test = "the_send_limit_is_shared_by_every_api_process";
+async fn the_send_and_login_limits_are_shared_by_every_api_process() {
+    let test = "the_send_and_login_limits_are_shared_by_every_api_process";
     if !engines_up(test).await {
         return;
     }
     let c = Cluster::on(NATS, REDIS, |c| {
         c.limits.sends_burst = 3.0;
         c.limits.sends_per_sec = 0.5;
+        c.limits.login_failures_per_ip_burst = 2.0;
+        c.limits.login_failures_per_ip_per_sec = 0.01;
     });
     let apis = [c.spawn("api", 20), c.spawn("api", 21)];
     let (alice, a) = login(&apis[0].http, "alice", "laptop").await;
@@ -705,6 +707,24 @@ async fn the_send_limit_is_shared_by_every_api_process() {
         common::code(via(1).send(&send(3)).await),
     ];
     assert_eq!(codes, ["ok", "ok", "ok", "rate_limited"]);
+    // Failed logins from one address are counted across api processes too: two wrong
+    // passwords, one at each, and then even the right one is refused at either.
+    let anon = |i: usize| Http::new(format!("http://{}", apis[i].http));
+    let logins = [
+        common::code(anon(0).login("alice", "wrong password 1", "x").await),
+        common::code(anon(1).login("alice", "wrong password 2", "x").await),
+        common::code(anon(0).login("alice", PASSWORD, "x").await),
+        common::code(anon(1).login("alice", PASSWORD, "x").await),
+    ];
+    assert_eq!(
+        logins,
+        [
+            "bad_credentials",
+            "bad_credentials",
+            "rate_limited",
+            "rate_limited"
+        ]
+    );
     drop(apis);
     c.clean_up().await;
 }

@@ -26,6 +26,7 @@ pub async fn run(store: &dyn Store) {
     chat::history_pages_both_ways(store).await;
     chat::read_cursors_are_monotonic(store).await;
     chat::concurrent_commits_keep_sequences_continuous(store).await;
+    chat::a_recall_removes_the_content_from_every_read(store).await;
     // After the concurrent check, so that a pooling backend has its connections open and
     // the repeats really race.
     chat::racing_repeats_commit_once(store).await;

@@ -1,10 +1,11 @@
 //! What each [`crate::Op`] does to the keyspaces, inside the batch; and creating a user.
 
-use super::encode;
 use super::keys::*;
 use super::tx::Tx;
+use super::{decode, encode};
 use crate::{MemberRecord, NewUser, Result, StoreError, UserRecord};
 use xinge_core::{ConvId, GroupId, UserId};
+use xinge_proto::api::Message;
 
 impl Tx<'_> {
     pub(super) fn create_user(&mut self, new: &NewUser) -> Result<UserRecord> {
@@ -61,6 +62,19 @@ impl Tx<'_> {
                     self.put(|s| &s.blocks, pair_key(by, peer), Vec::new());
                 } else {
                     self.delete(|s| &s.blocks, pair_key(by, peer));
+                }
+            }
+            Op::Recall {
+                conv,
+                conv_seq,
+                by,
+                at_ms,
+            } => {
+                let key = msg_key(conv, conv_seq);
+                if let Some(v) = self.get(|s| &s.msgs, &key)? {
+                    let mut msg: Message = decode(&v)?;
+                    msg.recalled(by, at_ms);
+                    self.put(|s| &s.msgs, key, encode(&msg));
                 }
             }
             Op::Join { user, conv } => {

@@ -7,6 +7,7 @@ use super::sql::{Cached, backend, db, i, role_str, u};
 use crate::{NewUser, Op, Result, StoreError, UserRecord};
 use tokio_postgres::types::Json;
 use xinge_core::{ConvId, DeviceId, UserId};
+use xinge_proto::api::Message;
 
 impl Tx<'_> {
     pub(super) async fn op(&self, op: Op) -> Result<()> {
@@ -75,6 +76,32 @@ impl Tx<'_> {
                     self.exec(
                         "DELETE FROM blocks WHERE user_id = $1 AND peer_id = $2",
                         &[&i(by.0), &i(peer.0)],
+                    )
+                    .await?;
+                }
+            }
+            Op::Recall {
+                conv,
+                conv_seq,
+                by,
+                at_ms,
+            } => {
+                let conv = conv.to_string();
+                let row = self
+                    .tx
+                    .q_opt(
+                        "SELECT msg FROM messages WHERE conv = $1 AND conv_seq = $2 FOR UPDATE",
+                        &[&conv, &i(conv_seq)],
+                    )
+                    .await
+                    .map_err(db)?;
+                if let Some(row) = row {
+                    let mut msg: Message = super::sql::json(&row, "msg")?;
+                    msg.recalled(by, at_ms);
+                    let v = serde_json::to_value(&msg).map_err(backend)?;
+                    self.exec(
+                        "UPDATE messages SET msg = $3 WHERE conv = $1 AND conv_seq = $2",
+                        &[&conv, &i(conv_seq), &Json(v)],
                     )
                     .await?;
                 }
