@@ -382,6 +382,7 @@ function preview(c) {
 function messageText(m, short) {
   if (m.kind === 'content') return contentText(m.content);
   if (m.kind === 'recall' || m.kind === 'recalled') return short ? 'recalled a message' : 'A message was recalled';
+  if (m.kind === 'deleted') return 'This message was deleted';
   if (m.kind === 'system') return systemText(m.event);
   return '';
 }
@@ -659,7 +660,10 @@ async function act(promise, then) {
 
 function chatWith(user) {
   const me = S.me.user_id;
-  const conv = `d${Math.min(me, user)}-${Math.max(me, user)}`;
+  // User ids are strings of digits (64-bit: not safe as JavaScript numbers); the smaller
+  // comes first.
+  const [lo, hi] = BigInt(me) < BigInt(user) ? [me, user] : [user, me];
+  const conv = `d${lo}-${hi}`;
   if (!S.convs.has(conv)) {
     S.convs.set(conv, {
       conv, peer: user, last_seq: 0, read_seq: 0, unread: 0, unread_mentions: 0, name: null,
@@ -970,12 +974,13 @@ function renderChat() {
         status = h('span.tick', { 'data-read': isRead ? 'true' : 'false', title: isRead ? 'read' : 'sent', 'aria-label': isRead ? 'read' : 'sent' }, isRead ? '✓✓' : '✓');
       }
     }
-    const canRecall = mine && !recalled && Date.now() - m.sent_at_ms < RECALL_WINDOW_MS;
+    const canRecall = mine && !recalled && m.kind === 'content' && Date.now() - m.sent_at_ms < RECALL_WINDOW_MS;
     items.push(h(`li.msg${mine ? '.mine' : ''}${recalled ? '.recalled' : ''}`, {
       'data-seq': m.conv_seq, 'data-cmid': m.client_msg_id, 'data-state': 'sent',
     },
     !mine && o.group ? h('small.sender', null, name(m.sender)) : null,
-    h('div.bubble', null, recalled ? (mine ? 'You recalled a message' : `${name(m.sender)} recalled a message`) : contentText(m.content)),
+    h('div.bubble', null, m.kind === 'deleted' ? 'This message was deleted'
+      : recalled ? (mine ? 'You recalled a message' : `${name(m.sender)} recalled a message`) : contentText(m.content)),
     h('small.meta', null, time(m.sent_at_ms), status ? ' ' : null, status,
       canRecall ? h('button.link.recall', { 'data-fk': 'rc-' + m.conv_seq, onclick: () => recall(m) }, 'Recall') : null)));
   }
@@ -1181,7 +1186,7 @@ function friendPicker(exclude) {
   return {
     el: h('fieldset.picker', null, h('legend', null, 'Friends'),
       options.map((f, i) => h('label', { for: 'pick-' + f.user_id }, boxes[i], ' ', name(f.user_id)))),
-    picked: () => boxes.filter((b) => b.checked).map((b) => Number(b.value)),
+    picked: () => boxes.filter((b) => b.checked).map((b) => b.value),
   };
 }
 

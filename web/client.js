@@ -23,7 +23,7 @@ export class ApiError extends Error {
 }
 
 /** Token revoked, expired or forged: the session is over, log in again. */
-export const FATAL_CODES = ['unauthenticated', 'token_expired', 'token_revoked'];
+export const FATAL_CODES = ['unauthenticated', 'token_expired', 'token_revoked', 'banned'];
 
 // === HTTP ===
 
@@ -373,14 +373,13 @@ export function newClientMsgId() {
 export function peerOf(conv, me) {
   const m = /^d(\d+)-(\d+)$/.exec(conv);
   if (!m) return null;
-  const a = Number(m[1]);
-  const b = Number(m[2]);
-  return a === me ? b : a;
+  // Ids are compared as the strings of digits the server sends (JSON ids are strings).
+  const [a, b] = [m[1], m[2]];
+  return a === String(me) ? b : a;
 }
 
-/** The group id of a group conversation, as a string: group ids are snowflakes above 2^53,
- *  which a JavaScript number cannot hold exactly (so the client never uses `group_id` or
- *  `msg_id` numbers from JSON, only the `conv` string). */
+/** The group id of a group conversation, as a string (every 64-bit id is a string in
+ *  JSON: group ids are snowflakes above 2^53, which a JavaScript number cannot hold). */
 export function groupIdOf(conv) {
   const m = /^g(\d+)$/.exec(conv);
   return m ? m[1] : null;

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! lib.rs       AppState, the router, auth extraction, errors on the wire
+//! admin.rs     the admin API (`/admin/v1/…`): admin keys, its handlers and document
 //! http/        one handler per endpoint, one file per resource, each registered with its
 //!              OpenAPI annotation
 //! dispatch.rs  the gateway's Upstream/Authenticator: command number → Logic
@@ -12,6 +13,7 @@
 //! web.rs       the browser client (web/ at the repository root), embedded, served at /
 //! ```
 
+pub mod admin;
 mod dispatch;
 mod http;
 mod openapi;
@@ -49,17 +51,34 @@ pub struct ApiState {
 /// Every endpoint of every role, for `xinge serve`, and the web client at `/` (it needs the
 /// API and the WebSocket gateway on one origin, which only this all-in-one router has).
 pub fn app(state: AppState) -> axum::Router {
-    served(
-        api_routes(ApiState { logic: state.logic })
-            .merge(route_routes(state.route))
-            .merge(http::gateway::routes(state.gateway))
-            .merge(web::routes()),
-    )
+    served(all_in_one(state))
+}
+
+fn all_in_one(state: AppState) -> axum::Router {
+    api_routes(ApiState { logic: state.logic })
+        .merge(route_routes(state.route))
+        .merge(http::gateway::routes(state.gateway))
+        .merge(web::routes())
 }
 
 /// `xinge api`: the business API.
 pub fn api_app(logic: Arc<Logic>) -> axum::Router {
     served(api_routes(ApiState { logic }))
+}
+
+/// [`api_app`] with the admin API beside it (`admin.on_main_listener`).
+pub fn api_with_admin(logic: Arc<Logic>, admin: admin::AdminState) -> axum::Router {
+    served(api_routes(ApiState { logic }).merge(admin::router(admin)))
+}
+
+/// The admin API on a listener of its own.
+pub fn admin_app(state: admin::AdminState) -> axum::Router {
+    served(admin::router(state))
+}
+
+/// [`app`] with the admin API beside the rest (`admin.on_main_listener`).
+pub fn app_with_admin(state: AppState, admin: admin::AdminState) -> axum::Router {
+    served(all_in_one(state).merge(admin::router(admin)))
 }
 
 /// `xinge route`: which gateway to use.

@@ -32,9 +32,15 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(http::api_routes().into_openapi());
     doc.merge(http::route::routes().into_openapi());
     doc.merge(http::common::routes().into_openapi());
-    tag_untagged(&mut doc);
-    add_error_default(&mut doc);
+    finish(&mut doc);
     doc
+}
+
+/// What every document of ours gets once its operations are in: the tag, and the error
+/// answer as every operation's default response.
+pub(crate) fn finish(doc: &mut utoipa::openapi::OpenApi) {
+    tag_untagged(doc);
+    add_error_default(doc);
 }
 
 /// The document served at `/openapi.json`, built once: it only changes with the binary.

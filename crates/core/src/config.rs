@@ -19,6 +19,7 @@ pub struct Config {
     pub route: AdmissionConfig,
     pub limits: LimitsConfig,
     pub tls: TlsConfig,
+    pub admin: AdminConfig,
     /// The time every layer reads (not configurable: a test that starts a server shares
     /// one with it and moves it forward instead of waiting out a window).
     #[serde(skip)]
@@ -89,6 +90,59 @@ impl Default for TlsConfig {
             key: None,
             handshake_timeout_secs: 10,
         }
+    }
+}
+
+/// The admin API (`/admin/v1/…`), for the app's own server. Off until a key is set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Its own listener: loopback by default, so that only the app's server on the same
+    /// host (or through a tunnel) reaches it.
+    pub http_addr: SocketAddr,
+    /// Serve it on the main HTTP listener instead (`server.http_addr`): for a deployment
+    /// whose proxy already restricts `/admin/`.
+    pub on_main_listener: bool,
+    /// The keys, as `name:sha256` — the key's name (written in the log of every action it
+    /// takes) and the hex SHA-256 of the key itself, which is never stored. Several, so
+    /// that one can be replaced while the other still works. `xinge admin-key NAME` makes
+    /// one. Also `XINGE_ADMIN_KEYS` (comma-separated), added to these.
+    pub keys: Vec<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            on_main_listener: false,
+            keys: Vec::new(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The configured keys as `(name, sha256)`, or why one is malformed.
+    pub fn parsed_keys(&self) -> Result<Vec<(String, [u8; 32])>, ConfigError> {
+        self.keys
+            .iter()
+            .map(|entry| {
+                let bad = || {
+                    ConfigError::Invalid(format!(
+                        "admin.keys: {entry:?} is not NAME:SHA256 (64 hex digits)"
+                    ))
+                };
+                let (name, hex) = entry.split_once(':').ok_or_else(bad)?;
+                if name.is_empty() || hex.len() != 64 {
+                    return Err(bad());
+                }
+                let mut hash = [0u8; 32];
+                for (i, byte) in hash.iter_mut().enumerate() {
+                    *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+                        .map_err(|_| bad())?;
+                }
+                Ok((name.to_owned(), hash))
+            })
+            .collect()
     }
 }
 
@@ -459,6 +513,7 @@ impl Config {
         if self.tls.handshake_timeout_secs == 0 {
             return bad("tls.handshake_timeout_secs must be positive");
         }
+        self.admin.parsed_keys()?;
         let r = &self.route;
         if !(r.per_ip_per_sec > 0.0
             && r.per_ip_burst >= 1.0

@@ -51,11 +51,13 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// AUTH named a protocol version this server does not speak.
     UnsupportedProtocol,
+    /// The account is banned by the app's server: no login, no token, no connection.
+    Banned,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidArgument,
         ErrorCode::TooLarge,
@@ -79,6 +81,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::MethodNotAllowed,
         ErrorCode::UnsupportedProtocol,
+        ErrorCode::Banned,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +109,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::UnsupportedProtocol => "unsupported_protocol",
+            ErrorCode::Banned => "banned",
         }
     }
 
@@ -119,6 +123,7 @@ impl ErrorCode {
             | ErrorCode::TokenRevoked
             | ErrorCode::BadCredentials => 401,
             ErrorCode::Forbidden
+            | ErrorCode::Banned
             | ErrorCode::Blocked
             | ErrorCode::NotFriends
             | ErrorCode::Muted => 403,
@@ -212,6 +217,7 @@ mod tests {
             Internal => 20,
             MethodNotAllowed => 21,
             UnsupportedProtocol => 22,
+            Banned => 23,
         }
     }
 

@@ -7,7 +7,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 use std::net::IpAddr;
 use xinge_core::auth::Authenticated;
-use xinge_core::{DeviceId, ErrorCode, UserId};
+use xinge_core::{ConvId, DeviceId, ErrorCode, UserId};
 use xinge_proto::api::{LoginRequest, LoginResponse, Profile, RegisterRequest};
 use xinge_push::EndReason;
 use xinge_store::{NewUser, UserRecord};
@@ -31,6 +31,30 @@ fn found(r: xinge_store::Result<Option<UserRecord>>) -> Result<Profile> {
         username: u.username,
         display_name: u.display_name,
     })
+}
+
+/// A registration's fields as an account may have them.
+pub(crate) fn check_registration(req: &RegisterRequest) -> Result<()> {
+    if !valid_username(&req.username) {
+        return Err(bad(
+            ErrorCode::InvalidArgument,
+            "username must be 3-32 characters of [a-z0-9_.-]",
+        ));
+    }
+    if !(8..=256).contains(&req.password.len()) {
+        return Err(bad(
+            ErrorCode::InvalidArgument,
+            "password must be 8-256 bytes",
+        ));
+    }
+    let display_name = req.display_name.as_deref().unwrap_or(&req.username);
+    if !valid_display_name(display_name) {
+        return Err(bad(
+            ErrorCode::InvalidArgument,
+            "display name must be 1-64 printable characters",
+        ));
+    }
+    Ok(())
 }
 
 impl Logic {
@@ -125,35 +149,31 @@ impl Logic {
     /// Creates an account. `from` is the caller's address, when known: new accounts per
     /// address are limited (`limits.registrations_per_ip_*`).
     pub async fn register(&self, req: RegisterRequest, from: Option<IpAddr>) -> Result<Profile> {
-        if !valid_username(&req.username) {
-            return Err(bad(
-                ErrorCode::InvalidArgument,
-                "username must be 3-32 characters of [a-z0-9_.-]",
-            ));
-        }
-        if !(8..=256).contains(&req.password.len()) {
-            return Err(bad(
-                ErrorCode::InvalidArgument,
-                "password must be 8-256 bytes",
-            ));
-        }
-        let display_name = req.display_name.unwrap_or_else(|| req.username.clone());
-        if !valid_display_name(&display_name) {
-            return Err(bad(
-                ErrorCode::InvalidArgument,
-                "display name must be 1-64 printable characters",
-            ));
-        }
+        check_registration(&req)?;
         // Counted once the request is well-formed: a name that is taken counts too, so
         // that trying names is limited like creating accounts.
         if let Some(ip) = from {
             self.limit_keys(&[(&ip.to_string(), Limited::Register)])
                 .await?;
         }
+        self.create_account(req, None).await
+    }
+
+    /// Creates the account `req` asks for (already checked), with `req`'s password hashed
+    /// or, if given, `hash` stored as it is.
+    pub(crate) async fn create_account(
+        &self,
+        req: RegisterRequest,
+        hash: Option<String>,
+    ) -> Result<Profile> {
+        let display_name = req.display_name.unwrap_or_else(|| req.username.clone());
         if self.store.user_by_name(&req.username).await?.is_some() {
             return Err(bad(ErrorCode::Conflict, "username is taken"));
         }
-        let hash = self.hash_password(req.password).await?;
+        let hash = match hash {
+            Some(h) => h,
+            None => self.hash_password(req.password).await?,
+        };
         let user = self
             .store
             .create_user(NewUser {
@@ -209,6 +229,8 @@ impl Logic {
             ok
         };
         match user {
+            // Told only to who knows the password.
+            Some(u) if ok && u.banned => Err(crate::admin::banned()),
             Some(u) if ok => self.log_in_device(u, &req.device).await,
             _ => Err(wrong()),
         }
@@ -263,6 +285,41 @@ impl Logic {
 
     pub async fn profile(&self, user: UserId) -> Result<Profile> {
         found(self.store.user(user).await)
+    }
+
+    /// `user`'s profile as `caller` may see it: their own, a friend's, someone with a
+    /// friend request pending either way, someone they have a 1:1 conversation with or
+    /// share a group with. Anyone else is `not_found`, exactly like an id that does not
+    /// exist, so that walking the ids tells nothing; a stranger is found by their exact
+    /// username instead ([`Self::find_user`]).
+    pub async fn profile_for(&self, caller: &Caller, user: UserId) -> Result<Profile> {
+        if user == caller.user || self.knows(caller.user, user).await? {
+            return self.profile(user).await;
+        }
+        Err(bad(ErrorCode::NotFound, "not found"))
+    }
+
+    /// Whether `me` has a reason to see `other`'s profile (see [`Self::profile_for`]).
+    async fn knows(&self, me: UserId, other: UserId) -> Result<bool> {
+        let r = self.store.relation(me, other).await?;
+        if r.friends_since_ms.is_some() || r.request_in.is_some() || r.request_out.is_some() {
+            return Ok(true);
+        }
+        let convs = self
+            .store
+            .memberships(me, self.cfg.chat.max_conversations)
+            .await?;
+        if convs.iter().any(|m| m.conv == ConvId::direct(me, other)) {
+            return Ok(true);
+        }
+        for m in &convs {
+            if let ConvId::Group(g) = m.conv
+                && self.store.group_member(g, other).await?.is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     pub async fn find_user(&self, username: &str) -> Result<Profile> {

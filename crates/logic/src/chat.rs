@@ -223,11 +223,13 @@ impl Logic {
             },
             mentions: vec![],
             mention_all: false,
-            ops: vec![Op::Recall {
+            ops: vec![Op::Redact {
                 conv: req.conv,
                 conv_seq: req.conv_seq,
-                by: caller.user,
-                at_ms: self.cfg.clock.now_ms(),
+                body: MessageBody::Recalled {
+                    by: caller.user,
+                    at_ms: self.cfg.clock.now_ms(),
+                },
             }],
         };
         self.append(caller, req.conv, &access, draft).await

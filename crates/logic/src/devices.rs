@@ -55,23 +55,32 @@ impl Logic {
     /// The caller's logged-in devices, by name: when each logged in, and whether it is
     /// connected now (or when it last was).
     pub async fn devices(&self, caller: &Caller) -> Result<Devices> {
+        let devices = self.device_views(caller.user, Some(&caller.device)).await?;
+        Ok(Devices { devices })
+    }
+
+    /// `user`'s logged-in devices, `current` marked.
+    pub(crate) async fn device_views(
+        &self,
+        user: UserId,
+        current: Option<&DeviceId>,
+    ) -> Result<Vec<DeviceView>> {
         let max = self.cfg.auth.max_devices.max(1);
-        let records = self.store.devices(caller.user, max + 1).await?;
-        let seen = self.push.devices(caller.user).await;
-        let devices = records
+        let records = self.store.devices(user, max + 1).await?;
+        let seen = self.push.devices(user).await;
+        Ok(records
             .into_iter()
             .map(|r| {
                 let s = seen.iter().find(|s| s.device == r.device);
                 DeviceView {
-                    current: r.device == caller.device,
+                    current: Some(&r.device) == current,
                     online: s.is_some_and(|s| s.online),
                     last_seen_ms: s.map_or(0, |s| s.last_seen_ms),
                     logged_in_at_ms: r.logged_in_at_ms,
                     device: r.device,
                 }
             })
-            .collect();
-        Ok(Devices { devices })
+            .collect())
     }
 
     /// Logs out one of the caller's devices (another one; their own is `logout`).

@@ -9,6 +9,7 @@
 //! signal.rs         commit, then signal each new inbox entry; coalescing keys
 //! access.rs         who may see which conversation, and which part of its timeline
 //! account.rs        register, login, logout, profile, authenticate
+//! admin.rs          the app's server: create users, issue tokens, ban, devices
 //! devices.rs        a user's devices: list, log one out, change the password; ending the
 //!                   long connections of a device whose access ended
 //! friend.rs         requests, accept/decline, remove, block
@@ -25,6 +26,7 @@
 
 mod access;
 mod account;
+mod admin;
 mod chat;
 mod conversations;
 mod devices;

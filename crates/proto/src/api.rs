@@ -44,6 +44,38 @@ pub struct PasswordChange {
     pub new_password: String,
 }
 
+/// A user created by the app's server (admin API). Without a password the user signs in
+/// only with tokens the app's server has the admin API issue.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminNewUser {
+    pub username: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// A token for one device of a user, issued by the app's server.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenRequest {
+    pub device: DeviceId,
+}
+
+/// A user as the app's server sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdminUser {
+    pub user_id: UserId,
+    pub username: String,
+    pub display_name: String,
+    /// Whether the user can log in with a password (a user created without one signs in
+    /// only with issued tokens).
+    pub has_password: bool,
+    pub banned: bool,
+    pub created_at_ms: u64,
+}
+
 /// One of the caller's logged-in devices.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeviceView {
@@ -119,6 +151,9 @@ pub enum MessageBody {
     /// What a recalled message reads as from then on, in every history, sync and
     /// conversation list: its content is gone; who recalled it and when remain.
     Recalled { by: UserId, at_ms: u64 },
+    /// What a message deleted by the app's server (moderation, admin API) reads as from
+    /// then on, everywhere: its content is gone; when remains.
+    Deleted { at_ms: u64 },
     /// A change to a group, at its place in the group's timeline.
     System { event: GroupEvent },
 }
@@ -197,10 +232,10 @@ pub struct Message {
 }
 
 impl Message {
-    /// Makes this the recalled message (by `by`, at `at_ms`): its content, and whom it
-    /// mentioned, gone.
-    pub fn recalled(&mut self, by: UserId, at_ms: u64) {
-        self.body = MessageBody::Recalled { by, at_ms };
+    /// Replaces the message's content with `body` (a `Recalled` or `Deleted` one): its
+    /// content, and whom it mentioned, gone.
+    pub fn redact(&mut self, body: MessageBody) {
+        self.body = body;
         self.mentions.clear();
         self.mention_all = false;
     }

@@ -13,8 +13,8 @@ use xinge_core::error::ApiError;
 use xinge_core::{DeviceId, ErrorCode, UserId};
 use xinge_proto::{Frame, cmd};
 
-/// Why the server ends a session. Every reason closes with `token_revoked`: the client
-/// must log in again; the message says why.
+/// Why the server ends a session. Every reason but a ban closes with `token_revoked`: the
+/// client must log in again; the message says why. A ban closes with `banned`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum EndReason {
@@ -26,6 +26,8 @@ pub enum EndReason {
     PasswordChanged = 3,
     /// The account logged in on more devices than it may have; the oldest login went.
     TooManyDevices = 4,
+    /// The app's server banned the account.
+    Banned = 5,
 }
 
 impl EndReason {
@@ -35,6 +37,7 @@ impl EndReason {
             2 => EndReason::LoggedInAgain,
             3 => EndReason::PasswordChanged,
             4 => EndReason::TooManyDevices,
+            5 => EndReason::Banned,
             _ => return None,
         })
     }
@@ -46,6 +49,7 @@ impl EndReason {
             EndReason::LoggedInAgain => "this device logged in again: this session is replaced",
             EndReason::PasswordChanged => "the password was changed: log in again",
             EndReason::TooManyDevices => "logged out: the account logged in on too many devices",
+            EndReason::Banned => return ApiError::new(ErrorCode::Banned, "this account is banned"),
         };
         ApiError::new(ErrorCode::TokenRevoked, message)
     }
@@ -144,5 +148,10 @@ mod tests {
             let why = EndReason::from_u8(r).unwrap();
             assert_eq!((why as u8, why.error().code), (r, ErrorCode::TokenRevoked));
         }
+        assert_eq!(
+            EndReason::from_u8(5).unwrap().error().code,
+            ErrorCode::Banned
+        );
+        assert_eq!(EndReason::from_u8(6), None);
     }
 }

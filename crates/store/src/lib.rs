@@ -71,6 +71,10 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_device(&self, user: UserId, device: &DeviceId) -> Result<()>;
     /// The user's devices that hold a valid token, at most `limit`, by device name.
     async fn devices(&self, user: UserId, limit: usize) -> Result<Vec<DeviceRecord>>;
+    /// Bans (`true`) or unbans the user; a ban also removes every device of theirs in the
+    /// same write (no token from before it outlives it). `NotFound` if there is no such
+    /// user.
+    async fn set_banned(&self, user: UserId, banned: bool) -> Result<()>;
     /// Sets the user's password hash and removes every device of theirs but `keep`, in one
     /// write: no token from before the change outlives it (but `keep`'s). `NotFound` if
     /// there is no such user.

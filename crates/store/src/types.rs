@@ -9,6 +9,10 @@ pub struct UserRecord {
     pub display_name: String,
     pub password_hash: String,
     pub created_at_ms: u64,
+    /// Banned by the app's server: no login, no token (records from before bans read
+    /// as not banned).
+    #[serde(default)]
+    pub banned: bool,
 }
 
 /// A device holding a valid token.
@@ -288,15 +292,14 @@ pub enum Op {
         conv: ConvId,
         seq: u64,
     },
-    /// Replaces the content of the message at `conv_seq` with
-    /// [`xinge_proto::api::MessageBody::Recalled`] (and forgets whom it mentioned): every
-    /// later read of it, however it is read, has no content. No-op if there is no such
-    /// message.
-    Recall {
+    /// Replaces the content of the message at `conv_seq` with `body` (a recall's
+    /// [`MessageBody::Recalled`], a moderator's [`MessageBody::Deleted`]) and forgets whom
+    /// it mentioned: every later read of it, however it is read, has no content. No-op if
+    /// there is no such message.
+    Redact {
         conv: ConvId,
         conv_seq: u64,
-        by: UserId,
-        at_ms: u64,
+        body: MessageBody,
     },
 }
 

@@ -37,6 +37,12 @@ enum Cmd {
     Push(RoleArgs),
     /// Load-test a server (by default one it starts itself) and report the figures.
     Bench(xinge_bench::BenchArgs),
+    /// Make an admin API key: prints the key (for the app's server) and its config entry
+    /// (for `[admin] keys` or XINGE_ADMIN_KEYS), which holds only the key's hash.
+    AdminKey {
+        /// The key's name, written in the log of every admin action it takes.
+        name: String,
+    },
 }
 
 /// What every subcommand that runs a server reads: the config file and the flags that
@@ -63,6 +69,10 @@ struct ConfigArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "XINGE_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Admin API keys as NAME:SHA256, comma-separated (`xinge admin-key NAME` makes
+    /// one), added to the config file's `[admin] keys`.
+    #[arg(long, env = "XINGE_ADMIN_KEYS", value_delimiter = ',')]
+    admin_keys: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -108,6 +118,7 @@ impl ConfigArgs {
         set(&mut cfg.store.postgres_url, self.postgres_url.map(Some));
         set(&mut cfg.tls.cert, self.tls_cert.map(Some));
         set(&mut cfg.tls.key, self.tls_key.map(Some));
+        cfg.admin.keys.extend(self.admin_keys);
         more(&mut cfg);
         cfg.validate()?;
         Ok(cfg)
@@ -236,6 +247,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Bench(args) => {
             rt.block_on(async { xinge_bench::run(args).await.map(drop).map_err(Into::into) })
         }
+        Cmd::AdminKey { name } => admin_key(&name),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -246,13 +258,30 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn admin_key(name: &str) -> Result<(), Box<dyn std::error::Error>> {
+    if name.is_empty() || name.contains([':', ',']) {
+        return Err("the key's name must be non-empty, without ':' or ','".into());
+    }
+    let (key, entry) = xinge_api::admin::new_key(name);
+    println!("key:    {key}");
+    println!("config: {entry}");
+    eprintln!(
+        "Give the key to the app's server (Authorization: Bearer <key>); it is kept nowhere else.\n\
+         Put the config line in [admin] keys = [\"...\"] or XINGE_ADMIN_KEYS."
+    );
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = args.config()?;
     let http = listen(cfg.server.http_addr).await?;
     let tcp = listen(cfg.server.tcp_addr).await?;
     xinge::serve::run(cfg, http, tcp, shutdown_signal(), |b| {
         // One machine-readable line on stdout, for scripts and tests that use port 0.
-        println!("xinge ready http={} tcp={}", b.http, b.tcp);
+        match b.admin {
+            Some(admin) => println!("xinge ready http={} tcp={} admin={admin}", b.http, b.tcp),
+            None => println!("xinge ready http={} tcp={}", b.http, b.tcp),
+        }
     })
     .await?;
     Ok(())

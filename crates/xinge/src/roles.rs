@@ -107,8 +107,14 @@ pub async fn run_api(
     let presence = bus::presence_changes(&e.nats, &e.names).await?;
     tokio::spawn(logic.clone().run_presence(presence));
     tokio::spawn(logic.clone().run_group_signals());
+    let (admin_beside, _) =
+        crate::common::start_admin(&cfg, &logic, tls.clone(), shutdown.clone()).await?;
     ready(http.local_addr()?);
-    serve_http(&cfg, http, tls, xinge_api::api_app(logic), shutdown).await
+    let app = match admin_beside {
+        Some(admin) => xinge_api::api_with_admin(logic, admin),
+        None => xinge_api::api_app(logic),
+    };
+    serve_http(&cfg, http, tls, app, shutdown).await
 }
 
 /// `xinge gateway`: TCP and WebSocket connections; commands up the bus, deliveries from its
@@ -151,6 +157,7 @@ pub async fn run_gateway(
     let bound = Bound {
         http: http.local_addr()?,
         tcp: tcp.local_addr()?,
+        admin: None,
     };
     let reporter = Reporter::new(&cfg, bound);
     let (gw, registry) = (gateway.clone(), e.registry.clone());

@@ -127,9 +127,12 @@ pub async fn run(
     }
     tokio::spawn(logic.clone().run_group_signals());
 
+    let (admin_beside, admin) =
+        crate::common::start_admin(&cfg, &logic, tls.clone(), shutdown.clone()).await?;
     let bound = Bound {
         http: http.local_addr()?,
         tcp: tcp.local_addr()?,
+        admin,
     };
     let route = Arc::new(Route::new(15_000).with_admission(&cfg.route));
     spawn_self_report(
@@ -146,11 +149,15 @@ pub async fn run(
         tls.clone(),
         shutdown.clone(),
     ));
-    let app = xinge_api::app(AppState {
+    let state = AppState {
         logic,
         gateway,
         route,
-    });
+    };
+    let app = match admin_beside {
+        Some(admin) => xinge_api::app_with_admin(state, admin),
+        None => xinge_api::app(state),
+    };
     let limits = xinge_api::server::HttpLimits::from_config(&cfg.server);
     tracing::info!(http = %bound.http, tcp = %bound.tcp, tls = tls.is_some(), "xinge ready");
     ready(bound);

@@ -117,12 +117,15 @@ pub async fn find_user(
     Ok(Json(s.logic.find_user(&q.username).await?))
 }
 
+/// A user's profile, to those who know them: friends, pending requests either way, a 1:1
+/// conversation or a shared group. Anyone else gets 404, as for an id that does not exist
+/// (find a stranger by exact username instead).
 #[utoipa::path(get, path = "/v1/users/{id}", params(("id" = u64, Path)),
     responses((status = 200, body = Profile), (status = 404, body = ApiError)))]
 pub async fn user(
     State(s): State<ApiState>,
-    Auth(_): Auth,
+    Auth(c): Auth,
     Path(id): Path<u64>,
 ) -> HttpResult<Profile> {
-    Ok(Json(s.logic.profile(UserId(id)).await?))
+    Ok(Json(s.logic.profile_for(&c, UserId(id)).await?))
 }

@@ -11,7 +11,7 @@ async fn register() {
     let profile = ok(app
         .call("POST", "/v1/accounts", None, Some(&body.to_string()))
         .await);
-    assert_eq!(profile["user_id"], 1);
+    assert_eq!(profile["user_id"], "1", "64-bit ids are strings in JSON");
     assert_eq!(profile["username"], "alice");
     assert_eq!(profile["display_name"], "Alice");
 
@@ -38,13 +38,13 @@ async fn register() {
 async fn login_and_logout() {
     let app = App::new();
     let alice = app.user("alice").await;
-    assert_eq!(alice.id, 1);
+    assert_eq!(alice.id, "1", "ids are strings in JSON");
 
     let login = json!({"username": "alice", "password": "long enough", "device": "phone"});
     let session = ok(app
         .call("POST", "/v1/sessions", None, Some(&login.to_string()))
         .await);
-    assert_eq!(session["user_id"], 1);
+    assert_eq!(session["user_id"], "1");
     assert_eq!(session["device"], "phone");
     assert!(session["expires_at_ms"].as_u64().unwrap() > xinge_core::now_ms());
     let phone = session["token"].as_str().unwrap().to_owned();
@@ -73,7 +73,7 @@ async fn login_and_logout() {
         StatusCode::UNAUTHORIZED,
         "token_revoked",
     );
-    assert_eq!(ok(app.get("/v1/me", &alice.token).await)["user_id"], 1);
+    assert_eq!(ok(app.get("/v1/me", &alice.token).await)["user_id"], "1");
 }
 
 #[tokio::test]
@@ -93,7 +93,7 @@ async fn me() {
             &profile["username"],
             &profile["display_name"]
         ),
-        (&json!(1), &json!("alice"), &json!("alice"))
+        (&json!("1"), &json!("alice"), &json!("alice"))
     );
 
     let rename = json!({"display_name": "Alice A."}).to_string();
@@ -145,15 +145,46 @@ async fn users() {
     );
 
     needs_token(&app, "GET", "/v1/users/2", None).await;
-    let profile = ok(app
-        .get(&format!("/v1/users/{}", bob.id), &alice.token)
+    // A stranger's profile is not found, exactly as an id nobody has: walking the ids
+    // tells nothing.
+    let bobs = format!("/v1/users/{}", bob.id);
+    let stranger = app.get(&bobs, &alice.token).await;
+    let nobody = app.get("/v1/users/99", &alice.token).await;
+    refused(&stranger, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(stranger, nobody);
+    assert_eq!(
+        ok(app
+            .get(&format!("/v1/users/{}", alice.id), &alice.token)
+            .await)["username"],
+        "alice"
+    );
+    // A friend request makes them known to each other, both ways.
+    ok(app
+        .post(
+            "/v1/friends/requests",
+            &alice.token,
+            json!({"to": bob.id, "note": ""}),
+        )
         .await);
-    assert_eq!(profile["username"], "bob");
+    assert_eq!(ok(app.get(&bobs, &alice.token).await)["username"], "bob");
+    let alices = format!("/v1/users/{}", alice.id);
+    assert_eq!(ok(app.get(&alices, &bob.token).await)["username"], "alice");
+    let carol = app.user("carol").await;
     refused(
-        &app.get("/v1/users/99", &alice.token).await,
+        &app.get(&bobs, &carol.token).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
+    // Co-members of a group know each other.
+    app.befriend(&alice, &carol).await;
+    ok(app
+        .post(
+            "/v1/groups",
+            &alice.token,
+            json!({"name": "g", "members": [bob.id, carol.id]}),
+        )
+        .await);
+    assert_eq!(ok(app.get(&bobs, &carol.token).await)["username"], "bob");
     refused(
         &app.get("/v1/users/bob", &alice.token).await,
         StatusCode::BAD_REQUEST,

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 /// A group of Alice (owner) and Bob (member); Carol and Dave are outside it.
-async fn group(app: &App) -> (u64, [User; 4]) {
+async fn group(app: &App) -> (String, [User; 4]) {
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let carol = app.user("carol").await;
@@ -18,12 +18,12 @@ async fn group(app: &App) -> (u64, [User; 4]) {
         )
         .await);
     (
-        info["group_id"].as_u64().unwrap(),
+        info["group_id"].as_str().unwrap().to_owned(),
         [alice, bob, carol, dave],
     )
 }
 
-async fn info(app: &App, id: u64, who: &User) -> Value {
+async fn info(app: &App, id: &str, who: &User) -> Value {
     ok(app.get(&format!("/v1/groups/{id}"), &who.token).await)
 }
 
@@ -35,7 +35,7 @@ async fn create() {
     let body = json!({"name": "team", "members": [bob.id]});
     needs_token(&app, "POST", "/v1/groups", Some(&body.to_string())).await;
     let info = ok(app.post("/v1/groups", &alice.token, body).await);
-    let id = info["group_id"].as_u64().unwrap();
+    let id = info["group_id"].as_str().unwrap().to_owned();
     assert_eq!(
         (
             &info["conv"],
@@ -86,7 +86,7 @@ async fn info_and_update() {
     let (id, [alice, bob, carol, _]) = group(&app).await;
     let uri = format!("/v1/groups/{id}");
     needs_token(&app, "GET", &uri, None).await;
-    assert_eq!(info(&app, id, &bob).await["name"], "team");
+    assert_eq!(info(&app, &id, &bob).await["name"], "team");
     refused(
         &app.get(&uri, &carol.token).await,
         StatusCode::NOT_FOUND,
@@ -112,7 +112,7 @@ async fn info_and_update() {
         (&updated["name"], &updated["notice"]),
         (&json!("crew"), &json!("be nice"))
     );
-    assert_eq!(info(&app, id, &bob).await["name"], "crew");
+    assert_eq!(info(&app, &id, &bob).await["name"], "crew");
     refused(
         &app.call("PATCH", &uri, Some(&bob.token), Some(r#"{"name":"mine"}"#))
             .await,
@@ -140,7 +140,7 @@ async fn members() {
         .iter()
         .map(|m| {
             (
-                m["user"].as_u64().unwrap(),
+                m["user"].as_str().unwrap().to_owned(),
                 m["role"].as_str().unwrap().to_owned(),
             )
         })
@@ -148,8 +148,8 @@ async fn members() {
     assert_eq!(
         roles,
         vec![
-            (alice.id, "owner".to_owned()),
-            (bob.id, "member".to_owned())
+            (alice.id.clone(), "owner".to_owned()),
+            (bob.id.clone(), "member".to_owned())
         ]
     );
     assert_eq!(list["next_after"], Value::Null);
@@ -169,7 +169,7 @@ async fn members() {
         ok(app.call("POST", &uri, Some(&alice.token), Some(&add)).await)["ok"],
         true
     );
-    assert_eq!(info(&app, id, &carol).await["member_count"], 3);
+    assert_eq!(info(&app, &id, &carol).await["member_count"], 3);
     refused(
         &app.post(&uri, &alice.token, json!({"users": [99]})).await,
         StatusCode::NOT_FOUND,
@@ -192,7 +192,7 @@ async fn members() {
     ok(app
         .post(&uri, &bob.token, json!({"users": [dave.id]}))
         .await);
-    assert_eq!(info(&app, id, &alice).await["member_count"], 3);
+    assert_eq!(info(&app, &id, &alice).await["member_count"], 3);
     let invites = ok(app.get("/v1/sync", &dave.token).await);
     let invite = &invites["entries"].as_array().unwrap().last().unwrap()["event"];
     assert_eq!(
@@ -204,7 +204,7 @@ async fn members() {
         ok(app.post(&join, &dave.token, json!({})).await)["ok"],
         true
     );
-    assert_eq!(info(&app, id, &dave).await["member_count"], 4);
+    assert_eq!(info(&app, &id, &dave).await["member_count"], 4);
 
     // Removing: a member may not, the owner may.
     let remove = format!("/v1/groups/{id}/members/{}", carol.id);
@@ -321,7 +321,7 @@ async fn admins_and_mutes() {
         ok(app.post(&mute_all, &alice.token, json!({"on": true})).await)["ok"],
         true
     );
-    assert_eq!(info(&app, id, &carol).await["muted_all"], true);
+    assert_eq!(info(&app, &id, &carol).await["muted_all"], true);
     refused(
         &app.post("/v1/messages", &carol.token, say("c3")).await,
         StatusCode::FORBIDDEN,
@@ -368,7 +368,7 @@ async fn transfer_leave_and_dismiss() {
             .await)["ok"],
         true
     );
-    assert_eq!(info(&app, id, &alice).await["owner"], bob.id);
+    assert_eq!(info(&app, &id, &alice).await["owner"], bob.id);
 
     // Only the owner dismisses.
     needs_token(&app, "DELETE", &group, None).await;

@@ -14,7 +14,7 @@ async fn three(app: &App) -> (User, User, User) {
     (alice, bob, carol)
 }
 
-fn hello(to: u64, id: &str) -> Value {
+fn hello(to: &str, id: &str) -> Value {
     json!({"to": to, "client_msg_id": id, "content": {"text": "hello"}})
 }
 
@@ -26,12 +26,12 @@ async fn send() {
         &app,
         "POST",
         "/v1/messages",
-        Some(&hello(bob.id, "m1").to_string()),
+        Some(&hello(&bob.id, "m1").to_string()),
     )
     .await;
 
     let sent = ok(app
-        .post("/v1/messages", &alice.token, hello(bob.id, "m1"))
+        .post("/v1/messages", &alice.token, hello(&bob.id, "m1"))
         .await);
     assert_eq!(
         (&sent["conv"], &sent["conv_seq"], &sent["duplicate"]),
@@ -40,7 +40,7 @@ async fn send() {
     );
     // A retry with the same client_msg_id is the same message.
     let again = ok(app
-        .post("/v1/messages", &alice.token, hello(bob.id, "m1"))
+        .post("/v1/messages", &alice.token, hello(&bob.id, "m1"))
         .await);
     assert_eq!(
         (&again["msg_id"], &again["duplicate"]),
@@ -48,13 +48,13 @@ async fn send() {
     );
 
     refused(
-        &app.post("/v1/messages", &alice.token, hello(carol.id, "m2"))
+        &app.post("/v1/messages", &alice.token, hello(&carol.id, "m2"))
             .await,
         StatusCode::FORBIDDEN,
         "not_friends",
     );
     refused(
-        &app.post("/v1/messages", &alice.token, hello(99, "m3"))
+        &app.post("/v1/messages", &alice.token, hello("99", "m3"))
             .await,
         StatusCode::NOT_FOUND,
         "not_found",
@@ -84,7 +84,7 @@ async fn sync() {
     let app = App::new();
     let (alice, bob, _) = three(&app).await;
     ok(app
-        .post("/v1/messages", &alice.token, hello(bob.id, "m1"))
+        .post("/v1/messages", &alice.token, hello(&bob.id, "m1"))
         .await);
 
     needs_token(&app, "GET", "/v1/sync", None).await;
@@ -122,7 +122,7 @@ async fn history() {
     let (alice, bob, carol) = three(&app).await;
     for id in ["m1", "m2", "m3"] {
         ok(app
-            .post("/v1/messages", &alice.token, hello(bob.id, id))
+            .post("/v1/messages", &alice.token, hello(&bob.id, id))
             .await);
     }
     let uri = "/v1/conversations/d1-2/messages";
@@ -169,10 +169,10 @@ async fn read_and_read_state() {
     let app = App::new();
     let (alice, bob, carol) = three(&app).await;
     ok(app
-        .post("/v1/messages", &alice.token, hello(bob.id, "m1"))
+        .post("/v1/messages", &alice.token, hello(&bob.id, "m1"))
         .await);
     ok(app
-        .post("/v1/messages", &alice.token, hello(bob.id, "m2"))
+        .post("/v1/messages", &alice.token, hello(&bob.id, "m2"))
         .await);
 
     let read = "/v1/conversations/d1-2/read";
@@ -233,7 +233,7 @@ async fn recall() {
     let app = App::new();
     let (alice, bob, carol) = three(&app).await;
     ok(app
-        .post("/v1/messages", &alice.token, hello(bob.id, "m1"))
+        .post("/v1/messages", &alice.token, hello(&bob.id, "m1"))
         .await);
     let target = json!({"conv": "d1-2", "conv_seq": 1, "client_msg_id": "r1"});
     needs_token(
@@ -342,7 +342,7 @@ async fn presence() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["user"].as_u64().unwrap())
+        .map(|p| p["user"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(users, vec![alice.id, bob.id], "{list}");
     assert_eq!(list["presence"][1]["online"], false);
@@ -363,10 +363,10 @@ async fn conversations() {
     let app = App::new();
     let (alice, bob, carol) = three(&app).await;
     ok(app
-        .post("/v1/messages", &alice.token, hello(bob.id, "m1"))
+        .post("/v1/messages", &alice.token, hello(&bob.id, "m1"))
         .await);
     ok(app
-        .post("/v1/messages", &alice.token, hello(bob.id, "m2"))
+        .post("/v1/messages", &alice.token, hello(&bob.id, "m2"))
         .await);
 
     needs_token(&app, "GET", "/v1/conversations", None).await;

@@ -25,7 +25,7 @@ pub struct App {
 
 /// A registered user with a logged-in device.
 pub struct User {
-    pub id: u64,
+    pub id: String,
     pub token: String,
 }
 
@@ -114,7 +114,7 @@ impl App {
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         User {
-            id: body["user_id"].as_u64().unwrap(),
+            id: body["user_id"].as_str().unwrap().to_owned(),
             token: body["token"].as_str().unwrap().to_owned(),
         }
     }

@@ -92,6 +92,29 @@ pub(super) async fn devices_and_profiles(store: &dyn Store) {
     assert_eq!(left, vec![("phone".into(), 10, 4_000)]);
     store.set_password(a, "newer-hash", None).await.unwrap();
     assert!(store.devices(a, 10).await.unwrap().is_empty(), "none kept");
+    // A ban ends every device's token and is kept with the user; unbanning lifts it.
+    assert!(!store.user(a).await.unwrap().unwrap().banned);
+    store.put_device(a, &phone, 12, 6_000).await.unwrap();
+    store.set_banned(a, true).await.unwrap();
+    assert!(store.user(a).await.unwrap().unwrap().banned);
+    assert!(
+        store
+            .user_by_name(&store.user(a).await.unwrap().unwrap().username)
+            .await
+            .unwrap()
+            .unwrap()
+            .banned
+    );
+    assert!(
+        store.devices(a, 10).await.unwrap().is_empty(),
+        "a ban logs out"
+    );
+    store.set_banned(a, false).await.unwrap();
+    assert!(!store.user(a).await.unwrap().unwrap().banned);
+    assert!(matches!(
+        store.set_banned(UserId(u64::MAX), true).await,
+        Err(StoreError::NotFound)
+    ));
     assert!(matches!(
         store.set_password(UserId(u64::MAX), "x", None).await,
         Err(StoreError::NotFound)

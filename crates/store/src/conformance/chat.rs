@@ -200,11 +200,10 @@ pub(super) async fn a_recall_removes_the_content_from_every_read(store: &dyn Sto
     let conv = ConvId::direct(a, b);
     send(store, a, b, "keep me").await;
     send(store, a, b, "take me back").await;
-    let recall = |conv_seq| Op::Recall {
+    let recall = |conv_seq| Op::Redact {
         conv,
         conv_seq,
-        by: a,
-        at_ms: 77,
+        body: MessageBody::Recalled { by: a, at_ms: 77 },
     };
     store
         .commit(Commit {

@@ -304,6 +304,20 @@ impl Store for FjallStore {
         reads::devices(&self.spaces, user, limit)
     }
 
+    async fn set_banned(&self, user: UserId, banned: bool) -> Result<()> {
+        // As for a password change: the devices are read before the write.
+        let ended = match banned {
+            true => reads::devices(&self.spaces, user, usize::MAX)?
+                .into_iter()
+                .map(|d| d.device)
+                .collect(),
+            false => Vec::new(),
+        };
+        self.write(writer::Op::SetBanned(user, banned, ended))
+            .await
+            .map(drop)
+    }
+
     async fn set_password(
         &self,
         user: UserId,

@@ -25,6 +25,7 @@ impl Tx<'_> {
             display_name: new.display_name.clone(),
             password_hash: new.password_hash.clone(),
             created_at_ms: new.created_at_ms,
+            banned: false,
         };
         self.put(|s| &s.meta, b"next_user".to_vec(), u64_key(id + 1).to_vec());
         self.put(
@@ -64,16 +65,15 @@ impl Tx<'_> {
                     self.delete(|s| &s.blocks, pair_key(by, peer));
                 }
             }
-            Op::Recall {
+            Op::Redact {
                 conv,
                 conv_seq,
-                by,
-                at_ms,
+                body,
             } => {
                 let key = msg_key(conv, conv_seq);
                 if let Some(v) = self.get(|s| &s.msgs, &key)? {
                     let mut msg: Message = decode(&v)?;
-                    msg.recalled(by, at_ms);
+                    msg.redact(body);
                     self.put(|s| &s.msgs, key, encode(&msg));
                 }
             }

@@ -22,6 +22,8 @@ pub(crate) enum Op {
     PutDevice(UserId, DeviceId, u64, u64),
     /// A new password hash, and the devices whose tokens end with the old one.
     SetPassword(UserId, String, Vec<DeviceId>),
+    /// Banned or not, and the devices whose tokens a ban ends.
+    SetBanned(UserId, bool, Vec<DeviceId>),
     RemoveDevice(UserId, DeviceId),
     Commit(Box<Commit>),
     /// Wakes the writer while it holds read cursors (the store's tick): it writes them
@@ -324,6 +326,19 @@ impl Writer {
                     None => return Err(StoreError::NotFound),
                 };
                 user.password_hash = std::mem::take(hash);
+                tx.put(|s| &s.users, key.to_vec(), encode(&user));
+                for device in ended.iter() {
+                    tx.delete(|s| &s.devices, device_key(*id, device));
+                }
+                Ok(Out::Unit)
+            }
+            Op::SetBanned(id, banned, ended) => {
+                let key = u64_key(id.0);
+                let mut user: UserRecord = match tx.get(|s| &s.users, &key)? {
+                    Some(v) => decode(&v)?,
+                    None => return Err(StoreError::NotFound),
+                };
+                user.banned = *banned;
                 tx.put(|s| &s.users, key.to_vec(), encode(&user));
                 for device in ended.iter() {
                     tx.delete(|s| &s.devices, device_key(*id, device));

@@ -142,6 +142,10 @@ impl Store for PgStore {
         reads::devices(self, user, limit).await
     }
 
+    async fn set_banned(&self, user: UserId, banned: bool) -> Result<()> {
+        ops::set_banned(self, user, banned).await
+    }
+
     async fn set_password(
         &self,
         user: UserId,

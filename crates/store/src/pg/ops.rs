@@ -80,11 +80,10 @@ impl Tx<'_> {
                     .await?;
                 }
             }
-            Op::Recall {
+            Op::Redact {
                 conv,
                 conv_seq,
-                by,
-                at_ms,
+                body,
             } => {
                 let conv = conv.to_string();
                 let row = self
@@ -97,7 +96,7 @@ impl Tx<'_> {
                     .map_err(db)?;
                 if let Some(row) = row {
                     let mut msg: Message = super::sql::json(&row, "msg")?;
-                    msg.recalled(by, at_ms);
+                    msg.redact(body);
                     let v = serde_json::to_value(&msg).map_err(backend)?;
                     self.exec(
                         "UPDATE messages SET msg = $3 WHERE conv = $1 AND conv_seq = $2",
@@ -243,6 +242,7 @@ pub(super) async fn create_user(store: &PgStore, new: NewUser) -> Result<UserRec
         display_name: new.display_name,
         password_hash: new.password_hash,
         created_at_ms: new.created_at_ms,
+        banned: false,
     })
 }
 
@@ -321,5 +321,26 @@ pub(super) async fn set_password(
     )
     .await
     .map_err(db)?;
+    tx.commit().await.map_err(db)
+}
+
+pub(super) async fn set_banned(store: &PgStore, user: UserId, banned: bool) -> Result<()> {
+    let mut c = store.client().await?;
+    let tx = c.transaction().await.map_err(db)?;
+    let n = tx
+        .ex(
+            "UPDATE users SET banned = $2 WHERE id = $1",
+            &[&i(user.0), &banned],
+        )
+        .await
+        .map_err(db)?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    if banned {
+        tx.ex("DELETE FROM devices WHERE user_id = $1", &[&i(user.0)])
+            .await
+            .map_err(db)?;
+    }
     tx.commit().await.map_err(db)
 }

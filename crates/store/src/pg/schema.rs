@@ -9,6 +9,7 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("0001_init.sql")),
     (2, include_str!("0002_append.sql")),
     (3, include_str!("0003_devices.sql")),
+    (4, include_str!("0004_banned.sql")),
 ];
 
 impl PgStore {

@@ -128,5 +128,6 @@ pub(super) fn user_of(r: &Row) -> UserRecord {
         display_name: r.get("display_name"),
         password_hash: r.get("password_hash"),
         created_at_ms: u(r.get("created_at_ms")),
+        banned: r.get("banned"),
     }
 }

@@ -20,11 +20,23 @@ pub const SECRET: &str = "test-secret-test-secret-test-secret!";
 
 pub struct Server {
     pub base: String,
+    /// The admin API's own listener, when the test configured admin keys.
+    pub admin: Option<String>,
     pub tcp: SocketAddr,
     pub ws: String,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     pub dir: tempfile::TempDir,
+}
+
+/// The admin key the tests configure with [`with_admin`].
+pub const ADMIN_KEY: &str = "the-test-admin-key-which-is-long-and-random-enough";
+
+/// `cfg` with the admin API on its own loopback port (any free one), one key named
+/// "tests" (`ADMIN_KEY`).
+pub fn with_admin(cfg: &mut Config) {
+    cfg.admin.keys = vec![xinge_api::admin::key_entry("tests", ADMIN_KEY)];
+    cfg.admin.http_addr = "127.0.0.1:0".parse().unwrap();
 }
 
 /// A config that keeps tests fast: cheap (but still Argon2id) password hashing, per-user
@@ -55,14 +67,15 @@ pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
     let (stop, rx) = watch::channel(false);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
-        xinge::serve::run(cfg, http, tcp, rx, move |_| {
-            let _ = ready_tx.send(());
+        xinge::serve::run(cfg, http, tcp, rx, move |bound| {
+            let _ = ready_tx.send(bound.admin);
         })
         .await
         .unwrap();
     });
-    ready_rx.await.expect("server ready");
+    let admin = ready_rx.await.expect("server ready");
     Server {
+        admin: admin.map(|a| format!("http://{a}")),
         base: format!("http://{http_addr}"),
         tcp: tcp_addr,
         ws: format!("ws://{http_addr}/ws"),

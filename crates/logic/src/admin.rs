@@ -1,0 +1,181 @@
+//! What the app's own server does through the admin API: create users (with or without a
+//! password), issue a device token for a user it logged in itself, ban and unban, list and
+//! log out devices, send as a user, delete a message for everyone. The caller is an admin key, not a user: nothing here checks a
+//! `Caller`, and the api crate never reaches these with a user's token.
+
+use crate::{Caller, Logic, Result, error::bad};
+use xinge_core::{ConvId, DeviceId, ErrorCode, UserId};
+use xinge_proto::api::{
+    AdminNewUser, AdminUser, DeviceView, Devices, LoginResponse, MessageBody, Profile,
+    RegisterRequest, SendRequest, SendResponse,
+};
+use xinge_push::EndReason;
+use xinge_store::{Commit, Op};
+
+/// What stands for the password of a user created without one: no Argon2 hash parses as
+/// it, so no password ever matches and the user logs in only with tokens the app's server
+/// has issued.
+const NO_PASSWORD: &str = "!";
+
+impl Logic {
+    /// Creates a user for the app's server: like a registration, but the password may be
+    /// left out (the user then signs in only through [`Self::admin_issue_token`]) and no
+    /// per-address limit applies.
+    pub async fn admin_create_user(&self, req: AdminNewUser) -> Result<Profile> {
+        let password = req.password.clone();
+        let check = RegisterRequest {
+            username: req.username,
+            // Validated like any password when given; a placeholder of a valid length
+            // otherwise (never stored: see below).
+            password: password.clone().unwrap_or_else(|| "x".repeat(8)),
+            display_name: req.display_name,
+        };
+        crate::account::check_registration(&check)?;
+        let hash = match password {
+            Some(_) => None,
+            None => Some(NO_PASSWORD.to_owned()),
+        };
+        self.create_account(check, hash).await
+    }
+
+    /// A user as the app's server sees it: the profile, whether banned, when created.
+    pub async fn admin_user(&self, user: UserId) -> Result<AdminUser> {
+        let u = self
+            .store
+            .user(user)
+            .await?
+            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
+        Ok(AdminUser {
+            user_id: u.id,
+            username: u.username,
+            display_name: u.display_name,
+            has_password: u.password_hash != NO_PASSWORD,
+            banned: u.banned,
+            created_at_ms: u.created_at_ms,
+        })
+    }
+
+    /// A token for `user`'s `device`, as a login would give: for an app that signs its
+    /// users in itself. The device's older token (and its connections) end.
+    pub async fn admin_issue_token(&self, user: UserId, device: &str) -> Result<LoginResponse> {
+        let device = DeviceId::parse(device)
+            .ok_or_else(|| bad(ErrorCode::InvalidArgument, "not a device name"))?;
+        let record = self
+            .store
+            .user(user)
+            .await?
+            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
+        if record.banned {
+            return Err(banned());
+        }
+        self.log_in_device(record, &device).await
+    }
+
+    /// Logs out one of `user`'s devices: its token ends, its connections close.
+    pub async fn admin_log_out(&self, user: UserId, device: &str) -> Result<()> {
+        let device = DeviceId::parse(device)
+            .ok_or_else(|| bad(ErrorCode::NotFound, "no such device is logged in"))?;
+        if self.store.device_token(user, &device).await?.is_none() {
+            return Err(bad(ErrorCode::NotFound, "no such device is logged in"));
+        }
+        self.log_out_device(user, &device).await
+    }
+
+    /// `user`'s logged-in devices, as the user's own list shows them.
+    pub async fn admin_devices(&self, user: UserId) -> Result<Devices> {
+        self.store
+            .user(user)
+            .await?
+            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
+        let devices = self
+            .device_views(user, None)
+            .await?
+            .into_iter()
+            .map(|d| DeviceView {
+                current: false,
+                ..d
+            })
+            .collect();
+        Ok(Devices { devices })
+    }
+
+    /// Bans (`true`) or unbans a user. A ban logs every device out at once (tokens
+    /// revoked, connections closed with `banned`) and refuses logins and new tokens until
+    /// it is lifted; the user's data stays.
+    pub async fn admin_set_banned(&self, user: UserId, banned: bool) -> Result<AdminUser> {
+        self.store.set_banned(user, banned).await?;
+        if banned {
+            self.end_sessions(user, None, None, EndReason::Banned).await;
+        }
+        self.admin_user(user).await
+    }
+}
+
+impl Logic {
+    /// Sends `req` as `user`, through the same path as the user's own sends (their
+    /// limits, their friendships and memberships, idempotent by `client_msg_id`), from a
+    /// device named `admin`.
+    pub async fn admin_send_as(&self, user: UserId, req: SendRequest) -> Result<SendResponse> {
+        let record = self
+            .store
+            .user(user)
+            .await?
+            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
+        if record.banned {
+            return Err(banned());
+        }
+        let caller = Caller {
+            user,
+            device: DeviceId::parse(ADMIN_DEVICE)
+                .ok_or_else(|| bad(ErrorCode::Internal, "internal error"))?,
+            origin: None,
+            token: 0,
+        };
+        self.send(&caller, req).await
+    }
+
+    /// Deletes a message for everyone (moderation): the stored message's content is
+    /// replaced by a `deleted` body, so no history, sync or conversation list shows it
+    /// again, to anyone. Devices that already hold it are not told (there is no sender to
+    /// put a tombstone in the timeline in the name of). Deleting it again is a no-op.
+    pub async fn admin_delete_message(&self, conv: ConvId, conv_seq: u64) -> Result<()> {
+        let target = self
+            .store
+            .messages(conv, conv_seq, conv_seq, 1, false)
+            .await?
+            .pop()
+            .ok_or_else(|| bad(ErrorCode::NotFound, "no such message"))?;
+        match target.body {
+            MessageBody::Content { .. } | MessageBody::Recalled { .. } => {}
+            MessageBody::Deleted { .. } => return Ok(()),
+            MessageBody::Recall { .. } | MessageBody::System { .. } => {
+                return Err(bad(
+                    ErrorCode::InvalidArgument,
+                    "only a message with content can be deleted",
+                ));
+            }
+        }
+        let body = MessageBody::Deleted {
+            at_ms: self.cfg.clock.now_ms(),
+        };
+        self.store
+            .commit(Commit {
+                ops: vec![Op::Redact {
+                    conv,
+                    conv_seq,
+                    body,
+                }],
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// The device the app's server sends from when it sends as a user.
+const ADMIN_DEVICE: &str = "admin";
+
+/// The answer to a banned user's login or token.
+pub(crate) fn banned() -> crate::Error {
+    bad(ErrorCode::Banned, "this account is banned")
+}

@@ -1,0 +1,423 @@
+//! The admin API, as the app's own server uses it and as an attacker would try it: every
+//! admin endpoint refuses no key, a wrong key, a user's token and a key that was replaced;
+//! no admin key works on the user API; the admin API is on its own loopback listener and
+//! not beside the user API. A user the app signs in itself (no password, a token the app
+//! has issued) chats with a password user; a device logged out or a user banned by the app
+//! loses its live connection at once, and a ban refuses logins and tokens until lifted.
+
+// Test code, helpers outside `#[test]` functions included: a failed setup step should stop
+// the test where it happened.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+use xinge_client::{Connection, Http, Transport};
+use xinge_core::ErrorCode;
+
+/// `(status, body)` of a raw call with `Authorization: Bearer <key>` if given.
+async fn call(
+    base: &str,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method.parse().unwrap(), format!("{base}{path}"));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// A call that must succeed; its body.
+async fn admin(server: &Server, method: &str, path: &str, body: Option<Value>) -> Value {
+    let base = server.admin.as_deref().unwrap();
+    let (status, v) = call(base, Some(ADMIN_KEY), method, path, body).await;
+    assert_eq!(status, 200, "{method} {path}: {v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_endpoint_wants_an_admin_key_and_no_admin_key_opens_the_user_api() {
+    let replaced = "a key that was configured once and has been replaced since";
+    let server = start(with_admin).await;
+    let admin_base = server.admin.clone().unwrap();
+    let (alice, a) = server.login("alice", "laptop").await;
+    let user_token = alice.token().unwrap().to_owned();
+    let doc: Value = reqwest::get(format!("{admin_base}/admin/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{id}", &a.to_string())
+            .replace("{device}", "laptop")
+            .replace("{conv}", "d1-2")
+            .replace("{seq}", "1");
+        for method in ops.as_object().unwrap().keys() {
+            for key in [
+                None,
+                Some("wrong"),
+                Some(user_token.as_str()),
+                Some(replaced),
+            ] {
+                let body = (method != "get" && method != "delete").then(|| json!({}));
+                let (status, v) =
+                    call(&admin_base, key, &method.to_uppercase(), &concrete, body).await;
+                assert_eq!(
+                    (status, v["code"].as_str()),
+                    (401, Some("unauthenticated")),
+                    "{method} {concrete} with {key:?}"
+                );
+                checked += 1;
+            }
+            // The admin API is not beside the user API.
+            let (status, _) = call(
+                &server.base,
+                Some(ADMIN_KEY),
+                &method.to_uppercase(),
+                &concrete,
+                None,
+            )
+            .await;
+            assert_eq!(
+                status, 404,
+                "{method} {concrete} on the user API's listener"
+            );
+        }
+    }
+    assert_eq!(checked, 9 * 4, "every admin operation, four ways");
+    // Nothing was done by the refused calls: alice is neither banned nor logged out.
+    alice.me().await.unwrap();
+
+    // The user API takes no admin key, anywhere.
+    let doc: Value = reqwest::get(format!("{}/openapi.json", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let public = [
+        "/v1/accounts",
+        "/v1/sessions",
+        "/v1/route",
+        "/healthz",
+        "/openapi.json",
+        "/metrics",
+    ];
+    let mut user_ops = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        if public.contains(&path.as_str()) {
+            continue;
+        }
+        let concrete = path
+            .replace("{conv}", "d1-2")
+            .replace("{id}", "1")
+            .replace("{user}", "1")
+            .replace("{from}", "1")
+            .replace("{seq}", "1")
+            .replace("{device}", "phone");
+        for method in ops.as_object().unwrap().keys() {
+            let body = (method != "get" && method != "delete").then(|| json!({}));
+            let (status, v) = call(
+                &server.base,
+                Some(ADMIN_KEY),
+                &method.to_uppercase(),
+                &concrete,
+                body,
+            )
+            .await;
+            assert_eq!(
+                (status, v["code"].as_str()),
+                (401, Some("unauthenticated")),
+                "{method} {concrete} with the admin key"
+            );
+            user_ops += 1;
+        }
+    }
+    assert!(user_ops > 30, "{user_ops}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_server_signs_users_in_logs_devices_out_and_bans() {
+    let server = start(|c| {
+        with_admin(c);
+        c.chat.allow_strangers = true;
+    })
+    .await;
+    // A user of the app's own accounts: no password here.
+    let created = admin(
+        &server,
+        "POST",
+        "/admin/v1/users",
+        Some(json!({"username": "app-user-7", "display_name": "Seven"})),
+    )
+    .await;
+    let seven: xinge_core::UserId = serde_json::from_value(created["user_id"].clone()).unwrap();
+    assert!(created["user_id"].is_string(), "ids are strings: {created}");
+    let http = server.http();
+    for password in ["", "x", "a password nobody set"] {
+        assert_eq!(
+            code(http.login("app-user-7", password, "phone").await),
+            "bad_credentials"
+        );
+    }
+    let info = admin(&server, "GET", &format!("/admin/v1/users/{seven}"), None).await;
+    assert_eq!(
+        (info["has_password"].as_bool(), info["banned"].as_bool()),
+        (Some(false), Some(false))
+    );
+    let (status, v) = call(
+        server.admin.as_deref().unwrap(),
+        Some(ADMIN_KEY),
+        "POST",
+        "/admin/v1/users",
+        Some(json!({"username": "app-user-7"})),
+    )
+    .await;
+    assert_eq!((status, v["code"].as_str()), (409, Some("conflict")));
+
+    // The app issues a token for the user's phone: it chats with a password user.
+    let issued = admin(
+        &server,
+        "POST",
+        &format!("/admin/v1/users/{seven}/tokens"),
+        Some(json!({"device": "phone"})),
+    )
+    .await;
+    let phone = Http::new(&server.base).with_token(issued["token"].as_str().unwrap());
+    assert_eq!(phone.me().await.unwrap().user_id, seven);
+    let (bob, b) = server.login("bob", "laptop").await;
+    let send = |to, id: &str| -> xinge_client::api::SendRequest {
+        serde_json::from_value(json!({"to": to, "client_msg_id": id, "content": {"text": "hi"}}))
+            .unwrap()
+    };
+    phone.send(&send(b, "s1")).await.unwrap();
+    bob.send(&send(seven, "b1")).await.unwrap();
+    assert_eq!(phone.sync(0, None).await.unwrap().entries.len(), 2);
+    let (on_phone, mut phone_signals) = Connection::connect(
+        Transport::Tcp,
+        &server.tcp.to_string(),
+        phone.token().unwrap(),
+    )
+    .await
+    .unwrap();
+    let devices = admin(
+        &server,
+        "GET",
+        &format!("/admin/v1/users/{seven}/devices"),
+        None,
+    )
+    .await;
+    assert_eq!(devices["devices"][0]["device"], "phone");
+
+    // Logged out by the app: the token ends, the live connection closes.
+    admin(
+        &server,
+        "DELETE",
+        &format!("/admin/v1/users/{seven}/devices/phone"),
+        None,
+    )
+    .await;
+    let closed = tokio::time::timeout(Duration::from_secs(1), async {
+        while phone_signals.recv().await.is_some() {}
+    });
+    assert!(
+        closed.await.is_ok(),
+        "the phone's connection closed within 1 s"
+    );
+    assert_eq!(
+        on_phone.close_reason.lock().unwrap().clone().unwrap().code,
+        ErrorCode::TokenRevoked
+    );
+    assert_eq!(code(phone.me().await), "token_revoked");
+    let (status, v) = call(
+        server.admin.as_deref().unwrap(),
+        Some(ADMIN_KEY),
+        "DELETE",
+        &format!("/admin/v1/users/{seven}/devices/phone"),
+        None,
+    )
+    .await;
+    assert_eq!((status, v["code"].as_str()), (404, Some("not_found")));
+
+    // Banned: bob's live connection closes with `banned`, his logins and tokens are
+    // refused; his messages stay. Unbanned: he logs in again.
+    let (on_bob, mut bob_signals) =
+        Connection::connect(Transport::Ws, &server.ws, bob.token().unwrap())
+            .await
+            .unwrap();
+    let banned = admin(&server, "PUT", &format!("/admin/v1/users/{b}/ban"), None).await;
+    assert_eq!(banned["banned"], true);
+    let closed = tokio::time::timeout(Duration::from_secs(1), async {
+        while bob_signals.recv().await.is_some() {}
+    });
+    assert!(closed.await.is_ok(), "bob's connection closed within 1 s");
+    assert_eq!(
+        on_bob.close_reason.lock().unwrap().clone().unwrap().code,
+        ErrorCode::Banned
+    );
+    assert_eq!(code(bob.me().await), "token_revoked");
+    assert_eq!(code(http.login("bob", PASSWORD, "laptop").await), "banned");
+    assert_eq!(
+        code(http.login("bob", "not his password", "laptop").await),
+        "bad_credentials"
+    );
+    let (status, v) = call(
+        server.admin.as_deref().unwrap(),
+        Some(ADMIN_KEY),
+        "POST",
+        &format!("/admin/v1/users/{b}/tokens"),
+        Some(json!({"device": "x"})),
+    )
+    .await;
+    assert_eq!((status, v["code"].as_str()), (403, Some("banned")));
+    let again = admin(
+        &server,
+        "POST",
+        &format!("/admin/v1/users/{seven}/tokens"),
+        Some(json!({"device": "phone"})),
+    )
+    .await;
+    let phone = Http::new(&server.base).with_token(again["token"].as_str().unwrap());
+    assert_eq!(
+        phone.sync(0, None).await.unwrap().entries.len(),
+        2,
+        "bob's message stays"
+    );
+    admin(&server, "DELETE", &format!("/admin/v1/users/{b}/ban"), None).await;
+    http.login("bob", PASSWORD, "laptop").await.unwrap();
+    let (status, _) = call(
+        server.admin.as_deref().unwrap(),
+        Some(ADMIN_KEY),
+        "GET",
+        "/admin/v1/users/999999",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_may_be_served_beside_the_user_api_and_is_off_without_keys() {
+    let server = start(|c| {
+        with_admin(c);
+        c.admin.on_main_listener = true;
+    })
+    .await;
+    assert!(server.admin.is_none(), "no listener of its own");
+    let (_, a) = server.login("alice", "laptop").await;
+    let path = format!("/admin/v1/users/{a}");
+    let (status, v) = call(&server.base, Some(ADMIN_KEY), "GET", &path, None).await;
+    assert_eq!((status, v["username"].as_str()), (200, Some("alice")));
+    let (status, _) = call(&server.base, None, "GET", &path, None).await;
+    assert_eq!(status, 401);
+    server.stop().await;
+
+    // No key configured: no admin API anywhere.
+    let server = start(|c| c.admin.on_main_listener = true).await;
+    let (status, _) = call(
+        &server.base,
+        Some(ADMIN_KEY),
+        "GET",
+        "/admin/v1/users/1",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_server_sends_as_a_user_and_deletes_a_message_for_everyone() {
+    let server = start(with_admin).await;
+    let (alice, a) = server.login("alice", "laptop").await;
+    let (bob, b) = server.login("bob", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    let base = server.admin.clone().unwrap();
+    let as_alice = format!("/admin/v1/users/{a}/messages");
+    let body = json!({"to": b.to_string(), "client_msg_id": "from-the-app", "content": {"text": "sent for alice"}});
+    let first = admin(&server, "POST", &as_alice, Some(body.clone())).await;
+    let retry = admin(&server, "POST", &as_alice, Some(body)).await;
+    assert_eq!(
+        (retry["duplicate"].as_bool(), &retry["msg_id"]),
+        (Some(true), &first["msg_id"])
+    );
+    // Through the same path as her own sends: a stranger is refused as she would be.
+    let (_, c) = server.login("carol", "laptop").await;
+    let to_carol = json!({"to": c, "client_msg_id": "x", "content": {"text": "?"}});
+    let (status, v) = call(&base, Some(ADMIN_KEY), "POST", &as_alice, Some(to_carol)).await;
+    assert_eq!((status, v["code"].as_str()), (403, Some("not_friends")));
+    bob.send(
+        &serde_json::from_value(
+            json!({"to": a, "client_msg_id": "b1", "content": {"text": "something to remove"}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+
+    // Deleted for everyone: gone from both sides' history, sync and conversation list.
+    let conv = first["conv"].as_str().unwrap();
+    admin(
+        &server,
+        "DELETE",
+        &format!("/admin/v1/conversations/{conv}/messages/2"),
+        None,
+    )
+    .await;
+    admin(
+        &server,
+        "DELETE",
+        &format!("/admin/v1/conversations/{conv}/messages/2"),
+        None,
+    )
+    .await;
+    for who in [&alice, &bob] {
+        let conv_id = conv.parse().unwrap();
+        let page = who.history(conv_id, None, None, 10).await.unwrap();
+        assert_eq!(page.messages.len(), 2);
+        assert!(matches!(
+            page.messages[1].body,
+            xinge_client::api::MessageBody::Deleted { .. }
+        ));
+        let reads = [
+            serde_json::to_string(&page).unwrap(),
+            serde_json::to_string(&who.sync(0, None).await.unwrap()).unwrap(),
+            serde_json::to_string(&who.conversations().await.unwrap()).unwrap(),
+        ];
+        for read in &reads {
+            assert!(!read.contains("something to remove"), "{read}");
+        }
+        // The other message stays (the list shows only the last, the deleted one).
+        assert!(reads[..2].iter().all(|r| r.contains("sent for alice")));
+    }
+    for (path, want) in [
+        (
+            format!("/admin/v1/conversations/{conv}/messages/9"),
+            (404, "not_found"),
+        ),
+        (
+            "/admin/v1/conversations/nonsense/messages/1".to_owned(),
+            (400, "invalid_argument"),
+        ),
+    ] {
+        let (status, v) = call(&base, Some(ADMIN_KEY), "DELETE", &path, None).await;
+        assert_eq!((status, v["code"].as_str().unwrap()), want, "{path}");
+    }
+    server.stop().await;
+}
