@@ -21,11 +21,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use xinge_core::config::{AdminConfig, ConfigError};
 use xinge_core::error::ApiError;
-use xinge_core::{ErrorCode, UserId};
+use xinge_core::{ErrorCode, GroupId, UserId};
 use xinge_logic::Logic;
 use xinge_proto::api::{
-    AdminNewUser, AdminTokenRequest, AdminUser, Devices, LoginResponse, Profile, SendRequest,
-    SendResponse,
+    AdminExport, AdminNewUser, AdminOnline, AdminTokenRequest, AdminUser, CreateGroupRequest,
+    Devices, GroupInfo, LoginResponse, Profile, SendRequest, SendResponse, UsersRequest,
 };
 
 /// The admin keys: each one's name and the SHA-256 of the key.
@@ -122,6 +122,76 @@ pub fn routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(ban, unban))
         .routes(routes!(send_as))
         .routes(routes!(delete_message))
+        .routes(routes!(delete_user))
+        .routes(routes!(export))
+        .routes(routes!(create_group))
+        .routes(routes!(add_members))
+        .routes(routes!(online))
+}
+
+/// Delete a user: the profile erased (username `deleted-<id>`, the old one free again,
+/// display name "Deleted user", no password), every device logged out at once (connections
+/// closed with `banned`), no login or token again. What they sent stays in the others'
+/// histories under their id.
+#[utoipa::path(delete, path = "/admin/v1/users/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = AdminUser), (status = 404, body = ApiError)))]
+async fn delete_user(
+    State(s): State<AdminState>,
+    admin: Admin,
+    Path(id): Path<UserId>,
+) -> HttpResult<AdminUser> {
+    let user = s.logic.admin_delete_user(id).await?;
+    acted(&admin, "delete_user", id);
+    Ok(Json(user))
+}
+
+/// A user's data: profile, friends, groups and the messages they sent.
+#[utoipa::path(get, path = "/admin/v1/users/{id}/export", params(("id" = String, Path)),
+    responses((status = 200, body = AdminExport), (status = 404, body = ApiError)))]
+async fn export(
+    State(s): State<AdminState>,
+    admin: Admin,
+    Path(id): Path<UserId>,
+) -> HttpResult<AdminExport> {
+    let data = s.logic.admin_export(id).await?;
+    acted(&admin, "export", id);
+    Ok(Json(data))
+}
+
+/// Create a group in a user's name (they own it), through the user's own path.
+#[utoipa::path(post, path = "/admin/v1/users/{id}/groups", params(("id" = String, Path)),
+    request_body = CreateGroupRequest,
+    responses((status = 200, body = GroupInfo), (status = 404, body = ApiError)))]
+async fn create_group(
+    State(s): State<AdminState>,
+    admin: Admin,
+    Path(id): Path<UserId>,
+    Body(req): Body<CreateGroupRequest>,
+) -> HttpResult<GroupInfo> {
+    let group = s.logic.admin_create_group(id, req).await?;
+    acted(&admin, "create_group", id);
+    Ok(Json(group))
+}
+
+/// Add members to a group in the name of one of its admins.
+#[utoipa::path(post, path = "/admin/v1/users/{id}/groups/{group}/members",
+    params(("id" = String, Path), ("group" = String, Path)), request_body = UsersRequest,
+    responses((status = 200, body = Done), (status = 404, body = ApiError), (status = 403, body = ApiError)))]
+async fn add_members(
+    State(s): State<AdminState>,
+    admin: Admin,
+    Path((id, group)): Path<(UserId, GroupId)>,
+    Body(req): Body<UsersRequest>,
+) -> HttpResult<Done> {
+    s.logic.admin_add_members(id, group, &req.users).await?;
+    acted(&admin, "add_members", id);
+    Ok(Json(DONE))
+}
+
+/// Who is connected now: connections and gateways (and users, where counted).
+#[utoipa::path(get, path = "/admin/v1/online", responses((status = 200, body = AdminOnline)))]
+async fn online(State(s): State<AdminState>, _admin: Admin) -> Json<AdminOnline> {
+    Json(s.logic.admin_online().await)
 }
 
 /// Send a message as a user, through the same path as the user's own sends: their limits,

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use xinge_core::config::ClusterConfig;
 use xinge_core::{ConnId, UserId};
 use xinge_proto::Frame;
-use xinge_push::{Coalesce, DeviceSeen, SessionEnd, Signals};
+use xinge_push::{Coalesce, DeviceSeen, Online, SessionEnd, Signals};
 
 /// Signals waiting in one api process to be published; past that they are dropped.
 const PUBLISH_QUEUE: usize = 65_536;
@@ -215,6 +215,22 @@ impl Signals for StreamSignals {
                     tracing::warn!(error = %e, attempt, "a session end was not stored; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
                 }
+            }
+        }
+    }
+
+    /// From the gateways' load reports: connections per gateway (users are not counted
+    /// in a cluster).
+    async fn online(&self) -> Online {
+        match self.registry.gateways().await {
+            Ok(reports) => Online {
+                users: None,
+                connections: reports.iter().map(|r| r.connections).sum(),
+                gateways: reports.len() as u64,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "online counts unknown: registry unreachable");
+                Online::default()
             }
         }
     }

@@ -1,13 +1,15 @@
 //! What the app's own server does through the admin API: create users (with or without a
 //! password), issue a device token for a user it logged in itself, ban and unban, list and
-//! log out devices, send as a user, delete a message for everyone. The caller is an admin key, not a user: nothing here checks a
-//! `Caller`, and the api crate never reaches these with a user's token.
+//! log out devices, send as a user, delete a message for everyone, create groups in a
+//! user's name, delete a user, export a user's data, count who is online. The caller is an
+//! admin key, not a user: the api crate never reaches these with a user's token; what is
+//! done in a user's name goes through the user's own path with the user as the caller.
 
 use crate::{Caller, Logic, Result, error::bad};
-use xinge_core::{ConvId, DeviceId, ErrorCode, UserId};
+use xinge_core::{ConvId, DeviceId, ErrorCode, GroupId, UserId};
 use xinge_proto::api::{
-    AdminNewUser, AdminUser, DeviceView, Devices, LoginResponse, MessageBody, Profile,
-    RegisterRequest, SendRequest, SendResponse,
+    AdminExport, AdminNewUser, AdminOnline, AdminUser, CreateGroupRequest, DeviceView, Devices,
+    GroupInfo, LoginResponse, MessageBody, Profile, RegisterRequest, SendRequest, SendResponse,
 };
 use xinge_push::EndReason;
 use xinge_store::{Commit, Op};
@@ -116,21 +118,7 @@ impl Logic {
     /// limits, their friendships and memberships, idempotent by `client_msg_id`), from a
     /// device named `admin`.
     pub async fn admin_send_as(&self, user: UserId, req: SendRequest) -> Result<SendResponse> {
-        let record = self
-            .store
-            .user(user)
-            .await?
-            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
-        if record.banned {
-            return Err(banned());
-        }
-        let caller = Caller {
-            user,
-            device: DeviceId::parse(ADMIN_DEVICE)
-                .ok_or_else(|| bad(ErrorCode::Internal, "internal error"))?,
-            origin: None,
-            token: 0,
-        };
+        let caller = self.acting_as(user).await?;
         self.send(&caller, req).await
     }
 
@@ -171,6 +159,122 @@ impl Logic {
         Ok(())
     }
 }
+
+impl Logic {
+    /// Who is connected now.
+    pub async fn admin_online(&self) -> AdminOnline {
+        let o = self.push.online().await;
+        AdminOnline {
+            users: o.users,
+            connections: o.connections,
+            gateways: o.gateways,
+        }
+    }
+
+    /// Deletes a user: the profile is erased (username `deleted-<id>`, freeing theirs,
+    /// display name "Deleted user", no password), every device logged out at once, and
+    /// no login or token from then on. What they sent stays in the others' histories,
+    /// under their id, which now names the erased profile.
+    pub async fn admin_delete_user(&self, user: UserId) -> Result<AdminUser> {
+        self.store
+            .erase_user(user, &format!("deleted-{user}"), "Deleted user")
+            .await?;
+        self.end_sessions(user, None, None, EndReason::Banned).await;
+        self.admin_user(user).await
+    }
+
+    /// A user's data as JSON: profile, friends, groups, and the messages they sent (the
+    /// oldest [`ADMIN_EXPORT_MAX_MESSAGES`], in conversation order).
+    pub async fn admin_export(&self, user: UserId) -> Result<AdminExport> {
+        let profile = self.admin_user(user).await?;
+        let friends = self.store.friends(user, FRIENDS_LISTED).await?;
+        let convs = self
+            .store
+            .memberships(user, self.cfg.chat.max_conversations)
+            .await?;
+        let groups = convs
+            .iter()
+            .filter_map(|m| match m.conv {
+                ConvId::Group(g) => Some(g),
+                ConvId::Direct(..) => None,
+            })
+            .collect();
+        let (mut messages, mut truncated) = (Vec::new(), false);
+        let page = self.cfg.chat.max_page.max(1);
+        'convs: for m in &convs {
+            let head = self.store.conv_head(m.conv).await?;
+            let mut from = 1;
+            while from <= head {
+                let batch = self.store.messages(m.conv, from, head, page, false).await?;
+                let Some(last) = batch.last().map(|b| b.conv_seq) else {
+                    break;
+                };
+                for msg in batch.into_iter().filter(|msg| msg.sender == user) {
+                    if messages.len() == ADMIN_EXPORT_MAX_MESSAGES {
+                        truncated = true;
+                        break 'convs;
+                    }
+                    messages.push(msg);
+                }
+                from = last + 1;
+            }
+        }
+        Ok(AdminExport {
+            user: profile,
+            friends,
+            groups,
+            messages,
+            truncated,
+        })
+    }
+
+    /// Creates a group with `user` as its owner, through the same path as the user's own.
+    pub async fn admin_create_group(
+        &self,
+        user: UserId,
+        req: CreateGroupRequest,
+    ) -> Result<GroupInfo> {
+        let caller = self.acting_as(user).await?;
+        self.create_group(&caller, req).await
+    }
+
+    /// Adds members to a group as `user` (an admin of it) would.
+    pub async fn admin_add_members(
+        &self,
+        user: UserId,
+        group: GroupId,
+        users: &[UserId],
+    ) -> Result<()> {
+        let caller = self.acting_as(user).await?;
+        self.add_members(&caller, group, users).await
+    }
+
+    /// `user` as the caller of an operation the app's server does in their name, from a
+    /// device named `admin`: refused for a banned (or deleted) user.
+    async fn acting_as(&self, user: UserId) -> Result<Caller> {
+        let record = self
+            .store
+            .user(user)
+            .await?
+            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
+        if record.banned {
+            return Err(banned());
+        }
+        Ok(Caller {
+            user,
+            device: DeviceId::parse(ADMIN_DEVICE)
+                .ok_or_else(|| bad(ErrorCode::Internal, "internal error"))?,
+            origin: None,
+            token: 0,
+        })
+    }
+}
+
+/// Messages one export holds at most.
+pub const ADMIN_EXPORT_MAX_MESSAGES: usize = 100_000;
+
+/// Friends one export lists at most (as the friend list does).
+const FRIENDS_LISTED: usize = 5_000;
 
 /// The device the app's server sends from when it sends as a user.
 const ADMIN_DEVICE: &str = "admin";

@@ -76,6 +76,33 @@ pub struct AdminUser {
     pub created_at_ms: u64,
 }
 
+/// Who is connected, as the admin API counts it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdminOnline {
+    /// Users with at least one long connection; absent where it is not counted (a
+    /// cluster: users are counted per gateway only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<u64>,
+    /// Long connections, over every gateway.
+    pub connections: u64,
+    /// Gateways holding them.
+    pub gateways: u64,
+}
+
+/// A user's data, as the admin API exports it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AdminExport {
+    pub user: AdminUser,
+    pub friends: Vec<Friend>,
+    /// The groups the user is a member of.
+    pub groups: Vec<GroupId>,
+    /// The messages the user sent, by conversation and sequence.
+    pub messages: Vec<Message>,
+    /// More messages than one export holds (`ADMIN_EXPORT_MAX_MESSAGES`) were sent: the
+    /// oldest are here, the rest are not.
+    pub truncated: bool,
+}
+
 /// One of the caller's logged-in devices.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeviceView {

@@ -88,6 +88,16 @@ pub trait Signals: Send + Sync + 'static {
     /// The user's devices that are connected now or were lately (at most the sessions a
     /// user may have, each device once).
     async fn devices(&self, user: UserId) -> Vec<DeviceSeen>;
+    /// Who is connected now, as this push layer can count it.
+    async fn online(&self) -> Online;
+}
+
+/// Users (where counted), connections and gateways connected now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Online {
+    pub users: Option<u64>,
+    pub connections: u64,
+    pub gateways: u64,
 }
 
 /// The push layer as a gateway sees it: sessions come and go.
@@ -373,6 +383,27 @@ impl Signals for Push {
                 metrics::counter!("xinge_session_ends_dropped_total").increment(1);
                 tracing::warn!(user = %end.user, "a session end found its gateway's queue full");
             }
+        }
+    }
+
+    async fn online(&self) -> Online {
+        let (mut users, mut connections) = (0, 0);
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for e in shard.values().filter(|e| !e.sessions.is_empty()) {
+                users += 1;
+                connections += e.sessions.len() as u64;
+            }
+        }
+        let gateways = self
+            .gateways
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len() as u64;
+        Online {
+            users: Some(users),
+            connections,
+            gateways,
         }
     }
 

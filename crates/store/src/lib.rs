@@ -71,6 +71,10 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_device(&self, user: UserId, device: &DeviceId) -> Result<()>;
     /// The user's devices that hold a valid token, at most `limit`, by device name.
     async fn devices(&self, user: UserId, limit: usize) -> Result<Vec<DeviceRecord>>;
+    /// Erases the user's profile in one write: the username becomes `username` (the old
+    /// one is free again), the display name `display_name`, no password, banned, every
+    /// device removed. `NotFound` if there is no such user.
+    async fn erase_user(&self, user: UserId, username: &str, display_name: &str) -> Result<()>;
     /// Bans (`true`) or unbans the user; a ban also removes every device of theirs in the
     /// same write (no token from before it outlives it). `NotFound` if there is no such
     /// user.

@@ -65,7 +65,8 @@ async fn every_admin_endpoint_wants_an_admin_key_and_no_admin_key_opens_the_user
             .replace("{id}", &a.to_string())
             .replace("{device}", "laptop")
             .replace("{conv}", "d1-2")
-            .replace("{seq}", "1");
+            .replace("{seq}", "1")
+            .replace("{group}", "1");
         for method in ops.as_object().unwrap().keys() {
             for key in [
                 None,
@@ -98,7 +99,7 @@ async fn every_admin_endpoint_wants_an_admin_key_and_no_admin_key_opens_the_user
             );
         }
     }
-    assert_eq!(checked, 9 * 4, "every admin operation, four ways");
+    assert_eq!(checked, 14 * 4, "every admin operation, four ways");
     // Nothing was done by the refused calls: alice is neither banned nor logged out.
     alice.me().await.unwrap();
 
@@ -419,5 +420,128 @@ async fn the_apps_server_sends_as_a_user_and_deletes_a_message_for_everyone() {
         let (status, v) = call(&base, Some(ADMIN_KEY), "DELETE", &path, None).await;
         assert_eq!((status, v["code"].as_str().unwrap()), want, "{path}");
     }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_server_runs_groups_counts_exports_and_deletes_users() {
+    let server = start(with_admin).await;
+    let (alice, a) = server.login("alice", "laptop").await;
+    let (bob, b) = server.login("bob", "laptop").await;
+    let (carol, c) = server.login("carol", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    befriend(&alice, a, &carol, c).await;
+    let base = server.admin.clone().unwrap();
+
+    // A group in alice's name, then carol added by her.
+    let group = admin(
+        &server,
+        "POST",
+        &format!("/admin/v1/users/{a}/groups"),
+        Some(json!({"name": "team", "members": [b]})),
+    )
+    .await;
+    let gid = group["group_id"].as_str().unwrap().to_owned();
+    assert_eq!(group["member_count"], 2);
+    admin(
+        &server,
+        "POST",
+        &format!("/admin/v1/users/{a}/groups/{gid}/members"),
+        Some(json!({"users": [c]})),
+    )
+    .await;
+    assert_eq!(
+        carol
+            .group(gid.parse().map(xinge_core::GroupId).unwrap())
+            .await
+            .unwrap()
+            .member_count,
+        3
+    );
+    // In carol's name, a group she is not in is not found, as it would be to her.
+    let (status, _) = call(
+        &base,
+        Some(ADMIN_KEY),
+        "POST",
+        &format!("/admin/v1/users/{c}/groups/999/members"),
+        Some(json!({"users": [a]})),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Online: two connections of two users on the one gateway.
+    let _on_alice = Connection::connect(
+        Transport::Tcp,
+        &server.tcp.to_string(),
+        alice.token().unwrap(),
+    )
+    .await
+    .unwrap();
+    let _on_bob = Connection::connect(Transport::Ws, &server.ws, bob.token().unwrap())
+        .await
+        .unwrap();
+    let online = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let o = admin(&server, "GET", "/admin/v1/online", None).await;
+            if o["connections"] == 2 {
+                return o;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (online["users"].as_u64(), online["gateways"].as_u64()),
+        (Some(2), Some(1))
+    );
+
+    // Export: what bob sent, his friends and groups.
+    let text = |to, id: &str, t: &str| -> xinge_client::api::SendRequest {
+        serde_json::from_value(json!({"to": to, "client_msg_id": id, "content": {"text": t}}))
+            .unwrap()
+    };
+    bob.send(&text(a, "b1", "bob's first")).await.unwrap();
+    alice.send(&text(b, "a1", "alice's reply")).await.unwrap();
+    bob.send(&text(a, "b2", "bob's second")).await.unwrap();
+    let export = admin(&server, "GET", &format!("/admin/v1/users/{b}/export"), None).await;
+    assert_eq!(export["user"]["username"], "bob");
+    assert_eq!(export["friends"][0]["user_id"], a.to_string());
+    assert_eq!(export["groups"], json!([gid]));
+    let sent: Vec<_> = export["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(sent, ["bob's first", "bob's second"]);
+    assert_eq!(export["truncated"], false);
+
+    // Deleted: the profile erased, the session ended, the name free, the messages stay.
+    let mut on_bob = _on_bob;
+    let gone = admin(&server, "DELETE", &format!("/admin/v1/users/{b}"), None).await;
+    assert_eq!(
+        (gone["username"].as_str(), gone["has_password"].as_bool()),
+        (Some(format!("deleted-{b}").as_str()), Some(false))
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(1), async {
+        while on_bob.1.recv().await.is_some() {}
+    });
+    assert!(closed.await.is_ok(), "bob's connection closed within 1 s");
+    assert_eq!(code(bob.me().await), "token_revoked");
+    assert_eq!(
+        code(server.http().login("bob", PASSWORD, "laptop").await),
+        "bad_credentials"
+    );
+    let page = alice
+        .history(xinge_core::ConvId::direct(a, b), None, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.messages.len(),
+        3,
+        "what bob sent stays in alice's history"
+    );
+    server.http().register("bob", PASSWORD).await.unwrap();
     server.stop().await;
 }

@@ -111,6 +111,44 @@ pub(super) async fn devices_and_profiles(store: &dyn Store) {
     );
     store.set_banned(a, false).await.unwrap();
     assert!(!store.user(a).await.unwrap().unwrap().banned);
+    // Erased: a new name (the old one free again), no password, banned, no device.
+    let old_name = store.user(a).await.unwrap().unwrap().username;
+    store.put_device(a, &phone, 13, 7_000).await.unwrap();
+    let erased_name = format!("erased-{}", a.0);
+    store.erase_user(a, &erased_name, "Gone").await.unwrap();
+    let rec = store.user(a).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            rec.username.as_str(),
+            rec.display_name.as_str(),
+            rec.password_hash.as_str(),
+            rec.banned
+        ),
+        (erased_name.as_str(), "Gone", "!", true)
+    );
+    assert!(
+        store.user_by_name(&old_name).await.unwrap().is_none(),
+        "the old name is free"
+    );
+    assert_eq!(
+        store
+            .user_by_name(&erased_name)
+            .await
+            .unwrap()
+            .map(|u| u.id),
+        Some(a)
+    );
+    assert!(store.devices(a, 10).await.unwrap().is_empty());
+    let other = user(store, "dev_other").await;
+    let taken = store.user(other).await.unwrap().unwrap().username;
+    assert!(matches!(
+        store.erase_user(a, &taken, "x").await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(matches!(
+        store.erase_user(UserId(u64::MAX), "nobody-here", "x").await,
+        Err(StoreError::NotFound)
+    ));
     assert!(matches!(
         store.set_banned(UserId(u64::MAX), true).await,
         Err(StoreError::NotFound)

@@ -304,6 +304,21 @@ impl Store for FjallStore {
         reads::devices(&self.spaces, user, limit)
     }
 
+    async fn erase_user(&self, user: UserId, username: &str, display_name: &str) -> Result<()> {
+        let ended = reads::devices(&self.spaces, user, usize::MAX)?
+            .into_iter()
+            .map(|d| d.device)
+            .collect();
+        self.write(writer::Op::EraseUser {
+            user,
+            username: username.to_owned(),
+            display_name: display_name.to_owned(),
+            ended,
+        })
+        .await
+        .map(drop)
+    }
+
     async fn set_banned(&self, user: UserId, banned: bool) -> Result<()> {
         // As for a password change: the devices are read before the write.
         let ended = match banned {

@@ -24,6 +24,13 @@ pub(crate) enum Op {
     SetPassword(UserId, String, Vec<DeviceId>),
     /// Banned or not, and the devices whose tokens a ban ends.
     SetBanned(UserId, bool, Vec<DeviceId>),
+    /// A user's profile erased (see `Store::erase_user`), and the devices that end.
+    EraseUser {
+        user: UserId,
+        username: String,
+        display_name: String,
+        ended: Vec<DeviceId>,
+    },
     RemoveDevice(UserId, DeviceId),
     Commit(Box<Commit>),
     /// Wakes the writer while it holds read cursors (the store's tick): it writes them
@@ -339,6 +346,32 @@ impl Writer {
                     None => return Err(StoreError::NotFound),
                 };
                 user.banned = *banned;
+                tx.put(|s| &s.users, key.to_vec(), encode(&user));
+                for device in ended.iter() {
+                    tx.delete(|s| &s.devices, device_key(*id, device));
+                }
+                Ok(Out::Unit)
+            }
+            Op::EraseUser {
+                user: id,
+                username,
+                display_name,
+                ended,
+            } => {
+                let key = u64_key(id.0);
+                let mut user: UserRecord = match tx.get(|s| &s.users, &key)? {
+                    Some(v) => decode(&v)?,
+                    None => return Err(StoreError::NotFound),
+                };
+                if tx.get(|s| &s.usernames, username.as_bytes())?.is_some() {
+                    return Err(StoreError::Conflict);
+                }
+                tx.delete(|s| &s.usernames, user.username.as_bytes().to_vec());
+                tx.put(|s| &s.usernames, username.as_bytes().to_vec(), key.to_vec());
+                user.username = std::mem::take(username);
+                user.display_name = std::mem::take(display_name);
+                user.password_hash = "!".to_owned();
+                user.banned = true;
                 tx.put(|s| &s.users, key.to_vec(), encode(&user));
                 for device in ended.iter() {
                     tx.delete(|s| &s.devices, device_key(*id, device));

@@ -142,6 +142,10 @@ impl Store for PgStore {
         reads::devices(self, user, limit).await
     }
 
+    async fn erase_user(&self, user: UserId, username: &str, display_name: &str) -> Result<()> {
+        ops::erase_user(self, user, username, display_name).await
+    }
+
     async fn set_banned(&self, user: UserId, banned: bool) -> Result<()> {
         ops::set_banned(self, user, banned).await
     }

@@ -344,3 +344,31 @@ pub(super) async fn set_banned(store: &PgStore, user: UserId, banned: bool) -> R
     }
     tx.commit().await.map_err(db)
 }
+
+pub(super) async fn erase_user(
+    store: &PgStore,
+    user: UserId,
+    username: &str,
+    display_name: &str,
+) -> Result<()> {
+    let mut c = store.client().await?;
+    let tx = c.transaction().await.map_err(db)?;
+    let n = tx
+        .ex(
+            "UPDATE users SET username = $2, display_name = $3, password_hash = '!', banned = true \
+             WHERE id = $1",
+            &[&i(user.0), &username, &display_name],
+        )
+        .await
+        .map_err(|e| match e.code() {
+            Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => StoreError::Conflict,
+            _ => db(e),
+        })?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    tx.ex("DELETE FROM devices WHERE user_id = $1", &[&i(user.0)])
+        .await
+        .map_err(db)?;
+    tx.commit().await.map_err(db)
+}
