@@ -20,6 +20,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub tls: TlsConfig,
     pub admin: AdminConfig,
+    pub webhooks: WebhooksConfig,
     /// The time every layer reads (not configurable: a test that starts a server shares
     /// one with it and moves it forward instead of waiting out a window).
     #[serde(skip)]
@@ -144,6 +145,54 @@ impl AdminConfig {
             })
             .collect()
     }
+}
+
+/// Webhooks to the app's own server. Every request is signed (HMAC-SHA256 over the
+/// timestamp and the exact body) with each of `secrets`: two may be valid at once, so that
+/// one can be replaced while receivers still accept the other.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// At least 16 bytes each; required as soon as a hook is set.
+    pub secrets: Vec<String>,
+    pub before_send: BeforeSendConfig,
+}
+
+/// A hook asked before a message is stored: it allows it, rejects it (the sender gets
+/// `rejected` with the app's reason), or replaces its content.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BeforeSendConfig {
+    /// Where to POST; unset, the hook is off.
+    pub url: Option<String>,
+    /// Which sends ask it: 1:1 messages, group messages.
+    pub direct: bool,
+    pub group: bool,
+    /// How long to wait for the answer.
+    pub timeout_ms: u64,
+    /// On a timeout, an error or an answer that does not parse: `allow` the message as
+    /// it is, or `reject` it (the sender gets `unavailable` and may retry).
+    pub on_failure: HookFailure,
+}
+
+impl Default for BeforeSendConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            direct: true,
+            group: true,
+            timeout_ms: 1000,
+            on_failure: HookFailure::Allow,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookFailure {
+    #[default]
+    Allow,
+    Reject,
 }
 
 impl TlsConfig {
@@ -514,6 +563,16 @@ impl Config {
             return bad("tls.handshake_timeout_secs must be positive");
         }
         self.admin.parsed_keys()?;
+        let w = &self.webhooks;
+        if w.before_send.url.is_some() && w.secrets.is_empty() {
+            return bad("webhooks.secrets: every webhook is signed; set at least one secret");
+        }
+        if w.secrets.iter().any(|s| s.len() < 16) {
+            return bad("webhooks.secrets must be at least 16 bytes each");
+        }
+        if w.before_send.timeout_ms == 0 || w.before_send.timeout_ms > 30_000 {
+            return bad("webhooks.before_send.timeout_ms must be 1-30000");
+        }
         let r = &self.route;
         if !(r.per_ip_per_sec > 0.0
             && r.per_ip_burst >= 1.0

@@ -53,11 +53,13 @@ pub enum ErrorCode {
     UnsupportedProtocol,
     /// The account is banned by the app's server: no login, no token, no connection.
     Banned,
+    /// The app's server refused the message (its before-send hook); the message says why.
+    Rejected,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidArgument,
         ErrorCode::TooLarge,
@@ -82,6 +84,7 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::UnsupportedProtocol,
         ErrorCode::Banned,
+        ErrorCode::Rejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -110,6 +113,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::UnsupportedProtocol => "unsupported_protocol",
             ErrorCode::Banned => "banned",
+            ErrorCode::Rejected => "rejected",
         }
     }
 
@@ -124,6 +128,7 @@ impl ErrorCode {
             | ErrorCode::BadCredentials => 401,
             ErrorCode::Forbidden
             | ErrorCode::Banned
+            | ErrorCode::Rejected
             | ErrorCode::Blocked
             | ErrorCode::NotFriends
             | ErrorCode::Muted => 403,
@@ -218,6 +223,7 @@ mod tests {
             MethodNotAllowed => 21,
             UnsupportedProtocol => 22,
             Banned => 23,
+            Rejected => 24,
         }
     }
 

@@ -4,6 +4,7 @@
 //! tombstone to the same timelines.
 
 use crate::access::Access;
+use crate::hooks::Outgoing;
 use crate::limits::Limited;
 use crate::{Caller, Logic, Result, error::bad};
 use xinge_core::{ConvId, ErrorCode, UserId};
@@ -43,6 +44,23 @@ impl Logic {
         Ok(())
     }
 
+    /// A message's content as the server stores it: a JSON object within the size limit.
+    fn check_content(&self, content: &serde_json::Value) -> Result<()> {
+        if !content.is_object() {
+            return Err(bad(
+                ErrorCode::InvalidArgument,
+                "content must be a JSON object",
+            ));
+        }
+        let size = serde_json::to_vec(content)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > self.cfg.chat.max_content_bytes {
+            return Err(bad(ErrorCode::TooLarge, "content is over the size limit"));
+        }
+        Ok(())
+    }
+
     pub async fn send(&self, caller: &Caller, req: SendRequest) -> Result<SendResponse> {
         Self::check_client_msg_id(&req.client_msg_id)?;
         self.limit(caller.user, Limited::Send).await?;
@@ -61,18 +79,7 @@ impl Logic {
                 ));
             }
         };
-        if !req.content.is_object() {
-            return Err(bad(
-                ErrorCode::InvalidArgument,
-                "content must be a JSON object",
-            ));
-        }
-        let size = serde_json::to_vec(&req.content)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
-        if size > self.cfg.chat.max_content_bytes {
-            return Err(bad(ErrorCode::TooLarge, "content is over the size limit"));
-        }
+        self.check_content(&req.content)?;
         if req.mentions.len() > MAX_MENTIONS {
             return Err(bad(ErrorCode::InvalidArgument, "at most 100 mentions"));
         }
@@ -88,13 +95,34 @@ impl Logic {
                 }
             }
         }
+        let mention_all = req.mention_all && matches!(access, Access::Group(..));
+        let mut content = req.content;
+        if self.hooks.as_ref().is_some_and(|h| h.asks_before(&access)) {
+            let replaced = self
+                .before_send(Outgoing {
+                    sender: caller.user,
+                    sender_device: &caller.device,
+                    conv,
+                    client_msg_id: &req.client_msg_id,
+                    content: &content,
+                    mentions: &req.mentions,
+                    mention_all,
+                })
+                .await?;
+            if let Some(new) = replaced {
+                // The app's content is held to what a sender's is; one that is not is
+                // a failure of the hook, not the sender's fault.
+                match self.check_content(&new) {
+                    Ok(()) => content = new,
+                    Err(_) => self.before_send_failed("the replacement content is not valid")?,
+                }
+            }
+        }
         let draft = Draft {
             client_msg_id: req.client_msg_id,
-            body: MessageBody::Content {
-                content: req.content,
-            },
+            body: MessageBody::Content { content },
             mentions: req.mentions,
-            mention_all: req.mention_all && matches!(access, Access::Group(..)),
+            mention_all,
             ops: vec![],
         };
         let append = self.append(caller, conv, &access, draft);

@@ -13,6 +13,7 @@
 //! devices.rs        a user's devices: list, log one out, change the password; ending the
 //!                   long connections of a device whose access ended
 //! friend.rs         requests, accept/decline, remove, block
+//! hooks.rs          webhooks to the app's server: the before-send hook, signing
 //! chat.rs           send and recall: drafts appended idempotently by client_msg_id
 //! inbox.rs          sync: a device's pull of its inbox (and large groups' heads)
 //! conversations.rs  the conversation list, a conversation's history
@@ -33,6 +34,7 @@ mod devices;
 mod error;
 mod friend;
 mod group;
+pub mod hooks;
 mod inbox;
 pub mod limits;
 mod presence;
@@ -74,6 +76,8 @@ pub struct Logic {
     pub(crate) hashing: Arc<tokio::sync::Semaphore>,
     /// What a login for an unknown username is checked against (see `Logic::login`).
     pub(crate) decoy: tokio::sync::OnceCell<String>,
+    /// The webhooks to the app's server, if any is configured.
+    pub(crate) hooks: Option<hooks::Hooks>,
 }
 
 impl Logic {
@@ -107,6 +111,7 @@ impl Logic {
             ),
             hashing: Arc::new(tokio::sync::Semaphore::new(account::hashing_permits())),
             decoy: tokio::sync::OnceCell::new(),
+            hooks: hooks::Hooks::new(&cfg.webhooks),
             cfg,
             tokens: token::TokenSigner::new(token_secret),
         })
