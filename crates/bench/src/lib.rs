@@ -14,6 +14,7 @@
 //! ```
 
 mod flood;
+mod hook;
 mod idle;
 mod report;
 mod server;
@@ -57,6 +58,10 @@ pub struct BenchArgs {
     /// process's file limit) and their results merged.
     #[arg(long, global = true, default_value_t = 1)]
     pub workers: usize,
+    /// The spawned server asks a before-send webhook for every send: a receiver in this
+    /// process (on the bench's core) that answers `allow`, over loopback HTTP.
+    #[arg(long, global = true)]
+    pub before_hook: bool,
 }
 
 #[derive(clap::Subcommand, Clone, Debug)]
@@ -211,7 +216,13 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             let route = args.route.clone().unwrap_or_else(|| url.clone());
             server::Server::attach(url.clone(), &route, args.server_pid).await?
         }
-        None => server::Server::spawn_with(args.server_cpus.as_deref(), limits).await?,
+        None => {
+            let hook = match args.before_hook {
+                true => Some(hook::allow_all().await?),
+                false => None,
+            };
+            server::Server::spawn_with(args.server_cpus.as_deref(), limits, hook.as_deref()).await?
+        }
     };
     let result = match args.scenario.clone() {
         Scenario::Idle {

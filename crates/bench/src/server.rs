@@ -34,12 +34,20 @@ pub struct ProcSample {
 const CLK_TCK: u64 = 100;
 
 impl Server {
-    pub async fn spawn_with(cpus: Option<&str>, limits: Limits) -> Result<Self, BenchError> {
+    /// Starts `xinge serve` on a temporary data directory; `hook`: more TOML for its
+    /// config (the before-send hook's sections).
+    pub async fn spawn_with(
+        cpus: Option<&str>,
+        limits: Limits,
+        hook: Option<&str>,
+    ) -> Result<Self, BenchError> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("xinge.toml");
         // More of the spawned server's configuration, for A/B runs of a setting: TOML
         // sections other than those written below (e.g. "[store]\ncommit_interval_us = 3000").
-        let extra = std::env::var("XINGE_BENCH_SERVER_TOML").unwrap_or_default();
+        let extra = std::env::var("XINGE_BENCH_SERVER_TOML").unwrap_or_default()
+            + "\n"
+            + hook.unwrap_or("");
         if limits == Limits::Defaults {
             // The default limits, but for admission and new accounts per IP: every bench
             // user registers and connects from 127.0.0.1.

@@ -836,3 +836,78 @@ async fn ended_access_closes_connections_on_every_gateway_within_a_second() {
     drop((gateways, api));
     c.clean_up().await;
 }
+
+/// The admin API of an api process: a ban reaches the user's connection on a gateway over
+/// the bus (CLOSE `banned` within a second), and the online count comes from the
+/// gateways' load reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_ban_closes_the_users_connection_on_its_gateway() {
+    if !engines_up("an_admin_ban_closes_the_users_connection_on_its_gateway").await {
+        return;
+    }
+    let c = Cluster::on(NATS, REDIS, |c| {
+        common::with_admin(c);
+        c.admin.on_main_listener = true;
+    });
+    let gateway = c.spawn("gateway", 10);
+    let api = c.spawn("api", 20);
+    let _push = c.spawn("push", 30);
+    let (alice, a) = login(&api.http, "alice", "laptop").await;
+    let (_conn, mut signals) = Connection::connect(
+        Transport::Tcp,
+        &gateway.tcp.clone().unwrap(),
+        alice.token().unwrap(),
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let admin = |method: reqwest::Method, path: String| {
+        client
+            .request(method, format!("http://{}{path}", api.http))
+            .bearer_auth(common::ADMIN_KEY)
+    };
+    let online = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let v: serde_json::Value = admin(reqwest::Method::GET, "/admin/v1/online".into())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if v["connections"] == 1 {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the gateway reports the connection");
+    assert_eq!(
+        (online["gateways"].as_u64(), online.get("users")),
+        (Some(1), None)
+    );
+    let resp = admin(reqwest::Method::PUT, format!("/admin/v1/users/{a}/ban"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        closed_within_a_second(&mut signals).await,
+        "closed within 1 s"
+    );
+    assert_eq!(
+        _conn.close_reason.lock().unwrap().clone().map(|e| e.code),
+        Some(xinge_core::ErrorCode::Banned)
+    );
+    assert_eq!(
+        common::code(
+            Http::new(format!("http://{}", api.http))
+                .login("alice", PASSWORD, "x")
+                .await
+        ),
+        "banned"
+    );
+    drop((gateway, api));
+    c.clean_up().await;
+}
