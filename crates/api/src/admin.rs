@@ -10,7 +10,7 @@
 //! `/admin/v1/openapi.json`.
 
 use crate::http::{DONE, Done};
-use crate::{Body, HttpError, HttpResult, Path, bearer_token};
+use crate::{Body, HttpError, HttpResult, Path, Query, bearer_token};
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -25,7 +25,8 @@ use xinge_core::{ErrorCode, GroupId, UserId};
 use xinge_logic::Logic;
 use xinge_proto::api::{
     AdminExport, AdminNewUser, AdminOnline, AdminTokenRequest, AdminUser, CreateGroupRequest,
-    Devices, GroupInfo, LoginResponse, Profile, SendRequest, SendResponse, UsersRequest,
+    DeadLetters, Devices, GroupInfo, LoginResponse, Profile, SendRequest, SendResponse,
+    UsersRequest,
 };
 
 /// The admin keys: each one's name and the SHA-256 of the key.
@@ -127,6 +128,44 @@ pub fn routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(create_group))
         .routes(routes!(add_members))
         .routes(routes!(online))
+        .routes(routes!(dead_letters))
+        .routes(routes!(replay))
+}
+
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// The after-events webhook's dead letters, oldest first (`after`: the last id seen).
+#[utoipa::path(get, path = "/admin/v1/webhooks/dead-letters",
+    params(("after" = Option<u64>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, body = DeadLetters)))]
+async fn dead_letters(
+    State(s): State<AdminState>,
+    _admin: Admin,
+    Query(q): Query<PageQuery>,
+) -> HttpResult<DeadLetters> {
+    let page = s
+        .logic
+        .admin_dead_letters(q.after.unwrap_or(0), q.limit.unwrap_or(100))
+        .await?;
+    Ok(Json(page))
+}
+
+/// Deliver a dead letter again: it goes back into the outbox as its newest event.
+#[utoipa::path(post, path = "/admin/v1/webhooks/dead-letters/{id}/replay", params(("id" = u64, Path)),
+    responses((status = 200, body = Done), (status = 404, body = ApiError)))]
+async fn replay(
+    State(s): State<AdminState>,
+    admin: Admin,
+    Path(id): Path<u64>,
+) -> HttpResult<Done> {
+    s.logic.admin_replay(id).await?;
+    metrics::counter!("xinge_admin_actions_total", "action" => "replay").increment(1);
+    tracing::info!(admin = %admin.0, action = "replay", dead_letter = id, "admin action");
+    Ok(Json(DONE))
 }
 
 /// Delete a user: the profile erased (username `deleted-<id>`, the old one free again,

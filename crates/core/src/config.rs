@@ -156,6 +156,48 @@ pub struct WebhooksConfig {
     /// At least 16 bytes each; required as soon as a hook is set.
     pub secrets: Vec<String>,
     pub before_send: BeforeSendConfig,
+    pub after: AfterConfig,
+}
+
+/// Events told to the app's server after they happened: written to an outbox in the same
+/// store write as the change (so a crash loses none), delivered in batches in the order
+/// they were written, at least once, retried with exponential back-off and jitter, and
+/// kept as dead letters once the attempts run out.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AfterConfig {
+    /// Where to POST; unset, no event is written.
+    pub url: Option<String>,
+    /// The event types to tell (`message.sent`, `message.recalled`, `message.deleted`,
+    /// `group.changed`, `friend.added`, `friend.removed`); empty: all of them.
+    pub events: Vec<String>,
+    /// Events in one request, at most.
+    pub batch: usize,
+    pub timeout_ms: u64,
+    /// Tries of one batch before its events become dead letters.
+    pub max_attempts: u32,
+    /// The first retry's wait; each next one doubles, up to `backoff_max_ms`; each is
+    /// jittered by up to half.
+    pub backoff_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Events the outbox holds at most: past it, new events are dropped (and counted)
+    /// rather than let a slow or dead receiver grow it without bound; sends never wait.
+    pub max_outbox: u64,
+}
+
+impl Default for AfterConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            events: Vec::new(),
+            batch: 100,
+            timeout_ms: 5_000,
+            max_attempts: 8,
+            backoff_ms: 500,
+            backoff_max_ms: 60_000,
+            max_outbox: 1_000_000,
+        }
+    }
 }
 
 /// A hook asked before a message is stored: it allows it, rejects it (the sender gets
@@ -564,7 +606,10 @@ impl Config {
         }
         self.admin.parsed_keys()?;
         let w = &self.webhooks;
-        if w.before_send.url.is_some() && w.secrets.is_empty() {
+        if w.after.batch == 0 || w.after.max_attempts == 0 || w.after.timeout_ms == 0 {
+            return bad("webhooks.after: batch, max_attempts and timeout_ms must be positive");
+        }
+        if (w.before_send.url.is_some() || w.after.url.is_some()) && w.secrets.is_empty() {
             return bad("webhooks.secrets: every webhook is signed; set at least one secret");
         }
         if w.secrets.iter().any(|s| s.len() < 16) {

@@ -8,8 +8,9 @@
 use crate::{Caller, Logic, Result, error::bad};
 use xinge_core::{ConvId, DeviceId, ErrorCode, GroupId, UserId};
 use xinge_proto::api::{
-    AdminExport, AdminNewUser, AdminOnline, AdminUser, CreateGroupRequest, DeviceView, Devices,
-    GroupInfo, LoginResponse, MessageBody, Profile, RegisterRequest, SendRequest, SendResponse,
+    AdminExport, AdminNewUser, AdminOnline, AdminUser, CreateGroupRequest, DeadLetterView,
+    DeadLetters, DeviceView, Devices, GroupInfo, LoginResponse, MessageBody, Profile,
+    RegisterRequest, SendRequest, SendResponse,
 };
 use xinge_push::EndReason;
 use xinge_store::{Commit, Op};
@@ -146,16 +147,15 @@ impl Logic {
         let body = MessageBody::Deleted {
             at_ms: self.cfg.clock.now_ms(),
         };
-        self.store
-            .commit(Commit {
-                ops: vec![Op::Redact {
-                    conv,
-                    conv_seq,
-                    body,
-                }],
-                ..Default::default()
-            })
-            .await?;
+        self.commit(Commit {
+            ops: vec![Op::Redact {
+                conv,
+                conv_seq,
+                body,
+            }],
+            ..Default::default()
+        })
+        .await?;
         Ok(())
     }
 }
@@ -267,6 +267,40 @@ impl Logic {
             origin: None,
             token: 0,
         })
+    }
+}
+
+impl Logic {
+    /// The after-events webhook's dead letters, oldest first, from id `after` on.
+    pub async fn admin_dead_letters(&self, after: u64, limit: usize) -> Result<DeadLetters> {
+        let limit = limit.clamp(1, self.cfg.chat.max_page.max(1));
+        let letters = self.store.dead_letters(after, limit).await?;
+        Ok(DeadLetters {
+            dead_letters: letters
+                .into_iter()
+                .map(|d| DeadLetterView {
+                    id: d.id,
+                    // Written by this server as JSON; shown as it was if it is not.
+                    event: serde_json::from_str(&d.event)
+                        .unwrap_or(serde_json::Value::String(d.event)),
+                    error: d.error,
+                    at_ms: d.at_ms,
+                })
+                .collect(),
+        })
+    }
+
+    /// Puts a dead letter back into the outbox, to be delivered as the newest event.
+    pub async fn admin_replay(&self, id: u64) -> Result<()> {
+        self.store
+            .replay_dead_letter(id)
+            .await
+            .map_err(|e| match e {
+                xinge_store::StoreError::NotFound => {
+                    bad(ErrorCode::NotFound, "no such dead letter")
+                }
+                e => e.into(),
+            })
     }
 }
 

@@ -166,6 +166,7 @@ impl Logic {
             message_to,
             events: vec![],
             ops,
+            outbox: vec![],
         };
         let commit = self.commit_from(c, caller.origin.map(|conn| (me, conn)));
         async move {

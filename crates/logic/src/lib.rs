@@ -14,6 +14,7 @@
 //!                   long connections of a device whose access ended
 //! friend.rs         requests, accept/decline, remove, block
 //! hooks.rs          webhooks to the app's server: the before-send hook, signing
+//! events.rs         events after the fact: the outbox each commit writes, its delivery
 //! chat.rs           send and recall: drafts appended idempotently by client_msg_id
 //! inbox.rs          sync: a device's pull of its inbox (and large groups' heads)
 //! conversations.rs  the conversation list, a conversation's history
@@ -32,6 +33,7 @@ mod chat;
 mod conversations;
 mod devices;
 mod error;
+mod events;
 mod friend;
 mod group;
 pub mod hooks;
@@ -78,6 +80,8 @@ pub struct Logic {
     pub(crate) decoy: tokio::sync::OnceCell<String>,
     /// The webhooks to the app's server, if any is configured.
     pub(crate) hooks: Option<hooks::Hooks>,
+    /// The after-events webhook's outbox, if configured.
+    pub(crate) outbox: Option<events::Outbox>,
 }
 
 impl Logic {
@@ -112,6 +116,7 @@ impl Logic {
             hashing: Arc::new(tokio::sync::Semaphore::new(account::hashing_permits())),
             decoy: tokio::sync::OnceCell::new(),
             hooks: hooks::Hooks::new(&cfg.webhooks),
+            outbox: events::Outbox::new(&cfg.webhooks),
             cfg,
             tokens: token::TokenSigner::new(token_secret),
         })

@@ -94,7 +94,7 @@ impl Logic {
         origin: Option<(UserId, ConnId)>,
     ) -> impl Future<Output = Result<(Committed, bool)>> + Send + use<'_> {
         let started = std::time::Instant::now();
-        let call = self.store.commit(c);
+        let call = self.store.commit(self.with_outbox(c));
         async move { self.signal_committed(started, call.await?, origin) }
     }
 

@@ -89,6 +89,22 @@ pub struct AdminOnline {
     pub gateways: u64,
 }
 
+/// An after-event whose delivery was given up on.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetterView {
+    pub id: u64,
+    /// The event as it would have been delivered.
+    pub event: Value,
+    /// Why its last attempt failed.
+    pub error: String,
+    pub at_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetters {
+    pub dead_letters: Vec<DeadLetterView>,
+}
+
 /// A user's data, as the admin API exports it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct AdminExport {

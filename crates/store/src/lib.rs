@@ -102,6 +102,27 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a commit atomically (see [`Commit`]).
     async fn commit(&self, commit: Commit) -> Result<Committed>;
 
+    // === the outbox: events for the app's server ===
+    /// The oldest `limit` events of the outbox.
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxRecord>>;
+    /// Removes delivered events.
+    async fn outbox_done(&self, seqs: &[u64]) -> Result<()>;
+    /// About how many events the outbox holds (newest place − oldest + 1; 0 if empty).
+    async fn outbox_depth(&self) -> Result<u64>;
+    /// Whether this process is the one that delivers the outbox (several processes share
+    /// a PostgreSQL outbox; one delivers, so its order holds). Asked again and again: a
+    /// process whose lead was lost finds out, and another takes over.
+    async fn lead_outbox(&self) -> Result<bool> {
+        Ok(true)
+    }
+    /// Moves events out of the outbox into the dead letters, with why, in one write.
+    async fn dead_letter(&self, events: &[OutboxRecord], error: &str, at_ms: u64) -> Result<()>;
+    /// The dead letters, oldest first, at most `limit`, from id `after` on (exclusive).
+    async fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>>;
+    /// Puts a dead letter back into the outbox (as its newest event); `NotFound` if there
+    /// is none with that id.
+    async fn replay_dead_letter(&self, id: u64) -> Result<()>;
+
     /// What a committed message with this (sender, client_msg_id) was, if any.
     async fn dedup(&self, sender: UserId, client_msg_id: &str) -> Result<Option<DedupRecord>>;
 

@@ -316,7 +316,8 @@ pub enum Op {
 /// 5. appends an entry for that message to the inbox of every user in `message_to` and,
 ///    for a write fan-out group, of every member (each once), then every `(user, event)`
 ///    of `events`, each at the user's next inbox seq;
-/// 6. records the dedup key.
+/// 6. records the dedup key;
+/// 7. writes each of `outbox`'s events to the outbox (see [`OutboxEvent`]).
 #[derive(Clone, Debug, Default)]
 pub struct Commit {
     pub dedup: Option<(UserId, String)>,
@@ -325,6 +326,57 @@ pub struct Commit {
     pub message_to: Vec<UserId>,
     pub events: Vec<(UserId, Event)>,
     pub ops: Vec<Op>,
+    /// Events for the app's server (none is written for a duplicate).
+    pub outbox: Vec<OutboxEvent>,
+}
+
+/// An event for the app's server, written to the outbox by the commit that caused it, so
+/// that it is delivered (at least once) exactly when the change happened. Stored as
+/// `{"event_id", "type", "at_ms", "data"}`, the id a snowflake made at the commit.
+#[derive(Clone, Debug)]
+pub enum OutboxEvent {
+    /// The commit's message as stored (`data: {"message": …}`), under this type.
+    Message(&'static str),
+    /// Anything else, its data known before the commit.
+    Other {
+        kind: &'static str,
+        data: serde_json::Value,
+    },
+}
+
+impl OutboxEvent {
+    /// The stored JSON, given the commit's message (for [`OutboxEvent::Message`]; `None`
+    /// if the commit had none: then there is no event).
+    pub fn record(&self, id: u64, at_ms: u64, message: Option<&Message>) -> Option<String> {
+        let (kind, data) = match self {
+            OutboxEvent::Message(kind) => (*kind, serde_json::json!({ "message": message? })),
+            OutboxEvent::Other { kind, data } => (*kind, data.clone()),
+        };
+        let v = serde_json::json!({
+            "event_id": id.to_string(),
+            "type": kind,
+            "at_ms": at_ms,
+            "data": data,
+        });
+        Some(v.to_string())
+    }
+}
+
+/// An event in the outbox: its place (oldest first) and its JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxRecord {
+    pub seq: u64,
+    pub event: String,
+}
+
+/// An event whose delivery was given up, kept until it is replayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: u64,
+    pub event: String,
+    /// Why its last attempt failed.
+    pub error: String,
+    pub at_ms: u64,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -107,6 +107,7 @@ pub async fn run_api(
     let presence = bus::presence_changes(&e.nats, &e.names).await?;
     tokio::spawn(logic.clone().run_presence(presence));
     tokio::spawn(logic.clone().run_group_signals());
+    tokio::spawn(logic.clone().run_webhooks(shutdown.clone()));
     let (admin_beside, _) =
         crate::common::start_admin(&cfg, &logic, tls.clone(), shutdown.clone()).await?;
     ready(http.local_addr()?);

@@ -126,6 +126,7 @@ pub async fn run(
         tokio::spawn(logic.clone().run_presence(presence));
     }
     tokio::spawn(logic.clone().run_group_signals());
+    tokio::spawn(logic.clone().run_webhooks(shutdown.clone()));
 
     let (admin_beside, admin) =
         crate::common::start_admin(&cfg, &logic, tls.clone(), shutdown.clone()).await?;

@@ -911,3 +911,83 @@ async fn an_admin_ban_closes_the_users_connection_on_its_gateway() {
     drop((gateway, api));
     c.clean_up().await;
 }
+
+/// The after-events webhook in a cluster: the api processes share the PostgreSQL outbox and
+/// one of them delivers it (an advisory lock), so events arrive once each and in order
+/// whichever api took the send; when the delivering process is killed with SIGKILL, another
+/// takes over and nothing written is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_api_process_delivers_the_outbox_and_another_takes_over_when_it_dies() {
+    if !engines_up("one_api_process_delivers_the_outbox_and_another_takes_over_when_it_dies").await
+    {
+        return;
+    }
+    let (url, r) = common::webhooks::receiver().await;
+    let c = Cluster::on(NATS, REDIS, |c| common::webhooks::configure(c, &url));
+    let mut apis = vec![c.spawn("api", 20), c.spawn("api", 21)];
+    let (alice, a) = login(&apis[0].http, "alice", "laptop").await;
+    let (bob, b) = login(&apis[1].http, "bob", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    let token = alice.token().unwrap().to_owned();
+    let via = |api: &Proc| Http::new(format!("http://{}", api.http)).with_token(&token);
+    let dm = |i: usize| SendRequest {
+        to: Some(b),
+        client_msg_id: format!("e{i}"),
+        content: serde_json::json!({ "text": format!("e{i}") }),
+        ..Default::default()
+    };
+    for i in 0..20 {
+        via(&apis[i % 2]).send(&dm(i)).await.unwrap();
+    }
+    let events = common::webhooks::until_events(&r, 21).await;
+    // At least once: a batch delivered just before its deliverer died may come again
+    // (same event ids); each event's first arrival is what counts.
+    let texts = |events: &[serde_json::Value]| -> Vec<String> {
+        let mut seen = HashSet::new();
+        events
+            .iter()
+            .filter(|e| e["type"] == "message.sent")
+            .filter(|e| seen.insert(e["event_id"].as_str().unwrap().to_owned()))
+            .map(|e| {
+                e["data"]["message"]["content"]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let want: Vec<String> = (0..20).map(|i| format!("e{i}")).collect();
+    assert_eq!(texts(&events), want, "once each, in order, from either api");
+    let delivered = [
+        apis[0].metric("xinge_webhook_events_delivered_total").await,
+        apis[1].metric("xinge_webhook_events_delivered_total").await,
+    ];
+    assert!(
+        delivered.contains(&0.0) && delivered.iter().sum::<f64>() >= 21.0,
+        "one process delivered them all: {delivered:?}"
+    );
+    // The deliverer dies; the survivor takes the lock over and delivers what comes next.
+    let leader = if delivered[0] > 0.0 { 0 } else { 1 };
+    apis[leader].kill9();
+    let survivor = &apis[1 - leader];
+    for i in 20..30 {
+        via(survivor).send(&dm(i)).await.unwrap();
+    }
+    let events = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let events = r.events.lock().unwrap().clone();
+            if texts(&events).len() >= 30 {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the survivor delivers");
+    let got = texts(&events);
+    let want: Vec<String> = (0..30).map(|i| format!("e{i}")).collect();
+    assert_eq!(got, want);
+    assert_eq!(*r.bad_signatures.lock().unwrap(), 0);
+    drop(apis);
+    c.clean_up().await;
+}

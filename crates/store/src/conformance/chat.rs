@@ -230,3 +230,119 @@ pub(super) async fn a_recall_removes_the_content_from_every_read(store: &dyn Sto
     }
     assert_eq!(store.conv_head(conv).await.unwrap(), 2);
 }
+
+/// Events for the app's server are written with their commit, read oldest first, removed
+/// once delivered, moved to the dead letters with why, and replayed from there.
+pub(super) async fn the_outbox_keeps_events_in_order_until_delivered_or_dead(store: &dyn Store) {
+    // The outbox is shared: clear what earlier checks left (none write events).
+    let old = store.outbox(1_000_000).await.unwrap();
+    store
+        .outbox_done(&old.iter().map(|r| r.seq).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_depth().await.unwrap(), 0);
+    let a = user(store, "ob_a").await;
+    let b = user(store, "ob_b").await;
+    let conv = ConvId::direct(a, b);
+    let mut sends = Vec::new();
+    for i in 0..3 {
+        let cmid = format!("ob-{i}");
+        let mut c = Commit {
+            dedup: Some((a, cmid.clone())),
+            message: Some(NewMessage {
+                conv,
+                sender: a,
+                sender_device: None,
+                client_msg_id: cmid,
+                sent_at_ms: 1,
+                mentions: vec![],
+                mention_all: false,
+                body: MessageBody::Content {
+                    content: serde_json::json!({ "text": format!("event {i}") }),
+                },
+            }),
+            message_to: vec![a, b],
+            ops: vec![Op::Join { user: a, conv }, Op::Join { user: b, conv }],
+            ..Default::default()
+        };
+        c.outbox = vec![
+            crate::OutboxEvent::Message("message.sent"),
+            crate::OutboxEvent::Other {
+                kind: "test.other",
+                data: serde_json::json!({ "i": i }),
+            },
+        ];
+        sends.push(c.clone());
+        store.commit(c).await.unwrap();
+    }
+    // A retried send writes no event again.
+    store.commit(sends[0].clone()).await.unwrap();
+    let events = store.outbox(100).await.unwrap();
+    assert_eq!(events.len(), 6, "{events:?}");
+    assert!(
+        events.windows(2).all(|w| w[0].seq < w[1].seq),
+        "oldest first"
+    );
+    let parsed: Vec<serde_json::Value> = events
+        .iter()
+        .map(|r| serde_json::from_str(&r.event).unwrap())
+        .collect();
+    for (i, pair) in parsed.chunks(2).enumerate() {
+        assert_eq!(pair[0]["type"], "message.sent");
+        assert_eq!(
+            pair[0]["data"]["message"]["content"]["text"],
+            format!("event {i}")
+        );
+        assert_eq!(pair[0]["data"]["message"]["conv_seq"], i as u64 + 1);
+        assert_eq!(pair[1]["type"], "test.other");
+        assert_eq!(pair[1]["data"]["i"], i as u64);
+    }
+    let ids: std::collections::HashSet<_> = parsed
+        .iter()
+        .map(|v| v["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 6, "every event its own id");
+    assert!(store.outbox_depth().await.unwrap() >= 6);
+    // Delivered: gone. Given up on: dead letters, then back by replay, as the newest.
+    store
+        .outbox_done(&[events[0].seq, events[1].seq])
+        .await
+        .unwrap();
+    assert_eq!(store.outbox(100).await.unwrap(), events[2..].to_vec());
+    store
+        .dead_letter(&events[2..4], "status 500", 42)
+        .await
+        .unwrap();
+    assert_eq!(store.outbox(100).await.unwrap(), events[4..].to_vec());
+    let dead = store.dead_letters(0, 100).await.unwrap();
+    let mine: Vec<_> = dead
+        .iter()
+        .filter(|d| d.event == events[2].event || d.event == events[3].event)
+        .collect();
+    assert_eq!(mine.len(), 2);
+    assert!(
+        mine.iter()
+            .all(|d| d.error == "status 500" && d.at_ms == 42)
+    );
+    assert!(mine[0].id < mine[1].id);
+    assert_eq!(
+        store.dead_letters(mine[0].id, 100).await.unwrap()[0].id,
+        mine[1].id,
+        "paged by id"
+    );
+    store.replay_dead_letter(mine[0].id).await.unwrap();
+    let after = store.outbox(100).await.unwrap();
+    assert_eq!(
+        after.last().unwrap().event,
+        events[2].event,
+        "replayed as the newest"
+    );
+    assert!(after.last().unwrap().seq > events[5].seq);
+    assert!(matches!(
+        store.replay_dead_letter(mine[0].id).await,
+        Err(StoreError::NotFound)
+    ));
+    let rest: Vec<u64> = after.iter().map(|r| r.seq).collect();
+    store.outbox_done(&rest).await.unwrap();
+    assert!(store.outbox(100).await.unwrap().is_empty());
+}

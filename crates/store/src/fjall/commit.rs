@@ -150,6 +150,12 @@ impl Tx<'_> {
                 },
             ));
         }
+        for ev in c.outbox.drain(..) {
+            if let Some(record) = ev.record(ids.next(), now, out.message.as_ref()) {
+                let seq = self.next_seq(|s| &s.outbox, b"")?;
+                self.put(|s| &s.outbox, u64_key(seq).to_vec(), record.into_bytes());
+            }
+        }
         if let (Some((sender, cmid)), Some(msg)) = (&c.dedup, &out.message) {
             let rec = DedupRecord {
                 conv: msg.conv,

@@ -63,6 +63,9 @@ pub(crate) struct Spaces {
     pub gmentions: Keyspace,
     pub invites: Keyspace,
     pub gleft: Keyspace,
+    /// Events for the app's server, by their place; and those given up on.
+    pub outbox: Keyspace,
+    pub dead: Keyspace,
     /// Read cursors moved by sending in 1:1 conversations, not yet in `members`.
     pub soft: soft::SoftCursors,
 }
@@ -150,6 +153,8 @@ impl FjallStore {
             gmentions: ks("gmentions")?,
             invites: ks("invites")?,
             gleft: ks("gleft")?,
+            outbox: ks("outbox")?,
+            dead: ks("dead")?,
             soft: soft::SoftCursors::default(),
             db,
         });
@@ -317,6 +322,43 @@ impl Store for FjallStore {
         })
         .await
         .map(drop)
+    }
+
+    async fn outbox(&self, limit: usize) -> Result<Vec<crate::OutboxRecord>> {
+        reads::outbox(&self.spaces, limit)
+    }
+
+    async fn outbox_done(&self, seqs: &[u64]) -> Result<()> {
+        self.write(writer::Op::OutboxDone(seqs.to_vec()))
+            .await
+            .map(drop)
+    }
+
+    async fn outbox_depth(&self) -> Result<u64> {
+        reads::outbox_depth(&self.spaces)
+    }
+
+    async fn dead_letter(
+        &self,
+        events: &[crate::OutboxRecord],
+        error: &str,
+        at_ms: u64,
+    ) -> Result<()> {
+        self.write(writer::Op::DeadLetter(
+            events.to_vec(),
+            error.to_owned(),
+            at_ms,
+        ))
+        .await
+        .map(drop)
+    }
+
+    async fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<crate::DeadLetter>> {
+        reads::dead_letters(&self.spaces, after, limit)
+    }
+
+    async fn replay_dead_letter(&self, id: u64) -> Result<()> {
+        self.write(writer::Op::Replay(id)).await.map(drop)
     }
 
     async fn set_banned(&self, user: UserId, banned: bool) -> Result<()> {

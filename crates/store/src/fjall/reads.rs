@@ -336,3 +336,42 @@ pub(super) fn conversation_list(
     }
     Ok(out)
 }
+
+pub(super) fn outbox(s: &Spaces, limit: usize) -> Result<Vec<crate::OutboxRecord>> {
+    let mut out = Vec::new();
+    for kv in s.outbox.iter().take(limit) {
+        let (k, v) = kv.into_inner().map_err(backend)?;
+        out.push(crate::OutboxRecord {
+            seq: read_u64(&k)?,
+            event: String::from_utf8(v.to_vec()).map_err(backend)?,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn outbox_depth(s: &Spaces) -> Result<u64> {
+    let first = match s.outbox.iter().next() {
+        Some(kv) => read_u64(&kv.key().map_err(backend)?)?,
+        None => return Ok(0),
+    };
+    Ok(last_seq(&s.outbox, b"")?.saturating_sub(first) + 1)
+}
+
+pub(super) fn dead_letters(s: &Spaces, after: u64, limit: usize) -> Result<Vec<crate::DeadLetter>> {
+    let mut out = Vec::new();
+    for kv in s
+        .dead
+        .range(u64_key(after.saturating_add(1)).to_vec()..)
+        .take(limit)
+    {
+        let (k, v) = kv.into_inner().map_err(backend)?;
+        let dead: serde_json::Value = decode(&v)?;
+        out.push(crate::DeadLetter {
+            id: read_u64(&k)?,
+            event: dead["event"].as_str().unwrap_or_default().to_owned(),
+            error: dead["error"].as_str().unwrap_or_default().to_owned(),
+            at_ms: dead["at_ms"].as_u64().unwrap_or(0),
+        });
+    }
+    Ok(out)
+}

@@ -24,6 +24,13 @@ pub(crate) enum Op {
     SetPassword(UserId, String, Vec<DeviceId>),
     /// Banned or not, and the devices whose tokens a ban ends.
     SetBanned(UserId, bool, Vec<DeviceId>),
+    /// Delivered outbox events, by place.
+    OutboxDone(Vec<u64>),
+    /// Outbox events given up on: out of the outbox, into the dead letters, with why and
+    /// when.
+    DeadLetter(Vec<crate::OutboxRecord>, String, u64),
+    /// A dead letter back into the outbox.
+    Replay(u64),
     /// A user's profile erased (see `Store::erase_user`), and the devices that end.
     EraseUser {
         user: UserId,
@@ -376,6 +383,34 @@ impl Writer {
                 for device in ended.iter() {
                     tx.delete(|s| &s.devices, device_key(*id, device));
                 }
+                Ok(Out::Unit)
+            }
+            Op::OutboxDone(seqs) => {
+                for seq in seqs.iter() {
+                    tx.delete(|s| &s.outbox, u64_key(*seq).to_vec());
+                }
+                Ok(Out::Unit)
+            }
+            Op::DeadLetter(events, error, at_ms) => {
+                for ev in events.iter() {
+                    tx.delete(|s| &s.outbox, u64_key(ev.seq).to_vec());
+                    let id = tx.next_seq(|s| &s.dead, b"")?;
+                    let dead =
+                        serde_json::json!({"event": ev.event, "error": error, "at_ms": at_ms});
+                    tx.put(|s| &s.dead, u64_key(id).to_vec(), encode(&dead));
+                }
+                Ok(Out::Unit)
+            }
+            Op::Replay(id) => {
+                let key = u64_key(*id).to_vec();
+                let Some(v) = tx.get(|s| &s.dead, &key)? else {
+                    return Err(StoreError::NotFound);
+                };
+                let dead: serde_json::Value = decode(&v)?;
+                let event = dead["event"].as_str().unwrap_or_default().to_owned();
+                tx.delete(|s| &s.dead, key);
+                let seq = tx.next_seq(|s| &s.outbox, b"")?;
+                tx.put(|s| &s.outbox, u64_key(seq).to_vec(), event.into_bytes());
                 Ok(Out::Unit)
             }
             Op::RemoveDevice(user, device) => {

@@ -241,7 +241,7 @@ enum Shape {
 /// The commit as a [`MessageAlone`] if it is one.
 fn shape(c: Commit) -> Shape {
     let joins: Option<Vec<i64>> = match &c.message {
-        Some(new) if c.group.is_none() && c.events.is_empty() => c
+        Some(new) if c.group.is_none() && c.events.is_empty() && c.outbox.is_empty() => c
             .ops
             .iter()
             .map(|op| match op {
@@ -333,6 +333,7 @@ impl PgStore {
             message_to,
             events,
             ops,
+            outbox,
         } = c;
         for op in ops {
             tx.op(op).await?;
@@ -384,6 +385,12 @@ impl PgStore {
                     out.recipients = recipients;
                     out.message = Some(msg);
                 }
+            }
+        }
+        for ev in outbox {
+            if let Some(record) = ev.record(self.ids.next(), now, out.message.as_ref()) {
+                tx.exec("INSERT INTO outbox (event) VALUES ($1)", &[&record])
+                    .await?;
             }
         }
         let mut events = events;

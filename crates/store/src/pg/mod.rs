@@ -31,7 +31,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use sql::{backend, db};
+use sql::{Cached, backend, db};
 use tokio_postgres::NoTls;
 use xinge_core::idgen::IdGen;
 use xinge_core::{ConvId, DeviceId, GroupId, UserId};
@@ -44,6 +44,10 @@ pub struct PgStore {
     /// Commits retried after PostgreSQL broke a deadlock (each had waited
     /// `deadlock_timeout`, 1 s by default, first): the lock order is meant to make this 0.
     deadlocks: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The connection holding the outbox's advisory lock while this process delivers it.
+    outbox_lead: std::sync::Arc<tokio::sync::Mutex<Option<deadpool_postgres::Object>>>,
+    /// The lock's key: one per schema.
+    outbox_key: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -100,6 +104,8 @@ impl PgStore {
             pool,
             ids: std::sync::Arc::new(IdGen::new(opts.node_id)),
             deadlocks: Default::default(),
+            outbox_lead: Default::default(),
+            outbox_key: lock_key(&opts.schema),
         };
         store.migrate(&opts.schema).await?;
         Ok(store)
@@ -108,6 +114,16 @@ impl PgStore {
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(backend)
     }
+}
+
+/// The advisory lock key of a schema's outbox: FNV-1a of its name (stable across
+/// processes and builds, unlike std's hasher).
+fn lock_key(schema: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in "xinge-outbox:".bytes().chain(schema.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h as i64
 }
 
 #[async_trait]
@@ -144,6 +160,58 @@ impl Store for PgStore {
 
     async fn erase_user(&self, user: UserId, username: &str, display_name: &str) -> Result<()> {
         ops::erase_user(self, user, username, display_name).await
+    }
+
+    async fn outbox(&self, limit: usize) -> Result<Vec<crate::OutboxRecord>> {
+        ops::outbox(self, limit).await
+    }
+
+    async fn outbox_done(&self, seqs: &[u64]) -> Result<()> {
+        ops::outbox_done(self, seqs).await
+    }
+
+    async fn outbox_depth(&self) -> Result<u64> {
+        ops::outbox_depth(self).await
+    }
+
+    /// A session advisory lock on a connection kept out of the pool: one process of the
+    /// deployment delivers; if it dies its session ends, the lock with it, and the next
+    /// process to ask takes over.
+    async fn lead_outbox(&self) -> Result<bool> {
+        let mut held = self.outbox_lead.lock().await;
+        if let Some(c) = held.as_ref() {
+            if !c.is_closed() {
+                return Ok(true);
+            }
+            *held = None;
+        }
+        let c = self.client().await?;
+        let row = c
+            .q_one("SELECT pg_try_advisory_lock($1)", &[&self.outbox_key])
+            .await
+            .map_err(db)?;
+        let got: bool = row.get(0);
+        if got {
+            *held = Some(c);
+        }
+        Ok(got)
+    }
+
+    async fn dead_letter(
+        &self,
+        events: &[crate::OutboxRecord],
+        error: &str,
+        at_ms: u64,
+    ) -> Result<()> {
+        ops::dead_letter(self, events, error, at_ms).await
+    }
+
+    async fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<crate::DeadLetter>> {
+        ops::dead_letters(self, after, limit).await
+    }
+
+    async fn replay_dead_letter(&self, id: u64) -> Result<()> {
+        ops::replay_dead_letter(self, id).await
     }
 
     async fn set_banned(&self, user: UserId, banned: bool) -> Result<()> {

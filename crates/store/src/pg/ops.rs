@@ -372,3 +372,108 @@ pub(super) async fn erase_user(
         .map_err(db)?;
     tx.commit().await.map_err(db)
 }
+
+pub(super) async fn outbox(store: &PgStore, limit: usize) -> Result<Vec<crate::OutboxRecord>> {
+    let c = store.client().await?;
+    let rows = c
+        .q(
+            "SELECT seq, event FROM outbox ORDER BY seq LIMIT $1",
+            &[&(limit.min(i64::MAX as usize) as i64)],
+        )
+        .await
+        .map_err(db)?;
+    Ok(rows
+        .iter()
+        .map(|r| crate::OutboxRecord {
+            seq: u(r.get(0)),
+            event: r.get(1),
+        })
+        .collect())
+}
+
+pub(super) async fn outbox_done(store: &PgStore, seqs: &[u64]) -> Result<()> {
+    let seqs: Vec<i64> = seqs.iter().map(|s| i(*s)).collect();
+    let c = store.client().await?;
+    c.ex("DELETE FROM outbox WHERE seq = ANY($1)", &[&seqs])
+        .await
+        .map_err(db)
+        .map(drop)
+}
+
+pub(super) async fn outbox_depth(store: &PgStore) -> Result<u64> {
+    let c = store.client().await?;
+    let row = c
+        .q_one(
+            "SELECT COALESCE(MAX(seq) - MIN(seq) + 1, 0) FROM outbox",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    Ok(u(row.get(0)))
+}
+
+pub(super) async fn dead_letter(
+    store: &PgStore,
+    events: &[crate::OutboxRecord],
+    error: &str,
+    at_ms: u64,
+) -> Result<()> {
+    let mut c = store.client().await?;
+    let tx = c.transaction().await.map_err(db)?;
+    for ev in events {
+        tx.ex("DELETE FROM outbox WHERE seq = $1", &[&i(ev.seq)])
+            .await
+            .map_err(db)?;
+        tx.ex(
+            "INSERT INTO dead_letters (event, error, at_ms) VALUES ($1, $2, $3)",
+            &[&ev.event, &error, &i(at_ms)],
+        )
+        .await
+        .map_err(db)?;
+    }
+    tx.commit().await.map_err(db)
+}
+
+pub(super) async fn dead_letters(
+    store: &PgStore,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<crate::DeadLetter>> {
+    let c = store.client().await?;
+    let rows = c
+        .q(
+            "SELECT id, event, error, at_ms FROM dead_letters WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&i(after), &(limit.min(i64::MAX as usize) as i64)],
+        )
+        .await
+        .map_err(db)?;
+    Ok(rows
+        .iter()
+        .map(|r| crate::DeadLetter {
+            id: u(r.get(0)),
+            event: r.get(1),
+            error: r.get(2),
+            at_ms: u(r.get(3)),
+        })
+        .collect())
+}
+
+pub(super) async fn replay_dead_letter(store: &PgStore, id: u64) -> Result<()> {
+    let mut c = store.client().await?;
+    let tx = c.transaction().await.map_err(db)?;
+    let row = tx
+        .q_opt(
+            "DELETE FROM dead_letters WHERE id = $1 RETURNING event",
+            &[&i(id)],
+        )
+        .await
+        .map_err(db)?;
+    let Some(row) = row else {
+        return Err(StoreError::NotFound);
+    };
+    let event: String = row.get(0);
+    tx.ex("INSERT INTO outbox (event) VALUES ($1)", &[&event])
+        .await
+        .map_err(db)?;
+    tx.commit().await.map_err(db)
+}

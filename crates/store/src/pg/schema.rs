@@ -10,6 +10,7 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("0002_append.sql")),
     (3, include_str!("0003_devices.sql")),
     (4, include_str!("0004_banned.sql")),
+    (5, include_str!("0005_outbox.sql")),
 ];
 
 impl PgStore {

@@ -6,6 +6,7 @@
 
 pub mod delivery;
 pub mod procs;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::time::Duration;
