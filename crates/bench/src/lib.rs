@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// process (on the bench's core) that answers `allow`, over loopback HTTP.
     #[arg(long, global = true)]
     pub before_hook: bool,
+    /// The spawned server tells an after-events webhook of every message: a receiver in
+    /// this process that takes every batch; the events it got are printed at the end.
+    #[arg(long, global = true)]
+    pub after_hook: bool,
 }
 
 #[derive(clap::Subcommand, Clone, Debug)]
@@ -217,11 +221,17 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             server::Server::attach(url.clone(), &route, args.server_pid).await?
         }
         None => {
-            let hook = match args.before_hook {
-                true => Some(hook::allow_all().await?),
-                false => None,
-            };
-            server::Server::spawn_with(args.server_cpus.as_deref(), limits, hook.as_deref()).await?
+            let mut hooks = String::new();
+            if args.before_hook || args.after_hook {
+                hooks += hook::SECRETS;
+            }
+            if args.before_hook {
+                hooks += &hook::allow_all().await?;
+            }
+            if args.after_hook {
+                hooks += &hook::take_events().await?;
+            }
+            server::Server::spawn_with(args.server_cpus.as_deref(), limits, Some(&hooks)).await?
         }
     };
     let result = match args.scenario.clone() {
@@ -389,6 +399,15 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
     };
     report::write(&args.out, &result)?;
     println!("{}", result.markdown());
+    if args.after_hook {
+        // The events of the run's last moments may still be on their way.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        println!(
+            "after-events received: {} in {} requests",
+            hook::EVENTS.load(std::sync::atomic::Ordering::Relaxed),
+            hook::REQUESTS.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     if let Some(problem) = result.failure() {
         return Err(BenchError::Failed(problem));
     }

@@ -121,19 +121,21 @@ impl Logic {
             return;
         };
         let cfg = &outbox.cfg;
+        // The last place delivered (or given up on) by this process.
+        let mut cursor = 0;
         while !*shutdown.borrow() {
             if !self.store.lead_outbox().await.unwrap_or(false) {
                 let _ = tokio::time::timeout(FOLLOW, shutdown.changed()).await;
                 continue;
             }
-            let batch = match self.store.outbox(cfg.batch).await {
+            let batch = match self.store.outbox(cursor, cfg.batch).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, "the outbox could not be read");
                     Vec::new()
                 }
             };
-            if let Ok(depth) = self.store.outbox_depth().await {
+            if let Ok(depth) = self.store.outbox_depth(cursor).await {
                 metrics::gauge!("xinge_webhook_outbox_depth").set(depth as f64);
                 outbox
                     .full
@@ -143,18 +145,22 @@ impl Logic {
                 let _ = tokio::time::timeout(IDLE, shutdown.changed()).await;
                 continue;
             }
-            self.deliver(outbox, batch, &mut shutdown).await;
+            let last = batch.last().map_or(cursor, |r| r.seq);
+            if self.deliver(outbox, batch, &mut shutdown).await {
+                cursor = last;
+            }
         }
     }
 
     /// One batch: tried until the app takes it or the attempts run out (then dead
     /// letters), or until shutdown (then it stays in the outbox for the next start).
+    /// `true` once it is out of the outbox.
     async fn deliver(
         &self,
         outbox: &Outbox,
         batch: Vec<OutboxRecord>,
         shutdown: &mut watch::Receiver<bool>,
-    ) {
+    ) -> bool {
         let cfg = &outbox.cfg;
         let body = format!(
             "{{\"events\":[{}]}}",
@@ -174,8 +180,9 @@ impl Logic {
                     if let Err(e) = self.store.outbox_done(&seqs).await {
                         // Delivered again later: at least once.
                         tracing::warn!(error = %e, "delivered events could not be removed");
+                        return false;
                     }
-                    return;
+                    return true;
                 }
                 Err(e) => error = e,
             }
@@ -187,17 +194,21 @@ impl Logic {
             tracing::warn!(%error, attempt, wait_ms = wait.as_millis() as u64, "an after-events delivery failed");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => return false,
             }
         }
         metrics::counter!("xinge_webhook_dead_letters_total").increment(batch.len() as u64);
         tracing::error!(%error, events = batch.len(), "after-events given up on: dead letters");
-        if let Err(e) = self
+        match self
             .store
             .dead_letter(&batch, &error, self.cfg.clock.now_ms())
             .await
         {
-            tracing::error!(error = %e, "dead letters could not be written");
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "dead letters could not be written");
+                false
+            }
         }
     }
 

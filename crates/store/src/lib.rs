@@ -103,12 +103,17 @@ pub trait Store: Send + Sync + 'static {
     async fn commit(&self, commit: Commit) -> Result<Committed>;
 
     // === the outbox: events for the app's server ===
-    /// The oldest `limit` events of the outbox.
-    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxRecord>>;
+    /// The oldest `limit` events of the outbox placed after `after` (the last place the
+    /// caller removed). A backend whose places may become visible out of order
+    /// (PostgreSQL: a sequence drawn by concurrent transactions) reads from its oldest
+    /// event whatever `after` is, so that a late one is not skipped; one that writes in
+    /// place order (fjall's single writer) starts after `after`, so that it does not walk
+    /// over what it removed.
+    async fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxRecord>>;
     /// Removes delivered events.
     async fn outbox_done(&self, seqs: &[u64]) -> Result<()>;
-    /// About how many events the outbox holds (newest place − oldest + 1; 0 if empty).
-    async fn outbox_depth(&self) -> Result<u64>;
+    /// About how many events the outbox holds beyond `after` (see [`Store::outbox`]).
+    async fn outbox_depth(&self, after: u64) -> Result<u64>;
     /// Whether this process is the one that delivers the outbox (several processes share
     /// a PostgreSQL outbox; one delivers, so its order holds). Asked again and again: a
     /// process whose lead was lost finds out, and another takes over.

@@ -152,7 +152,7 @@ impl Tx<'_> {
         }
         for ev in c.outbox.drain(..) {
             if let Some(record) = ev.record(ids.next(), now, out.message.as_ref()) {
-                let seq = self.next_seq(|s| &s.outbox, b"")?;
+                let seq = self.next_outbox_seq()?;
                 self.put(|s| &s.outbox, u64_key(seq).to_vec(), record.into_bytes());
             }
         }

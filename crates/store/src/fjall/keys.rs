@@ -169,3 +169,7 @@ pub(crate) fn unpack_dedup(b: &[u8]) -> Result<DedupRecord> {
         sender_seq: read_u64(&b[34..42])?,
     })
 }
+
+/// The `meta` key of the outbox's last place given out: places go on from it, never
+/// reused, and the outbox's depth is read from it without walking the keyspace.
+pub(crate) const OUTBOX_HEAD: &[u8] = b"outbox_head";

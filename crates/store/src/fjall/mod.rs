@@ -324,8 +324,8 @@ impl Store for FjallStore {
         .map(drop)
     }
 
-    async fn outbox(&self, limit: usize) -> Result<Vec<crate::OutboxRecord>> {
-        reads::outbox(&self.spaces, limit)
+    async fn outbox(&self, after: u64, limit: usize) -> Result<Vec<crate::OutboxRecord>> {
+        reads::outbox(&self.spaces, after, limit)
     }
 
     async fn outbox_done(&self, seqs: &[u64]) -> Result<()> {
@@ -334,8 +334,8 @@ impl Store for FjallStore {
             .map(drop)
     }
 
-    async fn outbox_depth(&self) -> Result<u64> {
-        reads::outbox_depth(&self.spaces)
+    async fn outbox_depth(&self, after: u64) -> Result<u64> {
+        reads::outbox_depth(&self.spaces, after)
     }
 
     async fn dead_letter(

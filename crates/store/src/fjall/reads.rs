@@ -337,9 +337,15 @@ pub(super) fn conversation_list(
     Ok(out)
 }
 
-pub(super) fn outbox(s: &Spaces, limit: usize) -> Result<Vec<crate::OutboxRecord>> {
+pub(super) fn outbox(s: &Spaces, after: u64, limit: usize) -> Result<Vec<crate::OutboxRecord>> {
     let mut out = Vec::new();
-    for kv in s.outbox.iter().take(limit) {
+    // From `after` on: what was removed before it is tombstones an iteration from the
+    // start would walk over, more of them the longer the outbox has run.
+    for kv in s
+        .outbox
+        .range(u64_key(after.saturating_add(1)).to_vec()..)
+        .take(limit)
+    {
         let (k, v) = kv.into_inner().map_err(backend)?;
         out.push(crate::OutboxRecord {
             seq: read_u64(&k)?,
@@ -349,12 +355,12 @@ pub(super) fn outbox(s: &Spaces, limit: usize) -> Result<Vec<crate::OutboxRecord
     Ok(out)
 }
 
-pub(super) fn outbox_depth(s: &Spaces) -> Result<u64> {
-    let first = match s.outbox.iter().next() {
-        Some(kv) => read_u64(&kv.key().map_err(backend)?)?,
-        None => return Ok(0),
+pub(super) fn outbox_depth(s: &Spaces, after: u64) -> Result<u64> {
+    let head = match s.meta.get(OUTBOX_HEAD).map_err(backend)? {
+        Some(v) => read_u64(&v)?,
+        None => 0,
     };
-    Ok(last_seq(&s.outbox, b"")?.saturating_sub(first) + 1)
+    Ok(head.saturating_sub(after))
 }
 
 pub(super) fn dead_letters(s: &Spaces, after: u64, limit: usize) -> Result<Vec<crate::DeadLetter>> {

@@ -109,6 +109,16 @@ impl Tx<'_> {
 
     /// The next sequence under `prefix` (keys `prefix ++ seq`), counting this batch's
     /// earlier appends.
+    /// The outbox's next place (see [`OUTBOX_HEAD`]).
+    pub(super) fn next_outbox_seq(&mut self) -> Result<u64> {
+        let next = match self.get(|s| &s.meta, OUTBOX_HEAD)? {
+            Some(v) => read_u64(&v)? + 1,
+            None => 1,
+        };
+        self.put(|s| &s.meta, OUTBOX_HEAD.to_vec(), u64_key(next).to_vec());
+        Ok(next)
+    }
+
     pub(super) fn next_seq(&mut self, space: Space, prefix: &[u8]) -> Result<u64> {
         let next = self.head(space, prefix)? + 1;
         let slot = self.slot(space);

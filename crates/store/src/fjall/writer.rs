@@ -409,7 +409,7 @@ impl Writer {
                 let dead: serde_json::Value = decode(&v)?;
                 let event = dead["event"].as_str().unwrap_or_default().to_owned();
                 tx.delete(|s| &s.dead, key);
-                let seq = tx.next_seq(|s| &s.outbox, b"")?;
+                let seq = tx.next_outbox_seq()?;
                 tx.put(|s| &s.outbox, u64_key(seq).to_vec(), event.into_bytes());
                 Ok(Out::Unit)
             }

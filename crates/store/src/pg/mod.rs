@@ -162,7 +162,8 @@ impl Store for PgStore {
         ops::erase_user(self, user, username, display_name).await
     }
 
-    async fn outbox(&self, limit: usize) -> Result<Vec<crate::OutboxRecord>> {
+    /// From the oldest, whatever `after` is (see the trait).
+    async fn outbox(&self, _after: u64, limit: usize) -> Result<Vec<crate::OutboxRecord>> {
         ops::outbox(self, limit).await
     }
 
@@ -170,7 +171,7 @@ impl Store for PgStore {
         ops::outbox_done(self, seqs).await
     }
 
-    async fn outbox_depth(&self) -> Result<u64> {
+    async fn outbox_depth(&self, _after: u64) -> Result<u64> {
         ops::outbox_depth(self).await
     }
 
