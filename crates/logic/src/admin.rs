@@ -43,11 +43,7 @@ impl Logic {
 
     /// A user as the app's server sees it: the profile, whether banned, when created.
     pub async fn admin_user(&self, user: UserId) -> Result<AdminUser> {
-        let u = self
-            .store
-            .user(user)
-            .await?
-            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
+        let u = self.existing_user(user).await?;
         Ok(AdminUser {
             user_id: u.id,
             username: u.username,
@@ -63,14 +59,7 @@ impl Logic {
     pub async fn admin_issue_token(&self, user: UserId, device: &str) -> Result<LoginResponse> {
         let device = DeviceId::parse(device)
             .ok_or_else(|| bad(ErrorCode::InvalidArgument, "not a device name"))?;
-        let record = self
-            .store
-            .user(user)
-            .await?
-            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
-        if record.banned {
-            return Err(banned());
-        }
+        let record = self.usable_user(user).await?;
         self.log_in_device(record, &device).await
     }
 
@@ -86,10 +75,7 @@ impl Logic {
 
     /// `user`'s logged-in devices, as the user's own list shows them.
     pub async fn admin_devices(&self, user: UserId) -> Result<Devices> {
-        self.store
-            .user(user)
-            .await?
-            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
+        self.existing_user(user).await?;
         let devices = self
             .device_views(user, None)
             .await?
@@ -252,14 +238,7 @@ impl Logic {
     /// `user` as the caller of an operation the app's server does in their name, from a
     /// device named `admin`: refused for a banned (or deleted) user.
     async fn acting_as(&self, user: UserId) -> Result<Caller> {
-        let record = self
-            .store
-            .user(user)
-            .await?
-            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
-        if record.banned {
-            return Err(banned());
-        }
+        self.usable_user(user).await?;
         Ok(Caller {
             user,
             device: DeviceId::parse(ADMIN_DEVICE)
@@ -301,6 +280,25 @@ impl Logic {
                 }
                 e => e.into(),
             })
+    }
+}
+
+impl Logic {
+    async fn existing_user(&self, user: UserId) -> Result<xinge_store::UserRecord> {
+        self.store
+            .user(user)
+            .await?
+            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))
+    }
+
+    /// A user the app's server may act for or issue a token to: one that exists and is
+    /// not banned (nor deleted).
+    async fn usable_user(&self, user: UserId) -> Result<xinge_store::UserRecord> {
+        let record = self.existing_user(user).await?;
+        if record.banned {
+            return Err(banned());
+        }
+        Ok(record)
     }
 }
 

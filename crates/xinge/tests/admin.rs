@@ -123,13 +123,7 @@ async fn every_admin_endpoint_wants_an_admin_key_and_no_admin_key_opens_the_user
         if public.contains(&path.as_str()) {
             continue;
         }
-        let concrete = path
-            .replace("{conv}", "d1-2")
-            .replace("{id}", "1")
-            .replace("{user}", "1")
-            .replace("{from}", "1")
-            .replace("{seq}", "1")
-            .replace("{device}", "phone");
+        let concrete = fill_path(path);
         for method in ops.as_object().unwrap().keys() {
             let body = (method != "get" && method != "delete").then(|| json!({}));
             let (status, v) = call(

@@ -77,13 +77,7 @@ async fn every_endpoint_refuses_missing_forged_expired_and_revoked_tokens() {
                 continue;
             }
             // Parameters filled with values of the right shape.
-            let concrete = path
-                .replace("{conv}", "d1-2")
-                .replace("{id}", "1")
-                .replace("{user}", "1")
-                .replace("{from}", "1")
-                .replace("{seq}", "1")
-                .replace("{device}", "phone");
+            let concrete = fill_path(path);
             let m = method.to_uppercase();
             for (token, want) in [
                 (None, "unauthenticated"),

@@ -115,6 +115,17 @@ impl Server {
     }
 }
 
+/// An OpenAPI path with its parameters filled with values of the right shape.
+pub fn fill_path(path: &str) -> String {
+    path.replace("{conv}", "d1-2")
+        .replace("{id}", "1")
+        .replace("{user}", "1")
+        .replace("{from}", "1")
+        .replace("{seq}", "1")
+        .replace("{group}", "1")
+        .replace("{device}", "phone")
+}
+
 /// The outcome of a call as its stable code: `"ok"`, or the API error's code. A transport
 /// failure is never an expected outcome: it panics.
 pub fn code<T>(r: Result<T, xinge_client::ClientError>) -> &'static str {
