@@ -169,7 +169,10 @@ pub struct AfterConfig {
     /// Where to POST; unset, no event is written.
     pub url: Option<String>,
     /// The event types to tell (`message.sent`, `message.recalled`, `message.deleted`,
-    /// `group.changed`, `friend.added`, `friend.removed`); empty: all of them.
+    /// `group.changed`, `friend.added`, `friend.removed`, `account.created`,
+    /// `account.banned`, `account.unbanned`, `account.deleted`, `user.online`,
+    /// `user.offline`); empty: all of them but the two `user.` ones, which are told only
+    /// when listed.
     pub events: Vec<String>,
     /// Events in one request, at most.
     pub batch: usize,

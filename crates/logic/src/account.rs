@@ -10,7 +10,7 @@ use xinge_core::auth::Authenticated;
 use xinge_core::{ConvId, DeviceId, ErrorCode, UserId};
 use xinge_proto::api::{LoginRequest, LoginResponse, Profile, RegisterRequest};
 use xinge_push::EndReason;
-use xinge_store::{NewUser, UserRecord};
+use xinge_store::{NewUser, OutboxEvent, UserRecord};
 
 fn valid_username(s: &str) -> bool {
     (3..=32).contains(&s.len())
@@ -181,6 +181,7 @@ impl Logic {
                 display_name,
                 password_hash: hash,
                 created_at_ms: self.cfg.clock.now_ms(),
+                outbox: self.outbox_events(vec![OutboxEvent::User("account.created")]),
             })
             .await
             .map_err(|e| match e {

@@ -13,7 +13,7 @@ use xinge_proto::api::{
     RegisterRequest, SendRequest, SendResponse,
 };
 use xinge_push::EndReason;
-use xinge_store::{Commit, Op};
+use xinge_store::{Commit, Op, OutboxEvent};
 
 /// What stands for the password of a user created without one: no Argon2 hash parses as
 /// it, so no password ever matches and the user logs in only with tokens the app's server
@@ -92,7 +92,16 @@ impl Logic {
     /// revoked, connections closed with `banned`) and refuses logins and new tokens until
     /// it is lifted; the user's data stays.
     pub async fn admin_set_banned(&self, user: UserId, banned: bool) -> Result<AdminUser> {
-        self.store.set_banned(user, banned).await?;
+        let kind = if banned {
+            "account.banned"
+        } else {
+            "account.unbanned"
+        };
+        let events = self.outbox_events(vec![OutboxEvent::Other {
+            kind,
+            data: serde_json::json!({ "user_id": user }),
+        }]);
+        self.store.set_banned(user, banned, &events).await?;
         if banned {
             self.end_sessions(user, None, None, EndReason::Banned).await;
         }
@@ -162,8 +171,12 @@ impl Logic {
     /// no login or token from then on. What they sent stays in the others' histories,
     /// under their id, which now names the erased profile.
     pub async fn admin_delete_user(&self, user: UserId) -> Result<AdminUser> {
+        let events = self.outbox_events(vec![OutboxEvent::Other {
+            kind: "account.deleted",
+            data: serde_json::json!({ "user_id": user }),
+        }]);
         self.store
-            .erase_user(user, &format!("deleted-{user}"), "Deleted user")
+            .erase_user(user, &format!("deleted-{user}"), "Deleted user", &events)
             .await?;
         self.end_sessions(user, None, None, EndReason::Banned).await;
         self.admin_user(user).await

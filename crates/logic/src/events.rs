@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
+use xinge_core::UserId;
 use xinge_core::config::AfterConfig;
 use xinge_proto::api::{Event, MessageBody};
 use xinge_store::{Commit, Op, OutboxEvent, OutboxRecord};
@@ -42,8 +43,14 @@ impl Outbox {
         })
     }
 
+    /// Whether events of `kind` are told: those listed, or with no list every kind but
+    /// presence (`user.online`, `user.offline`: a store write per connection and
+    /// disconnection, so only when asked for by name).
     fn wants(&self, kind: &str) -> bool {
-        self.cfg.events.is_empty() || self.cfg.events.iter().any(|e| e == kind)
+        match self.cfg.events.is_empty() {
+            true => !kind.starts_with("user."),
+            false => self.cfg.events.iter().any(|e| e == kind),
+        }
     }
 }
 
@@ -91,27 +98,56 @@ impl Logic {
     /// `c` with the events it causes for the app's server, if the after-events webhook is
     /// on, wants them, and the outbox has room (otherwise they are dropped and counted).
     pub(crate) fn with_outbox(&self, mut c: Commit) -> Commit {
-        let Some(outbox) = &self.outbox else {
-            return c;
-        };
-        let events: Vec<_> = events_of(&c)
-            .into_iter()
-            .filter(|e| {
-                outbox.wants(match e {
-                    OutboxEvent::Message(kind) => kind,
-                    OutboxEvent::Other { kind, .. } => kind,
-                })
-            })
-            .collect();
-        if events.is_empty() {
+        if self.outbox.is_none() {
             return c;
         }
-        if outbox.full.load(Ordering::Relaxed) {
-            metrics::counter!("xinge_webhook_events_dropped_total").increment(events.len() as u64);
-            return c;
-        }
-        c.outbox = events;
+        let mut events = events_of(&c);
+        events.append(&mut c.outbox);
+        c.outbox = self.outbox_events(events);
         c
+    }
+
+    /// Of `events`, those the after-events webhook tells, if the outbox has room (else
+    /// none: dropped and counted); none without the webhook.
+    pub(crate) fn outbox_events(&self, mut events: Vec<OutboxEvent>) -> Vec<OutboxEvent> {
+        let Some(outbox) = &self.outbox else {
+            return Vec::new();
+        };
+        events.retain(|e| {
+            outbox.wants(match e {
+                OutboxEvent::Message(kind) | OutboxEvent::User(kind) => kind,
+                OutboxEvent::Other { kind, .. } => kind,
+            })
+        });
+        if !events.is_empty() && outbox.full.load(Ordering::Relaxed) {
+            metrics::counter!("xinge_webhook_events_dropped_total").increment(events.len() as u64);
+            events.clear();
+        }
+        events
+    }
+
+    /// Tells the app's server that `user` came online or went offline, if it asked for
+    /// these events by name: an outbox write of its own.
+    pub(crate) async fn outbox_presence(&self, user: UserId, online: bool, at_ms: u64) {
+        let kind = if online {
+            "user.online"
+        } else {
+            "user.offline"
+        };
+        let events = self.outbox_events(vec![OutboxEvent::Other {
+            kind,
+            data: serde_json::json!({ "user_id": user, "at_ms": at_ms }),
+        }]);
+        if events.is_empty() {
+            return;
+        }
+        let c = Commit {
+            outbox: events,
+            ..Commit::default()
+        };
+        if let Err(e) = self.store.commit(c).await {
+            tracing::warn!(%user, error = %e, "a presence event was not written");
+        }
     }
 
     /// Delivers the outbox until `shutdown`: batches in order, retried, then dead

@@ -68,6 +68,7 @@ impl Logic {
     /// presence stream ends.
     pub async fn run_presence(self: Arc<Self>, mut changes: mpsc::Receiver<PresenceChange>) {
         while let Some(ch) = changes.recv().await {
+            self.outbox_presence(ch.user, ch.online, ch.at_ms).await;
             let friends = match self.store.friends(ch.user, 5_000).await {
                 Ok(f) => f,
                 Err(e) => {

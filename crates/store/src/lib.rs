@@ -74,11 +74,17 @@ pub trait Store: Send + Sync + 'static {
     /// Erases the user's profile in one write: the username becomes `username` (the old
     /// one is free again), the display name `display_name`, no password, banned, every
     /// device removed. `NotFound` if there is no such user.
-    async fn erase_user(&self, user: UserId, username: &str, display_name: &str) -> Result<()>;
+    async fn erase_user(
+        &self,
+        user: UserId,
+        username: &str,
+        display_name: &str,
+        outbox: &[OutboxEvent],
+    ) -> Result<()>;
     /// Bans (`true`) or unbans the user; a ban also removes every device of theirs in the
     /// same write (no token from before it outlives it). `NotFound` if there is no such
-    /// user.
-    async fn set_banned(&self, user: UserId, banned: bool) -> Result<()>;
+    /// user. `outbox`'s events are written with it (as with `erase_user`).
+    async fn set_banned(&self, user: UserId, banned: bool, outbox: &[OutboxEvent]) -> Result<()>;
     /// Sets the user's password hash and removes every device of theirs but `keep`, in one
     /// write: no token from before the change outlives it (but `keep`'s). `NotFound` if
     /// there is no such user.

@@ -29,6 +29,8 @@ pub struct NewUser {
     pub display_name: String,
     pub password_hash: String,
     pub created_at_ms: u64,
+    /// Events for the app's server, written with the user (see [`OutboxEvent::User`]).
+    pub outbox: Vec<OutboxEvent>,
 }
 
 /// How `me` stands with another user.
@@ -337,6 +339,9 @@ pub struct Commit {
 pub enum OutboxEvent {
     /// The commit's message as stored (`data: {"message": …}`), under this type.
     Message(&'static str),
+    /// The user a write creates (`data: {"user": {user_id, username, display_name,
+    /// created_at_ms}}`), under this type.
+    User(&'static str),
     /// Anything else, its data known before the commit.
     Other {
         kind: &'static str,
@@ -345,11 +350,27 @@ pub enum OutboxEvent {
 }
 
 impl OutboxEvent {
-    /// The stored JSON, given the commit's message (for [`OutboxEvent::Message`]; `None`
-    /// if the commit had none: then there is no event).
-    pub fn record(&self, id: u64, at_ms: u64, message: Option<&Message>) -> Option<String> {
+    /// The stored JSON, given the write's message or user (for [`OutboxEvent::Message`]
+    /// and [`OutboxEvent::User`]; `None` if the write had none: then there is no event).
+    pub fn record(
+        &self,
+        id: u64,
+        at_ms: u64,
+        message: Option<&Message>,
+        user: Option<&UserRecord>,
+    ) -> Option<String> {
         let (kind, data) = match self {
             OutboxEvent::Message(kind) => (*kind, serde_json::json!({ "message": message? })),
+            OutboxEvent::User(kind) => {
+                let u = user?;
+                let user = serde_json::json!({
+                    "user_id": u.id,
+                    "username": u.username,
+                    "display_name": u.display_name,
+                    "created_at_ms": u.created_at_ms,
+                });
+                (*kind, serde_json::json!({ "user": user }))
+            }
             OutboxEvent::Other { kind, data } => (*kind, data.clone()),
         };
         let v = serde_json::json!({

@@ -190,3 +190,87 @@ async fn events_written_before_a_kill_9_are_delivered_after_the_restart() {
     assert_eq!(texts, want, "every event, once, in order");
     assert_eq!(*r.bad_signatures.lock().unwrap(), 0, "every request signed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_and_presence_are_told_when_asked_for() {
+    let (url, r) = receiver().await;
+    let server = start(|c| {
+        configure(c, &url);
+        with_admin(c);
+        c.webhooks.after.events = [
+            "account.created",
+            "account.banned",
+            "account.unbanned",
+            "account.deleted",
+            "user.online",
+            "user.offline",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+    })
+    .await;
+    let (carol, c) = server.login("carol", "laptop").await;
+    let (conn, _signals) = xinge_client::Connection::connect(
+        xinge_client::Transport::Tcp,
+        &server.tcp.to_string(),
+        carol.token().unwrap(),
+    )
+    .await
+    .unwrap();
+    until_events(&r, 2).await;
+    drop(conn);
+    until_events(&r, 3).await;
+    let admin = |method: reqwest::Method, path: String| {
+        reqwest::Client::new()
+            .request(
+                method,
+                format!("{}{path}", server.admin.as_deref().unwrap()),
+            )
+            .bearer_auth(ADMIN_KEY)
+            .send()
+    };
+    assert_eq!(
+        admin(reqwest::Method::PUT, format!("/admin/v1/users/{c}/ban"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        admin(reqwest::Method::DELETE, format!("/admin/v1/users/{c}/ban"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        admin(reqwest::Method::DELETE, format!("/admin/v1/users/{c}"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let events = until_events(&r, 6).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "account.created",
+            "user.online",
+            "user.offline",
+            "account.banned",
+            "account.unbanned",
+            "account.deleted"
+        ],
+        "only the types asked for (no message or friend events), in order"
+    );
+    assert_eq!(events[0]["data"]["user"]["username"], "carol");
+    assert_eq!(events[0]["data"]["user"]["user_id"], c.to_string());
+    assert!(
+        events[1..]
+            .iter()
+            .all(|e| e["data"]["user_id"] == c.to_string())
+    );
+    assert_eq!(*r.bad_signatures.lock().unwrap(), 0);
+    server.stop().await;
+}

@@ -19,6 +19,7 @@ pub(super) async fn users_are_unique_and_sequential(store: &dyn Store) {
             display_name: "again".into(),
             password_hash: "y".into(),
             created_at_ms: 2,
+            outbox: vec![],
         })
         .await;
     assert!(
@@ -95,7 +96,7 @@ pub(super) async fn devices_and_profiles(store: &dyn Store) {
     // A ban ends every device's token and is kept with the user; unbanning lifts it.
     assert!(!store.user(a).await.unwrap().unwrap().banned);
     store.put_device(a, &phone, 12, 6_000).await.unwrap();
-    store.set_banned(a, true).await.unwrap();
+    store.set_banned(a, true, &[]).await.unwrap();
     assert!(store.user(a).await.unwrap().unwrap().banned);
     assert!(
         store
@@ -109,13 +110,16 @@ pub(super) async fn devices_and_profiles(store: &dyn Store) {
         store.devices(a, 10).await.unwrap().is_empty(),
         "a ban logs out"
     );
-    store.set_banned(a, false).await.unwrap();
+    store.set_banned(a, false, &[]).await.unwrap();
     assert!(!store.user(a).await.unwrap().unwrap().banned);
     // Erased: a new name (the old one free again), no password, banned, no device.
     let old_name = store.user(a).await.unwrap().unwrap().username;
     store.put_device(a, &phone, 13, 7_000).await.unwrap();
     let erased_name = format!("erased-{}", a.0);
-    store.erase_user(a, &erased_name, "Gone").await.unwrap();
+    store
+        .erase_user(a, &erased_name, "Gone", &[])
+        .await
+        .unwrap();
     let rec = store.user(a).await.unwrap().unwrap();
     assert_eq!(
         (
@@ -142,15 +146,17 @@ pub(super) async fn devices_and_profiles(store: &dyn Store) {
     let other = user(store, "dev_other").await;
     let taken = store.user(other).await.unwrap().unwrap().username;
     assert!(matches!(
-        store.erase_user(a, &taken, "x").await,
+        store.erase_user(a, &taken, "x", &[]).await,
         Err(StoreError::Conflict)
     ));
     assert!(matches!(
-        store.erase_user(UserId(u64::MAX), "nobody-here", "x").await,
+        store
+            .erase_user(UserId(u64::MAX), "nobody-here", "x", &[])
+            .await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.set_banned(UserId(u64::MAX), true).await,
+        store.set_banned(UserId(u64::MAX), true, &[]).await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(

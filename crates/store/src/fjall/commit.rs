@@ -64,6 +64,24 @@ impl Tx<'_> {
         self.op(crate::Op::AdvanceRead { user, conv, seq })
     }
 
+    /// Writes `events` to the outbox, each with its own id, in this write.
+    pub(super) fn write_outbox(
+        &mut self,
+        ids: &IdGen,
+        events: &[crate::OutboxEvent],
+        at_ms: u64,
+        message: Option<&Message>,
+        user: Option<&crate::UserRecord>,
+    ) -> Result<()> {
+        for ev in events {
+            if let Some(record) = ev.record(ids.next(), at_ms, message, user) {
+                let seq = self.next_outbox_seq()?;
+                self.put(|s| &s.outbox, u64_key(seq).to_vec(), record.into_bytes());
+            }
+        }
+        Ok(())
+    }
+
     fn append_inbox(&mut self, user: UserId, at_ms: u64, ev: StoredEvent) -> Result<u64> {
         let seq = self.next_seq(|s| &s.inbox, &u64_key(user.0))?;
         self.put_unread(
@@ -150,12 +168,8 @@ impl Tx<'_> {
                 },
             ));
         }
-        for ev in c.outbox.drain(..) {
-            if let Some(record) = ev.record(ids.next(), now, out.message.as_ref()) {
-                let seq = self.next_outbox_seq()?;
-                self.put(|s| &s.outbox, u64_key(seq).to_vec(), record.into_bytes());
-            }
-        }
+        let outbox = std::mem::take(&mut c.outbox);
+        self.write_outbox(ids, &outbox, now, out.message.as_ref(), None)?;
         if let (Some((sender, cmid)), Some(msg)) = (&c.dedup, &out.message) {
             let rec = DedupRecord {
                 conv: msg.conv,

@@ -309,7 +309,13 @@ impl Store for FjallStore {
         reads::devices(&self.spaces, user, limit)
     }
 
-    async fn erase_user(&self, user: UserId, username: &str, display_name: &str) -> Result<()> {
+    async fn erase_user(
+        &self,
+        user: UserId,
+        username: &str,
+        display_name: &str,
+        outbox: &[crate::OutboxEvent],
+    ) -> Result<()> {
         let ended = reads::devices(&self.spaces, user, usize::MAX)?
             .into_iter()
             .map(|d| d.device)
@@ -319,6 +325,7 @@ impl Store for FjallStore {
             username: username.to_owned(),
             display_name: display_name.to_owned(),
             ended,
+            outbox: outbox.to_vec(),
         })
         .await
         .map(drop)
@@ -361,7 +368,12 @@ impl Store for FjallStore {
         self.write(writer::Op::Replay(id)).await.map(drop)
     }
 
-    async fn set_banned(&self, user: UserId, banned: bool) -> Result<()> {
+    async fn set_banned(
+        &self,
+        user: UserId,
+        banned: bool,
+        outbox: &[crate::OutboxEvent],
+    ) -> Result<()> {
         // As for a password change: the devices are read before the write.
         let ended = match banned {
             true => reads::devices(&self.spaces, user, usize::MAX)?
@@ -370,7 +382,7 @@ impl Store for FjallStore {
                 .collect(),
             false => Vec::new(),
         };
-        self.write(writer::Op::SetBanned(user, banned, ended))
+        self.write(writer::Op::SetBanned(user, banned, ended, outbox.to_vec()))
             .await
             .map(drop)
     }

@@ -22,8 +22,8 @@ pub(crate) enum Op {
     PutDevice(UserId, DeviceId, u64, u64),
     /// A new password hash, and the devices whose tokens end with the old one.
     SetPassword(UserId, String, Vec<DeviceId>),
-    /// Banned or not, and the devices whose tokens a ban ends.
-    SetBanned(UserId, bool, Vec<DeviceId>),
+    /// Banned or not, the devices whose tokens a ban ends, and the events it writes.
+    SetBanned(UserId, bool, Vec<DeviceId>, Vec<crate::OutboxEvent>),
     /// Delivered outbox events, by place.
     OutboxDone(Vec<u64>),
     /// Outbox events given up on: out of the outbox, into the dead letters, with why and
@@ -37,6 +37,7 @@ pub(crate) enum Op {
         username: String,
         display_name: String,
         ended: Vec<DeviceId>,
+        outbox: Vec<crate::OutboxEvent>,
     },
     RemoveDevice(UserId, DeviceId),
     Commit(Box<Commit>),
@@ -314,7 +315,11 @@ impl Writer {
 
     fn apply(&self, tx: &mut Tx<'_>, op: &mut Op) -> Result<Out> {
         match op {
-            Op::CreateUser(new) => tx.create_user(new).map(Out::User),
+            Op::CreateUser(new) => {
+                let user = tx.create_user(new)?;
+                tx.write_outbox(&self.ids, &new.outbox, new.created_at_ms, None, Some(&user))?;
+                Ok(Out::User(user))
+            }
             Op::SetName(id, name) => {
                 let key = u64_key(id.0);
                 let mut user: UserRecord = match tx.get(|s| &s.users, &key)? {
@@ -346,7 +351,8 @@ impl Writer {
                 }
                 Ok(Out::Unit)
             }
-            Op::SetBanned(id, banned, ended) => {
+            Op::SetBanned(id, banned, ended, outbox) => {
+                tx.write_outbox(&self.ids, outbox, xinge_core::now_ms(), None, None)?;
                 let key = u64_key(id.0);
                 let mut user: UserRecord = match tx.get(|s| &s.users, &key)? {
                     Some(v) => decode(&v)?,
@@ -364,7 +370,9 @@ impl Writer {
                 username,
                 display_name,
                 ended,
+                outbox,
             } => {
+                tx.write_outbox(&self.ids, outbox, xinge_core::now_ms(), None, None)?;
                 let key = u64_key(id.0);
                 let mut user: UserRecord = match tx.get(|s| &s.users, &key)? {
                     Some(v) => decode(&v)?,

@@ -388,7 +388,7 @@ impl PgStore {
             }
         }
         for ev in outbox {
-            if let Some(record) = ev.record(self.ids.next(), now, out.message.as_ref()) {
+            if let Some(record) = ev.record(self.ids.next(), now, out.message.as_ref(), None) {
                 tx.exec("INSERT INTO outbox (event) VALUES ($1)", &[&record])
                     .await?;
             }

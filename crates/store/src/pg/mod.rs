@@ -116,6 +116,13 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// A new snowflake id of this process (messages, outbox events).
+    pub(crate) fn next_id(&self) -> u64 {
+        self.ids.next()
+    }
+}
+
 /// The advisory lock key of a schema's outbox: FNV-1a of its name (stable across
 /// processes and builds, unlike std's hasher).
 fn lock_key(schema: &str) -> i64 {
@@ -158,8 +165,14 @@ impl Store for PgStore {
         reads::devices(self, user, limit).await
     }
 
-    async fn erase_user(&self, user: UserId, username: &str, display_name: &str) -> Result<()> {
-        ops::erase_user(self, user, username, display_name).await
+    async fn erase_user(
+        &self,
+        user: UserId,
+        username: &str,
+        display_name: &str,
+        outbox: &[crate::OutboxEvent],
+    ) -> Result<()> {
+        ops::erase_user(self, user, username, display_name, outbox).await
     }
 
     /// From the oldest, whatever `after` is (see the trait).
@@ -215,8 +228,13 @@ impl Store for PgStore {
         ops::replay_dead_letter(self, id).await
     }
 
-    async fn set_banned(&self, user: UserId, banned: bool) -> Result<()> {
-        ops::set_banned(self, user, banned).await
+    async fn set_banned(
+        &self,
+        user: UserId,
+        banned: bool,
+        outbox: &[crate::OutboxEvent],
+    ) -> Result<()> {
+        ops::set_banned(self, user, banned, outbox).await
     }
 
     async fn set_password(

@@ -224,8 +224,9 @@ impl Tx<'_> {
 // === writes outside a commit ===
 
 pub(super) async fn create_user(store: &PgStore, new: NewUser) -> Result<UserRecord> {
-    let c = store.client().await?;
-    let row = c
+    let mut c = store.client().await?;
+    let tx = c.transaction().await.map_err(db)?;
+    let row = tx
         .q_opt(
             "INSERT INTO users (id, username, display_name, password_hash, created_at_ms) \
              VALUES (nextval('user_ids'), $1, $2, $3, $4) ON CONFLICT (username) DO NOTHING RETURNING id",
@@ -236,14 +237,17 @@ pub(super) async fn create_user(store: &PgStore, new: NewUser) -> Result<UserRec
     let Some(row) = row else {
         return Err(StoreError::Conflict);
     };
-    Ok(UserRecord {
+    let user = UserRecord {
         id: UserId(u(row.get(0))),
         username: new.username,
         display_name: new.display_name,
         password_hash: new.password_hash,
         created_at_ms: new.created_at_ms,
         banned: false,
-    })
+    };
+    write_outbox(store, &tx, &new.outbox, Some(&user)).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(user)
 }
 
 pub(super) async fn set_display_name(
@@ -324,7 +328,30 @@ pub(super) async fn set_password(
     tx.commit().await.map_err(db)
 }
 
-pub(super) async fn set_banned(store: &PgStore, user: UserId, banned: bool) -> Result<()> {
+/// Writes `events` to the outbox in transaction `tx`.
+async fn write_outbox(
+    store: &PgStore,
+    tx: &deadpool_postgres::Transaction<'_>,
+    events: &[crate::OutboxEvent],
+    user: Option<&UserRecord>,
+) -> Result<()> {
+    let now = xinge_core::now_ms();
+    for ev in events {
+        if let Some(record) = ev.record(store.next_id(), now, None, user) {
+            tx.ex("INSERT INTO outbox (event) VALUES ($1)", &[&record])
+                .await
+                .map_err(db)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn set_banned(
+    store: &PgStore,
+    user: UserId,
+    banned: bool,
+    outbox: &[crate::OutboxEvent],
+) -> Result<()> {
     let mut c = store.client().await?;
     let tx = c.transaction().await.map_err(db)?;
     let n = tx
@@ -342,6 +369,7 @@ pub(super) async fn set_banned(store: &PgStore, user: UserId, banned: bool) -> R
             .await
             .map_err(db)?;
     }
+    write_outbox(store, &tx, outbox, None).await?;
     tx.commit().await.map_err(db)
 }
 
@@ -350,6 +378,7 @@ pub(super) async fn erase_user(
     user: UserId,
     username: &str,
     display_name: &str,
+    outbox: &[crate::OutboxEvent],
 ) -> Result<()> {
     let mut c = store.client().await?;
     let tx = c.transaction().await.map_err(db)?;
@@ -370,6 +399,7 @@ pub(super) async fn erase_user(
     tx.ex("DELETE FROM devices WHERE user_id = $1", &[&i(user.0)])
         .await
         .map_err(db)?;
+    write_outbox(store, &tx, outbox, None).await?;
     tx.commit().await.map_err(db)
 }
 

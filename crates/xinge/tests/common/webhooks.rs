@@ -65,6 +65,17 @@ pub fn configure(c: &mut xinge_core::config::Config, url: &str) {
     c.webhooks.after.backoff_ms = 10;
     c.webhooks.after.backoff_max_ms = 40;
     c.webhooks.after.max_attempts = 3;
+    // The conversation events (a test that wants account or presence events lists them).
+    c.webhooks.after.events = [
+        "message.sent",
+        "message.recalled",
+        "message.deleted",
+        "group.changed",
+        "friend.added",
+        "friend.removed",
+    ]
+    .map(str::to_owned)
+    .to_vec();
 }
 
 /// Until the receiver holds `n` events (at most 10 s); they, in order.
