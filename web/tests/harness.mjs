@@ -45,8 +45,13 @@ export class Server {
       proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`xinge exited (${code}): ${out}`)); });
       proc.stdout.on('data', (d) => {
         out += d;
-        const m = /xinge ready http=(\S+)/.exec(out);
-        if (m) { clearTimeout(timer); resolve(m[1]); }
+        const m = /xinge ready http=(\S+).*\n/.exec(out);
+        if (m) {
+          clearTimeout(timer);
+          // The admin API's own listener, when the config turned it on.
+          this.admin = /admin=(\S+)/.exec(m[0])?.[1] ?? null;
+          resolve(m[1]);
+        }
       });
     });
     this.http = addr;

@@ -115,7 +115,7 @@ fn acted(admin: &Admin, action: &'static str, user: UserId) {
 
 pub fn routes() -> OpenApiRouter<AdminState> {
     OpenApiRouter::new()
-        .routes(routes!(create_user))
+        .routes(routes!(create_user, find_user))
         .routes(routes!(user))
         .routes(routes!(devices))
         .routes(routes!(issue_token))
@@ -280,6 +280,22 @@ async fn create_user(
     let profile = s.logic.admin_create_user(req).await?;
     acted(&admin, "create_user", profile.user_id);
     Ok(Json(profile))
+}
+
+#[derive(serde::Deserialize)]
+struct FindQuery {
+    username: String,
+}
+
+/// A user by exact username.
+#[utoipa::path(get, path = "/admin/v1/users", params(("username" = String, Query)),
+    responses((status = 200, body = AdminUser), (status = 404, body = ApiError)))]
+async fn find_user(
+    State(s): State<AdminState>,
+    _admin: Admin,
+    Query(q): Query<FindQuery>,
+) -> HttpResult<AdminUser> {
+    Ok(Json(s.logic.admin_find_user(&q.username).await?))
 }
 
 /// A user: profile, whether banned, whether they have a password.

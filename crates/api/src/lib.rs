@@ -73,12 +73,20 @@ pub fn api_with_admin(logic: Arc<Logic>, admin: admin::AdminState) -> axum::Rout
 
 /// The admin API on a listener of its own.
 pub fn admin_app(state: admin::AdminState) -> axum::Router {
-    served(admin::router(state))
+    served(
+        admin::router(state)
+            .merge(web::admin_page())
+            .merge(web::files()),
+    )
 }
 
 /// [`app`] with the admin API beside the rest (`admin.on_main_listener`).
 pub fn app_with_admin(state: AppState, admin: admin::AdminState) -> axum::Router {
-    served(all_in_one(state).merge(admin::router(admin)))
+    served(
+        all_in_one(state)
+            .merge(admin::router(admin))
+            .merge(web::admin_page()),
+    )
 }
 
 /// `xinge route`: which gateway to use.

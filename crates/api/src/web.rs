@@ -38,6 +38,8 @@ static ASSETS: &[Asset] = &[
     asset!("client.js", JS),
     asset!("view.js", JS),
     asset!("icon.svg", "image/svg+xml"),
+    asset!("admin.html", "text/html; charset=utf-8"),
+    asset!("admin.js", JS),
 ];
 
 /// Same-origin only: the client loads nothing from elsewhere and talks only to this server.
@@ -103,9 +105,20 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
 
 /// `/` and `/web/{file}`.
 pub fn routes() -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route("/web/{file}", get(file))
+    Router::new().route("/", get(index)).merge(files())
+}
+
+/// `/web/{file}`: the scripts, stylesheet and icon, for the client and the admin page.
+pub fn files() -> Router {
+    Router::new().route("/web/{file}", get(file))
+}
+
+/// `/admin/`: the admin page (it talks to the admin API on the same origin).
+pub fn admin_page() -> Router {
+    Router::new().route(
+        "/admin/",
+        get(|headers: HeaderMap| async move { serve("admin.html", &headers) }),
+    )
 }
 
 /// `GET /`: the client's page.

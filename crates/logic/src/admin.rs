@@ -41,6 +41,16 @@ impl Logic {
         self.create_account(check, hash).await
     }
 
+    /// The user with exactly this username, as [`Self::admin_user`] shows them.
+    pub async fn admin_find_user(&self, username: &str) -> Result<AdminUser> {
+        let u = self
+            .store
+            .user_by_name(username)
+            .await?
+            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
+        self.admin_user(u.id).await
+    }
+
     /// A user as the app's server sees it: the profile, whether banned, when created.
     pub async fn admin_user(&self, user: UserId) -> Result<AdminUser> {
         let u = self.existing_user(user).await?;

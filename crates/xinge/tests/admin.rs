@@ -99,7 +99,7 @@ async fn every_admin_endpoint_wants_an_admin_key_and_no_admin_key_opens_the_user
             );
         }
     }
-    assert_eq!(checked, 16 * 4, "every admin operation, four ways");
+    assert_eq!(checked, 17 * 4, "every admin operation, four ways");
     // Nothing was done by the refused calls: alice is neither banned nor logged out.
     alice.me().await.unwrap();
 
