@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 use xinge_core::config::{AdminConfig, ConfigError};
 use xinge_core::error::ApiError;
 use xinge_core::{ErrorCode, GroupId, UserId};
-use xinge_logic::Logic;
+use xinge_logic::{FindBy, Logic};
 use xinge_proto::api::{
     AdminExport, AdminNewUser, AdminOnline, AdminTokenRequest, AdminUser, CreateGroupRequest,
     DeadLetters, Devices, GroupInfo, LoginResponse, Profile, SendRequest, SendResponse,
@@ -284,18 +284,31 @@ async fn create_user(
 
 #[derive(serde::Deserialize)]
 struct FindQuery {
-    username: String,
+    username: Option<String>,
+    external_id: Option<String>,
 }
 
-/// A user by exact username.
-#[utoipa::path(get, path = "/admin/v1/users", params(("username" = String, Query)),
-    responses((status = 200, body = AdminUser), (status = 404, body = ApiError)))]
+/// A user by exact username, or by the app's own id: give one of the two.
+#[utoipa::path(get, path = "/admin/v1/users",
+    params(("username" = Option<String>, Query), ("external_id" = Option<String>, Query)),
+    responses((status = 200, body = AdminUser), (status = 404, body = ApiError), (status = 400, body = ApiError)))]
 async fn find_user(
     State(s): State<AdminState>,
     _admin: Admin,
     Query(q): Query<FindQuery>,
 ) -> HttpResult<AdminUser> {
-    Ok(Json(s.logic.admin_find_user(&q.username).await?))
+    let by = match (&q.username, &q.external_id) {
+        (Some(name), None) => FindBy::Username(name),
+        (None, Some(ext)) => FindBy::ExternalId(ext),
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "give one of username and external_id",
+            )
+            .into());
+        }
+    };
+    Ok(Json(s.logic.admin_find_user(by).await?))
 }
 
 /// A user: profile, whether banned, whether they have a password.

@@ -156,15 +156,16 @@ impl Logic {
             self.limit_keys(&[(&ip.to_string(), Limited::Register)])
                 .await?;
         }
-        self.create_account(req, None).await
+        self.create_account(req, None, None).await
     }
 
     /// Creates the account `req` asks for (already checked), with `req`'s password hashed
-    /// or, if given, `hash` stored as it is.
+    /// or, if given, `hash` stored as it is; and the app's `external_id` for it, if any.
     pub(crate) async fn create_account(
         &self,
         req: RegisterRequest,
         hash: Option<String>,
+        external_id: Option<String>,
     ) -> Result<Profile> {
         let display_name = req.display_name.unwrap_or_else(|| req.username.clone());
         if self.store.user_by_name(&req.username).await?.is_some() {
@@ -181,11 +182,14 @@ impl Logic {
                 display_name,
                 password_hash: hash,
                 created_at_ms: self.cfg.clock.now_ms(),
+                external_id,
                 outbox: self.outbox_events(vec![OutboxEvent::User("account.created")]),
             })
             .await
             .map_err(|e| match e {
-                xinge_store::StoreError::Conflict => bad(ErrorCode::Conflict, "username is taken"),
+                xinge_store::StoreError::Conflict => {
+                    bad(ErrorCode::Conflict, "username or external id is taken")
+                }
                 e => e.into(),
             })?;
         Ok(Profile {

@@ -34,20 +34,29 @@ impl Logic {
             display_name: req.display_name,
         };
         crate::account::check_registration(&check)?;
+        if let Some(ext) = &req.external_id
+            && (ext.is_empty() || ext.len() > 128 || ext.chars().any(char::is_control))
+        {
+            return Err(bad(
+                ErrorCode::InvalidArgument,
+                "external_id must be 1-128 bytes, no control characters",
+            ));
+        }
         let hash = match password {
             Some(_) => None,
             None => Some(NO_PASSWORD.to_owned()),
         };
-        self.create_account(check, hash).await
+        self.create_account(check, hash, req.external_id).await
     }
 
-    /// The user with exactly this username, as [`Self::admin_user`] shows them.
-    pub async fn admin_find_user(&self, username: &str) -> Result<AdminUser> {
-        let u = self
-            .store
-            .user_by_name(username)
-            .await?
-            .ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
+    /// The user with exactly this username, or the app's id, as [`Self::admin_user`]
+    /// shows them.
+    pub async fn admin_find_user(&self, by: FindBy<'_>) -> Result<AdminUser> {
+        let found = match by {
+            FindBy::Username(name) => self.store.user_by_name(name).await?,
+            FindBy::ExternalId(ext) => self.store.user_by_external_id(ext).await?,
+        };
+        let u = found.ok_or_else(|| bad(ErrorCode::NotFound, "no such user"))?;
         self.admin_user(u.id).await
     }
 
@@ -55,6 +64,7 @@ impl Logic {
     pub async fn admin_user(&self, user: UserId) -> Result<AdminUser> {
         let u = self.existing_user(user).await?;
         Ok(AdminUser {
+            external_id: u.external_id,
             user_id: u.id,
             username: u.username,
             display_name: u.display_name,
@@ -323,6 +333,12 @@ impl Logic {
         }
         Ok(record)
     }
+}
+
+/// How the app's server names a user it looks for.
+pub enum FindBy<'a> {
+    Username(&'a str),
+    ExternalId(&'a str),
 }
 
 /// Messages one export holds at most.

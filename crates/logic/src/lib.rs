@@ -44,6 +44,7 @@ mod receipts;
 mod signal;
 pub mod token;
 
+pub use admin::FindBy;
 pub use error::{Error, Result};
 pub use signal::{inbox_signal_body, message_signal_body};
 

@@ -168,6 +168,7 @@ impl System {
                     display_name: format!("user {i}"),
                     password_hash: "x".into(),
                     created_at_ms: 1,
+                    external_id: None,
                     outbox: vec![],
                 })
                 .await

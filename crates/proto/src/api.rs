@@ -54,6 +54,10 @@ pub struct AdminNewUser {
     pub password: Option<String>,
     #[serde(default)]
     pub display_name: Option<String>,
+    /// The app's own id for the user (1-128 bytes), unique: the admin API finds the user
+    /// by it.
+    #[serde(default)]
+    pub external_id: Option<String>,
 }
 
 /// A token for one device of a user, issued by the app's server.
@@ -74,6 +78,9 @@ pub struct AdminUser {
     pub has_password: bool,
     pub banned: bool,
     pub created_at_ms: u64,
+    /// The app's own id for the user, if it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
 }
 
 /// Who is connected, as the admin API counts it.

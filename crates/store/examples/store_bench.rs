@@ -70,6 +70,7 @@ async fn main() -> Result<(), BenchError> {
                 display_name: "u".into(),
                 password_hash: "h".into(),
                 created_at_ms: 0,
+                external_id: None,
                 outbox: vec![],
             })
             .await?;

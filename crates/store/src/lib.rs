@@ -57,6 +57,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, new: NewUser) -> Result<UserRecord>;
     async fn user(&self, id: UserId) -> Result<Option<UserRecord>>;
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>>;
+    /// The user the app knows by `external_id`.
+    async fn user_by_external_id(&self, external_id: &str) -> Result<Option<UserRecord>>;
     async fn set_display_name(&self, id: UserId, display_name: &str) -> Result<()>;
     /// Records the token id currently valid for a device, which logged in at `at_ms`
     /// (replacing an older one).

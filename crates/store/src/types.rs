@@ -13,6 +13,9 @@ pub struct UserRecord {
     /// as not banned).
     #[serde(default)]
     pub banned: bool,
+    /// The app's own id for this user (admin API), unique when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
 }
 
 /// A device holding a valid token.
@@ -29,6 +32,8 @@ pub struct NewUser {
     pub display_name: String,
     pub password_hash: String,
     pub created_at_ms: u64,
+    /// The app's own id for the user, unique (`Conflict` if taken).
+    pub external_id: Option<String>,
     /// Events for the app's server, written with the user (see [`OutboxEvent::User`]).
     pub outbox: Vec<OutboxEvent>,
 }

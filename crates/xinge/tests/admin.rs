@@ -158,11 +158,40 @@ async fn the_apps_server_signs_users_in_logs_devices_out_and_bans() {
         &server,
         "POST",
         "/admin/v1/users",
-        Some(json!({"username": "app-user-7", "display_name": "Seven"})),
+        Some(json!({"username": "app-user-7", "display_name": "Seven", "external_id": "acct:7"})),
     )
     .await;
     let seven: xinge_core::UserId = serde_json::from_value(created["user_id"].clone()).unwrap();
     assert!(created["user_id"].is_string(), "ids are strings: {created}");
+    // Found by the app's own id, or by username; the app's id is unique.
+    let by_ext = admin(&server, "GET", "/admin/v1/users?external_id=acct%3A7", None).await;
+    assert_eq!(
+        (&by_ext["user_id"], &by_ext["external_id"]),
+        (&created["user_id"], &json!("acct:7"))
+    );
+    let by_name = admin(&server, "GET", "/admin/v1/users?username=app-user-7", None).await;
+    assert_eq!(by_name, by_ext);
+    let base = server.admin.clone().unwrap();
+    let (status, v) = call(
+        &base,
+        Some(ADMIN_KEY),
+        "POST",
+        "/admin/v1/users",
+        Some(json!({"username": "app-user-8", "external_id": "acct:7"})),
+    )
+    .await;
+    assert_eq!((status, v["code"].as_str()), (409, Some("conflict")));
+    for query in ["", "?username=a&external_id=b"] {
+        let (status, _) = call(
+            &base,
+            Some(ADMIN_KEY),
+            "GET",
+            &format!("/admin/v1/users{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{query}");
+    }
     let http = server.http();
     for password in ["", "x", "a password nobody set"] {
         assert_eq!(

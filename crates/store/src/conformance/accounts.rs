@@ -19,6 +19,7 @@ pub(super) async fn users_are_unique_and_sequential(store: &dyn Store) {
             display_name: "again".into(),
             password_hash: "y".into(),
             created_at_ms: 2,
+            external_id: None,
             outbox: vec![],
         })
         .await;
@@ -26,6 +27,56 @@ pub(super) async fn users_are_unique_and_sequential(store: &dyn Store) {
         matches!(dup, Err(StoreError::Conflict)),
         "username is unique"
     );
+    // The app's own id: unique, found by, freed when the user is erased.
+    let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+    let ext = format!("app-{}-{n}", xinge_core::now_ms());
+    let new = |name: String, ext: &str| NewUser {
+        username: name,
+        display_name: "ext".into(),
+        password_hash: "x".into(),
+        created_at_ms: 3,
+        external_id: Some(ext.to_owned()),
+        outbox: vec![],
+    };
+    let with_ext = store
+        .create_user(new(format!("ext_{n}_a"), &ext))
+        .await
+        .unwrap();
+    assert_eq!(with_ext.external_id.as_deref(), Some(ext.as_str()));
+    let found = store.user_by_external_id(&ext).await.unwrap().unwrap();
+    assert_eq!(found, with_ext);
+    assert!(matches!(
+        store.create_user(new(format!("ext_{n}_b"), &ext)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(
+        store
+            .user_by_name(&format!("ext_{n}_b"))
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing half-made"
+    );
+    assert!(
+        store
+            .user_by_external_id("no-such-id")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .erase_user(with_ext.id, &format!("ext_{n}_gone"), "x", &[])
+        .await
+        .unwrap();
+    assert!(store.user_by_external_id(&ext).await.unwrap().is_none());
+    assert_eq!(
+        store.user(with_ext.id).await.unwrap().unwrap().external_id,
+        None
+    );
+    store
+        .create_user(new(format!("ext_{n}_c"), &ext))
+        .await
+        .expect("the id is free again");
     assert!(store.user(UserId(u64::MAX)).await.unwrap().is_none());
     assert!(
         store

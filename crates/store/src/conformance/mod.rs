@@ -45,6 +45,7 @@ pub async fn user(store: &dyn Store, tag: &str) -> UserId {
             display_name: tag.to_owned(),
             password_hash: "x".into(),
             created_at_ms: 1,
+            external_id: None,
             outbox: vec![],
         })
         .await

@@ -173,3 +173,8 @@ pub(crate) fn unpack_dedup(b: &[u8]) -> Result<DedupRecord> {
 /// The `meta` key of the outbox's last place given out: places go on from it, never
 /// reused, and the outbox's depth is read from it without walking the keyspace.
 pub(crate) const OUTBOX_HEAD: &[u8] = b"outbox_head";
+
+/// The `usernames` key of an external id: a zero byte first, which no username has.
+pub(crate) fn external_key(external_id: &str) -> Vec<u8> {
+    [&[0u8][..], external_id.as_bytes()].concat()
+}

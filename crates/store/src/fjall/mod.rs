@@ -287,6 +287,10 @@ impl Store for FjallStore {
         reads::user_by_name(&self.spaces, username)
     }
 
+    async fn user_by_external_id(&self, external_id: &str) -> Result<Option<UserRecord>> {
+        reads::user_by_external_id(&self.spaces, external_id)
+    }
+
     async fn set_display_name(&self, id: UserId, display_name: &str) -> Result<()> {
         self.write(writer::Op::SetName(id, display_name.to_owned()))
             .await

@@ -15,6 +15,11 @@ impl Tx<'_> {
         {
             return Err(StoreError::Conflict);
         }
+        if let Some(ext) = &new.external_id
+            && self.get(|s| &s.usernames, &external_key(ext))?.is_some()
+        {
+            return Err(StoreError::Conflict);
+        }
         let id = match self.get(|s| &s.meta, b"next_user")? {
             Some(v) => read_u64(&v)?,
             None => 1,
@@ -26,7 +31,11 @@ impl Tx<'_> {
             password_hash: new.password_hash.clone(),
             created_at_ms: new.created_at_ms,
             banned: false,
+            external_id: new.external_id.clone(),
         };
+        if let Some(ext) = &new.external_id {
+            self.put(|s| &s.usernames, external_key(ext), u64_key(id).to_vec());
+        }
         self.put(|s| &s.meta, b"next_user".to_vec(), u64_key(id + 1).to_vec());
         self.put(
             |s| &s.usernames,

@@ -46,6 +46,17 @@ pub(super) fn user_by_name(s: &Spaces, username: &str) -> Result<Option<UserReco
     }
 }
 
+pub(super) fn user_by_external_id(s: &Spaces, external_id: &str) -> Result<Option<UserRecord>> {
+    match s
+        .usernames
+        .get(external_key(external_id))
+        .map_err(backend)?
+    {
+        Some(id) => user(s, UserId(read_u64(&id)?)),
+        None => Ok(None),
+    }
+}
+
 pub(super) fn device_token(s: &Spaces, user: UserId, device: &DeviceId) -> Result<Option<u64>> {
     match s.devices.get(device_key(user, device)).map_err(backend)? {
         Some(v) => Ok(Some(read_u64(&v)?)),

@@ -383,6 +383,9 @@ impl Writer {
                 }
                 tx.delete(|s| &s.usernames, user.username.as_bytes().to_vec());
                 tx.put(|s| &s.usernames, username.as_bytes().to_vec(), key.to_vec());
+                if let Some(ext) = user.external_id.take() {
+                    tx.delete(|s| &s.usernames, external_key(&ext));
+                }
                 user.username = std::mem::take(username);
                 user.display_name = std::mem::take(display_name);
                 user.password_hash = "!".to_owned();

@@ -147,6 +147,10 @@ impl Store for PgStore {
         reads::user_by_name(self, username).await
     }
 
+    async fn user_by_external_id(&self, external_id: &str) -> Result<Option<UserRecord>> {
+        reads::user_by_external_id(self, external_id).await
+    }
+
     async fn set_display_name(&self, id: UserId, display_name: &str) -> Result<()> {
         ops::set_display_name(self, id, display_name).await
     }

@@ -228,12 +228,16 @@ pub(super) async fn create_user(store: &PgStore, new: NewUser) -> Result<UserRec
     let tx = c.transaction().await.map_err(db)?;
     let row = tx
         .q_opt(
-            "INSERT INTO users (id, username, display_name, password_hash, created_at_ms) \
-             VALUES (nextval('user_ids'), $1, $2, $3, $4) ON CONFLICT (username) DO NOTHING RETURNING id",
-            &[&new.username, &new.display_name, &new.password_hash, &i(new.created_at_ms)],
+            "INSERT INTO users (id, username, display_name, password_hash, created_at_ms, external_id) \
+             VALUES (nextval('user_ids'), $1, $2, $3, $4, $5) ON CONFLICT (username) DO NOTHING RETURNING id",
+            &[&new.username, &new.display_name, &new.password_hash, &i(new.created_at_ms), &new.external_id],
         )
         .await
-        .map_err(db)?;
+        .map_err(|e| match e.code() {
+            // The external id is taken (the username's conflict is the DO NOTHING above).
+            Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => StoreError::Conflict,
+            _ => db(e),
+        })?;
     let Some(row) = row else {
         return Err(StoreError::Conflict);
     };
@@ -244,6 +248,7 @@ pub(super) async fn create_user(store: &PgStore, new: NewUser) -> Result<UserRec
         password_hash: new.password_hash,
         created_at_ms: new.created_at_ms,
         banned: false,
+        external_id: new.external_id,
     };
     write_outbox(store, &tx, &new.outbox, Some(&user)).await?;
     tx.commit().await.map_err(db)?;
@@ -384,8 +389,8 @@ pub(super) async fn erase_user(
     let tx = c.transaction().await.map_err(db)?;
     let n = tx
         .ex(
-            "UPDATE users SET username = $2, display_name = $3, password_hash = '!', banned = true \
-             WHERE id = $1",
+            "UPDATE users SET username = $2, display_name = $3, password_hash = '!', banned = true, \
+             external_id = NULL WHERE id = $1",
             &[&i(user.0), &username, &display_name],
         )
         .await

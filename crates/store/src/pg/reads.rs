@@ -29,6 +29,21 @@ pub(super) async fn user_by_name(store: &PgStore, username: &str) -> Result<Opti
     Ok(row.map(|r| user_of(&r)))
 }
 
+pub(super) async fn user_by_external_id(
+    store: &PgStore,
+    external_id: &str,
+) -> Result<Option<UserRecord>> {
+    let c = store.client().await?;
+    let row = c
+        .q_opt(
+            "SELECT * FROM users WHERE external_id = $1",
+            &[&external_id],
+        )
+        .await
+        .map_err(db)?;
+    Ok(row.map(|r| user_of(&r)))
+}
+
 pub(super) async fn device_token(
     store: &PgStore,
     user: UserId,

@@ -11,6 +11,7 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("0003_devices.sql")),
     (4, include_str!("0004_banned.sql")),
     (5, include_str!("0005_outbox.sql")),
+    (6, include_str!("0006_external_id.sql")),
 ];
 
 impl PgStore {

@@ -129,5 +129,6 @@ pub(super) fn user_of(r: &Row) -> UserRecord {
         password_hash: r.get("password_hash"),
         created_at_ms: u(r.get("created_at_ms")),
         banned: r.get("banned"),
+        external_id: r.get("external_id"),
     }
 }
