@@ -187,10 +187,14 @@ impl Cluster {
     /// On other engines; `tweak` adjusts the config every role reads.
     pub fn on(nats: &str, redis: &str, tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        // Tests run in parallel in one process: a counter keeps two clusters made in the
+        // same millisecond from sharing a schema and a prefix (and each other's users).
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = format!(
-            "{}{:x}",
+            "{}{:x}n{}",
             std::process::id(),
-            xinge_core::now_ms() & 0xff_ffff
+            xinge_core::now_ms() & 0xff_ffff,
+            MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let (prefix, schema) = (format!("t{id}"), format!("xinge_cluster_{id}"));
         let mut cfg = test_config(dir.path());
