@@ -25,7 +25,7 @@ bin="${XINGE_BIN:-}"
 if [ -z "$bin" ]; then
     echo "== cargo build -p xinge"
     cargo build -p xinge
-    bin=target/debug/xinge
+    bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/xinge"
 fi
 
 work=$(mktemp -d)
