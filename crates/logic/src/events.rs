@@ -171,15 +171,18 @@ impl Logic {
                     Vec::new()
                 }
             };
+            if batch.is_empty() {
+                // Nothing to deliver: empty, so not full, without asking the store.
+                metrics::gauge!("xinge_webhook_outbox_depth").set(0.0);
+                outbox.full.store(false, Ordering::Relaxed);
+                let _ = tokio::time::timeout(IDLE, shutdown.changed()).await;
+                continue;
+            }
             if let Ok(depth) = self.store.outbox_depth(cursor).await {
                 metrics::gauge!("xinge_webhook_outbox_depth").set(depth as f64);
                 outbox
                     .full
                     .store(depth >= cfg.max_outbox, Ordering::Relaxed);
-            }
-            if batch.is_empty() {
-                let _ = tokio::time::timeout(IDLE, shutdown.changed()).await;
-                continue;
             }
             let last = batch.last().map_or(cursor, |r| r.seq);
             if self.deliver(outbox, batch, &mut shutdown).await {

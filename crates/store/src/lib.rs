@@ -50,6 +50,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The storage contract. Reads may run concurrently with each other and with commits;
 /// commits are atomic and durable when they return `Ok`.
+/// Dead letters kept at most (see [`Store::dead_letter`]).
+pub const MAX_DEAD_LETTERS: u64 = 100_000;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // === accounts ===
@@ -128,7 +131,8 @@ pub trait Store: Send + Sync + 'static {
     async fn lead_outbox(&self) -> Result<bool> {
         Ok(true)
     }
-    /// Moves events out of the outbox into the dead letters, with why, in one write.
+    /// Moves events out of the outbox into the dead letters, with why, in one write. At
+    /// most [`MAX_DEAD_LETTERS`] are kept: past it the oldest go.
     async fn dead_letter(&self, events: &[OutboxRecord], error: &str, at_ms: u64) -> Result<()>;
     /// The dead letters, oldest first, at most `limit`, from id `after` on (exclusive).
     async fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>>;

@@ -345,6 +345,28 @@ pub(super) async fn the_outbox_keeps_events_in_order_until_delivered_or_dead(sto
         store.replay_dead_letter(mine[0].id).await,
         Err(StoreError::NotFound)
     ));
+    // A write that is refused writes none of its events.
+    let ev = crate::OutboxEvent::Other {
+        kind: "test.refused",
+        data: serde_json::json!({}),
+    };
+    assert!(matches!(
+        store
+            .set_banned(UserId(u64::MAX), true, std::slice::from_ref(&ev))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .erase_user(UserId(u64::MAX), "nobody-x", "x", &[ev])
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store.outbox(0, 100).await.unwrap(),
+        after,
+        "no event of a refused write"
+    );
     let rest: Vec<u64> = after.iter().map(|r| r.seq).collect();
     store.outbox_done(&rest).await.unwrap();
     assert!(store.outbox(0, 100).await.unwrap().is_empty());

@@ -178,3 +178,7 @@ pub(crate) const OUTBOX_HEAD: &[u8] = b"outbox_head";
 pub(crate) fn external_key(external_id: &str) -> Vec<u8> {
     [&[0u8][..], external_id.as_bytes()].concat()
 }
+
+/// The `meta` key of the dead letters' last id (ids are never reused, so that the bound
+/// removes the one `MAX_DEAD_LETTERS` older by key).
+pub(crate) const DEAD_HEAD: &[u8] = b"dead_head";

@@ -4,12 +4,12 @@
 
 use super::keys::*;
 use super::writer::Lists;
-use super::{Spaces, backend, decode};
-use crate::{GroupRecord, MemberRecord, Result};
+use super::{Spaces, backend, decode, encode};
+use crate::{GroupRecord, MemberRecord, Result, StoreError, UserRecord};
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 use std::collections::HashMap;
 use std::sync::Arc;
-use xinge_core::{ConvId, GroupId, UserId};
+use xinge_core::{ConvId, DeviceId, GroupId, UserId};
 
 /// The writer's maps are keyed by [`slot_key`]: the keyspace's slot, then the key. One flat
 /// byte string, so that a lookup borrows a stack buffer instead of allocating a key, and
@@ -111,12 +111,36 @@ impl Tx<'_> {
     /// earlier appends.
     /// The outbox's next place (see [`OUTBOX_HEAD`]).
     pub(super) fn next_outbox_seq(&mut self) -> Result<u64> {
-        let next = match self.get(|s| &s.meta, OUTBOX_HEAD)? {
+        self.next_counter(OUTBOX_HEAD)
+    }
+
+    /// The next value of the counter kept in `meta` under `key` (from 1, never reused).
+    pub(super) fn next_counter(&mut self, key: &[u8]) -> Result<u64> {
+        let next = match self.get(|s| &s.meta, key)? {
             Some(v) => read_u64(&v)? + 1,
             None => 1,
         };
-        self.put(|s| &s.meta, OUTBOX_HEAD.to_vec(), u64_key(next).to_vec());
+        self.put(|s| &s.meta, key.to_vec(), u64_key(next).to_vec());
         Ok(next)
+    }
+
+    /// A user's record, or `NotFound`.
+    pub(super) fn user_rec(&self, id: UserId) -> Result<UserRecord> {
+        match self.get(|s| &s.users, &u64_key(id.0))? {
+            Some(v) => decode(&v),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    pub(super) fn put_user(&mut self, user: &UserRecord) {
+        self.put(|s| &s.users, u64_key(user.id.0).to_vec(), encode(user));
+    }
+
+    /// Removes `devices`' tokens of `user`.
+    pub(super) fn remove_devices(&mut self, user: UserId, devices: &[DeviceId]) {
+        for device in devices {
+            self.delete(|s| &s.devices, device_key(user, device));
+        }
     }
 
     pub(super) fn next_seq(&mut self, space: Space, prefix: &[u8]) -> Result<u64> {

@@ -321,13 +321,9 @@ impl Writer {
                 Ok(Out::User(user))
             }
             Op::SetName(id, name) => {
-                let key = u64_key(id.0);
-                let mut user: UserRecord = match tx.get(|s| &s.users, &key)? {
-                    Some(v) => decode(&v)?,
-                    None => return Err(StoreError::NotFound),
-                };
+                let mut user = tx.user_rec(*id)?;
                 user.display_name = std::mem::take(name);
-                tx.put(|s| &s.users, key.to_vec(), encode(&user));
+                tx.put_user(&user);
                 Ok(Out::Unit)
             }
             Op::PutDevice(user, device, token, at_ms) => {
@@ -339,30 +335,20 @@ impl Writer {
                 Ok(Out::Unit)
             }
             Op::SetPassword(id, hash, ended) => {
-                let key = u64_key(id.0);
-                let mut user: UserRecord = match tx.get(|s| &s.users, &key)? {
-                    Some(v) => decode(&v)?,
-                    None => return Err(StoreError::NotFound),
-                };
+                let mut user = tx.user_rec(*id)?;
                 user.password_hash = std::mem::take(hash);
-                tx.put(|s| &s.users, key.to_vec(), encode(&user));
-                for device in ended.iter() {
-                    tx.delete(|s| &s.devices, device_key(*id, device));
-                }
+                tx.put_user(&user);
+                tx.remove_devices(*id, ended);
                 Ok(Out::Unit)
             }
             Op::SetBanned(id, banned, ended, outbox) => {
-                tx.write_outbox(&self.ids, outbox, xinge_core::now_ms(), None, None)?;
-                let key = u64_key(id.0);
-                let mut user: UserRecord = match tx.get(|s| &s.users, &key)? {
-                    Some(v) => decode(&v)?,
-                    None => return Err(StoreError::NotFound),
-                };
+                // Checked before anything is written: an op's writes stay in the batch
+                // even when it answers an error.
+                let mut user = tx.user_rec(*id)?;
                 user.banned = *banned;
-                tx.put(|s| &s.users, key.to_vec(), encode(&user));
-                for device in ended.iter() {
-                    tx.delete(|s| &s.devices, device_key(*id, device));
-                }
+                tx.put_user(&user);
+                tx.remove_devices(*id, ended);
+                tx.write_outbox(&self.ids, outbox, xinge_core::now_ms(), None, None)?;
                 Ok(Out::Unit)
             }
             Op::EraseUser {
@@ -372,17 +358,17 @@ impl Writer {
                 ended,
                 outbox,
             } => {
-                tx.write_outbox(&self.ids, outbox, xinge_core::now_ms(), None, None)?;
-                let key = u64_key(id.0);
-                let mut user: UserRecord = match tx.get(|s| &s.users, &key)? {
-                    Some(v) => decode(&v)?,
-                    None => return Err(StoreError::NotFound),
-                };
+                // Checked before anything is written (see SetBanned).
+                let mut user = tx.user_rec(*id)?;
                 if tx.get(|s| &s.usernames, username.as_bytes())?.is_some() {
                     return Err(StoreError::Conflict);
                 }
                 tx.delete(|s| &s.usernames, user.username.as_bytes().to_vec());
-                tx.put(|s| &s.usernames, username.as_bytes().to_vec(), key.to_vec());
+                tx.put(
+                    |s| &s.usernames,
+                    username.as_bytes().to_vec(),
+                    u64_key(id.0).to_vec(),
+                );
                 if let Some(ext) = user.external_id.take() {
                     tx.delete(|s| &s.usernames, external_key(&ext));
                 }
@@ -390,10 +376,9 @@ impl Writer {
                 user.display_name = std::mem::take(display_name);
                 user.password_hash = "!".to_owned();
                 user.banned = true;
-                tx.put(|s| &s.users, key.to_vec(), encode(&user));
-                for device in ended.iter() {
-                    tx.delete(|s| &s.devices, device_key(*id, device));
-                }
+                tx.put_user(&user);
+                tx.remove_devices(*id, ended);
+                tx.write_outbox(&self.ids, outbox, xinge_core::now_ms(), None, None)?;
                 Ok(Out::Unit)
             }
             Op::OutboxDone(seqs) => {
@@ -405,10 +390,15 @@ impl Writer {
             Op::DeadLetter(events, error, at_ms) => {
                 for ev in events.iter() {
                     tx.delete(|s| &s.outbox, u64_key(ev.seq).to_vec());
-                    let id = tx.next_seq(|s| &s.dead, b"")?;
+                    let id = tx.next_counter(DEAD_HEAD)?;
                     let dead =
                         serde_json::json!({"event": ev.event, "error": error, "at_ms": at_ms});
                     tx.put(|s| &s.dead, u64_key(id).to_vec(), encode(&dead));
+                    // Bounded: the one `MAX_DEAD_LETTERS` older goes (a point delete; a
+                    // replayed one is simply gone already).
+                    if let Some(old) = id.checked_sub(crate::MAX_DEAD_LETTERS) {
+                        tx.delete(|s| &s.dead, u64_key(old).to_vec());
+                    }
                 }
                 Ok(Out::Unit)
             }

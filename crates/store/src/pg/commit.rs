@@ -387,12 +387,7 @@ impl PgStore {
                 }
             }
         }
-        for ev in outbox {
-            if let Some(record) = ev.record(self.ids.next(), now, out.message.as_ref(), None) {
-                tx.exec("INSERT INTO outbox (event) VALUES ($1)", &[&record])
-                    .await?;
-            }
-        }
+        super::ops::write_outbox(self, &tx.tx, &outbox, out.message.as_ref(), None).await?;
         let mut events = events;
         events.sort_by_key(|(u, _)| *u);
         for (user, event) in events {

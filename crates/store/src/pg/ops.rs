@@ -250,7 +250,7 @@ pub(super) async fn create_user(store: &PgStore, new: NewUser) -> Result<UserRec
         banned: false,
         external_id: new.external_id,
     };
-    write_outbox(store, &tx, &new.outbox, Some(&user)).await?;
+    write_outbox(store, &tx, &new.outbox, None, Some(&user)).await?;
     tx.commit().await.map_err(db)?;
     Ok(user)
 }
@@ -333,16 +333,18 @@ pub(super) async fn set_password(
     tx.commit().await.map_err(db)
 }
 
-/// Writes `events` to the outbox in transaction `tx`.
-async fn write_outbox(
+/// Writes `events` to the outbox in transaction `tx` (with the write's message or user,
+/// for the events that carry them).
+pub(super) async fn write_outbox(
     store: &PgStore,
     tx: &deadpool_postgres::Transaction<'_>,
     events: &[crate::OutboxEvent],
+    message: Option<&Message>,
     user: Option<&UserRecord>,
 ) -> Result<()> {
     let now = xinge_core::now_ms();
     for ev in events {
-        if let Some(record) = ev.record(store.next_id(), now, None, user) {
+        if let Some(record) = ev.record(store.next_id(), now, message, user) {
             tx.ex("INSERT INTO outbox (event) VALUES ($1)", &[&record])
                 .await
                 .map_err(db)?;
@@ -374,7 +376,7 @@ pub(super) async fn set_banned(
             .await
             .map_err(db)?;
     }
-    write_outbox(store, &tx, outbox, None).await?;
+    write_outbox(store, &tx, outbox, None, None).await?;
     tx.commit().await.map_err(db)
 }
 
@@ -404,7 +406,7 @@ pub(super) async fn erase_user(
     tx.ex("DELETE FROM devices WHERE user_id = $1", &[&i(user.0)])
         .await
         .map_err(db)?;
-    write_outbox(store, &tx, outbox, None).await?;
+    write_outbox(store, &tx, outbox, None, None).await?;
     tx.commit().await.map_err(db)
 }
 
@@ -466,6 +468,13 @@ pub(super) async fn dead_letter(
         .await
         .map_err(db)?;
     }
+    // Bounded: the oldest beyond `MAX_DEAD_LETTERS` go.
+    tx.ex(
+        "DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - $1",
+        &[&i(crate::MAX_DEAD_LETTERS)],
+    )
+    .await
+    .map_err(db)?;
     tx.commit().await.map_err(db)
 }
 
