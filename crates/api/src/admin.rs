@@ -24,9 +24,9 @@ use xinge_core::error::ApiError;
 use xinge_core::{ErrorCode, GroupId, UserId};
 use xinge_logic::{FindBy, Logic};
 use xinge_proto::api::{
-    AdminExport, AdminNewUser, AdminOnline, AdminTokenRequest, AdminUser, CreateGroupRequest,
-    DeadLetters, Devices, GroupInfo, LoginResponse, Profile, SendRequest, SendResponse,
-    UsersRequest,
+    AdminExport, AdminImport, AdminImported, AdminNewUser, AdminOnline, AdminTokenRequest,
+    AdminUser, CreateGroupRequest, DeadLetters, Devices, GroupInfo, LoginResponse, Profile,
+    SendRequest, SendResponse, UsersRequest,
 };
 
 /// The admin keys: each one's name and the SHA-256 of the key.
@@ -116,6 +116,7 @@ fn acted(admin: &Admin, action: &'static str, user: UserId) {
 pub fn routes() -> OpenApiRouter<AdminState> {
     OpenApiRouter::new()
         .routes(routes!(create_user, find_user))
+        .routes(routes!(import_users))
         .routes(routes!(user))
         .routes(routes!(devices))
         .routes(routes!(issue_token))
@@ -282,6 +283,24 @@ async fn create_user(
     Ok(Json(profile))
 }
 
+/// Create up to 1,000 users at once (each with a password, an Argon2 `password_hash`
+/// from another system, or neither), each on its own: the answer says, in order, which
+/// were created, which were already there (same username and `external_id`: a retried
+/// import), and why any failed.
+#[utoipa::path(post, path = "/admin/v1/users/import", request_body = AdminImport,
+    responses((status = 200, body = AdminImported), (status = 400, body = ApiError)))]
+async fn import_users(
+    State(s): State<AdminState>,
+    admin: Admin,
+    Body(req): Body<AdminImport>,
+) -> HttpResult<AdminImported> {
+    let asked = req.users.len();
+    let done = s.logic.admin_import_users(req).await?;
+    metrics::counter!("xinge_admin_actions_total", "action" => "import_users").increment(1);
+    tracing::info!(admin = %admin.0, action = "import_users", asked, created = done.created, "admin action");
+    Ok(Json(done))
+}
+
 #[derive(serde::Deserialize)]
 struct FindQuery {
     username: Option<String>,
@@ -411,9 +430,10 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
     })
 }
 
-/// The admin routes and their document, bodies limited like the user API's.
+/// The admin routes and their document, bodies limited like the user API's but never
+/// below 1 MiB: an import of 1,000 users with their password hashes is some 300 KiB.
 pub(crate) fn router(state: AdminState) -> axum::Router {
-    let max_body = state.logic.config().server.max_body_bytes;
+    let max_body = state.logic.config().server.max_body_bytes.max(1 << 20);
     axum::Router::from(routes())
         .route(
             "/admin/v1/openapi.json",

@@ -6,11 +6,12 @@
 //! done in a user's name goes through the user's own path with the user as the caller.
 
 use crate::{Caller, Logic, Result, error::bad};
+use xinge_core::error::ApiError;
 use xinge_core::{ConvId, DeviceId, ErrorCode, GroupId, UserId};
 use xinge_proto::api::{
-    AdminExport, AdminNewUser, AdminOnline, AdminUser, CreateGroupRequest, DeadLetterView,
-    DeadLetters, DeviceView, Devices, GroupInfo, LoginResponse, MessageBody, Profile,
-    RegisterRequest, SendRequest, SendResponse,
+    AdminExport, AdminImport, AdminImportResult, AdminImported, AdminNewUser, AdminOnline,
+    AdminUser, CreateGroupRequest, DeadLetterView, DeadLetters, DeviceView, Devices, GroupInfo,
+    LoginResponse, MessageBody, Profile, RegisterRequest, SendRequest, SendResponse,
 };
 use xinge_push::EndReason;
 use xinge_store::{Commit, Op, OutboxEvent};
@@ -19,6 +20,64 @@ use xinge_store::{Commit, Op, OutboxEvent};
 /// it, so no password ever matches and the user logs in only with tokens the app's server
 /// has issued.
 const NO_PASSWORD: &str = "!";
+
+/// The most users one import creates.
+pub const MAX_IMPORT: usize = 1_000;
+
+/// The largest memory cost (KiB) and iteration count an imported Argon2 hash may ask of
+/// every login that checks it: a hash made to cost gigabytes would make each login
+/// attempt an allocation of that size.
+const IMPORT_MAX_M_KIB: u32 = 256 * 1024;
+const IMPORT_MAX_T: u32 = 16;
+const IMPORT_MAX_P: u32 = 16;
+
+/// `hash` if it is an Argon2 hash in PHC form whose costs are within bounds.
+fn imported_hash(hash: String) -> Result<String> {
+    use argon2::password_hash::PasswordHash;
+    let invalid = |why: &str| {
+        bad(
+            ErrorCode::InvalidArgument,
+            format!("password_hash must be an Argon2 hash in PHC form: {why}"),
+        )
+    };
+    if hash.len() > 512 {
+        return Err(invalid("too long"));
+    }
+    let parsed = PasswordHash::new(&hash).map_err(|_| invalid("it does not parse"))?;
+    if !matches!(
+        parsed.algorithm.as_str(),
+        "argon2id" | "argon2i" | "argon2d"
+    ) {
+        return Err(invalid("another algorithm"));
+    }
+    let params = argon2::Params::try_from(&parsed).map_err(|_| invalid("bad parameters"))?;
+    if parsed.hash.is_none() || parsed.salt.is_none() {
+        return Err(invalid("no salt or no hash"));
+    }
+    if params.m_cost() > IMPORT_MAX_M_KIB
+        || params.t_cost() > IMPORT_MAX_T
+        || params.p_cost() > IMPORT_MAX_P
+    {
+        return Err(invalid(&format!(
+            "costs above m={IMPORT_MAX_M_KIB},t={IMPORT_MAX_T},p={IMPORT_MAX_P}"
+        )));
+    }
+    Ok(hash)
+}
+
+fn imported(
+    username: String,
+    status: &str,
+    user_id: Option<UserId>,
+    error: Option<ApiError>,
+) -> AdminImportResult {
+    AdminImportResult {
+        username,
+        status: status.to_owned(),
+        user_id,
+        error,
+    }
+}
 
 impl Logic {
     /// Creates a user for the app's server: like a registration, but the password may be
@@ -42,11 +101,61 @@ impl Logic {
                 "external_id must be 1-128 bytes, no control characters",
             ));
         }
-        let hash = match password {
-            Some(_) => None,
-            None => Some(NO_PASSWORD.to_owned()),
+        let hash = match (password, req.password_hash) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    ErrorCode::InvalidArgument,
+                    "give password or password_hash, not both",
+                ));
+            }
+            (Some(_), None) => None,
+            (None, Some(hash)) => Some(imported_hash(hash)?),
+            (None, None) => Some(NO_PASSWORD.to_owned()),
         };
         self.create_account(check, hash, req.external_id).await
+    }
+
+    /// Creates each of `users` ([`AdminImport`]) on its own, in order. A user already
+    /// there with the same username and `external_id` is reported as `exists`, so that an
+    /// import cut short can be sent again as it was.
+    pub async fn admin_import_users(&self, req: AdminImport) -> Result<AdminImported> {
+        if req.users.len() > MAX_IMPORT {
+            return Err(bad(
+                ErrorCode::InvalidArgument,
+                format!("at most {MAX_IMPORT} users per import"),
+            ));
+        }
+        let mut out = AdminImported {
+            created: 0,
+            results: Vec::with_capacity(req.users.len()),
+        };
+        for user in req.users {
+            let username = user.username.clone();
+            let external_id = user.external_id.clone();
+            let created = self.admin_create_user(user).await;
+            let result = match created.map_err(ApiError::from) {
+                Ok(p) => {
+                    out.created += 1;
+                    imported(username, "created", Some(p.user_id), None)
+                }
+                Err(e) if e.code == ErrorCode::Conflict => {
+                    match self.store.user_by_name(&username).await? {
+                        Some(u) if external_id.is_some() && u.external_id == external_id => {
+                            imported(username, "exists", Some(u.id), None)
+                        }
+                        _ => imported(username, "failed", None, Some(e)),
+                    }
+                }
+                // What the store could not do fails the request (the app retries it
+                // whole); what is wrong with one user fails only that user.
+                Err(e) if e.code == ErrorCode::Internal || e.code == ErrorCode::Unavailable => {
+                    return Err(e.into());
+                }
+                Err(e) => imported(username, "failed", None, Some(e)),
+            };
+            out.results.push(result);
+        }
+        Ok(out)
     }
 
     /// The user with exactly this username, or the app's id, as [`Self::admin_user`]

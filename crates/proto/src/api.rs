@@ -58,6 +58,42 @@ pub struct AdminNewUser {
     /// by it.
     #[serde(default)]
     pub external_id: Option<String>,
+    /// Instead of `password`: the user's password as an Argon2 hash in PHC form
+    /// (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`), as another system stored it. The user
+    /// logs in with the password it was made from; the hash's own parameters are used to
+    /// check it.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+}
+
+/// Users created in one request (at most 1,000), each on its own: one that cannot be
+/// created does not stop the others.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminImport {
+    pub users: Vec<AdminNewUser>,
+}
+
+/// What became of each user of an [`AdminImport`], in the request's order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdminImported {
+    /// How many were created by this request.
+    pub created: usize,
+    pub results: Vec<AdminImportResult>,
+}
+
+/// One user of an import: `created`, or `exists` (a user with this username and this
+/// `external_id` is already there: a retried import finds what its first try created),
+/// or `failed` with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdminImportResult {
+    pub username: String,
+    /// `created`, `exists` or `failed`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<xinge_core::error::ApiError>,
 }
 
 /// A token for one device of a user, issued by the app's server.

@@ -99,7 +99,7 @@ async fn every_admin_endpoint_wants_an_admin_key_and_no_admin_key_opens_the_user
             );
         }
     }
-    assert_eq!(checked, 17 * 4, "every admin operation, four ways");
+    assert_eq!(checked, 18 * 4, "every admin operation, four ways");
     // Nothing was done by the refused calls: alice is neither banned nor logged out.
     alice.me().await.unwrap();
 
@@ -566,5 +566,140 @@ async fn the_apps_server_runs_groups_counts_exports_and_deletes_users() {
         "what bob sent stays in alice's history"
     );
     server.http().register("bob", PASSWORD).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_creates_each_user_on_its_own_and_a_retried_one_finds_them() {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let server = start(with_admin).await;
+    let base = server.admin.clone().unwrap();
+    // A password hash as another system stored it: Argon2id with costs of its own.
+    let argon = |m: u32| {
+        let params = argon2::Params::new(m, 1, 1, None).unwrap();
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+    };
+    let salt = SaltString::encode_b64(b"sixteen byte slt").unwrap();
+    let hash = argon(64)
+        .hash_password(b"their old password", &salt)
+        .unwrap()
+        .to_string();
+    let too_costly = argon(300 * 1024)
+        .hash_password(b"x", &salt)
+        .unwrap()
+        .to_string();
+    let users = json!({"users": [
+        {"username": "imp-hash", "password_hash": hash, "external_id": "e1"},
+        {"username": "imp-pass", "password": "a fresh password", "external_id": "e2"},
+        {"username": "imp-none", "display_name": "No Password", "external_id": "e3"},
+        {"username": "bad name!", "external_id": "e4"},
+        {"username": "imp-bcrypt", "password_hash": "$2b$12$abcdefghijklmnopqrstuuNq1Wc0d0V9R3vBfN0m2nBqf5H3YhS6"},
+        {"username": "imp-costly", "password_hash": too_costly},
+        {"username": "imp-both", "password": "a fresh password", "password_hash": hash},
+        {"username": "imp-pass", "external_id": "e5"},
+    ]});
+    let first = admin(
+        &server,
+        "POST",
+        "/admin/v1/users/import",
+        Some(users.clone()),
+    )
+    .await;
+    let statuses = |v: &Value| -> Vec<(String, String, Option<String>)> {
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["username"].as_str().unwrap().to_owned(),
+                    r["status"].as_str().unwrap().to_owned(),
+                    r["error"]["code"].as_str().map(str::to_owned),
+                )
+            })
+            .collect()
+    };
+    let expected = |created: &str| {
+        vec![
+            ("imp-hash", created, None),
+            ("imp-pass", created, None),
+            ("imp-none", created, None),
+            ("bad name!", "failed", Some("invalid_argument")),
+            ("imp-bcrypt", "failed", Some("invalid_argument")),
+            ("imp-costly", "failed", Some("invalid_argument")),
+            ("imp-both", "failed", Some("invalid_argument")),
+            ("imp-pass", "failed", Some("conflict")),
+        ]
+        .into_iter()
+        .map(|(u, s, c)| (u.to_owned(), s.to_owned(), c.map(str::to_owned)))
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(statuses(&first), expected("created"), "{first}");
+    assert_eq!(first["created"], 3);
+    // Sent again as it was (an import cut short and retried): the same users, none new.
+    let again = admin(&server, "POST", "/admin/v1/users/import", Some(users)).await;
+    assert_eq!(statuses(&again), expected("exists"), "{again}");
+    assert_eq!(again["created"], 0);
+    for i in 0..3 {
+        assert_eq!(
+            first["results"][i]["user_id"],
+            again["results"][i]["user_id"]
+        );
+        assert!(first["results"][i]["user_id"].is_string());
+    }
+    // The imported hash logs in with the password it was made from, and only with it.
+    let http = server.http();
+    http.login("imp-hash", "their old password", "phone")
+        .await
+        .unwrap();
+    assert_eq!(
+        code(http.login("imp-hash", "another", "phone").await),
+        "bad_credentials"
+    );
+    http.login("imp-pass", "a fresh password", "phone")
+        .await
+        .unwrap();
+    let none = admin(
+        &server,
+        "GET",
+        &format!(
+            "/admin/v1/users/{}",
+            first["results"][2]["user_id"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            none["has_password"].as_bool(),
+            none["display_name"].as_str()
+        ),
+        (Some(false), Some("No Password"))
+    );
+    // At most 1,000 per request.
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"username": format!("many-{i}")}))
+        .collect();
+    let (status, v) = call(
+        &base,
+        Some(ADMIN_KEY),
+        "POST",
+        "/admin/v1/users/import",
+        Some(json!({ "users": many })),
+    )
+    .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("invalid_argument"))
+    );
+    let (status, v) = call(
+        &base,
+        Some(ADMIN_KEY),
+        "GET",
+        "/admin/v1/users?username=many-0",
+        None,
+    )
+    .await;
+    assert_eq!((status, v["code"].as_str()), (404, Some("not_found")));
     server.stop().await;
 }
