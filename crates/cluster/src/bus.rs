@@ -5,7 +5,7 @@
 //! gateway ── request <p>.auth    (queue group "api") ──▶ any api process ── reply ──▶
 //! push    ── publish <p>.gw.<id> ──▶ the one gateway holding the connections (a pack of
 //!            deliveries: every one for that gateway in a push batch)
-//! gateway ── publish <p>.presence (queue group "api") ──▶ one api process tells friends
+//! gateway ── JetStream <p>.presence ──▶ one api process tells friends (presence.rs)
 //! ```
 //! A command carries the session in headers (`xinge-user`, `xinge-device`, `xinge-conn`)
 //! and a trace id (`xinge-trace`) that every role logs: the gateway when it sends the
@@ -16,7 +16,7 @@
 
 use crate::queues::queue_depth;
 use crate::trace::{self, TRACE};
-use crate::wire::{decode_delivery, decode_presence, unpack};
+use crate::wire::{decode_delivery, unpack};
 use crate::{ClusterError, Names};
 use async_nats::{HeaderMap, Subscriber};
 use async_trait::async_trait;
@@ -29,7 +29,7 @@ use xinge_core::error::ApiError;
 use xinge_core::{ConnId, DeviceId, ErrorCode, UserId};
 use xinge_gateway::{Authenticator, SessionCtx, Upstream};
 use xinge_proto::Frame;
-use xinge_push::{Delivery, PresenceChange};
+use xinge_push::Delivery;
 
 const H_USER: &str = "xinge-user";
 const H_DEVICE: &str = "xinge-device";
@@ -312,26 +312,6 @@ async fn handle_command(
         .await;
     tracing::debug!(trace = %trace, user, cmd, ok = r.is_ok(), ms = started.elapsed().as_millis() as u64, "command handled");
     r
-}
-
-/// Presence transitions published by gateways, one api process each.
-pub async fn presence_changes(
-    nats: &async_nats::Client,
-    names: &Names,
-) -> Result<mpsc::Receiver<PresenceChange>, ClusterError> {
-    let mut sub = nats
-        .queue_subscribe(names.presence(), API_GROUP.into())
-        .await
-        .map_err(ClusterError::nats)?;
-    let (tx, rx) = mpsc::channel(4_096);
-    tokio::spawn(async move {
-        while let Some(msg) = sub.next().await {
-            if let Some(p) = decode_presence(msg.payload) {
-                let _ = tx.try_send(p);
-            }
-        }
-    });
-    Ok(rx)
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@
 //! registry.rs  Redis: sessions (user → conn@gateway, expiring unless refreshed),
 //!              presence, gateway load reports
 //! bus.rs       NATS: commands gateway → api (request/reply, load-balanced by a queue
-//!              group), deliveries push → the one gateway holding the connection,
-//!              presence changes gateway → api
+//!              group), deliveries push → the one gateway holding the connection
+//! presence.rs  JetStream: presence changes gateway → api on a durable stream
 //! limits.rs    Redis: per-user send and pull limits shared by every api process
 //! pushq.rs     JetStream: signals api → push on a durable stream with explicit acks
 //! push_worker.rs  the push role: stream → session lookup → one delivery per gateway
@@ -26,6 +26,7 @@ pub mod bus;
 pub mod engines;
 pub mod limits;
 pub mod names;
+pub mod presence;
 pub mod push_worker;
 pub mod pushq;
 mod queues;

@@ -37,8 +37,14 @@ impl Names {
         format!("{}.gw.{id}", self.prefix)
     }
 
+    /// The subject presence transitions are published on (stored by
+    /// [`Self::presence_stream`]).
     pub fn presence(&self) -> String {
         format!("{}.presence", self.prefix)
+    }
+
+    pub fn presence_stream(&self) -> String {
+        format!("{}_PRESENCE", self.prefix.replace('-', "_").to_uppercase())
     }
 
     /// The subject push events are published on (stored by [`Self::push_stream`]).

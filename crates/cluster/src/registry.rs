@@ -7,7 +7,7 @@
 //! everything after a Redis restart (Redis here keeps nothing on disk). Each change is one
 //! script on one key's slot, so it works the same on a Redis Cluster.
 
-use crate::wire::encode_presence;
+use crate::presence::PresencePublisher;
 use crate::{ClusterError, Names, Redis};
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -305,7 +305,7 @@ enum Write {
 
 /// The push layer's `Sessions` for a gateway process: keeps its own sessions in memory
 /// (to refresh them), and writes binds and unbinds to Redis in order on one task,
-/// publishing presence transitions on the bus for the api processes.
+/// publishing presence transitions on the presence stream for the api processes.
 pub struct GatewaySessions {
     live: Mutex<HashMap<ConnId, (UserId, Session)>>,
     writes: mpsc::Sender<Write>,
@@ -314,8 +314,7 @@ pub struct GatewaySessions {
 impl GatewaySessions {
     pub fn start(
         registry: Arc<Registry>,
-        nats: async_nats::Client,
-        names: Names,
+        presence: PresencePublisher,
         refresh: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
@@ -324,9 +323,7 @@ impl GatewaySessions {
             live: Mutex::new(HashMap::new()),
             writes: tx,
         });
-        let presence = names.presence();
         let reg = registry.clone();
-        let nats2 = nats.clone();
         tokio::spawn(async move {
             while let Some(w) = rx.recv().await {
                 let (user, online, r) = match &w {
@@ -340,7 +337,7 @@ impl GatewaySessions {
                             online,
                             at_ms: xinge_core::now_ms(),
                         };
-                        let _ = nats2.publish(presence.clone(), encode_presence(&ch)).await;
+                        presence.publish(&ch).await;
                     }
                     Ok(false) => {}
                     Err(e) => {

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
-use xinge_core::UserId;
 use xinge_core::config::AfterConfig;
 use xinge_proto::api::{Event, MessageBody};
+use xinge_push::PresenceChange;
 use xinge_store::{Commit, Op, OutboxEvent, OutboxRecord};
 
 /// The outbox's side of the IM layer: which events are told, and whether there is room.
@@ -126,27 +126,34 @@ impl Logic {
         events
     }
 
-    /// Tells the app's server that `user` came online or went offline, if it asked for
-    /// these events by name: an outbox write of its own.
-    pub(crate) async fn outbox_presence(&self, user: UserId, online: bool, at_ms: u64) {
-        let kind = if online {
-            "user.online"
-        } else {
-            "user.offline"
-        };
-        let events = self.outbox_events(vec![OutboxEvent::Other {
-            kind,
-            data: serde_json::json!({ "user_id": user, "at_ms": at_ms }),
-        }]);
+    /// Tells the app's server who came online or went offline, if it asked for these
+    /// events by name: one outbox write of their own. `false` if the write failed.
+    pub(crate) async fn outbox_presence(&self, changes: &[PresenceChange]) -> bool {
+        let events = changes
+            .iter()
+            .map(|ch| OutboxEvent::Other {
+                kind: if ch.online {
+                    "user.online"
+                } else {
+                    "user.offline"
+                },
+                data: serde_json::json!({ "user_id": ch.user, "at_ms": ch.at_ms }),
+            })
+            .collect();
+        let events = self.outbox_events(events);
         if events.is_empty() {
-            return;
+            return true;
         }
         let c = Commit {
             outbox: events,
             ..Commit::default()
         };
-        if let Err(e) = self.store.commit(c).await {
-            tracing::warn!(%user, error = %e, "a presence event was not written");
+        match self.store.commit(c).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(changes = changes.len(), error = %e, "presence events not written");
+                false
+            }
         }
     }
 

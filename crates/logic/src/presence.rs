@@ -65,10 +65,29 @@ impl Logic {
     }
 
     /// Tells friends when a user comes online or goes offline. Runs until the push layer's
-    /// presence stream ends.
+    /// presence stream ends (`xinge serve`; the cluster's api processes take the changes
+    /// from a durable stream and call [`Self::presence_changed`] themselves).
     pub async fn run_presence(self: Arc<Self>, mut changes: mpsc::Receiver<PresenceChange>) {
-        while let Some(ch) = changes.recv().await {
-            self.outbox_presence(ch.user, ch.online, ch.at_ms).await;
+        let mut batch = Vec::with_capacity(256);
+        while changes.recv_many(&mut batch, 256).await > 0 {
+            // The store is back or shutting down: a change it did not take is retried
+            // once, then let go (in-process there is nobody to hand it to).
+            if !self.presence_changed(&batch).await {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                self.presence_changed(&batch).await;
+            }
+            batch.clear();
+        }
+    }
+
+    /// Handles presence changes: their events written to the outbox (one write for all,
+    /// when the app's server asked for them), then each user's friends signalled. `false`
+    /// if the outbox write failed (nothing was signalled; the caller may try again).
+    pub async fn presence_changed(&self, changes: &[PresenceChange]) -> bool {
+        if !self.outbox_presence(changes).await {
+            return false;
+        }
+        for ch in changes {
             let friends = match self.store.friends(ch.user, 5_000).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -89,5 +108,6 @@ impl Logic {
                 presence_key(ch.user, ch.at_ms),
             );
         }
+        true
     }
 }

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use xinge_api::Dispatch;
 use xinge_cluster::registry::{GatewaySessions, Registry};
-use xinge_cluster::{Names, Redis, bus, engines, push_worker, pushq};
+use xinge_cluster::{Names, Redis, bus, engines, presence, push_worker, pushq};
 use xinge_core::GatewayId;
 use xinge_core::config::Config;
 use xinge_gateway::Gateway;
@@ -87,7 +87,8 @@ pub async fn run_api(
     let store = Arc::new(PgStore::connect(&pg).await?);
     let js = jetstream::new(e.nats.clone());
     pushq::ensure_stream(&js, &e.names, &cfg.cluster).await?;
-    let signals = pushq::StreamSignals::start(js, &e.names, e.registry.clone());
+    presence::ensure_stream(&js, &e.names, &cfg.cluster).await?;
+    let signals = pushq::StreamSignals::start(js.clone(), &e.names, e.registry.clone());
     let limiter = Arc::new(xinge_cluster::limits::SharedLimiter::new(
         e.registry.redis(),
         e.names.clone(),
@@ -104,8 +105,24 @@ pub async fn run_api(
         shutdown.clone(),
     )
     .await?;
-    let presence = bus::presence_changes(&e.nats, &e.names).await?;
-    tokio::spawn(logic.clone().run_presence(presence));
+    {
+        let logic = logic.clone();
+        let run = presence::run(
+            js,
+            e.names.clone(),
+            cfg.cluster.clone(),
+            move |changes| {
+                let logic = logic.clone();
+                async move { logic.presence_changed(&changes).await }
+            },
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = run.await {
+                tracing::error!(error = %e, "presence changes are not taken");
+            }
+        });
+    }
     tokio::spawn(logic.clone().run_group_signals());
     tokio::spawn(logic.clone().run_webhooks(shutdown.clone()));
     let (admin_beside, _) =
@@ -131,10 +148,11 @@ pub async fn run_gateway(
     let e = engines(&cfg, "gateway").await?;
     let id = GatewayId(cfg.server.node_id);
     let refresh = Duration::from_secs(cfg.cluster.refresh_secs);
+    let js = jetstream::new(e.nats.clone());
+    presence::ensure_stream(&js, &e.names, &cfg.cluster).await?;
     let sessions = GatewaySessions::start(
         e.registry.clone(),
-        e.nats.clone(),
-        e.names.clone(),
+        presence::PresencePublisher::new(js, &e.names),
         refresh,
         shutdown.clone(),
     );

@@ -991,3 +991,47 @@ async fn one_api_process_delivers_the_outbox_and_another_takes_over_when_it_dies
     drop(apis);
     c.clean_up().await;
 }
+
+/// Presence changes cross from the gateways to the api processes on a durable stream: a
+/// user who comes online and goes offline while no api process runs is told to the app's
+/// server once one starts — and once only, by whichever api process takes the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_changes_made_while_no_api_process_runs_are_told_when_one_starts() {
+    if !engines_up("presence_changes_made_while_no_api_process_runs_are_told_when_one_starts").await
+    {
+        return;
+    }
+    let (url, r) = common::webhooks::receiver().await;
+    let c = Cluster::on(NATS, REDIS, |c| {
+        common::webhooks::configure(c, &url);
+        c.webhooks.after.events = vec!["user.online".into(), "user.offline".into()];
+    });
+    let gateway = c.spawn("gateway", 10);
+    let mut api = c.spawn("api", 20);
+    let (alice, a) = login(&api.http, "alice", "laptop").await;
+    let token = alice.token().unwrap().to_owned();
+    let tcp = gateway.tcp.clone().unwrap();
+    // Authentication needs an api process; once connected, the changes do not.
+    let (conn, _signals) = Connection::connect(Transport::Tcp, &tcp, &token)
+        .await
+        .unwrap();
+    let first = common::webhooks::until_events(&r, 1).await;
+    assert_eq!(first[0]["type"], "user.online");
+    api.kill9();
+    drop(conn);
+    // Reconnecting needs an api process: the offline change waits alone in the stream.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(r.events.lock().unwrap().len(), 1, "nobody to tell yet");
+    let _apis = [c.spawn("api", 21), c.spawn("api", 22)];
+    let events = common::webhooks::until_events(&r, 2).await;
+    let offline = &events[1];
+    assert_eq!(
+        (offline["type"].as_str(), &offline["data"]["user_id"]),
+        (Some("user.offline"), &serde_json::json!(a.to_string()))
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(r.events.lock().unwrap().len(), 2, "told once");
+    assert_eq!(*r.bad_signatures.lock().unwrap(), 0);
+    drop(gateway);
+    c.clean_up().await;
+}

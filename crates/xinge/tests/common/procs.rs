@@ -240,8 +240,11 @@ impl Cluster {
     pub async fn clean_up(&self) {
         let servers: Vec<&str> = self.nats.split(',').collect();
         let nats = async_nats::connect(servers).await.unwrap();
-        let stream = xinge_cluster::Names::new(&self.prefix).push_stream();
-        let _ = async_nats::jetstream::new(nats).delete_stream(stream).await;
+        let names = xinge_cluster::Names::new(&self.prefix);
+        let js = async_nats::jetstream::new(nats);
+        for stream in [names.push_stream(), names.presence_stream()] {
+            let _ = js.delete_stream(stream).await;
+        }
         let store = xinge_store::pg::PgStore::connect(&xinge_store::pg::PgOptions {
             url: pg_url(),
             schema: self.schema.clone(),
