@@ -342,7 +342,8 @@ pub struct Commit {
 /// `{"event_id", "type", "at_ms", "data"}`, the id a snowflake made at the commit.
 #[derive(Clone, Debug)]
 pub enum OutboxEvent {
-    /// The commit's message as stored (`data: {"message": …}`), under this type.
+    /// The commit's message (`data: {"message": …}`), under this type. Kept by reference
+    /// ([`outbox_head`]): the event carries the message as stored when it is read.
     Message(&'static str),
     /// The user a write creates (`data: {"user": {user_id, username, display_name,
     /// created_at_ms}}`), under this type.
@@ -355,37 +356,82 @@ pub enum OutboxEvent {
 }
 
 impl OutboxEvent {
-    /// The stored JSON, given the write's message or user (for [`OutboxEvent::Message`]
-    /// and [`OutboxEvent::User`]; `None` if the write had none: then there is no event).
-    pub fn record(
-        &self,
-        id: u64,
-        at_ms: u64,
-        message: Option<&Message>,
-        user: Option<&UserRecord>,
-    ) -> Option<String> {
-        let (kind, data) = match self {
-            OutboxEvent::Message(kind) => (*kind, serde_json::json!({ "message": message? })),
+    /// The stored JSON, given the write's user (for [`OutboxEvent::User`]; `None` if the
+    /// write had none: then there is no event). `None` for [`OutboxEvent::Message`]: an
+    /// event about a message is kept by reference ([`outbox_head`]).
+    pub fn record(&self, id: u64, at_ms: u64, user: Option<&UserRecord>) -> Option<String> {
+        // Written straight from the message or user (no JSON tree built on the way): this
+        // runs in the store's writer for every message while the webhook is on.
+        #[derive(serde::Serialize)]
+        struct Record<'a, D> {
+            event_id: String,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            at_ms: u64,
+            data: D,
+        }
+        #[derive(serde::Serialize)]
+        struct UserData<'a> {
+            user: UserView<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct UserView<'a> {
+            user_id: UserId,
+            username: &'a str,
+            display_name: &'a str,
+            created_at_ms: u64,
+        }
+        let event_id = id.to_string();
+        let json = match self {
+            OutboxEvent::Message(_) => return None,
             OutboxEvent::User(kind) => {
                 let u = user?;
-                let user = serde_json::json!({
-                    "user_id": u.id,
-                    "username": u.username,
-                    "display_name": u.display_name,
-                    "created_at_ms": u.created_at_ms,
-                });
-                (*kind, serde_json::json!({ "user": user }))
+                serde_json::to_string(&Record {
+                    event_id,
+                    kind,
+                    at_ms,
+                    data: UserData {
+                        user: UserView {
+                            user_id: u.id,
+                            username: &u.username,
+                            display_name: &u.display_name,
+                            created_at_ms: u.created_at_ms,
+                        },
+                    },
+                })
             }
-            OutboxEvent::Other { kind, data } => (*kind, data.clone()),
+            OutboxEvent::Other { kind, data } => serde_json::to_string(&Record {
+                event_id,
+                kind,
+                at_ms,
+                data,
+            }),
         };
-        let v = serde_json::json!({
-            "event_id": id.to_string(),
-            "type": kind,
-            "at_ms": at_ms,
-            "data": data,
-        });
-        Some(v.to_string())
+        json.ok()
     }
+}
+
+/// An event about a message without its data: `{"event_id", "type", "at_ms"}`, to be
+/// completed by [`outbox_with_message`] when the outbox is read. Backends keep events
+/// about a message this way, beside a reference to the message, so that the message is
+/// not stored twice and an event read after a recall or a deletion tells the message as
+/// it is then, its content gone.
+pub fn outbox_head(id: u64, kind: &str, at_ms: u64) -> String {
+    serde_json::json!({"event_id": id.to_string(), "type": kind, "at_ms": at_ms}).to_string()
+}
+
+/// The event `head` ([`outbox_head`]) with `data: {"message": …}`, `message` being the
+/// stored message's JSON text (`null` were it missing: messages are never removed, and
+/// an event must not hold up the outbox).
+pub fn outbox_with_message(head: &str, message: Option<&str>) -> String {
+    let head = head.strip_suffix('}').unwrap_or(head);
+    let message = message.unwrap_or("null");
+    let mut event = String::with_capacity(head.len() + message.len() + 24);
+    event.push_str(head);
+    event.push_str(r#","data":{"message":"#);
+    event.push_str(message);
+    event.push_str("}}");
+    event
 }
 
 /// An event in the outbox: its place (oldest first) and its JSON.
@@ -431,4 +477,71 @@ pub struct DedupRecord {
     pub conv_seq: u64,
     pub msg_id: MsgId,
     pub sender_seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_outbox_record_is_the_event_with_its_message_user_or_data() {
+        let message: Message = serde_json::from_value(json!({
+            "msg_id": "7", "conv": "d1-2", "conv_seq": 3, "sender": "1",
+            "sender_device": "phone", "client_msg_id": "c1", "sent_at_ms": 5,
+            "kind": "content", "content": {"text": "hi \"there\"\n"},
+        }))
+        .unwrap();
+        let user = UserRecord {
+            id: UserId(9),
+            username: "nine".into(),
+            display_name: "Nine".into(),
+            password_hash: "secret hash".into(),
+            created_at_ms: 11,
+            banned: false,
+            external_id: Some("e9".into()),
+        };
+        let parse =
+            |s: Option<String>| serde_json::from_str::<serde_json::Value>(&s.unwrap()).unwrap();
+        let head = outbox_head(42, "message.sent", 100);
+        let stored = serde_json::to_string(&message).unwrap();
+        assert_eq!(
+            parse(Some(outbox_with_message(&head, Some(&stored)))),
+            json!({"event_id": "42", "type": "message.sent", "at_ms": 100,
+                   "data": {"message": serde_json::to_value(&message).unwrap()}})
+        );
+        assert_eq!(
+            parse(Some(outbox_with_message(&head, None))),
+            json!({"event_id": "42", "type": "message.sent", "at_ms": 100,
+                   "data": {"message": null}})
+        );
+        let u = OutboxEvent::User("account.created").record(43, 101, Some(&user));
+        assert_eq!(
+            parse(u),
+            json!({"event_id": "43", "type": "account.created", "at_ms": 101,
+                   "data": {"user": {"user_id": "9", "username": "nine", "display_name": "Nine",
+                                     "created_at_ms": 11}}}),
+            "never the password hash"
+        );
+        let o = OutboxEvent::Other {
+            kind: "friend.added",
+            data: json!({"users": ["1", "2"]}),
+        };
+        assert_eq!(
+            parse(o.record(44, 102, None)),
+            json!({"event_id": "44", "type": "friend.added", "at_ms": 102,
+                   "data": {"users": ["1", "2"]}})
+        );
+        // An event about the write's user, in a write without one, is none.
+        assert!(
+            OutboxEvent::User("account.created")
+                .record(1, 1, None)
+                .is_none()
+        );
+        assert!(
+            OutboxEvent::Message("message.sent")
+                .record(1, 1, Some(&user))
+                .is_none()
+        );
+    }
 }

@@ -367,6 +367,35 @@ pub(super) async fn the_outbox_keeps_events_in_order_until_delivered_or_dead(sto
         after,
         "no event of a refused write"
     );
+    // An event read after its message was deleted for everyone tells the message as it
+    // is then: its content gone.
+    store
+        .commit(Commit {
+            ops: vec![Op::Redact {
+                conv,
+                conv_seq: 3,
+                body: MessageBody::Deleted { at_ms: 77 },
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let redacted = store.outbox(0, 100).await.unwrap();
+    let third: serde_json::Value = serde_json::from_str(&redacted[0].event).unwrap();
+    assert_eq!(redacted[0].seq, events[4].seq);
+    assert_eq!(
+        (&third["type"], &third["data"]["message"]["conv_seq"]),
+        (&serde_json::json!("message.sent"), &serde_json::json!(3))
+    );
+    assert_eq!(
+        (
+            &third["data"]["message"]["kind"],
+            third["data"]["message"].get("content")
+        ),
+        (&serde_json::json!("deleted"), None),
+        "{third}"
+    );
+    assert_eq!(third["event_id"], parsed[4]["event_id"], "the same event");
     let rest: Vec<u64> = after.iter().map(|r| r.seq).collect();
     store.outbox_done(&rest).await.unwrap();
     assert!(store.outbox(0, 100).await.unwrap().is_empty());

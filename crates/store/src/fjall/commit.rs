@@ -74,10 +74,18 @@ impl Tx<'_> {
         user: Option<&crate::UserRecord>,
     ) -> Result<()> {
         for ev in events {
-            if let Some(record) = ev.record(ids.next(), at_ms, message, user) {
-                let seq = self.next_outbox_seq()?;
-                self.put(|s| &s.outbox, u64_key(seq).to_vec(), record.into_bytes());
-            }
+            let value = match (ev, message) {
+                // By reference: the message is in this write already.
+                (crate::OutboxEvent::Message(kind), Some(m)) => {
+                    pack_outbox_message(ids.next(), at_ms, m, kind)
+                }
+                _ => match ev.record(ids.next(), at_ms, user) {
+                    Some(record) => record.into_bytes(),
+                    None => continue,
+                },
+            };
+            let seq = self.next_outbox_seq()?;
+            self.put(|s| &s.outbox, u64_key(seq).to_vec(), value);
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use crate::{DedupRecord, Result};
 use fjall::Keyspace;
 use serde::{Deserialize, Serialize};
 use xinge_core::{ConvId, DeviceId, GroupId, UserId};
-use xinge_proto::api::Event;
+use xinge_proto::api::{Event, Message};
 
 pub(crate) fn u64_key(v: u64) -> [u8; 8] {
     v.to_be_bytes()
@@ -168,6 +168,48 @@ pub(crate) fn unpack_dedup(b: &[u8]) -> Result<DedupRecord> {
         msg_id: xinge_core::MsgId(read_u64(&b[26..34])?),
         sender_seq: read_u64(&b[34..42])?,
     })
+}
+
+/// An outbox event about a commit's message, by reference: `PACKED`, the event id, its
+/// time, the message's conversation key and conv_seq, then the event's type — some 50
+/// bytes where the event's JSON would be the message's again (written with every message
+/// while the after-events webhook is on). Read back into the event's JSON by
+/// `reads::outbox`, from the message as stored then.
+pub(crate) fn pack_outbox_message(id: u64, at_ms: u64, m: &Message, kind: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(42 + kind.len());
+    v.push(PACKED);
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(&at_ms.to_be_bytes());
+    v.extend_from_slice(&m.conv.to_key());
+    v.extend_from_slice(&m.conv_seq.to_be_bytes());
+    v.extend_from_slice(kind.as_bytes());
+    v
+}
+
+/// What [`pack_outbox_message`] packed: id, time, conversation, conv_seq, type.
+pub(crate) struct OutboxMessageRef<'a> {
+    pub id: u64,
+    pub at_ms: u64,
+    pub conv: ConvId,
+    pub conv_seq: u64,
+    pub kind: &'a str,
+}
+
+/// `None` for an outbox value that is the event's JSON itself.
+pub(crate) fn unpack_outbox_message(b: &[u8]) -> Result<Option<OutboxMessageRef<'_>>> {
+    if b.first() != Some(&PACKED) {
+        return Ok(None);
+    }
+    if b.len() < 42 {
+        return Err(backend("bad packed outbox event"));
+    }
+    Ok(Some(OutboxMessageRef {
+        id: read_u64(&b[1..9])?,
+        at_ms: read_u64(&b[9..17])?,
+        conv: ConvId::from_key(&b[17..34]).ok_or_else(|| backend("bad conversation key"))?,
+        conv_seq: read_u64(&b[34..42])?,
+        kind: std::str::from_utf8(&b[42..]).map_err(backend)?,
+    }))
 }
 
 /// The `meta` key of the outbox's last place given out: places go on from it, never

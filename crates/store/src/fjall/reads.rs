@@ -358,12 +358,29 @@ pub(super) fn outbox(s: &Spaces, after: u64, limit: usize) -> Result<Vec<crate::
         .take(limit)
     {
         let (k, v) = kv.into_inner().map_err(backend)?;
+        let event = match unpack_outbox_message(&v)? {
+            Some(r) => outbox_message_event(s, &r)?,
+            None => String::from_utf8(v.to_vec()).map_err(backend)?,
+        };
         out.push(crate::OutboxRecord {
             seq: read_u64(&k)?,
-            event: String::from_utf8(v.to_vec()).map_err(backend)?,
+            event,
         });
     }
     Ok(out)
+}
+
+/// The JSON of an event about a message kept by reference: the message as stored now
+/// (its bytes are its JSON, put in as they are), so one recalled or deleted before its
+/// event went out is told with its content already gone.
+fn outbox_message_event(s: &Spaces, r: &OutboxMessageRef<'_>) -> Result<String> {
+    let message = s.msgs.get(msg_key(r.conv, r.conv_seq)).map_err(backend)?;
+    let message = match &message {
+        Some(m) => Some(std::str::from_utf8(m).map_err(backend)?),
+        None => None,
+    };
+    let head = crate::types::outbox_head(r.id, r.kind, r.at_ms);
+    Ok(crate::types::outbox_with_message(&head, message))
 }
 
 pub(super) fn outbox_depth(s: &Spaces, after: u64) -> Result<u64> {

@@ -344,7 +344,16 @@ pub(super) async fn write_outbox(
 ) -> Result<()> {
     let now = xinge_core::now_ms();
     for ev in events {
-        if let Some(record) = ev.record(store.next_id(), now, message, user) {
+        // About the write's message: by reference, as the embedded store keeps it.
+        if let (crate::OutboxEvent::Message(kind), Some(m)) = (ev, message) {
+            let head = crate::types::outbox_head(store.next_id(), kind, now);
+            tx.ex(
+                "INSERT INTO outbox (event, conv, conv_seq) VALUES ($1, $2, $3)",
+                &[&head, &m.conv.to_string(), &i(m.conv_seq)],
+            )
+            .await
+            .map_err(db)?;
+        } else if let Some(record) = ev.record(store.next_id(), now, user) {
             tx.ex("INSERT INTO outbox (event) VALUES ($1)", &[&record])
                 .await
                 .map_err(db)?;
@@ -414,16 +423,28 @@ pub(super) async fn outbox(store: &PgStore, limit: usize) -> Result<Vec<crate::O
     let c = store.client().await?;
     let rows = c
         .q(
-            "SELECT seq, event FROM outbox ORDER BY seq LIMIT $1",
+            "SELECT o.seq, o.event, o.conv IS NOT NULL, m.msg::text FROM outbox o \
+             LEFT JOIN messages m ON m.conv = o.conv AND m.conv_seq = o.conv_seq \
+             ORDER BY o.seq LIMIT $1",
             &[&(limit.min(i64::MAX as usize) as i64)],
         )
         .await
         .map_err(db)?;
     Ok(rows
         .iter()
-        .map(|r| crate::OutboxRecord {
-            seq: u(r.get(0)),
-            event: r.get(1),
+        .map(|r| {
+            let event: String = r.get(1);
+            let by_ref: bool = r.get(2);
+            crate::OutboxRecord {
+                seq: u(r.get(0)),
+                event: match by_ref {
+                    true => {
+                        let message: Option<String> = r.get(3);
+                        crate::types::outbox_with_message(&event, message.as_deref())
+                    }
+                    false => event,
+                },
+            }
         })
         .collect())
 }

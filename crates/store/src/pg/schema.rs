@@ -12,6 +12,7 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("0004_banned.sql")),
     (5, include_str!("0005_outbox.sql")),
     (6, include_str!("0006_external_id.sql")),
+    (7, include_str!("0007_outbox_ref.sql")),
 ];
 
 impl PgStore {
