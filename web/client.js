@@ -262,9 +262,15 @@ const SYNC_PAGE = 200;
 const MAX_REPLAY = 2000;
 const REPAIR_EVERY_MS = 20000;
 
+/** How long a signalled entry ahead of a gap waits for the gap to fill, and how many wait. */
+const REORDER_WAIT_MS = 50;
+const REORDER_MAX = 256;
+
 /**
- * The device's inbox cursor and the rule of PROTOCOL.md: apply a signalled entry only if it
- * is exactly cursor + 1, otherwise pull after the cursor until `has_more` is false. Every
+ * The device's inbox cursor and the rule of PROTOCOL.md: apply a signalled entry if it is
+ * exactly cursor + 1; hold one that is ahead for a moment (signals for one inbox may arrive
+ * out of order) and apply it once the entries before it came; pull after the cursor until
+ * `has_more` is false when a gap outlasts that moment or a signal carries no entry. Every
  * step runs on one queue, so entries reach `onEntries` once each, in seq order. The cursor
  * lives in localStorage per user and device.
  */
@@ -279,6 +285,8 @@ export class Inbox {
     forgetOldCursors();
     this.queue = Promise.resolve();
     this.repair = null;
+    this.ahead = new Map();
+    this.gapTimer = null;
   }
 
   enqueue(task) {
@@ -314,6 +322,7 @@ export class Inbox {
 
   stop() {
     clearInterval(this.repair);
+    this.forgetAhead();
   }
 
   signal(sig) {
@@ -322,14 +331,40 @@ export class Inbox {
       if (sig.entry && sig.seq === this.cursor + 1) {
         this.setCursor(sig.seq);
         this.onEntries([sig.entry]);
+        this.applyAhead();
+      } else if (sig.entry && this.ahead.size < REORDER_MAX) {
+        this.ahead.set(sig.seq, sig.entry);
+        this.gapTimer ??= setTimeout(() => this.enqueue(() => this.pull()), REORDER_WAIT_MS);
       } else {
         await this.pull();
       }
     });
   }
 
+  /** The held entries that now follow the cursor. */
+  applyAhead() {
+    for (const seq of this.ahead.keys()) if (seq <= this.cursor) this.ahead.delete(seq);
+    const next = [];
+    while (this.ahead.has(this.cursor + 1)) {
+      const e = this.ahead.get(this.cursor + 1);
+      this.ahead.delete(e.seq);
+      this.setCursor(e.seq);
+      next.push(e);
+    }
+    if (next.length) this.onEntries(next);
+    if (!this.ahead.size) this.forgetAhead();
+  }
+
+  forgetAhead() {
+    clearTimeout(this.gapTimer);
+    this.gapTimer = null;
+    this.ahead.clear();
+  }
+
   async pull() {
     if (this.cursor === null) return;
+    // What the pull brings supersedes what was held.
+    this.forgetAhead();
     for (let round = 0; round < 1000; round++) {
       const r = await this.gw.request(CMD.SYNC, { after: this.cursor, limit: SYNC_PAGE });
       const fresh = [];

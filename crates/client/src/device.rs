@@ -2,8 +2,10 @@
 //!
 //! The device keeps a cursor (the last inbox seq it delivered). On every (re)connection it
 //! pulls everything after the cursor; then it applies each signal that carries exactly the
-//! next entry and pulls whenever a signal shows a gap. A periodic pull doubles as the
-//! heartbeat and repairs any lost signal. Entries are handed to the app strictly in seq
+//! next entry, holds one that is ahead for a moment (signals for one inbox can arrive out
+//! of order, see [`crate::Reorder`]), and pulls when a gap outlasts that moment or a
+//! signal carries no entry. A periodic pull doubles as the heartbeat and repairs any lost
+//! signal. Entries are handed to the app strictly in seq
 //! order, each once, whatever the network does.
 
 use crate::conn::{Connection, Transport, lock};
@@ -379,7 +381,9 @@ impl Runner {
             return Ended::Retry;
         }
         let mut dropped = self.shared.connected.subscribe();
+        let mut ahead = crate::Reorder::default();
         loop {
+            let wait = ahead.deadline();
             tokio::select! {
                 s = signals.recv() => match s {
                     None => return Ended::Retry,
@@ -388,16 +392,26 @@ impl Runner {
                         if seq <= cursor {
                             continue;
                         }
-                        match entry {
+                        let pull = match entry {
                             Some(e) if e.seq == cursor + 1 => {
                                 if self.deliver(&conn, *e).await.is_err() {
                                     return Ended::Retry;
                                 }
+                                false
                             }
-                            _ => {
-                                if self.pull_patiently(&conn).await.is_err() {
-                                    return Ended::Retry;
-                                }
+                            Some(e) => !ahead.hold(*e),
+                            None => true,
+                        };
+                        if pull {
+                            ahead.clear();
+                            if self.pull_patiently(&conn).await.is_err() {
+                                return Ended::Retry;
+                            }
+                        }
+                        // What was held and now follows the cursor.
+                        while let Some(e) = ahead.next_after(self.shared.cursor.load(Ordering::Acquire)) {
+                            if self.deliver(&conn, e).await.is_err() {
+                                return Ended::Retry;
                             }
                         }
                     }
@@ -410,7 +424,15 @@ impl Runner {
                         let _ = self.others.try_send(other);
                     }
                 },
+                // A gap held open too long: a signal was lost or coalesced.
+                _ = tokio::time::sleep_until(wait.unwrap_or_else(tokio::time::Instant::now)), if wait.is_some() => {
+                    ahead.clear();
+                    if self.pull_patiently(&conn).await.is_err() {
+                        return Ended::Retry;
+                    }
+                }
                 _ = tick.tick() => {
+                    ahead.clear();
                     if self.pull_patiently(&conn).await.is_err() {
                         return Ended::Retry;
                     }

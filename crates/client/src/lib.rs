@@ -9,16 +9,19 @@
 //! device.rs  Device: a logged-in device that stays connected — route, connect, resume
 //!            sync from its cursor, reconnect with back-off and jitter, idempotent sends —
 //!            and delivers its inbox exactly once, in order
+//! reorder.rs Reorder: inbox entries that arrived ahead of a gap, held for a moment
 //! ```
 
 mod conn;
 mod device;
 mod http;
+mod reorder;
 mod tls;
 
 pub use conn::{Connection, Transport};
 pub use device::{Device, DeviceOptions};
 pub use http::Http;
+pub use reorder::{REORDER_MAX, REORDER_WAIT, Reorder};
 pub use tls::Tls;
 pub use xinge_proto::api;
 
