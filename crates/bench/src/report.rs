@@ -47,6 +47,16 @@ pub struct Checks {
     /// Repair pulls the receivers made while the run drained (once a second each).
     #[serde(default)]
     pub repairs: u64,
+    /// Messages a connected receiver applied from the signal that announced them, and
+    /// those it had to pull (a gap: signals for one inbox arriving out of order, or one
+    /// coalesced or dropped). Pulled ones cost a round trip each batch.
+    #[serde(default)]
+    pub inline: u64,
+    #[serde(default)]
+    pub pulled: u64,
+    /// Signals that arrived after a pull had already brought their entry.
+    #[serde(default)]
+    pub stale_signals: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
@@ -73,6 +83,13 @@ pub struct BenchResult {
     pub delivered_per_s: f64,
     pub ack_latency: Percentiles,
     pub delivery_latency: Percentiles,
+    /// With a warm-up: the deliveries of the messages sent during it (`delivery_latency`
+    /// is then the steady state's).
+    #[serde(default)]
+    pub warmup_latency: Option<Percentiles>,
+    /// READ requests the receivers made.
+    #[serde(default)]
+    pub reads: u64,
     pub checks: Checks,
     pub server_cpu_us: u64,
     pub server_cpu_us_per_msg: f64,
@@ -296,6 +313,12 @@ impl BenchResult {
                     ms(d.max_us)
                 ),
             );
+            if let Some(w) = &self.warmup_latency {
+                row(
+                    "warm-up (apart from the above): send→delivered p50 / p99 / max (ms)",
+                    format!("{} / {} / {}", ms(w.p50_us), ms(w.p99_us), ms(w.max_us)),
+                );
+            }
             let a = &self.ack_latency;
             row(
                 "send→ack p50 / p99 / max (ms)",
@@ -320,6 +343,16 @@ impl BenchResult {
                     self.checks.repairs
                 ),
             );
+            let c = &self.checks;
+            if c.inline + c.pulled > 0 {
+                row(
+                    "delivered inline / by pull / signals after their pull / READs",
+                    format!(
+                        "{} / {} / {} / {}",
+                        c.inline, c.pulled, c.stale_signals, self.reads
+                    ),
+                );
+            }
             row(
                 "**server CPU per delivered message**",
                 format!("**{:.1} µs**", self.server_cpu_us_per_msg),

@@ -20,6 +20,9 @@ pub struct Server {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limits {
     Raised,
+    /// Raised, and users may write to strangers (a realistic run's contacts are not made
+    /// friends first, and some of its messages start conversations with strangers).
+    RaisedStrangers,
     Defaults,
 }
 
@@ -61,6 +64,10 @@ impl Server {
             )?;
             return Self::spawned(dir, cpus);
         }
+        let strangers = match limits {
+            Limits::RaisedStrangers => "[chat]\nallow_strangers = true\n",
+            _ => "",
+        };
         // Cheap password hashing keeps the setup of thousands of users short; it is not on
         // the message path being measured. Per-user limits are raised out of the way: the
         // bench measures what the server can carry, and its per-user rates (20/s at
@@ -72,7 +79,7 @@ impl Server {
              [limits]\nsends_per_sec = 1000000.0\nsends_burst = 1000000.0\n\
              pulls_per_sec = 1000000.0\npulls_burst = 1000000.0\n\
              registrations_per_ip_burst = 1000000.0\n\
-             [gateway.admission]\nper_ip_per_sec = 1000000.0\nper_ip_burst = 1000000.0\n{extra}\n"
+             [gateway.admission]\nper_ip_per_sec = 1000000.0\nper_ip_burst = 1000000.0\n{strangers}{extra}\n"
             ),
         )?;
         Self::spawned(dir, cpus)

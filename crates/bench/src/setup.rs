@@ -46,6 +46,20 @@ pub async fn users(base: &str, n: usize) -> Result<(String, Vec<BenchUser>), Ben
     Ok((run, out.into_iter().flatten().collect()))
 }
 
+/// User `i` of run `run` (from [`users`]) logged in on another device.
+pub async fn login_device(
+    base: &str,
+    run: &str,
+    i: usize,
+    device: &str,
+) -> Result<Http, BenchError> {
+    let (authed, _) = Http::new(base)
+        .login(&format!("b{run}x{i}"), PASSWORD, device)
+        .await
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    Ok(authed)
+}
+
 /// Makes users 2k and 2k+1 friends.
 pub async fn pair_up(users: &[BenchUser]) -> Result<(), BenchError> {
     let limit = Arc::new(Semaphore::new(64));

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use xinge_client::api::*;
-use xinge_client::{Connection, Transport};
+use xinge_client::{Connection, Reorder, Transport};
 use xinge_core::{ConvId, UserId};
 use xinge_proto::cmd;
 
@@ -32,7 +32,7 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Target {
     To(UserId),
     Conv(ConvId),
@@ -114,18 +114,47 @@ impl Plan {
     }
 }
 
+/// What a scenario with its own traffic shape adds to a plan (see `realistic.rs`).
+#[derive(Default)]
+pub struct Extras {
+    /// Each message's time (µs from the start), sender (index into `Plan::senders`) and
+    /// target, instead of the plan's senders in turn at an even pace.
+    pub schedule: Option<Vec<Arrival>>,
+    /// Deliveries per message to each of these conversations (others: `Plan::fanout`).
+    pub fanout: HashMap<ConvId, u64>,
+    /// Messages sent in the first `warmup_secs` are measured apart from the rest (the
+    /// steady state), and so is the server's CPU.
+    pub warmup_secs: u64,
+    /// The share of delivered messages a receiver marks read (a READ request).
+    pub read_share: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    pub at_us: u64,
+    pub sender: usize,
+    pub target: Target,
+}
+
 #[derive(Default)]
 struct Counters {
     acked: AtomicU64,
     send_errors: AtomicU64,
     delivered: AtomicU64,
+    /// Deliveries the acknowledged messages call for.
+    expected: AtomicU64,
     overflow: AtomicU64,
+    reads: AtomicU64,
 }
 
 struct Totals {
     ack: Mutex<Histogram<u64>>,
     delivery: Mutex<Histogram<u64>>,
+    /// Deliveries of messages sent during the warm-up (when there is one).
+    warmup: Mutex<Histogram<u64>>,
     checks: Mutex<Checks>,
+    /// `now_us()` from which a sent message counts as the steady state's.
+    steady_from: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -140,7 +169,23 @@ pub async fn run(
     run_id: &str,
     load: Load,
 ) -> Result<BenchResult, BenchError> {
+    run_with(srv, transport, users, plan, run_id, load, Extras::default()).await
+}
+
+pub async fn run_with(
+    srv: &Server,
+    transport: Transport,
+    users: &[BenchUser],
+    plan: Plan,
+    run_id: &str,
+    load: Load,
+    extras: Extras,
+) -> Result<BenchResult, BenchError> {
     let Load { rate, secs, size } = load;
+    let fanout = Arc::new(Fanout {
+        convs: extras.fanout,
+        default: plan.fanout,
+    });
     let address = match transport {
         Transport::Tcp => srv.tcp.clone(),
         Transport::Ws => srv.ws.clone(),
@@ -149,7 +194,9 @@ pub async fn run(
     let totals = Arc::new(Totals {
         ack: Mutex::new(hist()),
         delivery: Mutex::new(hist()),
+        warmup: Mutex::new(hist()),
         checks: Mutex::new(Checks::default()),
+        steady_from: AtomicU64::new(0),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
@@ -175,6 +222,7 @@ pub async fn run(
                 counters: counters.clone(),
                 totals: totals.clone(),
                 redial: (transport, address.clone(), token.clone()),
+                read_share: extras.read_share,
             };
             let watches = (drain_rx.clone(), stop_rx.clone());
             receivers.spawn(r.run(conn.clone(), signals, watches));
@@ -184,16 +232,16 @@ pub async fn run(
     let mut senders = Vec::with_capacity(plan.senders.len());
     let mut tasks = tokio::task::JoinSet::new();
     let padding = "x".repeat(size);
-    for &(i, target) in &plan.senders {
-        let (tx, rx) = mpsc::channel::<u64>(4096);
+    for &(i, _) in &plan.senders {
+        let (tx, rx) = mpsc::channel::<(u64, Target)>(4096);
         senders.push(tx);
         let s = Sender {
             conn: conns[&i].clone(),
-            target,
             prefix: format!("{run_id}-{i}"),
             padding: padding.clone(),
             counters: counters.clone(),
             totals: totals.clone(),
+            fanout: fanout.clone(),
         };
         tasks.spawn(s.run(rx));
     }
@@ -206,7 +254,10 @@ pub async fn run(
         .await;
     }
 
-    let total = rate * secs;
+    let total = match &extras.schedule {
+        Some(s) => s.len() as u64,
+        None => rate * secs,
+    };
     eprintln!(
         "{}: offering {rate} msgs/s for {secs} s ({total} messages)",
         plan.scenario
@@ -216,24 +267,55 @@ pub async fn run(
         indicatif::ProgressStyle::with_template("{msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let cpu0 = srv.sample();
-    let (writes0, sends0) = srv.counters().await;
+    let mut cpu0 = srv.sample();
+    let (mut writes0, mut sends0) = srv.counters().await;
     let start = now_us();
+    let warmup_us = extras.warmup_secs * 1_000_000;
+    totals
+        .steady_from
+        .store(start + warmup_us, Ordering::Relaxed);
+    // Delivered when the steady state began (its CPU is per message delivered after).
+    let mut delivered0 = 0;
+    let mut warm = warmup_us > 0;
     let mut scheduled = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let mut last_report = Instant::now();
     while scheduled < total {
         tick.tick().await;
-        let due = due(now_us() - start, rate, total);
-        while scheduled < due {
-            let t = start + (scheduled as u128 * 1_000_000 / rate as u128) as u64;
-            if senders[(scheduled % senders.len() as u64) as usize]
-                .try_send(t)
-                .is_err()
-            {
-                counters.overflow.fetch_add(1, Ordering::Relaxed);
+        let elapsed = now_us() - start;
+        if warm && elapsed >= warmup_us {
+            // The steady state's window starts here: CPU and the store's counters again.
+            warm = false;
+            cpu0 = srv.sample();
+            (writes0, sends0) = srv.counters().await;
+            delivered0 = counters.delivered.load(Ordering::Relaxed);
+        }
+        match &extras.schedule {
+            Some(arrivals) => {
+                while let Some(a) = arrivals.get(scheduled as usize) {
+                    if a.at_us > elapsed {
+                        break;
+                    }
+                    if senders[a.sender]
+                        .try_send((start + a.at_us, a.target))
+                        .is_err()
+                    {
+                        counters.overflow.fetch_add(1, Ordering::Relaxed);
+                    }
+                    scheduled += 1;
+                }
             }
-            scheduled += 1;
+            None => {
+                let due = due(elapsed, rate, total);
+                while scheduled < due {
+                    let t = start + (scheduled as u128 * 1_000_000 / rate as u128) as u64;
+                    let slot = (scheduled % senders.len() as u64) as usize;
+                    if senders[slot].try_send((t, plan.senders[slot].1)).is_err() {
+                        counters.overflow.fetch_add(1, Ordering::Relaxed);
+                    }
+                    scheduled += 1;
+                }
+            }
         }
         if last_report.elapsed() > Duration::from_millis(500) {
             last_report = Instant::now();
@@ -249,7 +331,7 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     // Drain: wait until every acknowledged message was delivered everywhere (or 15 s). A
     // worker cannot know the global count: it waits until deliveries stop for 2 s.
-    let expected = || counters.acked.load(Ordering::Relaxed) * plan.fanout;
+    let expected = || counters.expected.load(Ordering::Relaxed);
     let drain_start = Instant::now();
     // Receivers now repair by pull as a real client does periodically (the server drops a
     // signal at a full gateway queue under overload and counts on that pull).
@@ -280,6 +362,11 @@ pub async fn run(
     let mut r = BenchResult::new(&plan.scenario, transport);
     r.param("rate", rate);
     r.param("duration_secs", secs);
+    if extras.warmup_secs > 0 {
+        r.param("warmup_secs", extras.warmup_secs);
+        r.warmup_latency = Some(Percentiles::of(&lock(&totals.warmup)));
+    }
+    r.reads = counters.reads.load(Ordering::Relaxed);
     r.param("size", size as u64);
     r.param("online", plan.online.len() as u64);
     r.param("senders", plan.senders.len() as u64);
@@ -305,7 +392,8 @@ pub async fn run(
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         r.server_cpu_us = b.cpu_us - a.cpu_us;
         r.server_cpu_window_us = Some((a.cpu_us, b.cpu_us));
-        r.server_cpu_us_per_msg = r.server_cpu_us as f64 / r.delivered.max(1) as f64;
+        let measured = r.delivered.saturating_sub(delivered0).max(1);
+        r.server_cpu_us_per_msg = r.server_cpu_us as f64 / measured as f64;
         r.server_rss_after = b.rss_bytes;
     }
     Ok(r)
@@ -313,11 +401,26 @@ pub async fn run(
 
 struct Sender {
     conn: Arc<Connection>,
-    target: Target,
     prefix: String,
     padding: String,
     counters: Arc<Counters>,
     totals: Arc<Totals>,
+    fanout: Arc<Fanout>,
+}
+
+/// Deliveries per acknowledged message, by target.
+struct Fanout {
+    convs: HashMap<ConvId, u64>,
+    default: u64,
+}
+
+impl Fanout {
+    fn of(&self, t: Target) -> u64 {
+        match t {
+            Target::To(_) => 1,
+            Target::Conv(c) => self.convs.get(&c).copied().unwrap_or(self.default),
+        }
+    }
 }
 
 /// How many of `total` messages are due `elapsed_us` after the start: message k is due at
@@ -330,21 +433,26 @@ fn due(elapsed_us: u64, rate: u64, total: u64) -> u64 {
 }
 
 impl Sender {
-    async fn run(self, mut rx: mpsc::Receiver<u64>) {
+    async fn run(self, mut rx: mpsc::Receiver<(u64, Target)>) {
         let mut local = hist();
-        let mut n = 0u64;
-        while let Some(t) = rx.recv().await {
-            let (to, conv) = match self.target {
+        // Every message its own client_msg_id; `n` counts per target, which is what each
+        // receiver checks the order of (per sender and conversation).
+        let mut sent = 0u64;
+        let mut per_target: HashMap<Target, u64> = HashMap::new();
+        while let Some((t, target)) = rx.recv().await {
+            let (to, conv) = match target {
                 Target::To(u) => (Some(u), None),
                 Target::Conv(c) => (None, Some(c)),
             };
+            let n = per_target.get(&target).copied().unwrap_or(0);
             let req = SendRequest {
                 to,
                 conv,
-                client_msg_id: format!("{}-{n}", self.prefix),
+                client_msg_id: format!("{}-{sent}", self.prefix),
                 content: serde_json::json!({ "t": t, "n": n, "p": self.padding }),
                 ..Default::default()
             };
+            sent += 1;
             // Retries reuse the client_msg_id: a retry can never duplicate.
             let mut ok = false;
             for _ in 0..3 {
@@ -361,7 +469,10 @@ impl Sender {
             if ok {
                 let _ = local.record(now_us().saturating_sub(t).max(1));
                 self.counters.acked.fetch_add(1, Ordering::Relaxed);
-                n += 1;
+                self.counters
+                    .expected
+                    .fetch_add(self.fanout.of(target), Ordering::Relaxed);
+                per_target.insert(target, n + 1);
             } else {
                 self.counters.send_errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -378,14 +489,20 @@ struct Receiver {
     /// How to connect again when the server closes the connection (a slow consumer under
     /// overload is disconnected by design and catches up by pull, as a real client does).
     redial: (Transport, String, String),
+    read_share: f64,
 }
 
 struct RecvState {
     cursor: u64,
     conv_cursor: u64,
-    expected: HashMap<UserId, u64>,
+    /// The next count expected from each sender in each conversation.
+    expected: HashMap<(UserId, ConvId), u64>,
     hist: Histogram<u64>,
+    warm: Histogram<u64>,
     checks: Checks,
+    /// Conversations to mark read up to a place, after the signal at hand.
+    reads: Vec<(ConvId, u64)>,
+    rng: u64,
 }
 
 impl Receiver {
@@ -405,7 +522,10 @@ impl Receiver {
             conv_cursor: 0,
             expected: HashMap::new(),
             hist: hist(),
+            warm: hist(),
             checks: Checks::default(),
+            reads: Vec::new(),
+            rng: self.me.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
         };
         // Skip what setup left behind.
         let _ = self.pull(&conn, &mut st, false).await;
@@ -420,26 +540,36 @@ impl Receiver {
                 st.conv_cursor = h.messages.last().map_or(0, |m| m.conv_seq);
             }
         }
+        // As the SDK's device does: an entry ahead of a gap is held for a moment, and
+        // applied once the gap fills; only a gap that lasts costs a pull.
+        let mut ahead = Reorder::default();
         loop {
+            let wait = ahead.deadline();
             tokio::select! {
                 s = signals.recv() => match s {
                     Some(Signal::Inbox { seq, entry }) => {
                         if seq <= st.cursor {
+                            st.checks.stale_signals += 1;
                             continue;
                         }
-                        match entry {
+                        let pull = match entry {
                             Some(e) if e.seq == st.cursor + 1 => {
-                                st.cursor = e.seq;
-                                if let Event::Message { message } = e.event {
-                                    self.check(&mut st, &message);
-                                }
+                                self.apply(&mut st, *e);
+                                false
                             }
-                            _ => {
-                                if !self.pull_again(&conn, &mut st, &stop, false).await {
-                                    break;
-                                }
+                            Some(e) => !ahead.hold(*e),
+                            None => true,
+                        };
+                        if pull {
+                            ahead.clear();
+                            if !self.pull_again(&conn, &mut st, &stop, false).await {
+                                break;
                             }
                         }
+                        while let Some(e) = ahead.next_after(st.cursor) {
+                            self.apply(&mut st, e);
+                        }
+                        self.mark_read(&conn, &mut st);
                     }
                     Some(Signal::Group { conv, seq, messages }) if Some(conv) == self.follow && seq > st.conv_cursor => {
                         // Apply what came along if it continues our cursor; pull otherwise.
@@ -449,7 +579,9 @@ impl Receiver {
                             for m in &messages {
                                 if m.conv_seq > st.conv_cursor {
                                     st.conv_cursor = m.conv_seq;
-                                    self.check(&mut st, m);
+                                    if self.check(&mut st, m) {
+                                        st.checks.inline += 1;
+                                    }
                                 }
                             }
                         } else if !self.pull_again(&conn, &mut st, &stop, true).await {
@@ -463,15 +595,23 @@ impl Receiver {
                             break;
                         };
                         st.checks.reconnects += 1;
+                        ahead.clear();
                         (conn, signals) = (Arc::new(c), s);
                         if !self.catch_up(&conn, &mut st, &stop).await {
                             break;
                         }
                     }
                 },
+                _ = tokio::time::sleep_until(wait.unwrap_or_else(tokio::time::Instant::now)), if wait.is_some() => {
+                    ahead.clear();
+                    if !self.pull_again(&conn, &mut st, &stop, false).await {
+                        break;
+                    }
+                }
                 // Once a second while the run drains: a repair pull, as a real client makes
                 // periodically (`Device`'s repair interval).
                 _ = repair.tick(), if *draining.borrow() => {
+                    ahead.clear();
                     st.checks.repairs += 1;
                     if !self.catch_up(&conn, &mut st, &stop).await {
                         break;
@@ -481,7 +621,11 @@ impl Receiver {
             }
         }
         let _ = lock(&self.totals.delivery).add(&st.hist);
+        let _ = lock(&self.totals.warmup).add(&st.warm);
         let mut c = lock(&self.totals.checks);
+        c.inline += st.checks.inline;
+        c.pulled += st.checks.pulled;
+        c.stale_signals += st.checks.stale_signals;
         c.duplicated += st.checks.duplicated;
         c.out_of_order += st.checks.out_of_order;
         c.pulls += st.checks.pulls;
@@ -551,28 +695,65 @@ impl Receiver {
         }
     }
 
-    /// One delivered message: from another user, exactly the next of that sender's count.
-    fn check(&self, st: &mut RecvState, m: &Message) {
+    /// One delivered message: from another user, exactly the next of that sender's count
+    /// in that conversation. True if it was one of the run's messages, delivered.
+    fn check(&self, st: &mut RecvState, m: &Message) -> bool {
         if m.sender == self.me {
-            return;
+            return false;
         }
         let MessageBody::Content { content } = &m.body else {
-            return;
+            return false;
         };
         let (Some(t), Some(n)) = (content["t"].as_u64(), content["n"].as_u64()) else {
-            return;
+            return false;
         };
-        let expected = st.expected.entry(m.sender).or_insert(0);
+        let expected = st.expected.entry((m.sender, m.conv)).or_insert(0);
         if n < *expected {
             st.checks.duplicated += 1;
-            return;
+            return false;
         }
         if n > *expected {
             st.checks.out_of_order += 1;
         }
         *expected = n + 1;
-        let _ = st.hist.record(now_us().saturating_sub(t).max(1));
+        let latency = now_us().saturating_sub(t).max(1);
+        let _ = match t >= self.totals.steady_from.load(Ordering::Relaxed) {
+            true => st.hist.record(latency),
+            false => st.warm.record(latency),
+        };
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        if self.read_share > 0.0 {
+            // xorshift64: whether this receiver reads the conversation now.
+            st.rng ^= st.rng << 13;
+            st.rng ^= st.rng >> 7;
+            st.rng ^= st.rng << 17;
+            if (st.rng >> 11) as f64 / (1u64 << 53) as f64 <= self.read_share {
+                st.reads.push((m.conv, m.conv_seq));
+            }
+        }
+        true
+    }
+
+    /// The inbox entry right after the cursor, from a signal.
+    fn apply(&self, st: &mut RecvState, e: InboxEntry) {
+        st.cursor = e.seq;
+        if let Event::Message { message } = e.event
+            && self.check(st, &message)
+        {
+            st.checks.inline += 1;
+        }
+    }
+
+    /// Sends the READs `check` chose, without waiting for their answers.
+    fn mark_read(&self, conn: &Arc<Connection>, st: &mut RecvState) {
+        for (conv, seq) in st.reads.drain(..) {
+            let conn = conn.clone();
+            self.counters.reads.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let req = ReadRequest { conv, seq };
+                let _ = conn.request::<_, ReadResponse>(cmd::READ, &req).await;
+            });
+        }
     }
 
     async fn pull(
@@ -595,8 +776,10 @@ impl Receiver {
             for e in resp.entries {
                 if e.seq == st.cursor + 1 {
                     st.cursor = e.seq;
-                    if let (true, Event::Message { message }) = (measure, &e.event) {
-                        self.check(st, message);
+                    if let (true, Event::Message { message }) = (measure, &e.event)
+                        && self.check(st, message)
+                    {
+                        st.checks.pulled += 1;
                     }
                 }
             }
@@ -627,7 +810,9 @@ impl Receiver {
             for m in &resp.messages {
                 if m.conv_seq > st.conv_cursor {
                     st.conv_cursor = m.conv_seq;
-                    self.check(st, m);
+                    if self.check(st, m) {
+                        st.checks.pulled += 1;
+                    }
                 }
             }
             if !resp.has_more {

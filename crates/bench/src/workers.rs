@@ -119,6 +119,10 @@ pub async fn drive(
         r.checks.failed_pulls += p.checks.failed_pulls;
         r.checks.reconnects += p.checks.reconnects;
         r.checks.repairs += p.checks.repairs;
+        r.checks.inline += p.checks.inline;
+        r.checks.pulled += p.checks.pulled;
+        r.checks.stale_signals += p.checks.stale_signals;
+        r.reads += p.reads;
         r.offered_secs = r.offered_secs.max(p.offered_secs);
         for (acc, b64) in [
             (&mut ack, &p.ack_hist_b64),
