@@ -377,6 +377,11 @@ pub struct StoreConfig {
     /// most about this many milliseconds later (a crash loses at most that much of such
     /// moves; docs/ARCHITECTURE.md, "Read state"). 0 writes it with its message.
     pub cursor_flush_ms: u64,
+    /// Embedded store: each keyspace's memtable (the sorted skiplist every write is
+    /// inserted into) is written out as a table at this many MiB. Larger: fewer tables to
+    /// compact; smaller: a shallower skiplist, each insert touching fewer cold nodes. Only
+    /// keyspaces created afterwards take a new value (fjall keeps it per keyspace).
+    pub memtable_mib: u64,
     /// Use PostgreSQL instead of the embedded store, e.g.
     /// `postgres://postgres@127.0.0.1:5432/test` (also `XINGE_POSTGRES_URL`).
     pub postgres_url: Option<String>,
@@ -393,6 +398,7 @@ impl Default for StoreConfig {
             queue: 4_096,
             commit_interval_us: 2_000,
             cursor_flush_ms: 1_000,
+            memtable_mib: 64,
             postgres_url: None,
             postgres_schema: "xinge".into(),
             postgres_pool: 16,
@@ -590,6 +596,9 @@ impl Config {
         if self.store.commit_interval_us > 100_000 {
             return bad("store.commit_interval_us must be at most 100000");
         }
+        if !(1..=1_024).contains(&self.store.memtable_mib) {
+            return bad("store.memtable_mib must be 1-1024");
+        }
         if self.store.cursor_flush_ms > 60_000 {
             return bad("store.cursor_flush_ms must be at most 60000");
         }
@@ -685,6 +694,21 @@ mod tests {
         c.validate().unwrap();
         let c: Config = toml::from_str("[tls]\ncert = \"c.pem\"\n").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_memtable_size_out_of_range_is_refused() {
+        for (mib, ok) in [
+            (0, false),
+            (1, true),
+            (64, true),
+            (1_024, true),
+            (1_025, false),
+        ] {
+            let mut c = Config::default();
+            c.store.memtable_mib = mib;
+            assert_eq!(c.validate().is_ok(), ok, "{mib}");
+        }
     }
 
     #[test]

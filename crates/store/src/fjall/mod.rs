@@ -110,6 +110,9 @@ pub struct FjallOptions {
     /// writes it (soft.rs); a tick checks four times as often. Zero: written with its
     /// message.
     pub cursor_flush: std::time::Duration,
+    /// Each keyspace's memtable is flushed to a table at this size (`store.memtable_mib`).
+    /// Fixed when a keyspace is created: an existing store keeps the size it was made with.
+    pub memtable_bytes: u64,
 }
 
 impl Default for FjallOptions {
@@ -120,6 +123,7 @@ impl Default for FjallOptions {
             queue: 4096,
             commit_interval: std::time::Duration::from_millis(2),
             cursor_flush: std::time::Duration::from_secs(1),
+            memtable_bytes: 64 << 20,
         }
     }
 }
@@ -130,9 +134,12 @@ impl FjallStore {
     pub fn open(dir: &Path, opts: FjallOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let db = Database::builder(dir).open().map_err(backend)?;
+        let memtable = opts.memtable_bytes.max(1 << 20);
         let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(backend)
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(memtable)
+            })
+            .map_err(backend)
         };
         let spaces = Arc::new(Spaces {
             meta: ks("meta")?,
