@@ -68,6 +68,11 @@ pub struct BenchArgs {
     /// this process that takes every batch; the events it got are printed at the end.
     #[arg(long, global = true)]
     pub after_hook: bool,
+    /// Keep the spawned server's config and data in this directory between runs instead of
+    /// a temporary one. `populate` fills it; `realistic` on it finds the same users and
+    /// groups again (`population.json`) and runs on the warm store.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand, Clone, Debug)]
@@ -113,6 +118,21 @@ pub enum Scenario {
         /// Users with a second device that goes offline and comes back.
         #[arg(long, default_value_t = 500)]
         reconnecting: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Fills `--data-dir` with a realistic run's users, groups and messages (no reads, no
+    /// second devices), at a rate the server sustains, for `realistic --data-dir` runs on a
+    /// warm store. Run again to add more.
+    Populate {
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 6_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 200)]
+        groups: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -252,7 +272,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
     }
     let limits = match args.scenario {
         Scenario::Flood { .. } => server::Limits::Defaults,
-        Scenario::Realistic { .. } => server::Limits::RaisedStrangers,
+        Scenario::Realistic { .. } | Scenario::Populate { .. } => server::Limits::RaisedStrangers,
         _ => server::Limits::Raised,
     };
     let mut srv = match &args.server {
@@ -271,7 +291,13 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             if args.after_hook {
                 hooks += &hook::take_events().await?;
             }
-            server::Server::spawn_with(args.server_cpus.as_deref(), limits, Some(&hooks)).await?
+            server::Server::spawn_with(
+                args.server_cpus.as_deref(),
+                limits,
+                Some(&hooks),
+                args.data_dir.as_deref(),
+            )
+            .await?
         }
     };
     let result = match args.scenario.clone() {
@@ -448,7 +474,36 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
                 secs: duration_secs,
                 size,
             };
-            realistic::run(&srv, transport, shape, load).await?
+            realistic::run(&srv, transport, shape, load, args.data_dir.as_deref()).await?
+        }
+        Scenario::Populate {
+            users,
+            messages,
+            rate,
+            groups,
+            seed,
+        } => {
+            let Some(dir) = args.data_dir.as_deref() else {
+                return Err(BenchError::Setup("populate needs --data-dir".into()));
+            };
+            let shape = realistic::Shape {
+                users,
+                groups,
+                group_share: 0.1,
+                new_share: 0.02,
+                read_share: 0.0,
+                reconnecting: 0,
+                warmup_secs: 0,
+                seed,
+            };
+            let load = Load {
+                rate: rate.max(1),
+                secs: messages.div_ceil(rate.max(1)).max(1),
+                size: 64,
+            };
+            let mut r = realistic::run(&srv, transport, shape, load, Some(dir)).await?;
+            r.scenario = "populate".into();
+            r
         }
         Scenario::Mixed {
             users,

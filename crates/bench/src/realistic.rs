@@ -176,21 +176,96 @@ fn schedule(
     }
 }
 
+/// The users and groups of a kept store (`--data-dir`), so that later runs on it find
+/// them again: their names' run id, how many, the seed their contacts were drawn with,
+/// and each group with its members.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    run: String,
+    users: usize,
+    seed: u64,
+    groups: Vec<(ConvId, Vec<usize>)>,
+}
+
+const SAVED: &str = "population.json";
+
 pub async fn run(
     srv: &Server,
     transport: Transport,
     shape: Shape,
     load: Load,
+    kept: Option<&std::path::Path>,
 ) -> Result<BenchResult, BenchError> {
     let n = shape.users.max(21);
     let mut rng = Rng(shape.seed);
-    eprintln!("realistic: creating {n} users");
-    let (run_id, users) = setup::users(&srv.base, n).await?;
+    let saved: Option<Saved> = kept
+        .and_then(|d| std::fs::read(d.join(SAVED)).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|s: &Saved| s.users == n && s.seed == shape.seed);
     let mut pop = Population::draw(n, &mut rng);
-    eprintln!("realistic: creating {} groups of 3–500", shape.groups);
     let mut fanout = HashMap::new();
     let mut sizes = Vec::new();
-    for _ in 0..shape.groups {
+    let (run_id, users) = match saved {
+        Some(s) => {
+            eprintln!(
+                "realistic: logging in the {n} users and {} groups kept in the data directory",
+                s.groups.len()
+            );
+            let users = setup::log_in(&srv.base, &s.run, n).await?;
+            for (conv, members) in s.groups {
+                fanout.insert(conv, members.len() as u64 - 1);
+                sizes.push(members.len());
+                pop.groups.push((conv, members));
+            }
+            (s.run, users)
+        }
+        None => {
+            eprintln!("realistic: creating {n} users");
+            let (run_id, users) = setup::users(&srv.base, n).await?;
+            eprintln!("realistic: creating {} groups of 3–500", shape.groups);
+            make_groups(
+                &users,
+                shape.groups,
+                &mut rng,
+                &mut pop,
+                &mut fanout,
+                &mut sizes,
+            )
+            .await?;
+            if let Some(d) = kept {
+                let s = Saved {
+                    run: run_id.clone(),
+                    users: n,
+                    seed: shape.seed,
+                    groups: pop.groups.clone(),
+                };
+                let json = serde_json::to_vec(&s).map_err(std::io::Error::other)?;
+                std::fs::write(d.join(SAVED), json)?;
+            }
+            (run_id, users)
+        }
+    };
+    let built = Built {
+        users,
+        run_id,
+        pop,
+        fanout,
+        sizes,
+    };
+    run_on(srv, transport, shape, load, built).await
+}
+
+/// Creates `count` groups of 3–500 (power law) among `users`.
+async fn make_groups(
+    users: &[BenchUser],
+    count: usize,
+    rng: &mut Rng,
+    pop: &mut Population,
+    fanout: &mut HashMap<ConvId, u64>,
+    sizes: &mut Vec<usize>,
+) -> Result<(), BenchError> {
+    let n = users.len();
+    for _ in 0..count {
         let size = (rng.pareto(3.0, 1.8, 500.0) as usize).min(n);
         let mut members: Vec<usize> = Vec::with_capacity(size);
         while members.len() < size {
@@ -211,6 +286,36 @@ pub async fn run(
         sizes.push(size);
         pop.groups.push((conv, members));
     }
+    Ok(())
+}
+
+/// The users and groups a run is on, made or found again.
+struct Built {
+    users: Vec<BenchUser>,
+    /// The run id in the users' names.
+    run_id: String,
+    pop: Population,
+    fanout: HashMap<ConvId, u64>,
+    sizes: Vec<usize>,
+}
+
+async fn run_on(
+    srv: &Server,
+    transport: Transport,
+    shape: Shape,
+    load: Load,
+    built: Built,
+) -> Result<BenchResult, BenchError> {
+    let Built {
+        users,
+        run_id,
+        pop,
+        fanout,
+        sizes,
+    } = built;
+    let n = users.len();
+    // The same arrivals for the same seed (runs compared are offered the same traffic).
+    let mut rng = Rng(shape.seed ^ 0x00A1_1CE5);
     let arrivals = schedule(&pop, &users, &shape, load, &mut rng);
     let group_msgs = arrivals
         .iter()
@@ -256,7 +361,10 @@ pub async fn run(
         warmup_secs: shape.warmup_secs,
         read_share: shape.read_share,
     };
-    let result = traffic::run_with(srv, transport, &users, plan, &run_id, load, extras).await;
+    // Every run's messages their own client_msg_ids, though its users may be an earlier
+    // run's (a kept store).
+    let stamp = format!("{run_id}{}", setup::run_stamp());
+    let result = traffic::run_with(srv, transport, &users, plan, &stamp, load, extras).await;
     let _ = stop_tx.send(true);
     while second.join_next().await.is_some() {}
     let mut r = result?;

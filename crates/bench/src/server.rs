@@ -12,7 +12,23 @@ pub struct Server {
     pub ws: String,
     pid: Option<u32>,
     child: Option<Child>,
-    _dir: Option<tempfile::TempDir>,
+    dir: Option<Dir>,
+}
+
+/// Where a spawned server keeps its config and data: a temporary directory, gone with the
+/// run, or one kept between runs (`--data-dir`).
+enum Dir {
+    Temp(tempfile::TempDir),
+    Kept(std::path::PathBuf),
+}
+
+impl Dir {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Dir::Temp(t) => t.path(),
+            Dir::Kept(p) => p,
+        }
+    }
 }
 
 /// The limits of a spawned server: raised out of the way (the bench measures what the
@@ -43,8 +59,15 @@ impl Server {
         cpus: Option<&str>,
         limits: Limits,
         hook: Option<&str>,
+        kept: Option<&std::path::Path>,
     ) -> Result<Self, BenchError> {
-        let dir = tempfile::tempdir()?;
+        let dir = match kept {
+            Some(p) => {
+                std::fs::create_dir_all(p)?;
+                Dir::Kept(p.to_owned())
+            }
+            None => Dir::Temp(tempfile::tempdir()?),
+        };
         let config = dir.path().join("xinge.toml");
         // More of the spawned server's configuration, for A/B runs of a setting: TOML
         // sections other than those written below (e.g. "[store]\ncommit_interval_us = 3000").
@@ -85,14 +108,14 @@ impl Server {
         Self::spawned(dir, cpus)
     }
 
-    fn spawned(dir: tempfile::TempDir, cpus: Option<&str>) -> Result<Self, BenchError> {
+    fn spawned(dir: Dir, cpus: Option<&str>) -> Result<Self, BenchError> {
         let mut srv = Self {
             base: String::new(),
             tcp: String::new(),
             ws: String::new(),
             pid: None,
             child: None,
-            _dir: Some(dir),
+            dir: Some(dir),
         };
         srv.start(cpus)?;
         Ok(srv)
@@ -112,7 +135,7 @@ impl Server {
 
     fn start(&mut self, cpus: Option<&str>) -> Result<(), BenchError> {
         let dir = self
-            ._dir
+            .dir
             .as_ref()
             .ok_or_else(|| BenchError::Server("not a spawned server".into()))?
             .path()
@@ -174,7 +197,7 @@ impl Server {
             ws,
             pid,
             child: None,
-            _dir: None,
+            dir: None,
         }
     }
 
@@ -202,7 +225,7 @@ impl Server {
             base,
             pid,
             child: None,
-            _dir: None,
+            dir: None,
         })
     }
 

@@ -15,7 +15,27 @@ const PASSWORD: &str = "bench-password";
 
 /// Registers and logs in `n` users named after a random run id.
 pub async fn users(base: &str, n: usize) -> Result<(String, Vec<BenchUser>), BenchError> {
-    let run = format!("{:06x}", rand_u32() & 0xff_ffff);
+    let run = run_stamp();
+    let users = accounts(base, &run, n, true).await?;
+    Ok((run, users))
+}
+
+/// A fresh 6-hex-digit id for a run.
+pub fn run_stamp() -> String {
+    format!("{:06x}", rand_u32() & 0xff_ffff)
+}
+
+/// Logs in again the `n` users an earlier run `run` registered.
+pub async fn log_in(base: &str, run: &str, n: usize) -> Result<Vec<BenchUser>, BenchError> {
+    accounts(base, run, n, false).await
+}
+
+async fn accounts(
+    base: &str,
+    run: &str,
+    n: usize,
+    register: bool,
+) -> Result<Vec<BenchUser>, BenchError> {
     let limit = Arc::new(Semaphore::new(64));
     let mut tasks = tokio::task::JoinSet::new();
     // One HTTP client (one connection pool) for all users: a client per user would keep
@@ -25,7 +45,9 @@ pub async fn users(base: &str, n: usize) -> Result<(String, Vec<BenchUser>), Ben
         let (limit, http, name) = (limit.clone(), shared.clone(), format!("b{run}x{i}"));
         tasks.spawn(async move {
             let _p = limit.acquire().await;
-            http.register(&name, PASSWORD).await?;
+            if register {
+                http.register(&name, PASSWORD).await?;
+            }
             let (authed, login) = http.login(&name, PASSWORD, "bench").await?;
             Ok::<_, xinge_client::ClientError>((
                 i,
@@ -43,7 +65,7 @@ pub async fn users(base: &str, n: usize) -> Result<(String, Vec<BenchUser>), Ben
             .map_err(|e| BenchError::Setup(e.to_string()))?;
         out[i] = Some(u);
     }
-    Ok((run, out.into_iter().flatten().collect()))
+    Ok(out.into_iter().flatten().collect())
 }
 
 /// User `i` of run `run` (from [`users`]) logged in on another device.

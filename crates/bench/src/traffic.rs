@@ -527,8 +527,16 @@ impl Receiver {
             reads: Vec::new(),
             rng: self.me.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
         };
-        // Skip what setup left behind.
-        let _ = self.pull(&conn, &mut st, false).await;
+        // Skip what setup (or, on a kept store, earlier runs) left behind: start at the
+        // inbox's head.
+        let req = SyncRequest {
+            after: 0,
+            limit: Some(1),
+            groups: false,
+        };
+        if let Ok(r) = conn.request::<_, SyncResponse>(cmd::SYNC, &req).await {
+            st.cursor = r.head;
+        }
         if let Some(conv) = self.follow {
             let req = HistoryRequest {
                 conv,
