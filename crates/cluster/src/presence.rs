@@ -10,10 +10,10 @@
 //! at most) and drops the oldest transitions when full: a long outage of every api
 //! process costs the oldest presence events, never a gateway's progress.
 
+use crate::queues::Batches;
 use crate::wire::{decode_presence, encode_presence};
 use crate::{ClusterError, Names};
 use async_nats::jetstream::{self, consumer, stream};
-use futures_util::StreamExt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,7 +109,7 @@ pub async fn run<F, Fut>(
     names: Names,
     cfg: ClusterConfig,
     handle: F,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), ClusterError>
 where
     F: Fn(Vec<PresenceChange>) -> Fut,
@@ -129,48 +129,17 @@ where
         )
         .await
         .map_err(ClusterError::nats)?;
-    loop {
-        if *shutdown.borrow() {
-            return Ok(());
+    let mut batches = Batches::new(consumer, BATCH, "presence", shutdown);
+    while let Some(taken) = batches.next().await {
+        // A message that is no transition is acked and forgotten.
+        let changes = taken
+            .iter()
+            .filter_map(|m| decode_presence(m.payload.clone()))
+            .collect::<Vec<_>>();
+        if changes.is_empty() || handle(changes).await {
+            batches.ack(&taken).await;
         }
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(BATCH)
-            .heartbeat(Duration::from_secs(5))
-            .messages()
-            .await;
-        let mut batches = match messages {
-            Ok(m) => m.ready_chunks(BATCH),
-            Err(e) => {
-                tracing::warn!(error = %e, "presence stream unavailable; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                    _ = shutdown.changed() => return Ok(()),
-                }
-            }
-        };
-        loop {
-            let batch = tokio::select! {
-                b = batches.next() => b,
-                _ = shutdown.changed() => return Ok(()),
-            };
-            let Some(batch) = batch else { break };
-            let taken: Vec<_> = batch.into_iter().filter_map(Result::ok).collect();
-            // A message that is no transition is acked and forgotten.
-            let changes = taken
-                .iter()
-                .filter_map(|m| decode_presence(m.payload.clone()))
-                .collect::<Vec<_>>();
-            if !changes.is_empty() && !handle(changes).await {
-                // Not acked: JetStream gives the batch again after ack_wait.
-                continue;
-            }
-            let acks = taken.iter().map(|m| m.ack());
-            for r in futures_util::future::join_all(acks).await {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "presence ack failed; the change will come again");
-                }
-            }
-        }
+        // Otherwise not acked: JetStream gives the batch again after ack_wait.
     }
+    Ok(())
 }

@@ -11,12 +11,12 @@
 //! it dies is lost — signals are hints, and the clients' periodic pull repairs that.
 
 use crate::pushq::ensure_stream;
+use crate::queues::Batches;
 use crate::registry::{Live, Registry};
 use crate::wire::{Pack, PushEvent, decode_push, encode_delivery, unpack};
 use crate::{ClusterError, Names};
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +52,7 @@ pub async fn run(
     cfg: ClusterConfig,
     throttle: ThrottleConfig,
     registry: Arc<Registry>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), ClusterError> {
     let throttle = Arc::new(Throttle::<Bytes>::new(throttle));
     tokio::spawn(release_held(
@@ -67,63 +67,15 @@ pub async fn run(
         .get_or_create_consumer("push", consumer_config(&cfg))
         .await
         .map_err(ClusterError::nats)?;
-    loop {
-        if *shutdown.borrow() {
-            return Ok(());
-        }
-        // A continuous pull: JetStream sends events as they are stored (no polling when the
-        // stream is empty), and every event that has arrived when the worker is free is
-        // routed as one batch.
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(BATCH)
-            .heartbeat(Duration::from_secs(5))
-            .messages()
-            .await;
-        let mut batches = match messages {
-            Ok(m) => m.ready_chunks(BATCH),
-            Err(e) => {
-                tracing::warn!(error = %e, "push stream unavailable; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                    _ = shutdown.changed() => return Ok(()),
-                }
-            }
-        };
-        loop {
-            let batch = tokio::select! {
-                b = batches.next() => b,
-                _ = shutdown.changed() => return Ok(()),
-            };
-            // The pull ended (the server went away): start a new one.
-            let Some(batch) = batch else { break };
-            let mut taken = Vec::with_capacity(batch.len());
-            for m in batch {
-                match m {
-                    Ok(m) => taken.push(m),
-                    Err(e) => tracing::debug!(error = %e, "push stream hiccup"),
-                }
-            }
-            if taken.is_empty() {
-                continue;
-            }
-            match route_batch(&nats, &names, &registry, &throttle, &taken).await {
-                Ok(()) => {
-                    let mut acks = Vec::with_capacity(taken.len());
-                    for m in &taken {
-                        acks.push(m.ack());
-                    }
-                    for r in futures_util::future::join_all(acks).await {
-                        if let Err(e) = r {
-                            tracing::warn!(error = %e, "ack failed; the event will come again");
-                        }
-                    }
-                }
-                // Not acked: JetStream gives the batch again after ack_wait.
-                Err(e) => tracing::warn!(error = %e, "push batch not routed; it will come again"),
-            }
+    let mut batches = Batches::new(consumer, BATCH, "push", shutdown);
+    while let Some(taken) = batches.next().await {
+        match route_batch(&nats, &names, &registry, &throttle, &taken).await {
+            Ok(()) => batches.ack(&taken).await,
+            // Not acked: JetStream gives the batch again after ack_wait.
+            Err(e) => tracing::warn!(error = %e, "push batch not routed; it will come again"),
         }
     }
+    Ok(())
 }
 
 /// Routes a batch of stream messages: one session lookup for every user in it, and one
