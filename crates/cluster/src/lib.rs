@@ -16,7 +16,8 @@
 //! pushq.rs     JetStream: signals api → push on a durable stream with explicit acks
 //! push_worker.rs  the push role: stream → session lookup → one delivery per gateway
 //! trace.rs     the trace id a command carries from gateway to api to push
-//! queues.rs    how full the bounded queues are (one gauge for all)
+//! queues.rs    how full the bounded queues are (one gauge for all); the JetStream
+//!              queues read continuously in batches
 //! ```
 //! Each adapter implements a trait of the layer it serves — the push layer's `Signals`
 //! and `Sessions`, the gateway's `Upstream` and `Authenticator` — so the IM layer and
