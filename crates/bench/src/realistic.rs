@@ -342,8 +342,10 @@ async fn run_on(
         Transport::Tcp => srv.tcp.clone(),
         Transport::Ws => srv.ws.clone(),
     };
+    // One client (one connection pool) for every second device's login.
+    let plain = xinge_client::Http::new(&srv.base);
     for i in 0..shape.reconnecting.min(n) {
-        let http = setup::login_device(&srv.base, &run_id, i, "tablet").await?;
+        let http = setup::login_device(&plain, &run_id, i, "tablet").await?;
         let token = http.token().unwrap_or_default().to_owned();
         let seed = shape.seed ^ (i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
         second.spawn(offline_and_back(

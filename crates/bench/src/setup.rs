@@ -68,14 +68,14 @@ async fn accounts(
     Ok(out.into_iter().flatten().collect())
 }
 
-/// User `i` of run `run` (from [`users`]) logged in on another device.
+/// User `i` of run `run` (from [`users`]) logged in on another device, through `http`.
 pub async fn login_device(
-    base: &str,
+    http: &Http,
     run: &str,
     i: usize,
     device: &str,
 ) -> Result<Http, BenchError> {
-    let (authed, _) = Http::new(base)
+    let (authed, _) = http
         .login(&format!("b{run}x{i}"), PASSWORD, device)
         .await
         .map_err(|e| BenchError::Setup(e.to_string()))?;

@@ -145,7 +145,11 @@ struct Counters {
     expected: AtomicU64,
     overflow: AtomicU64,
     reads: AtomicU64,
+    reads_in_flight: AtomicU64,
 }
+
+/// READ requests awaiting their answers at most, in all.
+const READS_IN_FLIGHT: u64 = 4_096;
 
 struct Totals {
     ack: Mutex<Histogram<u64>>,
@@ -753,13 +757,21 @@ impl Receiver {
     }
 
     /// Sends the READs `check` chose, without waiting for their answers.
+    /// At most `READS_IN_FLIGHT` at once across the run: a READ chosen while that many
+    /// wait for their answers (a stalled server) is not made.
     fn mark_read(&self, conn: &Arc<Connection>, st: &mut RecvState) {
         for (conv, seq) in st.reads.drain(..) {
-            let conn = conn.clone();
-            self.counters.reads.fetch_add(1, Ordering::Relaxed);
+            let pending = &self.counters.reads_in_flight;
+            if pending.fetch_add(1, Ordering::Relaxed) >= READS_IN_FLIGHT {
+                pending.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            let (conn, counters) = (conn.clone(), self.counters.clone());
+            counters.reads.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let req = ReadRequest { conv, seq };
                 let _ = conn.request::<_, ReadResponse>(cmd::READ, &req).await;
+                counters.reads_in_flight.fetch_sub(1, Ordering::Relaxed);
             });
         }
     }

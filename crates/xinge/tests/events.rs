@@ -220,36 +220,22 @@ async fn accounts_and_presence_are_told_when_asked_for() {
     until_events(&r, 2).await;
     drop(conn);
     until_events(&r, 3).await;
-    let admin = |method: reqwest::Method, path: String| {
-        reqwest::Client::new()
-            .request(
-                method,
-                format!("{}{path}", server.admin.as_deref().unwrap()),
-            )
+    // Banned, unbanned, deleted: one account event each, in that order.
+    let client = reqwest::Client::new();
+    for (method, path) in [
+        (reqwest::Method::PUT, format!("/admin/v1/users/{c}/ban")),
+        (reqwest::Method::DELETE, format!("/admin/v1/users/{c}/ban")),
+        (reqwest::Method::DELETE, format!("/admin/v1/users/{c}")),
+    ] {
+        let url = format!("{}{path}", server.admin.as_deref().unwrap());
+        let resp = client
+            .request(method.clone(), url)
             .bearer_auth(ADMIN_KEY)
             .send()
-    };
-    assert_eq!(
-        admin(reqwest::Method::PUT, format!("/admin/v1/users/{c}/ban"))
             .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        admin(reqwest::Method::DELETE, format!("/admin/v1/users/{c}/ban"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        admin(reqwest::Method::DELETE, format!("/admin/v1/users/{c}"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{method} {path}");
+    }
     let events = until_events(&r, 6).await;
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
