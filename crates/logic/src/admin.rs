@@ -14,12 +14,7 @@ use xinge_proto::api::{
     LoginResponse, MessageBody, Profile, RegisterRequest, SendRequest, SendResponse,
 };
 use xinge_push::EndReason;
-use xinge_store::{Commit, Op, OutboxEvent};
-
-/// What stands for the password of a user created without one: no Argon2 hash parses as
-/// it, so no password ever matches and the user logs in only with tokens the app's server
-/// has issued.
-const NO_PASSWORD: &str = "!";
+use xinge_store::{Commit, NO_PASSWORD, Op, OutboxEvent};
 
 /// The most users one import creates.
 pub const MAX_IMPORT: usize = 1_000;

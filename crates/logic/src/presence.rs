@@ -70,8 +70,8 @@ impl Logic {
     pub async fn run_presence(self: Arc<Self>, mut changes: mpsc::Receiver<PresenceChange>) {
         let mut batch = Vec::with_capacity(256);
         while changes.recv_many(&mut batch, 256).await > 0 {
-            // The store is back or shutting down: a change it did not take is retried
-            // once, then let go (in-process there is nobody to hand it to).
+            // A write the store failed (a hiccup, or the store closing) is tried once more
+            // after 200 ms, then let go: in-process there is nobody to hand it to.
             if !self.presence_changed(&batch).await {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 self.presence_changed(&batch).await;

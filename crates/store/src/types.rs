@@ -434,6 +434,10 @@ pub fn outbox_with_message(head: &str, message: Option<&str>) -> String {
     event
 }
 
+/// The password hash of a user who has no password (created without one by the app's
+/// server, or erased): no Argon2 hash parses as it, so no password ever matches.
+pub const NO_PASSWORD: &str = "!";
+
 /// An event in the outbox: its place (oldest first) and its JSON.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxRecord {

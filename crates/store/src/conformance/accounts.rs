@@ -179,7 +179,7 @@ pub(super) async fn devices_and_profiles(store: &dyn Store) {
             rec.password_hash.as_str(),
             rec.banned
         ),
-        (erased_name.as_str(), "Gone", "!", true)
+        (erased_name.as_str(), "Gone", crate::NO_PASSWORD, true)
     );
     assert!(
         store.user_by_name(&old_name).await.unwrap().is_none(),

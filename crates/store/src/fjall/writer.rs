@@ -374,7 +374,7 @@ impl Writer {
                 }
                 user.username = std::mem::take(username);
                 user.display_name = std::mem::take(display_name);
-                user.password_hash = "!".to_owned();
+                user.password_hash = crate::NO_PASSWORD.to_owned();
                 user.banned = true;
                 tx.put_user(&user);
                 tx.remove_devices(*id, ended);

@@ -400,9 +400,9 @@ pub(super) async fn erase_user(
     let tx = c.transaction().await.map_err(db)?;
     let n = tx
         .ex(
-            "UPDATE users SET username = $2, display_name = $3, password_hash = '!', banned = true, \
+            "UPDATE users SET username = $2, display_name = $3, password_hash = $4, banned = true, \
              external_id = NULL WHERE id = $1",
-            &[&i(user.0), &username, &display_name],
+            &[&i(user.0), &username, &display_name, &crate::NO_PASSWORD],
         )
         .await
         .map_err(|e| match e.code() {
