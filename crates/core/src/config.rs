@@ -21,6 +21,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub admin: AdminConfig,
     pub webhooks: WebhooksConfig,
+    pub notify: NotifyConfig,
     /// The time every layer reads (not configurable: a test that starts a server shares
     /// one with it and moves it forward instead of waiting out a window).
     #[serde(skip)]
@@ -201,6 +202,165 @@ impl Default for AfterConfig {
             max_outbox: 1_000_000,
         }
     }
+}
+
+/// Offline push: notifications to the devices of a user that are not connected, or told
+/// the server they are in the background, through the providers configured here. With
+/// none configured nothing is queued.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// What is notified: `message` (every new message), `mention` (a message that
+    /// mentions the user; heard through a mute), `friend_request`.
+    pub kinds: Vec<String>,
+    /// At most one notification per conversation and device in this window; what arrives
+    /// within it is told once, when it ends, with the count.
+    pub collapse_ms: u64,
+    /// Notifications waiting at most: past it the oldest are dropped (and counted), so a
+    /// provider's outage never holds sends up.
+    pub max_queue: u64,
+    /// Notifications taken from the queue at once.
+    pub batch: usize,
+    /// Whether notifications show the sender and text (a user may choose otherwise);
+    /// otherwise only "New message".
+    pub preview: bool,
+    /// Whether `@all` breaks through a mute as a mention of the user does.
+    pub mention_all_breaks_mute: bool,
+    /// Groups with more members than this notify only mentions (a message to a crowd
+    /// would otherwise be a notification to each of them).
+    pub max_group_members: u64,
+    pub apns: Option<ApnsConfig>,
+    pub fcm: Option<FcmConfig>,
+    pub webpush: Option<WebPushConfig>,
+    pub webhook: Option<NotifyWebhookConfig>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            kinds: vec!["message".into(), "mention".into(), "friend_request".into()],
+            collapse_ms: 2_000,
+            max_queue: 1_000_000,
+            batch: 256,
+            preview: true,
+            mention_all_breaks_mute: true,
+            max_group_members: 500,
+            apns: None,
+            fcm: None,
+            webpush: None,
+            webhook: None,
+        }
+    }
+}
+
+impl NotifyConfig {
+    /// Whether any provider is configured (otherwise nothing is queued).
+    pub fn enabled(&self) -> bool {
+        self.apns.is_some()
+            || self.fcm.is_some()
+            || self.webpush.is_some()
+            || self.webhook.is_some()
+    }
+}
+
+/// What every provider client shares: where to reach it, how hard to press it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderLimits {
+    /// Requests in flight at most.
+    pub concurrency: usize,
+    /// Requests per second at most (a token bucket with a second's burst).
+    pub per_sec: f64,
+    pub timeout_ms: u64,
+    /// Tries of one notification on 429 and 5xx answers (waiting as `Retry-After` says, or
+    /// backing off) before it is given up on.
+    pub max_attempts: u32,
+    /// A PEM file of extra root certificates to trust (a local stand-in in tests).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ProviderLimits {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            per_sec: 5_000.0,
+            timeout_ms: 10_000,
+            max_attempts: 5,
+            ca_file: None,
+        }
+    }
+}
+
+/// Apple Push Notification service, token-based: an ES256 provider key (`.p8`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// The `.p8` key file (PKCS#8 PEM) and its key id, and the team id.
+    pub key_file: PathBuf,
+    pub key_id: String,
+    pub team_id: String,
+    #[serde(default = "apns_url")]
+    pub url: String,
+    #[serde(default = "apns_sandbox_url")]
+    pub sandbox_url: String,
+    #[serde(default, flatten)]
+    pub limits: ProviderLimits,
+}
+
+fn apns_url() -> String {
+    "https://api.push.apple.com".into()
+}
+
+fn apns_sandbox_url() -> String {
+    "https://api.sandbox.push.apple.com".into()
+}
+
+/// Firebase Cloud Messaging, HTTP v1, with a service account's OAuth2 access token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmConfig {
+    /// The service account's JSON key (`project_id`, `client_email`, `private_key`,
+    /// `token_uri`).
+    pub service_account_file: PathBuf,
+    #[serde(default = "fcm_url")]
+    pub url: String,
+    /// Overrides the key file's `token_uri`.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    #[serde(default, flatten)]
+    pub limits: ProviderLimits,
+}
+
+fn fcm_url() -> String {
+    "https://fcm.googleapis.com".into()
+}
+
+/// Web Push (RFC 8030) with VAPID (RFC 8292) and encrypted payloads (RFC 8291).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebPushConfig {
+    /// The VAPID key: a P-256 private key, PKCS#8 PEM.
+    pub vapid_key_file: PathBuf,
+    /// A `mailto:` or `https:` contact for the push services.
+    pub subject: String,
+    /// How long a push service keeps an undelivered notification.
+    #[serde(default = "webpush_ttl")]
+    pub ttl_secs: u64,
+    #[serde(default, flatten)]
+    pub limits: ProviderLimits,
+}
+
+fn webpush_ttl() -> u64 {
+    86_400
+}
+
+/// The app's own push service: each notification POSTed, signed as the other webhooks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyWebhookConfig {
+    pub url: String,
+    #[serde(default, flatten)]
+    pub limits: ProviderLimits,
 }
 
 /// A hook asked before a message is stored: it allows it, rejects it (the sender gets
@@ -629,6 +789,37 @@ impl Config {
         }
         if w.before_send.timeout_ms == 0 || w.before_send.timeout_ms > 30_000 {
             return bad("webhooks.before_send.timeout_ms must be 1-30000");
+        }
+        let n = &self.notify;
+        if n.webhook.is_some() && w.secrets.is_empty() {
+            return bad("notify.webhook is signed with webhooks.secrets; set at least one secret");
+        }
+        if n.batch == 0 || n.max_queue == 0 || n.collapse_ms > 3_600_000 {
+            return bad(
+                "notify: batch and max_queue must be positive, collapse_ms at most 3600000",
+            );
+        }
+        if let Some(k) = n
+            .kinds
+            .iter()
+            .find(|k| !matches!(k.as_str(), "message" | "mention" | "friend_request"))
+        {
+            return bad(&format!(
+                "notify.kinds: unknown kind {k:?} (message, mention, friend_request)"
+            ));
+        }
+        let limits = [
+            n.apns.as_ref().map(|p| &p.limits),
+            n.fcm.as_ref().map(|p| &p.limits),
+            n.webpush.as_ref().map(|p| &p.limits),
+            n.webhook.as_ref().map(|p| &p.limits),
+        ];
+        if limits.into_iter().flatten().any(|l| {
+            l.concurrency == 0 || !(l.per_sec > 0.0) || l.timeout_ms == 0 || l.max_attempts == 0
+        }) {
+            return bad(
+                "notify providers: concurrency, per_sec, timeout_ms and max_attempts must be positive",
+            );
         }
         let r = &self.route;
         if !(r.per_ip_per_sec > 0.0

@@ -181,6 +181,39 @@ pub struct Devices {
     pub devices: Vec<DeviceView>,
 }
 
+// === offline push ===
+
+/// How a device is reached while it is not connected (or is in the background): its
+/// provider and what that provider needs. One per device; a new one replaces the old;
+/// logging the device out removes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "provider", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PushRegistration {
+    /// Apple: the device token (hex), the app's bundle id as the topic, and whether the
+    /// token is for the sandbox (development builds) or production.
+    Apns {
+        token: String,
+        topic: String,
+        #[serde(default)]
+        sandbox: bool,
+    },
+    /// Firebase Cloud Messaging: the registration token.
+    Fcm { token: String },
+    /// Web Push: the browser's subscription (`PushSubscription.toJSON()`: the endpoint and
+    /// its `p256dh` and `auth` keys, base64url).
+    Webpush {
+        endpoint: String,
+        p256dh: String,
+        auth: String,
+    },
+    /// The app's own push service, told through the notification webhook; `token` is
+    /// passed through as the app gave it.
+    Webhook {
+        #[serde(default)]
+        token: Option<String>,
+    },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Profile {
     pub user_id: UserId,
