@@ -212,9 +212,12 @@ impl Registry {
                 continue;
             };
             if !out.iter().any(|d| d.device == device) {
+                // The registry keeps no app state: a connected device counts as in the
+                // foreground.
                 out.push(DeviceSeen {
                     device,
                     online: true,
+                    foreground: true,
                     last_seen_ms: now,
                 });
             }
@@ -227,6 +230,7 @@ impl Registry {
                 out.push(DeviceSeen {
                     device,
                     online: false,
+                    foreground: false,
                     last_seen_ms: at,
                 });
             }

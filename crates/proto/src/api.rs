@@ -214,6 +214,65 @@ pub enum PushRegistration {
     },
 }
 
+/// The calling device's push registration, if it has one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PushStatus {
+    pub registration: Option<PushRegistration>,
+}
+
+/// A user's notification preferences.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyPrefs {
+    /// Show the sender and the text (`true`) or only "New message" (`false`); unset: the
+    /// server's default.
+    #[serde(default)]
+    pub preview: Option<bool>,
+    /// Do not disturb: no notification in these hours of the user's day, mentions
+    /// included (the messages wait in the inbox as always).
+    #[serde(default)]
+    pub quiet_hours: Option<QuietHours>,
+}
+
+/// Daily quiet hours from `start_min` to `end_min` (minutes after midnight, local time;
+/// across midnight when start > end), local time being UTC plus `utc_offset_min`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHours {
+    pub start_min: u16,
+    pub end_min: u16,
+    pub utc_offset_min: i16,
+}
+
+/// One user's settings of one conversation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConversationSettings {
+    /// No notification but for mentions, forever or until `muted_until_ms`.
+    #[serde(default)]
+    pub muted: bool,
+    #[serde(default)]
+    pub muted_until_ms: Option<u64>,
+    /// Kept at the top of the user's conversation list.
+    #[serde(default)]
+    pub pinned: bool,
+}
+
+impl ConversationSettings {
+    /// Whether the conversation is muted at `now_ms`.
+    pub fn muted_at(&self, now_ms: u64) -> bool {
+        self.muted && self.muted_until_ms.is_none_or(|until| now_ms < until)
+    }
+}
+
+/// Told by a device on its long connection: whether the app is in the background (it then
+/// gets notifications as if it were not connected) or in the foreground again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppState {
+    pub background: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Profile {
     pub user_id: UserId,

@@ -24,6 +24,8 @@ pub const CONVERSATIONS: u16 = 105;
 pub const HISTORY: u16 = 106;
 pub const READ_STATE: u16 = 107;
 pub const PRESENCE: u16 = 108;
+/// `AppState`: the app went to the background or came back (offline push).
+pub const APP_STATE: u16 = 109;
 
 /// A business command's name, for metrics labels ("other" for a number this build does not
 /// know).
@@ -38,6 +40,7 @@ pub fn name(cmd: u16) -> &'static str {
         HISTORY => "history",
         READ_STATE => "read_state",
         PRESENCE => "presence",
+        APP_STATE => "app_state",
         _ => "other",
     }
 }

@@ -51,6 +51,9 @@ pub struct Session {
 pub struct DeviceSeen {
     pub device: DeviceId,
     pub online: bool,
+    /// Connected, and not every connection of it told the server its app is in the
+    /// background (`Signals::set_background`): it needs no offline push.
+    pub foreground: bool,
     /// Now for a connected device; when its last connection ended otherwise (0: unknown).
     pub last_seen_ms: u64,
 }
@@ -90,6 +93,20 @@ pub trait Signals: Send + Sync + 'static {
     async fn devices(&self, user: UserId) -> Vec<DeviceSeen>;
     /// Who is connected now, as this push layer can count it.
     async fn online(&self) -> Online;
+    /// Connection `conn` of `user` says its app went to the background (`true`) or came
+    /// back: a device all of whose connections are in the background is notified as if
+    /// it were not connected. Forgotten with the connection. This default keeps no such
+    /// state (every connected device counts as in the foreground).
+    fn set_background(&self, user: UserId, conn: ConnId, background: bool) {
+        let _ = (user, conn, background);
+    }
+    /// Whether `user` has a device in the foreground now, if this process can tell at
+    /// once (without a round trip): what decides, on the send path, whether a message
+    /// may need an offline push at all. `None`: it cannot (then it may).
+    fn foreground(&self, user: UserId) -> Option<bool> {
+        let _ = user;
+        None
+    }
 }
 
 /// Users (where counted), connections and gateways connected now.
@@ -113,6 +130,8 @@ struct Entry {
     /// When each device's last connection ended, newest last; at most
     /// `max_sessions_per_user` devices (the longest unseen is forgotten).
     devices_seen: Vec<(DeviceId, u64)>,
+    /// The connections (of `sessions`) whose app is in the background.
+    background: Vec<ConnId>,
 }
 
 #[derive(Clone, Debug)]
@@ -216,7 +235,8 @@ impl Push {
             let e = shard.entry(user).or_default();
             let was_offline = e.sessions.is_empty();
             if e.sessions.len() >= self.cfg.max_sessions_per_user {
-                e.sessions.remove(0);
+                let gone = e.sessions.remove(0).conn;
+                e.background.retain(|c| *c != gone);
             }
             // Most users have one or two devices: grow one slot at a time, not by Vec's
             // default of four (about 150 bytes per online user).
@@ -242,6 +262,7 @@ impl Push {
                 return;
             };
             let before = e.sessions.len();
+            e.background.retain(|c| *c != conn);
             if let Some(i) = e.sessions.iter().position(|s| s.conn == conn) {
                 let device = e.sessions.remove(i).device;
                 e.devices_seen.retain(|(d, _)| *d != device);
@@ -415,12 +436,15 @@ impl Signals for Push {
         };
         let mut out: Vec<DeviceSeen> = Vec::with_capacity(e.sessions.len() + e.devices_seen.len());
         for s in &e.sessions {
-            if !out.iter().any(|d| d.device == s.device) {
-                out.push(DeviceSeen {
+            let foreground = !e.background.contains(&s.conn);
+            match out.iter_mut().find(|d| d.device == s.device) {
+                Some(d) => d.foreground |= foreground,
+                None => out.push(DeviceSeen {
                     device: s.device.clone(),
                     online: true,
+                    foreground,
                     last_seen_ms: now,
-                });
+                }),
             }
         }
         for (device, at) in &e.devices_seen {
@@ -428,11 +452,32 @@ impl Signals for Push {
                 out.push(DeviceSeen {
                     device: device.clone(),
                     online: false,
+                    foreground: false,
                     last_seen_ms: *at,
                 });
             }
         }
         out
+    }
+
+    fn foreground(&self, user: UserId) -> Option<bool> {
+        Some(
+            self.shard(user)
+                .get(&user)
+                .is_some_and(|e| e.sessions.iter().any(|s| !e.background.contains(&s.conn))),
+        )
+    }
+
+    fn set_background(&self, user: UserId, conn: ConnId, background: bool) {
+        let mut shard = self.shard(user);
+        let Some(e) = shard.get_mut(&user) else {
+            return;
+        };
+        e.background.retain(|c| *c != conn);
+        // Only a connection it holds: the list stays within the user's sessions.
+        if background && e.sessions.iter().any(|s| s.conn == conn) {
+            e.background.push(conn);
+        }
     }
 }
 

@@ -140,6 +140,32 @@ pub trait Store: Send + Sync + 'static {
     /// is none with that id.
     async fn replay_dead_letter(&self, id: u64) -> Result<()>;
 
+    // === offline push ===
+    /// The oldest `limit` notices of the notify queue placed after `after` (as
+    /// [`Store::outbox`] reads the outbox).
+    async fn notices(&self, after: u64, limit: usize) -> Result<Vec<NoticeRecord>>;
+    /// Removes notices (told, given up on, or dropped as the oldest of a full queue).
+    async fn notices_done(&self, seqs: &[u64]) -> Result<()>;
+    /// About how many notices the queue holds beyond `after`.
+    async fn notices_depth(&self, after: u64) -> Result<u64>;
+    /// Whether this process is the one that works the notify queue (as
+    /// [`Store::lead_outbox`]).
+    async fn lead_notices(&self) -> Result<bool> {
+        Ok(true)
+    }
+    /// A user's setting under `key` (push registrations, conversation mutes,
+    /// notification preferences: the IM layer owns the keys and the JSON values).
+    async fn setting(&self, user: UserId, key: &str) -> Result<Option<String>>;
+    /// A user's settings whose keys start with `prefix`, by key, at most `limit`.
+    async fn settings(
+        &self,
+        user: UserId,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>>;
+    /// Sets (`Some`) or removes (`None`) a user's setting.
+    async fn put_setting(&self, user: UserId, key: &str, value: Option<&str>) -> Result<()>;
+
     /// What a committed message with this (sender, client_msg_id) was, if any.
     async fn dedup(&self, sender: UserId, client_msg_id: &str) -> Result<Option<DedupRecord>>;
 

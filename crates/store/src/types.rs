@@ -335,6 +335,58 @@ pub struct Commit {
     pub ops: Vec<Op>,
     /// Events for the app's server (none is written for a duplicate).
     pub outbox: Vec<OutboxEvent>,
+    /// Offline-push notices the commit causes, queued in the same write (none for a
+    /// duplicate).
+    pub notify: Vec<Notice>,
+}
+
+/// A notification a commit asks for: to whom, about what. Queued in the commit's own
+/// write, so that a crash loses none (the notify queue, read by the push workers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub user: UserId,
+    pub about: NoticeAbout,
+}
+
+/// What a notice is about. A message is kept by reference: the worker reads it when it
+/// notifies, so a message recalled in between is not shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NoticeAbout {
+    /// The commit's message (in a [`Commit`]: the store fills in where it was placed).
+    Message {
+        #[serde(default = "no_conv")]
+        conv: ConvId,
+        #[serde(default)]
+        conv_seq: u64,
+    },
+    FriendRequest {
+        from: UserId,
+    },
+}
+
+fn no_conv() -> ConvId {
+    ConvId::Direct(UserId(0), UserId(0))
+}
+
+impl NoticeAbout {
+    /// A notice about the commit's message (placed by the store).
+    pub fn message() -> Self {
+        Self::Message {
+            conv: no_conv(),
+            conv_seq: 0,
+        }
+    }
+}
+
+/// A queued notice and its place in the queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeRecord {
+    #[serde(skip)]
+    pub seq: u64,
+    pub user: UserId,
+    pub at_ms: u64,
+    pub about: NoticeAbout,
 }
 
 /// An event for the app's server, written to the outbox by the commit that caused it, so

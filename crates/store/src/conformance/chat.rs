@@ -400,3 +400,135 @@ pub(super) async fn the_outbox_keeps_events_in_order_until_delivered_or_dead(sto
     store.outbox_done(&rest).await.unwrap();
     assert!(store.outbox(0, 100).await.unwrap().is_empty());
 }
+
+/// Notices are queued with their commit (about its message, placed), none for a retried
+/// send, read oldest first and gone once done; settings are per user, by key and prefix.
+pub(super) async fn notices_queue_with_their_commit_and_settings_are_per_user(store: &dyn Store) {
+    // The queue is shared: clear what earlier checks left.
+    let old = store.notices(0, 1_000_000).await.unwrap();
+    store
+        .notices_done(&old.iter().map(|r| r.seq).collect::<Vec<_>>())
+        .await
+        .unwrap();
+
+    let a = user(store, "nq_a").await;
+    let b = user(store, "nq_b").await;
+    let conv = ConvId::direct(a, b);
+    let mut first = None;
+    for i in 0..3 {
+        let cmid = format!("nq-{i}");
+        let c = Commit {
+            dedup: Some((a, cmid.clone())),
+            message: Some(NewMessage {
+                conv,
+                sender: a,
+                sender_device: None,
+                client_msg_id: cmid,
+                sent_at_ms: 1,
+                mentions: vec![],
+                mention_all: false,
+                body: MessageBody::Content {
+                    content: serde_json::json!({ "text": i }),
+                },
+            }),
+            message_to: vec![a, b],
+            ops: vec![Op::Join { user: a, conv }, Op::Join { user: b, conv }],
+            notify: vec![crate::Notice {
+                user: b,
+                about: crate::NoticeAbout::message(),
+            }],
+            ..Default::default()
+        };
+        first.get_or_insert_with(|| c.clone());
+        store.commit(c).await.unwrap();
+    }
+    // A retried send queues nothing again; a notice without a message is kept as it is.
+    store.commit(first.unwrap()).await.unwrap();
+    store
+        .commit(Commit {
+            notify: vec![crate::Notice {
+                user: b,
+                about: crate::NoticeAbout::FriendRequest { from: a },
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let queued = store.notices(0, 100).await.unwrap();
+    assert_eq!(queued.len(), 4, "{queued:?}");
+    assert!(
+        queued.windows(2).all(|w| w[0].seq < w[1].seq),
+        "oldest first"
+    );
+    for (i, n) in queued[..3].iter().enumerate() {
+        assert_eq!(n.user, b);
+        assert_eq!(
+            n.about,
+            crate::NoticeAbout::Message {
+                conv,
+                conv_seq: i as u64 + 1
+            }
+        );
+        assert!(n.at_ms > 0);
+    }
+    assert_eq!(
+        queued[3].about,
+        crate::NoticeAbout::FriendRequest { from: a }
+    );
+    assert!(store.notices_depth(0).await.unwrap() >= 4);
+    let later = store.notices(queued[1].seq, 100).await.unwrap();
+    assert!(later.ends_with(&queued[2..]), "{later:?}");
+    store
+        .notices_done(&[queued[0].seq, queued[2].seq])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.notices(0, 100).await.unwrap(),
+        vec![queued[1].clone(), queued[3].clone()]
+    );
+    store
+        .notices_done(&[queued[1].seq, queued[3].seq])
+        .await
+        .unwrap();
+    assert!(store.notices(0, 100).await.unwrap().is_empty());
+
+    // Settings: by key, by prefix in key order, replaced, removed, never another user's.
+    assert_eq!(store.setting(a, "push/phone").await.unwrap(), None);
+    store
+        .put_setting(a, "push/phone", Some("{\"p\":1}"))
+        .await
+        .unwrap();
+    store
+        .put_setting(a, "push/laptop", Some("{\"p\":2}"))
+        .await
+        .unwrap();
+    store.put_setting(a, "push%x", Some("other")).await.unwrap();
+    store.put_setting(a, "mute/d1-2", Some("0")).await.unwrap();
+    store
+        .put_setting(b, "push/phone", Some("b's"))
+        .await
+        .unwrap();
+    store
+        .put_setting(a, "push/phone", Some("{\"p\":3}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.setting(a, "push/phone").await.unwrap().as_deref(),
+        Some("{\"p\":3}")
+    );
+    assert_eq!(
+        store.settings(a, "push/", 10).await.unwrap(),
+        vec![
+            ("push/laptop".to_owned(), "{\"p\":2}".to_owned()),
+            ("push/phone".to_owned(), "{\"p\":3}".to_owned()),
+        ]
+    );
+    assert_eq!(store.settings(a, "push/", 1).await.unwrap().len(), 1);
+    store.put_setting(a, "push/laptop", None).await.unwrap();
+    store.put_setting(a, "push/none", None).await.unwrap();
+    assert_eq!(store.settings(a, "push/", 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store.setting(b, "push/phone").await.unwrap().as_deref(),
+        Some("b's")
+    );
+}

@@ -34,6 +34,7 @@ pub async fn run(store: &dyn Store) {
     groups::recipients_follow_membership_changed_by_earlier_commits(store).await;
     lists::conversation_list_matches_the_reads_one_by_one(store).await;
     chat::the_outbox_keeps_events_in_order_until_delivered_or_dead(store).await;
+    chat::notices_queue_with_their_commit_and_settings_are_per_user(store).await;
 }
 
 pub async fn user(store: &dyn Store, tag: &str) -> UserId {
@@ -74,6 +75,7 @@ pub async fn send(store: &dyn Store, a: UserId, b: UserId, cmid: &str) -> Commit
             message_to: vec![a, b],
             events: vec![],
             outbox: vec![],
+            notify: vec![],
             ops: vec![
                 Op::Join {
                     user: a,

@@ -178,6 +178,24 @@ impl Tx<'_> {
         }
         let outbox = std::mem::take(&mut c.outbox);
         self.write_outbox(ids, &outbox, now, out.message.as_ref(), None)?;
+        for notice in c.notify.drain(..) {
+            let about = match (notice.about, &out.message) {
+                (crate::NoticeAbout::Message { .. }, Some(m)) => crate::NoticeAbout::Message {
+                    conv: m.conv,
+                    conv_seq: m.conv_seq,
+                },
+                (crate::NoticeAbout::Message { .. }, None) => continue,
+                (about, _) => about,
+            };
+            let rec = crate::NoticeRecord {
+                seq: 0,
+                user: notice.user,
+                at_ms: now,
+                about,
+            };
+            let seq = self.next_counter(NOTIFY_HEAD)?;
+            self.put_unread(|s| &s.notify, u64_key(seq).to_vec(), encode(&rec));
+        }
         if let (Some((sender, cmid)), Some(msg)) = (&c.dedup, &out.message) {
             let rec = DedupRecord {
                 conv: msg.conv,

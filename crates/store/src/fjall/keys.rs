@@ -216,6 +216,17 @@ pub(crate) fn unpack_outbox_message(b: &[u8]) -> Result<Option<OutboxMessageRef<
 /// reused, and the outbox's depth is read from it without walking the keyspace.
 pub(crate) const OUTBOX_HEAD: &[u8] = b"outbox_head";
 
+/// The `meta` key of the notify queue's last place given out (as [`OUTBOX_HEAD`]).
+pub(crate) const NOTIFY_HEAD: &[u8] = b"notify_head";
+
+/// A user's setting: `user ++ key`.
+pub(crate) fn setting_key(user: UserId, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&user.0.to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
 /// The `usernames` key of an external id: a zero byte first, which no username has.
 pub(crate) fn external_key(external_id: &str) -> Vec<u8> {
     [&[0u8][..], external_id.as_bytes()].concat()

@@ -66,6 +66,10 @@ pub(crate) struct Spaces {
     /// Events for the app's server, by their place; and those given up on.
     pub outbox: Keyspace,
     pub dead: Keyspace,
+    /// Offline-push notices by their place (the notify queue).
+    pub notify: Keyspace,
+    /// Users' settings: `user ++ key` → value.
+    pub settings: Keyspace,
     /// Read cursors moved by sending in 1:1 conversations, not yet in `members`.
     pub soft: soft::SoftCursors,
 }
@@ -162,6 +166,8 @@ impl FjallStore {
             gleft: ks("gleft")?,
             outbox: ks("outbox")?,
             dead: ks("dead")?,
+            notify: ks("notify")?,
+            settings: ks("settings")?,
             soft: soft::SoftCursors::default(),
             db,
         });
@@ -354,6 +360,43 @@ impl Store for FjallStore {
 
     async fn outbox_depth(&self, after: u64) -> Result<u64> {
         reads::outbox_depth(&self.spaces, after)
+    }
+
+    async fn notices(&self, after: u64, limit: usize) -> Result<Vec<crate::NoticeRecord>> {
+        reads::notices(&self.spaces, after, limit)
+    }
+
+    async fn notices_done(&self, seqs: &[u64]) -> Result<()> {
+        self.write(writer::Op::NoticesDone(seqs.to_vec()))
+            .await
+            .map(drop)
+    }
+
+    async fn notices_depth(&self, after: u64) -> Result<u64> {
+        reads::counter_depth(&self.spaces, NOTIFY_HEAD, after)
+    }
+
+    async fn setting(&self, user: UserId, key: &str) -> Result<Option<String>> {
+        reads::setting(&self.spaces, user, key)
+    }
+
+    async fn settings(
+        &self,
+        user: UserId,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>> {
+        reads::settings(&self.spaces, user, prefix, limit)
+    }
+
+    async fn put_setting(&self, user: UserId, key: &str, value: Option<&str>) -> Result<()> {
+        self.write(writer::Op::PutSetting(
+            user,
+            key.to_owned(),
+            value.map(str::to_owned),
+        ))
+        .await
+        .map(drop)
     }
 
     async fn dead_letter(

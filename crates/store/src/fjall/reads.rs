@@ -384,11 +384,57 @@ fn outbox_message_event(s: &Spaces, r: &OutboxMessageRef<'_>) -> Result<String> 
 }
 
 pub(super) fn outbox_depth(s: &Spaces, after: u64) -> Result<u64> {
-    let head = match s.meta.get(OUTBOX_HEAD).map_err(backend)? {
+    counter_depth(s, OUTBOX_HEAD, after)
+}
+
+/// How far the counter under `head` in `meta` is beyond `after`.
+pub(super) fn counter_depth(s: &Spaces, head: &[u8], after: u64) -> Result<u64> {
+    let head = match s.meta.get(head).map_err(backend)? {
         Some(v) => read_u64(&v)?,
         None => 0,
     };
     Ok(head.saturating_sub(after))
+}
+
+pub(super) fn notices(s: &Spaces, after: u64, limit: usize) -> Result<Vec<crate::NoticeRecord>> {
+    let mut out = Vec::new();
+    // From `after` on, as `outbox` reads.
+    for kv in s
+        .notify
+        .range(u64_key(after.saturating_add(1)).to_vec()..)
+        .take(limit)
+    {
+        let (k, v) = kv.into_inner().map_err(backend)?;
+        let mut rec: crate::NoticeRecord = decode(&v)?;
+        rec.seq = read_u64(&k)?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+pub(super) fn setting(s: &Spaces, user: UserId, key: &str) -> Result<Option<String>> {
+    match s.settings.get(setting_key(user, key)).map_err(backend)? {
+        Some(v) => String::from_utf8(v.to_vec()).map(Some).map_err(backend),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn settings(
+    s: &Spaces,
+    user: UserId,
+    prefix: &str,
+    limit: usize,
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for kv in s.settings.prefix(setting_key(user, prefix)).take(limit) {
+        let (k, v) = kv.into_inner().map_err(backend)?;
+        let key = k.get(8..).unwrap_or_default();
+        out.push((
+            String::from_utf8(key.to_vec()).map_err(backend)?,
+            String::from_utf8(v.to_vec()).map_err(backend)?,
+        ));
+    }
+    Ok(out)
 }
 
 pub(super) fn dead_letters(s: &Spaces, after: u64, limit: usize) -> Result<Vec<crate::DeadLetter>> {

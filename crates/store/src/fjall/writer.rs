@@ -40,6 +40,10 @@ pub(crate) enum Op {
         outbox: Vec<crate::OutboxEvent>,
     },
     RemoveDevice(UserId, DeviceId),
+    /// Notices told or given up on, by place.
+    NoticesDone(Vec<u64>),
+    /// A user's setting set or removed.
+    PutSetting(UserId, String, Option<String>),
     Commit(Box<Commit>),
     /// Wakes the writer while it holds read cursors (the store's tick): it writes them
     /// if they are due.
@@ -416,6 +420,20 @@ impl Writer {
             }
             Op::RemoveDevice(user, device) => {
                 tx.delete(|s| &s.devices, device_key(*user, device));
+                Ok(Out::Unit)
+            }
+            Op::NoticesDone(seqs) => {
+                for seq in seqs.iter() {
+                    tx.delete(|s| &s.notify, u64_key(*seq).to_vec());
+                }
+                Ok(Out::Unit)
+            }
+            Op::PutSetting(user, key, value) => {
+                let k = setting_key(*user, key);
+                match value.take() {
+                    Some(v) => tx.put(|s| &s.settings, k, v.into_bytes()),
+                    None => tx.delete(|s| &s.settings, k),
+                }
                 Ok(Out::Unit)
             }
             Op::Commit(c) => tx.commit(&self.ids, c).map(|c| Out::Committed(Box::new(c))),

@@ -241,14 +241,20 @@ enum Shape {
 /// The commit as a [`MessageAlone`] if it is one.
 fn shape(c: Commit) -> Shape {
     let joins: Option<Vec<i64>> = match &c.message {
-        Some(new) if c.group.is_none() && c.events.is_empty() && c.outbox.is_empty() => c
-            .ops
-            .iter()
-            .map(|op| match op {
-                Op::Join { user, conv } if *conv == new.conv => Some(i(user.0)),
-                _ => None,
-            })
-            .collect(),
+        Some(new)
+            if c.group.is_none()
+                && c.events.is_empty()
+                && c.outbox.is_empty()
+                && c.notify.is_empty() =>
+        {
+            c.ops
+                .iter()
+                .map(|op| match op {
+                    Op::Join { user, conv } if *conv == new.conv => Some(i(user.0)),
+                    _ => None,
+                })
+                .collect()
+        }
         _ => None,
     };
     match (joins, c) {
@@ -334,6 +340,7 @@ impl PgStore {
             events,
             ops,
             outbox,
+            notify,
         } = c;
         for op in ops {
             tx.op(op).await?;
@@ -388,6 +395,7 @@ impl PgStore {
             }
         }
         super::ops::write_outbox(self, &tx.tx, &outbox, out.message.as_ref(), None).await?;
+        super::ops::write_notices(&tx.tx, notify, out.message.as_ref(), now).await?;
         let mut events = events;
         events.sort_by_key(|(u, _)| *u);
         for (user, event) in events {

@@ -48,6 +48,9 @@ pub struct PgStore {
     outbox_lead: std::sync::Arc<tokio::sync::Mutex<Option<deadpool_postgres::Object>>>,
     /// The lock's key: one per schema.
     outbox_key: i64,
+    /// The same for the notify queue.
+    notify_lead: std::sync::Arc<tokio::sync::Mutex<Option<deadpool_postgres::Object>>>,
+    notify_key: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -105,7 +108,9 @@ impl PgStore {
             ids: std::sync::Arc::new(IdGen::new(opts.node_id)),
             deadlocks: Default::default(),
             outbox_lead: Default::default(),
-            outbox_key: lock_key(&opts.schema),
+            outbox_key: lock_key("xinge-outbox:", &opts.schema),
+            notify_lead: Default::default(),
+            notify_key: lock_key("xinge-notify:", &opts.schema),
         };
         store.migrate(&opts.schema).await?;
         Ok(store)
@@ -117,17 +122,43 @@ impl PgStore {
 }
 
 impl PgStore {
+    /// Whether this process holds the advisory lock `key` (taken now if free), on a
+    /// connection kept out of the pool in `held`.
+    async fn lead(
+        &self,
+        held: &tokio::sync::Mutex<Option<deadpool_postgres::Object>>,
+        key: i64,
+    ) -> Result<bool> {
+        let mut held = held.lock().await;
+        if let Some(c) = held.as_ref() {
+            if !c.is_closed() {
+                return Ok(true);
+            }
+            *held = None;
+        }
+        let c = self.client().await?;
+        let row = c
+            .q_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .map_err(db)?;
+        let got: bool = row.get(0);
+        if got {
+            *held = Some(c);
+        }
+        Ok(got)
+    }
+
     /// A new snowflake id of this process (messages, outbox events).
     pub(crate) fn next_id(&self) -> u64 {
         self.ids.next()
     }
 }
 
-/// The advisory lock key of a schema's outbox: FNV-1a of its name (stable across
-/// processes and builds, unlike std's hasher).
-fn lock_key(schema: &str) -> i64 {
+/// The advisory lock key of a schema's queue (`what`: the outbox, the notify queue):
+/// FNV-1a of the names (stable across processes and builds, unlike std's hasher).
+fn lock_key(what: &str, schema: &str) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in "xinge-outbox:".bytes().chain(schema.bytes()) {
+    for b in what.bytes().chain(schema.bytes()) {
         h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     h as i64
@@ -196,23 +227,42 @@ impl Store for PgStore {
     /// deployment delivers; if it dies its session ends, the lock with it, and the next
     /// process to ask takes over.
     async fn lead_outbox(&self) -> Result<bool> {
-        let mut held = self.outbox_lead.lock().await;
-        if let Some(c) = held.as_ref() {
-            if !c.is_closed() {
-                return Ok(true);
-            }
-            *held = None;
-        }
-        let c = self.client().await?;
-        let row = c
-            .q_one("SELECT pg_try_advisory_lock($1)", &[&self.outbox_key])
-            .await
-            .map_err(db)?;
-        let got: bool = row.get(0);
-        if got {
-            *held = Some(c);
-        }
-        Ok(got)
+        self.lead(&self.outbox_lead, self.outbox_key).await
+    }
+
+    /// From the oldest, whatever `after` is (as the outbox).
+    async fn notices(&self, _after: u64, limit: usize) -> Result<Vec<crate::NoticeRecord>> {
+        ops::notices(self, limit).await
+    }
+
+    async fn notices_done(&self, seqs: &[u64]) -> Result<()> {
+        ops::notices_done(self, seqs).await
+    }
+
+    async fn notices_depth(&self, _after: u64) -> Result<u64> {
+        ops::notices_depth(self).await
+    }
+
+    /// As [`Store::lead_outbox`], with a lock of its own: the two may lead apart.
+    async fn lead_notices(&self) -> Result<bool> {
+        self.lead(&self.notify_lead, self.notify_key).await
+    }
+
+    async fn setting(&self, user: UserId, key: &str) -> Result<Option<String>> {
+        ops::setting(self, user, key).await
+    }
+
+    async fn settings(
+        &self,
+        user: UserId,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>> {
+        ops::settings(self, user, prefix, limit).await
+    }
+
+    async fn put_setting(&self, user: UserId, key: &str, value: Option<&str>) -> Result<()> {
+        ops::put_setting(self, user, key, value).await
     }
 
     async fn dead_letter(

@@ -542,3 +542,134 @@ pub(super) async fn replay_dead_letter(store: &PgStore, id: u64) -> Result<()> {
         .map_err(db)?;
     tx.commit().await.map_err(db)
 }
+
+/// Queues `notices` in transaction `tx`; one about the write's message takes its place
+/// (none without a message: a duplicate).
+pub(super) async fn write_notices(
+    tx: &deadpool_postgres::Transaction<'_>,
+    notices: Vec<crate::Notice>,
+    message: Option<&Message>,
+    at_ms: u64,
+) -> Result<()> {
+    for n in notices {
+        let about = match (n.about, message) {
+            (crate::NoticeAbout::Message { .. }, Some(m)) => crate::NoticeAbout::Message {
+                conv: m.conv,
+                conv_seq: m.conv_seq,
+            },
+            (crate::NoticeAbout::Message { .. }, None) => continue,
+            (about, _) => about,
+        };
+        let about = serde_json::to_string(&about).map_err(backend)?;
+        tx.ex(
+            "INSERT INTO notify (user_id, at_ms, about) VALUES ($1, $2, $3)",
+            &[&i(n.user.0), &i(at_ms), &about],
+        )
+        .await
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+pub(super) async fn notices(store: &PgStore, limit: usize) -> Result<Vec<crate::NoticeRecord>> {
+    let c = store.client().await?;
+    let rows = c
+        .q(
+            "SELECT seq, user_id, at_ms, about FROM notify ORDER BY seq LIMIT $1",
+            &[&(limit.min(i64::MAX as usize) as i64)],
+        )
+        .await
+        .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            let about: String = r.get(3);
+            Ok(crate::NoticeRecord {
+                seq: u(r.get(0)),
+                user: UserId(u(r.get(1))),
+                at_ms: u(r.get(2)),
+                about: serde_json::from_str(&about).map_err(backend)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn notices_done(store: &PgStore, seqs: &[u64]) -> Result<()> {
+    let seqs: Vec<i64> = seqs.iter().map(|s| i(*s)).collect();
+    let c = store.client().await?;
+    c.ex("DELETE FROM notify WHERE seq = ANY($1)", &[&seqs])
+        .await
+        .map_err(db)
+        .map(drop)
+}
+
+pub(super) async fn notices_depth(store: &PgStore) -> Result<u64> {
+    let c = store.client().await?;
+    let row = c
+        .q_one(
+            "SELECT COALESCE(MAX(seq) - MIN(seq) + 1, 0) FROM notify",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    Ok(u(row.get(0)))
+}
+
+pub(super) async fn setting(store: &PgStore, user: UserId, key: &str) -> Result<Option<String>> {
+    let c = store.client().await?;
+    let row = c
+        .q_opt(
+            "SELECT value FROM settings WHERE user_id = $1 AND key = $2",
+            &[&i(user.0), &key],
+        )
+        .await
+        .map_err(db)?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+pub(super) async fn settings(
+    store: &PgStore,
+    user: UserId,
+    prefix: &str,
+    limit: usize,
+) -> Result<Vec<(String, String)>> {
+    let c = store.client().await?;
+    // A range, not LIKE: the prefix is the caller's text, `%` and `_` included.
+    let rows = c
+        .q(
+            "SELECT key, value FROM settings WHERE user_id = $1 AND key >= $2 \
+             AND left(key, length($2)) = $2 ORDER BY key COLLATE \"C\" LIMIT $3",
+            &[&i(user.0), &prefix, &(limit.min(i64::MAX as usize) as i64)],
+        )
+        .await
+        .map_err(db)?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+pub(super) async fn put_setting(
+    store: &PgStore,
+    user: UserId,
+    key: &str,
+    value: Option<&str>,
+) -> Result<()> {
+    let c = store.client().await?;
+    let user = i(user.0);
+    match value {
+        Some(v) => {
+            c.ex(
+                "INSERT INTO settings (user_id, key, value) VALUES ($1, $2, $3) \
+                 ON CONFLICT (user_id, key) DO UPDATE SET value = EXCLUDED.value",
+                &[&user, &key, &v],
+            )
+            .await
+        }
+        None => {
+            c.ex(
+                "DELETE FROM settings WHERE user_id = $1 AND key = $2",
+                &[&user, &key],
+            )
+            .await
+        }
+    }
+    .map_err(db)
+    .map(drop)
+}

@@ -13,6 +13,7 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("0005_outbox.sql")),
     (6, include_str!("0006_external_id.sql")),
     (7, include_str!("0007_outbox_ref.sql")),
+    (8, include_str!("0008_notify.sql")),
 ];
 
 impl PgStore {
