@@ -815,7 +815,11 @@ impl Config {
             n.webhook.as_ref().map(|p| &p.limits),
         ];
         if limits.into_iter().flatten().any(|l| {
-            l.concurrency == 0 || !(l.per_sec > 0.0) || l.timeout_ms == 0 || l.max_attempts == 0
+            l.concurrency == 0
+                || l.per_sec.is_nan()
+                || l.per_sec <= 0.0
+                || l.timeout_ms == 0
+                || l.max_attempts == 0
         }) {
             return bad(
                 "notify providers: concurrency, per_sec, timeout_ms and max_attempts must be positive",

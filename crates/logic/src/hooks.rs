@@ -10,10 +10,8 @@
 use crate::Logic;
 use crate::access::Access;
 use crate::error::bad;
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::Sha256;
 use std::time::{Duration, Instant};
 use xinge_core::config::{BeforeSendConfig, HookFailure, WebhooksConfig};
 use xinge_core::{ConvId, DeviceId, ErrorCode, UserId};
@@ -122,26 +120,7 @@ impl Hooks {
     }
 }
 
-/// `v1=<hex>` for each secret, comma-separated: HMAC-SHA256 over `"<timestamp>.<body>"`.
-pub fn sign(secrets: &[Vec<u8>], timestamp: u64, body: &[u8]) -> String {
-    secrets
-        .iter()
-        .filter_map(|secret| {
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
-            mac.update(timestamp.to_string().as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            let hex: String = mac
-                .finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            Some(format!("v1={hex}"))
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
+pub use xinge_notify::sign;
 
 /// A reason cut to [`MAX_REASON`] bytes, at a character boundary.
 fn cut(mut reason: String) -> String {
