@@ -47,6 +47,10 @@ impl Upstream for Dispatch {
             cmd::HISTORY => reply(l.history(&caller, parse(&body)?).await?),
             cmd::READ_STATE => reply(l.read_state(&caller, parse(&body)?).await?),
             cmd::PRESENCE => reply(l.presence(&caller, parse(&body)?).await?),
+            cmd::APP_STATE => {
+                let state: xinge_proto::api::AppState = parse(&body)?;
+                reply(l.set_app_state(&caller, state.background)?)
+            }
             other => Err(ApiError::new(
                 ErrorCode::UnknownCommand,
                 format!("unknown command {other}"),

@@ -23,7 +23,7 @@ fn state(dir: &std::path::Path) -> AppState {
     cfg.auth.argon2_iterations = 1;
     let store = Arc::new(FjallStore::open(dir, FjallOptions::default()).unwrap());
     let push = Arc::new(Push::new(PushConfig::default()));
-    let logic = xinge_logic::Logic::new(store, push.clone(), cfg.clone(), b"k".repeat(32));
+    let logic = xinge_logic::Logic::new(store, push.clone(), cfg.clone(), b"k".repeat(32)).unwrap();
     let dispatch = Arc::new(Dispatch(logic.clone()));
     let gateway = xinge_gateway::Gateway::new(
         GatewayId(1),

@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use xinge_core::{ConvId, ErrorCode};
 use xinge_proto::api::{
-    Event, HistoryRequest, HistoryResponse, InboxEntry, Message, SendRequest, SendResponse, Signal,
-    SyncRequest, SyncResponse,
+    AppState, Event, HistoryRequest, HistoryResponse, InboxEntry, Message, SendRequest,
+    SendResponse, Signal, SyncRequest, SyncResponse,
 };
 use xinge_proto::cmd;
 
@@ -75,6 +75,9 @@ struct Shared {
     connects: AtomicU64,
     /// Set when the server refused the token for good.
     fatal: Mutex<Option<ClientError>>,
+    /// Whether the app said it is in the background (told again on every new connection:
+    /// the server forgets it with the connection).
+    background: std::sync::atomic::AtomicBool,
 }
 
 pub struct Device {
@@ -97,6 +100,7 @@ impl Device {
             cursor: AtomicU64::new(opts.cursor),
             connects: AtomicU64::new(0),
             fatal: Mutex::new(None),
+            background: std::sync::atomic::AtomicBool::new(false),
         });
         let (ev_tx, ev_rx) = mpsc::channel(65_536);
         let (msg_tx, msg_rx) = mpsc::channel(65_536);
@@ -180,6 +184,16 @@ impl Device {
         tokio::time::timeout(wait, rx.wait_for(|c| *c))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Tells the server the app went to the background (it then gets offline push
+    /// notifications as if it were not connected) or came back; remembered and told again
+    /// on every reconnection.
+    pub async fn set_background(&self, background: bool) -> Result<()> {
+        self.shared.background.store(background, Ordering::Relaxed);
+        self.call::<_, serde_json::Value>(cmd::APP_STATE, &AppState { background })
+            .await
+            .map(drop)
     }
 
     /// A request over the current connection, without retries.
@@ -371,6 +385,14 @@ impl Runner {
         let mut tick = tokio::time::interval(self.opts.repair_interval.min(hb));
         tick.tick().await;
         if self.pull_patiently(&conn).await.is_err() {
+            return Ended::Retry;
+        }
+        if self.shared.background.load(Ordering::Relaxed)
+            && conn
+                .request::<_, serde_json::Value>(cmd::APP_STATE, &AppState { background: true })
+                .await
+                .is_err()
+        {
             return Ended::Retry;
         }
         *lock(&self.shared.conn) = Some(conn.clone());

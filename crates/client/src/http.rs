@@ -170,6 +170,54 @@ impl Http {
         self.get("/v1/me/devices").await
     }
 
+    /// Registers (or replaces) how this device is reached while away: APNs, FCM, Web
+    /// Push or the app's push webhook.
+    pub async fn set_push(&self, reg: &PushRegistration) -> Result<()> {
+        self.call::<_, Done>(Method::PUT, "/v1/me/push", Some(reg))
+            .await
+            .map(drop)
+    }
+
+    /// Removes this device's push registration.
+    pub async fn remove_push(&self) -> Result<()> {
+        self.call::<(), Done>(Method::DELETE, "/v1/me/push", None)
+            .await
+            .map(drop)
+    }
+
+    /// This device's push registration, if any.
+    pub async fn push_status(&self) -> Result<PushStatus> {
+        self.get("/v1/me/push").await
+    }
+
+    pub async fn notify_prefs(&self) -> Result<NotifyPrefs> {
+        self.get("/v1/me/notifications").await
+    }
+
+    pub async fn set_notify_prefs(&self, prefs: &NotifyPrefs) -> Result<NotifyPrefs> {
+        self.call(Method::PUT, "/v1/me/notifications", Some(prefs))
+            .await
+    }
+
+    pub async fn conversation_settings(&self, conv: ConvId) -> Result<ConversationSettings> {
+        self.get(&format!("/v1/conversations/{conv}/settings"))
+            .await
+    }
+
+    /// Mutes (until a time or for good) or pins a conversation, or undoes it.
+    pub async fn set_conversation_settings(
+        &self,
+        conv: ConvId,
+        settings: &ConversationSettings,
+    ) -> Result<ConversationSettings> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/conversations/{conv}/settings"),
+            Some(settings),
+        )
+        .await
+    }
+
     /// Logs out another of the account's devices.
     pub async fn log_out_device(&self, device: &str) -> Result<()> {
         self.call::<(), Done>(Method::DELETE, &format!("/v1/me/devices/{device}"), None)

@@ -167,6 +167,7 @@ impl Logic {
             events: vec![],
             ops,
             outbox: vec![],
+            notify: self.message_notices(me, conv),
         };
         let commit = self.commit_from(c, caller.origin.map(|conn| (me, conn)));
         async move {

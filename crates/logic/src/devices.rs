@@ -29,9 +29,19 @@ impl Logic {
     /// Removes a device's token and closes its connections.
     pub(crate) async fn log_out_device(&self, user: UserId, device: &DeviceId) -> Result<()> {
         self.store.remove_device(user, device).await?;
+        self.forget_push(user, device).await;
         self.end_sessions(user, Some(device), None, EndReason::LoggedOut)
             .await;
         Ok(())
+    }
+
+    /// Drops a logged-out device's push registration. Should this fail, the notify worker
+    /// drops it when it finds the device logged out.
+    async fn forget_push(&self, user: UserId, device: &DeviceId) {
+        let key = crate::notify::push_key(device);
+        if let Err(e) = self.store.put_setting(user, &key, None).await {
+            tracing::warn!(%user, error = %e, "a logged-out device's push registration stays");
+        }
     }
 
     /// Before `device` logs in: if the account is at its device limit and `device` is not
@@ -46,6 +56,7 @@ impl Logic {
         }
         if let Some(oldest) = devices.iter().min_by_key(|d| d.logged_in_at_ms) {
             self.store.remove_device(user, &oldest.device).await?;
+            self.forget_push(user, &oldest.device).await;
             self.end_sessions(user, Some(&oldest.device), None, EndReason::TooManyDevices)
                 .await;
         }

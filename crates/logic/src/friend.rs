@@ -19,9 +19,14 @@ impl Logic {
         ev: Event,
         ops: Vec<Op>,
     ) -> Result<()> {
+        let notify = match &ev {
+            Event::FriendRequest { from, to, .. } => self.friend_request_notices(*from, *to),
+            _ => Vec::new(),
+        };
         let c = Commit {
             events: vec![(peer, ev.clone()), (caller.user, ev)],
             ops,
+            notify,
             ..Commit::default()
         };
         self.commit(c).await.map(drop)

@@ -39,6 +39,7 @@ mod group;
 pub mod hooks;
 mod inbox;
 pub mod limits;
+mod notify;
 mod presence;
 mod receipts;
 mod signal;
@@ -83,16 +84,19 @@ pub struct Logic {
     pub(crate) hooks: Option<hooks::Hooks>,
     /// The after-events webhook's outbox, if configured.
     pub(crate) outbox: Option<events::Outbox>,
+    /// Offline push, if a provider is configured.
+    pub(crate) notify: Option<notify::Notify>,
 }
 
 impl Logic {
-    /// The IM layer with per-user limits kept in this process.
+    /// The IM layer with per-user limits kept in this process. An error if a configured
+    /// push provider's key cannot be used.
     pub fn new(
         store: Arc<dyn Store>,
         push: Arc<dyn Signals>,
         cfg: Config,
         token_secret: Vec<u8>,
-    ) -> Arc<Self> {
+    ) -> std::result::Result<Arc<Self>, String> {
         let limiter = Arc::new(limits::LocalLimiter::new(&cfg.limits, cfg.clock.clone()));
         Self::with_limiter(store, push, limiter, cfg, token_secret)
     }
@@ -104,8 +108,8 @@ impl Logic {
         limiter: Arc<dyn limits::Limiter>,
         cfg: Config,
         token_secret: Vec<u8>,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> std::result::Result<Arc<Self>, String> {
+        Ok(Arc::new(Self {
             store,
             limiter,
             push,
@@ -118,9 +122,10 @@ impl Logic {
             decoy: tokio::sync::OnceCell::new(),
             hooks: hooks::Hooks::new(&cfg.webhooks),
             outbox: events::Outbox::new(&cfg.webhooks),
+            notify: notify::Notify::new(&cfg)?,
             cfg,
             tokens: token::TokenSigner::new(token_secret),
-        })
+        }))
     }
 
     pub fn config(&self) -> &Config {

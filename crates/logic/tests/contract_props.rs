@@ -143,7 +143,7 @@ fn config() -> Config {
 async fn open(dir: &Path) -> (Arc<FjallStore>, Arc<Logic>) {
     let store = Arc::new(FjallStore::open(dir, FjallOptions::default()).unwrap());
     let push = Arc::new(Push::new(PushConfig::default()));
-    let logic = Logic::new(store.clone(), push, config(), b"k".repeat(32));
+    let logic = Logic::new(store.clone(), push, config(), b"k".repeat(32)).unwrap();
     (store, logic)
 }
 

@@ -34,7 +34,8 @@ async fn a_burst_of_logins_hashes_one_password_per_core_at_a_time() {
         Arc::new(Push::new(PushConfig::default())),
         cfg,
         b"k".repeat(32),
-    );
+    )
+    .unwrap();
     logic
         .register(
             RegisterRequest {

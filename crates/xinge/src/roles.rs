@@ -94,7 +94,8 @@ pub async fn run_api(
         e.names.clone(),
         cfg.limits.clone(),
     ));
-    let logic = Logic::with_limiter(store, signals, limiter, cfg.clone(), token_secret(&cfg)?);
+    let logic = Logic::with_limiter(store, signals, limiter, cfg.clone(), token_secret(&cfg)?)
+        .map_err(ServeError::Config)?;
     let dispatch = Arc::new(Dispatch(logic.clone()));
     bus::serve_commands(
         e.nats.clone(),
@@ -125,6 +126,7 @@ pub async fn run_api(
     }
     tokio::spawn(logic.clone().run_group_signals());
     tokio::spawn(logic.clone().run_webhooks(shutdown.clone()));
+    tokio::spawn(logic.clone().run_notify(shutdown.clone()));
     let (admin_beside, _) =
         crate::common::start_admin(&cfg, &logic, tls.clone(), shutdown.clone()).await?;
     ready(http.local_addr()?);

@@ -109,7 +109,8 @@ pub async fn run(
         ..PushConfig::default()
     }));
     push.start();
-    let logic = Logic::new(store.clone(), push.clone(), cfg.clone(), secret);
+    let logic =
+        Logic::new(store.clone(), push.clone(), cfg.clone(), secret).map_err(ServeError::Config)?;
     let dispatch = Arc::new(Dispatch(logic.clone()));
     let gw_id = GatewayId(cfg.server.node_id);
     let deliveries = push.attach_gateway(gw_id);
@@ -128,6 +129,7 @@ pub async fn run(
     }
     tokio::spawn(logic.clone().run_group_signals());
     tokio::spawn(logic.clone().run_webhooks(shutdown.clone()));
+    tokio::spawn(logic.clone().run_notify(shutdown.clone()));
 
     let (admin_beside, admin) =
         crate::common::start_admin(&cfg, &logic, tls.clone(), shutdown.clone()).await?;

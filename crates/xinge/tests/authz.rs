@@ -184,6 +184,16 @@ async fn outsiders_removed_members_and_blocked_users_are_refused_everywhere() {
                 format!("/v1/conversations/g{gid}/typing"),
                 json!({}),
             ),
+            (
+                "GET",
+                format!("/v1/conversations/g{gid}/settings"),
+                json!({}),
+            ),
+            (
+                "PUT",
+                format!("/v1/conversations/g{gid}/settings"),
+                json!({"muted": true}),
+            ),
             ("GET", format!("/v1/groups/{gid}/members"), json!({})),
             (
                 "POST",
@@ -242,6 +252,16 @@ async fn outsiders_removed_members_and_blocked_users_are_refused_everywhere() {
             "POST",
             format!("/v1/conversations/{direct}/typing"),
             json!({}),
+        ),
+        (
+            "GET",
+            format!("/v1/conversations/{direct}/settings"),
+            json!({}),
+        ),
+        (
+            "PUT",
+            format!("/v1/conversations/{direct}/settings"),
+            json!({"pinned": true}),
         ),
         (
             "POST",

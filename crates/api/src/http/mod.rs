@@ -12,6 +12,7 @@ pub mod friends;
 pub mod gateway;
 pub mod groups;
 pub mod messages;
+pub mod notify;
 pub mod route;
 
 use crate::{ApiState, HttpError};
@@ -37,6 +38,7 @@ pub fn api_routes() -> OpenApiRouter<ApiState> {
         .merge(friends::routes())
         .merge(messages::routes())
         .merge(groups::routes())
+        .merge(notify::routes())
 }
 
 /// A member-list or read-state page: ids greater than `after`, at most `limit`.

@@ -46,7 +46,7 @@ impl App {
         f(&mut cfg);
         let store = Arc::new(FjallStore::open(dir.path(), FjallOptions::default()).unwrap());
         let push = Arc::new(Push::new(PushConfig::default()));
-        let logic = Logic::new(store, push, cfg.clone(), b"k".repeat(32));
+        let logic = Logic::new(store, push, cfg.clone(), b"k".repeat(32)).unwrap();
         let route = Arc::new(Route::new(15_000).with_admission(&cfg.route));
         Self {
             logic,
