@@ -185,6 +185,11 @@ impl Http {
             .map(drop)
     }
 
+    /// The providers the server pushes through, and its VAPID key for Web Push.
+    pub async fn push_config(&self) -> Result<PushConfigView> {
+        self.get("/v1/push/config").await
+    }
+
     /// This device's push registration, if any.
     pub async fn push_status(&self) -> Result<PushStatus> {
         self.get("/v1/me/push").await

@@ -26,7 +26,8 @@ use xinge_core::config::NotifyConfig;
 use xinge_core::{ConvId, DeviceId, ErrorCode, UserId};
 use xinge_notify::{Notification, Outcome, Providers};
 use xinge_proto::api::{
-    ConversationSettings, Message, MessageBody, NotifyPrefs, PushRegistration, PushStatus,
+    ConversationSettings, Message, MessageBody, NotifyPrefs, PushConfigView, PushRegistration,
+    PushStatus,
 };
 use xinge_store::{Notice, NoticeAbout, NoticeRecord};
 
@@ -173,6 +174,20 @@ impl Logic {
             .put_setting(caller.user, &push_key(&caller.device), None)
             .await?;
         Ok(())
+    }
+
+    /// The providers this server pushes through, and the VAPID key browsers subscribe with.
+    pub fn push_config(&self) -> PushConfigView {
+        match &self.notify {
+            Some(n) => PushConfigView {
+                providers: n.providers.names().into_iter().map(str::to_owned).collect(),
+                vapid_public_key: n.providers.vapid_public_key().map(str::to_owned),
+            },
+            None => PushConfigView {
+                providers: Vec::new(),
+                vapid_public_key: None,
+            },
+        }
     }
 
     pub async fn push_status(&self, caller: &Caller) -> Result<PushStatus> {

@@ -117,6 +117,26 @@ impl Providers {
         })
     }
 
+    /// The providers configured, by the name a registration gives (`apns`, `fcm`,
+    /// `webpush`, `webhook`).
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            ("apns", self.apns.is_some()),
+            ("fcm", self.fcm.is_some()),
+            ("webpush", self.webpush.is_some()),
+            ("webhook", self.webhook.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect()
+    }
+
+    /// The VAPID public key (base64url of the uncompressed P-256 point), which a browser
+    /// needs to subscribe (`applicationServerKey`), if Web Push is configured.
+    pub fn vapid_public_key(&self) -> Option<&str> {
+        self.webpush.as_ref().map(|w| w.public_key())
+    }
+
     /// Whether a registration of this provider can be served (its provider configured).
     pub fn serves(&self, r: &PushRegistration) -> bool {
         match r {

@@ -57,6 +57,11 @@ struct Payload<'a> {
 }
 
 impl WebPush {
+    /// The VAPID public key, base64url (as `applicationServerKey` takes it).
+    pub(crate) fn public_key(&self) -> &str {
+        &self.public
+    }
+
     pub(crate) fn new(cfg: &WebPushConfig) -> Result<Self, String> {
         let pem = jwt::read(&cfg.vapid_key_file)?;
         let key =

@@ -214,6 +214,14 @@ pub enum PushRegistration {
     },
 }
 
+/// What this server can push through: the providers a registration may name, and the
+/// VAPID public key a browser subscribes with (`applicationServerKey`), if Web Push is on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PushConfigView {
+    pub providers: Vec<String>,
+    pub vapid_public_key: Option<String>,
+}
+
 /// The calling device's push registration, if it has one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PushStatus {

@@ -312,6 +312,9 @@ async fn a_registration_for_a_provider_the_server_lacks_is_refused() {
     let (url, _p) = push_service().await;
     let server = server(&url).await;
     let (bob, _) = server.login("bob", "phone").await;
+    let config = bob.push_config().await.unwrap();
+    assert_eq!(config.providers, ["webhook"]);
+    assert_eq!(config.vapid_public_key, None);
     let apns = PushRegistration::Apns {
         token: "ab12".into(),
         topic: "com.example.app".into(),

@@ -12,9 +12,17 @@ use xinge_proto::api::*;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
+        .routes(routes!(push_config))
         .routes(routes!(push_status, set_push, remove_push))
         .routes(routes!(notify_prefs, set_notify_prefs))
         .routes(routes!(conversation_settings, set_conversation_settings))
+}
+
+/// The providers this server pushes through, and the VAPID public key a browser needs to
+/// subscribe to Web Push.
+#[utoipa::path(get, path = "/v1/push/config", responses((status = 200, body = PushConfigView), (status = 401, body = ApiError)))]
+pub async fn push_config(State(s): State<ApiState>, Auth(_): Auth) -> HttpResult<PushConfigView> {
+    Ok(Json(s.logic.push_config()))
 }
 
 /// The calling device's push registration, if any.
