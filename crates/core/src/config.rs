@@ -239,7 +239,7 @@ impl Default for NotifyConfig {
     fn default() -> Self {
         Self {
             kinds: vec!["message".into(), "mention".into(), "friend_request".into()],
-            collapse_ms: 2_000,
+            collapse_ms: 1_000,
             max_queue: 1_000_000,
             batch: 256,
             preview: true,
