@@ -84,6 +84,9 @@ const MAX_PENDING: usize = 100_000;
 /// Windows being told at once (each a task waiting on its provider).
 const MAX_IN_FLIGHT: usize = 10_000;
 
+/// How long a gap in the queue's places is waited on before it is read past.
+const GAP_GRACE: Duration = Duration::from_secs(2);
+
 /// How often an empty queue is looked at again.
 const IDLE: Duration = Duration::from_millis(50);
 
@@ -317,10 +320,8 @@ impl Logic {
                     Vec::new()
                 }
             };
+            let batch = w.in_order(batch);
             let took = batch.len();
-            if let Some(last) = batch.last() {
-                w.cursor = last.seq;
-            }
             self.trim_queue(n, &mut w).await;
             for notice in batch {
                 self.take_notice(n, &mut w, notice).await;
@@ -712,6 +713,8 @@ struct Pending {
 struct Worker {
     /// The last place read.
     cursor: u64,
+    /// Since when the next place has been missing while later ones are there.
+    gap_since: Option<Instant>,
     /// Windows being told, each on its task; each gives back the notices it held.
     rounds: tokio::task::JoinSet<Vec<u64>>,
     /// Bounds `rounds`.
@@ -728,6 +731,7 @@ impl Default for Worker {
     fn default() -> Self {
         Self {
             cursor: 0,
+            gap_since: None,
             rounds: tokio::task::JoinSet::new(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             pending: HashMap::new(),
@@ -738,6 +742,27 @@ impl Default for Worker {
 }
 
 impl Worker {
+    /// Of a batch read after the cursor, the notices up to the first gap in the places,
+    /// the cursor moved past them. A gap is read past only once it has stood for
+    /// [`GAP_GRACE`]: a PostgreSQL transaction that drew the missing places may not have
+    /// committed yet (or it rolled back, and they never come). The first read after a
+    /// start takes the oldest as it finds it.
+    fn in_order(&mut self, batch: Vec<NoticeRecord>) -> Vec<NoticeRecord> {
+        let mut taken = Vec::with_capacity(batch.len());
+        for rec in batch {
+            if self.cursor != 0 && rec.seq != self.cursor + 1 {
+                let since = *self.gap_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < GAP_GRACE {
+                    break;
+                }
+            }
+            self.gap_since = None;
+            self.cursor = rec.seq;
+            taken.push(rec);
+        }
+        taken
+    }
+
     /// A told window's notices: each is done once no window holds it.
     fn finish(&mut self, told: std::result::Result<Vec<u64>, tokio::task::JoinError>) {
         // A task that panicked leaves its notices in the queue, for the next start.
@@ -846,6 +871,36 @@ mod tests {
         };
         assert!(in_quiet_hours(&day, at(14, 0)));
         assert!(!in_quiet_hours(&day, at(12, 0)));
+    }
+
+    fn rec(seq: u64) -> NoticeRecord {
+        NoticeRecord {
+            seq,
+            user: UserId(1),
+            at_ms: 1,
+            about: NoticeAbout::FriendRequest { from: UserId(2) },
+        }
+    }
+
+    #[test]
+    fn the_reader_waits_at_a_gap_then_reads_past_it() {
+        let mut w = Worker::default();
+        let seqs = |v: Vec<NoticeRecord>| v.iter().map(|r| r.seq).collect::<Vec<_>>();
+        // After a start: the oldest as found.
+        assert_eq!(seqs(w.in_order(vec![rec(7), rec(8)])), [7, 8]);
+        // 9 is missing: what follows waits (and is read again next time).
+        assert_eq!(seqs(w.in_order(vec![rec(10), rec(11)])), Vec::<u64>::new());
+        assert_eq!(w.cursor, 8);
+        // 9 came (its transaction committed): all in order.
+        assert_eq!(
+            seqs(w.in_order(vec![rec(9), rec(10), rec(11)])),
+            [9, 10, 11]
+        );
+        // 12 never comes (rolled back): read past once the gap is old enough.
+        assert!(w.in_order(vec![rec(13)]).is_empty());
+        w.gap_since = Some(Instant::now() - GAP_GRACE);
+        assert_eq!(seqs(w.in_order(vec![rec(13), rec(14)])), [13, 14]);
+        assert_eq!(w.gap_since, None);
     }
 
     #[test]

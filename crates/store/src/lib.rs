@@ -141,8 +141,10 @@ pub trait Store: Send + Sync + 'static {
     async fn replay_dead_letter(&self, id: u64) -> Result<()>;
 
     // === offline push ===
-    /// The oldest `limit` notices of the notify queue placed after `after` (as
-    /// [`Store::outbox`] reads the outbox).
+    /// The oldest `limit` notices of the notify queue placed after `after`. Unlike
+    /// [`Store::outbox`], every backend starts after `after`: where places may become
+    /// visible out of order (PostgreSQL), the reader waits a moment at a gap in the places
+    /// before it reads on past it.
     async fn notices(&self, after: u64, limit: usize) -> Result<Vec<NoticeRecord>>;
     /// Removes notices (told, given up on, or dropped as the oldest of a full queue).
     async fn notices_done(&self, seqs: &[u64]) -> Result<()>;

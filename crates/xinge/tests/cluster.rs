@@ -1035,3 +1035,49 @@ async fn presence_changes_made_while_no_api_process_runs_are_told_when_one_start
     drop(gateway);
     c.clean_up().await;
 }
+
+/// Offline push in a cluster: the notices are written with the messages in PostgreSQL, one
+/// api process works the queue, and when it is killed with notifications on their way
+/// another takes over and sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_survive_the_kill_of_the_api_process_working_the_queue() {
+    if !engines_up("notifications_survive_the_kill_of_the_api_process_working_the_queue").await {
+        return;
+    }
+    let (url, h) = common::push::held().await;
+    let c = Cluster::on(NATS, REDIS, |c| {
+        c.chat.allow_strangers = true;
+        c.webhooks.secrets = vec!["the push webhook's secret".into()];
+        c.notify.collapse_ms = 50;
+        c.notify.webhook = Some(xinge_core::config::NotifyWebhookConfig {
+            url,
+            limits: Default::default(),
+        });
+    });
+    let mut first = c.spawn("api", 20);
+    let (bob, b) = login(&first.http, "bob", "phone").await;
+    bob.set_push(&xinge_client::api::PushRegistration::Webhook {
+        token: Some("bob".into()),
+    })
+    .await
+    .unwrap();
+    for i in 0..4 {
+        let (s, _) = login(&first.http, &format!("sender{i}"), "laptop").await;
+        let req: SendRequest = serde_json::from_value(serde_json::json!({
+            "to": b, "client_msg_id": "m", "content": {"text": format!("from {i}")},
+        }))
+        .unwrap();
+        s.send(&req).await.unwrap();
+    }
+    h.until_arrived(4).await;
+    first.kill9();
+    h.open.send_replace(true);
+    let _second = c.spawn("api", 21);
+    let bodies = h.until_bodies(4).await;
+    assert_eq!(
+        bodies,
+        (0..4).map(|i| format!("from {i}")).collect(),
+        "none lost"
+    );
+    c.clean_up().await;
+}

@@ -328,36 +328,9 @@ async fn a_registration_for_a_provider_the_server_lacks_is_refused() {
     server.stop().await;
 }
 
-/// The app's push service that holds every request until told to answer (a provider in
-/// the middle of answering when the server dies).
-#[derive(Default)]
-struct Held {
-    got: Mutex<Vec<Value>>,
-    /// Requests that came, answered or not.
-    arrived: Mutex<u32>,
-    open: tokio::sync::watch::Sender<bool>,
-}
-
-async fn take_held(State(h): State<Arc<Held>>, body: Bytes) -> StatusCode {
-    *h.arrived.lock().unwrap() += 1;
-    let mut open = h.open.subscribe();
-    let _ = open.wait_for(|o| *o).await;
-    h.got
-        .lock()
-        .unwrap()
-        .push(serde_json::from_slice(&body).unwrap());
-    StatusCode::OK
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_in_flight_when_the_server_is_killed_are_sent_after_it_restarts() {
-    let h = Arc::new(Held::default());
-    let app = axum::Router::new()
-        .route("/push", axum::routing::post(take_held))
-        .with_state(h.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/push", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (url, h) = common::push::held().await;
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path());
@@ -383,32 +356,12 @@ async fn notifications_in_flight_when_the_server_is_killed_are_sent_after_it_res
             .unwrap();
     }
     // The worker has sent them all, and the service holds them unanswered.
-    let sent = tokio::time::timeout(Duration::from_secs(10), async {
-        while *h.arrived.lock().unwrap() < 8 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    sent.await.expect("every notification on its way");
+    h.until_arrived(8).await;
     p1.kill9();
     assert!(h.got.lock().unwrap().is_empty());
     h.open.send_replace(true);
     let p2 = procs::serve(dir.path(), &cfg, "127.0.0.1:0", "127.0.0.1:0");
-    let told = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let bodies: std::collections::BTreeSet<String> = h
-                .got
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|v| v["notification"]["body"].as_str().unwrap().to_owned())
-                .collect();
-            if bodies.len() == 8 {
-                return bodies;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    let bodies = told.await.expect("every notification after the restart");
+    let bodies = h.until_bodies(8).await;
     assert_eq!(
         bodies,
         (0..8).map(|i| format!("from {i}")).collect(),

@@ -230,9 +230,8 @@ impl Store for PgStore {
         self.lead(&self.outbox_lead, self.outbox_key).await
     }
 
-    /// From the oldest, whatever `after` is (as the outbox).
-    async fn notices(&self, _after: u64, limit: usize) -> Result<Vec<crate::NoticeRecord>> {
-        ops::notices(self, limit).await
+    async fn notices(&self, after: u64, limit: usize) -> Result<Vec<crate::NoticeRecord>> {
+        ops::notices(self, after, limit).await
     }
 
     async fn notices_done(&self, seqs: &[u64]) -> Result<()> {

@@ -571,12 +571,16 @@ pub(super) async fn write_notices(
     Ok(())
 }
 
-pub(super) async fn notices(store: &PgStore, limit: usize) -> Result<Vec<crate::NoticeRecord>> {
+pub(super) async fn notices(
+    store: &PgStore,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<crate::NoticeRecord>> {
     let c = store.client().await?;
     let rows = c
         .q(
-            "SELECT seq, user_id, at_ms, about FROM notify ORDER BY seq LIMIT $1",
-            &[&(limit.min(i64::MAX as usize) as i64)],
+            "SELECT seq, user_id, at_ms, about FROM notify WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&i(after), &(limit.min(i64::MAX as usize) as i64)],
         )
         .await
         .map_err(db)?;

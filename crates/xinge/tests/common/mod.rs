@@ -6,6 +6,7 @@
 
 pub mod delivery;
 pub mod procs;
+pub mod push;
 pub mod webhooks;
 
 use std::net::SocketAddr;
