@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end tests of the web client (web/): the real `xinge serve` binary driven through
 # Debian's Chromium by playwright-core under Node's own test runner. Installs what is missing:
-# Chromium from Debian's packages, playwright-core (pinned in web/package-lock.json) from npm.
+# Chromium from Debian's packages, playwright-core (pinned in web/package-lock.json) from npm,
+# the Web Push stand-in's Python packages (scripts/python-deps.sh) from PyPI.
 # Screenshots of the main screens land in test-output/web/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,9 @@ if [ ! -d web/node_modules/playwright-core ]; then
     echo "== npm ci (web/)"
     (cd web && npm ci --no-audit --no-fund)
 fi
+
+# The Web Push stand-in (scripts/webpush-fake.py) the push test sends to: its venv.
+bash scripts/python-deps.sh
 
 echo "== cargo build -p xinge --bin xinge"
 cargo build -p xinge --bin xinge

@@ -168,11 +168,15 @@ async function start() {
   S.gw.addEventListener('fatal', (e) => sessionOver(e.detail));
   buildMain();
   S.gw.start();
+  initPush().catch(() => {});
 }
 
 async function onConnected() {
+  // The server forgot what this device's app said on the old connection.
+  if (document.hidden) sendAppState();
   pullGroups(await S.inbox.connected());
   await Promise.all([refreshConvs(), refreshFriends()]);
+  openFromHash();
   await Promise.all([refreshPresence(), catchUpOpen()]);
   flushOutbox();
 }
@@ -194,6 +198,7 @@ setInterval(() => {
 }, 20000);
 
 function stopSession() {
+  resetPush();
   S.gw?.stop();
   S.inbox?.stop();
   clearInterval(S.open?.poll);
@@ -206,6 +211,9 @@ function stopSession() {
 }
 
 function sessionOver(reason) {
+  // The server dropped this device's push registration with its token; the browser's
+  // subscription goes too.
+  if (P.on) unsubscribeBrowser().catch(() => {});
   stopSession();
   S.session = null;
   saveSession();
@@ -216,11 +224,226 @@ function sessionOver(reason) {
 }
 
 async function logout() {
+  // The server drops the registration with the device; the browser stops being pushed to.
+  if (P.on) await withTimeout(unsubscribeBrowser(), 3000, 'the browser').catch(() => {});
   try { await api('DELETE', '/v1/sessions'); } catch (e) { if (e.code !== 'unauthenticated') fail(e); }
   stopSession();
   S.session = null;
   saveSession();
   showLogin('Logged out.');
+}
+
+// === the app's state and offline push (Web Push through web/sw.js) ===
+
+/** Tells the server whether anyone is looking at this device's app (APP_STATE): while it is
+ *  in the background the device is notified by push as if it were not connected. */
+function sendAppState() {
+  if (S.gw?.state !== 'online') return;
+  call(CMD.APP_STATE, { background: document.hidden }).catch(() => {});
+}
+document.addEventListener('visibilitychange', sendAppState);
+
+const PUSH_TIMEOUT_MS = 20000;
+
+/** `supported`: the server has a VAPID key and this browser can be pushed to; `on`: the
+ *  user's choice for this device (kept in localStorage); `status`: what came of it. */
+const P = { supported: false, key: null, on: false, busy: false, status: '' };
+
+function resetPush() {
+  Object.assign(P, { supported: false, key: null, on: false, busy: false, status: '' });
+  renderPush();
+}
+
+const PUSH_CHOICE = 'xinge.push.';
+const MAX_PUSH_CHOICES = 20;
+
+/** Whether the user turned notifications on for this device (localStorage, per user and
+ *  device; every tab is a device, so only the most recent few are kept). */
+function pushWanted() {
+  try {
+    return JSON.parse(localStorage.getItem(`${PUSH_CHOICE}${S.me.user_id}.${S.session.device}`))?.on === true;
+  } catch { return false; }
+}
+
+function rememberPush(on) {
+  const key = `${PUSH_CHOICE}${S.me.user_id}.${S.session.device}`;
+  if (!on) {
+    localStorage.removeItem(key);
+    return;
+  }
+  localStorage.setItem(key, JSON.stringify({ on: true, at: Date.now() }));
+  const keys = [];
+  for (let i = 0; i < localStorage.length; i++) {
+    const k = localStorage.key(i);
+    if (!k?.startsWith(PUSH_CHOICE)) continue;
+    let at = 0;
+    try { at = JSON.parse(localStorage.getItem(k))?.at || 0; } catch { /* damaged: oldest */ }
+    keys.push([at, k]);
+  }
+  keys.sort((a, b) => b[0] - a[0]);
+  for (const [, k] of keys.slice(MAX_PUSH_CHOICES)) localStorage.removeItem(k);
+}
+
+function withTimeout(promise, ms, who) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${who} did not answer in time`)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+function base64urlBytes(s) {
+  const b = atob(s.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (s.length % 4)) % 4));
+  return Uint8Array.from(b, (c) => c.charCodeAt(0));
+}
+
+function sameBytes(buf, bytes) {
+  if (!buf) return false;
+  const a = new Uint8Array(buf);
+  return a.length === bytes.length && a.every((x, i) => x === bytes[i]);
+}
+
+function setPushStatus(text) {
+  P.status = text;
+  renderPush();
+}
+
+/** After login: the toggle, if the server pushes to browsers and this browser can be
+ *  pushed to; a device that had it on subscribes again (its registration went with its last
+ *  logout, and a subscription may have changed), without asking — a permission prompt
+ *  needs a click. */
+async function initPush() {
+  const me = S.me;
+  if (!('serviceWorker' in navigator) || !('PushManager' in window) || !('Notification' in window)) return;
+  const cfg = await api('GET', '/v1/push/config');
+  if (S.me !== me || !cfg?.vapid_public_key) return;
+  P.key = cfg.vapid_public_key;
+  P.supported = true;
+  const wanted = pushWanted();
+  if (wanted && Notification.permission === 'granted') {
+    await enablePush(false);
+  } else {
+    if (wanted) rememberPush(false);
+    setPushStatus('Off');
+  }
+}
+
+/** Turns notifications on: permission, the service worker, a push subscription, and the
+ *  subscription registered with the server for this device. Failures end as status text. */
+async function enablePush(ask) {
+  const me = S.me;
+  P.busy = true;
+  P.on = true;
+  setPushStatus('Turning on…');
+  try {
+    let perm = Notification.permission;
+    if (perm === 'default' && ask) perm = await Notification.requestPermission();
+    if (S.me !== me) return;
+    if (perm !== 'granted') {
+      P.on = false;
+      rememberPush(false);
+      setPushStatus(perm === 'denied' ? 'Blocked in this browser’s settings' : 'Not allowed');
+      return;
+    }
+    rememberPush(true);
+    await navigator.serviceWorker.register('/sw.js', { scope: '/' });
+    const reg = await withTimeout(navigator.serviceWorker.ready, PUSH_TIMEOUT_MS, 'the service worker');
+    const key = base64urlBytes(P.key);
+    let sub = await reg.pushManager.getSubscription();
+    if (sub && !sameBytes(sub.options?.applicationServerKey, key)) {
+      // Made for another server key: the server could not push to it.
+      await sub.unsubscribe().catch(() => {});
+      sub = null;
+    }
+    sub ||= await withTimeout(reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key }),
+      PUSH_TIMEOUT_MS, 'the push service');
+    if (S.me !== me || !P.on) return;
+    const j = sub.toJSON();
+    await api('PUT', '/v1/me/push', { provider: 'webpush', endpoint: j.endpoint, p256dh: j.keys?.p256dh, auth: j.keys?.auth });
+    if (S.me === me) setPushStatus('On');
+  } catch (e) {
+    // The choice stays: the next start tries again (a push service may be out of reach).
+    if (S.me === me) setPushStatus(`Not available here: ${e.message || e}`);
+  } finally {
+    if (S.me === me) {
+      P.busy = false;
+      renderPush();
+    }
+  }
+}
+
+async function disablePush() {
+  const me = S.me;
+  P.busy = true;
+  P.on = false;
+  rememberPush(false);
+  setPushStatus('Turning off…');
+  try {
+    await withTimeout(unsubscribeBrowser(), PUSH_TIMEOUT_MS, 'the browser').catch(() => {});
+    await api('DELETE', '/v1/me/push');
+    if (S.me === me) setPushStatus('Off');
+  } catch (e) {
+    if (S.me === me) setPushStatus(`Could not turn off: ${e.message || e}`);
+  } finally {
+    if (S.me === me) {
+      P.busy = false;
+      renderPush();
+    }
+  }
+}
+
+async function unsubscribeBrowser() {
+  const reg = await navigator.serviceWorker?.getRegistration('/');
+  const sub = await reg?.pushManager?.getSubscription();
+  if (sub) await sub.unsubscribe();
+}
+
+function renderPush() {
+  if (!R.push) return;
+  R.push.hidden = !P.supported;
+  if (!P.supported) {
+    R.push.replaceChildren();
+    return;
+  }
+  renderIfChanged(R.push,
+    h('button.ghost', {
+      'aria-pressed': P.on ? 'true' : 'false', disabled: P.busy, 'data-fk': 'push', 'data-test': 'push-toggle',
+      title: 'Notifications while this app is in the background or closed',
+      onclick: () => (P.on ? disablePush() : enablePush(true)),
+    }, 'Notifications'),
+    h('small.muted', { role: 'status', 'data-test': 'push-status', title: P.status }, P.status));
+}
+
+/** A conversation to open from a notification: `#conv=<conv>` when the click opened this
+ *  window, a message from the service worker when it focused it. */
+function openFromPush(conv) {
+  if (!S.me || typeof conv !== 'string' || !S.convs.has(conv)) return;
+  S.tab = 'chats';
+  if (S.open?.conv !== conv) openConv(conv);
+  else update();
+}
+
+/** A conversation's notifications go once it is opened here (its tag is the conversation). */
+function closeNotifications(conv) {
+  if (!P.supported) return;
+  navigator.serviceWorker.getRegistration('/')
+    .then((r) => r?.getNotifications({ tag: conv }))
+    .then((ns) => ns?.forEach((n) => n.close()))
+    .catch(() => {});
+}
+
+function openFromHash() {
+  const m = /^#conv=([^&]+)$/.exec(location.hash);
+  if (!m || !S.me) return;
+  history.replaceState(null, '', location.pathname + location.search);
+  try { openFromPush(decodeURIComponent(m[1])); } catch { /* not a conversation */ }
+}
+window.addEventListener('hashchange', openFromHash);
+if ('serviceWorker' in navigator) {
+  navigator.serviceWorker.addEventListener('message', (e) => {
+    if (e.data?.type === 'open') openFromPush(e.data.conv);
+  });
+  navigator.serviceWorker.startMessages();
 }
 
 // === login screen ===
@@ -287,7 +510,7 @@ function buildMain() {
         h('span', null, h('strong', { 'data-test': 'me' }, S.me.display_name || S.me.username), h('br'),
           h('small.muted', null, '@', S.me.username))),
       h('button.ghost', { onclick: logout, 'data-test': 'logout' }, 'Log out')),
-    R.conn, R.tabs, R.sideBody);
+    R.conn, R.push = h('div.push', { hidden: true }), R.tabs, R.sideBody);
   R.chat = h('main.chat', { 'aria-label': 'Chat' });
   R.shell = h('div.shell', null, R.side, R.chat);
   render(app, R.shell);
@@ -297,6 +520,7 @@ function buildMain() {
     }
   };
   renderConn();
+  renderPush();
   renderMain();
 }
 
@@ -697,6 +921,7 @@ function openConv(conv) {
     }, GROUP_READ_POLL_MS);
   }
   update();
+  closeNotifications(conv);
   // Offline, the reconnection loads it (catchUpOpen).
   const quiet = (e) => { if (!(e instanceof ApiError) || !e.retryable) fail(e); };
   loadNewest().catch(quiet);

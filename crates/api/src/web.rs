@@ -40,6 +40,7 @@ static ASSETS: &[Asset] = &[
     asset!("icon.svg", "image/svg+xml"),
     asset!("admin.html", "text/html; charset=utf-8"),
     asset!("admin.js", JS),
+    asset!("sw.js", JS),
 ];
 
 /// Same-origin only: the client loads nothing from elsewhere and talks only to this server.
@@ -103,9 +104,12 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
     resp
 }
 
-/// `/` and `/web/{file}`.
+/// `/`, `/sw.js` and `/web/{file}`.
 pub fn routes() -> Router {
-    Router::new().route("/", get(index)).merge(files())
+    Router::new()
+        .route("/", get(index))
+        .route("/sw.js", get(service_worker))
+        .merge(files())
 }
 
 /// `/web/{file}`: the scripts, stylesheet and icon, for the client and the admin page.
@@ -124,6 +128,12 @@ pub fn admin_page() -> Router {
 /// `GET /`: the client's page.
 pub async fn index(headers: HeaderMap) -> Response {
     serve("index.html", &headers)
+}
+
+/// `GET /sw.js`: the service worker that shows Web Push notifications. Served from the root
+/// so that its scope is the whole origin, the page at `/` included.
+pub async fn service_worker(headers: HeaderMap) -> Response {
+    serve("sw.js", &headers)
 }
 
 /// `GET /web/{file}`: the client's scripts, stylesheet and icon.

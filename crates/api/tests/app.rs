@@ -168,6 +168,7 @@ async fn web_client_is_served_from_the_binary() {
         ("/web/app.js", "text/javascript; charset=utf-8"),
         ("/web/client.js", "text/javascript; charset=utf-8"),
         ("/web/view.js", "text/javascript; charset=utf-8"),
+        ("/sw.js", "text/javascript; charset=utf-8"),
         ("/web/style.css", "text/css; charset=utf-8"),
         ("/web/icon.svg", "image/svg+xml"),
     ] {
