@@ -17,6 +17,7 @@
 mod flood;
 mod hook;
 mod idle;
+mod notify;
 mod realistic;
 mod report;
 mod server;
@@ -150,6 +151,31 @@ pub enum Scenario {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// 1:1 messages, each pair one sender and one recipient, where `away_pct` of the
+    /// recipients are away (logged in, registered for APNs, not connected): their messages
+    /// go through the offline-push pipeline to a local APNs stand-in (HTTP/2, TLS) in this
+    /// process. `--away-pct 0` is the same run with nobody away, to compare with.
+    Notify {
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 50)]
+        away_pct: u32,
+        /// The server's collapse window (0: every message its own notification).
+        #[arg(long, default_value_t = 1_000)]
+        collapse_ms: u64,
+        /// Instead of pairs: one group of this many members, all away but its one sender,
+        /// `away_pct` of them registered for push, so that each message is a notification
+        /// to each of those (the pipeline's throughput; `--away-pct 0` is the same run
+        /// with nobody to notify, what the sends alone cost).
+        #[arg(long, default_value_t = 0)]
+        group: usize,
+    },
     /// G groups of S members, all online, every member sending (write fan-out).
     Group {
         #[arg(long, default_value_t = 10)]
@@ -275,6 +301,8 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
         Scenario::Realistic { .. } | Scenario::Populate { .. } => server::Limits::RaisedStrangers,
         _ => server::Limits::Raised,
     };
+    // The APNs stand-in's CA and provider key, for the notify scenario's server.
+    let keys = tempfile::tempdir()?;
     let mut srv = match &args.server {
         Some(url) => {
             let route = args.route.clone().unwrap_or_else(|| url.clone());
@@ -290,6 +318,9 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             }
             if args.after_hook {
                 hooks += &hook::take_events().await?;
+            }
+            if let Scenario::Notify { collapse_ms, .. } = args.scenario {
+                hooks += &notify::apns(keys.path(), collapse_ms).await?;
             }
             server::Server::spawn_with(
                 args.server_cpus.as_deref(),
@@ -339,6 +370,87 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
                 args.workers,
             )
             .await?
+        }
+        Scenario::Notify {
+            users,
+            rate,
+            duration_secs,
+            size,
+            away_pct,
+            collapse_ms,
+            group,
+        } => {
+            if group > 1 {
+                let registered = (group - 1) * away_pct.min(100) as usize / 100;
+                eprintln!(
+                    "notify: creating a group of {group}, all but its sender away, \
+                     {registered} of them registered for push"
+                );
+                let (run_id, list) = setup::users(&srv.base, group).await?;
+                let conv = setup::group(&list[0], &list[1..]).await?;
+                for (i, u) in list.iter().enumerate().skip(1).take(registered) {
+                    u.http
+                        .set_push(&notify::registration(i))
+                        .await
+                        .map_err(|e| BenchError::Setup(format!("push registration: {e}")))?;
+                }
+                let plan = traffic::Plan {
+                    scenario: "notify".into(),
+                    online: vec![0],
+                    senders: vec![(0, traffic::Target::Conv(conv))],
+                    fanout: 0,
+                    follow: None,
+                    start_at_ms: None,
+                };
+                let load = Load {
+                    rate,
+                    secs: duration_secs,
+                    size,
+                };
+                let extras = traffic::Extras::default();
+                let mut r =
+                    traffic::run_with(&srv, transport, &list, plan, &run_id, load, extras).await?;
+                r.param("group", group as u64);
+                notify_tail(&srv, &mut r, collapse_ms, away_pct).await;
+                r
+            } else {
+                let n = users.max(2) & !1;
+                let away = n / 2 * away_pct.min(100) as usize / 100;
+                eprintln!(
+                    "notify: creating {n} users in {} pairs, {away} recipients away",
+                    n / 2
+                );
+                let (run_id, list) = setup::users(&srv.base, n).await?;
+                setup::pair_up(&list).await?;
+                let mut plan = traffic::Plan::direct(&list);
+                plan.scenario = "notify".into();
+                plan.senders.retain(|(i, _)| i % 2 == 0);
+                let mut extras = traffic::Extras::default();
+                for k in 0..away {
+                    let (a, b) = (2 * k, 2 * k + 1);
+                    plan.online.retain(|i| *i != b);
+                    // Sent into the conversation, whose deliveries the run expects none of.
+                    let conv = xinge_core::ConvId::direct(list[a].id, list[b].id);
+                    extras.fanout.insert(conv, 0);
+                    if let Some(s) = plan.senders.iter_mut().find(|(i, _)| *i == a) {
+                        s.1 = traffic::Target::Conv(conv);
+                    }
+                    list[b]
+                        .http
+                        .set_push(&notify::registration(b))
+                        .await
+                        .map_err(|e| BenchError::Setup(format!("push registration: {e}")))?;
+                }
+                let load = Load {
+                    rate,
+                    secs: duration_secs,
+                    size,
+                };
+                let mut r =
+                    traffic::run_with(&srv, transport, &list, plan, &run_id, load, extras).await?;
+                notify_tail(&srv, &mut r, collapse_ms, away_pct).await;
+                r
+            }
         }
         Scenario::Group {
             groups,
@@ -650,4 +762,25 @@ async fn mixed(
         r.server_rss_after = b.rss_bytes;
     }
     Ok(r)
+}
+
+/// After a notify run: waits for the APNs stand-in to take its last notification, and adds
+/// the notifications, and the server's CPU up to then, to the result.
+async fn notify_tail(srv: &server::Server, r: &mut BenchResult, collapse_ms: u64, away_pct: u32) {
+    let (told, tail_s) = notify::drained(std::time::Duration::from_secs(120)).await;
+    r.param("away_pct", u64::from(away_pct));
+    r.param("collapse_ms", collapse_ms);
+    r.param("notifications", told);
+    if let (Some((start, _)), Some(now)) = (r.server_cpu_window_us, srv.sample()) {
+        let cpu = now.cpu_us.saturating_sub(start);
+        r.param("server_cpu_us_with_push_tail", cpu);
+        eprintln!(
+            "notify: {told} notifications to the APNs stand-in, the last {tail_s:.1} s after \
+             the deliveries drained ({:.0}/s over the run and its tail); server CPU {:.1} µs \
+             per message sent and {:.1} µs per notification, the tail included",
+            told as f64 / (r.offered_secs + tail_s).max(0.001),
+            cpu as f64 / r.acked.max(1) as f64,
+            cpu as f64 / told.max(1) as f64,
+        );
+    }
 }

@@ -81,6 +81,9 @@ const MAX_REGISTRATIONS: usize = 64;
 /// Collapse windows held at once; past it a new one is told at once, uncollapsed.
 const MAX_PENDING: usize = 100_000;
 
+/// Notifications' texts kept while one round of windows is told.
+const MAX_SAID: usize = 10_000;
+
 /// Windows being told at once (each a task waiting on its provider).
 const MAX_IN_FLIGHT: usize = 10_000;
 
@@ -444,22 +447,16 @@ impl Logic {
                 .map(|u| (*u, true))
                 .collect();
         }
-        let mut out = Vec::new();
-        let mut after = None;
-        while out.len() as u64 <= n.cfg.max_group_members {
-            let page = match self.store.group_members(g, after, 500).await {
-                Ok(p) => p,
-                Err(_) => break,
-            };
-            let Some(last) = page.last() else { break };
-            after = Some(last.0);
-            out.extend(
-                page.iter()
-                    .filter(|(u, _)| *u != m.sender)
-                    .map(|(u, _)| (*u, mentioned(*u))),
-            );
-        }
-        out
+        // The cached list group signals use (a member list read per message was the
+        // worker's largest cost).
+        let Some(members) = self.signal_targets(g).await else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .filter(|u| **u != m.sender)
+            .map(|u| (*u, mentioned(*u)))
+            .collect()
     }
 
     async fn message_at(&self, conv: ConvId, conv_seq: u64) -> Option<Message> {
@@ -482,11 +479,13 @@ impl Logic {
             .filter(|(_, p)| p.due <= now)
             .map(|(k, _)| k.clone())
             .collect();
+        // What each notice's notification says, made once for all whom it tells.
+        let mut said = HashMap::new();
         for key in due {
             let Some(p) = w.pending.remove(&key) else {
                 continue;
             };
-            let notes = self.notifications(n, key.0, &key.1, &p).await;
+            let notes = self.notifications(n, key.0, &key.1, &p, &mut said).await;
             let permit = loop {
                 match w.in_flight.clone().try_acquire_owned() {
                     Ok(permit) => break Some(permit),
@@ -524,6 +523,7 @@ impl Logic {
         user: UserId,
         collapse: &str,
         p: &Pending,
+        said: &mut HashMap<(u64, u32, bool), Option<Notification>>,
     ) -> Vec<(DeviceId, PushRegistration, Notification)> {
         let regs = match self
             .store
@@ -566,15 +566,18 @@ impl Logic {
             .filter(|d| d.foreground)
             .map(|d| d.device)
             .collect();
-        let Some(mut note) = self
-            .notification_for(
-                n,
-                &p.latest,
-                p.count,
-                prefs.preview.unwrap_or(n.cfg.preview),
-            )
-            .await
-        else {
+        let preview = prefs.preview.unwrap_or(n.cfg.preview);
+        let made = match said.get(&(p.latest.seq, p.count, preview)) {
+            Some(made) => made.clone(),
+            None => {
+                let made = self.notification_for(n, &p.latest, p.count, preview).await;
+                if said.len() < MAX_SAID {
+                    said.insert((p.latest.seq, p.count, preview), made.clone());
+                }
+                made
+            }
+        };
+        let Some(mut note) = made else {
             return Vec::new();
         };
         note.collapse_id = collapse.to_owned();

@@ -182,8 +182,9 @@ impl Logic {
         }
     }
 
-    /// The members of a group to signal (all of them: push skips those offline).
-    async fn signal_targets(&self, group: GroupId) -> Option<Arc<Vec<UserId>>> {
+    /// The members of a group to signal (all of them: push skips those offline); also
+    /// those a group message may notify. Cached for a moment.
+    pub(crate) async fn signal_targets(&self, group: GroupId) -> Option<Arc<Vec<UserId>>> {
         if let Some(ids) = self.group_signals.cached_members(group) {
             return Some(ids);
         }
