@@ -29,11 +29,16 @@ impl Logic {
                 name: r.name,
                 last_activity_ms: r.last_message.as_ref().map_or(0, |m| m.sent_at_ms),
                 last_message: r.last_message,
+                pinned: false,
+                muted: false,
             })
             .collect();
+        self.mark_settings(caller.user, &mut out).await?;
+        // Pinned first, then by activity.
         out.sort_by(|a, b| {
-            b.last_activity_ms
-                .cmp(&a.last_activity_ms)
+            b.pinned
+                .cmp(&a.pinned)
+                .then(b.last_activity_ms.cmp(&a.last_activity_ms))
                 .then(b.conv.cmp(&a.conv))
         });
         Ok(ConversationList { conversations: out })

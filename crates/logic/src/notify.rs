@@ -26,8 +26,8 @@ use xinge_core::config::NotifyConfig;
 use xinge_core::{ConvId, DeviceId, ErrorCode, UserId};
 use xinge_notify::{Notification, Outcome, Providers};
 use xinge_proto::api::{
-    ConversationSettings, Message, MessageBody, NotifyPrefs, PushConfigView, PushRegistration,
-    PushStatus,
+    Conversation, ConversationSettings, Message, MessageBody, NotifyPrefs, PushConfigView,
+    PushRegistration, PushStatus,
 };
 use xinge_store::{Notice, NoticeAbout, NoticeRecord};
 
@@ -69,8 +69,10 @@ const PUSH_PREFIX: &str = "push/";
 
 /// The settings key of a user's settings of a conversation.
 fn conv_key(conv: ConvId) -> String {
-    format!("conv/{conv}")
+    format!("{CONV_PREFIX}{conv}")
 }
+
+const CONV_PREFIX: &str = "conv/";
 
 /// The settings key of a user's notification preferences.
 const PREFS: &str = "notify";
@@ -261,6 +263,37 @@ impl Logic {
             }
         }
         Ok(settings)
+    }
+
+    /// Marks the conversations of `list` that `user` pinned or muted: one read of their
+    /// conversation settings (at most as many as the list may hold).
+    pub(crate) async fn mark_settings(
+        &self,
+        user: UserId,
+        list: &mut [Conversation],
+    ) -> Result<()> {
+        if list.is_empty() {
+            return Ok(());
+        }
+        let limit = self.cfg.chat.max_conversations.max(1) * 2;
+        let set = self.store.settings(user, CONV_PREFIX, limit).await?;
+        if set.is_empty() {
+            return Ok(());
+        }
+        let by_conv: HashMap<&str, ConversationSettings> = set
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((k.strip_prefix(CONV_PREFIX)?, serde_json::from_str(v).ok()?))
+            })
+            .collect();
+        let now_ms = self.cfg.clock.now_ms();
+        for c in list {
+            if let Some(s) = by_conv.get(c.conv.to_string().as_str()) {
+                c.pinned = s.pinned;
+                c.muted = s.muted_at(now_ms);
+            }
+        }
+        Ok(())
     }
 
     /// `NotFound` unless `user` is in `conv` (a member of the group; one of the two).

@@ -579,6 +579,12 @@ pub struct Conversation {
     pub name: Option<String>,
     pub last_message: Option<Message>,
     pub last_activity_ms: u64,
+    /// The caller pinned it: listed before the others (`ConversationSettings`).
+    #[serde(default)]
+    pub pinned: bool,
+    /// The caller muted it (now): no notifications but for mentions.
+    #[serde(default)]
+    pub muted: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]

@@ -250,6 +250,15 @@ async fn an_away_device_gets_one_notification_per_burst_and_a_device_in_use_none
     alice.send(&text(b, "after gone")).await.unwrap();
     assert_eq!(settled(&p, "gone").await.len(), 1);
     assert_eq!(*p.bad_signatures.lock().unwrap(), 0);
+
+    // The list shows the conversation pinned (and first), no longer muted.
+    let (eve, e) = server.login("eve", "laptop").await;
+    befriend(&eve, e, &bob2, b).await;
+    eve.send(&text(b, "newer")).await.unwrap();
+    let list = bob2.conversations().await.unwrap().conversations;
+    assert_eq!(list.len(), 2);
+    assert_eq!((list[0].conv, list[0].pinned, list[0].muted), (conv, true, false));
+    assert!(!list[1].pinned, "the newer conversation comes after the pinned one");
     server.stop().await;
 }
 
