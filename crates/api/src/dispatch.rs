@@ -49,7 +49,7 @@ impl Upstream for Dispatch {
             cmd::PRESENCE => reply(l.presence(&caller, parse(&body)?).await?),
             cmd::APP_STATE => {
                 let state: xinge_proto::api::AppState = parse(&body)?;
-                reply(l.set_app_state(&caller, state.background)?)
+                reply(l.set_app_state(&caller, state.background).await?)
             }
             other => Err(ApiError::new(
                 ErrorCode::UnknownCommand,

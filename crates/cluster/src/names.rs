@@ -69,6 +69,12 @@ impl Names {
         format!("{}:{{u{user}}}:devseen", self.prefix)
     }
 
+    /// A user's connections whose app is in the background (a sorted set of connection
+    /// ids scored by when they said so; same slot as the sessions).
+    pub fn background_key(&self, user: UserId) -> String {
+        format!("{}:{{u{user}}}:bg", self.prefix)
+    }
+
     /// A user's counter of `what` in rate-limit window `window`.
     pub fn limit_key(&self, user: UserId, what: &str, window: u64) -> String {
         format!("{}:{{u{user}}}:rl:{what}:{window}", self.prefix)

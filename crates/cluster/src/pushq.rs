@@ -235,6 +235,12 @@ impl Signals for StreamSignals {
         }
     }
 
+    async fn set_background(&self, user: UserId, conn: ConnId, background: bool) {
+        if let Err(e) = self.registry.set_background(user, conn, background).await {
+            tracing::warn!(error = %e, "app state not kept: registry unreachable");
+        }
+    }
+
     async fn devices(&self, user: UserId) -> Vec<DeviceSeen> {
         self.registry.devices(user).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "devices unknown: registry unreachable");

@@ -67,6 +67,12 @@ pub struct Registry {
     refresh: redis::Script,
 }
 
+/// How long a connection's background state is kept.
+const BACKGROUND_KEPT_MS: u64 = 86_400_000;
+
+/// Connections in the background remembered per user.
+const MAX_BACKGROUND: usize = 64;
+
 fn member(s: &Session) -> String {
     format!("{}:{}:{}", s.gateway, s.conn, s.device)
 }
@@ -192,34 +198,77 @@ impl Registry {
         Ok((false, seen.unwrap_or(0)))
     }
 
+    /// Connection `conn` of `user` says its app is in the background (`true`) or not.
+    /// Kept a day at most (a connection that ends stays listed, harmlessly: connection ids
+    /// are never reused); at most [`MAX_BACKGROUND`] per user, the oldest forgotten.
+    pub async fn set_background(
+        &self,
+        user: UserId,
+        conn: ConnId,
+        background: bool,
+    ) -> Result<(), ClusterError> {
+        let key = self.names.background_key(user);
+        let now = xinge_core::now_ms();
+        let mut c = self.redis.clone();
+        let mut pipe = redis::pipe();
+        match background {
+            true => pipe.cmd("ZADD").arg(&key).arg(now).arg(conn.to_string()),
+            false => pipe.cmd("ZREM").arg(&key).arg(conn.to_string()),
+        };
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now.saturating_sub(BACKGROUND_KEPT_MS))
+            .cmd("ZREMRANGEBYRANK")
+            .arg(&key)
+            .arg(0)
+            .arg(-(MAX_BACKGROUND as i64) - 1)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(BACKGROUND_KEPT_MS)
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
     /// The user's devices connected now, then those that were (from when each last
     /// disconnected), each once: what the push layer's `Signals::devices` answers.
     pub async fn devices(&self, user: UserId) -> Result<Vec<DeviceSeen>, ClusterError> {
         let now = xinge_core::now_ms();
         let mut conn = self.redis.clone();
-        let (live, seen): (Vec<String>, HashMap<String, u64>) = redis::pipe()
-            .cmd("ZRANGEBYSCORE")
-            .arg(self.names.sessions_key(user))
-            .arg(now)
-            .arg("+inf")
-            .cmd("HGETALL")
-            .arg(self.names.devices_seen_key(user))
-            .query_async(&mut conn)
-            .await?;
+        let (live, seen, background): (Vec<String>, HashMap<String, u64>, Vec<String>) =
+            redis::pipe()
+                .cmd("ZRANGEBYSCORE")
+                .arg(self.names.sessions_key(user))
+                .arg(now)
+                .arg("+inf")
+                .cmd("HGETALL")
+                .arg(self.names.devices_seen_key(user))
+                .cmd("ZRANGE")
+                .arg(self.names.background_key(user))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await?;
         let mut out: Vec<DeviceSeen> = Vec::new();
-        for device in live.iter().filter_map(|m| m.splitn(3, ':').nth(2)) {
+        for m in &live {
+            let mut parts = m.splitn(3, ':');
+            let (Some(_), Some(conn), Some(device)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
             let Some(device) = DeviceId::parse(device) else {
                 continue;
             };
-            if !out.iter().any(|d| d.device == device) {
-                // The registry keeps no app state: a connected device counts as in the
-                // foreground.
-                out.push(DeviceSeen {
+            let foreground = !background.iter().any(|c| c == conn);
+            match out.iter_mut().find(|d| d.device == device) {
+                Some(d) => d.foreground |= foreground,
+                None => out.push(DeviceSeen {
                     device,
                     online: true,
-                    foreground: true,
+                    foreground,
                     last_seen_ms: now,
-                });
+                }),
             }
         }
         for (device, at) in seen {

@@ -323,14 +323,16 @@ impl Logic {
     }
 
     /// The device on connection `caller.origin` says its app is in the background or not.
-    pub fn set_app_state(&self, caller: &Caller, background: bool) -> Result<()> {
+    pub async fn set_app_state(&self, caller: &Caller, background: bool) -> Result<()> {
         let Some(conn) = caller.origin else {
             return Err(bad(
                 ErrorCode::InvalidArgument,
                 "the app state is told on a long connection",
             ));
         };
-        self.push.set_background(caller.user, conn, background);
+        self.push
+            .set_background(caller.user, conn, background)
+            .await;
         Ok(())
     }
 

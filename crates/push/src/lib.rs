@@ -97,7 +97,7 @@ pub trait Signals: Send + Sync + 'static {
     /// back: a device all of whose connections are in the background is notified as if
     /// it were not connected. Forgotten with the connection. This default keeps no such
     /// state (every connected device counts as in the foreground).
-    fn set_background(&self, user: UserId, conn: ConnId, background: bool) {
+    async fn set_background(&self, user: UserId, conn: ConnId, background: bool) {
         let _ = (user, conn, background);
     }
     /// Whether `user` has a device in the foreground now, if this process can tell at
@@ -468,7 +468,7 @@ impl Signals for Push {
         )
     }
 
-    fn set_background(&self, user: UserId, conn: ConnId, background: bool) {
+    async fn set_background(&self, user: UserId, conn: ConnId, background: bool) {
         let mut shard = self.shard(user);
         let Some(e) = shard.get_mut(&user) else {
             return;

@@ -1054,6 +1054,7 @@ async fn notifications_survive_the_kill_of_the_api_process_working_the_queue() {
             limits: Default::default(),
         });
     });
+    let gateway = c.spawn("gateway", 10);
     let mut first = c.spawn("api", 20);
     let (bob, b) = login(&first.http, "bob", "phone").await;
     bob.set_push(&xinge_client::api::PushRegistration::Webhook {
@@ -1061,6 +1062,32 @@ async fn notifications_survive_the_kill_of_the_api_process_working_the_queue() {
     })
     .await
     .unwrap();
+    // Connected in the foreground: nothing. In the background (kept in Redis): told.
+    let (alice, _) = login(&first.http, "alice", "laptop").await;
+    let say = |text: &str| -> SendRequest {
+        serde_json::from_value(serde_json::json!({
+            "to": b, "client_msg_id": text, "content": {"text": text},
+        }))
+        .unwrap()
+    };
+    let tcp = gateway.tcp.clone().unwrap();
+    let (phone, _signals) = Connection::connect(Transport::Tcp, &tcp, bob.token().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the session reaches Redis
+    alice.send(&say("in use")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(*h.arrived.lock().unwrap(), 0, "a device in use");
+    let _: serde_json::Value = phone
+        .request(
+            xinge_proto::cmd::APP_STATE,
+            &serde_json::json!({"background": true}),
+        )
+        .await
+        .unwrap();
+    alice.send(&say("while away")).await.unwrap();
+    h.until_arrived(1).await;
+    drop(phone);
     for i in 0..4 {
         let (s, _) = login(&first.http, &format!("sender{i}"), "laptop").await;
         let req: SendRequest = serde_json::from_value(serde_json::json!({
@@ -1069,15 +1096,15 @@ async fn notifications_survive_the_kill_of_the_api_process_working_the_queue() {
         .unwrap();
         s.send(&req).await.unwrap();
     }
-    h.until_arrived(4).await;
+    h.until_arrived(5).await;
     first.kill9();
     h.open.send_replace(true);
     let _second = c.spawn("api", 21);
-    let bodies = h.until_bodies(4).await;
-    assert_eq!(
-        bodies,
-        (0..4).map(|i| format!("from {i}")).collect(),
-        "none lost"
-    );
+    let bodies = h.until_bodies(5).await;
+    let mut want: std::collections::BTreeSet<String> =
+        (0..4).map(|i| format!("from {i}")).collect();
+    want.insert("while away".into());
+    assert_eq!(bodies, want, "none lost");
+    drop(gateway);
     c.clean_up().await;
 }

@@ -257,8 +257,14 @@ async fn an_away_device_gets_one_notification_per_burst_and_a_device_in_use_none
     eve.send(&text(b, "newer")).await.unwrap();
     let list = bob2.conversations().await.unwrap().conversations;
     assert_eq!(list.len(), 2);
-    assert_eq!((list[0].conv, list[0].pinned, list[0].muted), (conv, true, false));
-    assert!(!list[1].pinned, "the newer conversation comes after the pinned one");
+    assert_eq!(
+        (list[0].conv, list[0].pinned, list[0].muted),
+        (conv, true, false)
+    );
+    assert!(
+        !list[1].pinned,
+        "the newer conversation comes after the pinned one"
+    );
     server.stop().await;
 }
 
