@@ -226,25 +226,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_signature_covers_the_timestamp_and_the_exact_body_once_per_secret() {
-        let secrets = vec![
-            b"first secret, long".to_vec(),
-            b"second secret, long".to_vec(),
-        ];
-        let sig = sign(&secrets, 1_700_000_000, b"{\"a\":1}");
-        let parts: Vec<_> = sig.split(',').collect();
-        assert_eq!(parts.len(), 2);
-        assert!(
-            parts
-                .iter()
-                .all(|p| p.starts_with("v1=") && p.len() == 3 + 64)
-        );
-        assert_ne!(parts[0], parts[1]);
-        assert_eq!(sig, sign(&secrets, 1_700_000_000, b"{\"a\":1}"));
-        assert_ne!(sig, sign(&secrets, 1_700_000_001, b"{\"a\":1}"));
-        assert_ne!(sig, sign(&secrets, 1_700_000_000, b"{\"a\": 1}"));
-        // One secret, one signature: what a receiver with either secret recomputes.
-        assert_eq!(sign(&secrets[1..], 1_700_000_000, b"{\"a\":1}"), parts[1]);
+    fn a_reason_is_cut_at_a_character_boundary() {
         assert_eq!(cut("é".repeat(150)).len(), 200);
     }
 }

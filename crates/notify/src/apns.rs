@@ -173,13 +173,10 @@ impl Apns {
             .body(r.payload.clone())
             .send()
             .await;
-        let resp = match sent {
-            Ok(resp) => resp,
-            Err(e) => return Answer::Step(gate::transport(&e)),
+        let (status, after, body) = match gate::answer(sent).await {
+            Ok(a) => a,
+            Err(step) => return Answer::Step(step),
         };
-        let status = resp.status().as_u16();
-        let after = gate::retry_after(&resp);
-        let body = gate::body(resp).await;
         let reason = serde_json::from_slice::<Reason>(&body)
             .unwrap_or_default()
             .reason;

@@ -164,16 +164,14 @@ impl Fcm {
             .body(body.to_vec())
             .send()
             .await;
-        let resp = match sent {
-            Ok(resp) => resp,
-            Err(e) => return Answer::Step(gate::transport(&e)),
+        let (status, after, body) = match gate::answer(sent).await {
+            Ok(a) => a,
+            Err(step) => return Answer::Step(step),
         };
-        let status = resp.status().as_u16();
         if status == 401 {
             return Answer::Unauthorized;
         }
-        let after = gate::retry_after(&resp);
-        let err = serde_json::from_slice::<GoogleError>(&gate::body(resp).await)
+        let err = serde_json::from_slice::<GoogleError>(&body)
             .unwrap_or_default()
             .error;
         Answer::Step(judge(status, &err, after))

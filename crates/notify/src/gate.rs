@@ -189,6 +189,17 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// At most [`MAX_ANSWER`] bytes of an answer's body (the rest is not read).
+/// A provider's answer as every client reads it: its status, its `Retry-After`, and (at
+/// most [`MAX_ANSWER`] of) its body; a request that got no answer as the step it makes.
+pub(crate) async fn answer(
+    sent: reqwest::Result<reqwest::Response>,
+) -> Result<(u16, Option<Duration>, Vec<u8>), Step> {
+    let resp = sent.map_err(|e| transport(&e))?;
+    let status = resp.status().as_u16();
+    let after = retry_after(&resp);
+    Ok((status, after, body(resp).await))
+}
+
 pub(crate) async fn body(mut resp: reqwest::Response) -> Vec<u8> {
     let mut out = Vec::new();
     while let Ok(Some(chunk)) = resp.chunk().await {

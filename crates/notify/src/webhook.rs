@@ -90,14 +90,11 @@ impl Webhook {
             .body(body.to_vec())
             .send()
             .await;
-        let resp = match sent {
-            Ok(resp) => resp,
-            Err(e) => return gate::transport(&e),
-        };
-        let status = resp.status().as_u16();
-        let after = gate::retry_after(&resp);
         // Read (what little there is) so the connection can be used again.
-        gate::body(resp).await;
+        let (status, after, _) = match gate::answer(sent).await {
+            Ok(a) => a,
+            Err(step) => return step,
+        };
         match status {
             200..=299 => Step::Sent,
             410 => Step::Invalid("the app's push service answered 410".into()),

@@ -138,13 +138,10 @@ impl WebPush {
             .body(body.to_vec())
             .send()
             .await;
-        let resp = match sent {
-            Ok(resp) => resp,
-            Err(e) => return gate::transport(&e),
+        let (status, after, text) = match gate::answer(sent).await {
+            Ok(a) => a,
+            Err(step) => return step,
         };
-        let status = resp.status().as_u16();
-        let after = gate::retry_after(&resp);
-        let text = gate::body(resp).await;
         judge(status, &String::from_utf8_lossy(&text), after)
     }
 

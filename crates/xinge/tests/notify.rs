@@ -61,10 +61,7 @@ async fn push_service() -> (String, Arc<Pushes>) {
     let app = axum::Router::new()
         .route("/push", axum::routing::post(take))
         .with_state(p.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/push", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, p)
+    (format!("http://{}/push", listen(app).await), p)
 }
 
 const WINDOW_MS: u64 = 300;

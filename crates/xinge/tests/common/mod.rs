@@ -169,3 +169,12 @@ pub async fn raw_authed(server: &Server, token: &str) -> tokio::net::TcpStream {
     assert!(ok.is_response() && !ok.is_error(), "auth accepted");
     s
 }
+
+/// Serves `app` on a free loopback port until the test ends: its address. (The stand-ins
+/// of the app's own server: webhooks, push service.)
+pub async fn listen(app: axum::Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}

@@ -35,10 +35,7 @@ pub async fn held() -> (String, Arc<Held>) {
     let app = axum::Router::new()
         .route("/push", axum::routing::post(take))
         .with_state(h.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/push", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, h)
+    (format!("http://{}/push", super::listen(app).await), h)
 }
 
 impl Held {

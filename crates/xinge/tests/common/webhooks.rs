@@ -53,10 +53,7 @@ pub async fn receiver() -> (String, Arc<Receiver>) {
     let app = axum::Router::new()
         .route("/events", axum::routing::post(take))
         .with_state(r.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/events", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, r)
+    (format!("http://{}/events", super::listen(app).await), r)
 }
 
 pub fn configure(c: &mut xinge_core::config::Config, url: &str) {
