@@ -149,7 +149,7 @@ before(async () => {
   const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   writeFileSync(vapid, privateKey.export({ type: 'pkcs8', format: 'pem' }));
   server = new Server(`[notify]\ncollapse_ms = ${COLLAPSE_MS}\n`
-    + `[notify.webpush]\nvapid_key_file = ${JSON.stringify(vapid)}\nsubject = "${SUBJECT}"\n`
+    + `[notify.webpush]\nvapid_key_file = ${JSON.stringify(vapid)}\nsubject = "${SUBJECT}"\nallow_private_endpoints = true\n`
     + `ca_file = ${JSON.stringify(push.caFile)}\ntimeout_ms = 5000\nmax_attempts = 2\n`);
   await server.start();
   browser = await launch();

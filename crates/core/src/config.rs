@@ -346,6 +346,12 @@ pub struct WebPushConfig {
     /// How long a push service keeps an undelivered notification.
     #[serde(default = "webpush_ttl")]
     pub ttl_secs: u64,
+    /// Whether a subscription may name a loopback, private or link-local address (a local
+    /// push service, in tests). Off, such an endpoint is refused at registration: the
+    /// endpoint is the user's to choose, and the server would POST to hosts inside its own
+    /// network on their behalf.
+    #[serde(default)]
+    pub allow_private_endpoints: bool,
     #[serde(default, flatten)]
     pub limits: ProviderLimits,
 }

@@ -160,6 +160,20 @@ impl Logic {
     /// Registers (or replaces) the calling device's way to be reached while away.
     pub async fn set_push(&self, caller: &Caller, reg: PushRegistration) -> Result<()> {
         check_registration(&reg)?;
+        if let PushRegistration::Webpush { endpoint, .. } = &reg {
+            let allowed = self
+                .cfg
+                .notify
+                .webpush
+                .as_ref()
+                .is_some_and(|w| w.allow_private_endpoints);
+            if !allowed && names_a_private_host(endpoint) {
+                return Err(bad(
+                    ErrorCode::InvalidArgument,
+                    "the push endpoint names a local or private address",
+                ));
+            }
+        }
         if let Some(n) = &self.notify
             && !n.providers.serves(&reg)
         {
@@ -849,6 +863,36 @@ fn cut(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
+/// Whether a Web Push endpoint's host is an address inside a network (loopback, private,
+/// link-local, unspecified, unique-local) or `localhost`, or the URL does not parse. A
+/// name that resolves to such an address is not caught here.
+fn names_a_private_host(endpoint: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(endpoint) else {
+        return true;
+    };
+    let Some(host) = url.host_str() else {
+        return true;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            let unique_local = (ip.segments()[0] & 0xfe00) == 0xfc00;
+            let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
+            let mapped = ip
+                .to_ipv4_mapped()
+                .is_some_and(|v4| v4.is_loopback() || v4.is_private() || v4.is_link_local());
+            ip.is_loopback() || ip.is_unspecified() || unique_local || link_local || mapped
+        }
+        Err(_) => {
+            let d = host.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+    }
+}
+
 /// A registration's fields within bounds (the provider checks the rest when it sends).
 fn check_registration(reg: &PushRegistration) -> Result<()> {
     let short = |s: &str, max: usize| !s.is_empty() && s.len() <= max;
@@ -939,6 +983,35 @@ mod tests {
         w.gap_since = Some(Instant::now() - GAP_GRACE);
         assert_eq!(seqs(w.in_order(vec![rec(13), rec(14)])), [13, 14]);
         assert_eq!(w.gap_since, None);
+    }
+
+    #[test]
+    fn endpoints_inside_a_network_are_told_apart() {
+        for inside in [
+            "https://127.0.0.1:8443/push",
+            "https://10.1.2.3/x",
+            "https://192.168.0.7/x",
+            "https://172.16.5.5/x",
+            "https://169.254.169.254/latest",
+            "https://[::1]/x",
+            "https://[fd00::1]/x",
+            "https://[fe80::1]/x",
+            "https://[::ffff:127.0.0.1]/x",
+            "https://0.0.0.0/x",
+            "https://localhost:9/x",
+            "https://a.localhost/x",
+            "not a url",
+        ] {
+            assert!(names_a_private_host(inside), "{inside}");
+        }
+        for outside in [
+            "https://fcm.googleapis.com/fcm/send/abc",
+            "https://updates.push.services.mozilla.com/wpush/v2/x",
+            "https://8.8.8.8/x",
+            "https://[2001:db8::1]/x",
+        ] {
+            assert!(!names_a_private_host(outside), "{outside}");
+        }
     }
 
     #[test]

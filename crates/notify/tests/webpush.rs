@@ -118,6 +118,7 @@ impl Fake {
                 vapid_key_file: vapid_key,
                 subject: SUBJECT.into(),
                 ttl_secs: 3600,
+                allow_private_endpoints: true,
                 limits: limits(Some(self.ca_file.clone()), 3),
             }),
             ..Default::default()

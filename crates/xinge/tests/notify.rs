@@ -381,3 +381,46 @@ async fn notifications_in_flight_when_the_server_is_killed_are_sent_after_it_res
     );
     drop(p2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_push_endpoint_inside_the_network_is_refused() {
+    let keys = tempfile::tempdir().unwrap();
+    let vapid = keys.path().join("vapid.pem");
+    std::fs::write(&vapid, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let server = start(|c| {
+        c.notify.webpush = Some(xinge_core::config::WebPushConfig {
+            vapid_key_file: vapid,
+            subject: "mailto:ops@example.com".into(),
+            ttl_secs: 60,
+            allow_private_endpoints: false,
+            limits: Default::default(),
+        });
+    })
+    .await;
+    let (bob, _) = server.login("bob", "browser").await;
+    let config = bob.push_config().await.unwrap();
+    assert_eq!(config.providers, ["webpush"]);
+    assert!(config.vapid_public_key.is_some_and(|k| k.len() == 87));
+    let sub = |endpoint: &str| PushRegistration::Webpush {
+        endpoint: endpoint.into(),
+        p256dh: "B".repeat(87),
+        auth: "A".repeat(22),
+    };
+    for inside in [
+        "https://127.0.0.1:8443/push",
+        "https://10.0.0.8/push",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::1]/push",
+        "https://localhost/push",
+    ] {
+        assert_eq!(
+            code(bob.set_push(&sub(inside)).await),
+            "invalid_argument",
+            "{inside}"
+        );
+    }
+    let outside = sub("https://push.example.com/wpush/abc");
+    bob.set_push(&outside).await.unwrap();
+    assert_eq!(bob.push_status().await.unwrap().registration, Some(outside));
+    server.stop().await;
+}
