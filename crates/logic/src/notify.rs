@@ -254,7 +254,7 @@ impl Logic {
         caller: &Caller,
         conv: ConvId,
     ) -> Result<ConversationSettings> {
-        self.check_in_conversation(caller.user, conv).await?;
+        self.access(caller, conv).await?;
         Ok(self.conv_settings_of(caller.user, conv).await)
     }
 
@@ -264,7 +264,7 @@ impl Logic {
         conv: ConvId,
         settings: ConversationSettings,
     ) -> Result<ConversationSettings> {
-        self.check_in_conversation(caller.user, conv).await?;
+        self.access(caller, conv).await?;
         let key = conv_key(conv);
         match settings == ConversationSettings::default() {
             true => self.store.put_setting(caller.user, &key, None).await?,
@@ -308,18 +308,6 @@ impl Logic {
             }
         }
         Ok(())
-    }
-
-    /// `NotFound` unless `user` is in `conv` (a member of the group; one of the two).
-    async fn check_in_conversation(&self, user: UserId, conv: ConvId) -> Result<()> {
-        let member = match conv {
-            ConvId::Direct(a, b) => a == user || b == user,
-            ConvId::Group(g) => self.store.group_member(g, user).await?.is_some(),
-        };
-        match member {
-            true => Ok(()),
-            false => Err(bad(ErrorCode::NotFound, "no such conversation")),
-        }
     }
 
     async fn prefs_of(&self, user: UserId) -> NotifyPrefs {
@@ -619,7 +607,7 @@ impl Logic {
         let made = match said.get(&(p.latest.seq, p.count, preview)) {
             Some(made) => made.clone(),
             None => {
-                let made = self.notification_for(n, &p.latest, p.count, preview).await;
+                let made = self.notification_for(&p.latest, p.count, preview).await;
                 if said.len() < MAX_SAID {
                     said.insert((p.latest.seq, p.count, preview), made.clone());
                 }
@@ -658,7 +646,6 @@ impl Logic {
     /// there is something. `None` for a message gone (recalled, deleted) before it was told.
     async fn notification_for(
         &self,
-        _n: &Notify,
         notice: &NoticeRecord,
         count: u32,
         preview: bool,

@@ -247,24 +247,12 @@ pub(super) async fn the_outbox_keeps_events_in_order_until_delivered_or_dead(sto
     let mut sends = Vec::new();
     for i in 0..3 {
         let cmid = format!("ob-{i}");
-        let mut c = Commit {
-            dedup: Some((a, cmid.clone())),
-            message: Some(NewMessage {
-                conv,
-                sender: a,
-                sender_device: None,
-                client_msg_id: cmid,
-                sent_at_ms: 1,
-                mentions: vec![],
-                mention_all: false,
-                body: MessageBody::Content {
-                    content: serde_json::json!({ "text": format!("event {i}") }),
-                },
-            }),
-            message_to: vec![a, b],
-            ops: vec![Op::Join { user: a, conv }, Op::Join { user: b, conv }],
-            ..Default::default()
-        };
+        let mut c = super::direct(
+            a,
+            b,
+            &cmid,
+            serde_json::json!({ "text": format!("event {i}") }),
+        );
         c.outbox = vec![
             crate::OutboxEvent::Message("message.sent"),
             crate::OutboxEvent::Other {
@@ -418,26 +406,11 @@ pub(super) async fn notices_queue_with_their_commit_and_settings_are_per_user(st
     for i in 0..3 {
         let cmid = format!("nq-{i}");
         let c = Commit {
-            dedup: Some((a, cmid.clone())),
-            message: Some(NewMessage {
-                conv,
-                sender: a,
-                sender_device: None,
-                client_msg_id: cmid,
-                sent_at_ms: 1,
-                mentions: vec![],
-                mention_all: false,
-                body: MessageBody::Content {
-                    content: serde_json::json!({ "text": i }),
-                },
-            }),
-            message_to: vec![a, b],
-            ops: vec![Op::Join { user: a, conv }, Op::Join { user: b, conv }],
             notify: vec![crate::Notice {
                 user: b,
                 about: crate::NoticeAbout::message(),
             }],
-            ..Default::default()
+            ..super::direct(a, b, &cmid, serde_json::json!({ "text": i }))
         };
         first.get_or_insert_with(|| c.clone());
         store.commit(c).await.unwrap();

@@ -54,39 +54,33 @@ pub async fn user(store: &dyn Store, tag: &str) -> UserId {
         .id
 }
 
+/// The commit of a 1:1 message from `a` to `b` with `content`, write fan-out to both
+/// inboxes, idempotent by `cmid`.
+pub fn direct(a: UserId, b: UserId, cmid: &str, content: serde_json::Value) -> Commit {
+    let conv = ConvId::direct(a, b);
+    Commit {
+        dedup: Some((a, cmid.to_owned())),
+        message: Some(NewMessage {
+            conv,
+            sender: a,
+            sender_device: None,
+            client_msg_id: cmid.to_owned(),
+            sent_at_ms: xinge_core::now_ms(),
+            mentions: vec![],
+            mention_all: false,
+            body: MessageBody::Content { content },
+        }),
+        message_to: vec![a, b],
+        ops: vec![Op::Join { user: a, conv }, Op::Join { user: b, conv }],
+        ..Commit::default()
+    }
+}
+
 /// A 1:1 message from `a` to `b` with write fan-out to both inboxes.
 pub async fn send(store: &dyn Store, a: UserId, b: UserId, cmid: &str) -> Committed {
+    let text = serde_json::json!({ "text": cmid });
     store
-        .commit(Commit {
-            dedup: Some((a, cmid.to_owned())),
-            group: None,
-            message: Some(NewMessage {
-                conv: ConvId::direct(a, b),
-                sender: a,
-                sender_device: None,
-                client_msg_id: cmid.to_owned(),
-                sent_at_ms: xinge_core::now_ms(),
-                mentions: vec![],
-                mention_all: false,
-                body: MessageBody::Content {
-                    content: serde_json::json!({ "text": cmid }),
-                },
-            }),
-            message_to: vec![a, b],
-            events: vec![],
-            outbox: vec![],
-            notify: vec![],
-            ops: vec![
-                Op::Join {
-                    user: a,
-                    conv: ConvId::direct(a, b),
-                },
-                Op::Join {
-                    user: b,
-                    conv: ConvId::direct(a, b),
-                },
-            ],
-        })
+        .commit(direct(a, b, cmid, text))
         .await
         .expect("commit")
 }
