@@ -19,10 +19,12 @@
 #[cfg(test)]
 pub mod conformance;
 pub mod fjall;
+mod media;
 #[cfg(feature = "postgres")]
 pub mod pg;
 mod types;
 
+pub use media::*;
 pub use types::*;
 
 use async_trait::async_trait;
@@ -54,7 +56,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub const MAX_DEAD_LETTERS: u64 = 100_000;
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: MediaStore + Send + Sync + 'static {
     // === accounts ===
     /// Creates a user with the next user id; `Conflict` if the username is taken.
     async fn create_user(&self, new: NewUser) -> Result<UserRecord>;

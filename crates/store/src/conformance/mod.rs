@@ -5,6 +5,7 @@ mod accounts;
 mod chat;
 mod groups;
 mod lists;
+mod media;
 
 use crate::{
     Commit, Committed, GroupFanout, GroupPatch, GroupRecord, NewMessage, NewUser, Op, Refusal,
@@ -35,6 +36,7 @@ pub async fn run(store: &dyn Store) {
     lists::conversation_list_matches_the_reads_one_by_one(store).await;
     chat::the_outbox_keeps_events_in_order_until_delivered_or_dead(store).await;
     chat::notices_queue_with_their_commit_and_settings_are_per_user(store).await;
+    media::uploads_expire_and_media_count_their_blobs(store).await;
 }
 
 pub async fn user(store: &dyn Store, tag: &str) -> UserId {

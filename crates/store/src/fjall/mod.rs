@@ -21,6 +21,7 @@
 
 mod commit;
 mod keys;
+mod media;
 mod ops;
 mod reads;
 mod soft;
@@ -70,6 +71,8 @@ pub(crate) struct Spaces {
     pub notify: Keyspace,
     /// Users' settings: `user ++ key` → value.
     pub settings: Keyspace,
+    /// Uploads, media and blob references (media.rs).
+    pub media: Keyspace,
     /// Read cursors moved by sending in 1:1 conversations, not yet in `members`.
     pub soft: soft::SoftCursors,
 }
@@ -168,6 +171,7 @@ impl FjallStore {
             dead: ks("dead")?,
             notify: ks("notify")?,
             settings: ks("settings")?,
+            media: ks("media")?,
             soft: soft::SoftCursors::default(),
             db,
         });

@@ -44,6 +44,8 @@ pub(crate) enum Op {
     NoticesDone(Vec<u64>),
     /// A user's setting set or removed.
     PutSetting(UserId, String, Option<String>),
+    /// Uploads, media and blob references (media.rs).
+    Media(super::media::MediaOp),
     Commit(Box<Commit>),
     /// Wakes the writer while it holds read cursors (the store's tick): it writes them
     /// if they are due.
@@ -58,6 +60,8 @@ pub(crate) enum Out {
     User(UserRecord),
     Unit,
     Committed(Box<Committed>),
+    Media(Option<Box<crate::MediaRecord>>),
+    Flag(bool),
 }
 
 pub(crate) struct Request {
@@ -436,6 +440,7 @@ impl Writer {
                 }
                 Ok(Out::Unit)
             }
+            Op::Media(op) => super::media::apply(tx, op),
             Op::Commit(c) => tx.commit(&self.ids, c).map(|c| Out::Committed(Box::new(c))),
             // The batch wrote the held cursors before its first request if they were due
             // or sealed (see `run`).

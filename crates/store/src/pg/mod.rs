@@ -18,6 +18,7 @@
 //! ```
 
 mod commit;
+mod media;
 mod ops;
 mod reads;
 mod schema;

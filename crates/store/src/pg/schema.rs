@@ -14,6 +14,7 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("0006_external_id.sql")),
     (7, include_str!("0007_outbox_ref.sql")),
     (8, include_str!("0008_notify.sql")),
+    (9, include_str!("0009_media.sql")),
 ];
 
 impl PgStore {
