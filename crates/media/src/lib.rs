@@ -1,0 +1,37 @@
+//! Media bytes, apart from what they mean to the IM layer: where blobs live, how an
+//! upload in progress is staged, what a file is, and how an image is looked at safely.
+//!
+//! ```text
+//! blob.rs     the BlobStore trait (content-addressed, write-once) and the filesystem backend
+//! staging.rs  uploads in progress: a file per upload, appended at its offset, with the
+//!             SHA-256 kept while the bytes stream in (no second pass), chunk checksums,
+//!             one writer per upload
+//! sniff.rs    the type of a file from its first bytes, never from the client
+//! picture.rs  images: dimensions and a thumbnail under size and allocation limits, and
+//!             metadata (EXIF, PNG text) stripped from what others download
+//! ```
+
+pub mod blob;
+pub mod picture;
+pub mod sniff;
+pub mod staging;
+
+pub use blob::{BlobStore, FsBlobs};
+
+/// Lowercase hex of some bytes (a SHA-256 digest, here).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Whether `s` is a blob name: 64 lowercase hex digits (so it can never name a path).
+pub fn is_hash(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
