@@ -10,9 +10,9 @@ use xinge_proto::api::*;
 
 #[derive(Clone)]
 pub struct Http {
-    base: String,
-    client: reqwest::Client,
-    token: Option<String>,
+    pub(crate) base: String,
+    pub(crate) client: reqwest::Client,
+    pub(crate) token: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -23,7 +23,7 @@ struct Done {
 
 /// A request that failed on the way, with its causes: reqwest's own message alone says
 /// only "error sending request", not why (refused, a certificate not trusted, ...).
-fn transport(e: reqwest::Error) -> ClientError {
+pub(crate) fn transport(e: reqwest::Error) -> ClientError {
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {
@@ -87,7 +87,7 @@ impl Http {
         &self.base
     }
 
-    async fn call<B: Serialize, R: DeserializeOwned>(
+    pub(crate) async fn call<B: Serialize, R: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -113,7 +113,7 @@ impl Http {
         }
     }
 
-    async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R> {
+    pub(crate) async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R> {
         self.call::<(), R>(Method::GET, path, None).await
     }
 

@@ -15,12 +15,14 @@
 mod conn;
 mod device;
 mod http;
+mod media;
 mod reorder;
 mod tls;
 
 pub use conn::{Connection, Transport};
 pub use device::{Device, DeviceOptions};
 pub use http::Http;
+pub use media::{DEFAULT_CHUNK, Upload};
 pub use reorder::{REORDER_MAX, REORDER_WAIT, Reorder};
 pub use tls::Tls;
 pub use xinge_proto::api;

@@ -22,6 +22,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub webhooks: WebhooksConfig,
     pub notify: NotifyConfig,
+    pub media: MediaConfig,
     /// The time every layer reads (not configurable: a test that starts a server shares
     /// one with it and moves it forward instead of waiting out a window).
     #[serde(skip)]
@@ -200,6 +201,64 @@ impl Default for AfterConfig {
             backoff_ms: 500,
             backoff_max_ms: 60_000,
             max_outbox: 1_000_000,
+        }
+    }
+}
+
+/// Media: resumable uploads, where their bytes are kept, and the limits on them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Where blobs live; `<data_dir>/media/blobs` when unset. Uploads in progress are
+    /// staged in `<data_dir>/media/uploads` (the same filesystem, so finishing one is a
+    /// rename).
+    pub dir: Option<PathBuf>,
+    /// The largest upload of any kind (a file or a video).
+    pub max_upload_bytes: u64,
+    /// The largest image (larger ones may still be sent as files).
+    pub max_image_bytes: u64,
+    /// The largest voice note.
+    pub max_voice_bytes: u64,
+    /// An image's width × height at most, and either side at most: larger ones are
+    /// refused from their header, before any decoding.
+    pub max_image_pixels: u64,
+    pub max_image_side: u32,
+    /// Thumbnails' long side.
+    pub thumb_px: u32,
+    /// Thumbnails made at once (each decodes a whole image).
+    pub thumb_workers: usize,
+    /// Bytes of media one user may own (0: no quota).
+    pub quota_bytes: u64,
+    /// An unfinished upload is removed, bytes and all, this long after it was created.
+    pub upload_expiry_secs: u64,
+    /// Uploads whose running hash is kept in memory at most (past it an idle one's is
+    /// rebuilt from its file when it goes on).
+    pub max_open_uploads: usize,
+    /// Download URLs are valid this long.
+    pub url_ttl_secs: u64,
+    /// A blob no media refers to any more is deleted after this long.
+    pub blob_grace_secs: u64,
+    /// How often expired uploads and unreferenced blobs are looked for.
+    pub gc_every_secs: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_upload_bytes: 100 << 20,
+            max_image_bytes: 20 << 20,
+            max_voice_bytes: 10 << 20,
+            max_image_pixels: 50_000_000,
+            max_image_side: 20_000,
+            thumb_px: 320,
+            thumb_workers: 2,
+            quota_bytes: 1 << 30,
+            upload_expiry_secs: 24 * 3600,
+            max_open_uploads: 10_000,
+            url_ttl_secs: 600,
+            blob_grace_secs: 3600,
+            gc_every_secs: 60,
         }
     }
 }
@@ -600,6 +659,9 @@ pub struct LimitsConfig {
     /// New accounts from one address.
     pub registrations_per_ip_per_sec: f64,
     pub registrations_per_ip_burst: f64,
+    /// New media uploads by one user (`/v1/uploads`).
+    pub uploads_per_sec: f64,
+    pub uploads_burst: f64,
     /// Users tracked at once per process; past that, idle ones are forgotten, and if none
     /// is idle a new user is not limited until room frees up. The same bound holds for
     /// the accounts and addresses the login and registration limits track.
@@ -625,6 +687,9 @@ impl Default for LimitsConfig {
             // 20 accounts at once, then one a minute.
             registrations_per_ip_per_sec: 1.0 / 60.0,
             registrations_per_ip_burst: 20.0,
+            // 30 at once (an album), then one a second.
+            uploads_per_sec: 1.0,
+            uploads_burst: 30.0,
             max_users: 1_000_000,
         }
     }
@@ -795,6 +860,20 @@ impl Config {
         }
         if w.before_send.timeout_ms == 0 || w.before_send.timeout_ms > 30_000 {
             return bad("webhooks.before_send.timeout_ms must be 1-30000");
+        }
+        let m = &self.media;
+        if m.max_upload_bytes == 0
+            || m.thumb_px == 0
+            || m.thumb_workers == 0
+            || m.max_open_uploads == 0
+            || m.url_ttl_secs == 0
+            || m.upload_expiry_secs == 0
+            || m.gc_every_secs == 0
+        {
+            return bad(
+                "media: max_upload_bytes, thumb_px, thumb_workers, max_open_uploads, url_ttl_secs, \
+                 upload_expiry_secs and gc_every_secs must be positive",
+            );
         }
         let n = &self.notify;
         if n.webhook.is_some() && w.secrets.is_empty() {

@@ -55,11 +55,23 @@ pub enum ErrorCode {
     Banned,
     /// The app's server refused the message (its before-send hook); the message says why.
     Rejected,
+    /// A resumable upload's bytes did not match the checksum sent with them (tus 460).
+    ChecksumMismatch,
+    /// The file is not of a type this server takes for that kind of media (an image that
+    /// does not decode, a voice note that is not audio).
+    UnsupportedMedia,
+    /// The user's media would go over their storage quota.
+    QuotaExceeded,
+    /// A precondition of the request does not hold (a tus request without
+    /// `Tus-Resumable: 1.0.0`).
+    PreconditionFailed,
+    /// The requested byte range is not within the file.
+    RangeNotSatisfiable,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidArgument,
         ErrorCode::TooLarge,
@@ -85,6 +97,11 @@ impl ErrorCode {
         ErrorCode::UnsupportedProtocol,
         ErrorCode::Banned,
         ErrorCode::Rejected,
+        ErrorCode::ChecksumMismatch,
+        ErrorCode::UnsupportedMedia,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::PreconditionFailed,
+        ErrorCode::RangeNotSatisfiable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +131,11 @@ impl ErrorCode {
             ErrorCode::UnsupportedProtocol => "unsupported_protocol",
             ErrorCode::Banned => "banned",
             ErrorCode::Rejected => "rejected",
+            ErrorCode::ChecksumMismatch => "checksum_mismatch",
+            ErrorCode::UnsupportedMedia => "unsupported_media",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::PreconditionFailed => "precondition_failed",
+            ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
         }
     }
 
@@ -142,6 +164,11 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::UnsupportedProtocol => 400,
+            ErrorCode::ChecksumMismatch => 460,
+            ErrorCode::UnsupportedMedia => 415,
+            ErrorCode::QuotaExceeded => 403,
+            ErrorCode::PreconditionFailed => 412,
+            ErrorCode::RangeNotSatisfiable => 416,
         }
     }
 }
@@ -224,6 +251,11 @@ mod tests {
             UnsupportedProtocol => 22,
             Banned => 23,
             Rejected => 24,
+            ChecksumMismatch => 25,
+            UnsupportedMedia => 26,
+            QuotaExceeded => 27,
+            PreconditionFailed => 28,
+            RangeNotSatisfiable => 29,
         }
     }
 

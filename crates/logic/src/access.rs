@@ -23,14 +23,19 @@ pub(crate) fn no_conversation() -> crate::Error {
 impl Logic {
     /// The caller's access to `conv`, or `not_found` if they are not in it.
     pub(crate) async fn access(&self, caller: &Caller, conv: ConvId) -> Result<Access> {
+        self.access_of(caller.user, conv).await
+    }
+
+    /// [`Logic::access`] of a user, whatever device (a media download URL names no device).
+    pub(crate) async fn access_of(&self, user: UserId, conv: ConvId) -> Result<Access> {
         match conv {
             ConvId::Direct(..) => conv
-                .peer_of(caller.user)
+                .peer_of(user)
                 .map(Access::Direct)
                 .ok_or_else(no_conversation),
             ConvId::Group(g) => {
                 let group = self.store.group(g).await?.filter(|g| !g.dismissed);
-                let member = self.store.group_member(g, caller.user).await?;
+                let member = self.store.group_member(g, user).await?;
                 match (group, member) {
                     (Some(group), Some(member)) => Ok(Access::Group(group, member)),
                     _ => Err(no_conversation()),

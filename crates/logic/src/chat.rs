@@ -97,6 +97,7 @@ impl Logic {
         }
         let mention_all = req.mention_all && matches!(access, Access::Group(..));
         let mut content = req.content;
+        self.attach_media(caller, &mut content).await?;
         if self.hooks.as_ref().is_some_and(|h| h.asks_before(&access)) {
             let replaced = self
                 .before_send(Outgoing {

@@ -39,6 +39,7 @@ mod group;
 pub mod hooks;
 mod inbox;
 pub mod limits;
+pub mod media;
 mod notify;
 mod presence;
 mod receipts;
@@ -86,6 +87,8 @@ pub struct Logic {
     pub(crate) outbox: Option<events::Outbox>,
     /// Offline push, if a provider is configured.
     pub(crate) notify: Option<notify::Notify>,
+    /// Uploads and media bytes.
+    pub(crate) media: media::Media,
 }
 
 impl Logic {
@@ -123,6 +126,7 @@ impl Logic {
             hooks: hooks::Hooks::new(&cfg.webhooks),
             outbox: events::Outbox::new(&cfg.webhooks),
             notify: notify::Notify::new(&cfg)?,
+            media: media::Media::new(&cfg, &token_secret),
             cfg,
             tokens: token::TokenSigner::new(token_secret),
         }))

@@ -23,6 +23,8 @@ pub enum Limited {
     LoginIp,
     /// New accounts from one address.
     Register,
+    /// A user's new uploads.
+    Upload,
 }
 
 impl Limited {
@@ -33,6 +35,7 @@ impl Limited {
             Limited::LoginAccount => "login_account",
             Limited::LoginIp => "login_ip",
             Limited::Register => "register",
+            Limited::Upload => "upload",
         }
     }
 
@@ -59,6 +62,10 @@ impl Limited {
                 per_sec: cfg.registrations_per_ip_per_sec,
                 burst: cfg.registrations_per_ip_burst,
             },
+            Limited::Upload => Rate {
+                per_sec: cfg.uploads_per_sec,
+                burst: cfg.uploads_burst,
+            },
         }
     }
 }
@@ -78,7 +85,7 @@ pub trait Limiter: Send + Sync + 'static {
 /// keys (idle ones are forgotten first). Users are keyed by id; other keys (names,
 /// addresses) by a hash seeded per process, so the tables hold no names.
 pub struct LocalLimiter {
-    tables: [Keyed<u64>; 5],
+    tables: [Keyed<u64>; 6],
     hasher: std::collections::hash_map::RandomState,
     clock: Clock,
 }
@@ -93,6 +100,7 @@ impl LocalLimiter {
                 Limited::LoginAccount,
                 Limited::LoginIp,
                 Limited::Register,
+                Limited::Upload,
             ]
             .map(keyed),
             hasher: Default::default(),
@@ -129,7 +137,7 @@ impl Limiter for LocalLimiter {
 fn limited(what: Limited, wait: Duration) -> crate::error::Error {
     metrics::counter!("xinge_rate_limited_total", "what" => what.as_str()).increment(1);
     let message = match what {
-        Limited::Send | Limited::Pull => format!("too many {}s", what.as_str()),
+        Limited::Send | Limited::Pull | Limited::Upload => format!("too many {}s", what.as_str()),
         Limited::LoginAccount => "too many failed logins for this account".to_owned(),
         Limited::LoginIp => "too many failed logins from this address".to_owned(),
         Limited::Register => "too many new accounts from this address".to_owned(),

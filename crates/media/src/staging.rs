@@ -71,14 +71,13 @@ const REHASH_CHUNK: usize = 1 << 20;
 impl Staging {
     /// `max_states`: running hashes kept at most; past it, idle ones are dropped (and
     /// rebuilt from their file if their upload goes on).
-    pub fn new(dir: impl Into<PathBuf>, max_states: usize) -> io::Result<Self> {
-        let dir = dir.into();
-        std::fs::create_dir_all(&dir)?;
-        Ok(Self {
-            dir,
+    /// The directory is made with the first upload.
+    pub fn new(dir: impl Into<PathBuf>, max_states: usize) -> Self {
+        Self {
+            dir: dir.into(),
             states: Mutex::new(HashMap::new()),
             max_states: max_states.max(1),
-        })
+        }
     }
 
     /// The staged file of upload `id` (an id the API made: letters and digits only).
@@ -88,6 +87,7 @@ impl Staging {
 
     /// An empty staged file for a new upload.
     pub async fn create(&self, id: &str) -> io::Result<()> {
+        tokio::fs::create_dir_all(&self.dir).await?;
         let f = tokio::fs::File::create(self.path(id)).await?;
         f.sync_all().await
     }
@@ -256,7 +256,7 @@ mod tests {
     #[tokio::test]
     async fn appends_resume_at_the_offset_and_the_hash_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Staging::new(dir.path(), 4).unwrap();
+        let s = Staging::new(dir.path(), 4);
         s.create("u1").await.unwrap();
         let st = s.state("u1").unwrap();
         let mut g = st.lock().await;
@@ -282,7 +282,7 @@ mod tests {
         drop(g);
 
         // A new process: the running hash is rebuilt from the file.
-        let s = Staging::new(dir.path(), 4).unwrap();
+        let s = Staging::new(dir.path(), 4);
         let st = s.state("u1").unwrap();
         let mut g = st.lock().await;
         let good = Checksum {
@@ -306,7 +306,7 @@ mod tests {
     #[tokio::test]
     async fn an_interrupted_request_keeps_what_came_unless_it_had_a_checksum() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Staging::new(dir.path(), 4).unwrap();
+        let s = Staging::new(dir.path(), 4);
         s.create("u2").await.unwrap();
         let st = s.state("u2").unwrap();
         let mut g = st.lock().await;
@@ -340,7 +340,7 @@ mod tests {
     #[tokio::test]
     async fn the_table_of_running_hashes_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Staging::new(dir.path(), 2).unwrap();
+        let s = Staging::new(dir.path(), 2);
         let a = s.state("a").unwrap();
         let b = s.state("b").unwrap();
         assert!(s.state("c").is_none(), "both in use");

@@ -214,6 +214,46 @@ pub enum PushRegistration {
     },
 }
 
+/// A piece of media as messages carry it and clients show it. A message's content names
+/// its media as `{"media": "<id>"}`; the server puts this in its place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MediaView {
+    pub id: String,
+    /// `image`, `video`, `voice` or `file`.
+    pub kind: String,
+    /// Sniffed from the bytes.
+    pub mime: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Whether a thumbnail exists (`variant=thumb`).
+    pub thumb: bool,
+}
+
+/// A resumable upload's progress, and the media it became once complete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UploadStatus {
+    pub offset: u64,
+    pub length: u64,
+    pub expires_ms: u64,
+    pub media: Option<MediaView>,
+}
+
+/// A download URL: needs no token (it can go into an `<img src>`), valid until
+/// `expires_ms`, and checked again at each use (a recalled message's media is gone at
+/// once).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MediaUrl {
+    pub url: String,
+    pub expires_ms: u64,
+}
+
 /// What this server can push through: the providers a registration may name, and the
 /// VAPID public key a browser subscribes with (`applicationServerKey`), if Web Push is on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -127,6 +127,7 @@ pub async fn run_api(
     tokio::spawn(logic.clone().run_group_signals());
     tokio::spawn(logic.clone().run_webhooks(shutdown.clone()));
     tokio::spawn(logic.clone().run_notify(shutdown.clone()));
+    tokio::spawn(logic.clone().run_media_gc());
     let (admin_beside, _) =
         crate::common::start_admin(&cfg, &logic, tls.clone(), shutdown.clone()).await?;
     ready(http.local_addr()?);

@@ -130,6 +130,7 @@ pub async fn run(
     tokio::spawn(logic.clone().run_group_signals());
     tokio::spawn(logic.clone().run_webhooks(shutdown.clone()));
     tokio::spawn(logic.clone().run_notify(shutdown.clone()));
+    tokio::spawn(logic.clone().run_media_gc());
 
     let (admin_beside, admin) =
         crate::common::start_admin(&cfg, &logic, tls.clone(), shutdown.clone()).await?;

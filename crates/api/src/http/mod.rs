@@ -11,6 +11,7 @@ pub mod common;
 pub mod friends;
 pub mod gateway;
 pub mod groups;
+pub mod media;
 pub mod messages;
 pub mod notify;
 pub mod route;
@@ -39,6 +40,7 @@ pub fn api_routes() -> OpenApiRouter<ApiState> {
         .merge(messages::routes())
         .merge(groups::routes())
         .merge(notify::routes())
+        .merge(media::routes())
 }
 
 /// A member-list or read-state page: ids greater than `after`, at most `limit`.

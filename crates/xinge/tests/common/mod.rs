@@ -125,6 +125,7 @@ pub fn fill_path(path: &str) -> String {
         .replace("{seq}", "1")
         .replace("{group}", "1")
         .replace("{device}", "phone")
+        .replace("{variant}", "original")
 }
 
 /// The outcome of a call as its stable code: `"ok"`, or the API error's code. A transport
