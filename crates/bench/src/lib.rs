@@ -17,6 +17,7 @@
 mod flood;
 mod hook;
 mod idle;
+mod media;
 mod notify;
 mod realistic;
 mod report;
@@ -176,6 +177,32 @@ pub enum Scenario {
         #[arg(long, default_value_t = 0)]
         group: usize,
     },
+    /// What media costs: uploads (MB/s, server CPU per MB), downloads through signed URLs,
+    /// thumbnails of 12-megapixel photos, and 1:1 text latency alone and with 10 MB uploads
+    /// running alongside.
+    Media {
+        #[arg(long, default_value_t = 20)]
+        files: usize,
+        #[arg(long, default_value_t = 10)]
+        size_mb: u64,
+        /// Uploads (and downloads) at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        download_secs: u64,
+        /// Uploads of a 12-megapixel JPEG.
+        #[arg(long, default_value_t = 10)]
+        thumbs: usize,
+        /// The text phase: users in pairs, offered messages per second, seconds each run.
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
     /// G groups of S members, all online, every member sending (write fan-out).
     Group {
         #[arg(long, default_value_t = 10)]
@@ -322,6 +349,9 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             if let Scenario::Notify { collapse_ms, .. } = args.scenario {
                 hooks += &notify::apns(keys.path(), collapse_ms).await?;
             }
+            if let Scenario::Media { .. } = args.scenario {
+                hooks += media::CONFIG;
+            }
             server::Server::spawn_with(
                 args.server_cpus.as_deref(),
                 limits,
@@ -451,6 +481,30 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
                 notify_tail(&srv, &mut r, collapse_ms, away_pct).await;
                 r
             }
+        }
+        Scenario::Media {
+            files,
+            size_mb,
+            concurrency,
+            download_secs,
+            thumbs,
+            users,
+            rate,
+            duration_secs,
+            size,
+        } => {
+            let p = media::Params {
+                files,
+                size_mb,
+                concurrency,
+                download_secs,
+                thumbs,
+                users,
+                rate,
+                duration_secs,
+                size,
+            };
+            media::run(&srv, transport, p, args.workers).await?
         }
         Scenario::Group {
             groups,

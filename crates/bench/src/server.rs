@@ -102,6 +102,7 @@ impl Server {
              [limits]\nsends_per_sec = 1000000.0\nsends_burst = 1000000.0\n\
              pulls_per_sec = 1000000.0\npulls_burst = 1000000.0\n\
              registrations_per_ip_burst = 1000000.0\n\
+             uploads_per_sec = 1000000.0\nuploads_burst = 1000000.0\n\
              [gateway.admission]\nper_ip_per_sec = 1000000.0\nper_ip_burst = 1000000.0\n{strangers}{extra}\n"
             ),
         )?;

@@ -240,6 +240,39 @@ pub struct MediaConfig {
     pub blob_grace_secs: u64,
     /// How often expired uploads and unreferenced blobs are looked for.
     pub gc_every_secs: u64,
+    /// Blobs in an S3 bucket instead of `dir` (what a cluster's api processes share).
+    pub s3: Option<S3Config>,
+}
+
+/// An S3 (or S3-compatible) bucket for media blobs. Keys not given here come from the
+/// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` environment variables.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// e.g. `http://127.0.0.1:9000`; unset: AWS.
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Key prefix of every blob.
+    pub prefix: String,
+    /// Allow a plain-http endpoint.
+    pub allow_http: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            prefix: "blobs".into(),
+            allow_http: false,
+        }
+    }
 }
 
 impl Default for MediaConfig {
@@ -259,6 +292,7 @@ impl Default for MediaConfig {
             url_ttl_secs: 600,
             blob_grace_secs: 3600,
             gc_every_secs: 60,
+            s3: None,
         }
     }
 }
@@ -874,6 +908,9 @@ impl Config {
                 "media: max_upload_bytes, thumb_px, thumb_workers, max_open_uploads, url_ttl_secs, \
                  upload_expiry_secs and gc_every_secs must be positive",
             );
+        }
+        if m.s3.as_ref().is_some_and(|s| s.bucket.is_empty()) {
+            return bad("media.s3.bucket must be set");
         }
         let n = &self.notify;
         if n.webhook.is_some() && w.secrets.is_empty() {

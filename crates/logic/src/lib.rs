@@ -126,7 +126,7 @@ impl Logic {
             hooks: hooks::Hooks::new(&cfg.webhooks),
             outbox: events::Outbox::new(&cfg.webhooks),
             notify: notify::Notify::new(&cfg)?,
-            media: media::Media::new(&cfg, &token_secret),
+            media: media::Media::new(&cfg, &token_secret)?,
             cfg,
             tokens: token::TokenSigner::new(token_secret),
         }))

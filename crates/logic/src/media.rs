@@ -146,21 +146,42 @@ pub struct Signed {
 }
 
 impl Media {
-    pub(crate) fn new(cfg: &xinge_core::config::Config, token_secret: &[u8]) -> Self {
+    pub(crate) fn new(
+        cfg: &xinge_core::config::Config,
+        token_secret: &[u8],
+    ) -> std::result::Result<Self, String> {
         let m = &cfg.media;
         let root = cfg.server.data_dir.join("media");
-        let blobs = m.dir.clone().unwrap_or_else(|| root.join("blobs"));
+        let blobs: Arc<dyn BlobStore> = match &m.s3 {
+            Some(s) => {
+                let settings = xinge_media::s3::S3Settings {
+                    endpoint: s.endpoint.clone(),
+                    bucket: s.bucket.clone(),
+                    region: s.region.clone(),
+                    access_key_id: s.access_key_id.clone(),
+                    secret_access_key: s.secret_access_key.clone(),
+                    prefix: s.prefix.clone(),
+                    allow_http: s.allow_http,
+                };
+                let s3 = xinge_media::s3::S3Blobs::new(&settings)
+                    .map_err(|e| format!("media.s3: {e}"))?;
+                Arc::new(s3)
+            }
+            None => Arc::new(FsBlobs::new(
+                m.dir.clone().unwrap_or_else(|| root.join("blobs")),
+            )),
+        };
         // A key of its own, derived from the token secret: a URL's signature is no token.
         let derived = hmac::sign(
             &hmac::Key::new(hmac::HMAC_SHA256, token_secret),
             b"xinge media download urls",
         );
-        Self {
-            blobs: Arc::new(FsBlobs::new(blobs)),
+        Ok(Self {
+            blobs,
             staging: Staging::new(root.join("uploads"), m.max_open_uploads),
             thumbs: Arc::new(tokio::sync::Semaphore::new(m.thumb_workers)),
             url_key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
-        }
+        })
     }
 
     fn signed_text(

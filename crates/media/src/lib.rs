@@ -2,7 +2,9 @@
 //! upload in progress is staged, what a file is, and how an image is looked at safely.
 //!
 //! ```text
-//! blob.rs     the BlobStore trait (content-addressed, write-once) and the filesystem backend
+//! blob.rs     the BlobStore trait (content-addressed, write-once), the filesystem backend,
+//!             and the suite every backend passes
+//! s3.rs       the S3 backend (object_store): conditional PUTs, multipart for large blobs
 //! staging.rs  uploads in progress: a file per upload, appended at its offset, with the
 //!             SHA-256 kept while the bytes stream in (no second pass), chunk checksums,
 //!             one writer per upload
@@ -12,6 +14,7 @@
 //! ```
 
 pub mod blob;
+pub mod s3;
 pub mod picture;
 pub mod sniff;
 pub mod staging;

@@ -208,9 +208,10 @@ pub async fn create_upload(
     let with_body = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() == OFFSET_OCTETS.as_bytes());
-    if with_body {
-        // Bytes that came with the creation: an error here still leaves the upload made,
-        // so the client resumes it from the offset a HEAD reports.
+    // Bytes that came with the creation (or an empty upload, complete as it is made): an
+    // error here still leaves the upload made, so the client resumes it from the offset a
+    // HEAD reports.
+    if with_body || length == 0 {
         let stream = body.into_data_stream();
         status = s
             .logic
