@@ -146,7 +146,8 @@ pub async fn run(
     let (cpu0, t0) = (cpu_now(srv), Instant::now());
     let mut tasks = Vec::new();
     for w in 0..p.concurrency.max(1) {
-        let (owners, urls, stop, bytes) = (owners.clone(), urls.clone(), stop.clone(), bytes.clone());
+        let (owners, urls, stop, bytes) =
+            (owners.clone(), urls.clone(), stop.clone(), bytes.clone());
         tasks.push(tokio::spawn(async move {
             let mut k = w;
             while !stop.load(Ordering::Relaxed) {
@@ -213,7 +214,10 @@ pub async fn run(
     let alone = workers::drive(srv, transport, &alone_users, plan, &run_a, load, workers_n).await?;
     let (run_b, users) = setup::users(&srv.base, n).await?;
     setup::pair_up(&users).await?;
-    eprintln!("media: 1:1 text at {}/s with 10 MB uploads back to back", p.rate);
+    eprintln!(
+        "media: 1:1 text at {}/s with 10 MB uploads back to back",
+        p.rate
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let alongside = {
         let (owners, stop) = (owners.clone(), stop.clone());
@@ -251,9 +255,15 @@ pub async fn run(
     r.param("upload_mb_per_s", (up_mb / up_secs) as u64);
     r.param("upload_cpu_us_per_mb", (up_cpu as f64 / up_mb) as u64);
     r.param("download_mb_per_s", (down_mb / down_secs) as u64);
-    r.param("download_cpu_us_per_mb", (down_cpu as f64 / down_mb.max(1.0)) as u64);
+    r.param(
+        "download_cpu_us_per_mb",
+        (down_cpu as f64 / down_mb.max(1.0)) as u64,
+    );
     r.param("thumbs", p.thumbs as u64);
-    r.param("thumbs_per_s_x100", (p.thumbs as f64 / thumb_secs * 100.0) as u64);
+    r.param(
+        "thumbs_per_s_x100",
+        (p.thumbs as f64 / thumb_secs * 100.0) as u64,
+    );
     r.param("thumb_cpu_us_each", thumb_cpu / p.thumbs.max(1) as u64);
     r.param("uploads_alongside", side);
     Ok(r)

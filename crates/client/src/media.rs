@@ -1,6 +1,5 @@
-//! Media in the SDK: resumable uploads by the tus protocol (each chunk with a SHA-256
-//! checksum, resumed from the server's offset after a failure), and downloads through
-//! signed URLs.
+//! Media in the SDK: resumable uploads by the tus protocol (resumed from the server's
+//! offset after a failure; chunk checksums on request), and downloads through signed URLs.
 
 use crate::{ClientError, Http, Result};
 use base64::Engine;
@@ -102,14 +101,40 @@ impl Http {
         header_u64(&resp, "upload-offset")
     }
 
-    /// Sends `bytes` at `offset` with their SHA-256 checksum; the server's new offset.
+    /// Sends `bytes` at `offset`; the server's new offset. The connection's own integrity
+    /// (TCP, TLS) is trusted: see [`Http::upload_chunk_checked`] for a chunk checksum.
     pub async fn upload_chunk(&self, up: &Upload, offset: u64, bytes: Bytes) -> Result<u64> {
+        self.patch(up, offset, bytes, None).await
+    }
+
+    /// [`Http::upload_chunk`] with the chunk's SHA-256 (tus `Upload-Checksum`): the server
+    /// keeps none of it unless all of it came and matches.
+    pub async fn upload_chunk_checked(
+        &self,
+        up: &Upload,
+        offset: u64,
+        bytes: Bytes,
+    ) -> Result<u64> {
         let sum = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&bytes));
-        let resp = self
+        self.patch(up, offset, bytes, Some(format!("sha256 {sum}")))
+            .await
+    }
+
+    async fn patch(
+        &self,
+        up: &Upload,
+        offset: u64,
+        bytes: Bytes,
+        checksum: Option<String>,
+    ) -> Result<u64> {
+        let mut req = self
             .tus(Method::PATCH, &up.path)
             .header("upload-offset", offset)
-            .header("content-type", "application/offset+octet-stream")
-            .header("upload-checksum", format!("sha256 {sum}"))
+            .header("content-type", "application/offset+octet-stream");
+        if let Some(sum) = checksum {
+            req = req.header("upload-checksum", sum);
+        }
+        let resp = req
             .body(bytes)
             .send()
             .await

@@ -303,6 +303,7 @@ impl Logic {
             offset: up.offset,
             length: up.length,
             expires_ms: up.expires_ms,
+            metadata: up.metadata,
             media,
         })
     }
@@ -392,6 +393,7 @@ impl Logic {
             offset: up.offset,
             length: up.length,
             expires_ms: up.expires_ms,
+            metadata: up.metadata.clone(),
             media,
         })
     }

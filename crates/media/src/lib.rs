@@ -14,8 +14,8 @@
 //! ```
 
 pub mod blob;
-pub mod s3;
 pub mod picture;
+pub mod s3;
 pub mod sniff;
 pub mod staging;
 

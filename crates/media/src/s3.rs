@@ -60,9 +60,7 @@ impl S3Blobs {
             .with_allow_http(s.allow_http);
         if let Some(e) = &s.endpoint {
             // Path-style addressing: a local or self-hosted server has no bucket DNS names.
-            b = b
-                .with_endpoint(e)
-                .with_virtual_hosted_style_request(false);
+            b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
         }
         if let Some(k) = &s.access_key_id {
             b = b.with_access_key_id(k);
@@ -79,7 +77,10 @@ impl S3Blobs {
 
     fn path(&self, hash: &str) -> io::Result<ObjectPath> {
         if !crate::is_hash(hash) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a blob name"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a blob name",
+            ));
         }
         let key = match self.prefix.as_str() {
             "" => format!("{}/{hash}", &hash[..2]),

@@ -67,6 +67,8 @@ pub struct Staging {
 
 /// The stage the hash is rebuilt in.
 const REHASH_CHUNK: usize = 1 << 20;
+/// Bytes gathered before a write of the staged file.
+const WRITE_BUFFER: usize = 1 << 20;
 
 impl Staging {
     /// `max_states`: running hashes kept at most; past it, idle ones are dropped (and
@@ -144,6 +146,9 @@ impl Staging {
         }
         let mut hash = self.hashed(st, id, offset).await?;
         file.seek(io::SeekFrom::Start(offset)).await?;
+        // A request's body comes in chunks of a few KiB; each write of the file is a hop to
+        // the blocking pool, so they are gathered into writes of a MiB.
+        let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
         let mut sum = checksum.map(|c| {
             let alg = match c.algorithm {
                 ChecksumAlgorithm::Sha1 => &SHA1_FOR_LEGACY_USE_ONLY,
@@ -172,6 +177,7 @@ impl Staging {
             at += chunk.len() as u64;
         }
         file.flush().await?;
+        let file = file.into_inner();
         if failed.is_none()
             && let Some((ctx, want)) = sum
             && ctx.finish().as_ref() != want.as_slice()

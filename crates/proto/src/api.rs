@@ -242,6 +242,9 @@ pub struct UploadStatus {
     pub offset: u64,
     pub length: u64,
     pub expires_ms: u64,
+    /// `Upload-Metadata` as the client sent it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metadata: String,
     pub media: Option<MediaView>,
 }
 

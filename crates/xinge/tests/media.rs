@@ -532,7 +532,7 @@ async fn an_upload_resumes_after_the_server_is_killed_and_ends_byte_identical() 
     let mut at = 0;
     for _ in 0..3 {
         at = alice
-            .upload_chunk(
+            .upload_chunk_checked(
                 &up,
                 at,
                 Bytes::copy_from_slice(&bytes[at as usize..at as usize + 500_000]),

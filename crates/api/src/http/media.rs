@@ -25,7 +25,7 @@ use xinge_media::staging::{Checksum, ChecksumAlgorithm};
 use xinge_proto::api::*;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
-    OpenApiRouter::new()
+    let uploads = OpenApiRouter::new()
         .routes(routes!(tus_options, create_upload))
         .routes(routes!(
             upload_offset,
@@ -33,6 +33,9 @@ pub fn routes() -> OpenApiRouter<ApiState> {
             append_upload,
             delete_upload
         ))
+        .layer(axum::middleware::map_response(tus_answer));
+    OpenApiRouter::new()
+        .merge(uploads)
         .routes(routes!(media_info, delete_media))
         .routes(routes!(media_url))
         .routes(routes!(download))
@@ -63,6 +66,21 @@ fn tus_version(headers: &HeaderMap) -> Result<(), Box<Response>> {
             Err(Box::new(r))
         }
     }
+}
+
+/// Every answer at `/v1/uploads` names the tus version, refusals made before the handler
+/// (no token) included. A refused request that carries bytes is answered with
+/// `Connection: close`: its body may not have been read, so the connection cannot carry
+/// another request, and the client is told so rather than finding it closed.
+async fn tus_answer(method: axum::http::Method, mut r: Response) -> Response {
+    r.headers_mut()
+        .insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+    let with_body = matches!(method, axum::http::Method::POST | axum::http::Method::PATCH);
+    if with_body && !r.status().is_success() {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
 }
 
 /// A response with the tus version header, as every tus answer carries.
@@ -203,6 +221,7 @@ pub async fn create_upload(
         offset: 0,
         length,
         expires_ms: up.expires_ms,
+        metadata: String::new(),
         media: None,
     };
     let with_body = headers
@@ -247,6 +266,11 @@ pub async fn upload_offset(
     let h = r.headers_mut();
     h.insert("upload-length", HeaderValue::from(st.length));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if !st.metadata.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&st.metadata)
+    {
+        h.insert("upload-metadata", v);
+    }
     Ok(r)
 }
 
