@@ -3,9 +3,9 @@
 // one user behave as two devices: both get everything, and read state syncs through the inbox.
 
 import {
-  ApiError, CMD, FATAL_CODES, Gateway, Inbox, groupIdOf, http, newClientMsgId, peerOf,
+  ApiError, CMD, FATAL_CODES, Gateway, Inbox, Upload, groupIdOf, http, newClientMsgId, peerOf,
 } from './client.js';
-import { debounce, h, initials, render, renderIfChanged, time } from './view.js';
+import { clock, debounce, h, humanSize, initials, render, renderIfChanged, time } from './view.js';
 
 // === limits ===
 
@@ -17,6 +17,10 @@ const TYPING_EVERY_MS = 3000;
 const TYPING_SHOWN_MS = 5000;
 const GROUP_READ_POLL_MS = 4000;
 const RECALL_WINDOW_MS = 120000; // the server's default chat.recall_window_secs; it decides
+const UPLOADS_AT_ONCE = 2; // more files wait their turn: each would share the same uplink
+const THUMB_PX = 320; // the long side of the server's thumbnails
+const MAX_VOICE_MS = 5 * 60000; // a voice note stops itself here
+const MIN_VOICE_MS = 700; // shorter is a slip of the finger, not a message
 
 // === state ===
 
@@ -38,7 +42,8 @@ const S = {
   found: null, // a profile from the search
   tab: 'chats',
   open: null, // the open conversation, see openConv
-  outbox: [], // {cmid, conv, to, text, mentions, mention_all, state, error}
+  outbox: [], // {cmid, conv, to, text, media, mentions, mention_all, state, error}
+  uploads: [], // files on their way to the server, see startUpload
 };
 
 const R = {}; // rendered regions
@@ -202,8 +207,12 @@ function stopSession() {
   S.gw?.stop();
   S.inbox?.stop();
   clearInterval(S.open?.poll);
+  S.open?.io?.disconnect();
+  cancelVoice();
+  for (const u of S.uploads) u.up.abort();
+  signedUrls.clear();
   Object.assign(S, {
-    me: null, gw: null, inbox: null, open: null, outbox: [], friends: [], invites: [], found: null,
+    me: null, gw: null, inbox: null, open: null, outbox: [], uploads: [], friends: [], invites: [], found: null,
     requests: { incoming: [], outgoing: [] }, tab: 'chats',
   });
   for (const m of [S.convs, S.profiles, S.presence, S.typing, S.peerRead]) m.clear();
@@ -511,7 +520,10 @@ function buildMain() {
           h('small.muted', null, '@', S.me.username))),
       h('button.ghost', { onclick: logout, 'data-test': 'logout' }, 'Log out')),
     R.conn, R.push = h('div.push', { hidden: true }), R.tabs, R.sideBody);
-  R.chat = h('main.chat', { 'aria-label': 'Chat' });
+  R.chat = h('main.chat', { 'aria-label': 'Chat', ondragover: onChatDrag, ondrop: onChatDrop });
+  R.chat.addEventListener('dragleave', (e) => {
+    if (!R.chat.contains(e.relatedTarget)) R.chat.classList.remove('dropping');
+  });
   R.shell = h('div.shell', null, R.side, R.chat);
   render(app, R.shell);
   document.onkeydown = (e) => {
@@ -612,8 +624,20 @@ function messageText(m, short) {
 }
 
 function contentText(c) {
+  if (c?.media) return c.text ? `${mediaLabel(c.media)} · ${c.text}` : mediaLabel(c.media);
   if (c && typeof c.text === 'string') return c.text;
   return '[unsupported message]';
+}
+
+/** A media message in one line (the conversation list, a message still being sent). Words,
+ *  not emoji: a system without an emoji font would show empty boxes. */
+function mediaLabel(md) {
+  switch (md?.kind) {
+    case 'image': return 'Photo';
+    case 'voice': return md.duration_ms ? `Voice message (${clock(md.duration_ms)})` : 'Voice message';
+    case 'video': return 'Video';
+    default: return `File: ${md?.name || 'unnamed'}`;
+  }
 }
 
 function systemText(ev) {
@@ -902,11 +926,15 @@ function chatWith(user) {
 
 function openConv(conv) {
   clearInterval(S.open?.poll);
+  S.open?.io?.disconnect();
+  cancelVoice();
   const group = groupIdOf(conv);
   S.open = {
     conv, group, msgs: [], seqs: new Set(), recalled: new Set(), hasOlder: false,
     loadingOlder: false, hasNewer: false, loadingNewer: false, loaded: false, info: null, members: null,
     stick: true, poll: null,
+    media: new Map(), // conv_seq -> the message's media element, kept across re-renders
+    io: null, // loads media URLs as their messages scroll into view
   };
   const composer = buildComposer(conv);
   R.chatHead = h('header.chat-head');
@@ -931,6 +959,8 @@ function openConv(conv) {
 
 function closeConv() {
   clearInterval(S.open?.poll);
+  S.open?.io?.disconnect();
+  cancelVoice();
   const conv = S.open?.conv;
   S.open = null;
   render(R.chat);
@@ -1056,6 +1086,7 @@ function addToView(messages, mode = 'live') {
   while (o.msgs.length > MAX_IN_VIEW) {
     const gone = mode === 'older' ? o.msgs.pop() : o.msgs.shift();
     o.seqs.delete(gone.conv_seq);
+    o.media.delete(gone.conv_seq);
     if (mode === 'older') o.hasNewer = true;
     else o.hasOlder = true;
   }
@@ -1165,9 +1196,11 @@ function renderChat() {
   let reads = 0;
   for (const m of o.members?.values() || []) reads += m.read_seq;
   const outbox = S.outbox.filter((x) => x.conv === o.conv).map((x) => x.cmid + x.state).join();
+  // Upload progress is not in here: it moves the bars directly (showProgress).
+  const uploads = S.uploads.filter((x) => x.conv === o.conv).map((x) => x.id + x.state).join();
   const first = o.msgs[0]?.conv_seq;
   const last = o.msgs[o.msgs.length - 1]?.conv_seq;
-  const sig = [o.msgs.length, first, last, o.recalled.size, outbox, S.peerRead.get(o.conv), reads,
+  const sig = [o.msgs.length, first, last, o.recalled.size, outbox, uploads, S.peerRead.get(o.conv), reads,
     o.hasOlder, o.hasNewer, o.loadingOlder, o.loaded, S.profiles.size, Math.floor(Date.now() / 30000)].join('|');
   if (R.list.dataset.sig === sig) return;
   R.list.dataset.sig = sig;
@@ -1200,18 +1233,21 @@ function renderChat() {
       }
     }
     const canRecall = mine && !recalled && m.kind === 'content' && Date.now() - m.sent_at_ms < RECALL_WINDOW_MS;
+    const media = !recalled && m.kind === 'content' && m.content?.media;
     items.push(h(`li.msg${mine ? '.mine' : ''}${recalled ? '.recalled' : ''}`, {
       'data-seq': m.conv_seq, 'data-cmid': m.client_msg_id, 'data-state': 'sent',
     },
     !mine && o.group ? h('small.sender', null, name(m.sender)) : null,
-    h('div.bubble', null, m.kind === 'deleted' ? 'This message was deleted'
-      : recalled ? (mine ? 'You recalled a message' : `${name(m.sender)} recalled a message`) : contentText(m.content)),
+    h(`div.bubble${media ? '.has-media' : ''}`, null, m.kind === 'deleted' ? 'This message was deleted'
+      : recalled ? (mine ? 'You recalled a message' : `${name(m.sender)} recalled a message`)
+        : media ? [mediaView(m), m.content.text ? h('div.caption', null, m.content.text) : null]
+          : contentText(m.content)),
     h('small.meta', null, time(m.sent_at_ms), status ? ' ' : null, status,
       canRecall ? h('button.link.recall', { 'data-fk': 'rc-' + m.conv_seq, onclick: () => recall(m) }, 'Recall') : null)));
   }
   for (const p of S.outbox.filter((x) => x.conv === o.conv && !o.hasNewer)) {
     items.push(h('li.msg.mine.pending', { 'data-cmid': p.cmid, 'data-state': p.state },
-      h('div.bubble', null, p.text),
+      h('div.bubble', null, p.media ? contentText({ media: p.media, text: p.text }) : p.text),
       h('small.meta', null,
         p.state === 'failed'
           ? [h('span.error', null, `Not sent: ${p.error}`), ' ',
@@ -1219,6 +1255,7 @@ function renderChat() {
             h('button.link', { onclick: () => { dropFromOutbox(p.cmid); update(); } }, 'Discard')]
           : h('span.sending', null, p.state === 'retrying' ? 'waiting for the connection…' : 'sending…'))));
   }
+  for (const u of S.uploads.filter((x) => x.conv === o.conv && !o.hasNewer)) items.push(uploadItem(u));
   if (o.hasNewer) {
     items.push(h('li.more', null, h('button.link', { onclick: () => loadNewer().catch(fail), 'data-fk': 'newer' }, 'Load newer messages')));
   }
@@ -1247,14 +1284,37 @@ function buildComposer(conv) {
     queueSend(conv, t);
     text.value = '';
     text.focus();
-  } }, text, h('button.primary', { type: 'submit' }, 'Send'));
+  } },
+  attachButton(conv), voiceButtons(conv), text, h('button.primary', { type: 'submit' }, 'Send'));
   text.addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       form.requestSubmit();
     }
   });
+  // A pasted image (a screenshot) is sent as a photo. What also comes as plain text (cells
+  // of a spreadsheet, say) pastes as text.
+  text.addEventListener('paste', (e) => {
+    const files = [...(e.clipboardData?.files || [])];
+    if (!files.length || e.clipboardData.types.includes('text/plain')) return;
+    e.preventDefault();
+    attach(conv, files);
+  });
   return form;
+}
+
+/** A hidden file input behind a button (a file input cannot be styled). */
+function attachButton(conv) {
+  const input = h('input', {
+    type: 'file', multiple: true, hidden: true, id: 'attach-input', 'data-test': 'attach-input',
+    onchange: () => {
+      attach(conv, [...input.files]);
+      input.value = ''; // the same file again is a new attachment
+    },
+  });
+  return [input, h('button.ghost.tool', {
+    type: 'button', onclick: () => input.click(), title: 'Attach photos or files', 'data-fk': 'attach',
+  }, 'Attach')];
 }
 
 // === sending: pending → sent, retried with the same client_msg_id ===
@@ -1296,11 +1356,13 @@ async function resolveMentions(tags) {
   return ids;
 }
 
-function queueSend(conv, text) {
+/** A message into the outbox: text, or an uploaded file (its MediaInfo) with an optional
+ *  caption. */
+function queueSend(conv, text, media = null) {
   const peer = peerOf(conv, S.me.user_id);
   const { tags, mention_all } = mentionTags(conv, text);
   S.outbox.push({
-    cmid: newClientMsgId(), conv, to: peer || undefined, text, state: 'pending', error: null,
+    cmid: newClientMsgId(), conv, to: peer || undefined, text, media, state: 'pending', error: null,
     tags, mentions: null, mention_all,
   });
   saveOutbox();
@@ -1337,8 +1399,12 @@ async function flushOutbox() {
           continue;
         }
       }
+      // A media message names the upload; the server puts its MediaInfo in its place.
+      const content = item.media
+        ? { media: item.media.id, ...(item.text ? { text: item.text } : {}) }
+        : { text: item.text };
       const body = {
-        client_msg_id: item.cmid, content: { text: item.text },
+        client_msg_id: item.cmid, content,
         ...(item.to ? { to: item.to } : { conv: item.conv }),
         ...(item.mentions?.length ? { mentions: item.mentions } : {}),
         ...(item.mention_all ? { mention_all: true } : {}),
@@ -1349,7 +1415,9 @@ async function flushOutbox() {
         applyMessage({
           msg_id: r.msg_id, conv: r.conv, conv_seq: r.conv_seq, sender: S.me.user_id,
           sender_device: S.session.device, client_msg_id: item.cmid, sent_at_ms: r.sent_at_ms,
-          mentions: item.mentions || [], mention_all: !!item.mention_all, kind: 'content', content: body.content,
+          mentions: item.mentions || [], mention_all: !!item.mention_all, kind: 'content',
+          // What the server stores: the MediaInfo it answered the upload with.
+          content: item.media ? { ...content, media: item.media } : content,
         });
       } catch (e) {
         if (e instanceof ApiError && e.retryable) {
@@ -1377,6 +1445,433 @@ async function recall(m) {
     S.open?.recalled.add(m.conv_seq);
     update();
   } catch (e) { fail(e); }
+}
+
+// === media: uploads, voice notes, and media in messages ===
+
+let uploadSeq = 0;
+
+/** Files picked, pasted or dropped: each is uploaded, then sent as a media message. */
+function attach(conv, files) {
+  for (const f of files) {
+    if (!f.size) {
+      toast(`“${f.name || 'That file'}” is empty.`);
+      continue;
+    }
+    if (S.outbox.length + S.uploads.length >= MAX_OUTBOX) {
+      toast('Too many messages waiting to be sent.');
+      return;
+    }
+    startUpload({ conv, blob: f, name: f.name || 'file', type: f.type || 'application/octet-stream' });
+  }
+}
+
+/**
+ * An upload shows in its chat until the server has the whole file; then its message joins
+ * the outbox like any other. {id, conv, blob, name, type, label, up (the Upload), state:
+ * queued | uploading | failed, loaded, error}. Uploads do not survive a reload (a File
+ * cannot be kept in sessionStorage); they run on when the chat is left.
+ */
+function startUpload({ conv, blob, name: fileName, type, meta = {} }) {
+  const label = meta.kind === 'voice' ? mediaLabel({ kind: 'voice', duration_ms: meta.duration_ms }) : fileName;
+  const u = { id: `up${++uploadSeq}`, conv, blob, name: fileName, type, label, state: 'queued', loaded: 0, error: null };
+  u.up = new Upload(blob, { filename: fileName, filetype: type, ...meta }, S.session.token, (n) => showProgress(u, n));
+  S.uploads.push(u);
+  if (S.open?.conv === conv) {
+    S.open.stick = true;
+    if (S.open.hasNewer) jumpToNewest();
+  }
+  pumpUploads();
+  update();
+}
+
+/** A few uploads at a time; the rest wait their turn. */
+function pumpUploads() {
+  let running = S.uploads.filter((u) => u.state === 'uploading').length;
+  for (const u of S.uploads) {
+    if (running >= UPLOADS_AT_ONCE) break;
+    if (u.state === 'queued') {
+      running++;
+      runUpload(u);
+    }
+  }
+}
+
+async function runUpload(u) {
+  const me = S.me;
+  u.state = 'uploading';
+  u.error = null;
+  update();
+  try {
+    const media = await u.up.run();
+    if (S.me !== me || !S.uploads.includes(u)) return; // logged out, or cancelled
+    S.uploads = S.uploads.filter((x) => x !== u);
+    queueSend(u.conv, '', media);
+  } catch (e) {
+    if (S.me !== me || !S.uploads.includes(u)) return;
+    u.state = 'failed';
+    u.error = e.message || String(e);
+  } finally {
+    if (S.me === me) {
+      pumpUploads();
+      update();
+    }
+  }
+}
+
+/** Another go: the Upload carries on from the bytes the server already has. */
+function retryUpload(u) {
+  u.state = 'queued';
+  pumpUploads();
+  update();
+}
+
+function dropUpload(u) {
+  S.uploads = S.uploads.filter((x) => x !== u);
+  u.up.abort();
+  pumpUploads();
+  update();
+}
+
+function uploadStatus(u) {
+  if (u.state === 'queued') return 'waiting to upload…';
+  // The last chunk's answer waits for the server to check the file and make its thumbnail.
+  if (u.loaded >= u.blob.size) return 'finishing…';
+  return `uploading… ${Math.floor((u.loaded / u.blob.size) * 100)}%`;
+}
+
+function uploadItem(u) {
+  return h('li.msg.mine.pending.upload', { 'data-upload': u.id, 'data-state': u.state },
+    h('div.bubble', null, h('span', null, u.label), ' ', h('small.muted', null, humanSize(u.blob.size)),
+      h('progress', { max: u.blob.size, value: u.loaded, 'aria-label': `Uploading ${u.name}` })),
+    h('small.meta', null, u.state === 'failed'
+      ? [h('span.error', { 'data-test': 'upload-error' }, `Upload failed: ${u.error}`), ' ',
+        h('button.link', { 'data-fk': 'up-retry-' + u.id, onclick: () => retryUpload(u) }, 'Retry'), ' ',
+        h('button.link', { onclick: () => dropUpload(u) }, 'Discard')]
+      : [h('span.sending', { 'data-test': 'upload-status' }, uploadStatus(u)), ' ',
+        h('button.link', { 'data-fk': 'up-cancel-' + u.id, onclick: () => dropUpload(u) }, 'Cancel')]));
+}
+
+/** Progress moves the bar in place: re-rendering the whole list for every event would be
+ *  a lot of work for one number. */
+function showProgress(u, n) {
+  u.loaded = n;
+  const li = R.list?.querySelector(`[data-upload="${u.id}"]`);
+  if (!li) return;
+  const bar = li.querySelector('progress');
+  if (bar) bar.value = n;
+  const status = li.querySelector('[data-test="upload-status"]');
+  if (status) status.textContent = uploadStatus(u);
+}
+
+// Files dropped on the open chat are attached to it (buildMain); dropped anywhere else they
+// do nothing, where the browser would open the file in place of the app.
+window.addEventListener('dragover', (e) => {
+  if (e.defaultPrevented || !e.dataTransfer?.types.includes('Files')) return;
+  e.preventDefault();
+  e.dataTransfer.dropEffect = 'none';
+});
+window.addEventListener('drop', (e) => {
+  if (e.dataTransfer?.types.includes('Files')) e.preventDefault();
+});
+
+function onChatDrag(e) {
+  if (!S.open || !e.dataTransfer?.types.includes('Files')) return;
+  e.preventDefault();
+  e.dataTransfer.dropEffect = 'copy';
+  R.chat.classList.add('dropping');
+}
+
+function onChatDrop(e) {
+  R.chat.classList.remove('dropping');
+  if (!S.open || !e.dataTransfer?.files.length) return;
+  e.preventDefault();
+  attach(S.open.conv, [...e.dataTransfer.files]);
+}
+
+// --- voice notes ---
+
+/** The recording in progress (one at a time, for the open chat): {rec (MediaRecorder),
+ *  stream, conv, chunks, started, duration, timer, btn, cancel, discard}. */
+let recording = null;
+
+/** The microphone button and, while recording, the button that throws the recording away.
+ *  Nothing where the browser cannot record. */
+function voiceButtons(conv) {
+  if (!navigator.mediaDevices?.getUserMedia || !window.MediaRecorder) return null;
+  const cancel = h('button.ghost.tool', {
+    type: 'button', hidden: true, onclick: () => stopVoice(true), title: 'Discard the recording',
+  }, 'Discard');
+  const btn = h('button.ghost.tool.voice', {
+    type: 'button', 'data-test': 'voice', title: 'Record a voice message', 'data-fk': 'voice',
+    onclick: () => (recording ? stopVoice(false) : startVoice(conv, btn, cancel)),
+  }, 'Voice');
+  return [btn, cancel];
+}
+
+async function startVoice(conv, btn, cancel) {
+  if (btn.disabled) return;
+  btn.disabled = true; // while the browser asks for the microphone
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (e) {
+    toast(e.name === 'NotAllowedError' ? 'This site may not use the microphone.' : `Cannot record: ${e.message}`);
+    return;
+  } finally {
+    btn.disabled = false;
+  }
+  const release = () => stream.getTracks().forEach((t) => t.stop());
+  if (recording || S.open?.conv !== conv || !btn.isConnected) {
+    release();
+    return;
+  }
+  // Opus where the browser records it (Chromium, Firefox); else whatever it gives.
+  const mimeType = ['audio/webm;codecs=opus', 'audio/ogg;codecs=opus', 'audio/mp4']
+    .find((t) => MediaRecorder.isTypeSupported(t));
+  let rec;
+  try {
+    rec = new MediaRecorder(stream, mimeType ? { mimeType } : undefined);
+  } catch (e) {
+    release();
+    toast(`Cannot record: ${e.message}`);
+    return;
+  }
+  const r = { rec, stream, conv, chunks: [], started: Date.now(), duration: 0, timer: null, btn, cancel, discard: false };
+  recording = r;
+  rec.ondataavailable = (e) => { if (e.data.size) r.chunks.push(e.data); };
+  // The recorder also stops by itself (the microphone went away): that ends it as a send.
+  rec.onstop = () => (recording === r ? stopVoice(false) : finishVoice(r));
+  rec.start();
+  r.timer = setInterval(() => {
+    if (Date.now() - r.started >= MAX_VOICE_MS) stopVoice(false);
+    else showRecording(r);
+  }, 250);
+  showRecording(r);
+}
+
+function showRecording(r) {
+  const on = recording === r;
+  r.btn.textContent = on ? `■ Send ${clock(Date.now() - r.started)}` : 'Voice';
+  r.btn.title = on ? 'Stop and send the voice message' : 'Record a voice message';
+  r.btn.classList.toggle('recording', on);
+  r.cancel.hidden = !on;
+}
+
+/** Ends the recording: to be sent, or (`discard`) thrown away. */
+function stopVoice(discard) {
+  const r = recording;
+  if (!r) return;
+  recording = null;
+  r.discard = discard;
+  r.duration = Date.now() - r.started;
+  clearInterval(r.timer);
+  showRecording(r);
+  if (r.rec.state !== 'inactive') r.rec.stop(); // the last data, then onstop
+  else finishVoice(r);
+}
+
+/** Leaving the chat throws an unfinished recording away: it would go where nobody looks. */
+function cancelVoice() {
+  stopVoice(true);
+}
+
+function finishVoice(r) {
+  r.stream.getTracks().forEach((t) => t.stop());
+  if (r.discard || !S.me) return;
+  if (r.duration < MIN_VOICE_MS) {
+    toast('Too short to send.');
+    return;
+  }
+  const type = (r.rec.mimeType || r.chunks[0]?.type || 'audio/webm').split(';')[0];
+  const blob = new Blob(r.chunks, { type });
+  if (!blob.size) {
+    toast('Nothing was recorded.');
+    return;
+  }
+  const ext = { 'audio/webm': 'webm', 'audio/ogg': 'ogg', 'audio/mp4': 'm4a' }[type] || 'audio';
+  const stamp = new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-');
+  startUpload({
+    conv: r.conv, blob, name: `voice-${stamp}.${ext}`, type,
+    meta: { kind: 'voice', duration_ms: r.duration },
+  });
+}
+
+// --- media in messages ---
+
+/** Signed download URLs, `<media id>/<variant>` -> {url, until} or {pending}: each asked
+ *  for once, then used until shortly before it expires. */
+const signedUrls = new Map();
+const URL_MARGIN_MS = 60000;
+const MAX_SIGNED_URLS = 500;
+
+/** The signed URL of a message's file (`fresh`: not the cached one, which stopped working). */
+function mediaUrl(m, md, variant, fresh = false) {
+  const key = `${md.id}/${variant}`;
+  const hit = signedUrls.get(key);
+  if (hit?.pending) return hit.pending;
+  if (!fresh && hit?.url && hit.until > Date.now()) return Promise.resolve(hit.url);
+  const q = new URLSearchParams({ variant });
+  // The message carrying the file is what lets the reader see it (its uploader needs none).
+  if (m.conv && m.conv_seq) {
+    q.set('conv', m.conv);
+    q.set('seq', String(m.conv_seq));
+  }
+  const pending = api('GET', `/v1/media/${encodeURIComponent(md.id)}/url?${q}`).then((r) => {
+    signedUrls.delete(key); // to the end: the oldest go first
+    signedUrls.set(key, { url: r.url, until: r.expires_ms - URL_MARGIN_MS });
+    if (signedUrls.size > MAX_SIGNED_URLS) signedUrls.delete(signedUrls.keys().next().value);
+    return r.url;
+  }, (e) => {
+    signedUrls.delete(key);
+    throw e;
+  });
+  signedUrls.set(key, { pending });
+  return pending;
+}
+
+function cachedUrl(md, variant) {
+  const hit = signedUrls.get(`${md.id}/${variant}`);
+  return hit?.url && hit.until > Date.now() ? hit.url : null;
+}
+
+/** What loads each watched element, and how often it failed to. */
+const mediaLoaders = new WeakMap();
+
+/** Loads an element's URL once it comes near the visible part of the list: a long history
+ *  of photos asks for the URLs of the few being looked at, not of all of them. */
+function watchMedia(el, load) {
+  const o = S.open;
+  mediaLoaders.set(el, load);
+  if (!o || !('IntersectionObserver' in window)) {
+    load();
+    return;
+  }
+  o.io ??= new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      if (!e.isIntersecting) continue;
+      o.io.unobserve(e.target);
+      mediaLoaders.get(e.target)?.();
+    }
+  }, { root: R.list, rootMargin: '600px 0px' });
+  o.io.observe(el);
+}
+
+/** Gives `el` (an img, audio, video or link) its signed URL in `attr`: at once when one is
+ *  cached, else when it scrolls into view. A URL that stops working (it expired while a
+ *  voice note sat paused) is asked for again; a failed ask is tried again a few times. */
+function lazyMedia(el, m, md, variant, attr = 'src') {
+  let tries = 0;
+  let renewedAt = 0;
+  const load = (fresh = false) => mediaUrl(m, md, variant, fresh)
+    .then((url) => {
+      el.removeAttribute('data-error');
+      if (el.getAttribute(attr) !== url) el.setAttribute(attr, url);
+    })
+    .catch((e) => {
+      el.dataset.error = e.message;
+      if (++tries < 3 && S.open?.media.has(m.conv_seq)) setTimeout(() => watchMedia(el, load), 3000 * tries);
+    });
+  if (attr === 'src') {
+    el.addEventListener('error', () => {
+      if (Date.now() - renewedAt < 30000) return; // a fresh URL did not help: the file is gone
+      renewedAt = Date.now();
+      load(true);
+    });
+  }
+  const url = cachedUrl(md, variant);
+  if (url) el.setAttribute(attr, url);
+  else watchMedia(el, load);
+}
+
+/** [width, height] scaled down to `max` on the long side (the thumbnail's own size). */
+function fit(w, ht, max) {
+  if (!(w > 0 && ht > 0)) return [undefined, undefined];
+  const s = Math.min(1, max / Math.max(w, ht));
+  return [Math.max(1, Math.round(w * s)), Math.max(1, Math.round(ht * s))];
+}
+
+/** A message's media element, made once per message of the open chat and kept: the list is
+ *  rebuilt on every change, and a new element would reload the photo and stop the voice
+ *  note being listened to. */
+function mediaView(m) {
+  let el = S.open.media.get(m.conv_seq);
+  if (!el) {
+    el = buildMedia(m, m.content.media);
+    S.open.media.set(m.conv_seq, el);
+  }
+  return el;
+}
+
+function buildMedia(m, md) {
+  if (!md || typeof md !== 'object' || !md.id) return h('span.muted', null, '[attachment]');
+  switch (md.kind) {
+    case 'image': {
+      const [w, ht] = fit(md.width, md.height, THUMB_PX);
+      const img = h('img.thumb', { alt: md.name || 'Photo', width: w, height: ht, 'data-test': 'thumb' });
+      // A photo of unknown size changes the list's height when it arrives.
+      img.addEventListener('load', () => { if (S.open?.stick && R.list) R.list.scrollTop = R.list.scrollHeight; });
+      lazyMedia(img, m, md, md.thumb ? 'thumb' : 'original');
+      return h('button.photo', { type: 'button', onclick: () => openPhoto(m, md), title: 'Open the photo' }, img);
+    }
+    case 'voice': {
+      const audio = h('audio', { controls: true, preload: 'metadata', 'aria-label': 'Voice message', 'data-test': 'voice-note' });
+      lazyMedia(audio, m, md, 'original');
+      // A recording's own length is often unknown to the player (WebM from MediaRecorder).
+      return h('span.voice-note', null, audio, md.duration_ms ? h('small.muted', null, clock(md.duration_ms)) : null);
+    }
+    case 'video': {
+      const [w, ht] = fit(md.width, md.height, 480);
+      const video = h('video', { controls: true, preload: 'metadata', playsinline: true, width: w, height: ht, 'aria-label': md.name || 'Video' });
+      lazyMedia(video, m, md, 'original');
+      return video;
+    }
+    default: {
+      const link = h('a.download', { download: md.name || 'file', 'data-test': 'download' }, 'Download');
+      let renewed = false;
+      link.addEventListener('click', (e) => {
+        if (renewed || (link.getAttribute('href') && cachedUrl(md, 'original') === link.getAttribute('href'))) {
+          renewed = false;
+          return;
+        }
+        // No URL yet, or one about to expire: a new one, then the download.
+        e.preventDefault();
+        mediaUrl(m, md, 'original').then((url) => {
+          link.setAttribute('href', url);
+          renewed = true;
+          link.click();
+        }).catch(fail);
+      });
+      lazyMedia(link, m, md, 'original', 'href');
+      // The extension as the file's icon, the way file managers draw one.
+      const ext = /\.([a-z0-9]{1,4})$/i.exec(md.name || '')?.[1].toUpperCase() || 'FILE';
+      return h('span.file', null, h('span.file-icon', { 'aria-hidden': 'true' }, ext),
+        h('span.file-main', null, h('span.file-name', { 'data-test': 'file-name' }, md.name || 'File'),
+          h('small.muted', null, humanSize(md.size))),
+        link);
+    }
+  }
+}
+
+/** The full-size photo over everything; a click or Escape closes it. */
+function openPhoto(m, md) {
+  const img = h('img.full', { alt: md.name || 'Photo', 'data-test': 'full-image' });
+  const d = h('dialog.viewer', { 'aria-label': md.name || 'Photo' },
+    h('button.ghost.close', { 'aria-label': 'Close' }, '✕'),
+    img,
+    m.content.text ? h('p.caption', null, m.content.text) : null);
+  d.addEventListener('click', () => d.close());
+  d.addEventListener('close', () => d.remove());
+  document.body.append(d);
+  d.showModal();
+  let renewed = false;
+  const load = (fresh) => mediaUrl(m, md, 'original', fresh).then((url) => { img.src = url; }, fail);
+  img.addEventListener('error', () => {
+    if (renewed) return;
+    renewed = true;
+    load(true);
+  });
+  load(false);
 }
 
 // === dialogs ===

@@ -396,6 +396,183 @@ function forgetOldCursors() {
   for (const [, k] of keys.slice(MAX_CURSORS)) localStorage.removeItem(k);
 }
 
+// === media: resumable uploads (tus 1.0.0) ===
+
+const TUS_VERSION = '1.0.0';
+/** Bytes per PATCH: small enough that a dropped connection loses little, large enough that
+ *  a big file is not thousands of requests. */
+export const UPLOAD_CHUNK = 1 << 20;
+/** Failures in a row (without progress in between) before an upload gives up. */
+const UPLOAD_RETRIES = 6;
+/** A chunk on a slow link, and the last one, inside which the server hashes the file and
+ *  makes its thumbnail. */
+const PATCH_TIMEOUT_MS = 120000;
+
+/** tus metadata: `key base64(UTF-8 value)` pairs, comma-separated; empty values left out. */
+function tusMetadata(meta) {
+  const b64 = (s) => {
+    let bin = '';
+    for (const b of new TextEncoder().encode(s)) bin += String.fromCharCode(b);
+    return btoa(bin);
+  };
+  return Object.entries(meta)
+    .filter(([, v]) => v !== undefined && v !== null && v !== '')
+    .map(([k, v]) => `${k} ${b64(String(v))}`)
+    .join(',');
+}
+
+/** An error answer of the upload endpoints as an ApiError: the JSON error shape when there
+ *  is one (a HEAD has no body), else the status. Server trouble is worth a retry. */
+function statusError(status, text, fallback) {
+  let data = null;
+  try { data = JSON.parse(text); } catch { /* empty or not JSON */ }
+  const code = data?.code || (status === 404 ? 'not_found' : status >= 500 ? 'unavailable' : 'http_' + status);
+  return new ApiError(code, data?.message || fallback || `the server answered ${status}`, status);
+}
+
+const pause = (ms) => new Promise((res) => setTimeout(res, ms));
+
+/**
+ * One file sent with the tus 1.0.0 resumable-upload protocol: created with a POST, sent in
+ * 1 MiB PATCHes through XMLHttpRequest (whose upload progress drives the progress bar), and
+ * after a network drop resumed from the offset the server says it has (HEAD), with back-off.
+ * `run()` resolves to the server's MediaInfo once the last byte is in; it can be called
+ * again after a failure, and carries on from where the server is. `abort()` stops it.
+ */
+export class Upload {
+  constructor(blob, meta, token, onProgress) {
+    this.blob = blob;
+    this.meta = meta; // filename, filetype, kind, duration_ms
+    this.token = token;
+    this.onProgress = onProgress || (() => {});
+    this.location = null; // the upload's URL once created
+    this.xhr = null;
+    this.ctl = null;
+    this.aborted = false;
+  }
+
+  abort() {
+    this.aborted = true;
+    this.xhr?.abort();
+    this.ctl?.abort();
+  }
+
+  async run() {
+    this.aborted = false;
+    let offset = null; // null: ask the server (after a failure, or when resuming)
+    let failures = 0;
+    for (;;) {
+      try {
+        if (!this.location) offset = await this.create();
+        else if (offset === null) offset = await this.head();
+        this.onProgress(offset);
+        if (offset >= this.blob.size) return await this.finished();
+        const next = await this.patch(offset);
+        if (next > offset) failures = 0;
+        offset = next;
+      } catch (e) {
+        if (this.aborted) throw new ApiError('aborted', 'cancelled');
+        if (++failures > UPLOAD_RETRIES) throw e;
+        offset = null;
+        if (e.status === 409) continue; // our offset was not the server's: ask it
+        if (e.status === 404 && this.location) {
+          // The server forgot the upload (it expired): start over.
+          this.location = null;
+          continue;
+        }
+        if (!e.retryable && !(e.status >= 500)) throw e;
+        // Full jitter, as for the long connection.
+        const wait = Math.min(10000, 500 * 2 ** (failures - 1));
+        await pause(wait / 2 + Math.random() * (wait / 2));
+        if (this.aborted) throw new ApiError('aborted', 'cancelled');
+      }
+    }
+  }
+
+  /** fetch() with the upload's headers and a timeout; error answers become ApiErrors. */
+  async request(method, url, headers = {}) {
+    this.ctl = new AbortController();
+    const timer = setTimeout(() => this.ctl.abort(), HTTP_TIMEOUT_MS);
+    let resp;
+    try {
+      resp = await fetch(url, {
+        method, signal: this.ctl.signal,
+        headers: { authorization: `Bearer ${this.token}`, 'tus-resumable': TUS_VERSION, ...headers },
+      });
+    } catch (e) {
+      throw new ApiError('transport', `cannot reach the server (${e.name === 'AbortError' ? 'timed out' : e.message})`);
+    } finally {
+      clearTimeout(timer);
+    }
+    if (!resp.ok) throw statusError(resp.status, await resp.text().catch(() => ''));
+    return resp;
+  }
+
+  /** POST /v1/uploads: the upload's URL (the Location answered, a path), and offset 0. */
+  async create() {
+    const resp = await this.request('POST', '/v1/uploads', {
+      'upload-length': String(this.blob.size),
+      'upload-metadata': tusMetadata(this.meta),
+    });
+    const loc = resp.headers.get('location');
+    if (!loc) throw new ApiError('bad_response', 'the server did not say where the upload goes');
+    this.location = new URL(loc, location.href).href;
+    return offsetOf(resp.headers.get('upload-offset') ?? '0');
+  }
+
+  /** HEAD: how many bytes the server has. */
+  async head() {
+    const resp = await this.request('HEAD', this.location);
+    return offsetOf(resp.headers.get('upload-offset'));
+  }
+
+  /** One chunk from `offset`; resolves to the server's new offset. */
+  patch(offset) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      this.xhr = xhr;
+      xhr.open('PATCH', this.location);
+      xhr.timeout = PATCH_TIMEOUT_MS;
+      xhr.setRequestHeader('Authorization', `Bearer ${this.token}`);
+      xhr.setRequestHeader('Tus-Resumable', TUS_VERSION);
+      xhr.setRequestHeader('Upload-Offset', String(offset));
+      xhr.setRequestHeader('Content-Type', 'application/offset+octet-stream');
+      xhr.upload.onprogress = (e) => this.onProgress(offset + e.loaded);
+      xhr.onload = () => {
+        if (xhr.status >= 200 && xhr.status < 300) {
+          try { resolve(offsetOf(xhr.getResponseHeader('Upload-Offset'))); } catch (e) { reject(e); }
+        } else {
+          reject(statusError(xhr.status, xhr.responseText));
+        }
+      };
+      xhr.onerror = () => reject(new ApiError('transport', 'the connection dropped during the upload'));
+      xhr.ontimeout = () => reject(new ApiError('timeout', 'the upload stalled'));
+      xhr.onabort = () => reject(new ApiError('aborted', 'cancelled'));
+      xhr.send(this.blob.slice(offset, Math.min(this.blob.size, offset + UPLOAD_CHUNK)));
+    });
+  }
+
+  /** GET the finished upload: its MediaInfo (the server finishes inside the last PATCH; if
+   *  that answer was lost, it is there all the same). */
+  async finished() {
+    for (let i = 0; ; i++) {
+      const r = await (await this.request('GET', this.location)).json();
+      if (r?.media) return r.media;
+      if (i >= 4) throw new ApiError('unavailable', 'the server did not finish the upload');
+      await pause(300 * 2 ** i);
+    }
+  }
+}
+
+/** An Upload-Offset header as a number; a missing or bad one is the server's fault. */
+function offsetOf(v) {
+  const n = Number(v);
+  if (v === null || v === '' || !Number.isSafeInteger(n) || n < 0) {
+    throw new ApiError('unavailable', 'the server did not say how much of the upload it has');
+  }
+  return n;
+}
+
 // === small helpers shared by the app ===
 
 /** A client_msg_id: unique per sender, 1-64 bytes. */

@@ -2,7 +2,7 @@
 // Chromium driven by playwright-core, and helpers that wait on DOM state (never sleep).
 
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -93,11 +93,12 @@ export class Server {
   }
 }
 
-export async function launch() {
+/** `extra`: more Chromium switches (a fake microphone, say). */
+export async function launch(extra = []) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      '--disable-background-networking', '--disable-component-update', '--disable-sync', ...extra],
     timeout: 30000,
   });
 }
@@ -111,9 +112,26 @@ export async function shootAll(prefix) {
   }
 }
 
+const WEB_TYPES = { js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8', svg: 'image/svg+xml' };
+
+/** With XINGE_WEB_FROM_DISK=1, a context gets the client's scripts and stylesheet from web/
+ *  on disk instead of from the binary, which embedded them when it was built: client
+ *  changes can be tried without a rebuild. */
+async function webFromDisk(context) {
+  if (!process.env.XINGE_WEB_FROM_DISK) return;
+  await context.route('**/web/*', (route) => {
+    const name = new URL(route.request().url()).pathname.slice('/web/'.length);
+    const file = path.join(ROOT, 'web', name);
+    const type = WEB_TYPES[name.split('.').pop()];
+    if (!type || name.includes('/') || !existsSync(file)) return route.continue();
+    return route.fulfill({ body: readFileSync(file), contentType: type, headers: { 'cache-control': 'no-cache' } });
+  });
+}
+
 /** A browser context (its own storage: one person on one device) with one page. */
 export async function person(browser, server, viewport = { width: 1100, height: 720 }) {
   const context = await browser.newContext({ viewport });
+  await webFromDisk(context);
   const page = await context.newPage();
   opened.push(page);
   page.setDefaultTimeout(WAIT_MS);
