@@ -202,6 +202,14 @@ pub enum Scenario {
         duration_secs: u64,
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// The server's `media.upload_bytes_per_sec` in MiB/s (0: unpaced); its default
+        /// when not given.
+        #[arg(long)]
+        pace_mib: Option<u64>,
+        /// The server's blobs and staged uploads in this directory (e.g. on another disk)
+        /// instead of under its data directory.
+        #[arg(long)]
+        media_dir: Option<PathBuf>,
     },
     /// G groups of S members, all online, every member sending (write fan-out).
     Group {
@@ -349,8 +357,13 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             if let Scenario::Notify { collapse_ms, .. } = args.scenario {
                 hooks += &notify::apns(keys.path(), collapse_ms).await?;
             }
-            if let Scenario::Media { .. } = args.scenario {
-                hooks += media::CONFIG;
+            if let Scenario::Media {
+                pace_mib,
+                media_dir,
+                ..
+            } = &args.scenario
+            {
+                hooks += &media::config(*pace_mib, media_dir.as_deref());
             }
             server::Server::spawn_with(
                 args.server_cpus.as_deref(),
@@ -492,6 +505,8 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             rate,
             duration_secs,
             size,
+            pace_mib,
+            ..
         } => {
             let p = media::Params {
                 files,
@@ -504,7 +519,9 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
                 duration_secs,
                 size,
             };
-            media::run(&srv, transport, p, args.workers).await?
+            let mut r = media::run(&srv, transport, p, args.workers).await?;
+            r.param("pace_mib", pace_mib.unwrap_or(64));
+            r
         }
         Scenario::Group {
             groups,

@@ -19,9 +19,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use xinge_client::Transport;
 
-/// The TOML the spawned server needs: no quota (the phases upload gigabytes) and uploads
-/// unlimited per user.
-pub const CONFIG: &str = "[media]\nquota_bytes = 0\nmax_upload_bytes = 1073741824\n";
+/// The TOML the spawned server needs: no quota (the phases upload gigabytes), and the
+/// uploads' pace (MiB/s; 0: unpaced, the server's default when not given).
+/// `media_dir`: blobs and staged uploads there instead of under the data directory.
+pub fn config(pace_mib: Option<u64>, media_dir: Option<&std::path::Path>) -> String {
+    let pace = pace_mib.map_or(String::new(), |p| {
+        format!("upload_bytes_per_sec = {}\n", p << 20)
+    });
+    let dirs = media_dir.map_or(String::new(), |d| {
+        format!(
+            "dir = {:?}\nstaging_dir = {:?}\n",
+            d.join("blobs").display().to_string(),
+            d.join("uploads").display().to_string()
+        )
+    });
+    format!("[media]\nquota_bytes = 0\nmax_upload_bytes = 1073741824\n{pace}{dirs}")
+}
 
 const CHUNK: usize = 8 << 20;
 

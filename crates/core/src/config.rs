@@ -213,6 +213,10 @@ pub struct MediaConfig {
     /// staged in `<data_dir>/media/uploads` (the same filesystem, so finishing one is a
     /// rename).
     pub dir: Option<PathBuf>,
+    /// Where uploads in progress are staged; `<data_dir>/media/uploads` when unset. On the
+    /// same filesystem as `dir` (finishing an upload is a rename there). Both on a disk of
+    /// their own keep the uploads' `fsync`s from delaying the store's.
+    pub staging_dir: Option<PathBuf>,
     /// The largest upload of any kind (a file or a video).
     pub max_upload_bytes: u64,
     /// The largest image (larger ones may still be sent as files).
@@ -227,6 +231,10 @@ pub struct MediaConfig {
     pub thumb_px: u32,
     /// Thumbnails made at once (each decodes a whole image).
     pub thumb_workers: usize,
+    /// Bytes per second all uploads of a process take in together (0: unpaced). Past it
+    /// request bodies are read more slowly and TCP slows the clients: uploads at full
+    /// speed leave the messages their share of the CPU.
+    pub upload_bytes_per_sec: u64,
     /// Bytes of media one user may own (0: no quota).
     pub quota_bytes: u64,
     /// An unfinished upload is removed, bytes and all, this long after it was created.
@@ -279,6 +287,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             dir: None,
+            staging_dir: None,
             max_upload_bytes: 100 << 20,
             max_image_bytes: 20 << 20,
             max_voice_bytes: 10 << 20,
@@ -286,6 +295,8 @@ impl Default for MediaConfig {
             max_image_side: 20_000,
             thumb_px: 320,
             thumb_workers: 2,
+            // 64 MiB/s, about 512 Mbit/s: a few percent of a core here (docs/BENCHMARKS.md).
+            upload_bytes_per_sec: 64 << 20,
             quota_bytes: 1 << 30,
             upload_expiry_secs: 24 * 3600,
             max_open_uploads: 10_000,

@@ -178,7 +178,13 @@ impl Media {
         );
         Ok(Self {
             blobs,
-            staging: Staging::new(root.join("uploads"), m.max_open_uploads),
+            staging: Staging::new(
+                m.staging_dir
+                    .clone()
+                    .unwrap_or_else(|| root.join("uploads")),
+                m.max_open_uploads,
+            )
+            .paced(m.upload_bytes_per_sec),
             thumbs: Arc::new(tokio::sync::Semaphore::new(m.thumb_workers)),
             url_key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
         })

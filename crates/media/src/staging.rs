@@ -63,6 +63,35 @@ pub struct Staging {
     dir: PathBuf,
     states: Mutex<HashMap<String, Arc<tokio::sync::Mutex<State>>>>,
     max_states: usize,
+    pace: Option<Pacer>,
+}
+
+/// Paces the bytes every upload of the process takes in together, so that uploads at full
+/// speed leave the rest of the server (the messages) their share of the CPU: each chunk
+/// reserves its bytes, and a reservation past the bucket waits out its debt before the
+/// next chunk is read — the request's body is then read more slowly, and TCP slows the
+/// client down.
+struct Pacer {
+    per_sec: f64,
+    burst: f64,
+    /// Bytes in the bucket (negative: reserved ahead), as of when.
+    state: Mutex<(f64, std::time::Instant)>,
+}
+
+impl Pacer {
+    /// How long to wait before taking in `n` more bytes.
+    fn reserve(&self, n: usize) -> std::time::Duration {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(st.1).as_secs_f64() * self.per_sec;
+        st.0 = (st.0 + refill).min(self.burst) - n as f64;
+        st.1 = now;
+        if st.0 >= 0.0 {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs_f64(-st.0 / self.per_sec)
+        }
+    }
 }
 
 /// The stage the hash is rebuilt in.
@@ -79,7 +108,22 @@ impl Staging {
             dir: dir.into(),
             states: Mutex::new(HashMap::new()),
             max_states: max_states.max(1),
+            pace: None,
         }
+    }
+
+    /// Every upload together takes in at most `bytes_per_sec` (after a burst of a quarter
+    /// second's worth); 0: unpaced.
+    pub fn paced(mut self, bytes_per_sec: u64) -> Self {
+        self.pace = (bytes_per_sec > 0).then(|| {
+            let per_sec = bytes_per_sec as f64;
+            Pacer {
+                per_sec,
+                burst: per_sec / 4.0,
+                state: Mutex::new((per_sec / 4.0, std::time::Instant::now())),
+            }
+        });
+        self
     }
 
     /// The staged file of upload `id` (an id the API made: letters and digits only).
@@ -175,6 +219,12 @@ impl Staging {
                 ctx.update(&chunk);
             }
             at += chunk.len() as u64;
+            if let Some(p) = &self.pace {
+                let wait = p.reserve(chunk.len());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
         }
         file.flush().await?;
         let file = file.into_inner();
@@ -341,6 +391,28 @@ mod tests {
             s.digest("u2", &mut g, 6).await.unwrap(),
             sha256_hex(b"abcdef")
         );
+    }
+
+    #[tokio::test]
+    async fn uploads_together_take_in_no_more_than_the_pace() {
+        let dir = tempfile::tempdir().unwrap();
+        // 4 MB/s, a burst of 1 MB: 3 MB take at least half a second.
+        let s = Staging::new(dir.path(), 4).paced(4_000_000);
+        s.create("p").await.unwrap();
+        let st = s.state("p").unwrap();
+        let mut g = st.lock().await;
+        let chunk: &'static [u8] = Box::leak(vec![7u8; 100_000].into_boxed_slice());
+        let started = std::time::Instant::now();
+        let body = futures_util::stream::iter(
+            (0..30).map(|_| Ok::<_, io::Error>(Bytes::from_static(chunk))),
+        );
+        let at = s
+            .append("p", &mut g, 0, 3_000_000, body, None)
+            .await
+            .unwrap();
+        assert_eq!(at, 3_000_000);
+        let took = started.elapsed();
+        assert!(took >= std::time::Duration::from_millis(450), "{took:?}");
     }
 
     #[tokio::test]

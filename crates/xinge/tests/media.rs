@@ -561,3 +561,58 @@ async fn an_upload_resumes_after_the_server_is_killed_and_ends_byte_identical() 
     assert_eq!(blob_files(&dir.path().join("data")), vec![sha(&bytes)]);
     drop(p2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_deleted_by_the_admin_api_takes_its_media_away_at_once() {
+    let server = start(common::with_admin).await;
+    let (alice, a) = server.login("alice", "laptop").await;
+    let (bob, b) = server.login("bob", "laptop").await;
+    befriend(&alice, a, &bob, b).await;
+    let file = alice
+        .upload(
+            Bytes::from_static(b"minutes of the meeting"),
+            &[("filename", "m.txt")],
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    let sent = alice
+        .send(&SendRequest {
+            to: Some(b),
+            conv: None,
+            client_msg_id: "f1".into(),
+            content: serde_json::json!({"media": file.id}),
+            mentions: vec![],
+            mention_all: false,
+        })
+        .await
+        .unwrap();
+    let from = Some((sent.conv, sent.conv_seq));
+    let url = bob.media_url(&file.id, "original", from).await.unwrap();
+    let r = reqwest::get(format!("{}{}", server.base, url.url))
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment;")
+    );
+    assert_eq!(&r.bytes().await.unwrap()[..], b"minutes of the meeting");
+
+    let admin = server.admin.as_deref().unwrap();
+    let r = reqwest::Client::new()
+        .delete(format!(
+            "{admin}/admin/v1/conversations/{}/messages/{}",
+            sent.conv, sent.conv_seq
+        ))
+        .bearer_auth(common::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(code(bob.download(&url.url, None).await), "not_found");
+    assert_eq!(code(bob.media(&file.id, from).await), "not_found");
+    server.stop().await;
+}
