@@ -50,6 +50,8 @@ pulls_burst = 1000000.0
 registrations_per_ip_burst = 1000000.0
 login_failures_per_ip_burst = 1000000.0
 login_failures_per_account_burst = 1000000.0
+uploads_per_sec = 1000000.0
+uploads_burst = 1000000.0
 
 [route]
 per_ip_per_sec = 1000000.0

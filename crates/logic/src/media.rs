@@ -65,28 +65,7 @@ fn is_id(s: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-/// The pairs of a tus `Upload-Metadata` value: `key base64,key base64,…` (a key alone
-/// has an empty value). `None` if it is malformed.
-pub fn parse_metadata(raw: &str) -> Option<Vec<(String, String)>> {
-    use base64::Engine;
-    if raw.trim().is_empty() {
-        return Some(vec![]);
-    }
-    raw.split(',')
-        .map(|pair| {
-            let mut it = pair.trim().splitn(2, ' ');
-            let key = it.next().filter(|k| !k.is_empty())?;
-            let value = match it.next() {
-                Some(v) => base64::engine::general_purpose::STANDARD
-                    .decode(v.trim())
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())?,
-                None => String::new(),
-            };
-            Some((key.to_owned(), value))
-        })
-        .collect()
-}
+pub use xinge_media::parse_metadata;
 
 fn meta<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
     pairs
@@ -844,25 +823,6 @@ fn disposition(inline: bool, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tus_metadata_is_parsed_and_malformed_refused() {
-        let got = parse_metadata("filename d29ybGRfZG9taW5hdGlvbl9wbGFuLnBkZg==,is_confidential")
-            .unwrap();
-        assert_eq!(
-            got,
-            vec![
-                (
-                    "filename".to_owned(),
-                    "world_domination_plan.pdf".to_owned()
-                ),
-                ("is_confidential".to_owned(), String::new())
-            ]
-        );
-        assert_eq!(parse_metadata("").unwrap(), vec![]);
-        assert!(parse_metadata("filename !!notbase64").is_none());
-        assert!(parse_metadata(",").is_none());
-    }
 
     #[test]
     fn names_lose_paths_and_control_characters() {
