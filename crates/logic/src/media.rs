@@ -124,6 +124,16 @@ pub struct Signed {
     pub sig: String,
 }
 
+impl Signed {
+    /// What the signature covers.
+    fn text(&self, id: &str, variant: &str) -> String {
+        format!(
+            "{id}\n{variant}\n{}\n{}\n{}\n{}",
+            self.c, self.s, self.u, self.e
+        )
+    }
+}
+
 impl Media {
     pub(crate) fn new(
         cfg: &xinge_core::config::Config,
@@ -133,17 +143,7 @@ impl Media {
         let root = cfg.server.data_dir.join("media");
         let blobs: Arc<dyn BlobStore> = match &m.s3 {
             Some(s) => {
-                let settings = xinge_media::s3::S3Settings {
-                    endpoint: s.endpoint.clone(),
-                    bucket: s.bucket.clone(),
-                    region: s.region.clone(),
-                    access_key_id: s.access_key_id.clone(),
-                    secret_access_key: s.secret_access_key.clone(),
-                    prefix: s.prefix.clone(),
-                    allow_http: s.allow_http,
-                };
-                let s3 = xinge_media::s3::S3Blobs::new(&settings)
-                    .map_err(|e| format!("media.s3: {e}"))?;
+                let s3 = xinge_media::s3::S3Blobs::new(s).map_err(|e| format!("media.s3: {e}"))?;
                 Arc::new(s3)
             }
             None => Arc::new(FsBlobs::new(
@@ -169,33 +169,14 @@ impl Media {
         })
     }
 
-    fn signed_text(
-        id: &str,
-        variant: &str,
-        conv: &str,
-        seq: u64,
-        user: UserId,
-        exp: u64,
-    ) -> String {
-        format!("{id}\n{variant}\n{conv}\n{seq}\n{}\n{exp}", user.0)
-    }
-
-    fn sign(
-        &self,
-        id: &str,
-        variant: &str,
-        conv: &str,
-        seq: u64,
-        user: UserId,
-        exp: u64,
-    ) -> String {
-        let text = Self::signed_text(id, variant, conv, seq, user, exp);
+    fn sign(&self, id: &str, variant: &str, q: &Signed) -> String {
+        let text = q.text(id, variant);
         xinge_media::hex(hmac::sign(&self.url_key, text.as_bytes()).as_ref())
     }
 
-    /// Whether `sig` (hex) signs these parts; compared in constant time.
+    /// Whether `q.sig` (hex) signs the rest; compared in constant time.
     fn verify(&self, id: &str, variant: &str, q: &Signed) -> bool {
-        let text = Self::signed_text(id, variant, &q.c, q.s, UserId(q.u), q.e);
+        let text = q.text(id, variant);
         let tag: Option<Vec<u8>> = (q.sig.len() == 64)
             .then(|| {
                 (0..64)
@@ -676,11 +657,18 @@ impl Logic {
             Some((c, s)) => (c.to_string(), s),
             None => (String::new(), 0),
         };
-        let sig = self.media.sign(id, variant, &conv, seq, caller.user, exp);
+        let mut grant = Signed {
+            c: conv,
+            s: seq,
+            u: caller.user.0,
+            e: exp,
+            sig: String::new(),
+        };
+        grant.sig = self.media.sign(id, variant, &grant);
         Ok(MediaUrl {
             url: format!(
-                "/media/{id}/{variant}?c={conv}&s={seq}&u={}&e={exp}&sig={sig}",
-                caller.user.0
+                "/media/{id}/{variant}?c={}&s={}&u={}&e={}&sig={}",
+                grant.c, grant.s, grant.u, grant.e, grant.sig
             ),
             expires_ms: exp,
         })

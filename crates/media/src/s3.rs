@@ -18,22 +18,7 @@ use std::io;
 use std::ops::Range;
 use std::path::Path;
 use tokio::io::AsyncReadExt;
-
-/// Where the bucket is and how to sign for it. Credentials not given here come from the
-/// usual `AWS_*` environment variables.
-#[derive(Clone, Debug, Default)]
-pub struct S3Settings {
-    /// e.g. `http://127.0.0.1:9000`; unset: AWS itself.
-    pub endpoint: Option<String>,
-    pub bucket: String,
-    pub region: String,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-    /// Key prefix of every blob.
-    pub prefix: String,
-    /// Allow a plain-http endpoint (a local test server).
-    pub allow_http: bool,
-}
+use xinge_core::config::S3Config;
 
 pub struct S3Blobs {
     store: AmazonS3,
@@ -53,7 +38,9 @@ fn other(e: object_store::Error) -> io::Error {
 }
 
 impl S3Blobs {
-    pub fn new(s: &S3Settings) -> io::Result<Self> {
+    /// The bucket `s` names; credentials not given there come from the usual `AWS_*`
+    /// environment variables.
+    pub fn new(s: &S3Config) -> io::Result<Self> {
         let mut b = AmazonS3Builder::from_env()
             .with_bucket_name(&s.bucket)
             .with_region(&s.region)

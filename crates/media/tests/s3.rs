@@ -9,8 +9,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
+use xinge_core::config::S3Config;
 use xinge_media::BlobStore;
-use xinge_media::s3::{S3Blobs, S3Settings};
+use xinge_media::s3::S3Blobs;
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -54,8 +55,8 @@ impl Fake {
         Ok(Self { dir, env })
     }
 
-    fn settings(&self, prefix: &str) -> S3Settings {
-        S3Settings {
+    fn settings(&self, prefix: &str) -> S3Config {
+        S3Config {
             endpoint: Some(self.env["S3_ENDPOINT"].clone()),
             bucket: self.env["S3_BUCKET"].clone(),
             region: self.env["S3_REGION"].clone(),
