@@ -31,6 +31,8 @@ use xinge_store::{MediaRecord, StoreError, UploadRecord};
 pub const MAX_METADATA: usize = 4096;
 /// A file name kept at most (bytes).
 const MAX_NAME: usize = 255;
+/// Stripes of the blob locks.
+const BLOB_LOCKS: usize = 64;
 /// Expired uploads and unreferenced blobs collected per round.
 const GC_BATCH: usize = 500;
 
@@ -38,6 +40,10 @@ pub(crate) struct Media {
     pub(crate) blobs: Arc<dyn BlobStore>,
     staging: Staging,
     thumbs: Arc<tokio::sync::Semaphore>,
+    /// Locks by blob, striped: held while a finished upload takes a reference and puts
+    /// its blob, and while the collector forgets a blob and deletes its bytes, so that
+    /// in one process a blob is never deleted under an upload of the same bytes.
+    blob_locks: Vec<tokio::sync::Mutex<()>>,
     url_key: hmac::Key,
 }
 
@@ -165,6 +171,9 @@ impl Media {
             )
             .paced(m.upload_bytes_per_sec),
             thumbs: Arc::new(tokio::sync::Semaphore::new(m.thumb_workers)),
+            blob_locks: (0..BLOB_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             url_key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
         })
     }
@@ -172,6 +181,25 @@ impl Media {
     fn sign(&self, id: &str, variant: &str, q: &Signed) -> String {
         let text = q.text(id, variant);
         xinge_media::hex(hmac::sign(&self.url_key, text.as_bytes()).as_ref())
+    }
+
+    /// The locks of these blobs, taken in stripe order (so two holders of overlapping
+    /// sets cannot deadlock).
+    async fn lock_blobs(&self, hashes: &[&str]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let stripe = |h: &str| {
+            h.get(..2)
+                .and_then(|b| usize::from_str_radix(b, 16).ok())
+                .unwrap_or(0)
+                % BLOB_LOCKS
+        };
+        let mut stripes: Vec<usize> = hashes.iter().map(|h| stripe(h)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut held = Vec::with_capacity(stripes.len());
+        for i in stripes {
+            held.push(self.blob_locks[i].lock().await);
+        }
+        held
     }
 
     /// Whether `q.sig` (hex) signs the rest; compared in constant time.
@@ -458,7 +486,10 @@ impl Logic {
             thumb: thumb.as_ref().map(|(h, _)| h.clone()),
             created_ms: self.cfg.clock.now_ms(),
         };
-        // The reference first: from then on the collector leaves the blob alone.
+        // The reference first: from then on the collector leaves the blob alone (and in
+        // this process it waits for the blob's lock, held until the bytes are in place).
+        let blobs: Vec<&str> = rec.blobs().collect();
+        let _locked = self.media.lock_blobs(&blobs).await;
         self.store.add_media(&rec).await?;
         let stored = async {
             self.media.blobs.put_file(&hash, &path).await?;
@@ -753,6 +784,7 @@ impl Logic {
         let before = now.saturating_sub(self.media_cfg().blob_grace_secs * 1000);
         let mut blobs = 0;
         for hash in self.store.unreferenced_blobs(before, GC_BATCH).await? {
+            let _locked = self.media.lock_blobs(&[&hash]).await;
             if self.store.forget_blob(&hash).await? {
                 self.media.blobs.delete(&hash).await.map_err(io)?;
                 blobs += 1;
