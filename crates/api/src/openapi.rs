@@ -59,6 +59,8 @@ fn operations(
             &mut item.post,
             &mut item.delete,
             &mut item.patch,
+            &mut item.head,
+            &mut item.options,
         ]
         .into_iter()
         .flatten()

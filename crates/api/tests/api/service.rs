@@ -67,7 +67,7 @@ async fn openapi_document() {
     let app = App::new();
     let doc = ok(app.call("GET", "/openapi.json", None, None).await);
     assert_eq!(doc["info"]["title"], "xinge HTTP API");
-    assert_eq!(doc["paths"].as_object().unwrap().len(), 39);
+    assert_eq!(doc["paths"].as_object().unwrap().len(), 44);
     let op = &doc["paths"]["/v1/groups/{id}"]["patch"];
     assert_eq!(
         (&op["operationId"], &op["tags"]),
@@ -105,6 +105,7 @@ async fn every_documented_operation_is_served() {
             ("from", "1"),
             ("user", "1"),
             ("device", "phone"),
+            ("variant", "original"),
         ] {
             uri = uri.replace(&format!("{{{param}}}"), value);
         }
@@ -118,14 +119,18 @@ async fn every_documented_operation_is_served() {
                 .await;
             assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
             assert_ne!(body["message"], "no such endpoint", "{method} {uri}");
+            operations += 1;
+            // HEAD answers carry no body; tus's OPTIONS answers 204 without one.
+            if method == "head" || method == "options" {
+                continue;
+            }
             assert!(
                 body.is_object() || body.is_array(),
                 "{method} {uri}: {body}"
             );
-            operations += 1;
         }
     }
-    assert_eq!(operations, 50);
+    assert_eq!(operations, 60);
 }
 
 #[tokio::test]
