@@ -180,37 +180,7 @@ pub enum Scenario {
     /// What media costs: uploads (MB/s, server CPU per MB), downloads through signed URLs,
     /// thumbnails of 12-megapixel photos, and 1:1 text latency alone and with 10 MB uploads
     /// running alongside.
-    Media {
-        #[arg(long, default_value_t = 20)]
-        files: usize,
-        #[arg(long, default_value_t = 10)]
-        size_mb: u64,
-        /// Uploads (and downloads) at once.
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 10)]
-        download_secs: u64,
-        /// Uploads of a 12-megapixel JPEG.
-        #[arg(long, default_value_t = 10)]
-        thumbs: usize,
-        /// The text phase: users in pairs, offered messages per second, seconds each run.
-        #[arg(long, default_value_t = 1_000)]
-        users: usize,
-        #[arg(long, default_value_t = 5_000)]
-        rate: u64,
-        #[arg(long, default_value_t = 20)]
-        duration_secs: u64,
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        /// The server's `media.upload_bytes_per_sec` in MiB/s (0: unpaced); its default
-        /// when not given.
-        #[arg(long)]
-        pace_mib: Option<u64>,
-        /// The server's blobs and staged uploads in this directory (e.g. on another disk)
-        /// instead of under its data directory.
-        #[arg(long)]
-        media_dir: Option<PathBuf>,
-    },
+    Media(media::Params),
     /// G groups of S members, all online, every member sending (write fan-out).
     Group {
         #[arg(long, default_value_t = 10)]
@@ -357,13 +327,8 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
             if let Scenario::Notify { collapse_ms, .. } = args.scenario {
                 hooks += &notify::apns(keys.path(), collapse_ms).await?;
             }
-            if let Scenario::Media {
-                pace_mib,
-                media_dir,
-                ..
-            } = &args.scenario
-            {
-                hooks += &media::config(*pace_mib, media_dir.as_deref());
+            if let Scenario::Media(p) = &args.scenario {
+                hooks += &media::config(p);
             }
             server::Server::spawn_with(
                 args.server_cpus.as_deref(),
@@ -495,34 +460,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
                 r
             }
         }
-        Scenario::Media {
-            files,
-            size_mb,
-            concurrency,
-            download_secs,
-            thumbs,
-            users,
-            rate,
-            duration_secs,
-            size,
-            pace_mib,
-            ..
-        } => {
-            let p = media::Params {
-                files,
-                size_mb,
-                concurrency,
-                download_secs,
-                thumbs,
-                users,
-                rate,
-                duration_secs,
-                size,
-            };
-            let mut r = media::run(&srv, transport, p, args.workers).await?;
-            r.param("pace_mib", pace_mib.unwrap_or(64));
-            r
-        }
+        Scenario::Media(p) => media::run(&srv, transport, p, args.workers).await?,
         Scenario::Group {
             groups,
             members,

@@ -21,12 +21,11 @@ use xinge_client::Transport;
 
 /// The TOML the spawned server needs: no quota (the phases upload gigabytes), and the
 /// uploads' pace (MiB/s; 0: unpaced, the server's default when not given).
-/// `media_dir`: blobs and staged uploads there instead of under the data directory.
-pub fn config(pace_mib: Option<u64>, media_dir: Option<&std::path::Path>) -> String {
-    let pace = pace_mib.map_or(String::new(), |p| {
+pub fn config(p: &Params) -> String {
+    let pace = p.pace_mib.map_or(String::new(), |p| {
         format!("upload_bytes_per_sec = {}\n", p << 20)
     });
-    let dirs = media_dir.map_or(String::new(), |d| {
+    let dirs = p.media_dir.as_deref().map_or(String::new(), |d| {
         format!(
             "dir = {:?}\nstaging_dir = {:?}\n",
             d.join("blobs").display().to_string(),
@@ -38,16 +37,45 @@ pub fn config(pace_mib: Option<u64>, media_dir: Option<&std::path::Path>) -> Str
 
 const CHUNK: usize = 8 << 20;
 
+#[derive(clap::Args, Clone, Debug)]
 pub struct Params {
+    #[arg(long, default_value_t = 20)]
     pub files: usize,
+    #[arg(long, default_value_t = 10)]
     pub size_mb: u64,
+    /// Uploads (and downloads) at once.
+    #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    #[arg(long, default_value_t = 10)]
     pub download_secs: u64,
+    /// Uploads of a 12-megapixel JPEG.
+    #[arg(long, default_value_t = 10)]
     pub thumbs: usize,
+    /// The text phase: users in pairs, offered messages per second, seconds each run.
+    #[arg(long, default_value_t = 1_000)]
     pub users: usize,
+    #[arg(long, default_value_t = 5_000)]
     pub rate: u64,
+    #[arg(long, default_value_t = 20)]
     pub duration_secs: u64,
+    #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// The server's `media.upload_bytes_per_sec` in MiB/s (0: unpaced); its default
+    /// when not given.
+    #[arg(long)]
+    pub pace_mib: Option<u64>,
+    /// The server's blobs and staged uploads in this directory (e.g. on another disk)
+    /// instead of under its data directory.
+    #[arg(long)]
+    pub media_dir: Option<std::path::PathBuf>,
+}
+
+impl Params {
+    /// The pace the server runs with, in MiB/s.
+    fn pace(&self) -> u64 {
+        self.pace_mib
+            .unwrap_or(xinge_core::config::MediaConfig::default().upload_bytes_per_sec >> 20)
+    }
 }
 
 fn failed(what: &str) -> impl Fn(xinge_client::ClientError) -> BenchError + '_ {
@@ -279,5 +307,6 @@ pub async fn run(
     );
     r.param("thumb_cpu_us_each", thumb_cpu / p.thumbs.max(1) as u64);
     r.param("uploads_alongside", side);
+    r.param("pace_mib", p.pace());
     Ok(r)
 }

@@ -23,6 +23,14 @@ struct Done {
 
 /// A request that failed on the way, with its causes: reqwest's own message alone says
 /// only "error sending request", not why (refused, a certificate not trusted, ...).
+/// An error answer's body as the server's `ApiError`, or `otherwise` as a protocol error.
+pub(crate) fn refusal(body: &[u8], otherwise: impl FnOnce() -> String) -> ClientError {
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(e) => ClientError::Api(e),
+        Err(_) => ClientError::Protocol(otherwise()),
+    }
+}
+
 pub(crate) fn transport(e: reqwest::Error) -> ClientError {
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(&e);
@@ -106,10 +114,9 @@ impl Http {
         if ok {
             serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
         } else {
-            Err(match serde_json::from_slice::<ApiError>(&bytes) {
-                Ok(e) => ClientError::Api(e),
-                Err(_) => ClientError::Protocol(String::from_utf8_lossy(&bytes).into_owned()),
-            })
+            Err(refusal(&bytes, || {
+                String::from_utf8_lossy(&bytes).into_owned()
+            }))
         }
     }
 

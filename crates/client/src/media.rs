@@ -8,7 +8,6 @@ use reqwest::{Method, StatusCode};
 use sha2::Digest;
 use std::ops::Range;
 use xinge_core::ConvId;
-use xinge_core::error::ApiError;
 use xinge_proto::api::{MediaUrl, MediaView, UploadStatus};
 
 /// An upload made on the server: where it is, and how long it is.
@@ -27,10 +26,7 @@ const RETRIES: u32 = 5;
 async fn api_error(resp: reqwest::Response) -> ClientError {
     let status = resp.status();
     let bytes = resp.bytes().await.unwrap_or_default();
-    match serde_json::from_slice::<ApiError>(&bytes) {
-        Ok(e) => ClientError::Api(e),
-        Err(_) => ClientError::Protocol(format!("HTTP {status}")),
-    }
+    crate::http::refusal(&bytes, || format!("HTTP {status}"))
 }
 
 fn header_u64(resp: &reqwest::Response, name: &str) -> Result<u64> {

@@ -24,7 +24,7 @@ use xinge_core::config::MediaConfig;
 use xinge_core::{ConvId, ErrorCode, UserId};
 use xinge_media::staging::{AppendError, Checksum, Staging};
 use xinge_media::{BlobStore, FsBlobs, picture, sniff};
-use xinge_proto::api::{MediaUrl, MediaView, MessageBody, UploadStatus};
+use xinge_proto::api::{MediaView, MessageBody, UploadStatus};
 use xinge_store::{MediaRecord, StoreError, UploadRecord};
 
 /// `Upload-Metadata` kept at most.
@@ -92,6 +92,17 @@ fn clean_name(name: &str) -> Option<String> {
     (!out.is_empty() && out != "." && out != "..").then_some(out)
 }
 
+/// An upload's progress as the protocol tells it, with its media once complete.
+pub fn status(up: &UploadRecord, media: Option<MediaView>) -> UploadStatus {
+    UploadStatus {
+        offset: up.offset,
+        length: up.length,
+        expires_ms: up.expires_ms,
+        metadata: up.metadata.clone(),
+        media,
+    }
+}
+
 pub fn view(m: &MediaRecord) -> MediaView {
     MediaView {
         id: m.id.clone(),
@@ -117,25 +128,25 @@ pub struct Download {
     pub max_age: u64,
 }
 
-/// A signed download URL's parts.
-#[derive(Debug, serde::Deserialize)]
-pub struct Signed {
+/// What a download URL grants, and its signature: the HTTP layer spells it as a URL and
+/// reads it back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
     /// The conversation and message the access comes from ("" and 0 for the uploader).
-    #[serde(default)]
-    pub c: String,
-    #[serde(default)]
-    pub s: u64,
-    pub u: u64,
-    pub e: u64,
+    pub conv: String,
+    pub seq: u64,
+    pub user: u64,
+    pub expires_ms: u64,
+    /// Hex HMAC-SHA256 of the rest, with the media id and variant.
     pub sig: String,
 }
 
-impl Signed {
+impl Grant {
     /// What the signature covers.
     fn text(&self, id: &str, variant: &str) -> String {
         format!(
             "{id}\n{variant}\n{}\n{}\n{}\n{}",
-            self.c, self.s, self.u, self.e
+            self.conv, self.seq, self.user, self.expires_ms
         )
     }
 }
@@ -178,7 +189,7 @@ impl Media {
         })
     }
 
-    fn sign(&self, id: &str, variant: &str, q: &Signed) -> String {
+    fn sign(&self, id: &str, variant: &str, q: &Grant) -> String {
         let text = q.text(id, variant);
         xinge_media::hex(hmac::sign(&self.url_key, text.as_bytes()).as_ref())
     }
@@ -203,7 +214,7 @@ impl Media {
     }
 
     /// Whether `q.sig` (hex) signs the rest; compared in constant time.
-    fn verify(&self, id: &str, variant: &str, q: &Signed) -> bool {
+    fn verify(&self, id: &str, variant: &str, q: &Grant) -> bool {
         let text = q.text(id, variant);
         let tag: Option<Vec<u8>> = (q.sig.len() == 64)
             .then(|| {
@@ -293,13 +304,7 @@ impl Logic {
             Some(m) => self.store.media(m).await?.as_ref().map(view),
             None => None,
         };
-        Ok(UploadStatus {
-            offset: up.offset,
-            length: up.length,
-            expires_ms: up.expires_ms,
-            metadata: up.metadata,
-            media,
-        })
+        Ok(status(&up, media))
     }
 
     /// Appends a request's bytes at `offset` (tus PATCH). Concurrent appends to one upload
@@ -360,7 +365,7 @@ impl Logic {
         up.offset = at;
         if at < up.length {
             self.store.put_upload(&up).await?;
-            return self.status_of(&up, None);
+            return Ok(status(&up, None));
         }
         let finished = self.finish_upload(&up, &mut st).await;
         drop(st);
@@ -370,7 +375,7 @@ impl Logic {
                 self.store.put_upload(&up).await?;
                 self.media.staging.forget(id);
                 metrics::counter!("xinge_uploads_total", "what" => "completed").increment(1);
-                self.status_of(&up, Some(view(&m)))
+                Ok(status(&up, Some(view(&m))))
             }
             Err(e) => {
                 // The bytes are all there and refused: resuming cannot help.
@@ -380,16 +385,6 @@ impl Logic {
                 Err(e)
             }
         }
-    }
-
-    fn status_of(&self, up: &UploadRecord, media: Option<MediaView>) -> Result<UploadStatus> {
-        Ok(UploadStatus {
-            offset: up.offset,
-            length: up.length,
-            expires_ms: up.expires_ms,
-            metadata: up.metadata.clone(),
-            media,
-        })
     }
 
     /// Cancels an upload (tus termination); its bytes go.
@@ -663,14 +658,15 @@ impl Logic {
         Ok(view(&self.visible_media(caller.user, id, from).await?))
     }
 
-    /// A signed download URL for the original or the thumbnail.
+    /// A signed grant to download the original or the thumbnail (a URL, once the HTTP
+    /// layer spells it).
     pub async fn media_url(
         &self,
         caller: &Caller,
         id: &str,
         variant: &str,
         from: Option<(ConvId, u64)>,
-    ) -> Result<MediaUrl> {
+    ) -> Result<Grant> {
         let rec = self.visible_media(caller.user, id, from).await?;
         match variant {
             "original" => {}
@@ -688,41 +684,35 @@ impl Logic {
             Some((c, s)) => (c.to_string(), s),
             None => (String::new(), 0),
         };
-        let mut grant = Signed {
-            c: conv,
-            s: seq,
-            u: caller.user.0,
-            e: exp,
+        let mut grant = Grant {
+            conv,
+            seq,
+            user: caller.user.0,
+            expires_ms: exp,
             sig: String::new(),
         };
         grant.sig = self.media.sign(id, variant, &grant);
-        Ok(MediaUrl {
-            url: format!(
-                "/media/{id}/{variant}?c={}&s={}&u={}&e={}&sig={}",
-                grant.c, grant.s, grant.u, grant.e, grant.sig
-            ),
-            expires_ms: exp,
-        })
+        Ok(grant)
     }
 
-    /// What a signed URL serves, checked: the signature, the expiry, and the access
+    /// What a signed grant serves, checked: the signature, the expiry, and the access
     /// itself again (the user not banned, the message still carrying the media).
-    pub async fn media_download(&self, id: &str, variant: &str, q: &Signed) -> Result<Download> {
+    pub async fn media_download(&self, id: &str, variant: &str, q: &Grant) -> Result<Download> {
         let now = self.cfg.clock.now_ms();
-        if !self.media.verify(id, variant, q) || q.e <= now {
+        if !self.media.verify(id, variant, q) || q.expires_ms <= now {
             return Err(bad(
                 ErrorCode::Forbidden,
                 "the link is not valid (or has expired)",
             ));
         }
-        let user = UserId(q.u);
+        let user = UserId(q.user);
         match self.store.user(user).await? {
             Some(u) if !u.banned => {}
             _ => return Err(bad(ErrorCode::Forbidden, "the link is not valid")),
         }
-        let from = match q.c.as_str() {
+        let from = match q.conv.as_str() {
             "" => None,
-            c => Some((c.parse::<ConvId>().map_err(|_| no_media())?, q.s)),
+            c => Some((c.parse::<ConvId>().map_err(|_| no_media())?, q.seq)),
         };
         let rec = self.visible_media(user, id, from).await?;
         let (hash, mime, size) = match variant {
@@ -746,7 +736,7 @@ impl Logic {
             size,
             mime,
             disposition: disposition(inline, name),
-            max_age: q.e.saturating_sub(now) / 1000,
+            max_age: q.expires_ms.saturating_sub(now) / 1000,
         })
     }
 
@@ -781,6 +771,15 @@ impl Logic {
             self.store.remove_upload(&up.id).await?;
             uploads += 1;
         }
+        // Staged files this process holds for uploads whose records another process
+        // removed (in one process the loop above removed them already).
+        let expiry = Duration::from_secs(self.media_cfg().upload_expiry_secs);
+        uploads += self
+            .media
+            .staging
+            .sweep(expiry, GC_BATCH)
+            .await
+            .map_err(io)?;
         let before = now.saturating_sub(self.media_cfg().blob_grace_secs * 1000);
         let mut blobs = 0;
         for hash in self.store.unreferenced_blobs(before, GC_BATCH).await? {

@@ -271,6 +271,35 @@ impl Staging {
         }
     }
 
+    /// Removes at most `limit` staged files untouched for longer than `older_than` (and
+    /// their running hashes): those of uploads that expired while another process — which
+    /// has no such file — removed their records. Returns how many went.
+    pub async fn sweep(&self, older_than: std::time::Duration, limit: usize) -> io::Result<usize> {
+        let mut dir = match tokio::fs::read_dir(&self.dir).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        while removed < limit
+            && let Some(entry) = dir.next_entry().await?
+        {
+            let age = entry
+                .metadata()
+                .await?
+                .modified()?
+                .elapsed()
+                .unwrap_or_default();
+            if age > older_than
+                && let Some(id) = entry.file_name().to_str()
+            {
+                self.remove(id).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Drops an upload's running hash (its file has moved on, or is gone).
     pub fn forget(&self, id: &str) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
@@ -413,6 +442,22 @@ mod tests {
         assert_eq!(at, 3_000_000);
         let took = started.elapsed();
         assert!(took >= std::time::Duration::from_millis(450), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_sweep_removes_only_files_untouched_for_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Staging::new(dir.path(), 4);
+        s.create("old").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        s.create("new").await.unwrap();
+        let gone = s
+            .sweep(std::time::Duration::from_millis(200), 10)
+            .await
+            .unwrap();
+        assert_eq!(gone, 1);
+        assert!(!s.path("old").exists());
+        assert!(s.path("new").exists());
     }
 
     #[tokio::test]

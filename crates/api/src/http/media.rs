@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use xinge_core::ConvId;
 use xinge_core::ErrorCode;
 use xinge_core::error::ApiError;
-use xinge_logic::media::{MAX_METADATA, Signed};
+use xinge_logic::media::{Grant, MAX_METADATA};
 use xinge_media::staging::{Checksum, ChecksumAlgorithm};
 use xinge_proto::api::*;
 
@@ -49,45 +49,48 @@ fn refuse(code: ErrorCode, message: &str) -> HttpError {
     HttpError(ApiError::new(code, message))
 }
 
-/// Every tus request but OPTIONS names the protocol version (412 otherwise, with the
-/// versions this server speaks).
-/// The refusal of a request without it, if it is without.
-fn tus_version(headers: &HeaderMap) -> Result<(), Box<Response>> {
+/// Every tus request but OPTIONS names the protocol version: 412 otherwise (the layer
+/// adds the versions this server speaks).
+fn tus_version(headers: &HeaderMap) -> Result<(), HttpError> {
     match headers.get("tus-resumable").map(HeaderValue::as_bytes) {
         Some(v) if v == TUS_VERSION.as_bytes() => Ok(()),
-        _ => {
-            let mut r = refuse(
-                ErrorCode::PreconditionFailed,
-                "send Tus-Resumable: 1.0.0 (the tus version this server speaks)",
-            )
-            .into_response();
-            r.headers_mut()
-                .insert("tus-version", HeaderValue::from_static(TUS_VERSION));
-            Err(Box::new(r))
-        }
+        _ => Err(refuse(
+            ErrorCode::PreconditionFailed,
+            "send Tus-Resumable: 1.0.0 (the tus version this server speaks)",
+        )),
     }
 }
 
 /// Every answer at `/v1/uploads` names the tus version, refusals made before the handler
-/// (no token) included. A refused request that carries bytes is answered with
-/// `Connection: close`: its body may not have been read, so the connection cannot carry
-/// another request, and the client is told so rather than finding it closed.
+/// (no token) included, and a 412 the versions this server speaks. A refused request that
+/// carries bytes is answered with `Connection: close`: its body may not have been read, so
+/// the connection cannot carry another request, and the client is told so rather than
+/// finding it closed.
 async fn tus_answer(method: axum::http::Method, mut r: Response) -> Response {
-    r.headers_mut()
-        .insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+    let status = r.status();
+    let h = r.headers_mut();
+    h.insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+    if status == StatusCode::PRECONDITION_FAILED {
+        h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
+    }
     let with_body = matches!(method, axum::http::Method::POST | axum::http::Method::PATCH);
-    if with_body && !r.status().is_success() {
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if with_body && !status.is_success() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
 }
 
-/// A response with the tus version header, as every tus answer carries.
-fn tus(mut r: Response) -> Response {
-    r.headers_mut()
-        .insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
-    r
+/// A request's body is tus bytes (`application/offset+octet-stream`).
+fn offset_octets(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == OFFSET_OCTETS.as_bytes())
+}
+
+/// A header that must be there and be a non-negative integer.
+fn required_u64(headers: &HeaderMap, name: &str) -> Result<u64, HttpError> {
+    header_u64(headers, name)?
+        .ok_or_else(|| refuse(ErrorCode::BadRequest, &format!("{name} is required")))
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, HttpError> {
@@ -145,7 +148,7 @@ fn offset_answer(status: StatusCode, s: &UploadStatus) -> Response {
     {
         h.insert("xinge-media-id", v);
     }
-    tus(r)
+    r
 }
 
 /// What this server supports of tus (no token needed).
@@ -163,7 +166,7 @@ pub async fn tus_options(State(s): State<ApiState>) -> Response {
         "tus-checksum-algorithm",
         HeaderValue::from_static("sha1,sha256"),
     );
-    tus(r)
+    r
 }
 
 /// Start a resumable upload (tus creation; with a body of `application/offset+octet-stream`
@@ -187,18 +190,15 @@ pub async fn create_upload(
     Auth(c): Auth,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, Response> {
-    tus_version(&headers).map_err(|r| *r)?;
-    let fail = |e: HttpError| tus(e.into_response());
+) -> Result<Response, HttpError> {
+    tus_version(&headers)?;
     if headers.contains_key("upload-defer-length") {
-        return Err(fail(refuse(
+        return Err(refuse(
             ErrorCode::BadRequest,
             "Upload-Defer-Length is not supported: send Upload-Length",
-        )));
+        ));
     }
-    let length = header_u64(&headers, "upload-length")
-        .map_err(fail)?
-        .ok_or_else(|| fail(refuse(ErrorCode::BadRequest, "Upload-Length is required")))?;
+    let length = required_u64(&headers, "upload-length")?;
     let metadata = match headers.get("upload-metadata") {
         None => "",
         Some(v) => v
@@ -206,41 +206,26 @@ pub async fn create_upload(
             .ok()
             .filter(|m| m.len() <= MAX_METADATA)
             .ok_or_else(|| {
-                fail(refuse(
+                refuse(
                     ErrorCode::InvalidArgument,
                     "Upload-Metadata must be at most 4096 bytes of ASCII",
-                ))
+                )
             })?,
     };
-    let up = s
-        .logic
-        .create_upload(&c, length, metadata)
-        .await
-        .map_err(|e| fail(e.into()))?;
-    let mut status = UploadStatus {
-        offset: 0,
-        length,
-        expires_ms: up.expires_ms,
-        metadata: String::new(),
-        media: None,
-    };
-    let with_body = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == OFFSET_OCTETS.as_bytes());
+    let sum = checksum(&headers)?;
+    let up = s.logic.create_upload(&c, length, metadata).await?;
     // Bytes that came with the creation (or an empty upload, complete as it is made): an
     // error here still leaves the upload made, so the client resumes it from the offset a
     // HEAD reports.
-    if with_body || length == 0 {
+    let status = if offset_octets(&headers) || length == 0 {
         let stream = body.into_data_stream();
-        status = s
-            .logic
-            .append_upload(&c, &up.id, 0, stream, checksum(&headers).map_err(fail)?)
-            .await
-            .map_err(|e| fail(e.into()))?;
-    }
+        s.logic.append_upload(&c, &up.id, 0, stream, sum).await?
+    } else {
+        xinge_logic::media::status(&up, None)
+    };
     let mut r = offset_answer(StatusCode::CREATED, &status);
     let location = HeaderValue::from_str(&format!("/v1/uploads/{}", up.id))
-        .map_err(|_| fail(refuse(ErrorCode::Internal, "internal error")))?;
+        .map_err(|_| refuse(ErrorCode::Internal, "internal error"))?;
     r.headers_mut().insert(header::LOCATION, location);
     Ok(r)
 }
@@ -255,13 +240,9 @@ pub async fn upload_offset(
     Auth(c): Auth,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Response, Response> {
-    tus_version(&headers).map_err(|r| *r)?;
-    let st = s
-        .logic
-        .upload_status(&c, &id)
-        .await
-        .map_err(|e| tus(HttpError::from(e).into_response()))?;
+) -> Result<Response, HttpError> {
+    tus_version(&headers)?;
+    let st = s.logic.upload_status(&c, &id).await?;
     let mut r = offset_answer(StatusCode::OK, &st);
     let h = r.headers_mut();
     h.insert("upload-length", HeaderValue::from(st.length));
@@ -305,28 +286,18 @@ pub async fn append_upload(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, Response> {
-    tus_version(&headers).map_err(|r| *r)?;
-    let fail = |e: HttpError| tus(e.into_response());
-    let octets = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == OFFSET_OCTETS.as_bytes());
-    if !octets {
-        return Err(fail(refuse(
+) -> Result<Response, HttpError> {
+    tus_version(&headers)?;
+    if !offset_octets(&headers) {
+        return Err(refuse(
             ErrorCode::UnsupportedMedia,
             "Content-Type must be application/offset+octet-stream",
-        )));
+        ));
     }
-    let offset = header_u64(&headers, "upload-offset")
-        .map_err(fail)?
-        .ok_or_else(|| fail(refuse(ErrorCode::BadRequest, "Upload-Offset is required")))?;
-    let sum = checksum(&headers).map_err(fail)?;
+    let offset = required_u64(&headers, "upload-offset")?;
+    let sum = checksum(&headers)?;
     let stream = body.into_data_stream();
-    let st = s
-        .logic
-        .append_upload(&c, &id, offset, stream, sum)
-        .await
-        .map_err(|e| fail(e.into()))?;
+    let st = s.logic.append_upload(&c, &id, offset, stream, sum).await?;
     Ok(offset_answer(StatusCode::NO_CONTENT, &st))
 }
 
@@ -339,13 +310,10 @@ pub async fn delete_upload(
     Auth(c): Auth,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Response, Response> {
-    tus_version(&headers).map_err(|r| *r)?;
-    s.logic
-        .delete_upload(&c, &id)
-        .await
-        .map_err(|e| tus(HttpError::from(e).into_response()))?;
-    Ok(tus(StatusCode::NO_CONTENT.into_response()))
+) -> Result<Response, HttpError> {
+    tus_version(&headers)?;
+    s.logic.delete_upload(&c, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Where a piece of media was seen: the message carrying it. The uploader needs neither.
@@ -410,7 +378,26 @@ pub async fn media_url(
     Query(q): Query<FromMessage>,
 ) -> HttpResult<MediaUrl> {
     let variant = q.variant.as_deref().unwrap_or("original");
-    Ok(Json(s.logic.media_url(&c, &id, variant, q.from()?).await?))
+    let g = s.logic.media_url(&c, &id, variant, q.from()?).await?;
+    Ok(Json(MediaUrl {
+        url: format!(
+            "/media/{id}/{variant}?c={}&s={}&u={}&e={}&sig={}",
+            g.conv, g.seq, g.user, g.expires_ms, g.sig
+        ),
+        expires_ms: g.expires_ms,
+    }))
+}
+
+/// A download URL's query: the grant, in short names.
+#[derive(Deserialize)]
+pub struct Signed {
+    #[serde(default)]
+    c: String,
+    #[serde(default)]
+    s: u64,
+    u: u64,
+    e: u64,
+    sig: String,
 }
 
 /// A single byte range of a `Range` header, resolved against `size`: `Ok(None)` for no
@@ -460,7 +447,14 @@ pub async fn download(
     Query(q): Query<Signed>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let d = s.logic.media_download(&id, &variant, &q).await?;
+    let grant = Grant {
+        conv: q.c,
+        seq: q.s,
+        user: q.u,
+        expires_ms: q.e,
+        sig: q.sig,
+    };
+    let d = s.logic.media_download(&id, &variant, &grant).await?;
     let etag = format!("\"{}\"", d.hash);
     let mut r = if headers
         .get(header::IF_NONE_MATCH)
