@@ -1,4 +1,4 @@
-//! The bytes the distributed roles exchange on NATS (`xinge_cluster::wire`): packs of push
+//! The bytes the distributed roles exchange on NATS (`xinge_push::wire`): packs of push
 //! events (api → push), packs of deliveries (push → gateway) and presence changes
 //! (gateway → api), from arbitrary bytes — a peer of another version, a corrupted
 //! message, anyone who can publish on the subject. Decoding may refuse, never panic or
@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use xinge_cluster::wire::{
+use xinge_push::wire::{
     Pack, decode_delivery, decode_presence, decode_push, encode_delivery, encode_presence,
     encode_push, unpack,
 };

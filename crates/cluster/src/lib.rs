@@ -5,8 +5,6 @@
 //! ```text
 //! names.rs     every NATS subject, JetStream stream and Redis key, under one prefix
 //! engines.rs   connecting to NATS, and to Redis (one node, or a Redis Cluster)
-//! wire.rs      the bytes of a delivery, a push event and a presence change, and the
-//!              packs that carry several events or deliveries in one bus message
 //! registry.rs  Redis: sessions (user → conn@gateway, expiring unless refreshed),
 //!              presence, gateway load reports
 //! bus.rs       NATS: commands gateway → api (request/reply, load-balanced by a queue
@@ -33,7 +31,9 @@ pub mod pushq;
 mod queues;
 pub mod registry;
 pub mod trace;
-pub mod wire;
+/// The bytes of a delivery, a push event and a presence change, and the packs that carry
+/// several in one bus message: defined by the push layer, whose events they carry.
+pub use xinge_push::wire;
 
 pub use engines::Redis;
 pub use names::Names;

@@ -18,6 +18,7 @@
 
 mod end;
 pub mod throttle;
+pub mod wire;
 
 pub use end::{EndReason, SessionEnd};
 pub use throttle::{Coalesce, Throttle, ThrottleConfig};

@@ -1,9 +1,12 @@
-//! The bytes the roles exchange besides frames, all big-endian and length-checked: a
-//! malformed message is dropped (and counted by the caller), never trusted.
+//! The bytes the distributed roles exchange besides frames (push events api → push,
+//! deliveries push → gateway, presence changes), and the packs that carry several of them
+//! in one bus message. All big-endian and length-checked: a malformed message is dropped
+//! (and counted by the caller), never trusted. Here rather than in `cluster`, which sends
+//! them, so that the fuzz build reaches them without the engines' clients.
 
+use crate::{Coalesce, PresenceChange};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use xinge_core::{ConnId, UserId};
-use xinge_push::{Coalesce, PresenceChange};
 
 /// A push event (api → push): when it was made, the trace id of the command that caused it
 /// (0: none), how it may be coalesced, the users to signal, a connection not to signal,
