@@ -17,35 +17,6 @@ use std::time::Duration;
 use xinge_client::{Connection, Http, Transport};
 use xinge_core::ErrorCode;
 
-/// `(status, body)` of a raw call with `Authorization: Bearer <key>` if given.
-async fn call(
-    base: &str,
-    key: Option<&str>,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let mut req = client.request(method.parse().unwrap(), format!("{base}{path}"));
-    if let Some(k) = key {
-        req = req.bearer_auth(k);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// A call that must succeed; its body.
-async fn admin(server: &Server, method: &str, path: &str, body: Option<Value>) -> Value {
-    let base = server.admin.as_deref().unwrap();
-    let (status, v) = call(base, Some(ADMIN_KEY), method, path, body).await;
-    assert_eq!(status, 200, "{method} {path}: {v}");
-    v
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_admin_endpoint_wants_an_admin_key_and_no_admin_key_opens_the_user_api() {
     let replaced = "a key that was configured once and has been replaced since";

@@ -342,29 +342,13 @@ async fn a_group_crossing_the_threshold_mid_burst_stays_complete_ordered_and_dup
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_10000_member_group_reaches_online_members_and_offline_ones_catch_up_with_who_read_lists()
 {
-    let server = start(|_| {}).await;
+    // The app's own server imports the members (no passwords to hash) and signs in the
+    // ones that come online with tokens it issues.
+    let server = start(with_admin).await;
     let n = 10_000;
-    let sem = Arc::new(tokio::sync::Semaphore::new(16));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let (http, sem) = (server.http(), sem.clone());
-        tasks.spawn(async move {
-            let _p = sem.acquire().await.unwrap();
-            (
-                i,
-                http.register(&format!("big{i}"), PASSWORD)
-                    .await
-                    .unwrap()
-                    .user_id,
-            )
-        });
-    }
-    let mut ids = vec![UserId(0); n];
-    while let Some(r) = tasks.join_next().await {
-        let (i, id) = r.unwrap();
-        ids[i] = id;
-    }
-    let (owner, _) = server.http().login("big0", PASSWORD, "d").await.unwrap();
+    let names: Vec<String> = (0..n).map(|i| format!("big{i}")).collect();
+    let ids = import_users(&server, &names).await;
+    let owner = issued_login(&server, ids[0], "d").await;
     let g = owner
         .create_group("ten thousand", &ids[1..1000])
         .await
@@ -379,11 +363,7 @@ async fn a_10000_member_group_reaches_online_members_and_offline_ones_catch_up_w
     // 40 members online, over TCP and WebSocket; the rest offline.
     let mut online = Vec::new();
     for i in (100..n).step_by(245).take(40) {
-        let (h, _) = server
-            .http()
-            .login(&format!("big{i}"), PASSWORD, "d")
-            .await
-            .unwrap();
+        let h = issued_login(&server, ids[i], "d").await;
         online.push((
             h.clone(),
             messages_device(
@@ -425,7 +405,7 @@ async fn a_10000_member_group_reaches_online_members_and_offline_ones_catch_up_w
         assert_eq!(seqs, sent, "every message once, in order");
     }
     // An offline member catches up when it connects.
-    let (late, _) = server.http().login("big9999", PASSWORD, "d").await.unwrap();
+    let late = issued_login(&server, ids[n - 1], "d").await;
     let dev = messages_device(&late, Transport::Ws);
     let mut seqs = Vec::new();
     while seqs.len() < 5 {

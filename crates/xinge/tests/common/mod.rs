@@ -87,6 +87,77 @@ pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
     }
 }
 
+/// `(status, body)` of a raw call with `Authorization: Bearer <key>` if given.
+pub async fn call(
+    base: &str,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method.parse().unwrap(), format!("{base}{path}"));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// An admin API call that must succeed; its body. Needs [`with_admin`].
+pub async fn admin(
+    server: &Server,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let base = server.admin.as_deref().unwrap();
+    let (status, v) = call(base, Some(ADMIN_KEY), method, path, body).await;
+    assert_eq!(status, 200, "{method} {path}: {v}");
+    v
+}
+
+/// Users imported by the app's own server through the admin API, without passwords (so
+/// none is hashed: thousands take a moment): their ids, in the order of `names`. Needs
+/// [`with_admin`].
+pub async fn import_users(server: &Server, names: &[String]) -> Vec<UserId> {
+    let mut ids = Vec::with_capacity(names.len());
+    for chunk in names.chunks(1000) {
+        let users: Vec<_> = chunk
+            .iter()
+            .map(|n| serde_json::json!({ "username": n }))
+            .collect();
+        let v = admin(
+            server,
+            "POST",
+            "/admin/v1/users/import",
+            Some(serde_json::json!({ "users": users })),
+        )
+        .await;
+        for r in v["results"].as_array().unwrap() {
+            assert_eq!(r["status"], "created", "{r}");
+            ids.push(UserId(r["user_id"].as_str().unwrap().parse().unwrap()));
+        }
+    }
+    ids
+}
+
+/// A device of `user` signed in with a token the app issued through the admin API.
+pub async fn issued_login(server: &Server, user: UserId, device: &str) -> Http {
+    let v = admin(
+        server,
+        "POST",
+        &format!("/admin/v1/users/{user}/tokens"),
+        Some(serde_json::json!({ "device": device })),
+    )
+    .await;
+    Http::new(&server.base).with_token(v["token"].as_str().unwrap())
+}
+
 impl Server {
     pub fn http(&self) -> Http {
         Http::new(&self.base)
