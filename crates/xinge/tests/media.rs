@@ -1,5 +1,5 @@
 //! Media end to end over real sockets: tus uploads (the protocol's answers, resumption
-//! after a server kill -9), images looked at safely, media messages, and who may
+//! after a server or a client kill -9), images looked at safely, media messages, and who may
 //! download what through signed URLs.
 
 #![allow(clippy::unwrap_used)]
@@ -560,6 +560,67 @@ async fn an_upload_resumes_after_the_server_is_killed_and_ends_byte_identical() 
     // The blob is named by the hash of the whole: the hash kept across the kill is right.
     assert_eq!(blob_files(&dir.path().join("data")), vec![sha(&bytes)]);
     drop(p2);
+}
+
+/// The client, not the server, dies: curl (a process of its own, an independent HTTP
+/// client) streams a PATCH slowly and is killed with SIGKILL in the middle of the body. The
+/// server keeps what arrived, and a new client resumes from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_resumes_after_its_client_is_killed_mid_request_and_ends_byte_identical() {
+    let server = start(|_| {}).await;
+    let (alice, _) = server.login("alice", "laptop").await;
+    let bytes: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2246822519) >> 11) as u8)
+        .collect();
+    let up = alice
+        .create_upload(bytes.len() as u64, &[("filename", "killed.bin")])
+        .await
+        .unwrap();
+    let file = server.dir.path().join("killed.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let mut curl = std::process::Command::new("curl")
+        .args(["-sS", "-X", "PATCH", "--limit-rate", "200k"])
+        .args(["-H", "Expect:"])
+        .args(["-H", "Tus-Resumable: 1.0.0", "-H", "Upload-Offset: 0"])
+        .args(["-H", "Content-Type: application/offset+octet-stream"])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", alice.token().unwrap()))
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{}{}", server.base, up.path))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("curl is needed for this test");
+    // About 300 KB of the 2 MB are on their way when the client dies.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(curl.try_wait().unwrap().is_none(), "curl still uploading");
+    curl.kill().unwrap(); // SIGKILL
+    curl.wait().unwrap();
+    // The server sees the connection end, keeps the bytes that arrived and says where to
+    // go on from.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let at = loop {
+        let at = alice.upload_offset(&up).await.unwrap();
+        if at > 0 {
+            break at;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(at < bytes.len() as u64, "the kill came mid-body: {at}");
+
+    // A new client (a fresh SDK handle) resumes from the server's offset.
+    let again = Http::new(&server.base).with_token(alice.token().unwrap());
+    let media = again
+        .resume_upload(&up, Bytes::from(bytes.clone()), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(media.size, bytes.len() as u64);
+    let url = again.media_url(&media.id, "original", None).await.unwrap();
+    let got = again.download(&url.url, None).await.unwrap();
+    assert_eq!(sha(&got), sha(&bytes));
+    assert_eq!(blob_files(server.dir.path()), vec![sha(&bytes)]);
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
