@@ -297,9 +297,23 @@ impl Logic {
         }
     }
 
+    /// An unfinished upload whose bytes this process does not have (staged by another api
+    /// process with a staging directory of its own, or lost with a disk) is not found
+    /// here: a tus client then starts a new upload, which this process can finish.
+    async fn staged_here(&self, up: &UploadRecord) -> Result<()> {
+        if up.media.is_none() && !self.media.staging.holds(&up.id).await {
+            return Err(bad(
+                ErrorCode::NotFound,
+                "this upload's bytes are not on this server; start a new upload",
+            ));
+        }
+        Ok(())
+    }
+
     /// An upload's progress (tus HEAD), and its media once complete.
     pub async fn upload_status(&self, caller: &Caller, id: &str) -> Result<UploadStatus> {
         let up = self.own_upload(caller, id).await?;
+        self.staged_here(&up).await?;
         let media = match &up.media {
             Some(m) => self.store.media(m).await?.as_ref().map(view),
             None => None,
@@ -308,7 +322,9 @@ impl Logic {
     }
 
     /// Appends a request's bytes at `offset` (tus PATCH). Concurrent appends to one upload
-    /// run one after the other; the second then finds the offset moved (`conflict`). The
+    /// run one after the other; the second then finds the offset moved (`conflict`). In
+    /// another process sharing the staging directory, the second is refused at once
+    /// (`conflict`) while the first holds the staged file's claim. The
     /// append that brings the last byte finishes the upload: its answer carries the media.
     pub async fn append_upload<E>(
         &self,
@@ -326,7 +342,28 @@ impl Logic {
             )
         })?;
         let mut st = state.lock().await;
-        // Read again under the lock: the offset is what the last writer left.
+        // Another process sharing the staging directory may be writing it: claimed until
+        // the new offset is recorded (dropped at the end of this function).
+        let _claim = match self.media.staging.claim(id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Err(bad(
+                    ErrorCode::Conflict,
+                    "another request is writing this upload right now",
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Finished meanwhile (409 below, with the offset), or not staged here.
+                let up = self.own_upload(caller, id).await?;
+                self.staged_here(&up).await?;
+                return Err(bad(
+                    ErrorCode::Conflict,
+                    format!("Upload-Offset must be {}", up.offset),
+                ));
+            }
+            Err(e) => return Err(io(e)),
+        };
+        // Read again under the lock and the claim: the offset is what the last writer left.
         let mut up = self.own_upload(caller, id).await?;
         if up.media.is_some() || offset != up.offset {
             return Err(bad(

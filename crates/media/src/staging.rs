@@ -59,6 +59,11 @@ impl From<io::Error> for AppendError {
     }
 }
 
+/// A staged file claimed for writing ([`Staging::claim`]); dropping it lets others write.
+pub struct Claim {
+    _file: std::fs::File,
+}
+
 pub struct Staging {
     dir: PathBuf,
     states: Mutex<HashMap<String, Arc<tokio::sync::Mutex<State>>>>,
@@ -129,6 +134,31 @@ impl Staging {
     /// The staged file of upload `id` (an id the API made: letters and digits only).
     pub fn path(&self, id: &str) -> PathBuf {
         self.dir.join(id)
+    }
+
+    /// Whether this process has the staged file of upload `id` (a cluster's api processes
+    /// see the same ones only if their staging directories are one shared directory).
+    pub async fn holds(&self, id: &str) -> bool {
+        tokio::fs::try_exists(self.path(id)).await.unwrap_or(false)
+    }
+
+    /// Claims upload `id` for writing, against every process whose staging directory this
+    /// is too (a shared volume): an OS lock on the staged file (`flock`), released when the
+    /// claim is dropped. Within a process, [`Staging::state`]'s lock comes first; the claim
+    /// is held from reading the upload's offset until the new one is recorded. `None`:
+    /// another process is writing it; an error of kind `NotFound`: no staged file here.
+    pub async fn claim(&self, id: &str) -> io::Result<Option<Claim>> {
+        let path = self.path(id);
+        tokio::task::spawn_blocking(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(path)?;
+            match f.try_lock() {
+                Ok(()) => Ok(Some(Claim { _file: f })),
+                Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => Err(e),
+            }
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     /// An empty staged file for a new upload.
@@ -442,6 +472,22 @@ mod tests {
         assert_eq!(at, 3_000_000);
         let took = started.elapsed();
         assert!(took >= std::time::Duration::from_millis(450), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_claim_keeps_out_every_other_claim_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two handles on one directory, as two processes on a shared volume: `flock` is
+        // held per open file, so two opens in one process contend as two processes do.
+        let (a, b) = (Staging::new(dir.path(), 4), Staging::new(dir.path(), 4));
+        a.create("u1").await.unwrap();
+        let held = a.claim("u1").await.unwrap().expect("free");
+        assert!(b.claim("u1").await.unwrap().is_none());
+        assert!(a.claim("u1").await.unwrap().is_none());
+        drop(held);
+        assert!(b.claim("u1").await.unwrap().is_some());
+        let missing = b.claim("nope").await.err().unwrap();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
     }
 
     #[tokio::test]

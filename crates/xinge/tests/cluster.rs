@@ -729,6 +729,43 @@ async fn the_send_and_login_limits_are_shared_by_every_api_process() {
     c.clean_up().await;
 }
 
+/// With one staging directory shared by the api processes (here they run in one
+/// directory; in production a shared volume), an upload started through one process goes
+/// on through the other, and either serves the media. Its state is in PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_started_through_one_api_process_is_finished_through_another() {
+    let test = "an_upload_started_through_one_api_process_is_finished_through_another";
+    if !engines_up(test).await {
+        return;
+    }
+    let c = Cluster::on(NATS, REDIS, |_| {});
+    let apis = [c.spawn("api", 22), c.spawn("api", 23)];
+    let (alice, _) = login(&apis[0].http, "alice", "laptop").await;
+    let other = Http::new(format!("http://{}", apis[1].http)).with_token(alice.token().unwrap());
+    let bytes: Vec<u8> = (0..1_500_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
+    let bytes = bytes::Bytes::from(bytes);
+    let up = alice
+        .create_upload(bytes.len() as u64, &[("filename", "two.bin")])
+        .await
+        .unwrap();
+    alice
+        .upload_chunk(&up, 0, bytes.slice(..500_000))
+        .await
+        .unwrap();
+    assert_eq!(other.upload_offset(&up).await.unwrap(), 500_000);
+    let media = other
+        .resume_upload(&up, bytes.clone(), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(media.size, bytes.len() as u64);
+    let url = alice.media_url(&media.id, "original", None).await.unwrap();
+    assert_eq!(alice.download(&url.url, None).await.unwrap(), bytes);
+    drop(apis);
+    c.clean_up().await;
+}
+
 /// Whether the connection whose signals these are closes within a second.
 async fn closed_within_a_second(signals: &mut tokio::sync::mpsc::Receiver<Signal>) -> bool {
     let wait = async { while signals.recv().await.is_some() {} };

@@ -623,6 +623,46 @@ async fn an_upload_resumes_after_its_client_is_killed_mid_request_and_ends_byte_
     server.stop().await;
 }
 
+/// Bytes the server does not have (staged by another api process with a directory of its
+/// own, or lost with a disk): the upload is not found there, as tus clients expect of an
+/// upload they should start again, and not an internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_bytes_are_elsewhere_is_not_found_and_a_new_one_succeeds() {
+    let server = start(|_| {}).await;
+    let (alice, _) = server.login("alice", "laptop").await;
+    let bytes = Bytes::from(vec![7u8; 300_000]);
+    let up = alice
+        .create_upload(bytes.len() as u64, &[("filename", "gone.bin")])
+        .await
+        .unwrap();
+    alice
+        .upload_chunk(&up, 0, bytes.slice(..100_000))
+        .await
+        .unwrap();
+    let id = up.path.rsplit('/').next().unwrap();
+    std::fs::remove_file(server.dir.path().join("media/uploads").join(id)).unwrap();
+    let (client, base, auth) = raw(&alice);
+    let head = client
+        .head(format!("{base}{}", up.path))
+        .header("Authorization", auth)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 404);
+    assert_eq!(
+        code(
+            alice
+                .upload_chunk(&up, 100_000, bytes.slice(100_000..))
+                .await
+        ),
+        "not_found"
+    );
+    let media = alice.upload(bytes.clone(), &[], 1 << 20).await.unwrap();
+    assert_eq!(media.size, bytes.len() as u64);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_deleted_by_the_admin_api_takes_its_media_away_at_once() {
     let server = start(common::with_admin).await;
