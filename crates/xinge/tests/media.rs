@@ -75,6 +75,19 @@ fn blob_files(dir: &std::path::Path) -> Vec<String> {
     out
 }
 
+/// Resumes `up` from the server's offset with the rest of `bytes`; the media downloaded
+/// again must be `bytes` (by hash).
+async fn resume_to_the_end(http: &Http, up: &Upload, bytes: &[u8]) {
+    let media = http
+        .resume_upload(up, Bytes::copy_from_slice(bytes), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(media.size, bytes.len() as u64);
+    let url = http.media_url(&media.id, "original", None).await.unwrap();
+    let got = http.download(&url.url, None).await.unwrap();
+    assert_eq!(sha(&got), sha(bytes));
+}
+
 fn raw(http: &Http) -> (reqwest::Client, String, String) {
     (
         reqwest::Client::new(),
@@ -549,14 +562,7 @@ async fn an_upload_resumes_after_the_server_is_killed_and_ends_byte_identical() 
         .with_token(alice.token().unwrap());
     assert_eq!(alice.upload_offset(&up).await.unwrap(), 1_500_000);
     // The running hash is rebuilt from the staged bytes; the rest comes in one go.
-    let media = alice
-        .resume_upload(&up, Bytes::from(bytes.clone()), 1 << 20)
-        .await
-        .unwrap();
-    assert_eq!(media.size, bytes.len() as u64);
-    let url = alice.media_url(&media.id, "original", None).await.unwrap();
-    let got = alice.download(&url.url, None).await.unwrap();
-    assert_eq!(sha(&got), sha(&bytes));
+    resume_to_the_end(&alice, &up, &bytes).await;
     // The blob is named by the hash of the whole: the hash kept across the kill is right.
     assert_eq!(blob_files(&dir.path().join("data")), vec![sha(&bytes)]);
     drop(p2);
@@ -611,14 +617,7 @@ async fn an_upload_resumes_after_its_client_is_killed_mid_request_and_ends_byte_
 
     // A new client (a fresh SDK handle) resumes from the server's offset.
     let again = Http::new(&server.base).with_token(alice.token().unwrap());
-    let media = again
-        .resume_upload(&up, Bytes::from(bytes.clone()), 1 << 20)
-        .await
-        .unwrap();
-    assert_eq!(media.size, bytes.len() as u64);
-    let url = again.media_url(&media.id, "original", None).await.unwrap();
-    let got = again.download(&url.url, None).await.unwrap();
-    assert_eq!(sha(&got), sha(&bytes));
+    resume_to_the_end(&again, &up, &bytes).await;
     assert_eq!(blob_files(server.dir.path()), vec![sha(&bytes)]);
     server.stop().await;
 }
