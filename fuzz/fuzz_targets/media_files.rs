@@ -1,5 +1,5 @@
 //! Uploaded files as the server looks at them: the type sniffed from the first bytes, the
-//! metadata walk of JPEG and PNG (which must never grow a file), the image decoder under
+//! metadata walk of JPEG, PNG and WebP (which must never grow a file), the image decoder under
 //! its limits (small here, so a bomb is refused rather than decoded), and the tus
 //! `Upload-Metadata` header.
 #![no_main]
@@ -9,7 +9,7 @@ use xinge_media::picture::{Limits, inspect, strip_metadata};
 
 fuzz_target!(|data: &[u8]| {
     let mime = xinge_media::sniff::mime(data);
-    for m in [mime, "image/jpeg", "image/png"] {
+    for m in [mime, "image/jpeg", "image/png", "image/webp"] {
         if let Ok(Some(stripped)) = strip_metadata(m, data) {
             assert!(stripped.len() < data.len(), "stripping never grows a file");
         }

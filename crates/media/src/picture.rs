@@ -88,6 +88,12 @@ pub fn inspect(bytes: &[u8], limits: &Limits, thumb_px: u32) -> Result<Inspected
     let mut r = reader(bytes)?;
     r.limits(dec_limits);
     let mut decoder = r.into_decoder().map_err(undecodable)?;
+    // The WebP decoder reads the EXIF chunk (for the orientation) into a buffer of the
+    // size the chunk declares, outside the allocation limit: 4 GiB for a 70-byte file.
+    // Every chunk must fit in the file first.
+    if is_webp(bytes) {
+        webp_chunks(bytes)?;
+    }
     let orientation = decoder.orientation().ok();
     let mut img = DynamicImage::from_decoder(decoder).map_err(undecodable)?;
     if let Some(o) = orientation {
@@ -112,12 +118,13 @@ pub fn inspect(bytes: &[u8], limits: &Limits, thumb_px: u32) -> Result<Inspected
 }
 
 /// The image without its metadata (JPEG APP1 EXIF/XMP, APP13 IPTC and comments; PNG
-/// eXIf, text and time chunks), or `None` if it had none. An error for a JPEG or PNG
-/// whose structure cannot be walked.
+/// eXIf, text and time chunks; WebP EXIF and XMP chunks), or `None` if it had none. An
+/// error for a JPEG, PNG or WebP whose structure cannot be walked.
 pub fn strip_metadata(mime: &str, bytes: &[u8]) -> Result<Option<Vec<u8>>, PictureError> {
     match mime {
         "image/jpeg" => strip_jpeg(bytes),
         "image/png" => strip_png(bytes),
+        "image/webp" => strip_webp(bytes),
         _ => Ok(None),
     }
 }
@@ -195,6 +202,72 @@ fn strip_png(b: &[u8]) -> Result<Option<Vec<u8>>, PictureError> {
         }
     }
     Ok(removed.then_some(out))
+}
+
+fn is_webp(b: &[u8]) -> bool {
+    b.get(..4) == Some(b"RIFF") && b.get(8..12) == Some(b"WEBP")
+}
+
+/// A WebP file's chunks, each as where it starts and where the next one does. WebP is a
+/// RIFF file: `RIFF`, the size of what follows (little-endian), `WEBP`, then chunks of a
+/// FourCC, a size and the payload padded to an even length. An error unless every chunk
+/// lies within the size the file declares, and that within the file.
+fn webp_chunks(b: &[u8]) -> Result<Vec<(usize, usize)>, PictureError> {
+    let le = |at: usize| {
+        b.get(at..at + 4)
+            .map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize)
+    };
+    if !is_webp(b) {
+        return Err(damaged("WebP"));
+    }
+    let end = le(4)
+        .and_then(|n| n.checked_add(8))
+        .filter(|&e| e <= b.len())
+        .ok_or_else(|| damaged("WebP"))?;
+    let (mut chunks, mut i) = (Vec::new(), 12);
+    while i < end {
+        let len = le(i + 4).ok_or_else(|| damaged("WebP"))?;
+        let next = len
+            .checked_add(len & 1)
+            .and_then(|n| n.checked_add(i + 8))
+            .filter(|&e| e <= end)
+            .ok_or_else(|| damaged("WebP"))?;
+        chunks.push((i, next));
+        i = next;
+    }
+    Ok(chunks)
+}
+
+/// Metadata is only in WebP's extended form, whose `VP8X` chunk flags the EXIF and XMP
+/// chunks present: both chunks go, and so do their flags.
+fn strip_webp(b: &[u8]) -> Result<Option<Vec<u8>>, PictureError> {
+    const EXIF_FLAG: u8 = 0x08;
+    const XMP_FLAG: u8 = 0x04;
+    let chunks = webp_chunks(b)?;
+    let mut out = Vec::with_capacity(b.len());
+    out.extend_from_slice(&b[..12]);
+    let (mut removed, mut vp8x) = (false, None);
+    for (at, next) in chunks {
+        match &b[at..at + 4] {
+            b"EXIF" | b"XMP " => removed = true,
+            kind => {
+                // Its payload's first byte is the flags (a chunk of at least 10 bytes).
+                if kind == b"VP8X" && next >= at + 9 {
+                    vp8x = Some(out.len() + 8);
+                }
+                out.extend_from_slice(&b[at..next]);
+            }
+        }
+    }
+    if !removed {
+        return Ok(None);
+    }
+    if let Some(flags) = vp8x {
+        out[flags] &= !(EXIF_FLAG | XMP_FLAG);
+    }
+    let size = u32::try_from(out.len() - 8).map_err(|_| damaged("WebP"))?;
+    out[4..8].copy_from_slice(&size.to_le_bytes());
+    Ok(Some(out))
 }
 
 #[cfg(test)]
@@ -296,5 +369,78 @@ mod tests {
         let with = [&plain[..33], &text, &plain[33..]].concat();
         assert_eq!(strip_metadata("image/png", &with).unwrap().unwrap(), plain);
         assert_eq!(strip_metadata("image/png", &plain).unwrap(), None);
+    }
+
+    /// A WebP chunk: FourCC, little-endian size, payload, a pad byte if the size is odd.
+    fn chunk(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut c = [&kind[..], &(payload.len() as u32).to_le_bytes(), payload].concat();
+        if payload.len() % 2 == 1 {
+            c.push(0);
+        }
+        c
+    }
+
+    fn riff(chunks: &[Vec<u8>]) -> Vec<u8> {
+        let body = chunks.concat();
+        [
+            b"RIFF",
+            &((body.len() + 4) as u32).to_le_bytes()[..],
+            b"WEBP",
+            &body,
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn webp_metadata_is_stripped_and_the_picture_kept() {
+        let img = RgbImage::from_fn(20, 10, |x, y| image::Rgb([x as u8 * 9, y as u8 * 20, 3]));
+        let mut simple = Vec::new();
+        image::codecs::webp::WebPEncoder::new_lossless(&mut simple)
+            .write_image(img.as_raw(), 20, 10, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        assert_eq!(
+            &simple[12..16],
+            b"VP8L",
+            "a lossless WebP in the simple form"
+        );
+        assert_eq!(strip_metadata("image/webp", &simple).unwrap(), None);
+        let vp8l = simple[12..].to_vec();
+        // The extended form: VP8X (EXIF and XMP flagged; canvas 20 × 10, stored minus one),
+        // the image, then an EXIF chunk with a (fake) position and an odd-sized XMP chunk.
+        let vp8x = |flags: u8| chunk(b"VP8X", &[flags, 0, 0, 0, 19, 0, 0, 9, 0, 0]);
+        let with = riff(&[
+            vp8x(0x08 | 0x04),
+            vp8l.clone(),
+            chunk(b"EXIF", b"MM\0*GPSLatitude=52.52N"),
+            chunk(b"XMP ", b"<x:xmpmeta>where</x:xmpmeta>!"),
+        ]);
+        let stripped = strip_metadata("image/webp", &with).unwrap().unwrap();
+        assert_eq!(stripped, riff(&[vp8x(0), vp8l]));
+        assert!(!stripped.windows(11).any(|w| w == b"GPSLatitude"));
+        let decoded = image::load_from_memory(&stripped).unwrap().to_rgb8();
+        assert_eq!(decoded, img);
+        // Cut short, or a chunk claiming more than there is: refused, never read past.
+        assert!(strip_metadata("image/webp", &with[..with.len() - 3]).is_err());
+        let mut lying = with.clone();
+        let exif_at = with.windows(4).position(|w| w == b"EXIF").unwrap();
+        lying[exif_at + 4..exif_at + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(strip_metadata("image/webp", &lying).is_err());
+        assert!(strip_metadata("image/webp", b"RIFF\0\0\0\0WEBX").is_err());
+    }
+
+    /// Found by fuzzing (the input as found): a 69-byte WebP whose EXIF chunk claims about
+    /// 4 GiB had the decoder allocate that much when asked for the orientation.
+    #[test]
+    fn a_webp_chunk_larger_than_the_file_is_refused_before_decoding() {
+        let b: &[u8] = &[
+            0x52, 0x49, 0x46, 0x46, 0x56, 0x00, 0x00, 0x00, 0x57, 0x45, 0x42, 0x50, 0x56, 0x50,
+            0x38, 0x58, 0x0a, 0x00, 0x00, 0x00, 0x30, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x01,
+            0x00, 0x00, 0x56, 0x50, 0x38, 0x4c, 0x0e, 0x00, 0x00, 0x00, 0x2f, 0x01, 0x40, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, 0x7a, 0x45, 0x58, 0x49, 0x46,
+            0x0b, 0x00, 0xf7, 0xff, 0x4d, 0x4d, 0x00, 0x2a, 0x00, 0x51, 0x44, 0x2f, 0x00,
+        ];
+        assert!(
+            matches!(inspect(b, &limits(), 64), Err(PictureError::Undecodable(m)) if m == "damaged WebP")
+        );
     }
 }
