@@ -344,7 +344,7 @@ impl Logic {
         let mut st = state.lock().await;
         // Another process sharing the staging directory may be writing it: claimed until
         // the new offset is recorded (dropped at the end of this function).
-        let _claim = match self.media.staging.claim(id).await {
+        let mut claim = match self.media.staging.claim(id).await {
             Ok(Some(c)) => c,
             Ok(None) => {
                 return Err(bad(
@@ -374,7 +374,7 @@ impl Logic {
         let at = self
             .media
             .staging
-            .append(id, &mut st, offset, up.length, body, checksum)
+            .append(&mut claim, &mut st, offset, up.length, body, checksum)
             .await;
         let at = match at {
             Ok(at) => at,

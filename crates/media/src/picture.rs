@@ -72,6 +72,12 @@ fn undecodable(e: image::ImageError) -> PictureError {
 /// The image's dimensions, and its thumbnail. CPU-bound: run it off the async runtime,
 /// in a bounded pool.
 pub fn inspect(bytes: &[u8], limits: &Limits, thumb_px: u32) -> Result<Inspected, PictureError> {
+    // The WebP decoder reads the EXIF chunk (for the orientation) into a buffer of the
+    // size the chunk declares, outside the allocation limit: 4 GiB for a 70-byte file.
+    // Every chunk must fit in the file before any decoder sees it.
+    if is_webp(bytes) {
+        walk_webp(bytes, |_, _| {})?;
+    }
     // The header first: nothing is decoded for an image over the limits.
     let (w, h) = reader(bytes)?.into_dimensions().map_err(undecodable)?;
     if w == 0 || h == 0 {
@@ -88,12 +94,6 @@ pub fn inspect(bytes: &[u8], limits: &Limits, thumb_px: u32) -> Result<Inspected
     let mut r = reader(bytes)?;
     r.limits(dec_limits);
     let mut decoder = r.into_decoder().map_err(undecodable)?;
-    // The WebP decoder reads the EXIF chunk (for the orientation) into a buffer of the
-    // size the chunk declares, outside the allocation limit: 4 GiB for a 70-byte file.
-    // Every chunk must fit in the file first.
-    if is_webp(bytes) {
-        webp_chunks(bytes)?;
-    }
     let orientation = decoder.orientation().ok();
     let mut img = DynamicImage::from_decoder(decoder).map_err(undecodable)?;
     if let Some(o) = orientation {
@@ -208,11 +208,12 @@ fn is_webp(b: &[u8]) -> bool {
     b.get(..4) == Some(b"RIFF") && b.get(8..12) == Some(b"WEBP")
 }
 
-/// A WebP file's chunks, each as where it starts and where the next one does. WebP is a
-/// RIFF file: `RIFF`, the size of what follows (little-endian), `WEBP`, then chunks of a
-/// FourCC, a size and the payload padded to an even length. An error unless every chunk
-/// lies within the size the file declares, and that within the file.
-fn webp_chunks(b: &[u8]) -> Result<Vec<(usize, usize)>, PictureError> {
+/// Calls `each` with every chunk of a WebP file, as where it starts and where the next one
+/// does. WebP is a RIFF file: `RIFF`, the size of what follows (little-endian), `WEBP`,
+/// then chunks of a FourCC, a size and the payload padded to an even length. An error
+/// unless every chunk lies within the size the file declares, and that within the file;
+/// chunks before the one that does not are seen.
+fn walk_webp(b: &[u8], mut each: impl FnMut(usize, usize)) -> Result<(), PictureError> {
     let le = |at: usize| {
         b.get(at..at + 4)
             .map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize)
@@ -224,7 +225,7 @@ fn webp_chunks(b: &[u8]) -> Result<Vec<(usize, usize)>, PictureError> {
         .and_then(|n| n.checked_add(8))
         .filter(|&e| e <= b.len())
         .ok_or_else(|| damaged("WebP"))?;
-    let (mut chunks, mut i) = (Vec::new(), 12);
+    let mut i = 12;
     while i < end {
         let len = le(i + 4).ok_or_else(|| damaged("WebP"))?;
         let next = len
@@ -232,10 +233,10 @@ fn webp_chunks(b: &[u8]) -> Result<Vec<(usize, usize)>, PictureError> {
             .and_then(|n| n.checked_add(i + 8))
             .filter(|&e| e <= end)
             .ok_or_else(|| damaged("WebP"))?;
-        chunks.push((i, next));
+        each(i, next);
         i = next;
     }
-    Ok(chunks)
+    Ok(())
 }
 
 /// Metadata is only in WebP's extended form, whose `VP8X` chunk flags the EXIF and XMP
@@ -243,11 +244,10 @@ fn webp_chunks(b: &[u8]) -> Result<Vec<(usize, usize)>, PictureError> {
 fn strip_webp(b: &[u8]) -> Result<Option<Vec<u8>>, PictureError> {
     const EXIF_FLAG: u8 = 0x08;
     const XMP_FLAG: u8 = 0x04;
-    let chunks = webp_chunks(b)?;
     let mut out = Vec::with_capacity(b.len());
-    out.extend_from_slice(&b[..12]);
+    out.extend_from_slice(b.get(..12).ok_or_else(|| damaged("WebP"))?);
     let (mut removed, mut vp8x) = (false, None);
-    for (at, next) in chunks {
+    walk_webp(b, |at, next| {
         match &b[at..at + 4] {
             b"EXIF" | b"XMP " => removed = true,
             kind => {
@@ -258,7 +258,7 @@ fn strip_webp(b: &[u8]) -> Result<Option<Vec<u8>>, PictureError> {
                 out.extend_from_slice(&b[at..next]);
             }
         }
-    }
+    })?;
     if !removed {
         return Ok(None);
     }

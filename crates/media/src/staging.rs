@@ -59,9 +59,11 @@ impl From<io::Error> for AppendError {
     }
 }
 
-/// A staged file claimed for writing ([`Staging::claim`]); dropping it lets others write.
+/// A staged file open and claimed for writing ([`Staging::claim`]), what
+/// [`Staging::append`] writes through; dropping it lets others write.
 pub struct Claim {
-    _file: std::fs::File,
+    id: String,
+    file: tokio::fs::File,
 }
 
 pub struct Staging {
@@ -149,16 +151,20 @@ impl Staging {
     /// another process is writing it; an error of kind `NotFound`: no staged file here.
     pub async fn claim(&self, id: &str) -> io::Result<Option<Claim>> {
         let path = self.path(id);
-        tokio::task::spawn_blocking(move || {
+        let file = tokio::task::spawn_blocking(move || {
             let f = std::fs::OpenOptions::new().write(true).open(path)?;
             match f.try_lock() {
-                Ok(()) => Ok(Some(Claim { _file: f })),
+                Ok(()) => Ok(Some(f)),
                 Err(std::fs::TryLockError::WouldBlock) => Ok(None),
                 Err(std::fs::TryLockError::Error(e)) => Err(e),
             }
         })
         .await
-        .map_err(io::Error::other)?
+        .map_err(io::Error::other)??;
+        Ok(file.map(|f| Claim {
+            id: id.to_owned(),
+            file: tokio::fs::File::from_std(f),
+        }))
     }
 
     /// An empty staged file for a new upload.
@@ -192,24 +198,20 @@ impl Staging {
         self.states.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    /// Appends `body` at `offset` (the upload's durable offset) up to `length` in all, and
-    /// makes it durable. Returns the new offset. Without a checksum, the bytes of a request
+    /// Appends `body` to the claimed upload at `offset` (its durable offset) up to `length`
+    /// in all, and makes it durable. Returns the new offset. Without a checksum, the bytes of a request
     /// that ends early are kept (the client resumes after them); with one, a request's
     /// bytes are kept only if they all came and match.
     pub async fn append<E>(
         &self,
-        id: &str,
+        claim: &mut Claim,
         st: &mut State,
         offset: u64,
         length: u64,
         body: impl Stream<Item = Result<Bytes, E>>,
         checksum: Option<Checksum>,
     ) -> Result<u64, AppendError> {
-        let path = self.path(id);
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .await?;
+        let Claim { id, file } = claim;
         let on_disk = file.metadata().await?.len();
         if on_disk < offset {
             return Err(io::Error::other("the staged file is shorter than its offset").into());
@@ -364,6 +366,10 @@ mod tests {
         crate::hex(ring::digest::digest(&SHA256, b).as_ref())
     }
 
+    async fn claimed(s: &Staging, id: &str) -> Claim {
+        s.claim(id).await.unwrap().expect("nobody else writes it")
+    }
+
     fn body(parts: Vec<&'static [u8]>) -> impl Stream<Item = Result<Bytes, io::Error>> {
         futures_util::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from_static(p))))
     }
@@ -376,13 +382,27 @@ mod tests {
         let st = s.state("u1").unwrap();
         let mut g = st.lock().await;
         let at = s
-            .append("u1", &mut g, 0, 11, body(vec![b"hello", b" "]), None)
+            .append(
+                &mut claimed(&s, "u1").await,
+                &mut g,
+                0,
+                11,
+                body(vec![b"hello", b" "]),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(at, 6);
         // Past the length: nothing kept.
         let too = s
-            .append("u1", &mut g, 6, 11, body(vec![b"world!!"]), None)
+            .append(
+                &mut claimed(&s, "u1").await,
+                &mut g,
+                6,
+                11,
+                body(vec![b"world!!"]),
+                None,
+            )
             .await;
         assert!(matches!(too, Err(AppendError::TooLong)));
         // A wrong checksum: nothing kept.
@@ -391,7 +411,14 @@ mod tests {
             digest: vec![0; 32],
         };
         let bad = s
-            .append("u1", &mut g, 6, 11, body(vec![b"wor"]), Some(bad))
+            .append(
+                &mut claimed(&s, "u1").await,
+                &mut g,
+                6,
+                11,
+                body(vec![b"wor"]),
+                Some(bad),
+            )
             .await;
         assert!(matches!(bad, Err(AppendError::ChecksumMismatch)));
         drop(g);
@@ -407,7 +434,14 @@ mod tests {
                 .to_vec(),
         };
         let at = s
-            .append("u1", &mut g, 6, 11, body(vec![b"wor", b"ld"]), Some(good))
+            .append(
+                &mut claimed(&s, "u1").await,
+                &mut g,
+                6,
+                11,
+                body(vec![b"wor", b"ld"]),
+                Some(good),
+            )
             .await
             .unwrap();
         assert_eq!(at, 11);
@@ -431,18 +465,39 @@ mod tests {
                 Err(io::Error::other("connection reset")),
             ])
         };
-        assert_eq!(s.append("u2", &mut g, 0, 10, cut(), None).await.unwrap(), 3);
+        assert_eq!(
+            s.append(&mut claimed(&s, "u2").await, &mut g, 0, 10, cut(), None)
+                .await
+                .unwrap(),
+            3
+        );
         let sum = Checksum {
             algorithm: ChecksumAlgorithm::Sha256,
             digest: ring::digest::digest(&SHA256, b"abc").as_ref().to_vec(),
         };
-        let r = s.append("u2", &mut g, 3, 10, cut(), Some(sum)).await;
+        let r = s
+            .append(
+                &mut claimed(&s, "u2").await,
+                &mut g,
+                3,
+                10,
+                cut(),
+                Some(sum),
+            )
+            .await;
         assert!(matches!(r, Err(AppendError::Interrupted)));
         assert_eq!(std::fs::read(s.path("u2")).unwrap(), b"abc");
         // Bytes past the durable offset (a request that never answered) are dropped.
         std::fs::write(s.path("u2"), b"abcXYZ").unwrap();
         let at = s
-            .append("u2", &mut g, 3, 10, body(vec![b"def"]), None)
+            .append(
+                &mut claimed(&s, "u2").await,
+                &mut g,
+                3,
+                10,
+                body(vec![b"def"]),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(at, 6);
@@ -466,7 +521,14 @@ mod tests {
             (0..30).map(|_| Ok::<_, io::Error>(Bytes::from_static(chunk))),
         );
         let at = s
-            .append("p", &mut g, 0, 3_000_000, body, None)
+            .append(
+                &mut claimed(&s, "p").await,
+                &mut g,
+                0,
+                3_000_000,
+                body,
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(at, 3_000_000);
