@@ -51,6 +51,11 @@ self.addEventListener('push', (e) => {
       renotify: true,
       icon: '/web/icon.svg',
     };
+    // The app icon's badge (where the browser has one: an installed app), the user's
+    // unread messages as the server counted them.
+    if (typeof p.badge === 'number' && 'setAppBadge' in self.navigator) {
+      self.navigator.setAppBadge(p.badge).catch(() => {});
+    }
     await self.registration.showNotification(typeof p.title === 'string' && p.title ? p.title : 'xinge', options);
   })());
 });

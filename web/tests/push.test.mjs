@@ -322,6 +322,8 @@ async function scenario(t) {
   const payload = JSON.parse(first.payload);
   assert.deepEqual(payload, {
     title: 'Alice', body: 'while bob looks away', count: 1,
+    // Bob's unread messages: this one and the one he saw in the list but did not open.
+    badge: 2,
     data: { conv: ab, conv_seq: '2', kind: 'message' },
   });
   assert.equal(first.vapid.claims.sub, SUBJECT);

@@ -16,7 +16,7 @@
 //! queue drops its oldest notices, counted, so that a provider's outage never holds sends.
 
 use crate::{Caller, Logic, Result, error::bad};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -97,6 +97,10 @@ const IDLE: Duration = Duration::from_millis(50);
 
 /// How often a process that does not work the queue asks to.
 const FOLLOW: Duration = Duration::from_secs(1);
+
+/// Conversations of each kind (1:1, group) a badge counts at most: a user with more
+/// conversations holding unread messages gets a badge over these (a floor of the total).
+const MAX_BADGE_CONVERSATIONS: usize = 1_000;
 
 /// Longest text put in a notification (the providers' payloads are small: APNs 4 KiB).
 const MAX_TEXT: usize = 256;
@@ -308,6 +312,42 @@ impl Logic {
             }
         }
         Ok(())
+    }
+
+    /// The user's badge: their unread messages, over the conversations they have not muted
+    /// (as an app's own badge leaves muted chats out). Read from the store's set of
+    /// conversations with news and the user's groups, not from every conversation; `None`
+    /// when the store cannot tell (the notification goes without one).
+    async fn badge(&self, user: UserId, now_ms: u64) -> Option<u32> {
+        let unread = match self.store.unread(user, MAX_BADGE_CONVERSATIONS).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(user = user.0, error = %e, "badge not read");
+                return None;
+            }
+        };
+        if unread.is_empty() {
+            return Some(0);
+        }
+        let limit = self.cfg.chat.max_conversations.max(1) * 2;
+        let settings = self
+            .store
+            .settings(user, CONV_PREFIX, limit)
+            .await
+            .unwrap_or_default();
+        let muted: HashSet<&str> = settings
+            .iter()
+            .filter(|(_, v)| {
+                serde_json::from_str::<ConversationSettings>(v).is_ok_and(|s| s.muted_at(now_ms))
+            })
+            .filter_map(|(k, _)| k.strip_prefix(CONV_PREFIX))
+            .collect();
+        let total: u64 = unread
+            .iter()
+            .filter(|(conv, _)| !muted.contains(conv.to_string().as_str()))
+            .map(|&(_, n)| n)
+            .sum();
+        Some(u32::try_from(total).unwrap_or(u32::MAX))
     }
 
     async fn prefs_of(&self, user: UserId) -> NotifyPrefs {
@@ -619,6 +659,7 @@ impl Logic {
         };
         note.collapse_id = collapse.to_owned();
         note.data.insert("kind".into(), kind.into());
+        note.badge = self.badge(user, now_ms).await;
         let mut out = Vec::new();
         for (key, value) in regs {
             let Some(device) = key.strip_prefix(PUSH_PREFIX).and_then(DeviceId::parse) else {

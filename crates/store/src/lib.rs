@@ -207,6 +207,39 @@ pub trait Store: MediaStore + Send + Sync + 'static {
     async fn conversation_list(&self, user: UserId, limit: usize) -> Result<Vec<ConversationRow>>;
     /// A member's read cursor in a conversation (0 if none).
     async fn read_cursor(&self, user: UserId, conv: ConvId) -> Result<u64>;
+    /// Where the user may have unread messages, as `(conversation, head, read_seq)`: the
+    /// 1:1 conversations of the set the commits keep (see [`Commit`], step 5) and the
+    /// groups [`Store::conversation_list`] shows (with the head a former member sees), at
+    /// most `limit` of each. The reads do not grow with the user's 1:1 conversations.
+    async fn unread_candidates(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<(ConvId, u64, u64)>>;
+    /// The user's unread messages, per conversation that has any (at most `limit` 1:1
+    /// conversations and `limit` groups): the badge of a notification. The 1:1
+    /// conversations found read are dropped from the set it reads, so that the set holds
+    /// about those with unread messages.
+    async fn unread(&self, user: UserId, limit: usize) -> Result<Vec<(ConvId, u64)>> {
+        let rows = self.unread_candidates(user, limit).await?;
+        let read: Vec<ConvId> = rows
+            .iter()
+            .filter(|(c, head, read)| matches!(c, ConvId::Direct(..)) && head <= read)
+            .map(|r| r.0)
+            .collect();
+        if !read.is_empty() {
+            self.commit(Commit {
+                ops: vec![Op::ForgetNews { user, convs: read }],
+                ..Commit::default()
+            })
+            .await?;
+        }
+        Ok(rows
+            .into_iter()
+            .filter(|(_, head, read)| head > read)
+            .map(|(c, head, read)| (c, head - read))
+            .collect())
+    }
     /// Messages of `conv` after `after_seq` that mention `user` or everyone, counting at
     /// most `cap`.
     async fn mention_count(

@@ -299,6 +299,13 @@ pub enum Op {
         conv: ConvId,
         seq: u64,
     },
+    /// Forgets, of `convs` (1:1 conversations), those the user has read up to their head
+    /// at the time of this write from the set of conversations that may hold unread
+    /// messages for them (see [`Commit`], step 5); one with a newer message stays.
+    ForgetNews {
+        user: UserId,
+        convs: Vec<ConvId>,
+    },
     /// Replaces the content of the message at `conv_seq` with `body` (a recall's
     /// [`MessageBody::Recalled`], a moderator's [`MessageBody::Deleted`]) and forgets whom
     /// it mentioned: every later read of it, however it is read, has no content. No-op if
@@ -322,7 +329,9 @@ pub enum Op {
 ///    rest, see [`crate::Store::seal`]) and indexes its mentions;
 /// 5. appends an entry for that message to the inbox of every user in `message_to` and,
 ///    for a write fan-out group, of every member (each once), then every `(user, event)`
-///    of `events`, each at the user's next inbox seq;
+///    of `events`, each at the user's next inbox seq; in a 1:1 conversation, adds it to
+///    the recipient's set of conversations that may hold unread messages for them (what
+///    [`crate::Store::unread`] reads instead of every conversation);
 /// 6. records the dedup key;
 /// 7. writes each of `outbox`'s events to the outbox (see [`OutboxEvent`]).
 #[derive(Clone, Debug, Default)]

@@ -143,6 +143,7 @@ async fn an_away_device_gets_one_notification_per_burst_and_a_device_in_use_none
     assert_eq!(got[0]["notification"]["collapse_id"], "friends");
     assert_eq!(got[0]["user_id"], b.to_string());
     assert_eq!(got[0]["device"], "phone");
+    assert_eq!(got[0]["notification"]["badge"], 0, "no unread message yet");
     bob.accept_friend(a).await.unwrap();
 
     // Five messages at once: one notification, counting them, showing the last.
@@ -153,6 +154,7 @@ async fn an_away_device_gets_one_notification_per_burst_and_a_device_in_use_none
     assert_eq!(got.len(), 2, "one for the burst: {got:?}");
     let n = &got[1]["notification"];
     assert_eq!(n["count"], 5);
+    assert_eq!(n["badge"], 5, "the unread messages");
     assert_eq!(n["title"], "alice");
     assert!(n["body"].as_str().unwrap().starts_with("m4"), "{n}");
     let conv = ConvId::direct(a, b);
@@ -180,6 +182,7 @@ async fn an_away_device_gets_one_notification_per_burst_and_a_device_in_use_none
     let got = settled(&p, "bob-phone").await;
     assert_eq!(got.len(), 3, "a device in the background");
     assert_eq!(got[2]["notification"]["body"], "while away");
+    assert_eq!(got[2]["notification"]["badge"], 7, "nothing read yet");
     phone.set_background(false).await.unwrap();
     alice.send(&text(b, "back")).await.unwrap();
     assert_eq!(settled(&p, "bob-phone").await.len(), 3);
@@ -227,9 +230,15 @@ async fn an_away_device_gets_one_notification_per_burst_and_a_device_in_use_none
     })
     .await
     .unwrap();
+    // Read up to "quiet" (the 10th message): the badge counts only what came after.
+    bob.mark_read(conv, 10).await.unwrap();
     alice.send(&text(b, "no preview")).await.unwrap();
     let got = settled(&p, "bob-phone").await;
     assert_eq!(got.len(), 4);
+    assert_eq!(
+        got[3]["notification"]["badge"], 1,
+        "read up to the one before"
+    );
     assert_eq!(got[3]["notification"]["body"], "New message", "no preview");
     assert!(got[3]["notification"]["title"].is_null());
 
@@ -298,11 +307,26 @@ async fn a_group_tells_its_away_members_and_a_mention_breaks_through_a_mute() {
     let got = messages(&p, "bob").await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["notification"]["title"], "alice in team");
+    // The badge is what bob's list shows unread (the group's first messages too).
+    let unread: u64 = bob
+        .conversations()
+        .await
+        .unwrap()
+        .conversations
+        .iter()
+        .map(|c| c.unread)
+        .sum();
+    assert!(unread >= 1);
+    assert_eq!(got[0]["notification"]["badge"], unread);
     assert_eq!(messages(&p, "carol").await.len(), 0, "muted");
     alice.send(&send("carol, look", vec![c])).await.unwrap();
     let got = messages(&p, "carol").await;
     assert_eq!(got.len(), 1, "a mention breaks through");
     assert_eq!(got[0]["notification"]["data"]["kind"], "mention");
+    assert_eq!(
+        got[0]["notification"]["badge"], 0,
+        "a muted conversation is left out of the badge, even when it mentions"
+    );
     // The sender's own device is never told of its own message.
     alice.set_push(&hook("alice")).await.unwrap();
     alice.send(&send("mine", vec![])).await.unwrap();

@@ -240,4 +240,102 @@ pub(super) async fn conversation_list_matches_the_reads_one_by_one(store: &dyn S
     // The mention before their cursor is read; the mention of everyone after they left
     // is counted, as the reads count it.
     assert_eq!((l.read_seq, l.unread_mentions), (2, 1));
+
+    // The unread messages a badge sums: those of the listed rows, without reading every
+    // conversation (the quiet one and the one read up to its head are not there).
+    let mut want: Vec<(ConvId, u64)> = listed
+        .iter()
+        .filter(|r| r.head > r.read_seq)
+        .map(|r| (r.conv, r.head - r.read_seq))
+        .collect();
+    want.sort();
+    let unread = async |user| {
+        let mut u = store.unread(user, 1_000).await.unwrap();
+        u.sort();
+        u
+    };
+    assert_eq!(unread(me).await, want);
+    let mut plain = vec![
+        (ConvId::direct(me, p1), 1),
+        (ConvId::direct(me, p2), 1),
+        (ConvId::Group(busy), 105),
+        (ConvId::Group(small), 2),
+    ];
+    plain.sort();
+    assert_eq!(want, plain);
+    // Read up to its head, a 1:1 conversation leaves the set (p1 read theirs by sending);
+    // its next message puts it back.
+    let d1 = ConvId::direct(me, p1);
+    read(store, me, d1, 2).await;
+    assert!(!unread(me).await.iter().any(|(c, _)| *c == d1));
+    assert!(unread(p1).await.is_empty());
+    let candidates = |user| async move {
+        let c = store.unread_candidates(user, 1_000).await.unwrap();
+        c.into_iter()
+            .filter(|(c, ..)| matches!(c, ConvId::Direct(..)))
+            .map(|(c, ..)| c)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(candidates(me).await, vec![ConvId::direct(me, p2)]);
+    assert_eq!(candidates(p1).await, vec![]);
+    send(store, p1, me, "list-4").await;
+    assert!(unread(me).await.contains(&(d1, 1)));
+    assert_eq!(candidates(p1).await, vec![], "not the sender's");
+}
+
+/// A reader reads up to the head and asks for its unread messages (which drops what it
+/// found read from the set) while messages keep coming: at no point is a conversation
+/// with a message after the reader's cursor missing from the set. A drop that raced a
+/// message would lose that message from every later badge, until the next one came.
+pub(super) async fn the_set_of_unread_conversations_loses_none_to_a_racing_read(store: &dyn Store) {
+    let (a, b) = (user(store, "news_a").await, user(store, "news_b").await);
+    let conv = ConvId::direct(a, b);
+    const SENDS: usize = 150;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let sender = async {
+        for k in 0..SENDS {
+            send(store, a, b, &format!("news-{k}")).await;
+        }
+        done.store(true, Ordering::Relaxed);
+    };
+    let reader = async {
+        let mut checks = 0;
+        while !done.load(Ordering::Relaxed) || checks == 0 {
+            let head = store.conv_head(conv).await.unwrap();
+            if head > 0 {
+                read(store, b, conv, head).await;
+            }
+            store.unread(b, 100).await.unwrap();
+            // Both read after the drop: a message at `head` was committed before the
+            // candidates were read, so it must be among them.
+            let (read_seq, head) = (
+                store.read_cursor(b, conv).await.unwrap(),
+                store.conv_head(conv).await.unwrap(),
+            );
+            let found = store.unread_candidates(b, 100).await.unwrap();
+            if head > read_seq {
+                assert!(
+                    found.iter().any(|(c, ..)| *c == conv),
+                    "message {head} after the cursor at {read_seq}, but the conversation is not in the set"
+                );
+            }
+            checks += 1;
+            tokio::task::yield_now().await;
+        }
+        checks
+    };
+    let ((), checks) = futures_util::future::join(sender, reader).await;
+    assert!(checks > 1, "the reader ran alongside the sender");
+    let last = store.conv_head(conv).await.unwrap();
+    assert_eq!(last, SENDS as u64);
+}
+
+async fn read(store: &dyn Store, user: UserId, conv: ConvId, seq: u64) {
+    store
+        .commit(Commit {
+            ops: vec![Op::AdvanceRead { user, conv, seq }],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
 }

@@ -34,6 +34,7 @@ pub async fn run(store: &dyn Store) {
     groups::groups_fan_out_by_size_atomically_with_membership(store).await;
     groups::recipients_follow_membership_changed_by_earlier_commits(store).await;
     lists::conversation_list_matches_the_reads_one_by_one(store).await;
+    lists::the_set_of_unread_conversations_loses_none_to_a_racing_read(store).await;
     chat::the_outbox_keeps_events_in_order_until_delivered_or_dead(store).await;
     chat::notices_queue_with_their_commit_and_settings_are_per_user(store).await;
     media::uploads_expire_and_media_count_their_blobs(store).await;

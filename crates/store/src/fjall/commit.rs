@@ -90,6 +90,16 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Adds a 1:1 conversation to the user's set of those that may hold unread messages:
+    /// a write only when it is not there yet (a busy conversation stays in it).
+    fn note_news(&mut self, user: UserId, conv: ConvId) -> Result<()> {
+        let key = member_key(user, conv);
+        if self.get(|s| &s.news, &key)?.is_none() {
+            self.put(|s| &s.news, key, Vec::new());
+        }
+        Ok(())
+    }
+
     fn append_inbox(&mut self, user: UserId, at_ms: u64, ev: StoredEvent) -> Result<u64> {
         let seq = self.next_seq(|s| &s.inbox, &u64_key(user.0))?;
         self.put_unread(
@@ -152,6 +162,11 @@ impl Tx<'_> {
             }
             let mut seen = std::collections::HashSet::new();
             recipients.retain(|u| seen.insert(*u));
+            if let ConvId::Direct(..) = msg.conv {
+                for &user in recipients.iter().filter(|&&u| u != msg.sender) {
+                    self.note_news(user, msg.conv)?;
+                }
+            }
             for &user in &recipients {
                 let ev = StoredEvent::Message {
                     conv: msg.conv,

@@ -71,6 +71,9 @@ pub(crate) struct Spaces {
     pub notify: Keyspace,
     /// Users' settings: `user ++ key` → value.
     pub settings: Keyspace,
+    /// The 1:1 conversations that may hold unread messages for a user: `user ++ conv` →
+    /// nothing (see `Store::unread`).
+    pub news: Keyspace,
     /// Uploads, media and blob references (media.rs).
     pub media: Keyspace,
     /// Read cursors moved by sending in 1:1 conversations, not yet in `members`.
@@ -171,6 +174,7 @@ impl FjallStore {
             dead: ks("dead")?,
             notify: ks("notify")?,
             settings: ks("settings")?,
+            news: ks("news")?,
             media: ks("media")?,
             soft: soft::SoftCursors::default(),
             db,
@@ -574,6 +578,14 @@ impl Store for FjallStore {
 
     async fn read_cursor(&self, user: UserId, conv: ConvId) -> Result<u64> {
         reads::read_cursor(&self.spaces, user, conv)
+    }
+
+    async fn unread_candidates(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<(ConvId, u64, u64)>> {
+        reads::unread_candidates(&self.spaces, user, limit)
     }
 
     async fn seal(&self) -> Result<()> {

@@ -86,6 +86,16 @@ impl Tx<'_> {
                     self.put(|s| &s.msgs, key, encode(&msg));
                 }
             }
+            Op::ForgetNews { user, convs } => {
+                // The writer is the only one adding to the set, so no message can slip in
+                // between this look at the head and the delete.
+                for conv in convs {
+                    let head = self.head(|s| &s.msgs, &conv.to_key())?;
+                    if self.cursor(user, conv)?.unwrap_or(0) >= head {
+                        self.delete(|s| &s.news, member_key(user, conv));
+                    }
+                }
+            }
             Op::Join { user, conv } => {
                 let key = member_key(user, conv);
                 if self.get(|s| &s.members, &key)?.is_none() {

@@ -348,6 +348,38 @@ pub(super) fn conversation_list(
     Ok(out)
 }
 
+/// See `Store::unread_candidates`: the user's entries of `news`, then their group
+/// memberships (one range: a group's conversation key starts with `g`), each group as
+/// `conversation_list` shows it.
+pub(super) fn unread_candidates(
+    s: &Spaces,
+    user: UserId,
+    limit: usize,
+) -> Result<Vec<(ConvId, u64, u64)>> {
+    let mut out = Vec::new();
+    for kv in s.news.prefix(u64_key(user.0)).take(limit) {
+        let k = kv.key().map_err(backend)?;
+        let conv = ConvId::from_key(&k[8..]).ok_or_else(|| backend("bad news key"))?;
+        out.push((conv, conv_head(s, conv)?, read_cursor(s, user, conv)?));
+    }
+    let mut groups = u64_key(user.0).to_vec();
+    groups.push(b'g');
+    for kv in s.members.prefix(groups).take(limit) {
+        let (k, v) = kv.into_inner().map_err(backend)?;
+        let conv = ConvId::from_key(&k[8..]).ok_or_else(|| backend("bad member key"))?;
+        let ConvId::Group(g) = conv else { continue };
+        let mut head = conv_head(s, conv)?;
+        if group_member(s, g, user)?.is_none() {
+            match former_member(s, g, user)? {
+                Some((_, left)) => head = head.min(left),
+                None => continue,
+            }
+        }
+        out.push((conv, head, read_u64(&v)?));
+    }
+    Ok(out)
+}
+
 pub(super) fn outbox(s: &Spaces, after: u64, limit: usize) -> Result<Vec<crate::OutboxRecord>> {
     let mut out = Vec::new();
     // From `after` on: what was removed before it is tombstones an iteration from the

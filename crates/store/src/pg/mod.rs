@@ -9,7 +9,7 @@
 //! ```text
 //! mod.rs     the store handle, its options and connection pool; the Store impl, one line
 //!            per method, naming where each lives
-//! schema.rs  migrations (0001_init.sql, 0002_append.sql), applied once each at connect
+//! schema.rs  migrations (00NN_*.sql), applied once each at connect
 //! sql.rs     statement cache, error and integer conversions, row decoders
 //! commit.rs  the commit: its transaction and lock order, `xinge_append`, the retry loop
 //! ops.rs     what each Op does to the tables; account and device writes
@@ -366,6 +366,14 @@ impl Store for PgStore {
 
     async fn read_cursor(&self, user: UserId, conv: ConvId) -> Result<u64> {
         reads::read_cursor(self, user, conv).await
+    }
+
+    async fn unread_candidates(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<(ConvId, u64, u64)>> {
+        reads::unread_candidates(self, user, limit).await
     }
 
     async fn mention_count(

@@ -105,6 +105,26 @@ impl Tx<'_> {
                     .await?;
                 }
             }
+            Op::ForgetNews { user, convs } => {
+                let mut convs: Vec<String> = convs.iter().map(ConvId::to_string).collect();
+                convs.sort();
+                // The heads' rows are held to the end of the transaction: a message being
+                // appended to one of them (its transaction holds the row) is waited for and
+                // then seen, and none can be appended before the delete is committed.
+                self.exec(
+                    "SELECT 1 FROM conv_heads WHERE conv = ANY($1) ORDER BY conv FOR SHARE",
+                    &[&convs],
+                )
+                .await?;
+                self.exec(
+                    "DELETE FROM news n USING members m \
+                     WHERE n.user_id = $1 AND n.conv = ANY($2) \
+                       AND m.user_id = n.user_id AND m.conv = n.conv \
+                       AND m.read_seq >= COALESCE((SELECT head FROM conv_heads h WHERE h.conv = n.conv), 0)",
+                    &[&i(user.0), &convs],
+                )
+                .await?;
+            }
             Op::Join { user, conv } => {
                 self.exec(
                     "INSERT INTO members (user_id, conv, read_seq) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",

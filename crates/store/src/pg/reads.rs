@@ -320,6 +320,46 @@ pub(super) async fn read_cursor(store: &PgStore, user: UserId, conv: ConvId) -> 
     Ok(row.map_or(0, |r| u(r.get(0))))
 }
 
+/// See `Store::unread_candidates`: one statement, the user's rows of `news` with their
+/// heads and cursors, and their groups as `conversation_list` reads them (a range of the
+/// members key: group conversations are `g…`, 1:1 ones `d…`).
+pub(super) async fn unread_candidates(
+    store: &PgStore,
+    user: UserId,
+    limit: usize,
+) -> Result<Vec<(ConvId, u64, u64)>> {
+    let c = store.client().await?;
+    let rows = c
+        .q(
+            "(SELECT n.conv, COALESCE(h.head, 0) AS head, COALESCE(m.read_seq, 0) AS read_seq \
+              FROM news n \
+              LEFT JOIN conv_heads h ON h.conv = n.conv \
+              LEFT JOIN members m ON m.user_id = n.user_id AND m.conv = n.conv \
+              WHERE n.user_id = $1 LIMIT $2) \
+             UNION ALL \
+             (SELECT m.conv, \
+                     CASE WHEN gm.user_id IS NULL THEN LEAST(COALESCE(h.head, 0), gl.left_seq) \
+                          ELSE COALESCE(h.head, 0) END, \
+                     m.read_seq \
+              FROM members m \
+              LEFT JOIN conv_heads h ON h.conv = m.conv \
+              LEFT JOIN gmembers gm ON gm.group_id = substr(m.conv, 2)::BIGINT AND gm.user_id = $1 \
+              LEFT JOIN gleft gl ON gl.group_id = substr(m.conv, 2)::BIGINT AND gl.user_id = $1 \
+              WHERE m.user_id = $1 AND m.conv >= 'g' AND m.conv < 'h' AND m.conv LIKE 'g%' \
+                AND (gm.user_id IS NOT NULL OR gl.user_id IS NOT NULL) \
+              LIMIT $2)",
+            &[&i(user.0), &(limit as i64)],
+        )
+        .await
+        .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            let conv: ConvId = r.get::<_, &str>(0).parse().map_err(backend)?;
+            Ok((conv, u(r.get(1)), u(r.get(2))))
+        })
+        .collect()
+}
+
 pub(super) async fn mention_count(
     store: &PgStore,
     user: UserId,

@@ -15,6 +15,7 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("0007_outbox_ref.sql")),
     (8, include_str!("0008_notify.sql")),
     (9, include_str!("0009_media.sql")),
+    (10, include_str!("0010_news.sql")),
 ];
 
 impl PgStore {

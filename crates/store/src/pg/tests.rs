@@ -187,3 +187,65 @@ async fn first_messages_from_both_ends_do_not_deadlock() {
     assert_eq!(store.deadlocks(), 0, "first messages deadlocked");
     store.drop_schema(&schema).await.unwrap();
 }
+
+/// Dropping a read conversation from the set of those with unread messages waits for a
+/// message being appended to it (its transaction holds the conversation's head), then
+/// sees it and keeps the conversation: the message is not lost from the badge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_conversation_is_kept_in_the_set_when_a_message_is_being_appended() {
+    let Some(raw) =
+        reachable("a_read_conversation_is_kept_in_the_set_when_a_message_is_being_appended").await
+    else {
+        return;
+    };
+    let schema = format!("xinge_test_news_{}", std::process::id());
+    let store = std::sync::Arc::new(PgStore::connect(&options(&schema, 4, 6)).await.unwrap());
+    let (a, b) = (
+        crate::conformance::user(&*store, "news_a").await,
+        crate::conformance::user(&*store, "news_b").await,
+    );
+    let conv = ConvId::direct(a, b);
+    crate::conformance::send(&*store, a, b, "news-1").await;
+    store
+        .commit(crate::Commit {
+            ops: vec![crate::Op::AdvanceRead {
+                user: b,
+                conv,
+                seq: 1,
+            }],
+            ..crate::Commit::default()
+        })
+        .await
+        .unwrap();
+    // A second message in flight, as `xinge_append` writes it: the head moved (its row
+    // held to the commit), the set's row already there.
+    raw.batch_execute(&format!("SET search_path = {schema}; BEGIN"))
+        .await
+        .unwrap();
+    raw.execute(
+        "UPDATE conv_heads SET head = head + 1 WHERE conv = $1",
+        &[&conv.to_string()],
+    )
+    .await
+    .unwrap();
+    raw.execute(
+        "INSERT INTO news (user_id, conv) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&i(b.0), &conv.to_string()],
+    )
+    .await
+    .unwrap();
+    let reading = tokio::spawn({
+        let store = store.clone();
+        async move { store.unread(b, 100).await.unwrap() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!reading.is_finished(), "the drop waits for the append");
+    raw.batch_execute("COMMIT").await.unwrap();
+    // That read began before the message was committed and counts without it; the
+    // conversation stays in the set, so the next read counts it.
+    reading.await.unwrap();
+    let kept = store.unread_candidates(b, 100).await.unwrap();
+    assert_eq!(kept, vec![(conv, 2, 1)]);
+    assert_eq!(store.unread(b, 100).await.unwrap(), vec![(conv, 1)]);
+    store.drop_schema(&schema).await.unwrap();
+}
