@@ -193,13 +193,20 @@ impl Handling {
 pub struct DurableWrites {
     pub all: u64,
     pub over_100ms: u64,
+    /// The store's compactions completed, and the time they took, in ms (fjall: the
+    /// embedded store's background work, which durable writes may wait behind).
+    #[serde(default)]
+    pub compactions: u64,
+    #[serde(default)]
+    pub compaction_ms: u64,
 }
 
 impl DurableWrites {
     /// Read from the server's metrics (Prometheus text): the count of its
     /// `xinge_store_write_seconds` histogram, and `xinge_store_slow_writes_total`, which
     /// the store counts with the same threshold as its `slow durable write` log line (and
-    /// which is absent until the first one).
+    /// which is absent until the first one); and the compaction counters, absent until
+    /// the store's first batch.
     pub fn parse(metrics: &str) -> Option<Self> {
         let value = |name: &str| {
             metrics.lines().find_map(|l| {
@@ -210,6 +217,8 @@ impl DurableWrites {
         Some(Self {
             all: value("xinge_store_write_seconds_count")?,
             over_100ms: value("xinge_store_slow_writes_total").unwrap_or(0),
+            compactions: value("xinge_store_compactions_total").unwrap_or(0),
+            compaction_ms: value("xinge_store_compaction_ms_total").unwrap_or(0),
         })
     }
 
@@ -218,6 +227,8 @@ impl DurableWrites {
         Self {
             all: self.all.saturating_sub(before.all),
             over_100ms: self.over_100ms.saturating_sub(before.over_100ms),
+            compactions: self.compactions.saturating_sub(before.compactions),
+            compaction_ms: self.compaction_ms.saturating_sub(before.compaction_ms),
         }
     }
 }
@@ -365,6 +376,14 @@ impl BenchResult {
                 row(
                     "server's durable writes / over 100 ms (the disk)",
                     format!("{} / {}", w.all, w.over_100ms),
+                );
+                row(
+                    "store compactions / time compacting (background)",
+                    format!(
+                        "{} / {:.1} s",
+                        w.compactions,
+                        w.compaction_ms as f64 / 1000.0
+                    ),
                 );
             }
             if let Some(h) = &self.server_send {
@@ -518,16 +537,22 @@ mod tests {
             xinge_store_write_seconds_bucket{le=\"+Inf\"} 100\n\
             xinge_store_write_seconds_sum 1.5\n\
             xinge_store_write_seconds_count 100\n\
-            xinge_store_slow_writes_total 2\n";
+            xinge_store_slow_writes_total 2\n\
+            xinge_store_compactions_total 40\n\
+            xinge_store_compaction_ms_total 1200\n";
         let after = before
             .replace("_count 100", "_count 1103")
-            .replace("_total 2", "_total 5");
+            .replace("_total 2", "_total 5")
+            .replace("_total 40", "_total 46")
+            .replace("_total 1200", "_total 4700");
         let a = DurableWrites::parse(before).unwrap();
         assert_eq!(
             a,
             DurableWrites {
                 all: 100,
-                over_100ms: 2
+                over_100ms: 2,
+                compactions: 40,
+                compaction_ms: 1200,
             }
         );
         let b = DurableWrites::parse(&after).unwrap();
@@ -535,7 +560,9 @@ mod tests {
             b.since(a),
             DurableWrites {
                 all: 1003,
-                over_100ms: 3
+                over_100ms: 3,
+                compactions: 6,
+                compaction_ms: 3500,
             }
         );
         // No slow write yet: the counter is not rendered.
@@ -544,7 +571,7 @@ mod tests {
             DurableWrites::parse(none_slow),
             Some(DurableWrites {
                 all: 7,
-                over_100ms: 0
+                ..DurableWrites::default()
             })
         );
         // A server without an embedded store has no such metric.

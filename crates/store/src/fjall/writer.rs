@@ -101,6 +101,8 @@ pub(crate) struct Writer {
     cursor_flush: Duration,
     /// Set by `Op::Seal`: cursors are written with their commit from then on.
     sealed: bool,
+    /// When fjall's own figures were last put into the metrics.
+    engine_seen: Instant,
 }
 
 pub(super) type Lists = HashMap<GroupId, Arc<[UserId]>, foldhash::fast::RandomState>;
@@ -139,7 +141,28 @@ impl Writer {
             batch_heads: Map::default(),
             lists: Lists::default(),
             list_ids: 0,
+            engine_seen: Instant::now(),
         }
+    }
+
+    /// fjall's background work, as metrics, at most once a second: the compactions
+    /// completed and the time they took (counters: a window's share is the difference of
+    /// two readings, as `xinge bench` reports it), those running, the memtable flushes
+    /// queued and the bytes waiting in memtables. A batch and its `fdatasync` may wait
+    /// behind these; the figures say when they were busy.
+    fn engine_metrics(&mut self) {
+        if self.engine_seen.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.engine_seen = Instant::now();
+        let db = &self.spaces.db;
+        metrics::counter!("xinge_store_compactions_total")
+            .absolute(db.compactions_completed() as u64);
+        metrics::counter!("xinge_store_compaction_ms_total")
+            .absolute(db.time_compacting().as_millis() as u64);
+        metrics::gauge!("xinge_store_compactions_active").set(db.active_compactions() as f64);
+        metrics::gauge!("xinge_store_flushes_queued").set(db.outstanding_flushes() as f64);
+        metrics::gauge!("xinge_store_write_buffer_bytes").set(db.write_buffer_size() as f64);
     }
 
     pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
@@ -254,6 +277,7 @@ impl Writer {
         let committed = batch.commit();
         let took = began.elapsed();
         metrics::histogram!("xinge_store_write_seconds").record(took.as_secs_f64());
+        self.engine_metrics();
         if took >= SLOW_WRITE {
             // Every commit of the batch waited this long for its answer.
             metrics::counter!("xinge_store_slow_writes_total").increment(1);
