@@ -652,6 +652,12 @@ pub struct StoreConfig {
     /// compact; smaller: a shallower skiplist, each insert touching fewer cold nodes. Only
     /// keyspaces created afterwards take a new value (fjall keeps it per keyspace).
     pub memtable_mib: u64,
+    /// Embedded store: fjall's block cache (data, index and filter blocks of the tables on
+    /// disk, shared by every keyspace), in MiB. A block that is not in it is read from the
+    /// file and its checksum verified on every read, so a store much larger than the cache
+    /// spends its writer's time there; the cache is the larger part of the server's memory
+    /// beyond its connections.
+    pub cache_mib: u64,
     /// Use PostgreSQL instead of the embedded store, e.g.
     /// `postgres://postgres@127.0.0.1:5432/test` (also `XINGE_POSTGRES_URL`).
     pub postgres_url: Option<String>,
@@ -669,6 +675,7 @@ impl Default for StoreConfig {
             commit_interval_us: 2_000,
             cursor_flush_ms: 1_000,
             memtable_mib: 64,
+            cache_mib: 256,
             postgres_url: None,
             postgres_schema: "xinge".into(),
             postgres_pool: 16,
@@ -875,6 +882,9 @@ impl Config {
         if !(1..=1_024).contains(&self.store.memtable_mib) {
             return bad("store.memtable_mib must be 1-1024");
         }
+        if !(8..=1_048_576).contains(&self.store.cache_mib) {
+            return bad("store.cache_mib must be 8-1048576");
+        }
         if self.store.cursor_flush_ms > 60_000 {
             return bad("store.cursor_flush_ms must be at most 60000");
         }
@@ -1035,6 +1045,21 @@ mod tests {
         ] {
             let mut c = Config::default();
             c.store.memtable_mib = mib;
+            assert_eq!(c.validate().is_ok(), ok, "{mib}");
+        }
+    }
+
+    #[test]
+    fn a_cache_size_out_of_range_is_refused() {
+        for (mib, ok) in [
+            (0, false),
+            (7, false),
+            (8, true),
+            (256, true),
+            (1 << 21, false),
+        ] {
+            let mut c = Config::default();
+            c.store.cache_mib = mib;
             assert_eq!(c.validate().is_ok(), ok, "{mib}");
         }
     }

@@ -99,6 +99,7 @@ pub async fn run(
                 commit_interval: std::time::Duration::from_micros(cfg.store.commit_interval_us),
                 cursor_flush: std::time::Duration::from_millis(cfg.store.cursor_flush_ms),
                 memtable_bytes: cfg.store.memtable_mib << 20,
+                cache_bytes: cfg.store.cache_mib << 20,
             };
             Arc::new(FjallStore::open(&path, opts).map_err(|e| store_unopened(&path, e))?)
         }

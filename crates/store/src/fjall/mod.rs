@@ -123,6 +123,8 @@ pub struct FjallOptions {
     /// Each keyspace's memtable is flushed to a table at this size (`store.memtable_mib`).
     /// Fixed when a keyspace is created: an existing store keeps the size it was made with.
     pub memtable_bytes: u64,
+    /// fjall's block cache, shared by the keyspaces (`store.cache_mib`).
+    pub cache_bytes: u64,
 }
 
 impl Default for FjallOptions {
@@ -134,6 +136,7 @@ impl Default for FjallOptions {
             commit_interval: std::time::Duration::from_millis(2),
             cursor_flush: std::time::Duration::from_secs(1),
             memtable_bytes: 64 << 20,
+            cache_bytes: 256 << 20,
         }
     }
 }
@@ -143,7 +146,10 @@ impl FjallStore {
     /// when the last handle is dropped, or at [`FjallStore::close`].
     pub fn open(dir: &Path, opts: FjallOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(backend)?;
-        let db = Database::builder(dir).open().map_err(backend)?;
+        let db = Database::builder(dir)
+            .cache_size(opts.cache_bytes.max(1 << 20))
+            .open()
+            .map_err(backend)?;
         let memtable = opts.memtable_bytes.max(1 << 20);
         let ks = |name: &str| {
             db.keyspace(name, || {
