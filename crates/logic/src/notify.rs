@@ -16,7 +16,7 @@
 //! queue drops its oldest notices, counted, so that a provider's outage never holds sends.
 
 use crate::{Caller, Logic, Result, error::bad};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -283,8 +283,22 @@ impl Logic {
         Ok(settings)
     }
 
+    /// A user's settings of their conversations, by conversation: one read (at most twice
+    /// as many as a conversation list holds).
+    async fn conv_settings(&self, user: UserId) -> Result<HashMap<ConvId, ConversationSettings>> {
+        let limit = self.cfg.chat.max_conversations.max(1) * 2;
+        let set = self.store.settings(user, CONV_PREFIX, limit).await?;
+        Ok(set
+            .iter()
+            .filter_map(|(k, v)| {
+                let conv = k.strip_prefix(CONV_PREFIX)?.parse().ok()?;
+                Some((conv, serde_json::from_str(v).ok()?))
+            })
+            .collect())
+    }
+
     /// Marks the conversations of `list` that `user` pinned or muted: one read of their
-    /// conversation settings (at most as many as the list may hold).
+    /// conversation settings.
     pub(crate) async fn mark_settings(
         &self,
         user: UserId,
@@ -293,20 +307,13 @@ impl Logic {
         if list.is_empty() {
             return Ok(());
         }
-        let limit = self.cfg.chat.max_conversations.max(1) * 2;
-        let set = self.store.settings(user, CONV_PREFIX, limit).await?;
-        if set.is_empty() {
+        let by_conv = self.conv_settings(user).await?;
+        if by_conv.is_empty() {
             return Ok(());
         }
-        let by_conv: HashMap<&str, ConversationSettings> = set
-            .iter()
-            .filter_map(|(k, v)| {
-                Some((k.strip_prefix(CONV_PREFIX)?, serde_json::from_str(v).ok()?))
-            })
-            .collect();
         let now_ms = self.cfg.clock.now_ms();
         for c in list {
-            if let Some(s) = by_conv.get(c.conv.to_string().as_str()) {
+            if let Some(s) = by_conv.get(&c.conv) {
                 c.pinned = s.pinned;
                 c.muted = s.muted_at(now_ms);
             }
@@ -329,22 +336,10 @@ impl Logic {
         if unread.is_empty() {
             return Some(0);
         }
-        let limit = self.cfg.chat.max_conversations.max(1) * 2;
-        let settings = self
-            .store
-            .settings(user, CONV_PREFIX, limit)
-            .await
-            .unwrap_or_default();
-        let muted: HashSet<&str> = settings
-            .iter()
-            .filter(|(_, v)| {
-                serde_json::from_str::<ConversationSettings>(v).is_ok_and(|s| s.muted_at(now_ms))
-            })
-            .filter_map(|(k, _)| k.strip_prefix(CONV_PREFIX))
-            .collect();
+        let settings = self.conv_settings(user).await.unwrap_or_default();
         let total: u64 = unread
             .iter()
-            .filter(|(conv, _)| !muted.contains(conv.to_string().as_str()))
+            .filter(|(conv, _)| !settings.get(conv).is_some_and(|s| s.muted_at(now_ms)))
             .map(|&(_, n)| n)
             .sum();
         Some(u32::try_from(total).unwrap_or(u32::MAX))

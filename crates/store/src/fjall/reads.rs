@@ -305,6 +305,19 @@ pub(super) fn invite(s: &Spaces, group: GroupId, user: UserId) -> Result<Option<
     }
 }
 
+/// The head of a conversation as the user's list shows it: the conversation's, or for a
+/// group they left, where they left; `None` for a group they were never a member of.
+fn listed_head(s: &Spaces, user: UserId, conv: ConvId) -> Result<Option<u64>> {
+    let head = conv_head(s, conv)?;
+    let ConvId::Group(g) = conv else {
+        return Ok(Some(head));
+    };
+    if group_member(s, g, user)?.is_some() {
+        return Ok(Some(head));
+    }
+    Ok(former_member(s, g, user)?.map(|(_, left)| head.min(left)))
+}
+
 /// In process, the per-conversation reads cost no round trip: the same reads as one would
 /// make for each membership, in turn.
 pub(super) fn conversation_list(
@@ -315,19 +328,13 @@ pub(super) fn conversation_list(
     let members = memberships(s, user, limit)?;
     let mut out = Vec::with_capacity(members.len());
     for m in members {
-        let mut head = conv_head(s, m.conv)?;
+        let Some(head) = listed_head(s, user, m.conv)? else {
+            continue;
+        };
         let group = match m.conv {
             ConvId::Group(g) => Some(g),
             ConvId::Direct(..) => None,
         };
-        if let Some(g) = group
-            && group_member(s, g, user)?.is_none()
-        {
-            match former_member(s, g, user)? {
-                Some((_, left)) => head = head.min(left),
-                None => continue,
-            }
-        }
         let last_message = messages(s, m.conv, head, head, 1, false)?.pop();
         let (name, unread_mentions) = match group {
             Some(g) => (
@@ -367,15 +374,9 @@ pub(super) fn unread_candidates(
     for kv in s.members.prefix(groups).take(limit) {
         let (k, v) = kv.into_inner().map_err(backend)?;
         let conv = ConvId::from_key(&k[8..]).ok_or_else(|| backend("bad member key"))?;
-        let ConvId::Group(g) = conv else { continue };
-        let mut head = conv_head(s, conv)?;
-        if group_member(s, g, user)?.is_none() {
-            match former_member(s, g, user)? {
-                Some((_, left)) => head = head.min(left),
-                None => continue,
-            }
+        if let Some(head) = listed_head(s, user, conv)? {
+            out.push((conv, head, read_u64(&v)?));
         }
-        out.push((conv, head, read_u64(&v)?));
     }
     Ok(out)
 }
